@@ -1,0 +1,8 @@
+"""mamba-rl: Mamba (selective state-space) recurrent policies with long memory for TorchRL."""
+
+from mamba_rl import envs as envs  # registers the Gymnasium ids
+from mamba_rl import kernels as kernels
+
+__version__ = "0.1.0"
+
+__all__ = ["envs", "kernels"]

@@ -1,0 +1,1 @@
+"""The delayed multi-bit memory environment (TorchRL and Gymnasium faces)."""

@@ -1,0 +1,200 @@
+"""Readable PyTorch reference implementations: the ground truth every fused kernel is tested against.
+
+Everything here is plain autograd, runs on any device and any float dtype, and computes the
+recurrence in at least float32 (float64 inputs stay float64, which gradcheck needs).
+
+Layouts follow mamba-ssm's ``selective_scan_fn`` / ``causal_conv1d_fn`` (channels before time):
+
+- ``u, delta, z``: ``[b, d, L]``;  ``A``: ``[d, n]`` (real);  ``B, C``: ``[b, n, L]``;
+  ``D, delta_bias``: ``[d]``;  ``h0`` and the final state: ``[b, d, n]``;
+- ``reset``: ``[b, L]`` bool. ``reset[:, t]`` is True where an episode starts at ``t``: the state
+  entering step ``t`` (SSM state and conv history alike) is zero, whatever came before.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "selective_scan_ref",
+    "selective_state_step_ref",
+    "causal_conv1d_ref",
+    "causal_conv1d_step_ref",
+]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
+def _discretize_delta(delta, delta_bias, delta_softplus, dtype):
+    delta = delta.to(dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta
+
+
+def selective_scan_ref(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    h0: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stateful selective scan, one time step at a time.
+
+    For each step ``t`` (``h`` is ``[b, d, n]``)::
+
+        h = 0                                   if reset[:, t]
+        h = exp(delta_t * A) * h + delta_t * B_t * u_t
+        y_t = <h, C_t> + D * u_t,  then  y_t *= silu(z_t)  if z is given
+
+    where ``delta_t`` is ``softplus(delta + delta_bias)`` when ``delta_softplus``.
+
+    Returns:
+        ``y`` ``[b, d, L]`` in ``u``'s dtype and the final state ``h_last`` ``[b, d, n]`` in
+        float32 (float64 for float64 inputs).
+    """
+    dtype = _compute_dtype(u.dtype)
+    b, d, L = u.shape
+    n = A.shape[-1]
+    delta = _discretize_delta(delta, delta_bias, delta_softplus, dtype)
+    u_c = u.to(dtype)
+    A_c = A.to(dtype)
+    B_c = B.to(dtype)
+    C_c = C.to(dtype)
+    h = u_c.new_zeros(b, d, n) if h0 is None else h0.to(dtype)
+    ys = []
+    for t in range(L):
+        if reset is not None:
+            h = torch.where(reset[:, t, None, None], torch.zeros_like(h), h)
+        # [b, d, n]
+        decay = torch.exp(delta[:, :, t, None] * A_c)
+        h = decay * h + (delta[:, :, t] * u_c[:, :, t])[:, :, None] * B_c[:, None, :, t]
+        ys.append(torch.einsum("bdn,bn->bd", h, C_c[:, :, t]))
+    # [b, d, L]
+    y = torch.stack(ys, dim=-1) if L > 0 else u_c.new_zeros(b, d, 0)
+    if D is not None:
+        y = y + D.to(dtype)[:, None] * u_c
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y.to(u.dtype), h
+
+
+def selective_state_step_ref(
+    h: torch.Tensor,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    reset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of the selective scan; a pure function (``h`` is never written).
+
+    Shapes: ``h`` ``[b, d, n]``; ``x, delta, z`` ``[b, d]``; ``A`` ``[d, n]``; ``B, C`` ``[b, n]``;
+    ``reset`` ``[b]`` bool (True: ``h`` is taken as zero). Returns ``(y [b, d], h_new [b, d, n])``.
+    """
+    dtype = _compute_dtype(x.dtype)
+    y, h_new = selective_scan_ref(
+        x[..., None], delta[..., None], A, B[..., None], C[..., None],
+        D=D, z=None if z is None else z[..., None], delta_bias=delta_bias,
+        delta_softplus=delta_softplus, h0=h.to(dtype),
+        reset=None if reset is None else reset[:, None],
+    )
+    return y[..., 0], h_new
+
+
+def _apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    if activation is None:
+        return y
+    if activation in ("silu", "swish"):
+        return F.silu(y)
+    raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
+def causal_conv1d_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal convolution whose history is cut at resets.
+
+    ``x`` ``[b, d, L]``, ``weight`` ``[d, w]``, ``bias`` ``[d]``, ``initial_state`` ``[b, d, w - 1]``
+    (the ``w - 1`` inputs before ``t = 0``, oldest first), ``reset`` ``[b, L]``::
+
+        y_t = act(bias + sum_j weight[:, w - 1 - j] * x_{t - j})
+
+    where an input ``x_s`` counts for output ``t`` only if no reset lies in ``(s, t]``.
+
+    Returns ``y`` ``[b, d, L]`` and ``final_state`` ``[b, d, w - 1]``: the last ``w - 1`` inputs
+    with everything before the last reset zeroed, exactly the state that stepping would hold.
+    """
+    b, d, L = x.shape
+    width = weight.shape[-1]
+    if initial_state is None:
+        initial_state = x.new_zeros(b, d, width - 1)
+    # [b, d, w - 1 + L]; position p holds time p - (w - 1)
+    x_full = torch.cat([initial_state.to(x.dtype), x], dim=-1)
+    # time of the last reset at or before t, or a large negative number: [b, L]
+    t_idx = torch.arange(L, device=x.device)
+    if reset is None:
+        last_reset = torch.full((b, L), -width, device=x.device, dtype=torch.long)
+    else:
+        marked = torch.where(reset, t_idx, torch.full_like(t_idx, -width))
+        last_reset = torch.cummax(marked, dim=-1).values
+    y = x.new_zeros(b, d, L)
+    for j in range(width):
+        # x_{t-j} for all t: [b, d, L]
+        shifted = x_full[..., width - 1 - j : width - 1 - j + L]
+        valid = (t_idx - j)[None, :] >= last_reset
+        y = y + weight[:, width - 1 - j, None] * shifted * valid[:, None, :]
+    if bias is not None:
+        y = y + bias[:, None]
+    y = _apply_activation(y, activation)
+
+    last = last_reset[:, -1:] if L > 0 else torch.full((b, 1), -width, device=x.device)
+    # final state covers times L - (w - 1) .. L - 1
+    state_times = torch.arange(L - (width - 1), L, device=x.device)
+    state_valid = state_times[None, :] >= last
+    final_state = x_full[..., L:] * state_valid[:, None, :]
+    return y, final_state
+
+
+def causal_conv1d_step_ref(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    reset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of :func:`causal_conv1d_ref`; a pure function (``conv_state`` is never written).
+
+    ``x`` ``[b, d]``, ``conv_state`` ``[b, d, w - 1]``, ``reset`` ``[b]`` (True: the history is
+    taken as zero). Returns ``(y [b, d], new_conv_state [b, d, w - 1])``.
+    """
+    if reset is not None:
+        conv_state = torch.where(reset[:, None, None], torch.zeros_like(conv_state), conv_state)
+    # [b, d, w]
+    window = torch.cat([conv_state.to(x.dtype), x[..., None]], dim=-1)
+    y = (window * weight).sum(-1)
+    if bias is not None:
+        y = y + bias
+    return _apply_activation(y, activation), window[..., 1:]

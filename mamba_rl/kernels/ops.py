@@ -1,0 +1,210 @@
+"""Public entry points of the scan and conv: shape checks and backend dispatch.
+
+``backend``:
+- ``"torch"``: the readable PyTorch reference in :mod:`mamba_rl.kernels.naive` (any device);
+- ``"triton"``: fused Triton kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``), when present;
+- ``"auto"``: Triton on CUDA tensors when the Triton kernels import, else PyTorch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from mamba_rl.kernels import naive
+
+__all__ = [
+    "BACKENDS",
+    "resolve_backend",
+    "selective_scan",
+    "selective_state_step",
+    "causal_conv1d",
+    "causal_conv1d_step",
+]
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _triton_module():
+    """The Triton kernels module, or None when Triton (or the module) cannot be imported."""
+    try:
+        return importlib.import_module("mamba_rl.kernels.triton_ops")
+    except ImportError:
+        return None
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn ``"auto"`` into a concrete backend for tensors on ``device``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and _triton_module() is not None else "torch"
+    if backend == "triton" and _triton_module() is None:
+        raise RuntimeError("backend='triton' needs the Triton kernels (pip install triton)")
+    return backend
+
+
+def _check_shape(name: str, tensor: torch.Tensor | None, expected: tuple[int, ...]) -> None:
+    if tensor is not None and tuple(tensor.shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {list(expected)}, got {list(tensor.shape)}")
+
+
+def _check_float(name: str, tensor: torch.Tensor | None) -> None:
+    if tensor is not None and not tensor.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}")
+
+
+def _check_bool(name: str, tensor: torch.Tensor | None) -> None:
+    if tensor is not None and tensor.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor, got dtype {tensor.dtype}")
+
+
+def _check_scan_args(u, delta, A, B, C, D, z, delta_bias, h0, reset) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"u must have shape [b, d, L], got {list(u.shape)}")
+    b, d, L = u.shape
+    if A.dim() != 2 or A.shape[0] != d:
+        raise ValueError(f"A must have shape [d={d}, n], got {list(A.shape)}")
+    n = A.shape[1]
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
+                    ("z", z), ("delta_bias", delta_bias), ("h0", h0)):
+        _check_float(name, t)
+    _check_bool("reset", reset)
+    if A.is_complex():
+        raise TypeError("A must be real; complex A is not supported")
+    _check_shape("delta", delta, (b, d, L))
+    _check_shape("B", B, (b, n, L))
+    _check_shape("C", C, (b, n, L))
+    _check_shape("D", D, (d,))
+    _check_shape("z", z, (b, d, L))
+    _check_shape("delta_bias", delta_bias, (d,))
+    _check_shape("h0", h0, (b, d, n))
+    _check_shape("reset", reset, (b, L))
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    h0: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Selective scan with an initial state, resets inside the sequence and the final state out.
+
+    Arguments as mamba-ssm's ``selective_scan_fn`` (Mamba-1, real ``A``, input-dependent ``B``/``C``):
+
+    Args:
+        u: ``[b, d, L]`` input.
+        delta: ``[b, d, L]`` step sizes (before ``delta_bias`` and softplus).
+        A: ``[d, n]`` (negative for a decaying state).
+        B, C: ``[b, n, L]``.
+        D: ``[d]`` skip connection, optional.
+        z: ``[b, d, L]`` gate, optional: ``y *= silu(z)``.
+        delta_bias: ``[d]``, optional.
+        delta_softplus: apply softplus to ``delta + delta_bias``.
+        h0: ``[b, d, n]`` state entering step 0 (zero when None); receives gradients.
+        reset: ``[b, L]`` bool; True at ``t`` makes the state entering step ``t`` zero.
+        backend: ``"auto" | "torch" | "triton"``.
+
+    Returns:
+        ``(y [b, d, L] in u's dtype, h_last [b, d, n] in float32)``; gradients flow from both.
+    """
+    _check_scan_args(u, delta, A, B, C, D, z, delta_bias, h0, reset)
+    if resolve_backend(backend, u.device) == "triton":
+        return _triton_module().selective_scan_triton(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset
+        )
+    return naive.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset)
+
+
+def selective_state_step(
+    h: torch.Tensor,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    reset: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of :func:`selective_scan`, pure (``h`` is not written).
+
+    ``h`` ``[b, d, n]``; ``x, delta, z`` ``[b, d]``; ``A`` ``[d, n]``; ``B, C`` ``[b, n]``;
+    ``reset`` ``[b]``. Returns ``(y [b, d], h_new [b, d, n])``.
+    """
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape [b, d], got {list(x.shape)}")
+    b, d = x.shape
+    n = A.shape[-1]
+    _check_shape("h", h, (b, d, n))
+    _check_shape("delta", delta, (b, d))
+    _check_shape("B", B, (b, n))
+    _check_shape("C", C, (b, n))
+    _check_shape("z", z, (b, d))
+    _check_shape("reset", reset, (b,))
+    _check_bool("reset", reset)
+    if resolve_backend(backend, x.device) == "triton":
+        return _triton_module().selective_state_step_triton(
+            h, x, delta, A, B, C, D, z, delta_bias, delta_softplus, reset
+        )
+    return naive.selective_state_step_ref(h, x, delta, A, B, C, D, z, delta_bias, delta_softplus, reset)
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+    activation: str | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depthwise causal conv with an initial state, history cut at resets, final state out.
+
+    ``x`` ``[b, d, L]``, ``weight`` ``[d, w]``, ``bias`` ``[d]``, ``initial_state``
+    ``[b, d, w - 1]``, ``reset`` ``[b, L]`` bool, ``activation`` None or ``"silu"``.
+    Returns ``(y [b, d, L], final_state [b, d, w - 1])``.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"x must have shape [b, d, L], got {list(x.shape)}")
+    b, d, L = x.shape
+    if weight.dim() != 2 or weight.shape[0] != d:
+        raise ValueError(f"weight must have shape [d={d}, width], got {list(weight.shape)}")
+    _check_float("x", x)
+    _check_shape("bias", bias, (d,))
+    _check_shape("initial_state", initial_state, (b, d, weight.shape[1] - 1))
+    _check_shape("reset", reset, (b, L))
+    _check_bool("reset", reset)
+    if resolve_backend(backend, x.device) == "triton":
+        return _triton_module().causal_conv1d_triton(x, weight, bias, initial_state, reset, activation)
+    return naive.causal_conv1d_ref(x, weight, bias, initial_state, reset, activation)
+
+
+def causal_conv1d_step(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    reset: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of :func:`causal_conv1d`, pure. ``x`` ``[b, d]``, ``conv_state`` ``[b, d, w - 1]``."""
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape [b, d], got {list(x.shape)}")
+    _check_shape("conv_state", conv_state, (x.shape[0], x.shape[1], weight.shape[-1] - 1))
+    _check_shape("reset", reset, (x.shape[0],))
+    _check_bool("reset", reset)
+    return naive.causal_conv1d_step_ref(x, conv_state, weight, bias, activation, reset)
