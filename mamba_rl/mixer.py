@@ -32,6 +32,11 @@ class MixerState(NamedTuple):
     ssm: torch.Tensor
 
 
+def _at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision parameters (as mamba-ssm's ``.float()``), float64 kept."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def _check_positive_int(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -182,8 +187,8 @@ class MambaMixer(nn.Module):
 
     @property
     def A(self) -> torch.Tensor:
-        """``[d_inner, d_state]``, ``-exp(A_log)`` in float32."""
-        return -torch.exp(self.A_log.float())
+        """``[d_inner, d_state]``, ``-exp(A_log)`` in (at least) float32."""
+        return -torch.exp(_at_least_fp32(self.A_log))
 
     # --- sequence ----------------------------------------------------------------------------
 
@@ -225,7 +230,7 @@ class MambaMixer(nn.Module):
         delta, B, C = self._ssm_params(x_conv.transpose(1, 2))
         y, h_last = ops.selective_scan(
             x_conv, delta.transpose(1, 2), self.A, B.transpose(1, 2), C.transpose(1, 2),
-            D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            D=_at_least_fp32(self.D), z=z, delta_bias=_at_least_fp32(self.dt_proj.bias), delta_softplus=True,
             h0=h0, reset=reset, backend=self.backend,
         )
         out = self.out_proj(y.transpose(1, 2))
@@ -259,8 +264,8 @@ class MambaMixer(nn.Module):
         )
         delta, B, C = self._ssm_params(x_conv)
         y, ssm_new = ops.selective_state_step(
-            state.ssm, x_conv, delta, self.A, B, C, D=self.D.float(), z=z,
-            delta_bias=self.dt_proj.bias.float(), delta_softplus=True, reset=reset,
+            state.ssm, x_conv, delta, self.A, B, C, D=_at_least_fp32(self.D), z=z,
+            delta_bias=_at_least_fp32(self.dt_proj.bias), delta_softplus=True, reset=reset,
             backend=self.backend,
         )
         return self.out_proj(y.to(x.dtype)), MixerState(conv_new, ssm_new)

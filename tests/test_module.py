@@ -1,0 +1,203 @@
+"""MambaModule's contract: the acceptance tests of the stateful module (issue 2)."""
+
+import pytest
+import torch
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.collectors import Collector
+from torchrl.envs import InitTracker, TransformedEnv
+from torchrl.modules import MLP, ProbabilisticActor, ValueOperator, set_recurrent_mode
+from torchrl.modules.utils import get_primers_from_module
+from torchrl.objectives import ClipPPOLoss
+from torchrl.objectives.value import GAE
+
+from mamba_rl import MambaModule
+from mamba_rl.module import MambaState
+from tests.conftest import assert_close
+from tests.toy_env import RandomEndEnv
+
+
+def make_module(dtype=torch.float64, **kwargs):
+    torch.manual_seed(0)
+    kwargs = {"num_layers": 2, "d_state": 4, **kwargs}
+    return MambaModule(5, 8, in_key="obs", out_key="feat", backend="torch", dtype=dtype, **kwargs)
+
+
+def sequence_td(batch_shape, steps, resets, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (*batch_shape, steps)
+    is_init = torch.zeros(*shape, 1, dtype=torch.bool)
+    for t in resets:
+        is_init[..., t, :] = True
+    return TensorDict(obs=torch.randn(*shape, 5, generator=g, dtype=dtype), is_init=is_init, batch_size=shape)
+
+
+@pytest.mark.parametrize("batch_shape", [(), (4,), (2, 3)], ids=["B[]", "B[4]", "B[2,3]"])
+@pytest.mark.parametrize("resets", [[0], [0, 4], [0, 3, 9]], ids=str)
+def test_step_calls_equal_one_recurrent_call(batch_shape, resets):
+    module = make_module()
+    td = sequence_td(batch_shape, 10, resets)
+    with set_recurrent_mode(True):
+        expected = module(td.clone())["feat"]
+    carry = td[..., 0].clone()
+    for t in range(10):
+        step = td[..., t].clone()
+        if t > 0:
+            step.update(carry["next"].select("recurrent_state_ssm", "recurrent_state_conv"))
+        carry = module(step)
+        assert_close(carry["feat"], expected[..., t, :])
+
+
+def test_recurrent_mode_reads_stored_state_when_row_does_not_start_with_is_init():
+    module = make_module()
+    td = sequence_td((3,), 12, [0])
+    with set_recurrent_mode(True):
+        whole = module(td.clone())["feat"]
+    # state after 5 steps, by stepping
+    carry = None
+    for t in range(5):
+        step = td[:, t].clone()
+        if carry is not None:
+            step.update(carry["next"].select("recurrent_state_ssm", "recurrent_state_conv"))
+        carry = module(step)
+    tail = td[:, 5:].clone()
+    tail["recurrent_state_ssm"] = carry["next", "recurrent_state_ssm"].unsqueeze(1).expand(3, 7, 2, 16, 4).clone()
+    tail["recurrent_state_conv"] = carry["next", "recurrent_state_conv"].unsqueeze(1).expand(3, 7, 2, 16, 3).clone()
+    with set_recurrent_mode(True):
+        assert_close(module(tail)["feat"], whole[:, 5:])
+
+
+def test_recurrent_mode_writes_no_per_step_state():
+    module = make_module()
+    td = sequence_td((2,), 6, [0])
+    with set_recurrent_mode(True):
+        out = module(td)
+    assert ("next", "recurrent_state_ssm") not in out.keys(True)
+    assert out["feat"].shape == (2, 6, 8)
+
+
+def make_collector_policy():
+    module = MambaModule(5, 16, num_layers=2, d_state=8, in_key="observation", out_key="features", backend="torch")
+    head = TensorDictModule(nn.Linear(16, 3), in_keys=["features"], out_keys=["logits"])
+    actor = ProbabilisticActor(
+        TensorDictSequential(module, head), in_keys=["logits"], out_keys=["action"],
+        distribution_class=torch.distributions.Categorical, return_log_prob=True,
+    )
+    return module, actor
+
+
+@pytest.mark.parametrize("registration", ["explicit", "auto"])
+def test_collector_batch_replays_in_recurrent_mode(registration):
+    torch.manual_seed(0)
+    module, actor = make_collector_policy()
+    if registration == "explicit":
+        env = TransformedEnv(RandomEndEnv(batch=4, p_end=0.15), InitTracker())
+        env.append_transform(get_primers_from_module(actor))
+        collector = Collector(env, actor, frames_per_batch=4 * 20, total_frames=3 * 4 * 20)
+    else:
+        collector = Collector(
+            RandomEndEnv(batch=4, p_end=0.15), actor, frames_per_batch=4 * 20, total_frames=3 * 4 * 20,
+            auto_register_policy_transforms=True,
+        )
+    batches = [data.clone() for data in collector]
+    collector.shutdown()
+    assert any(not bool(b["is_init"][:, 0].all()) for b in batches[1:]), "some rows must start mid-episode"
+    assert any(bool(b["is_init"][:, 1:].any()) for b in batches), "some resets must fall inside rows"
+    for data in batches:
+        assert data.batch_size == (4, 20)
+        replay = data.exclude("features", "logits", "action_log_prob")
+        with torch.no_grad(), set_recurrent_mode(True):
+            replayed = module(replay)["features"]
+        assert (replayed - data["features"]).abs().max() <= 1e-5
+
+
+def test_no_information_crosses_a_reset_even_with_noise_in_stored_state():
+    module = make_module()
+    td = sequence_td((2,), 10, [0, 6])
+    td["recurrent_state_ssm"] = torch.randn(2, 10, 2, 16, 4, dtype=torch.float64) * 100
+    td["recurrent_state_conv"] = torch.randn(2, 10, 2, 16, 3, dtype=torch.float64) * 100
+    with set_recurrent_mode(True):
+        out = module(td.clone())["feat"]
+        changed = td.clone()
+        changed["obs"][:, :6] = torch.randn(2, 6, 5, dtype=torch.float64)
+        changed["recurrent_state_ssm"].normal_()
+        out_changed = module(changed)["feat"]
+        fresh = module(sequence_td((2,), 10, [0, 6])[:, 6:].clone())["feat"]
+    assert_close(out[:, 6:], out_changed[:, 6:])
+    assert_close(out[:, 6:], fresh)
+    # step mode: the stored state of a starting env is ignored
+    step = td[:, 6].clone()
+    noisy = module(step.clone())["feat"]
+    step.exclude("recurrent_state_ssm", "recurrent_state_conv", inplace=True)
+    assert_close(noisy, module(step)["feat"])
+
+
+def test_ppo_loss_and_gae_run_and_reach_every_parameter():
+    torch.manual_seed(0)
+    module, actor = make_collector_policy()
+    critic_trunk = MambaModule(
+        5, 16, d_state=8, backend="torch",
+        in_keys=["observation", "critic_ssm", "critic_conv", "is_init"],
+        out_keys=["critic_features", ("next", "critic_ssm"), ("next", "critic_conv")],
+    )
+    critic = TensorDictSequential(
+        critic_trunk, ValueOperator(MLP(in_features=16, out_features=1, num_cells=[16]), in_keys=["critic_features"])
+    )
+    env = TransformedEnv(RandomEndEnv(batch=4, p_end=0.15), InitTracker())
+    env.append_transform(get_primers_from_module(actor))
+    collector = Collector(env, actor, frames_per_batch=4 * 16, total_frames=4 * 16)
+    data = next(iter(collector)).clone()
+    collector.shutdown()
+    gae = GAE(gamma=0.99, lmbda=0.95, value_network=critic, deactivate_vmap=True, shifted=False)
+    with set_recurrent_mode(True):
+        gae(data)
+    assert data["advantage"].shape == (4, 16, 1) and torch.isfinite(data["advantage"]).all()
+    loss_fn = ClipPPOLoss(actor, critic, entropy_coeff=0.01)
+    losses = loss_fn(data)
+    total = sum(v for k, v in losses.items() if k.startswith("loss_"))
+    total.backward()
+    for name, param in list(actor.named_parameters()) + list(critic.named_parameters()):
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().sum() > 0, name
+
+
+def test_gradients_into_initial_state_match_finite_differences():
+    module = make_module(num_layers=2, d_state=2, expand=1)
+    td = sequence_td((2,), 5, [3])
+
+    def f(ssm, conv):
+        out, final = module.sequence(td["obs"], MambaState(ssm, conv), td["is_init"].squeeze(-1))
+        return out, final.ssm, final.conv
+
+    ssm = torch.randn(2, 2, 8, 2, dtype=torch.float64, requires_grad=True)
+    conv = torch.randn(2, 2, 8, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (ssm, conv))
+
+
+def test_bad_inputs_and_constructor_values_name_the_argument():
+    module = make_module()
+    td = sequence_td((2,), 3, [0])[:, 0]
+    bad = td.clone()
+    bad["obs"] = torch.randn(2, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"'obs' must have shape \[B, input_size\] with input_size=5, got \[2, 4\]"):
+        module(bad)
+    bad = td.clone()
+    bad["obs"] = torch.ones(2, 5, dtype=torch.long)
+    with pytest.raises(TypeError, match="'obs' must be a floating-point tensor, got dtype torch.int64"):
+        module(bad)
+    bad = td.clone()
+    bad["recurrent_state_ssm"] = torch.zeros(2, 2, 16, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"'recurrent_state_ssm' must have shape \[2, 2, 16, 4\], got \[2, 2, 16, 3\]"):
+        module(bad)
+    with pytest.raises(KeyError, match="InitTracker"):
+        module(td.exclude("is_init"))
+    with pytest.raises(ValueError, match="num_layers must be a positive int, got 0"):
+        MambaModule(5, 8, num_layers=0)
+    with pytest.raises(ValueError, match="input_size must be a positive int, got -3"):
+        MambaModule(-3, 8)
+    with pytest.raises(ValueError, match="out_keys must name the state entries"):
+        MambaModule(5, 8, out_keys=["x", ("next", "a"), ("next", "b")])
+    with pytest.raises(ValueError, match="norm must be 'rmsnorm' or 'layernorm', got 'batchnorm'"):
+        MambaModule(5, 8, norm="batchnorm")
