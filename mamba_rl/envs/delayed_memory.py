@@ -1,0 +1,441 @@
+"""Functional core of the delayed multi-bit memory task, on plain tensors.
+
+The task. Each episode of each environment runs through ``horizon + 2`` steps, indexed by
+``t`` (the step counter in :class:`DelayedMemoryState`):
+
+==================  =========================================  ==========================
+``t``               observation                                the action taken there
+==================  =========================================  ==========================
+0 (cue)             ``num_bits`` bits of the episode, cue = 1  ignored (reward 0)
+1 .. horizon        bits all 0, cue = 0, query = 0             ignored (reward 0)
+horizon + 1 (query) bits all 0, query = 1                      scored, then the episode ends
+==================  =========================================  ==========================
+
+An episode therefore takes ``horizon + 2`` actions and only the last is scored: reward 1 when
+it equals the integer code of the bits, ``-wrong_penalty`` otherwise. The code is
+``target = sum(bits[j] << j)``: bit ``j`` of the observation is bit ``j`` of the target
+(least significant first), so ``target`` is in ``0 .. 2**num_bits - 1`` and so is the action.
+
+Observation layout, float32 ``[N, obs_dim]`` with ``obs_dim = num_bits + 2 + num_distractors``::
+
+    [ bits (num_bits) | cue flag | query flag | distractors (num_distractors) ]
+
+Each distractor channel shows a fresh fair coin (0.0 or 1.0) at every step, the cue and
+query steps included, so the bits cannot be told from the distractors by their values.
+
+After the query step the environment is terminal (``t = horizon + 2``): its observation shows
+no bits and no flags (distractors still change), and stepping it again is a no-op that
+reports ``done`` again with reward 0. A state fresh from :func:`delayed_memory_init` is in
+that terminal state too, before any episode: call :func:`delayed_memory_reset` first.
+
+Randomness. There is no shared generator to consume. Every random quantity is a hash
+(``lowbias32`` by C. Wellons, computed exactly in int64 arithmetic) of the seed, the
+environment index ``i``, the environment's own episode counter ``k`` and, for distractors, the
+step ``t``. Episode ``k`` of environment ``i`` is thus a pure function of ``(seed, i, k)``:
+
+- the same seed gives the same episodes, on any device (CPU and CUDA agree bit for bit),
+  whatever the actions, the number of steps between resets, or torch's global RNG state;
+- a partial reset advances the episode counter of the reset environments alone; the others'
+  future episodes do not change;
+- the functions have no side effects and no host-device synchronisation, so they can be
+  traced by ``torch.compile`` or captured into a CUDA graph.
+
+The horizon of an episode is ``horizon`` when that is an int, or uniform over
+``low .. high`` (both included) when it is a pair ``(low, high)``; with a range, environments
+finish out of step.
+
+Example (a fast rollout loop with same-step autoreset)::
+
+    >>> import torch
+    >>> from mamba_rl.envs import (DelayedMemoryParams, delayed_memory_init,
+    ...     delayed_memory_reset, delayed_memory_observe, delayed_memory_step)
+    >>> params = DelayedMemoryParams(num_bits=4, horizon=(5, 10))
+    >>> state = delayed_memory_reset(delayed_memory_init(8, params, seed=0), None, params)
+    >>> obs, decision = delayed_memory_observe(state, params)  # [8, 6] float32, [8] bool
+    >>> for _ in range(50):
+    ...     action = torch.randint(0, params.num_actions, (8,))
+    ...     state, obs, reward, done, decision, success = delayed_memory_step(
+    ...         state, action, params, autoreset=True)
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "MAX_HORIZON",
+    "DelayedMemoryParams",
+    "DelayedMemoryState",
+    "DelayedMemoryStep",
+    "check_action",
+    "delayed_memory_init",
+    "delayed_memory_observe",
+    "delayed_memory_reset",
+    "delayed_memory_step",
+    "mix32",
+]
+
+# Keeps every step counter and hash input far from int64 overflow.
+MAX_HORIZON = 2**31 - 3
+
+_M32 = 0xFFFFFFFF
+_SALT_TARGET = 0x68E31DA4
+_SALT_HORIZON = 0xB5297A4D
+_SALT_EPISODE = 0x9E3779B9
+_SALT_DISTRACTOR = 0x1B56C4E9
+
+
+def _mul32(x, c: int):
+    """``(x * c) mod 2**32`` for ``x`` in ``0 .. 2**32 - 1`` without int64 overflow.
+
+    For ``c >= 2**31``, ``x * c = x * (c - 2**31) + (x << 31)`` and ``(x << 31) mod 2**32`` is
+    ``(x & 1) << 31``; each product stays below ``2**63``.
+    """
+    if c < 2**31:
+        return (x * c) & _M32
+    return (x * (c - 2**31) + ((x & 1) << 31)) & _M32
+
+
+def mix32(x):
+    """The ``lowbias32`` integer hash, a bijection of ``0 .. 2**32 - 1``.
+
+    Args:
+        x: a Python int or an int64 tensor of any shape, every value in ``0 .. 2**32 - 1``.
+
+    Returns:
+        The hash, same type and shape, values in ``0 .. 2**32 - 1``. Equal to the uint32
+        reference (``x ^= x >> 16; x *= 0x7feb352d; x ^= x >> 15; x *= 0x846ca68b;
+        x ^= x >> 16``) on every device.
+    """
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class DelayedMemoryParams:
+    """Static configuration of the task; validated on construction.
+
+    Attributes:
+        num_bits: bits to remember, in ``1 .. 16``; there are ``2**num_bits`` actions.
+        horizon: delay steps between the cue step and the query step: an int in
+            ``1 .. MAX_HORIZON``, or a pair ``(low, high)`` with ``1 <= low <= high`` to draw
+            it per episode, uniformly over ``low .. high`` inclusive.
+        num_distractors: noise channels appended to the observation, ``>= 0``.
+        wrong_penalty: the reward of a wrong answer is ``-wrong_penalty``; finite, ``>= 0``.
+
+    Raises:
+        ValueError / TypeError: naming the argument, what was expected and what came.
+    """
+
+    num_bits: int = 4
+    horizon: int | tuple[int, int] = 1000
+    num_distractors: int = 0
+    wrong_penalty: float = 0.0
+
+    def __post_init__(self):
+        if not _is_int(self.num_bits) or not 1 <= self.num_bits <= 16:
+            raise ValueError(f"num_bits must be an int in 1..16, got {self.num_bits!r}")
+        object.__setattr__(self, "num_bits", int(self.num_bits))
+        object.__setattr__(self, "horizon", _check_horizon(self.horizon))
+        if not _is_int(self.num_distractors) or self.num_distractors < 0:
+            raise ValueError(
+                f"num_distractors must be an int >= 0, got {self.num_distractors!r}"
+            )
+        object.__setattr__(self, "num_distractors", int(self.num_distractors))
+        penalty = self.wrong_penalty
+        if (
+            isinstance(penalty, bool)
+            or not isinstance(penalty, numbers.Real)
+            or not math.isfinite(penalty)
+            or penalty < 0
+        ):
+            raise ValueError(
+                f"wrong_penalty must be a finite number >= 0 (a wrong answer earns "
+                f"-wrong_penalty), got {penalty!r}"
+            )
+        object.__setattr__(self, "wrong_penalty", float(penalty))
+
+    @property
+    def horizon_range(self) -> tuple[int, int]:
+        """``(low, high)``, inclusive; ``low == high`` for a fixed horizon."""
+        if isinstance(self.horizon, tuple):
+            return self.horizon
+        return (self.horizon, self.horizon)
+
+    @property
+    def obs_dim(self) -> int:
+        """``num_bits + 2 + num_distractors``."""
+        return self.num_bits + 2 + self.num_distractors
+
+    @property
+    def num_actions(self) -> int:
+        """``2**num_bits``."""
+        return 2**self.num_bits
+
+    @property
+    def max_episode_steps(self) -> int:
+        """Actions in the longest episode: ``high + 2``."""
+        return self.horizon_range[1] + 2
+
+
+def _check_horizon(horizon) -> int | tuple[int, int]:
+    if _is_int(horizon):
+        if not 1 <= horizon <= MAX_HORIZON:
+            raise ValueError(f"horizon must be in 1..{MAX_HORIZON}, got {horizon!r}")
+        return int(horizon)
+    if isinstance(horizon, (tuple, list)) and len(horizon) == 2 and all(map(_is_int, horizon)):
+        low, high = int(horizon[0]), int(horizon[1])
+        if low > high:
+            raise ValueError(
+                f"horizon range (low, high) must have low <= high, got low={low} > high={high}"
+            )
+        if not 1 <= low or not high <= MAX_HORIZON:
+            raise ValueError(
+                f"horizon range (low, high) must lie in 1..{MAX_HORIZON}, got {horizon!r}"
+            )
+        return (low, high)
+    raise ValueError(
+        f"horizon must be an int >= 1 or a pair of ints (low, high), got {horizon!r}"
+    )
+
+
+class DelayedMemoryState(NamedTuple):
+    """Per-environment state; every field is int64 ``[N]`` on the environment's device."""
+
+    # per-environment hash key, from the seed and the environment index
+    stream: torch.Tensor
+    # episodes begun by each environment; -1 before the first reset
+    episode: torch.Tensor
+    # hash key of the current episode, from stream and episode
+    episode_key: torch.Tensor
+    # 0 cue, 1..horizon delay, horizon + 1 query, horizon + 2 terminal
+    t: torch.Tensor
+    # delay length of the current episode
+    horizon: torch.Tensor
+    # integer code of the current episode's bits, 0 .. 2**num_bits - 1
+    target: torch.Tensor
+
+
+class DelayedMemoryStep(NamedTuple):
+    """What :func:`delayed_memory_step` returns; unpacks as a 6-tuple."""
+
+    # state after the step
+    state: DelayedMemoryState
+    # float32 [N, obs_dim], the observation of the step to come
+    observation: torch.Tensor
+    # float32 [N]: 1 or -wrong_penalty at the query step, 0 elsewhere
+    reward: torch.Tensor
+    # bool [N]: the step just taken ended the episode (or the env was already terminal)
+    done: torch.Tensor
+    # bool [N]: the action of the step to come will be scored
+    decision: torch.Tensor
+    # bool [N]: the step just taken was scored and its answer was right
+    success: torch.Tensor
+
+
+def _seed_key(seed: int) -> int:
+    """A 32-bit key from an int seed (taken modulo ``2**64``)."""
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    seed = int(seed) % 2**64
+    return mix32(mix32((seed & _M32) ^ _SALT_EPISODE) ^ (seed >> 32))
+
+
+def delayed_memory_init(
+    num_envs: int,
+    params: DelayedMemoryParams,
+    seed: int,
+    device: torch.device | str | None = None,
+) -> DelayedMemoryState:
+    """The state of ``num_envs`` environments before their first episode (all terminal).
+
+    Args:
+        num_envs: ``N >= 1``.
+        params: the task configuration.
+        seed: any int (taken modulo ``2**64``); environment ``i`` draws from the stream of
+            ``(seed, i)``, so the first ``n`` environments of a batch seeded ``s`` see the same
+            episodes whatever the batch size.
+        device: where the state lives (default CPU).
+
+    Returns:
+        A :class:`DelayedMemoryState`; pass it through :func:`delayed_memory_reset` before
+        stepping.
+    """
+    if not _is_int(num_envs) or num_envs < 1:
+        raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
+    key = _seed_key(seed)
+    index = torch.arange(num_envs, dtype=torch.int64, device=device)
+    stream = mix32(index ^ key)
+    low = params.horizon_range[0]
+    return DelayedMemoryState(
+        stream=stream,
+        episode=torch.full_like(stream, -1),
+        episode_key=torch.zeros_like(stream),
+        t=torch.full_like(stream, low + 2),
+        horizon=torch.full_like(stream, low),
+        target=torch.zeros_like(stream),
+    )
+
+
+def delayed_memory_reset(
+    state: DelayedMemoryState,
+    mask: torch.Tensor | None,
+    params: DelayedMemoryParams,
+) -> DelayedMemoryState:
+    """Starts a new episode in the environments selected by ``mask``.
+
+    Args:
+        state: the current state.
+        mask: bool ``[N]`` (True = reset), or ``None`` to reset all.
+        params: the task configuration.
+
+    Returns:
+        The new state: reset environments are at their cue step (``t = 0``) with their next
+        episode counter, bits and horizon; the others are returned unchanged.
+    """
+    episode = state.episode + 1 if mask is None else state.episode + mask.to(torch.int64)
+    episode_key = mix32(state.stream ^ mix32((episode + _SALT_EPISODE) & _M32))
+    target = mix32(episode_key ^ _SALT_TARGET) & (params.num_actions - 1)
+    low, high = params.horizon_range
+    if low == high:
+        horizon = torch.full_like(state.horizon, low)
+    else:
+        horizon = low + mix32(episode_key ^ _SALT_HORIZON) % (high - low + 1)
+    if mask is None:
+        return DelayedMemoryState(
+            state.stream, episode, episode_key, torch.zeros_like(state.t), horizon, target
+        )
+    return DelayedMemoryState(
+        stream=state.stream,
+        episode=episode,
+        episode_key=torch.where(mask, episode_key, state.episode_key),
+        t=torch.where(mask, 0, state.t),
+        horizon=torch.where(mask, horizon, state.horizon),
+        target=torch.where(mask, target, state.target),
+    )
+
+
+def delayed_memory_observe(
+    state: DelayedMemoryState, params: DelayedMemoryParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The observation of the current step and whether its action will be scored.
+
+    Returns:
+        ``(observation, decision)``: float32 ``[N, obs_dim]`` laid out as in the module
+        docstring, and bool ``[N]``, True at the query step.
+    """
+    t = state.t
+    device = t.device
+    cue = t == 0
+    decision = t == state.horizon + 1
+    shifts = torch.arange(params.num_bits, dtype=torch.int64, device=device)
+    # [N, num_bits]
+    bits = ((state.target.unsqueeze(-1) >> shifts) & 1) * cue.unsqueeze(-1)
+    parts = [bits, cue.unsqueeze(-1), decision.unsqueeze(-1)]
+    if params.num_distractors:
+        channel = torch.arange(params.num_distractors, dtype=torch.int64, device=device)
+        num_words = (params.num_distractors + 31) // 32
+        word = torch.arange(num_words, dtype=torch.int64, device=device)
+        # [N, num_words]: 32 coins per hash
+        counter = (t.unsqueeze(-1) * num_words + word + _SALT_DISTRACTOR) & _M32
+        coins = mix32(state.episode_key.unsqueeze(-1) ^ mix32(counter))
+        # [N, num_distractors]
+        parts.append((coins[:, channel // 32] >> (channel % 32)) & 1)
+    observation = torch.cat([p.to(torch.float32) for p in parts], dim=-1)
+    return observation, decision
+
+
+def delayed_memory_step(
+    state: DelayedMemoryState,
+    action: torch.Tensor,
+    params: DelayedMemoryParams,
+    autoreset: bool = False,
+) -> DelayedMemoryStep:
+    """Takes one step in every environment; no checks, no host-device synchronisation.
+
+    Args:
+        state: the current state.
+        action: integer ``[N]``, each in ``0 .. 2**num_bits - 1``. Not checked here (an
+            out-of-range action simply scores as wrong); :func:`check_action` checks it.
+        params: the task configuration.
+        autoreset: if True, environments whose episode ends at this step start their next
+            episode in the same call (same-step autoreset, as in gymnax/PureJaxRL): the
+            returned ``observation`` and ``decision`` are then those of the new cue step,
+            while ``reward``, ``done`` and ``success`` still describe the step just taken.
+
+    Returns:
+        A :class:`DelayedMemoryStep` ``(state, observation, reward, done, decision, success)``
+        with shapes ``[N, obs_dim]`` float32, ``[N]`` float32, ``[N]`` bool, ``[N]`` bool,
+        ``[N]`` bool.
+    """
+    scored = state.t == state.horizon + 1
+    correct = action == state.target
+    success = scored & correct
+    # 0.0 - penalty, not -penalty: a wrong answer without penalty earns +0.0, not -0.0
+    reward = torch.where(
+        scored,
+        torch.where(correct, 1.0, 0.0 - params.wrong_penalty),
+        0.0,
+    ).to(torch.float32)
+    done = state.t >= state.horizon + 1
+    t = torch.where(done, state.horizon + 2, state.t + 1)
+    new_state = state._replace(t=t)
+    if autoreset:
+        new_state = delayed_memory_reset(new_state, done, params)
+    observation, decision = delayed_memory_observe(new_state, params)
+    return DelayedMemoryStep(new_state, observation, reward, done, decision, success)
+
+
+def check_action(
+    action, params: DelayedMemoryParams, num_envs: int, check_range: bool = True
+) -> torch.Tensor:
+    """Checks a batch of actions; the range check synchronises with the device.
+
+    Args:
+        action: a tensor of any integer dtype except bool, shape ``[num_envs]``, values in
+            ``0 .. 2**num_bits - 1``.
+        params: the task configuration.
+        num_envs: the batch size ``N``.
+        check_range: also check the values (one bool read back from the device).
+
+    Returns:
+        The action as int64.
+
+    Raises:
+        TypeError: not a tensor, or not of an integer dtype.
+        ValueError: wrong shape, or a value out of range (the first few are named, with
+            their environment indices).
+    """
+    if not isinstance(action, torch.Tensor):
+        raise TypeError(f"action must be a torch.Tensor, got {type(action).__name__}")
+    if action.dtype == torch.bool or action.is_floating_point() or action.is_complex():
+        raise TypeError(
+            f"action must have an integer dtype (int64, a category index), got {action.dtype}"
+        )
+    if action.shape != (num_envs,):
+        raise ValueError(
+            f"action must have shape [{num_envs}] (one category index per environment), "
+            f"got {list(action.shape)}"
+        )
+    if not check_range:
+        return action.to(torch.int64)
+    bad = (action < 0) | (action >= params.num_actions)
+    if bool(bad.any()):
+        index = bad.nonzero().squeeze(-1)[:5]
+        raise ValueError(
+            f"action must be in 0..{params.num_actions - 1} (num_bits={params.num_bits}), "
+            f"got {action[index].tolist()} at env indices {index.tolist()}"
+        )
+    return action.to(torch.int64)
