@@ -15,7 +15,11 @@ fi
 [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
 pip="$venv/bin/python -m pip"
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-    $pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+    # shellcheck disable=SC2086  # TORCH_SPEC may carry pip options such as --index-url
+    $pip install -q ${TORCH_SPEC:-torch==2.13.0} 2>&1 | grep -v "is ignored: it is neither" >&2 || true
+    "$venv/bin/python" -c "import torch"
 fi
-$pip install -q -e ".[dev]"
+# pip's notes about the local wheel mirror are noise here
+$pip install -q -e ".[dev]" 2>&1 | grep -v "is ignored: it is neither" >&2 || true
+"$venv/bin/python" -c "import mamba_rl" 
 touch "$stamp"
