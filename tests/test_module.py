@@ -18,26 +18,42 @@ from tests.conftest import assert_close
 from tests.toy_env import RandomEndEnv
 
 
-def make_module(dtype=torch.float64, **kwargs):
+# CPU runs the float64 reference; CUDA runs float32 through backend="auto" (Triton when present)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def make_module(device="cpu", **kwargs):
     torch.manual_seed(0)
     kwargs = {"num_layers": 2, "d_state": 4, **kwargs}
-    return MambaModule(5, 8, in_key="obs", out_key="feat", backend="torch", dtype=dtype, **kwargs)
+    if device == "cpu":
+        return MambaModule(5, 8, in_key="obs", out_key="feat", backend="torch", dtype=torch.float64, **kwargs)
+    return MambaModule(5, 8, in_key="obs", out_key="feat", backend="auto", device=device, **kwargs)
 
 
-def sequence_td(batch_shape, steps, resets, dtype=torch.float64, seed=0):
+def sequence_td(batch_shape, steps, resets, device="cpu", seed=0):
     g = torch.Generator().manual_seed(seed)
     shape = (*batch_shape, steps)
     is_init = torch.zeros(*shape, 1, dtype=torch.bool)
     for t in resets:
         is_init[..., t, :] = True
-    return TensorDict(obs=torch.randn(*shape, 5, generator=g, dtype=dtype), is_init=is_init, batch_size=shape)
+    obs = torch.randn(*shape, 5, generator=g, dtype=torch.float64)
+    td = TensorDict(obs=obs, is_init=is_init, batch_size=shape)
+    return td if device == "cpu" else td.to(device).apply(lambda t: t.float() if t.is_floating_point() else t)
 
 
+def assert_close_on(device, actual, expected):
+    if device == "cpu":
+        assert_close(actual, expected)
+    else:
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("batch_shape", [(), (4,), (2, 3)], ids=["B[]", "B[4]", "B[2,3]"])
 @pytest.mark.parametrize("resets", [[0], [0, 4], [0, 3, 9]], ids=str)
-def test_step_calls_equal_one_recurrent_call(batch_shape, resets):
-    module = make_module()
-    td = sequence_td(batch_shape, 10, resets)
+def test_step_calls_equal_one_recurrent_call(batch_shape, resets, device):
+    module = make_module(device)
+    td = sequence_td(batch_shape, 10, resets, device)
     with set_recurrent_mode(True):
         expected = module(td.clone())["feat"]
     carry = td[..., 0].clone()
@@ -46,7 +62,7 @@ def test_step_calls_equal_one_recurrent_call(batch_shape, resets):
         if t > 0:
             step.update(carry["next"].select("recurrent_state_ssm", "recurrent_state_conv"))
         carry = module(step)
-        assert_close(carry["feat"], expected[..., t, :])
+        assert_close_on(device, carry["feat"], expected[..., t, :])
 
 
 def test_recurrent_mode_reads_stored_state_when_row_does_not_start_with_is_init():
@@ -77,9 +93,12 @@ def test_recurrent_mode_writes_no_per_step_state():
     assert out["feat"].shape == (2, 6, 8)
 
 
-def make_collector_policy():
-    module = MambaModule(5, 16, num_layers=2, d_state=8, in_key="observation", out_key="features", backend="torch")
-    head = TensorDictModule(nn.Linear(16, 3), in_keys=["features"], out_keys=["logits"])
+def make_collector_policy(device="cpu"):
+    backend = "torch" if device == "cpu" else "auto"
+    module = MambaModule(
+        5, 16, num_layers=2, d_state=8, in_key="observation", out_key="features", backend=backend, device=device
+    )
+    head = TensorDictModule(nn.Linear(16, 3, device=device), in_keys=["features"], out_keys=["logits"])
     actor = ProbabilisticActor(
         TensorDictSequential(module, head), in_keys=["logits"], out_keys=["action"],
         distribution_class=torch.distributions.Categorical, return_log_prob=True,
@@ -87,17 +106,18 @@ def make_collector_policy():
     return module, actor
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("registration", ["explicit", "auto"])
-def test_collector_batch_replays_in_recurrent_mode(registration):
+def test_collector_batch_replays_in_recurrent_mode(registration, device):
     torch.manual_seed(0)
-    module, actor = make_collector_policy()
+    module, actor = make_collector_policy(device)
     if registration == "explicit":
-        env = TransformedEnv(RandomEndEnv(batch=4, p_end=0.15), InitTracker())
+        env = TransformedEnv(RandomEndEnv(batch=4, p_end=0.15, device=device), InitTracker())
         env.append_transform(get_primers_from_module(actor))
         collector = Collector(env, actor, frames_per_batch=4 * 20, total_frames=3 * 4 * 20)
     else:
         collector = Collector(
-            RandomEndEnv(batch=4, p_end=0.15), actor, frames_per_batch=4 * 20, total_frames=3 * 4 * 20,
+            RandomEndEnv(batch=4, p_end=0.15, device=device), actor, frames_per_batch=4 * 20, total_frames=3 * 4 * 20,
             auto_register_policy_transforms=True,
         )
     batches = [data.clone() for data in collector]
@@ -112,25 +132,27 @@ def test_collector_batch_replays_in_recurrent_mode(registration):
         assert (replayed - data["features"]).abs().max() <= 1e-5
 
 
-def test_no_information_crosses_a_reset_even_with_noise_in_stored_state():
-    module = make_module()
-    td = sequence_td((2,), 10, [0, 6])
-    td["recurrent_state_ssm"] = torch.randn(2, 10, 2, 16, 4, dtype=torch.float64) * 100
-    td["recurrent_state_conv"] = torch.randn(2, 10, 2, 16, 3, dtype=torch.float64) * 100
+@pytest.mark.parametrize("device", DEVICES)
+def test_no_information_crosses_a_reset_even_with_noise_in_stored_state(device):
+    module = make_module(device)
+    td = sequence_td((2,), 10, [0, 6], device)
+    dtype = td["obs"].dtype
+    td["recurrent_state_ssm"] = torch.randn(2, 10, 2, 16, 4, dtype=dtype, device=device) * 100
+    td["recurrent_state_conv"] = torch.randn(2, 10, 2, 16, 3, dtype=dtype, device=device) * 100
     with set_recurrent_mode(True):
         out = module(td.clone())["feat"]
         changed = td.clone()
-        changed["obs"][:, :6] = torch.randn(2, 6, 5, dtype=torch.float64)
+        changed["obs"][:, :6] = torch.randn(2, 6, 5, dtype=dtype, device=device)
         changed["recurrent_state_ssm"].normal_()
         out_changed = module(changed)["feat"]
-        fresh = module(sequence_td((2,), 10, [0, 6])[:, 6:].clone())["feat"]
-    assert_close(out[:, 6:], out_changed[:, 6:])
-    assert_close(out[:, 6:], fresh)
+        fresh = module(sequence_td((2,), 10, [0, 6], device)[:, 6:].clone())["feat"]
+    assert_close_on(device, out[:, 6:], out_changed[:, 6:])
+    assert_close_on(device, out[:, 6:], fresh)
     # step mode: the stored state of a starting env is ignored
     step = td[:, 6].clone()
     noisy = module(step.clone())["feat"]
     step.exclude("recurrent_state_ssm", "recurrent_state_conv", inplace=True)
-    assert_close(noisy, module(step)["feat"])
+    assert_close_on(device, noisy, module(step)["feat"])
 
 
 def test_ppo_loss_and_gae_run_and_reach_every_parameter():
