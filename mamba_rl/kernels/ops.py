@@ -207,4 +207,6 @@ def causal_conv1d_step(
     _check_shape("conv_state", conv_state, (x.shape[0], x.shape[1], weight.shape[-1] - 1))
     _check_shape("reset", reset, (x.shape[0],))
     _check_bool("reset", reset)
+    if resolve_backend(backend, x.device) == "triton":
+        return _triton_module().causal_conv1d_step_triton(x, conv_state, weight, bias, activation, reset)
     return naive.causal_conv1d_step_ref(x, conv_state, weight, bias, activation, reset)

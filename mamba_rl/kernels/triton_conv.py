@@ -1,0 +1,307 @@
+"""Fused Triton depthwise causal conv with initial state, resets and final state, forward and backward.
+
+Twin of :func:`mamba_rl.kernels.naive.causal_conv1d_ref`. The conv is a stencil of width ``W``
+(4 in Mamba), so every output is independent: programs tile ``[BLOCK_D, BLOCK_T]`` over
+(batch, channels, time) and read their few neighbours' inputs from cache. An input ``x_s`` counts
+for output ``t`` only if no reset lies in ``(s, t]``; ``initial_state`` holds ``x_{-W+1..-1}``.
+
+The backward recomputes the pre-activations it needs (``t .. t + W - 1`` for a tile) instead of
+saving them, writes ``dx`` (and ``d initial_state`` from the first time tile), and per-tile partial
+sums of ``dweight`` and ``dbias`` that the host adds up (deterministic, no atomics).
+
+The final conv state is the last ``W - 1`` inputs with those before the last reset zeroed; it is
+a few strided copies, done with differentiable PyTorch ops outside the kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["causal_conv1d_triton", "CONV_CONFIG"]
+
+
+@triton.jit
+def _load_x(p_x, p_init, o_d, m_d, s, L,
+            s_x_d, s_x_t, s_i_d, s_i_t,
+            W: tl.constexpr, HAS_INIT: tl.constexpr):
+    """Inputs at times ``s`` ``[BT]`` (negative: from the initial state) for channels ``o_d``."""
+    m_x = m_d[:, None] & ((s >= 0) & (s < L))[None, :]
+    b_x = tl.load(p_x + o_d[:, None] * s_x_d + s[None, :] * s_x_t, mask=m_x, other=0.0).to(tl.float32)
+    if HAS_INIT:
+        m_i = m_d[:, None] & ((s < 0) & (s >= 1 - W))[None, :]
+        b_x += tl.load(p_init + o_d[:, None] * s_i_d + (s + W - 1)[None, :] * s_i_t,
+                       mask=m_i, other=0.0).to(tl.float32)
+    return b_x
+
+
+@triton.jit
+def _not_reset(p_reset, s, L):
+    """True where there is no reset at time ``s`` (times outside ``[0, L)`` have none)."""
+    return tl.load(p_reset + s, mask=(s >= 0) & (s < L), other=0) == 0
+
+
+@triton.jit
+def _conv_pre(p_x, p_init, p_w, p_bias, p_reset, o_d, m_d, t, L,
+              s_x_d, s_x_t, s_i_d, s_i_t,
+              W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+              HAS_RESET: tl.constexpr):
+    """Pre-activation ``bias + sum_j w[W-1-j] x_{t-j}`` over inputs after the last reset: ``[BD, BT]``."""
+    b_acc = tl.zeros([o_d.shape[0], t.shape[0]], dtype=tl.float32)
+    if HAS_BIAS:
+        b_acc += tl.load(p_bias + o_d, mask=m_d, other=0.0).to(tl.float32)[:, None]
+    b_valid = t >= -W
+    for j in tl.static_range(W):
+        if HAS_RESET and j > 0:
+            b_valid = b_valid & _not_reset(p_reset, t - j + 1, L)
+        b_w = tl.load(p_w + o_d * W + (W - 1 - j), mask=m_d, other=0.0).to(tl.float32)
+        b_x = _load_x(p_x, p_init, o_d, m_d, t - j, L, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
+        b_acc += b_w[:, None] * tl.where(b_valid[None, :], b_x, 0.0)
+    return b_acc
+
+
+@triton.jit
+def _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, t, L,
+              s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
+              W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+              HAS_RESET: tl.constexpr, SILU: tl.constexpr):
+    """Gradient at the pre-activation for outputs ``t`` (zero outside ``[0, L)``): ``[BD, BT]``."""
+    m_t = (t >= 0) & (t < L)
+    b_dy = tl.load(p_dy + o_d[:, None] * s_dy_d + t[None, :] * s_dy_t,
+                   mask=m_d[:, None] & m_t[None, :], other=0.0).to(tl.float32)
+    if SILU:
+        b_pre = _conv_pre(p_x, p_init, p_w, p_bias, p_reset, o_d, m_d, t, L,
+                          s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_BIAS, HAS_INIT, HAS_RESET)
+        b_sig = tl.sigmoid(b_pre)
+        b_dy = b_dy * b_sig * (1.0 + b_pre * (1.0 - b_sig))
+    return b_dy
+
+
+@triton.jit
+def _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, s, L,
+             s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
+             W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+             HAS_RESET: tl.constexpr, SILU: tl.constexpr):
+    """``dx_s = sum_j w[W-1-j] dy'_{s+j}`` over outputs with no reset in ``(s, s+j]``: ``[BD, BT]``."""
+    b_dx = tl.zeros([o_d.shape[0], s.shape[0]], dtype=tl.float32)
+    b_valid = s >= -W
+    for j in tl.static_range(W):
+        if HAS_RESET and j > 0:
+            b_valid = b_valid & _not_reset(p_reset, s + j, L)
+        b_w = tl.load(p_w + o_d * W + (W - 1 - j), mask=m_d, other=0.0).to(tl.float32)
+        b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, s + j, L,
+                          s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
+                          W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
+        b_dx += b_w[:, None] * tl.where(b_valid[None, :], b_dyp, 0.0)
+    return b_dx
+
+
+@triton.jit
+def _conv_fwd_kernel(
+    p_x, p_w, p_bias, p_init, p_reset, p_y,
+    L, d,
+    s_x_b, s_x_d, s_x_t,
+    s_i_b, s_i_d, s_i_t,
+    s_y_b, s_y_d, s_y_t,
+    s_r_b,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr,
+    SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    i_t, i_d = tl.program_id(0), tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    m_d = o_d < d
+    m_t = o_t < L
+    b_pre = _conv_pre(p_x + i_b * s_x_b, p_init + i_b * s_i_b, p_w, p_bias, p_reset + i_b * s_r_b,
+                      o_d, m_d, o_t, L, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_BIAS, HAS_INIT, HAS_RESET)
+    if SILU:
+        b_pre = b_pre * tl.sigmoid(b_pre)
+    tl.store(p_y + i_b * s_y_b + o_d[:, None] * s_y_d + o_t[None, :] * s_y_t,
+             b_pre.to(p_y.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
+
+
+@triton.jit
+def _conv_bwd_kernel(
+    p_x, p_w, p_bias, p_init, p_reset, p_dy,
+    p_dx, p_dinit, p_dw, p_dbias,
+    L, d, n_tblocks,
+    s_x_b, s_x_d, s_x_t,
+    s_i_b, s_i_d, s_i_t,
+    s_dy_b, s_dy_d, s_dy_t,
+    s_dx_b, s_dx_d, s_dx_t,
+    s_r_b,
+    W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_RESET: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    i_t, i_d = tl.program_id(0), tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    m_d = o_d < d
+    m_t = o_t < L
+    p_x += i_b * s_x_b
+    p_init += i_b * s_i_b
+    p_reset += i_b * s_r_b
+    p_dy += i_b * s_dy_b
+
+    b_dx = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, o_t, L,
+                    s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
+    tl.store(p_dx + i_b * s_dx_b + o_d[:, None] * s_dx_d + o_t[None, :] * s_dx_t,
+             b_dx.to(p_dx.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
+
+    # this tile's outputs' share of dweight and dbias: [BD] each
+    b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, o_t, L,
+                      s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
+    p_dw += ((i_b * n_tblocks + i_t) * d + o_d) * W
+    b_valid = m_t
+    for j in tl.static_range(W):
+        if HAS_RESET and j > 0:
+            b_valid = b_valid & _not_reset(p_reset, o_t - j + 1, L)
+        b_x = _load_x(p_x, p_init, o_d, m_d, o_t - j, L, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
+        b_dwj = tl.sum(tl.where(b_valid[None, :], b_x * b_dyp, 0.0), axis=1)
+        tl.store(p_dw + (W - 1 - j), b_dwj, mask=m_d)
+    if HAS_BIAS:
+        tl.store(p_dbias + (i_b * n_tblocks + i_t) * d + o_d, tl.sum(b_dyp, axis=1), mask=m_d)
+
+    # the first time tile also gives the initial state's gradient (times -W+1 .. -1)
+    if HAS_INIT:
+        if i_t == 0:
+            o_s = tl.arange(0, WP) - (W - 1)
+            m_s = o_s < 0
+            b_dinit = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, o_s, L,
+                               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
+                               W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
+            tl.store(p_dinit + (i_b * d + o_d[:, None]) * (W - 1) + (o_s + W - 1)[None, :],
+                     b_dinit.to(p_dinit.dtype.element_ty), mask=m_d[:, None] & m_s[None, :])
+
+
+CONV_CONFIG = {"block_d": 32, "block_t": 64, "warps": 4}
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def _check_activation(activation: str | None) -> bool:
+    if activation is None:
+        return False
+    if activation in ("silu", "swish"):
+        return True
+    raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
+def _time_major_like(t: torch.Tensor) -> torch.Tensor:
+    b, c, L = t.shape
+    if t.stride(1) == 1 and c > 1:
+        return torch.empty(b, L, c, device=t.device, dtype=t.dtype).transpose(1, 2)
+    return torch.empty(b, c, L, device=t.device, dtype=t.dtype)
+
+
+def _blocks(d: int, L: int) -> tuple[int, int]:
+    block_d = min(CONV_CONFIG["block_d"], _next_pow2(d))
+    block_t = min(CONV_CONFIG["block_t"], max(16, _next_pow2(L)))
+    return block_d, block_t
+
+
+class _CausalConv1dFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, initial_state, reset, silu):
+        b, d, L = x.shape
+        width = weight.shape[1]
+        weight = weight.contiguous()
+        init = None if initial_state is None else initial_state.contiguous()
+        reset_u8 = None if reset is None else reset.contiguous().view(torch.uint8)
+        y = _time_major_like(x)
+        block_d, block_t = _blocks(d, L)
+        init_ = x if init is None else init
+        r_ = x if reset_u8 is None else reset_u8
+        if L > 0:
+            _conv_fwd_kernel[(triton.cdiv(L, block_t), triton.cdiv(d, block_d), b)](
+                x, weight, weight if bias is None else bias, init_, r_, y,
+                L, d, *x.stride(), *init_.stride(), *y.stride(),
+                0 if reset_u8 is None else reset_u8.stride(0),
+                W=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
+                HAS_RESET=reset is not None, SILU=silu, BLOCK_D=block_d, BLOCK_T=block_t,
+                num_warps=CONV_CONFIG["warps"],
+            )
+        ctx.save_for_backward(x, weight, bias, init, reset_u8)
+        ctx.silu = silu
+        ctx.init_dtype = None if initial_state is None else initial_state.dtype
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, init, reset_u8 = ctx.saved_tensors
+        b, d, L = x.shape
+        width = weight.shape[1]
+        block_d, block_t = _blocks(d, L)
+        n_tblocks = triton.cdiv(L, block_t)
+        dx = _time_major_like(x)
+        dinit = None if init is None else torch.zeros(b, d, width - 1, device=x.device, dtype=init.dtype)
+        dw = torch.empty(b * n_tblocks, d, width, device=x.device, dtype=torch.float32)
+        dbias = None if bias is None else torch.empty(b * n_tblocks, d, device=x.device, dtype=torch.float32)
+        init_ = x if init is None else init
+        r_ = x if reset_u8 is None else reset_u8
+        if L > 0:
+            _conv_bwd_kernel[(n_tblocks, triton.cdiv(d, block_d), b)](
+                x, weight, weight if bias is None else bias, init_, r_, dy,
+                dx, dx if dinit is None else dinit, dw, dw if dbias is None else dbias,
+                L, d, n_tblocks,
+                *x.stride(), *init_.stride(), *dy.stride(), *dx.stride(),
+                0 if reset_u8 is None else reset_u8.stride(0),
+                W=width, WP=max(2, _next_pow2(width - 1)), HAS_BIAS=bias is not None,
+                HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None, SILU=ctx.silu,
+                BLOCK_D=block_d, BLOCK_T=block_t, num_warps=CONV_CONFIG["warps"],
+            )
+        return (
+            dx,
+            dw.sum(0).to(weight.dtype),
+            None if dbias is None else dbias.sum(0).to(bias.dtype),
+            dinit,
+            None,
+            None,
+        )
+
+
+def _final_conv_state(x, initial_state, reset, width):
+    """Last ``width - 1`` inputs, zeroed before the last reset: ``[b, d, width - 1]``, differentiable."""
+    b, d, L = x.shape
+    keep = width - 1
+    if L >= keep:
+        tail = x[..., L - keep:]
+    else:
+        init = x.new_zeros(b, d, keep) if initial_state is None else initial_state.to(x.dtype)
+        tail = torch.cat([init[..., L:], x], dim=-1)
+    if reset is None:
+        return tail.clone()
+    # reset at times L - keep + 1 .. L - 1 (none before time 0): [b, keep - 1]
+    r = torch.zeros(b, keep, dtype=torch.int32, device=x.device)
+    lo = max(0, L - keep + 1)
+    if L > lo:
+        r[:, keep - (L - lo):] = reset[:, lo:L].to(torch.int32)
+    # resets strictly after tail position k: r[k+1:]; r[0] (time L - keep) does not matter
+    after = torch.flip(torch.cumsum(torch.flip(r, [-1]), -1), [-1])
+    after = torch.cat([after[:, 1:], after.new_zeros(b, 1)], dim=-1)
+    return tail * (after == 0)[:, None, :].to(x.dtype)
+
+
+def causal_conv1d_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fused causal conv; same contract as :func:`mamba_rl.kernels.naive.causal_conv1d_ref`.
+
+    ``x`` ``[b, d, L]`` (any strides; ``y`` and ``dx`` get ``x``'s memory order), ``weight``
+    ``[d, w]``, ``bias`` ``[d]``, ``initial_state`` ``[b, d, w - 1]``, ``reset`` ``[b, L]`` bool,
+    ``activation`` None or ``"silu"``. Returns ``(y [b, d, L], final_state [b, d, w - 1])``, both
+    differentiable in ``x``, ``weight``, ``bias`` and ``initial_state``.
+    """
+    silu = _check_activation(activation)
+    y = _CausalConv1dFn.apply(x, weight, bias, initial_state, reset, silu)
+    return y, _final_conv_state(x, initial_state, reset, weight.shape[1])

@@ -1,0 +1,458 @@
+"""Fused Triton rollout step: conv state, SSM state and output for N environments at once.
+
+Twins of :func:`mamba_rl.kernels.naive.causal_conv1d_step_ref` and
+:func:`mamba_rl.kernels.naive.selective_state_step_ref`, plus the fused, in-place step of a whole
+Mamba mixer between its input and output projections (:func:`mamba_mixer_step_inplace`).
+
+The step kernels take an input and an output state pointer: the pure functions pass a fresh output,
+the ``*_inplace`` ones pass the input (each program reads every element it writes before writing
+it, from the same thread, so in-place is safe). Per-env resets are applied inside the kernels.
+Nothing here syncs with the host or autotunes (a tuning run would overwrite the state), and the
+in-place entry points allocate nothing once their workspace exists: they can be captured in a
+CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mamba_rl.kernels.triton_scan import _softplus, selective_scan_triton
+
+__all__ = [
+    "causal_conv1d_step_triton",
+    "causal_conv1d_step_inplace",
+    "selective_state_step_triton",
+    "selective_state_step_inplace",
+    "mamba_mixer_step_inplace",
+    "MixerStepWorkspace",
+]
+
+
+@triton.jit
+def _conv_step_kernel(
+    p_x, p_state, p_state_out, p_w, p_bias, p_reset, p_y,
+    d,
+    s_x_b, s_x_d,
+    s_s_b, s_s_d, s_s_k,
+    s_o_b, s_o_d, s_o_k,
+    s_y_b, s_y_d,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr, SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    i_d = tl.program_id(0)
+    i_b = tl.program_id(1).to(tl.int64)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_d < d
+    p_s = p_state + i_b * s_s_b + o_d * s_s_d
+    p_o = p_state_out + i_b * s_o_b + o_d * s_o_d
+    b_x = tl.load(p_x + i_b * s_x_b + o_d * s_x_d, mask=m_d, other=0.0).to(tl.float32)
+    b_keep = 1.0
+    if HAS_RESET:
+        b_keep = tl.where(tl.load(p_reset + i_b) != 0, 0.0, 1.0)
+    b_y = tl.load(p_w + o_d * W + (W - 1), mask=m_d, other=0.0).to(tl.float32) * b_x
+    if HAS_BIAS:
+        b_y += tl.load(p_bias + o_d, mask=m_d, other=0.0).to(tl.float32)
+    # column k of the window is state[k] (oldest first); the new state drops column 0
+    for k in tl.static_range(W - 1):
+        b_s = tl.load(p_s + k * s_s_k, mask=m_d, other=0.0) * b_keep
+        b_y += tl.load(p_w + o_d * W + k, mask=m_d, other=0.0).to(tl.float32) * b_s.to(tl.float32)
+        if k > 0:
+            tl.store(p_o + (k - 1) * s_o_k, b_s.to(p_state_out.dtype.element_ty), mask=m_d)
+    tl.store(p_o + (W - 2) * s_o_k, b_x.to(p_state_out.dtype.element_ty), mask=m_d)
+    if SILU:
+        b_y = b_y * tl.sigmoid(b_y)
+    tl.store(p_y + i_b * s_y_b + o_d * s_y_d, b_y.to(p_y.dtype.element_ty), mask=m_d)
+
+
+@triton.jit
+def _ssm_step_kernel(
+    p_h, p_h_out, p_x, p_delta, p_A, p_B, p_C, p_D, p_z, p_bias, p_reset, p_y,
+    d, n,
+    s_h_b, s_h_d, s_h_n,
+    s_o_b, s_o_d, s_o_n,
+    s_x_b, s_x_d,
+    s_dt_b, s_dt_d,
+    s_B_b, s_B_n,
+    s_C_b, s_C_n,
+    s_z_b, s_z_d,
+    s_y_b, s_y_d,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_RESET: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    i_d = tl.program_id(0)
+    i_b = tl.program_id(1).to(tl.int64)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_n = tl.arange(0, BLOCK_N)
+    m_d = o_d < d
+    m_n = o_n < n
+    m_dn = m_d[:, None] & m_n[None, :]
+    # [BD, BN]
+    b_h = tl.load(p_h + i_b * s_h_b + o_d[:, None] * s_h_d + o_n[None, :] * s_h_n,
+                  mask=m_dn, other=0.0).to(tl.float32)
+    if HAS_RESET:
+        b_h = tl.where(tl.load(p_reset + i_b) != 0, 0.0, b_h)
+    b_A = tl.load(p_A + o_d[:, None] * n + o_n[None, :], mask=m_dn, other=0.0).to(tl.float32)
+    # [BD]
+    b_x = tl.load(p_x + i_b * s_x_b + o_d * s_x_d, mask=m_d, other=0.0).to(tl.float32)
+    b_dt = tl.load(p_delta + i_b * s_dt_b + o_d * s_dt_d, mask=m_d, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        b_dt += tl.load(p_bias + o_d, mask=m_d, other=0.0).to(tl.float32)
+    if SOFTPLUS:
+        b_dt = _softplus(b_dt)
+    # [BN]
+    b_B = tl.load(p_B + i_b * s_B_b + o_n * s_B_n, mask=m_n, other=0.0).to(tl.float32)
+    b_C = tl.load(p_C + i_b * s_C_b + o_n * s_C_n, mask=m_n, other=0.0).to(tl.float32)
+    b_h = tl.exp(b_dt[:, None] * b_A) * b_h + (b_dt * b_x)[:, None] * b_B[None, :]
+    tl.store(p_h_out + i_b * s_o_b + o_d[:, None] * s_o_d + o_n[None, :] * s_o_n, b_h, mask=m_dn)
+    b_y = tl.sum(b_h * b_C[None, :], axis=1)
+    if HAS_D:
+        b_y += tl.load(p_D + o_d, mask=m_d, other=0.0).to(tl.float32) * b_x
+    if HAS_Z:
+        b_z = tl.load(p_z + i_b * s_z_b + o_d * s_z_d, mask=m_d, other=0.0).to(tl.float32)
+        b_y *= b_z * tl.sigmoid(b_z)
+    tl.store(p_y + i_b * s_y_b + o_d * s_y_d, b_y.to(p_y.dtype.element_ty), mask=m_d)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def _reset_u8(reset: torch.Tensor) -> torch.Tensor:
+    # a [b] bool as bytes, without a copy (the kernels read it with unit stride)
+    if reset.dim() != 1 or reset.stride(0) != 1:
+        raise ValueError(f"reset must be a contiguous [b] bool tensor, got shape {list(reset.shape)} "
+                         f"and strides {list(reset.stride())}")
+    return reset.view(torch.uint8)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _silu_flag(activation: str | None) -> bool:
+    if activation is None:
+        return False
+    if activation in ("silu", "swish"):
+        return True
+    raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
+def _launch_conv_step(x, conv_state, state_out, weight, bias, activation, reset, y):
+    b, d = x.shape
+    width = weight.shape[-1]
+    if weight.stride(-1) != 1 or weight.stride(0) != width:
+        raise ValueError("weight must be a contiguous [d, w] tensor")
+    block_d = min(256, _next_pow2(d))
+    r_ = x if reset is None else _reset_u8(reset)
+    _conv_step_kernel[(triton.cdiv(d, block_d), b)](
+        x, conv_state, state_out, weight, weight if bias is None else bias, r_, y,
+        d, *x.stride(), *conv_state.stride(), *state_out.stride(), *y.stride(),
+        W=width, HAS_BIAS=bias is not None, HAS_RESET=reset is not None,
+        SILU=_silu_flag(activation), BLOCK_D=block_d, num_warps=4,
+    )
+
+
+def causal_conv1d_step_triton(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    reset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One conv step, pure; same contract as :func:`~mamba_rl.kernels.naive.causal_conv1d_step_ref`.
+
+    ``x`` ``[b, d]``, ``conv_state`` ``[b, d, w - 1]``, ``weight`` ``[d, w]``, ``bias`` ``[d]``,
+    ``reset`` ``[b]`` bool. Returns ``(y [b, d], new_conv_state [b, d, w - 1])``. When a gradient
+    is needed, runs the sequence kernel on one step (differentiable) instead.
+    """
+    _silu_flag(activation)
+    if _needs_grad(x, conv_state, weight, bias):
+        from mamba_rl.kernels.triton_conv import causal_conv1d_triton
+
+        y, new_state = causal_conv1d_triton(
+            x[..., None], weight, bias, conv_state, None if reset is None else reset[:, None], activation
+        )
+        return y[..., 0], new_state
+    reset = None if reset is None else reset.contiguous()
+    state_out = torch.empty_like(conv_state, memory_format=torch.contiguous_format)
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _launch_conv_step(x, conv_state, state_out, weight.contiguous(), bias, activation, reset, y)
+    return y, state_out
+
+
+def causal_conv1d_step_inplace(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    reset: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One conv step that overwrites ``conv_state`` ``[b, d, w - 1]``; returns ``y`` ``[b, d]``
+    (written into ``out`` when given). ``weight`` must be contiguous. Graph-capturable."""
+    y = torch.empty_like(x) if out is None else out
+    _launch_conv_step(x, conv_state, conv_state, weight, bias, activation, reset, y)
+    return y
+
+
+def _launch_ssm_step(h, h_out, x, delta, A, B, C, D, z, delta_bias, delta_softplus, reset, y):
+    b, d = x.shape
+    n = A.shape[-1]
+    if A.stride(-1) != 1 or A.stride(0) != n:
+        raise ValueError("A must be a contiguous [d, n] tensor")
+    block_n = max(2, _next_pow2(n))
+    block_d = max(1, min(_next_pow2(d), 2048 // block_n))
+    z_ = x if z is None else z
+    r_ = x if reset is None else _reset_u8(reset)
+    _ssm_step_kernel[(triton.cdiv(d, block_d), b)](
+        h, h_out, x, delta, A, B, C, x if D is None else D, z_, x if delta_bias is None else delta_bias,
+        r_, y, d, n,
+        *h.stride(), *h_out.stride(), *x.stride(), *delta.stride(), *B.stride(), *C.stride(),
+        *z_.stride(), *y.stride(),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus), HAS_RESET=reset is not None,
+        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
+    )
+
+
+def selective_state_step_triton(
+    h: torch.Tensor,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    reset: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SSM step, pure; same contract as :func:`~mamba_rl.kernels.naive.selective_state_step_ref`.
+
+    ``h`` ``[b, d, n]``; ``x, delta, z`` ``[b, d]``; ``A`` ``[d, n]``; ``B, C`` ``[b, n]``;
+    ``D, delta_bias`` ``[d]``; ``reset`` ``[b]`` bool. Returns ``(y [b, d], h_new [b, d, n] fp32)``.
+    When a gradient is needed, runs the differentiable scan on one step instead.
+    """
+    if _needs_grad(h, x, delta, A, B, C, D, z, delta_bias):
+        y, h_new = selective_scan_triton(
+            x[..., None], delta[..., None], A, B[..., None], C[..., None], D,
+            None if z is None else z[..., None], delta_bias, delta_softplus, h,
+            None if reset is None else reset[:, None],
+        )
+        return y[..., 0], h_new
+    reset = None if reset is None else reset.contiguous()
+    h_out = torch.empty(h.shape, device=h.device, dtype=torch.float32)
+    y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    _launch_ssm_step(h, h_out, x, delta, A.contiguous(), B, C, D, z, delta_bias, delta_softplus, reset, y)
+    return y, h_out
+
+
+def selective_state_step_inplace(
+    h: torch.Tensor,
+    x: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    reset: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One SSM step that overwrites ``h`` (``[b, d, n]`` fp32); returns ``y`` ``[b, d]`` (into
+    ``out`` when given). ``A`` must be contiguous. Graph-capturable."""
+    if h.dtype != torch.float32:
+        raise TypeError(f"h must be float32 (the state is kept in fp32), got {h.dtype}")
+    y = torch.empty_like(x) if out is None else out
+    _launch_ssm_step(h, h, x, delta, A, B, C, D, z, delta_bias, delta_softplus, reset, y)
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# The whole mixer between in_proj and out_proj, in two launches
+
+
+@triton.jit
+def _mixer_conv_xproj_kernel(
+    p_xz, p_conv, p_cw, p_cb, p_reset, p_wx, p_xc, p_xdbl,
+    N, d, J,
+    s_xz_e, s_c_e, s_c_d, s_c_k, s_xc_e,
+    W: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr,
+):
+    # conv step (in place) for BLOCK_E envs over all channels, then x_dbl = x_conv @ x_proj.T
+    i_e = tl.program_id(0)
+    o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    o_j = tl.arange(0, BLOCK_J)
+    m_e = o_e < N
+    m_j = o_j < J
+    b_keep = tl.full([BLOCK_E], 1.0, dtype=tl.float32)
+    if HAS_RESET:
+        b_keep = tl.where(tl.load(p_reset + o_e, mask=m_e, other=0) != 0, 0.0, 1.0)
+    b_xdbl = tl.zeros([BLOCK_E, BLOCK_J], dtype=tl.float32)
+    for i_k in range(tl.cdiv(d, BLOCK_K)):
+        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        m_k = o_k < d
+        m_ek = m_e[:, None] & m_k[None, :]
+        # [BE, BK]
+        b_x = tl.load(p_xz + o_e[:, None] * s_xz_e + o_k[None, :], mask=m_ek, other=0.0).to(tl.float32)
+        b_y = tl.load(p_cw + o_k * W + (W - 1), mask=m_k, other=0.0).to(tl.float32)[None, :] * b_x
+        if HAS_CONV_BIAS:
+            b_y += tl.load(p_cb + o_k, mask=m_k, other=0.0).to(tl.float32)[None, :]
+        p_s = p_conv + o_e[:, None] * s_c_e + o_k[None, :] * s_c_d
+        for k in tl.static_range(W - 1):
+            b_s = tl.load(p_s + k * s_c_k, mask=m_ek, other=0.0) * b_keep[:, None]
+            b_y += tl.load(p_cw + o_k * W + k, mask=m_k, other=0.0).to(tl.float32)[None, :] * b_s.to(tl.float32)
+            if k > 0:
+                tl.store(p_s + (k - 1) * s_c_k, b_s.to(p_conv.dtype.element_ty), mask=m_ek)
+        tl.store(p_s + (W - 2) * s_c_k, b_x.to(p_conv.dtype.element_ty), mask=m_ek)
+        b_y = b_y * tl.sigmoid(b_y)
+        # stored in the output dtype, as the unfused path rounds it
+        b_xc = b_y.to(p_xc.dtype.element_ty)
+        tl.store(p_xc + o_e[:, None] * s_xc_e + o_k[None, :], b_xc, mask=m_ek)
+        # [BK, BJ] = x_proj.weight[j, k] transposed
+        b_wx = tl.load(p_wx + o_j[None, :] * d + o_k[:, None], mask=m_j[None, :] & m_k[:, None],
+                       other=0.0).to(tl.float32)
+        b_xdbl += tl.dot(b_xc.to(tl.float32), b_wx, input_precision="ieee")
+    tl.store(p_xdbl + o_e[:, None] * J + o_j[None, :], b_xdbl, mask=m_e[:, None] & m_j[None, :])
+
+
+@triton.jit
+def _mixer_ssm_kernel(
+    p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, p_h, p_reset, p_xc,
+    N, d, n, J,
+    s_xz_e, s_h_e, s_xc_e,
+    R: tl.constexpr, HAS_D: tl.constexpr, HAS_RESET: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # dt_proj, softplus, SSM update (in place), D skip and z gate; y overwrites x_conv in p_xc
+    i_d, i_e = tl.program_id(0), tl.program_id(1)
+    o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_n = tl.arange(0, BLOCK_N)
+    m_e = o_e < N
+    m_d = o_d < d
+    m_n = o_n < n
+    m_ed = m_e[:, None] & m_d[None, :]
+    # [BE, BD]
+    b_dt = tl.zeros([BLOCK_E, BLOCK_D], dtype=tl.float32)
+    for r in range(R):
+        b_lo = tl.load(p_xdbl + o_e * J + r, mask=m_e, other=0.0)
+        b_w = tl.load(p_wdt + o_d * R + r, mask=m_d, other=0.0).to(tl.float32)
+        b_dt += b_lo[:, None] * b_w[None, :]
+    b_dt = _softplus(b_dt + tl.load(p_bdt + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :])
+    b_x = tl.load(p_xc + o_e[:, None] * s_xc_e + o_d[None, :], mask=m_ed, other=0.0).to(tl.float32)
+    b_z = tl.load(p_xz + o_e[:, None] * s_xz_e + d + o_d[None, :], mask=m_ed, other=0.0).to(tl.float32)
+    # [BE, BN]
+    m_en = m_e[:, None] & m_n[None, :]
+    b_B = tl.load(p_xdbl + o_e[:, None] * J + R + o_n[None, :], mask=m_en, other=0.0)
+    b_C = tl.load(p_xdbl + o_e[:, None] * J + R + n + o_n[None, :], mask=m_en, other=0.0)
+    # [BD, BN] and [BE, BD, BN]
+    b_A = tl.load(p_A + o_d[:, None] * n + o_n[None, :], mask=m_d[:, None] & m_n[None, :],
+                  other=0.0).to(tl.float32)
+    m_edn = m_ed[:, :, None] & m_n[None, None, :]
+    p_hs = p_h + o_e[:, None, None].to(tl.int64) * s_h_e + o_d[None, :, None] * n + o_n[None, None, :]
+    b_h = tl.load(p_hs, mask=m_edn, other=0.0)
+    if HAS_RESET:
+        b_r = tl.load(p_reset + o_e, mask=m_e, other=0) != 0
+        b_h = tl.where(b_r[:, None, None], 0.0, b_h)
+    b_h = tl.exp(b_dt[:, :, None] * b_A[None, :, :]) * b_h + (b_dt * b_x)[:, :, None] * b_B[:, None, :]
+    tl.store(p_hs, b_h, mask=m_edn)
+    b_y = tl.sum(b_h * b_C[:, None, :], axis=2)
+    if HAS_D:
+        b_y += tl.load(p_D + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :] * b_x
+    b_y *= b_z * tl.sigmoid(b_z)
+    tl.store(p_xc + o_e[:, None] * s_xc_e + o_d[None, :], b_y.to(p_xc.dtype.element_ty), mask=m_ed)
+
+
+class MixerStepWorkspace:
+    """Scratch for :func:`mamba_mixer_step_inplace`: ``x_dbl`` ``[N, dt_rank + 2 n]`` fp32.
+    Allocate once per (N, layer shape, device) and reuse, so that steps allocate nothing."""
+
+    def __init__(self, num_envs: int, dt_rank: int, d_state: int, device) -> None:
+        self.x_dbl = torch.empty(num_envs, dt_rank + 2 * d_state, device=device, dtype=torch.float32)
+
+
+def mamba_mixer_step_inplace(
+    xz: torch.Tensor,
+    conv_state: torch.Tensor,
+    ssm_state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    x_proj_weight: torch.Tensor,
+    dt_proj_weight: torch.Tensor,
+    dt_proj_bias: torch.Tensor,
+    A: torch.Tensor,
+    D: torch.Tensor | None,
+    reset: torch.Tensor | None,
+    out: torch.Tensor,
+    workspace: MixerStepWorkspace,
+) -> torch.Tensor:
+    """One Mamba-1 mixer step between ``in_proj`` and ``out_proj``, states updated in place.
+
+    Computes, for ``N`` envs (``d = d_inner``, ``n = d_state``, ``R = dt_rank``, ``w = d_conv``)::
+
+        x, z = xz[:, :d], xz[:, d:]
+        x_conv = silu(conv_step(x, conv_state, reset))         # conv_state updated in place
+        dt, B, C = split(x_conv @ x_proj_weight.T, [R, n, n])
+        delta = softplus(dt @ dt_proj_weight.T + dt_proj_bias)
+        y = ssm_step(ssm_state, x_conv, delta, A, B, C, D, z, reset)   # ssm_state in place
+
+    Args:
+        xz: ``[N, 2 d]`` (rows contiguous), the output of ``in_proj``.
+        conv_state: ``[N, d, w - 1]``, overwritten.  ssm_state: ``[N, d, n]`` fp32, contiguous,
+            overwritten.
+        conv_weight ``[d, w]``, conv_bias ``[d]``, x_proj_weight ``[R + 2 n, d]``,
+        dt_proj_weight ``[d, R]``, dt_proj_bias ``[d]``, A ``[d, n]`` (``-exp(A_log)``), D ``[d]``:
+            contiguous parameters.
+        reset: ``[N]`` bool: True zeroes both states of that env before the step.
+        out: ``[N, d]`` (rows contiguous), receives ``y`` (it holds ``x_conv`` in between).
+        workspace: a :class:`MixerStepWorkspace` for this ``N`` and layer.
+
+    Returns ``out``. Two kernel launches, no host sync, no allocation: graph-capturable.
+    """
+    N, two_d = xz.shape
+    d = two_d // 2
+    n = A.shape[1]
+    R = dt_proj_weight.shape[1]
+    J = R + 2 * n
+    width = conv_weight.shape[1]
+    if ssm_state.dtype != torch.float32 or not ssm_state.is_contiguous():
+        raise ValueError("ssm_state must be a contiguous float32 [N, d, n] tensor")
+    if tuple(ssm_state.shape) != (N, d, n) or tuple(conv_state.shape) != (N, d, width - 1):
+        raise ValueError(f"states must be [N={N}, d={d}, n={n}] and [N, d, w-1={width - 1}], got "
+                         f"{list(ssm_state.shape)} and {list(conv_state.shape)}")
+    if tuple(x_proj_weight.shape) != (J, d) or tuple(out.shape) != (N, d):
+        raise ValueError(f"x_proj_weight must be [{J}, {d}] and out [{N}, {d}], got "
+                         f"{list(x_proj_weight.shape)} and {list(out.shape)}")
+    if xz.stride(1) != 1 or out.stride(1) != 1:
+        raise ValueError("xz and out must have contiguous rows")
+    if tuple(workspace.x_dbl.shape) != (N, J):
+        raise ValueError(f"workspace.x_dbl must be [{N}, {J}], got {list(workspace.x_dbl.shape)}")
+    r_ = xz if reset is None else _reset_u8(reset)
+    block_e = 16
+    _mixer_conv_xproj_kernel[(triton.cdiv(N, block_e),)](
+        xz, conv_state, conv_weight, conv_weight if conv_bias is None else conv_bias, r_,
+        x_proj_weight, out, workspace.x_dbl,
+        N, d, J, xz.stride(0), *conv_state.stride(), out.stride(0),
+        W=width, HAS_CONV_BIAS=conv_bias is not None, HAS_RESET=reset is not None,
+        BLOCK_E=block_e, BLOCK_K=min(64, max(16, _next_pow2(d))), BLOCK_J=max(16, _next_pow2(J)),
+        num_warps=4,
+    )
+    block_n = max(2, _next_pow2(n))
+    block_d = max(1, min(32, _next_pow2(d), 4096 // (block_n * 8)))
+    block_e2 = max(1, 4096 // (block_n * block_d))
+    _mixer_ssm_kernel[(triton.cdiv(d, block_d), triton.cdiv(N, block_e2))](
+        xz, workspace.x_dbl, dt_proj_weight, dt_proj_bias, A, xz if D is None else D, ssm_state, r_, out,
+        N, d, n, J, xz.stride(0), ssm_state.stride(0), out.stride(0),
+        R=R, HAS_D=D is not None, HAS_RESET=reset is not None,
+        BLOCK_E=block_e2, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
+    )
+    return out
