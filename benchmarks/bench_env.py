@@ -356,10 +356,8 @@ def main(argv=None) -> dict:
     )
     cases = args.cases
     if cases is None:
+        # the first CPU compile builds C++ (about a minute per size on 2 cores), then is cached
         cases = [c for c in ALL_CASES if device.type == "cuda" or "cuda_graph" not in c]
-        if device.type != "cuda":
-            # inductor's C++ build takes minutes on a small CPU and gains little there
-            cases = [c for c in cases if "compiled" not in c]
 
     report = {
         "benchmark": "bench_env",
