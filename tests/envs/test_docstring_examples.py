@@ -1,0 +1,13 @@
+"""The runnable examples in the env docstrings stay runnable and right."""
+
+import doctest
+
+import pytest
+
+from mamba_rl.envs import delayed_memory, gym_env, torchrl_env
+
+
+@pytest.mark.parametrize("module", [delayed_memory, torchrl_env, gym_env], ids=lambda m: m.__name__)
+def test_docstring_examples_run_and_print_what_they_show(module):
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
