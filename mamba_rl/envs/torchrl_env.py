@@ -48,8 +48,8 @@ class DelayedMemoryEnv(EnvBase):
 
     - input ``"action"``: int64 ``[N]``, ``0 .. num_actions - 1`` (any integer dtype but bool is
       accepted; floats, bools, other shapes and out-of-range values raise).
-    - ``"observation"``: float32 ``[N, obs_dim]``,
-      ``[bits (num_bits) | cue | query | distractors]``, ``obs_dim = num_bits + 2 + num_distractors``.
+    - ``"observation"``: float32 ``[N, obs_dim]``, ``[bits (num_bits) | cue | query |
+      distractors]``, ``obs_dim = num_bits + 2 + num_distractors``.
     - ``"decision"``: bool ``[N, 1]``, True where the action taken at this step will be scored.
     - ``"target"``: int64 ``[N]``, the integer code of the episode's bits (for analysis; a policy
       must not read it).
