@@ -1,7 +1,8 @@
 """Kernel tests: Triton kernels run on CPU tensors through the interpreter when there is no GPU.
 
-``TRITON_INTERPRET=1`` must be set before Triton is first imported, so it is set here, at
-collection time, unless a GPU is present (then the real kernels are compiled and run).
+``TRITON_INTERPRET=1`` must be set before the kernels are defined (``triton.jit`` reads it when a
+kernel module is imported), so it is set here, at collection time, unless a GPU is present (then
+the real kernels are compiled and run).
 
 The interpreter runs ``tl.associative_scan`` with a user combine function one element at a time in
 Python; the scan kernels would take minutes even at tiny shapes. :func:`_vectorize_interpreter_scan`
@@ -13,6 +14,7 @@ Python calls.
 import os
 
 import numpy as np
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -51,3 +53,24 @@ def _vectorize_interpreter_scan() -> None:
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     _vectorize_interpreter_scan()
+
+
+# relative Frobenius error allowed against a float64 reference fed the same (rounded) inputs
+KERNEL_TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1.5e-2, torch.float16: 3e-3}
+
+
+def assert_rel_close(name: str, actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    """``|actual - expected| <= tol(dtype) * |expected|`` (Frobenius), NaN-free; exact when expected is 0."""
+    tol = KERNEL_TOLERANCE[dtype]
+    assert actual.shape == expected.shape, f"{name}: shape {list(actual.shape)} != {list(expected.shape)}"
+    actual = actual.detach().double().cpu()
+    expected = expected.detach().double().cpu()
+    assert torch.isfinite(actual).all(), f"{name}: non-finite values"
+    err = (actual - expected).norm().item()
+    ref = expected.norm().item()
+    assert err <= tol * ref or err == 0.0, f"{name}: relative error {err / max(ref, 1e-300):.3e} > {tol:.1e} ({dtype})"
+
+
+@pytest.fixture
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,123 @@
+"""The fused Triton causal conv against the PyTorch reference: outputs, final state, every gradient."""
+
+import pytest
+import torch
+
+from tests.kernels.conftest import assert_rel_close
+
+pytest.importorskip("triton")
+
+from mamba_rl.kernels import naive, ops  # noqa: E402
+from mamba_rl.kernels.triton_conv import causal_conv1d_triton  # noqa: E402
+from tests.kernels.test_triton_scan import make_reset  # noqa: E402
+
+GRAD_NAMES = ("x", "weight", "bias", "initial_state")
+
+
+def make_inputs(b, d, L, width, dtype, *, bias=True, init=True, reset="several", seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    inputs = dict(
+        x=r(b, d, L).to(dtype),
+        weight=(0.5 * r(d, width)).to(dtype),
+        bias=r(d).to(dtype) if bias else None,
+        initial_state=r(b, d, width - 1).to(dtype) if init else None,
+    )
+    inputs = {k: None if v is None else v.to(device) for k, v in inputs.items()}
+    reset_mask = make_reset(reset, b, L, g)
+    return inputs, None if reset_mask is None else reset_mask.to(device)
+
+
+def run_and_grad(fn, inputs, reset, activation, dy, dstate):
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    y, final_state = fn(**leaves, reset=reset, activation=activation)
+    ((y.double() * dy).sum() + (final_state.double() * dstate).sum()).backward()
+    return y, final_state, {k: None if v is None else v.grad for k, v in leaves.items()}
+
+
+def check_against_reference(inputs, reset, dtype, activation="silu", seed=1):
+    g = torch.Generator().manual_seed(seed)
+    b, d, L = inputs["x"].shape
+    width = inputs["weight"].shape[1]
+    dev = inputs["x"].device
+    dy = torch.randn(b, d, L, generator=g, dtype=torch.float64).to(dev)
+    dstate = torch.randn(b, d, width - 1, generator=g, dtype=torch.float64).to(dev)
+    ref_inputs = {k: None if v is None else v.double() for k, v in inputs.items()}
+    y_ref, s_ref, g_ref = run_and_grad(naive.causal_conv1d_ref, ref_inputs, reset, activation, dy, dstate)
+    y, state, g_tri = run_and_grad(causal_conv1d_triton, inputs, reset, activation, dy, dstate)
+    assert y.dtype == dtype and state.dtype == dtype
+    assert_rel_close("y", y, y_ref, dtype)
+    assert_rel_close("final_state", state, s_ref, dtype)
+    for name in GRAD_NAMES:
+        if inputs[name] is not None:
+            assert g_tri[name] is not None and g_tri[name].dtype == inputs[name].dtype, name
+            assert_rel_close(f"d{name}", g_tri[name], g_ref[name], dtype)
+
+
+# (b, d, L, width, reset, options)
+CASES = [
+    (2, 5, 1, 4, "none", {}),
+    (2, 5, 1, 4, "t0", {}),
+    (2, 5, 2, 4, "last", {}),
+    (2, 5, 63, 4, "several", {}),
+    (2, 5, 63, 4, "t0", {}),
+    (2, 5, 63, 4, "last", {}),
+    (2, 5, 63, 4, "everywhere", {}),
+    (2, 5, 63, 4, "none", {"init": False}),
+    (2, 5, 63, 4, "several", {"bias": False, "init": False}),
+    (2, 5, 63, 2, "several", {}),
+    (2, 5, 63, 3, "several", {}),
+    (1, 3, 1000, 4, "several", {}),
+]
+
+
+def case_id(case):
+    b, d, L, width, reset, opts = case
+    off = "".join(f"-no{k}" for k, v in opts.items() if v is False)
+    return f"B{b}-T{L}-D{d}-W{width}-reset_{reset}{off}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_conv_matches_reference_fp32(case, device):
+    b, d, L, width, reset, opts = case
+    inputs, reset_mask = make_inputs(b, d, L, width, torch.float32, reset=reset, device=device, **opts)
+    check_against_reference(inputs, reset_mask, torch.float32)
+
+
+def test_conv_without_activation(device):
+    inputs, reset_mask = make_inputs(2, 5, 63, 4, torch.float32, device=device)
+    check_against_reference(inputs, reset_mask, torch.float32, activation=None)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_conv_matches_reference_half(dtype, device):
+    inputs, reset_mask = make_inputs(2, 5, 63, 4, dtype, device=device)
+    check_against_reference(inputs, reset_mask, dtype)
+
+
+def test_conv_on_channel_last_view_as_the_mixer_passes_it(device):
+    inputs, reset_mask = make_inputs(2, 5, 63, 4, torch.float32, device=device)
+    inputs["x"] = inputs["x"].transpose(1, 2).contiguous().transpose(1, 2)
+    check_against_reference(inputs, reset_mask, torch.float32)
+
+
+def test_conv_rejects_unknown_activation(device):
+    inputs, _ = make_inputs(1, 2, 4, 4, torch.float32, device=device)
+    with pytest.raises(ValueError, match="activation"):
+        causal_conv1d_triton(**inputs, activation="relu")
+
+
+def test_dispatcher_routes_to_triton(device):
+    inputs, reset_mask = make_inputs(1, 3, 9, 4, torch.float32, device=device)
+    y_ops, s_ops = ops.causal_conv1d(**inputs, reset=reset_mask, activation="silu", backend="triton")
+    y_tri, s_tri = causal_conv1d_triton(**inputs, reset=reset_mask, activation="silu")
+    assert torch.equal(y_ops, y_tri) and torch.equal(s_ops, s_tri)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,d,L,dtype", [(64, 256, 1000, torch.float32), (8, 256, 20000, torch.bfloat16)],
+                         ids=["B64-T1000-D256-fp32", "B8-T20000-D256-bf16"])
+def test_conv_matches_reference_realistic(b, d, L, dtype):
+    inputs, reset_mask = make_inputs(b, d, L, 4, dtype, device="cuda")
+    reset_mask |= torch.rand(b, L, device="cuda") < 0.005
+    check_against_reference(inputs, reset_mask, dtype)

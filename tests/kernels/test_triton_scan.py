@@ -1,0 +1,186 @@
+"""The fused Triton selective scan against the PyTorch reference: outputs, final state, every gradient.
+
+Without a GPU the kernels run on the CPU through ``TRITON_INTERPRET=1`` (see conftest), so the
+shapes here are tiny; realistic shapes are marked ``gpu``.
+"""
+
+import pytest
+import torch
+
+from tests.kernels.conftest import assert_rel_close
+
+pytest.importorskip("triton")
+
+from mamba_rl.kernels import naive, ops  # noqa: E402
+from mamba_rl.kernels.triton_scan import selective_scan_triton  # noqa: E402
+
+GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
+
+
+def make_reset(kind: str, b: int, L: int, generator: torch.Generator) -> torch.Tensor | None:
+    if kind == "none":
+        return None
+    reset = torch.zeros(b, L, dtype=torch.bool)
+    if kind == "t0":
+        reset[:, 0] = True
+    elif kind == "last":
+        reset[:, L - 1] = True
+    elif kind == "several":
+        reset[0, [0, L // 3, L - 1]] = True
+        reset[-1, [L // 2]] = True
+        reset |= torch.rand(b, L, generator=generator) < 0.02
+    elif kind == "everywhere":
+        reset[:] = True
+    else:
+        raise ValueError(kind)
+    return reset
+
+
+def make_inputs(b, d, n, L, dtype, *, z=True, D=True, bias=True, h0=True, reset="several", seed=0,
+                device="cpu"):
+    """Inputs in ``dtype`` (A and the small vectors in fp32, as a mixer passes them)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    inputs = dict(
+        u=r(b, d, L).to(dtype),
+        delta=(0.5 * r(b, d, L) - 1.0).to(dtype),
+        A=-torch.exp(0.5 * r(d, n)),
+        B=r(b, n, L).to(dtype),
+        C=r(b, n, L).to(dtype),
+        D=r(d) if D else None,
+        z=r(b, d, L).to(dtype) if z else None,
+        delta_bias=0.5 * r(d) if bias else None,
+        h0=r(b, d, n) if h0 else None,
+    )
+    inputs = {k: None if v is None else v.to(device) for k, v in inputs.items()}
+    reset_mask = make_reset(reset, b, L, g)
+    return inputs, None if reset_mask is None else reset_mask.to(device)
+
+
+def run_and_grad(fn, inputs, reset, softplus, dy, dh):
+    """Forward, then backward of ``<y, dy> + <h_last, dh>``; returns outputs and input grads."""
+    leaves = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+    y, h_last = fn(**leaves, delta_softplus=softplus, reset=reset)
+    loss = (y.double() * dy).sum() + (h_last.double() * dh).sum()
+    loss.backward()
+    grads = {k: None if v is None else v.grad for k, v in leaves.items()}
+    return y, h_last, grads
+
+
+def check_against_reference(inputs, reset, dtype, softplus=True, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    b, d, L = inputs["u"].shape
+    n = inputs["A"].shape[1]
+    dev = inputs["u"].device
+    dy = torch.randn(b, d, L, generator=g, dtype=torch.float64).to(dev)
+    dh = torch.randn(b, d, n, generator=g, dtype=torch.float64).to(dev)
+    ref_inputs = {k: None if v is None else v.double() for k, v in inputs.items()}
+    y_ref, h_ref, g_ref = run_and_grad(naive.selective_scan_ref, ref_inputs, reset, softplus, dy, dh)
+    y, h_last, g_tri = run_and_grad(selective_scan_triton, inputs, reset, softplus, dy, dh)
+
+    assert y.dtype == dtype and h_last.dtype == torch.float32
+    assert_rel_close("y", y, y_ref, dtype)
+    assert_rel_close("h_last", h_last, h_ref, dtype)
+    for name in GRAD_NAMES:
+        if inputs[name] is None:
+            continue
+        assert g_tri[name] is not None, f"no gradient for {name}"
+        assert g_tri[name].dtype == inputs[name].dtype, f"d{name} dtype {g_tri[name].dtype}"
+        assert_rel_close(f"d{name}", g_tri[name], g_ref[name], dtype)
+
+
+# (b, d, n, L, reset, options)
+CASES = [
+    (2, 4, 16, 1, "none", {}),
+    (2, 4, 16, 1, "t0", {}),
+    (2, 4, 16, 63, "several", {}),
+    (2, 4, 16, 63, "t0", {}),
+    (2, 4, 16, 63, "last", {}),
+    (2, 4, 16, 63, "everywhere", {}),
+    (2, 4, 16, 63, "none", {"h0": False}),
+    (2, 3, 16, 63, "several", {"z": False, "D": False, "bias": False}),
+    (2, 4, 16, 63, "several", {"z": False}),
+    (1, 2, 16, 1000, "several", {}),
+    (2, 4, 1, 63, "several", {}),
+    (2, 4, 1, 63, "none", {"h0": False, "z": False, "D": False, "bias": False}),
+    (1, 2, 64, 63, "several", {}),
+    (1, 1, 64, 200, "several", {}),
+]
+
+
+def case_id(case):
+    b, d, n, L, reset, opts = case
+    off = "".join(f"-no{k}" for k, v in opts.items() if v is False)
+    return f"B{b}-T{L}-N{n}-D{d}-reset_{reset}{off}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_scan_matches_reference_fp32(case, device):
+    b, d, n, L, reset, opts = case
+    inputs, reset_mask = make_inputs(b, d, n, L, torch.float32, reset=reset, device=device, **opts)
+    check_against_reference(inputs, reset_mask, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("L", [1, 63, 1000], ids=["T1", "T63", "T1000"])
+def test_scan_matches_reference_half(dtype, L, device):
+    b, d = (2, 4) if L < 1000 else (1, 2)
+    inputs, reset_mask = make_inputs(b, d, 16, L, dtype, reset="several" if L > 1 else "none", device=device)
+    check_against_reference(inputs, reset_mask, dtype)
+
+
+def test_scan_without_softplus(device):
+    inputs, reset_mask = make_inputs(2, 4, 16, 63, torch.float32, device=device)
+    # step sizes must be positive without the softplus
+    inputs["delta"] = inputs["delta"].abs() * 0.3
+    inputs["delta_bias"] = inputs["delta_bias"].abs() * 0.1
+    check_against_reference(inputs, reset_mask, torch.float32, softplus=False)
+
+
+def test_scan_on_channel_last_views_as_the_mixer_passes_them(device):
+    """The mixer passes ``[b, L, d]`` tensors transposed to ``[b, d, L]``: strided, not copied."""
+    inputs, reset_mask = make_inputs(2, 4, 16, 63, torch.float32, device=device)
+    for name in ("u", "delta", "z", "B", "C"):
+        inputs[name] = inputs[name].transpose(1, 2).contiguous().transpose(1, 2)
+    assert inputs["u"].stride(1) == 1
+    check_against_reference(inputs, reset_mask, torch.float32)
+
+
+def test_scan_chunks_with_carried_state_equal_whole(device):
+    """Splitting a sequence and passing h_last as the next h0 gives the same outputs."""
+    inputs, reset_mask = make_inputs(2, 4, 16, 100, torch.float32, device=device)
+    y_whole, h_whole = selective_scan_triton(**inputs, delta_softplus=True, reset=reset_mask)
+    h, ys = inputs["h0"], []
+    for sl in (slice(0, 37), slice(37, 100)):
+        part = dict(inputs, h0=h)
+        for name in ("u", "delta", "z", "B", "C"):
+            part[name] = inputs[name][..., sl]
+        y, h = selective_scan_triton(**part, delta_softplus=True, reset=reset_mask[:, sl])
+        ys.append(y)
+    assert_rel_close("y", torch.cat(ys, -1), y_whole, torch.float32)
+    assert_rel_close("h_last", h, h_whole, torch.float32)
+
+
+def test_dispatcher_routes_to_triton(device):
+    inputs, reset_mask = make_inputs(1, 2, 16, 9, torch.float32, device=device)
+    y_ops, h_ops = ops.selective_scan(**inputs, delta_softplus=True, reset=reset_mask, backend="triton")
+    y_tri, h_tri = selective_scan_triton(**inputs, delta_softplus=True, reset=reset_mask)
+    assert torch.equal(y_ops, y_tri) and torch.equal(h_ops, h_tri)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "b,d,n,L,dtype",
+    [
+        (64, 256, 16, 1000, torch.float32),
+        (8, 256, 16, 1000, torch.bfloat16),
+        (4, 64, 64, 1000, torch.float16),
+        (1, 32, 16, 20000, torch.float32),
+    ],
+    ids=["B64-T1000-N16-D256-fp32", "B8-T1000-N16-D256-bf16", "B4-T1000-N64-D64-fp16",
+         "B1-T20000-N16-D32-fp32"],
+)
+def test_scan_matches_reference_realistic(b, d, n, L, dtype):
+    inputs, reset_mask = make_inputs(b, d, n, L, dtype, device="cuda")
+    reset_mask |= torch.rand(b, L, device="cuda") < 0.005
+    check_against_reference(inputs, reset_mask, dtype)

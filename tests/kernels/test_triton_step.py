@@ -1,0 +1,217 @@
+"""The fused Triton rollout step: conv step, SSM step and the whole in-place mixer step."""
+
+import pytest
+import torch
+
+from tests.kernels.conftest import assert_rel_close
+
+pytest.importorskip("triton")
+
+from mamba_rl.kernels import naive, ops  # noqa: E402
+from mamba_rl.kernels.triton_conv import causal_conv1d_triton  # noqa: E402
+from mamba_rl.kernels.triton_scan import selective_scan_triton  # noqa: E402
+from mamba_rl.kernels.triton_step import (  # noqa: E402
+    MixerStepWorkspace,
+    causal_conv1d_step_inplace,
+    causal_conv1d_step_triton,
+    mamba_mixer_step_inplace,
+    selective_state_step_inplace,
+    selective_state_step_triton,
+)
+from mamba_rl.mixer import MambaMixer, MixerState  # noqa: E402
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def conv_step_inputs(b, d, width, dtype, *, bias=True, seed=0, device="cpu"):
+    g = _gen(seed)
+    r = lambda *s: torch.randn(*s, generator=g).to(dtype).to(device)  # noqa: E731
+    reset = torch.tensor([True, False] * (b // 2) + [False] * (b % 2)).to(device)
+    return dict(x=r(b, d), conv_state=r(b, d, width - 1), weight=r(d, width), bias=r(d) if bias else None), reset
+
+
+def ssm_step_inputs(b, d, n, dtype, *, z=True, D=True, bias=True, seed=0, device="cpu"):
+    g = _gen(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    inputs = dict(
+        h=r(b, d, n), x=r(b, d).to(dtype), delta=(0.5 * r(b, d) - 1).to(dtype), A=-torch.exp(0.5 * r(d, n)),
+        B=r(b, n).to(dtype), C=r(b, n).to(dtype), D=r(d) if D else None, z=r(b, d).to(dtype) if z else None,
+        delta_bias=0.5 * r(d) if bias else None,
+    )
+    reset = torch.tensor([True, False] * (b // 2) + [False] * (b % 2))
+    return {k: None if v is None else v.to(device) for k, v in inputs.items()}, reset.to(device)
+
+
+@pytest.mark.parametrize("width", [2, 4], ids=["W2", "W4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("with_reset", [False, True], ids=["noreset", "reset"])
+def test_conv_step_matches_reference(width, dtype, with_reset, device):
+    inputs, reset = conv_step_inputs(5, 37, width, dtype, device=device)
+    reset = reset if with_reset else None
+    y_ref, s_ref = naive.causal_conv1d_step_ref(**{k: None if v is None else v.double() for k, v in inputs.items()},
+                                                activation="silu", reset=reset)
+    y, state = causal_conv1d_step_triton(**inputs, activation="silu", reset=reset)
+    assert y.dtype == dtype and state.dtype == dtype
+    assert_rel_close("y", y, y_ref, dtype)
+    assert_rel_close("conv_state", state, s_ref, dtype)
+    # in place: the state buffer itself becomes the new state
+    state_buf = inputs["conv_state"].clone()
+    y_inplace = causal_conv1d_step_inplace(inputs["x"], state_buf, inputs["weight"], inputs["bias"], "silu", reset)
+    assert torch.equal(y_inplace, y) and torch.equal(state_buf, state)
+
+
+@pytest.mark.parametrize("n", [1, 16, 64], ids=["N1", "N16", "N64"])
+@pytest.mark.parametrize("options", [{}, {"z": False, "D": False, "bias": False}], ids=["full", "bare"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_ssm_step_matches_reference(n, options, dtype, device):
+    inputs, reset = ssm_step_inputs(5, 12, n, dtype, device=device, **options)
+    y_ref, h_ref = naive.selective_state_step_ref(
+        **{k: None if v is None else v.double() for k, v in inputs.items()}, delta_softplus=True, reset=reset
+    )
+    y, h_new = selective_state_step_triton(**inputs, delta_softplus=True, reset=reset)
+    assert y.dtype == dtype and h_new.dtype == torch.float32
+    assert_rel_close("y", y, y_ref, dtype)
+    assert_rel_close("h", h_new, h_ref, dtype)
+    h_buf = inputs["h"].clone()
+    args = {k: v for k, v in inputs.items() if k != "h"}
+    y_inplace = selective_state_step_inplace(h_buf, **args, delta_softplus=True, reset=reset)
+    assert torch.equal(y_inplace, y) and torch.equal(h_buf, h_new)
+
+
+def test_ssm_step_with_grad_matches_reference_grads(device):
+    inputs, reset = ssm_step_inputs(4, 8, 16, torch.float32, device=device)
+    outs = {}
+    for name, fn, cast in (("ref", naive.selective_state_step_ref, torch.float64),
+                           ("triton", selective_state_step_triton, torch.float32)):
+        leaves = {k: v.detach().to(cast).requires_grad_(True) for k, v in inputs.items()}
+        y, h = fn(**leaves, delta_softplus=True, reset=reset)
+        (y.double().sum() + (h.double() ** 2).sum()).backward()
+        outs[name] = (y, h, {k: v.grad for k, v in leaves.items()})
+    for k in inputs:
+        assert_rel_close(f"d{k}", outs["triton"][2][k], outs["ref"][2][k], torch.float32)
+
+
+def test_step_loop_equals_sequence_with_resets(device):
+    """Stepping conv and SSM one step at a time gives the sequence kernels' outputs and states."""
+    g = _gen(3)
+    b, d, n, L, width = 3, 8, 16, 12, 4
+    x = torch.randn(b, d, L, generator=g).to(device)
+    weight = torch.randn(d, width, generator=g).to(device)
+    conv_bias = torch.randn(d, generator=g).to(device)
+    conv0 = torch.randn(b, d, width - 1, generator=g).to(device)
+    reset = torch.zeros(b, L, dtype=torch.bool)
+    reset[0, 0] = reset[1, 5] = reset[2, L - 1] = reset[1, 6] = True
+    reset = reset.to(device)
+    delta = torch.randn(b, d, L, generator=g).to(device)
+    A = -torch.rand(d, n, generator=g).to(device) - 0.1
+    B, C = (torch.randn(b, n, L, generator=g).to(device) for _ in range(2))
+    D, z, dbias = torch.randn(d, generator=g).to(device), torch.randn(b, d, L, generator=g).to(device), torch.randn(d, generator=g).to(device)
+    h0 = torch.randn(b, d, n, generator=g).to(device)
+
+    xc_seq, conv_last = causal_conv1d_triton(x, weight, conv_bias, conv0, reset, "silu")
+    y_seq, h_last = selective_scan_triton(xc_seq, delta, A, B, C, D, z, dbias, True, h0, reset)
+
+    conv_state, h, ys = conv0.clone(), h0.clone(), []
+    for t in range(L):
+        xc = causal_conv1d_step_inplace(x[..., t].contiguous(), conv_state, weight, conv_bias, "silu",
+                                        reset[:, t].contiguous())
+        ys.append(selective_state_step_inplace(h, xc, delta[..., t], A, B[..., t], C[..., t], D, z[..., t],
+                                               dbias, True, reset[:, t].contiguous()))
+    assert_rel_close("y", torch.stack(ys, -1), y_seq, torch.float32)
+    assert_rel_close("h_last", h, h_last, torch.float32)
+    assert_rel_close("conv_state", conv_state, conv_last, torch.float32)
+
+
+def _mixer(d_model, device, seed=0):
+    torch.manual_seed(seed)
+    mixer = MambaMixer(d_model, backend="torch", device=device)
+    with torch.no_grad():
+        for p in mixer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return mixer
+
+
+def _fused_step(mixer, x, conv_state, ssm_state, reset, out, workspace):
+    xz = mixer.in_proj(x)
+    mamba_mixer_step_inplace(
+        xz, conv_state, ssm_state, mixer.conv1d.weight.squeeze(1).contiguous(), mixer.conv1d.bias,
+        mixer.x_proj.weight, mixer.dt_proj.weight, mixer.dt_proj.bias, mixer.A.contiguous(), mixer.D,
+        reset, out, workspace,
+    )
+    return mixer.out_proj(out)
+
+
+@torch.no_grad()
+def test_fused_mixer_step_equals_mixer_step_over_several_steps(device):
+    mixer = _mixer(32, device)
+    N = 21
+    g = _gen(5)
+    state = MixerState(torch.randn(N, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device),
+                       torch.randn(N, mixer.d_inner, mixer.d_state, generator=g).to(device))
+    conv_buf, ssm_buf = state.conv.clone(), state.ssm.clone()
+    out = torch.empty(N, mixer.d_inner, device=device)
+    workspace = MixerStepWorkspace(N, mixer.dt_rank, mixer.d_state, device)
+    for step in range(3):
+        x = torch.randn(N, 32, generator=g).to(device)
+        reset = (torch.rand(N, generator=g) < 0.3).to(device)
+        y_ref, state = mixer.step(x, state, reset)
+        y = _fused_step(mixer, x, conv_buf, ssm_buf, reset, out, workspace)
+        assert_rel_close(f"y[{step}]", y, y_ref, torch.float32)
+        assert_rel_close(f"conv[{step}]", conv_buf, state.conv, torch.float32)
+        assert_rel_close(f"ssm[{step}]", ssm_buf, state.ssm, torch.float32)
+
+
+def test_fused_mixer_step_rejects_wrong_state_dtype(device):
+    mixer = _mixer(16, device)
+    N = 2
+    with pytest.raises(ValueError, match="ssm_state"):
+        _fused_step(mixer, torch.randn(N, 16, device=device),
+                    torch.zeros(N, mixer.d_inner, 3, device=device),
+                    torch.zeros(N, mixer.d_inner, mixer.d_state, device=device, dtype=torch.float64),
+                    None, torch.empty(N, mixer.d_inner, device=device),
+                    MixerStepWorkspace(N, mixer.dt_rank, mixer.d_state, device))
+
+
+def test_dispatchers_route_steps_to_triton(device):
+    inputs, reset = conv_step_inputs(4, 8, 4, torch.float32, device=device)
+    y_ops, s_ops = ops.causal_conv1d_step(**inputs, activation="silu", reset=reset, backend="triton")
+    y_tri, s_tri = causal_conv1d_step_triton(**inputs, activation="silu", reset=reset)
+    assert torch.equal(y_ops, y_tri) and torch.equal(s_ops, s_tri)
+    inputs, reset = ssm_step_inputs(4, 8, 16, torch.float32, device=device)
+    y_ops, h_ops = ops.selective_state_step(**inputs, delta_softplus=True, reset=reset, backend="triton")
+    y_tri, h_tri = selective_state_step_triton(**inputs, delta_softplus=True, reset=reset)
+    assert torch.equal(y_ops, y_tri) and torch.equal(h_ops, h_tri)
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_fused_mixer_step_in_cuda_graph_equals_eager_at_4096_envs():
+    mixer = _mixer(128, "cuda")
+    N = 4096
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(N, 128, device="cuda", generator=g)
+    reset = torch.rand(N, device="cuda", generator=g) < 0.01
+    conv0 = torch.randn(N, mixer.d_inner, mixer.d_conv - 1, device="cuda", generator=g)
+    ssm0 = torch.randn(N, mixer.d_inner, mixer.d_state, device="cuda", generator=g)
+    y_ref, state_ref = mixer.step(x, MixerState(conv0, ssm0), reset)
+
+    conv_buf, ssm_buf = conv0.clone(), ssm0.clone()
+    out = torch.empty(N, mixer.d_inner, device="cuda")
+    workspace = MixerStepWorkspace(N, mixer.dt_rank, mixer.d_state, "cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        _fused_step(mixer, x, conv_buf.clone(), ssm_buf.clone(), reset, out, workspace)  # compile
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y_graph = _fused_step(mixer, x, conv_buf, ssm_buf, reset, out, workspace)
+    conv_buf.copy_(conv0)
+    ssm_buf.copy_(ssm0)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_rel_close("y", y_graph, y_ref, torch.float32)
+    assert_rel_close("conv", conv_buf, state_ref.conv, torch.float32)
+    assert_rel_close("ssm", ssm_buf, state_ref.ssm, torch.float32)
