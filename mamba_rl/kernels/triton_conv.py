@@ -177,7 +177,16 @@ def _conv_bwd_kernel(
                      b_dinit.to(p_dinit.dtype.element_ty), mask=m_d[:, None] & m_s[None, :])
 
 
-CONV_CONFIG = {"block_d": 32, "block_t": 64, "warps": 4}
+# Tile sizes, tuned by hand (benchmarks/bench_scan.py --sweep). The backward recomputes
+# W * W inputs per output and needs smaller tiles to stay out of local memory.
+CONV_CONFIG = {
+    "fwd_block_d": 16,
+    "fwd_block_t": 64,
+    "fwd_warps": 4,
+    "bwd_block_d": 16,
+    "bwd_block_t": 32,
+    "bwd_warps": 4,
+}
 
 
 def _next_pow2(x: int) -> int:
@@ -199,9 +208,9 @@ def _time_major_like(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(b, c, L, device=t.device, dtype=t.dtype)
 
 
-def _blocks(d: int, L: int) -> tuple[int, int]:
-    block_d = min(CONV_CONFIG["block_d"], _next_pow2(d))
-    block_t = min(CONV_CONFIG["block_t"], max(16, _next_pow2(L)))
+def _blocks(kind: str, d: int, L: int) -> tuple[int, int]:
+    block_d = min(CONV_CONFIG[f"{kind}_block_d"], _next_pow2(d))
+    block_t = min(CONV_CONFIG[f"{kind}_block_t"], max(16, _next_pow2(L)))
     return block_d, block_t
 
 
@@ -214,7 +223,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         init = None if initial_state is None else initial_state.contiguous()
         reset_u8 = None if reset is None else reset.contiguous().view(torch.uint8)
         y = _time_major_like(x)
-        block_d, block_t = _blocks(d, L)
+        block_d, block_t = _blocks("fwd", d, L)
         init_ = x if init is None else init
         r_ = x if reset_u8 is None else reset_u8
         if L > 0:
@@ -224,7 +233,7 @@ class _CausalConv1dFn(torch.autograd.Function):
                 0 if reset_u8 is None else reset_u8.stride(0),
                 W=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
                 HAS_RESET=reset is not None, SILU=silu, BLOCK_D=block_d, BLOCK_T=block_t,
-                num_warps=CONV_CONFIG["warps"],
+                num_warps=CONV_CONFIG["fwd_warps"],
             )
         ctx.save_for_backward(x, weight, bias, init, reset_u8)
         ctx.silu = silu
@@ -236,7 +245,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         x, weight, bias, init, reset_u8 = ctx.saved_tensors
         b, d, L = x.shape
         width = weight.shape[1]
-        block_d, block_t = _blocks(d, L)
+        block_d, block_t = _blocks("bwd", d, L)
         n_tblocks = triton.cdiv(L, block_t)
         dx = _time_major_like(x)
         dinit = None if init is None else torch.zeros(b, d, width - 1, device=x.device, dtype=init.dtype)
@@ -253,7 +262,7 @@ class _CausalConv1dFn(torch.autograd.Function):
                 0 if reset_u8 is None else reset_u8.stride(0),
                 W=width, WP=max(2, _next_pow2(width - 1)), HAS_BIAS=bias is not None,
                 HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None, SILU=ctx.silu,
-                BLOCK_D=block_d, BLOCK_T=block_t, num_warps=CONV_CONFIG["warps"],
+                BLOCK_D=block_d, BLOCK_T=block_t, num_warps=CONV_CONFIG["bwd_warps"],
             )
         return (
             dx,

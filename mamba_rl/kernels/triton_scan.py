@@ -296,14 +296,18 @@ def _scan_bwd_kernel(
         tl.atomic_add(p_dC + o_tc[None, :], b_dC, mask=m_nt)
 
 
-# Tile sizes. BLOCK_T is the checkpoint interval (saved memory: d_state / BLOCK_T of b * d * L
-# floats). The backward adds d / (BLOCK_D * D_SPLIT) atomic partial sums per element of dB, dC.
+# Tile sizes, tuned by hand on an H100 (benchmarks/bench_scan.py --sweep; no autotuning: the
+# backward accumulates into buffers). BLOCK_T is the checkpoint interval: the saved states take
+# d_state / BLOCK_T of b * d * L floats. A tile is BLOCK_D * BLOCK_N * BLOCK_T elements. The
+# backward adds d / channels_per_program atomic partial sums to each element of dB and dC.
 SCAN_CONFIG = {
-    "fwd_block_t": 64,
+    "block_t": 32,
     "fwd_tile": 4096,
-    "fwd_warps": 4,
-    "bwd_tile": 4096,
-    "bwd_warps": 4,
+    "fwd_warps": 8,
+    "fwd_maxnreg": None,
+    "bwd_tile": 2048,
+    "bwd_warps": 8,
+    "bwd_maxnreg": None,
     "bwd_channels_per_program": 32,
 }
 
@@ -312,9 +316,16 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
+def _launch_options(kind: str) -> dict:
+    options = {"num_warps": SCAN_CONFIG[f"{kind}_warps"]}
+    if SCAN_CONFIG[f"{kind}_maxnreg"] is not None:
+        options["maxnreg"] = SCAN_CONFIG[f"{kind}_maxnreg"]
+    return options
+
+
 def _fwd_blocks(d: int, n: int) -> tuple[int, int, int]:
     block_n = max(2, _next_pow2(n))
-    block_t = SCAN_CONFIG["fwd_block_t"]
+    block_t = SCAN_CONFIG["block_t"]
     block_d = max(1, min(_next_pow2(d), SCAN_CONFIG["fwd_tile"] // (block_n * block_t)))
     return block_d, block_n, block_t
 
@@ -370,8 +381,7 @@ class _SelectiveScanFn(torch.autograd.Function):
                 0 if reset_u8 is None else reset_u8.stride(0),
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, HAS_RESET=reset is not None,
-                BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t,
-                num_warps=SCAN_CONFIG["fwd_warps"],
+                BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, **_launch_options("fwd"),
             )
         else:
             h_last.copy_(h0_f if h0_f is not None else torch.zeros_like(h_last))
@@ -420,7 +430,7 @@ class _SelectiveScanFn(torch.autograd.Function):
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=ctx.delta_softplus, HAS_RESET=reset_u8 is not None,
                 BLOCK_D=block_d, BLOCK_N=block_n, BLOCK_T=block_t, D_SPLIT=d_split,
-                num_warps=SCAN_CONFIG["bwd_warps"],
+                **_launch_options("bwd"),
             )
         else:
             du.zero_()

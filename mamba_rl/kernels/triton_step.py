@@ -27,6 +27,7 @@ __all__ = [
     "selective_state_step_inplace",
     "mamba_mixer_step_inplace",
     "MixerStepWorkspace",
+    "STEP_CONFIG",
 ]
 
 
@@ -372,6 +373,18 @@ def _mixer_ssm_kernel(
     tl.store(p_xc + o_e[:, None] * s_xc_e + o_d[None, :], b_y.to(p_xc.dtype.element_ty), mask=m_ed)
 
 
+# Tile sizes of the fused mixer step, tuned by hand (benchmarks/bench_scan.py --sweep; no
+# autotuning: the kernels overwrite the states).
+STEP_CONFIG = {
+    "xproj_block_e": 16,
+    "xproj_block_k": 32,
+    "xproj_warps": 8,
+    "ssm_tile": 4096,
+    "ssm_block_d": 32,
+    "ssm_warps": 4,
+}
+
+
 class MixerStepWorkspace:
     """Scratch for :func:`mamba_mixer_step_inplace`: ``x_dbl`` ``[N, dt_rank + 2 n]`` fp32.
     Allocate once per (N, layer shape, device) and reuse, so that steps allocate nothing."""
@@ -437,22 +450,22 @@ def mamba_mixer_step_inplace(
     if tuple(workspace.x_dbl.shape) != (N, J):
         raise ValueError(f"workspace.x_dbl must be [{N}, {J}], got {list(workspace.x_dbl.shape)}")
     r_ = xz if reset is None else _reset_u8(reset)
-    block_e = 16
+    block_e = STEP_CONFIG["xproj_block_e"]
     _mixer_conv_xproj_kernel[(triton.cdiv(N, block_e),)](
         xz, conv_state, conv_weight, conv_weight if conv_bias is None else conv_bias, r_,
         x_proj_weight, out, workspace.x_dbl,
         N, d, J, xz.stride(0), *conv_state.stride(), out.stride(0),
         W=width, HAS_CONV_BIAS=conv_bias is not None, HAS_RESET=reset is not None,
-        BLOCK_E=block_e, BLOCK_K=min(64, max(16, _next_pow2(d))), BLOCK_J=max(16, _next_pow2(J)),
-        num_warps=4,
+        BLOCK_E=block_e, BLOCK_K=min(STEP_CONFIG["xproj_block_k"], max(16, _next_pow2(d))),
+        BLOCK_J=max(16, _next_pow2(J)), num_warps=STEP_CONFIG["xproj_warps"],
     )
     block_n = max(2, _next_pow2(n))
-    block_d = max(1, min(32, _next_pow2(d), 4096 // (block_n * 8)))
-    block_e2 = max(1, 4096 // (block_n * block_d))
+    block_d = max(1, min(STEP_CONFIG["ssm_block_d"], _next_pow2(d), STEP_CONFIG["ssm_tile"] // block_n))
+    block_e2 = max(1, STEP_CONFIG["ssm_tile"] // (block_n * block_d))
     _mixer_ssm_kernel[(triton.cdiv(d, block_d), triton.cdiv(N, block_e2))](
         xz, workspace.x_dbl, dt_proj_weight, dt_proj_bias, A, xz if D is None else D, ssm_state, r_, out,
         N, d, n, J, xz.stride(0), ssm_state.stride(0), out.stride(0),
         R=R, HAS_D=D is not None, HAS_RESET=reset is not None,
-        BLOCK_E=block_e2, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
+        BLOCK_E=block_e2, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=STEP_CONFIG["ssm_warps"],
     )
     return out

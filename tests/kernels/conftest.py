@@ -1,58 +1,18 @@
 """Kernel tests: Triton kernels run on CPU tensors through the interpreter when there is no GPU.
 
-``TRITON_INTERPRET=1`` must be set before the kernels are defined (``triton.jit`` reads it when a
-kernel module is imported), so it is set here, at collection time, unless a GPU is present (then
-the real kernels are compiled and run).
-
-The interpreter runs ``tl.associative_scan`` with a user combine function one element at a time in
-Python; the scan kernels would take minutes even at tiny shapes. :func:`_vectorize_interpreter_scan`
-replaces that loop with one step per position along the scanned axis, calling the same combine
-function on whole slices: the same arithmetic in the same order, about a thousand times fewer
-Python calls.
+Without CUDA, :func:`~mamba_rl.kernels.triton_interpret.enable_cpu_interpreter` sets
+``TRITON_INTERPRET=1`` before any kernel module is imported (``triton.jit`` reads it when a kernel
+module is imported), copes with Triton having been imported earlier (TorchRL imports it), and
+vectorizes the interpreter's associative scan. With CUDA the real kernels are compiled and run.
 """
 
-import os
-
-import numpy as np
 import pytest
 import torch
 
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    from mamba_rl.kernels.triton_interpret import enable_cpu_interpreter
 
-
-def _vectorize_interpreter_scan() -> None:
-    try:
-        from triton.runtime import interpreter
-    except ImportError:
-        return
-    scan_ops = getattr(interpreter, "ScanOps", None)
-    if scan_ops is None or not hasattr(scan_ops, "generic_scan") or not hasattr(scan_ops, "to_tensor"):
-        return
-
-    def generic_scan(self, input):
-        data = [arg.handle.data for arg in input]
-        axis = self.axis
-        outs = [np.empty_like(x) for x in data]
-        acc = None
-        for i in range(data[0].shape[axis]):
-            cur = tuple(self.to_tensor(np.take(x, i, axis=axis), arg.dtype) for x, arg in zip(data, input))
-            if acc is None:
-                acc = cur
-            else:
-                ret = self.combine_fn.fn(*acc, *cur)
-                acc = ret if isinstance(ret, tuple) else (ret,)
-            index = [slice(None)] * data[0].ndim
-            index[axis] = i
-            for out, value in zip(outs, acc):
-                out[tuple(index)] = np.reshape(value.handle.data, out[tuple(index)].shape)
-        return [self.to_tensor(out, arg.dtype) for out, arg in zip(outs, input)]
-
-    scan_ops.generic_scan = generic_scan
-
-
-if os.environ.get("TRITON_INTERPRET") == "1":
-    _vectorize_interpreter_scan()
+    enable_cpu_interpreter()
 
 
 # relative Frobenius error allowed against a float64 reference fed the same (rounded) inputs

@@ -1,0 +1,742 @@
+"""Benchmark of the stateful selective scan, the causal conv and the rollout step.
+
+Compares, in one run and on one device: the PyTorch reference loop, the fused Triton kernels,
+TorchRL's ``GRUModule`` (hidden 128) in recurrent mode with the same resets (each backend), cuDNN
+``nn.GRU`` without resets, and mamba-ssm's ``selective_scan_fn`` / ``mamba_chunk_scan_combined``
+when they import. Every Triton result is checked against the reference before it is timed.
+
+Cases (the issue's targets, one H100, fp32 unless noted):
+- scan forward+backward, B=64, d_inner=256, d_state=16, resets at 0.5% of steps, h0 given,
+  T=1024 (target <= 2 ms) and T=20000 (target <= 15 ms, peak <= 4 GB);
+- one policy step of a 1-layer d_model=128 MambaModule for 4096 envs in a CUDA graph (<= 50 us).
+
+For each case the JSON records device, dtype, shapes, median ms, peak memory and the fewest bytes
+the case must move, as a fraction of the measured copy bandwidth and of 3 TB/s.
+
+    python benchmarks/bench_scan.py                 # everything, JSON to benchmarks/results/
+    python benchmarks/bench_scan.py --sweep         # also try the kernels' tile configurations
+    python benchmarks/bench_scan.py --quick         # T=1024 only, fewer repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mamba_rl.kernels import naive  # noqa: E402
+
+PEAK_BW = 3.0e12
+# "cpu" only for --dry-run (tiny shapes through TRITON_INTERPRET=1: checks the script, times nothing)
+DEV = "cuda"
+RESULTS: list[dict] = []
+SWEEP: list[dict] = []
+BANDWIDTH: dict = {}
+# filled by main(); the JSON is rewritten after every result, so a run cut short keeps what it measured
+META: dict = {}
+
+
+def write_json():
+    if not META.get("out"):
+        return
+    from mamba_rl.kernels import triton_conv, triton_scan, triton_step
+
+    payload = dict(META, copy_bandwidth_bytes_per_s=BANDWIDTH.get("copy_bytes_per_s"), peak_bandwidth_assumed=PEAK_BW,
+                   configs=dict(scan=triton_scan.SCAN_CONFIG, conv=triton_conv.CONV_CONFIG, step=triton_step.STEP_CONFIG),
+                   seconds=time.time() - META["started"], results=RESULTS, sweep=SWEEP)
+    with open(META["out"], "w") as f:
+        json.dump(payload, f, indent=1)
+
+
+# --- measuring ------------------------------------------------------------------------------
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ms(fn, *, grad_to_none=None, slow=False, rep_ms=200):
+    """Median milliseconds of ``fn`` (CUDA events). ``slow``: 1 warm-up and 3 timed calls."""
+    if DEV == "cpu":
+        start = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - start)
+    if slow:
+        fn()
+        sync()
+        times = []
+        for _ in range(3):
+            if grad_to_none:
+                for t in grad_to_none:
+                    t.grad = None
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            sync()
+            times.append(start.elapsed_time(end))
+        return sorted(times)[1]
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, grad_to_none=grad_to_none, return_mode="median")
+
+
+def peak_memory_gb(fn):
+    """(peak allocated during ``fn`` in GB, the part of it above what was allocated before)."""
+    if DEV == "cpu":
+        fn()
+        return 0.0, 0.0
+    sync()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    sync()
+    peak = torch.cuda.max_memory_allocated()
+    return peak / 1e9, (peak - base) / 1e9
+
+
+def graph_replay_ms(fn, warmup=3):
+    """Capture ``fn`` in a CUDA graph and time its replays (median, CUDA events)."""
+    if DEV == "cpu":
+        return time_ms(fn), None
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    import triton.testing
+
+    ms = triton.testing.do_bench(graph.replay, warmup=25, rep=200, return_mode="median")
+    return ms, graph
+
+
+def measure_copy_bandwidth():
+    """Device-to-device copy of 1 GiB: bytes read + written per second."""
+    n = 1 << 28 if DEV == "cuda" else 1 << 10
+    a = torch.empty(n, device=DEV, dtype=torch.float32).normal_()
+    b = torch.empty_like(a)
+    ms = time_ms(lambda: b.copy_(a))
+    BANDWIDTH["copy_bytes_per_s"] = 2 * a.numel() * 4 / (ms * 1e-3)
+    del a, b
+
+
+def record(case, impl, *, dtype, shapes, ms=None, min_bytes=None, peak_gb=None, peak_over_inputs_gb=None,
+           saved_gb=None, check=None, note=None, error=None):
+    row = dict(case=case, impl=impl, dtype=str(dtype).replace("torch.", ""), shapes=shapes, ms=ms,
+               min_bytes=min_bytes, peak_gb=peak_gb, peak_over_inputs_gb=peak_over_inputs_gb,
+               saved_gb=saved_gb, check=check, note=note, error=error)
+    if ms is not None and min_bytes:
+        row["bound_ms_3tbs"] = min_bytes / PEAK_BW * 1e3
+        row["fraction_of_3tbs"] = min_bytes / (ms * 1e-3) / PEAK_BW
+        if BANDWIDTH.get("copy_bytes_per_s"):
+            row["fraction_of_copy_bw"] = min_bytes / (ms * 1e-3) / BANDWIDTH["copy_bytes_per_s"]
+    RESULTS.append(row)
+    write_json()
+    parts = [f"{case:28s} {impl:34s} {row['dtype']:9s}"]
+    parts.append(f"{ms:9.3f} ms" if ms is not None else " " * 12)
+    if row.get("fraction_of_3tbs") is not None:
+        parts.append(f"{100 * row['fraction_of_3tbs']:5.1f}% of 3TB/s")
+    if peak_gb is not None:
+        parts.append(f"peak {peak_gb:6.2f} GB")
+    if check:
+        parts.append(f"maxrel {max(check.values()):.1e}")
+    if note:
+        parts.append(note)
+    if error:
+        parts.append(f"ERROR {error}")
+    print("  ".join(parts), flush=True)
+    return row
+
+
+@contextlib.contextmanager
+def guarded(case, impl, dtype, shapes):
+    try:
+        yield
+    except Exception as e:  # a failing comparison must not hide the others
+        traceback.print_exc()
+        record(case, impl, dtype=dtype, shapes=shapes, error=f"{type(e).__name__}: {str(e)[:300]}")
+    finally:
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+
+
+def rel_err(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
+
+
+# --- the scan -------------------------------------------------------------------------------
+
+
+def scan_inputs(b, d, n, L, dtype, *, seed=0, reset_rate=0.005):
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device=DEV, generator=g)  # noqa: E731
+    dt = torch.exp(torch.rand(d, device=DEV, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    inputs = dict(
+        u=r(b, d, L).to(dtype),
+        delta=(0.1 * r(b, d, L)).to(dtype),
+        A=-torch.arange(1, n + 1, device=DEV, dtype=torch.float32).repeat(d, 1),
+        B=r(b, n, L).to(dtype),
+        C=r(b, n, L).to(dtype),
+        D=torch.ones(d, device=DEV),
+        z=r(b, d, L).to(dtype),
+        delta_bias=dt + torch.log(-torch.expm1(-dt)),
+        h0=0.1 * r(b, d, n),
+    )
+    for t in inputs.values():
+        t.requires_grad_(True)
+    reset = torch.rand(b, L, device=DEV, generator=g) < reset_rate
+    return inputs, reset
+
+
+def scan_min_bytes(b, d, n, L, dtype):
+    """Forward reads u, delta, z, B, C and writes y; backward reads them and dy, writes 5 grads."""
+    es = torch.empty((), dtype=dtype).element_size()
+    return (11 * b * d * L + 6 * b * n * L) * es + 4 * b * d * n * 4
+
+
+def scan_call(fn, inputs, reset):
+    return fn(**inputs, delta_softplus=True, reset=reset)
+
+
+def scan_fwd_bwd(fn, inputs, reset, dy, dh):
+    y, h = scan_call(fn, inputs, reset)
+    torch.autograd.backward([y, h], [dy, dh])
+
+
+def check_scan(b, d, n, L, dtype, seed=11):
+    """Triton vs the float64 reference on fresh inputs: max relative error over outputs and grads."""
+    from mamba_rl.kernels.triton_scan import selective_scan_triton
+
+    inputs, reset = scan_inputs(b, d, n, L, dtype, seed=seed, reset_rate=0.01)
+    g = torch.Generator(device=DEV).manual_seed(seed + 1)
+    dy = torch.randn(b, d, L, device=DEV, generator=g)
+    dh = torch.randn(b, d, n, device=DEV, generator=g)
+    ref_in = {k: v.detach().double().requires_grad_(True) for k, v in inputs.items()}
+    y_ref, h_ref = scan_call(naive.selective_scan_ref, ref_in, reset)
+    torch.autograd.backward([y_ref, h_ref], [dy.double(), dh.double()])
+    y, h = scan_call(selective_scan_triton, inputs, reset)
+    torch.autograd.backward([y, h], [dy.to(y.dtype), dh])
+    errs = {"y": rel_err(y, y_ref), "h_last": rel_err(h, h_ref)}
+    for k in inputs:
+        errs["d" + k] = rel_err(inputs[k].grad, ref_in[k].grad)
+    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}[dtype]
+    bad = {k: v for k, v in errs.items() if not v <= tol}
+    if bad:
+        raise AssertionError(f"Triton scan differs from the reference at B{b}-T{L}-D{d}-N{n} {dtype}: {bad}")
+    return errs
+
+
+def bench_scan(L, dtype, *, b=64, d=256, n=16, with_reference=False, check_shape=None):
+    from mamba_rl.kernels.triton_scan import selective_scan_triton
+
+    case = f"scan fwd+bwd T={L}"
+    shapes = dict(B=b, d_inner=d, d_state=n, T=L, reset_rate=0.005, h0=True)
+    errs = check_scan(*(check_shape or (b, d, n, L)), dtype)
+    inputs, reset = scan_inputs(b, d, n, L, dtype)
+    dy = torch.randn(b, d, L, device=DEV, dtype=dtype)
+    dh = torch.randn(b, d, n, device=DEV)
+    leaves = list(inputs.values())
+    min_bytes = scan_min_bytes(b, d, n, L, dtype)
+
+    ms_fwd = time_ms(lambda: scan_call(selective_scan_triton, inputs, reset), rep_ms=100)
+    es = torch.empty((), dtype=dtype).element_size()
+    record(f"scan fwd T={L}", "triton", dtype=dtype, shapes=shapes, ms=ms_fwd,
+           min_bytes=(4 * b * d * L + 2 * b * n * L) * es + 2 * b * d * n * 4, check=errs)
+
+    ms = time_ms(lambda: scan_fwd_bwd(selective_scan_triton, inputs, reset, dy, dh), grad_to_none=leaves)
+    for t in leaves:
+        t.grad = None
+    peak, over = peak_memory_gb(lambda: scan_fwd_bwd(selective_scan_triton, inputs, reset, dy, dh))
+    for t in leaves:
+        t.grad = None
+    # memory held between forward and backward, beyond the outputs: the checkpoints
+    sync()
+    before = torch.cuda.memory_allocated()
+    y, h = scan_call(selective_scan_triton, inputs, reset)
+    sync()
+    saved = (torch.cuda.memory_allocated() - before - y.numel() * y.element_size() - h.numel() * 4) / 1e9
+    del y, h
+    record(case, "triton", dtype=dtype, shapes=shapes, ms=ms, min_bytes=min_bytes, peak_gb=peak,
+           peak_over_inputs_gb=over, saved_gb=saved, check=errs)
+
+    if with_reference:
+        with guarded(case, "torch reference loop", dtype, shapes):
+            ms_ref = time_ms(lambda: scan_fwd_bwd(naive.selective_scan_ref, inputs, reset, dy, dh),
+                             grad_to_none=leaves, slow=True)
+            for t in leaves:
+                t.grad = None
+            peak_ref, over_ref = peak_memory_gb(lambda: scan_fwd_bwd(naive.selective_scan_ref, inputs, reset, dy, dh))
+            record(case, "torch reference loop", dtype=dtype, shapes=shapes, ms=ms_ref, min_bytes=min_bytes,
+                   peak_gb=peak_ref, peak_over_inputs_gb=over_ref)
+    del inputs, dy, dh, leaves
+
+
+def bench_conv_and_mixer_inner(L, dtype, *, b=64, d=256, n=16):
+    """The conv alone, and conv -> scan as the mixer runs them (unfused), forward+backward."""
+    from mamba_rl.kernels.triton_conv import causal_conv1d_triton
+    from mamba_rl.kernels.triton_scan import selective_scan_triton
+
+    shapes = dict(B=b, d_inner=d, T=L, width=4, reset_rate=0.005, initial_state=True)
+    es = torch.empty((), dtype=dtype).element_size()
+    g = torch.Generator(device=DEV).manual_seed(3)
+    x = torch.randn(b, d, L, device=DEV, generator=g).to(dtype).requires_grad_(True)
+    w = (0.5 * torch.randn(d, 4, device=DEV, generator=g)).requires_grad_(True)
+    cb = torch.randn(d, device=DEV, generator=g).requires_grad_(True)
+    init = torch.randn(b, d, 3, device=DEV, generator=g).to(dtype).requires_grad_(True)
+    reset = torch.rand(b, L, device=DEV, generator=g) < 0.005
+    # correctness on a slice of the batch, against the float64 reference
+    sl = slice(0, 2)
+    ref = naive.causal_conv1d_ref(x[sl].double(), w.double(), cb.double(), init[sl].double(), reset[sl], "silu")
+    tri = causal_conv1d_triton(x[sl], w, cb, init[sl], reset[sl], "silu")
+    errs = {"y": rel_err(tri[0], ref[0]), "final_state": rel_err(tri[1], ref[1])}
+    gy = torch.randn_like(ref[0])
+    gx_ref, gw_ref = torch.autograd.grad((ref[0] * gy).sum(), [x, w])
+    gx, gw = torch.autograd.grad((tri[0].double() * gy).sum(), [x, w])
+    errs.update(dx=rel_err(gx[sl], gx_ref[sl]), dweight=rel_err(gw, gw_ref))
+    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]
+    if not max(errs.values()) <= tol:
+        raise AssertionError(f"Triton conv differs from the reference: {errs}")
+
+    dy = torch.randn(b, d, L, device=DEV, dtype=dtype)
+
+    def conv_fwd_bwd():
+        y, state = causal_conv1d_triton(x, w, cb, init, reset, "silu")
+        torch.autograd.backward([y], [dy])
+
+    ms = time_ms(conv_fwd_bwd, grad_to_none=[x, w, cb, init])
+    record(f"conv fwd+bwd T={L}", "triton", dtype=dtype, shapes=shapes, ms=ms,
+           min_bytes=4 * b * d * L * es, check=errs)
+    ms_f = time_ms(lambda: causal_conv1d_triton(x, w, cb, init, reset, "silu"), rep_ms=100)
+    record(f"conv fwd T={L}", "triton", dtype=dtype, shapes=shapes, ms=ms_f, min_bytes=2 * b * d * L * es)
+
+    inputs, _ = scan_inputs(b, d, n, L, dtype)
+    inputs.pop("u")
+    dys = torch.randn(b, d, L, device=DEV, dtype=dtype)
+    dh = torch.randn(b, d, n, device=DEV)
+
+    def conv_scan_fwd_bwd():
+        xc, _ = causal_conv1d_triton(x, w, cb, init, reset, "silu")
+        y, h = selective_scan_triton(xc, **inputs, delta_softplus=True, reset=reset)
+        torch.autograd.backward([y, h], [dys, dh])
+
+    leaves = [x, w, cb, init, *inputs.values()]
+    ms2 = time_ms(conv_scan_fwd_bwd, grad_to_none=leaves)
+    record(f"conv+scan fwd+bwd T={L}", "triton (two kernels)", dtype=dtype,
+           shapes=dict(shapes, d_state=n, h0=True), ms=ms2,
+           min_bytes=scan_min_bytes(b, d, n, L, dtype) + 2 * b * d * L * es,
+           note="conv output written and re-read: +4 b*d*L bytes vs a fused kernel")
+
+
+# --- the GRU baselines and mamba-ssm ---------------------------------------------------------
+
+
+def bench_gru_module(L, backend, *, b=64, hidden=128):
+    from tensordict import TensorDict
+    from torchrl.modules import GRUModule, set_recurrent_mode
+
+    case = f"GRU fwd+bwd T={L}"
+    shapes = dict(B=b, hidden=hidden, input=hidden, T=L, reset_rate=0.005, h0=True)
+    impl = f"torchrl GRUModule ({backend})"
+    with guarded(case, impl, torch.float32, shapes):
+        gru = GRUModule(input_size=hidden, hidden_size=hidden, in_key="x", out_key="y",
+                        recurrent_backend=backend, device=DEV)
+        g = torch.Generator(device=DEV).manual_seed(0)
+        x = torch.randn(b, L, hidden, device=DEV, generator=g).requires_grad_(True)
+        h0 = torch.zeros(b, L, 1, hidden, device=DEV)
+        h0[:, 0] = 0.1 * torch.randn(b, 1, hidden, device=DEV, generator=g)
+        h0.requires_grad_(True)
+        reset = torch.rand(b, L, device=DEV, generator=g) < 0.005
+        dy = torch.randn(b, L, hidden, device=DEV)
+
+        def fwd_bwd():
+            td = TensorDict({"x": x, "is_init": reset[..., None], "recurrent_state": h0}, batch_size=[b, L])
+            with set_recurrent_mode(True):
+                y = gru(td)["y"]
+            y.backward(dy)
+
+        ms = time_ms(fwd_bwd, grad_to_none=[x, h0], slow=True)
+        peak, over = peak_memory_gb(fwd_bwd)
+        record(case, impl, dtype=torch.float32, shapes=shapes, ms=ms, peak_gb=peak, peak_over_inputs_gb=over)
+
+
+def bench_cudnn_gru(L, *, b=64, hidden=128):
+    case = f"GRU fwd+bwd T={L}"
+    shapes = dict(B=b, hidden=hidden, input=hidden, T=L, resets="none (cuDNN cannot)", h0=True)
+    with guarded(case, "cuDNN nn.GRU (no resets)", torch.float32, shapes):
+        gru = torch.nn.GRU(hidden, hidden, batch_first=True, device=DEV)
+        x = torch.randn(b, L, hidden, device=DEV, requires_grad=True)
+        h0 = (0.1 * torch.randn(1, b, hidden, device=DEV)).requires_grad_(True)
+        dy = torch.randn(b, L, hidden, device=DEV)
+
+        def fwd_bwd():
+            y, _ = gru(x, h0)
+            y.backward(dy)
+
+        ms = time_ms(fwd_bwd, grad_to_none=[x, h0], slow=L > 5000)
+        peak, over = peak_memory_gb(fwd_bwd)
+        record(case, "cuDNN nn.GRU (no resets)", dtype=torch.float32, shapes=shapes, ms=ms, peak_gb=peak,
+               peak_over_inputs_gb=over)
+
+
+def bench_mamba_ssm(L, *, b=64, d=256, n=16):
+    shapes = dict(B=b, d_inner=d, d_state=n, T=L)
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
+    except Exception as e:
+        record(f"scan fwd+bwd T={L}", "mamba-ssm selective_scan_fn", dtype=torch.float32, shapes=shapes,
+               note=f"unavailable: {type(e).__name__}: {str(e)[:80]}")
+    else:
+        inputs, _ = scan_inputs(b, d, n, L, torch.float32)
+        dy = torch.randn(b, d, L, device=DEV)
+
+        def fwd_bwd():
+            # mamba-ssm's Mamba-1 scan has no resets; initial state unsupported in the fused path
+            y = selective_scan_fn(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
+                                  inputs["D"], inputs["z"], inputs["delta_bias"], delta_softplus=True)
+            y.backward(dy)
+
+        ms = time_ms(fwd_bwd, grad_to_none=list(inputs.values()))
+        record(f"scan fwd+bwd T={L}", "mamba-ssm selective_scan_fn (no resets, no h0)", dtype=torch.float32,
+               shapes=shapes, ms=ms, min_bytes=scan_min_bytes(b, d, n, L, torch.float32))
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: F401
+    except Exception as e:
+        record(f"scan fwd+bwd T={L}", "mamba-ssm mamba_chunk_scan_combined", dtype=torch.float32, shapes=shapes,
+               note=f"unavailable: {type(e).__name__}: {str(e)[:80]}")
+
+
+# --- the rollout step -----------------------------------------------------------------------
+
+
+def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
+    from mamba_rl import MambaModule
+    from mamba_rl.kernels.triton_step import MixerStepWorkspace, mamba_mixer_step_inplace
+
+    shapes = dict(envs=num_envs, d_model=d_model, d_inner=2 * d_model, d_state=16, d_conv=4, layers=1,
+                  input_size=input_size, reset_rate=0.01)
+    torch.manual_seed(0)
+    module = MambaModule(input_size, d_model, 1, backend="torch", device=DEV)
+    block = module.layers[0]
+    mixer = block.mixer
+    d, n = mixer.d_inner, mixer.d_state
+    g = torch.Generator(device=DEV).manual_seed(1)
+    x = torch.randn(num_envs, input_size, device=DEV, generator=g)
+    reset = torch.rand(num_envs, device=DEV, generator=g) < 0.01
+    state0 = module.zero_state((num_envs,))
+    state0 = type(state0)(torch.randn_like(state0.ssm), torch.randn_like(state0.conv))
+
+    # in place: states and every buffer preallocated, two Triton launches between the matmuls
+    ssm = state0.ssm[:, 0].clone()
+    conv = state0.conv[:, 0].clone()
+    out = torch.empty(num_envs, d, device=DEV)
+    workspace = MixerStepWorkspace(num_envs, mixer.dt_rank, n, DEV)
+    conv_w = mixer.conv1d.weight.squeeze(1).contiguous()
+    with torch.no_grad():
+        A = mixer.A.contiguous()
+
+    def mixer_kernels():
+        mamba_mixer_step_inplace(xz_static, conv, ssm, conv_w, mixer.conv1d.bias, mixer.x_proj.weight,
+                                 mixer.dt_proj.weight, mixer.dt_proj.bias, A, mixer.D, reset, out, workspace)
+
+    def fused_policy_step():
+        h = module.input_proj(x)
+        xz = mixer.in_proj(block.norm(h))
+        mamba_mixer_step_inplace(xz, conv, ssm, conv_w, mixer.conv1d.bias, mixer.x_proj.weight,
+                                 mixer.dt_proj.weight, mixer.dt_proj.bias, A, mixer.D, reset, out, workspace)
+        return module.norm_f(h + mixer.out_proj(out))
+
+    with torch.no_grad():
+        y_ref, s_ref = module.step(x, state0, reset)
+        y_fused = fused_policy_step()
+        errs = {"y": rel_err(y_fused, y_ref), "ssm": rel_err(ssm, s_ref.ssm[:, 0]),
+                "conv": rel_err(conv, s_ref.conv[:, 0])}
+        if not max(errs.values()) <= 1e-4:
+            raise AssertionError(f"fused policy step differs from MambaModule.step: {errs}")
+        xz_static = mixer.in_proj(block.norm(module.input_proj(x)))
+
+        state_bytes = num_envs * d * (2 * n * 4 + 2 * 3 * 4)
+        act_bytes = num_envs * d * 4 * 3 + num_envs * (mixer.dt_rank + 2 * n) * 4 * 2
+        ms, _ = graph_replay_ms(mixer_kernels)
+        record("policy step 4096 envs", "mixer step kernels only (graph)", dtype=torch.float32, shapes=shapes,
+               ms=ms, min_bytes=state_bytes + act_bytes, check=errs,
+               note="between in_proj and out_proj; states in place")
+        ms, _ = graph_replay_ms(fused_policy_step)
+        policy_bytes = state_bytes + act_bytes + num_envs * (input_size + 2 * d_model + 2 * d + d + 2 * d_model) * 4
+        record("policy step 4096 envs", "fused in-place step (graph)", dtype=torch.float32, shapes=shapes, ms=ms,
+               min_bytes=policy_bytes, check=errs, note="input_proj, norm, in_proj, 2 kernels, out_proj, norm")
+
+        for backend in ("torch", "triton"):
+            module.backend = backend
+            state = type(state0)(state0.ssm.clone(), state0.conv.clone())
+
+            def pure_step():
+                y, new = module.step(x, state, reset)
+                state.ssm.copy_(new.ssm)
+                state.conv.copy_(new.conv)
+                return y
+
+            with guarded("policy step 4096 envs", f"MambaModule.step {backend} (graph)", torch.float32, shapes):
+                ms, _ = graph_replay_ms(pure_step)
+                record("policy step 4096 envs", f"MambaModule.step {backend} (graph)", dtype=torch.float32,
+                       shapes=shapes, ms=ms, min_bytes=policy_bytes, note="pure step + copy into the state")
+            with guarded("policy step 4096 envs", f"MambaModule.step {backend} (eager)", torch.float32, shapes):
+                ms = time_ms(pure_step, rep_ms=100)
+                record("policy step 4096 envs", f"MambaModule.step {backend} (eager)", dtype=torch.float32,
+                       shapes=shapes, ms=ms, min_bytes=policy_bytes)
+        module.backend = "torch"
+
+
+# --- tile sweeps ----------------------------------------------------------------------------
+
+
+SCAN_VARIANTS = [
+    # (name, overrides)
+    ("bt32 f4096w8 b2048w8 c32", {}),
+    ("bt32 f2048w4 b2048w4 c32", {"fwd_tile": 2048, "fwd_warps": 4, "bwd_warps": 4}),
+    ("bt32 f4096w4 b1024w4 c32", {"fwd_warps": 4, "bwd_tile": 1024, "bwd_warps": 4}),
+    ("bt32 f8192w8 b4096w8 c32", {"fwd_tile": 8192, "bwd_tile": 4096}),
+    ("bt32 f4096w8 b2048w8 c64", {"bwd_channels_per_program": 64}),
+    ("bt32 f4096w8 b2048w8 c16", {"bwd_channels_per_program": 16}),
+    ("bt32 f4096w8r128 b2048w8r128 c32", {"fwd_maxnreg": 128, "bwd_maxnreg": 128}),
+    ("bt64 f4096w8 b4096w8 c32", {"block_t": 64, "bwd_tile": 4096}),
+    ("bt16 f4096w8 b2048w8 c32", {"block_t": 16}),
+]
+
+
+def sweep_scan(lengths, b=64, d=256, n=16):
+    from mamba_rl.kernels import triton_scan
+
+    base = dict(triton_scan.SCAN_CONFIG)
+    for L in lengths:
+        inputs, reset = scan_inputs(b, d, n, L, torch.float32)
+        dy = torch.randn(b, d, L, device=DEV)
+        dh = torch.randn(b, d, n, device=DEV)
+        leaves = list(inputs.values())
+        for name, overrides in SCAN_VARIANTS:
+            triton_scan.SCAN_CONFIG.clear()
+            triton_scan.SCAN_CONFIG.update(base, **overrides)
+            try:
+                check_scan(4, d, n, 300, torch.float32)
+                ms_f = time_ms(lambda: scan_call(triton_scan.selective_scan_triton, inputs, reset), rep_ms=60)
+                ms = time_ms(lambda: scan_fwd_bwd(triton_scan.selective_scan_triton, inputs, reset, dy, dh),
+                             grad_to_none=leaves, rep_ms=100)
+                row = dict(kernel="scan", T=L, variant=name, overrides=overrides, fwd_ms=ms_f, fwd_bwd_ms=ms)
+            except Exception as e:
+                row = dict(kernel="scan", T=L, variant=name, overrides=overrides, error=f"{type(e).__name__}: {str(e)[:200]}")
+            SWEEP.append(row)
+            write_json()
+            print(f"sweep scan T={L:6d} {name:36s} "
+                  + (f"fwd {row['fwd_ms']:8.3f} ms  fwd+bwd {row['fwd_bwd_ms']:8.3f} ms" if "error" not in row
+                     else row["error"]), flush=True)
+        del inputs, dy, dh, leaves
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+    triton_scan.SCAN_CONFIG.clear()
+    triton_scan.SCAN_CONFIG.update(base)
+
+
+CONV_VARIANTS = [
+    ("f16x64w4 b16x32w4", {}),
+    ("f32x64w4 b16x32w4", {"fwd_block_d": 32}),
+    ("f16x128w4 b16x64w4", {"fwd_block_t": 128, "bwd_block_t": 64}),
+    ("f16x64w4 b8x64w4", {"bwd_block_d": 8, "bwd_block_t": 64}),
+    ("f16x64w2 b16x32w2", {"fwd_warps": 2, "bwd_warps": 2}),
+]
+
+
+def sweep_conv(L, b=64, d=256):
+    from mamba_rl.kernels import triton_conv
+
+    base = dict(triton_conv.CONV_CONFIG)
+    x = torch.randn(b, d, L, device=DEV, requires_grad=True)
+    w = torch.randn(d, 4, device=DEV, requires_grad=True)
+    cb = torch.randn(d, device=DEV, requires_grad=True)
+    init = torch.randn(b, d, 3, device=DEV, requires_grad=True)
+    reset = torch.rand(b, L, device=DEV) < 0.005
+    dy = torch.randn(b, d, L, device=DEV)
+    for name, overrides in CONV_VARIANTS:
+        triton_conv.CONV_CONFIG.clear()
+        triton_conv.CONV_CONFIG.update(base, **overrides)
+
+        def fwd_bwd():
+            y, _ = triton_conv.causal_conv1d_triton(x, w, cb, init, reset, "silu")
+            y.backward(dy)
+
+        try:
+            ms_f = time_ms(lambda: triton_conv.causal_conv1d_triton(x, w, cb, init, reset, "silu"), rep_ms=60)
+            ms = time_ms(fwd_bwd, grad_to_none=[x, w, cb, init], rep_ms=100)
+            row = dict(kernel="conv", T=L, variant=name, overrides=overrides, fwd_ms=ms_f, fwd_bwd_ms=ms)
+        except Exception as e:
+            row = dict(kernel="conv", T=L, variant=name, overrides=overrides, error=f"{type(e).__name__}: {str(e)[:200]}")
+        SWEEP.append(row)
+        write_json()
+        print(f"sweep conv T={L:6d} {name:36s} "
+              + (f"fwd {row['fwd_ms']:8.3f} ms  fwd+bwd {row['fwd_bwd_ms']:8.3f} ms" if "error" not in row
+                 else row["error"]), flush=True)
+    triton_conv.CONV_CONFIG.clear()
+    triton_conv.CONV_CONFIG.update(base)
+
+
+STEP_VARIANTS = [
+    ("xk32w8 s4096d32w4", {}),
+    ("xk32w8 s4096d32w8", {"ssm_warps": 8}),
+    ("xk32w8 s2048d32w4", {"ssm_tile": 2048}),
+    ("xk32w8 s8192d32w8", {"ssm_tile": 8192, "ssm_warps": 8}),
+    ("xk32w8 s4096d64w4", {"ssm_block_d": 64}),
+    ("xk64w8 s4096d32w4", {"xproj_block_k": 64}),
+    ("e32k32w8 s4096d32w4", {"xproj_block_e": 32}),
+]
+
+
+def sweep_step(num_envs=4096, d_model=128):
+    from mamba_rl.kernels import triton_step
+
+    base = dict(triton_step.STEP_CONFIG)
+    d, n, R = 2 * d_model, 16, math.ceil(d_model / 16)
+    g = torch.Generator(device=DEV).manual_seed(0)
+    r = lambda *s: torch.randn(*s, device=DEV, generator=g)  # noqa: E731
+    xz, conv, ssm = r(num_envs, 2 * d), r(num_envs, d, 3), r(num_envs, d, n)
+    cw, cb, wx, wdt, bdt = r(d, 4), r(d), 0.1 * r(R + 2 * n, d), r(d, R), r(d)
+    A, D = -torch.rand(d, n, device=DEV) - 0.1, r(d)
+    reset = torch.rand(num_envs, device=DEV) < 0.01
+    out = torch.empty(num_envs, d, device=DEV)
+    ws = triton_step.MixerStepWorkspace(num_envs, R, n, DEV)
+    for name, overrides in STEP_VARIANTS:
+        triton_step.STEP_CONFIG.clear()
+        triton_step.STEP_CONFIG.update(base, **overrides)
+        try:
+            ms, _ = graph_replay_ms(lambda: triton_step.mamba_mixer_step_inplace(
+                xz, conv, ssm, cw, cb, wx, wdt, bdt, A, D, reset, out, ws))
+            row = dict(kernel="mixer step", envs=num_envs, variant=name, overrides=overrides, graph_us=1e3 * ms)
+        except Exception as e:
+            row = dict(kernel="mixer step", variant=name, overrides=overrides, error=f"{type(e).__name__}: {str(e)[:200]}")
+        SWEEP.append(row)
+        write_json()
+        print(f"sweep step {name:36s} " + (f"{row['graph_us']:8.1f} us" if "error" not in row else row["error"]),
+              flush=True)
+    triton_step.STEP_CONFIG.clear()
+    triton_step.STEP_CONFIG.update(base)
+
+
+def report_kernels():
+    """Registers and spills of every compiled variant (from Triton's in-process kernel cache)."""
+    from mamba_rl.kernels import triton_conv, triton_scan, triton_step
+
+    rows = []
+    for module in (triton_scan, triton_conv, triton_step):
+        for name in dir(module):
+            fn = getattr(module, name)
+            caches = getattr(fn, "device_caches", None)
+            if not name.endswith("_kernel") or not caches:
+                continue
+            for cache in caches.values():
+                for kernel in cache[0].values():
+                    consts = {k: v for k, v in getattr(kernel, "src", None).constants.items()
+                              if isinstance(k, str) and k.isupper()} if hasattr(kernel, "src") else {}
+                    rows.append(dict(kernel=name, n_regs=getattr(kernel, "n_regs", None),
+                                     n_spills=getattr(kernel, "n_spills", None),
+                                     num_warps=getattr(kernel.metadata, "num_warps", None), constants=str(consts)))
+    META["compiled_kernels"] = rows
+    for row in rows:
+        print(f"compiled {row['kernel']:28s} regs {row['n_regs']} spills {row['n_spills']} warps {row['num_warps']} "
+              f"{row['constants'][:120]}")
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+SIZES = dict(b=64, d=256, lengths=[1024, 20000], check_long=(1, 32, 16), envs=4096, d_model=128)
+DRY_SIZES = dict(b=2, d=8, lengths=[40, 70], check_long=(1, 4, 16), envs=16, d_model=16)
+
+
+def main():
+    global DEV
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/scan_<gpu>.json)")
+    parser.add_argument("--quick", action="store_true", help="T=1024 only")
+    parser.add_argument("--sweep", action="store_true", help="also time the kernels' tile configurations")
+    parser.add_argument("--only-sweep", action="store_true", help="only the tile sweeps")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="tiny shapes on the CPU through TRITON_INTERPRET=1: checks the script, times nothing")
+    args = parser.parse_args()
+    sizes = SIZES
+    if args.dry_run:
+        from mamba_rl.kernels.triton_interpret import enable_cpu_interpreter
+
+        enable_cpu_interpreter()
+        DEV = "cpu"
+        sizes = DRY_SIZES
+    elif not torch.cuda.is_available():
+        raise SystemExit("bench_scan.py needs a CUDA device (or --dry-run)")
+    import triton
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    started = time.time()
+    measure_copy_bandwidth()
+    if DEV == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        device_name, sms = props.name, props.multi_processor_count
+    else:
+        device_name, sms = "cpu (dry run, TRITON_INTERPRET=1)", 0
+    print(f"device {device_name}, {sms} SMs, torch {torch.__version__}, "
+          f"triton {triton.__version__}, copy bandwidth {BANDWIDTH['copy_bytes_per_s'] / 1e12:.2f} TB/s", flush=True)
+
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"scan_{device_name.split(' (')[0].replace(' ', '_')}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    META.update(out=out, started=started, device=device_name, sms=sms, torch=torch.__version__,
+                triton=triton.__version__, python=platform.python_version(), command=" ".join(sys.argv))
+    b, d = sizes["b"], sizes["d"]
+    lengths = sizes["lengths"][:1] if args.quick else sizes["lengths"]
+    if args.sweep or args.only_sweep:
+        sweep_scan(lengths, b=b, d=d)
+        sweep_conv(lengths[-1], b=b, d=d)
+        sweep_step(sizes["envs"], sizes["d_model"])
+    if not args.only_sweep:
+        for i, L in enumerate(lengths):
+            short = i == 0
+            with guarded(f"scan fwd+bwd T={L}", "triton", torch.float32, {}):
+                bench_scan(L, torch.float32, b=b, d=d, with_reference=short,
+                           check_shape=None if short else (*sizes["check_long"], L))
+            with guarded(f"scan fwd+bwd T={L}", "triton", torch.bfloat16, {}):
+                bench_scan(L, torch.bfloat16, b=b, d=d,
+                           check_shape=(min(b, 8), d, 16, L) if short else (*sizes["check_long"], L))
+            with guarded(f"conv fwd+bwd T={L}", "triton", torch.float32, {}):
+                bench_conv_and_mixer_inner(L, torch.float32, b=b, d=d)
+            if short and DEV == "cuda":
+                for backend in ("pad", "scan", "triton"):
+                    bench_gru_module(L, backend, b=b)
+            bench_cudnn_gru(L, b=b)
+            bench_mamba_ssm(L, b=b, d=d)
+        with guarded("policy step", "fused", torch.float32, {}):
+            bench_policy_step(sizes["envs"], sizes["d_model"])
+
+    if DEV == "cuda":
+        try:
+            report_kernels()
+        except Exception as e:
+            print(f"could not list compiled kernels: {type(e).__name__}: {e}")
+    write_json()
+    print(f"wrote {out} ({time.time() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
