@@ -1,0 +1,408 @@
+"""The training configuration: one dataclass, the single source of truth.
+
+YAML presets (``configs/*.yaml``) and ``--set key=value`` only override its fields; an unknown
+key is an error that lists the valid ones, and every value is type-checked against the field's
+annotation. Each field's docstring (the string under it) is its documentation:
+``python train.py --list-keys`` prints them.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import math
+import re
+import textwrap
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import yaml
+
+__all__ = ["TrainConfig", "ConfigError", "load_config", "apply_overrides", "parse_override", "field_docs",
+           "config_to_dict", "config_from_dict"]
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class ConfigError(ValueError):
+    """A bad configuration key or value."""
+
+
+@dataclass
+class TrainConfig:
+    """PPO with GAE on the delayed multi-bit memory task, Mamba or GRU policy."""
+
+    # --- run ---------------------------------------------------------------------------------
+    exp_name: str = "mamba_rl"
+    """Experiment name: the first part of the run directory's name."""
+    run_root: str = "runs"
+    """Directory under which run directories are created (``tensorboard --logdir runs``)."""
+    seed: int = 0
+    """Seeds the parameters, the environments, the action sampling and the minibatch order."""
+    device: str = "auto"
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
+    num_threads: int = 0
+    """``torch.set_num_threads`` on CPU; 0 leaves torch's default."""
+
+    # --- environment -------------------------------------------------------------------------
+    num_bits: int = 4
+    """Bits to remember (1..16); the policy chooses among ``2**num_bits`` answers."""
+    horizon: Union[int, list[int]] = 50
+    """Delay steps between the cue and the query: an int, or ``[low, high]`` drawn per episode."""
+    num_distractors: int = 0
+    """Fair-coin noise channels appended to the observation."""
+    wrong_penalty: float = 0.0
+    """A wrong answer earns ``-wrong_penalty`` (a right one earns 1)."""
+    num_envs: int = 64
+    """Parallel environments (the batch of every rollout step)."""
+
+    # --- policy ------------------------------------------------------------------------------
+    controller: Literal["mamba", "gru"] = "mamba"
+    """Recurrent trunk: ``"mamba"`` (MambaModule) or ``"gru"`` (torchrl GRUModule, the baseline)."""
+    shared_trunk: bool = True
+    """One trunk for the actor and the critic (True) or one each."""
+    num_layers: int = 1
+    """Stacked Mamba blocks or GRU layers."""
+    d_model: int = 64
+    """Mamba width (features out of the trunk)."""
+    d_state: int = 16
+    """Mamba SSM state size per channel."""
+    d_conv: int = 4
+    """Mamba causal-conv width."""
+    expand: int = 2
+    """Mamba inner width = ``expand * d_model``."""
+    dt_min: float = 1e-3
+    """Smallest initial Mamba step size. Small steps decay slowly: long horizons want ~1/horizon
+    or less (values down to 1e-6 are fine)."""
+    dt_max: float = 0.1
+    """Largest initial Mamba step size (initial steps are log-uniform in [dt_min, dt_max])."""
+    dt_init_floor: Optional[float] = None
+    """Lower clamp of the initial step sizes; None means ``dt_min``."""
+    bc_init_scale: float = 10.0
+    """Scale of the initial ``x_proj`` weights that make Mamba's ``B`` and ``C``: mamba-ssm's init
+    passes a remembered cue to the output at ~1e-4 of the features, too faint for the policy
+    gradient; 10 makes it ~1e-3, as in a fresh GRU (see docs/TRAINING.md)."""
+    mamba_backend: Literal["auto", "torch", "triton"] = "auto"
+    """Scan/conv kernels: ``"auto"`` is Triton on CUDA when available, else PyTorch."""
+    gru_hidden_size: int = 128
+    """GRU width (features out of the trunk)."""
+    gru_backend: Literal["pad", "scan", "triton", "auto"] = "pad"
+    """GRUModule's ``recurrent_backend`` for training replays; ``"pad"`` (cuDNN over trajectories
+    split at resets) is TorchRL's fastest reset-aware backend on CUDA."""
+    head_hidden: int = 0
+    """Width of a tanh hidden layer in the actor and value heads; 0 = linear heads."""
+
+    # --- rollouts ----------------------------------------------------------------------------
+    chunk_len: Union[int, Literal["auto"]] = "auto"
+    """Steps per chunk (T). A stored chunk is replayed from its stored start state. ``"auto"``:
+    ``max horizon + 2``, one whole episode, so that truncated backprop still reaches the cue."""
+    chunks_per_rollout: int = 1
+    """Chunks collected per update; a rollout is ``chunk_len * chunks_per_rollout`` steps per env."""
+    backprop: Literal["chunk", "episode"] = "chunk"
+    """``"chunk"``: truncated backprop inside each chunk. ``"episode"``: through the whole rollout
+    across chunks (the gradient flows through the carried state), chunks recomputed in the
+    backward pass so memory stays at one chunk's activations."""
+    cuda_graph: bool = True
+    """On CUDA, capture one rollout step (policy, sampling, env, storage) in a CUDA graph."""
+
+    # --- PPO ---------------------------------------------------------------------------------
+    num_updates: int = 300
+    """PPO updates (one rollout each)."""
+    learning_rate: float = 1e-3
+    """Adam learning rate (start of the schedule)."""
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """Learning-rate schedule over ``num_updates``, down to 0 for linear and cosine."""
+    adam_eps: float = 1e-5
+    """Adam epsilon."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    update_epochs: int = 4
+    """Passes over each rollout."""
+    num_minibatches: int = 2
+    """Minibatches per epoch, split by environment (whole rows of chunks, never shuffled steps)."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch (statistics over the steps that carry policy weight)."""
+    clip_coef: float = 0.2
+    """PPO ratio clip range."""
+    clip_vloss: bool = False
+    """Clip the value loss around the old values (as CleanRL's ``clip_vloss``)."""
+    ent_coef: float = 0.01
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (global norm)."""
+    target_kl: Optional[float] = None
+    """Stop the epochs of an update once the approximate KL exceeds this; None = never."""
+    policy_mask_key: Optional[Literal["decision"]] = "decision"
+    """Steps whose action carries policy weight: ``"decision"`` (the env's scored steps) weights
+    the policy and entropy losses and the advantage statistics by that mask, so the many delay
+    steps, whose action changes nothing, do not drown the one that matters. None = plain PPO
+    (every step weighs the same)."""
+
+    # --- logging, checkpoints, stopping ------------------------------------------------------
+    log_interval: int = 1
+    """Write TensorBoard scalars every this many updates."""
+    checkpoint_interval: int = 25
+    """Save a checkpoint every this many updates (and at the end, on Ctrl-C)."""
+    max_wall_time_s: Optional[float] = None
+    """Stop training after this many seconds (checkpoint and final evaluation still run)."""
+    target_accuracy: Optional[float] = None
+    """Stop training once the mean training accuracy of the last ``target_window`` updates reaches this."""
+    target_window: int = 5
+    """Updates averaged for ``target_accuracy``."""
+    eval_episodes: int = 1000
+    """Episodes per horizon and mode of the final evaluation (0 skips it)."""
+    eval_horizons: list[int] = field(default_factory=list)
+    """Horizons evaluated at the end besides the trained one (to show how memory generalises)."""
+    eval_num_envs: int = 1000
+    """Episodes run in parallel during evaluation."""
+    tensorboard: bool = True
+    """Write TensorBoard event files into the run directory."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar (accuracy, steps/s)."""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def horizon_range(self) -> tuple[int, int]:
+        if isinstance(self.horizon, int):
+            return (self.horizon, self.horizon)
+        return (self.horizon[0], self.horizon[1])
+
+    @property
+    def env_horizon(self) -> int | tuple[int, int]:
+        """``horizon`` as the env takes it."""
+        return self.horizon if isinstance(self.horizon, int) else tuple(self.horizon)
+
+    @property
+    def resolved_chunk_len(self) -> int:
+        """``chunk_len`` with ``"auto"`` resolved to ``max horizon + 2``."""
+        return self.horizon_range[1] + 2 if self.chunk_len == "auto" else self.chunk_len
+
+    @property
+    def rollout_len(self) -> int:
+        """Steps per environment per update."""
+        return self.resolved_chunk_len * self.chunks_per_rollout
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.rollout_len * self.num_envs
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+
+
+def _positive_int(cfg, name):
+    value = getattr(cfg, name)
+    if value < 1:
+        raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+
+
+def _positive(cfg, name, allow_none=False):
+    value = getattr(cfg, name)
+    if value is None and allow_none:
+        return
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Type-check every field against its annotation, then the ranges and the cross-field rules."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        setattr(cfg, f.name, _coerce(f.name, getattr(cfg, f.name), hints[f.name]))
+    for name in ("num_envs", "num_layers", "d_model", "d_state", "expand", "gru_hidden_size",
+                 "chunks_per_rollout", "num_updates", "update_epochs", "num_minibatches",
+                 "log_interval", "checkpoint_interval", "eval_num_envs", "target_window"):
+        _positive_int(cfg, name)
+    if not 1 <= cfg.num_bits <= 16:
+        raise ConfigError(f"num_bits must be in 1..16, got {cfg.num_bits}")
+    if isinstance(cfg.horizon, list):
+        if len(cfg.horizon) != 2 or not 1 <= cfg.horizon[0] <= cfg.horizon[1]:
+            raise ConfigError(f"horizon must be an int >= 1 or [low, high] with 1 <= low <= high, got {cfg.horizon}")
+    elif cfg.horizon < 1:
+        raise ConfigError(f"horizon must be an int >= 1 or [low, high], got {cfg.horizon}")
+    if cfg.d_conv < 2:
+        raise ConfigError(f"d_conv must be an int >= 2, got {cfg.d_conv}")
+    if cfg.chunk_len != "auto" and cfg.chunk_len < 1:
+        raise ConfigError(f"chunk_len must be an int >= 1 or 'auto', got {cfg.chunk_len!r}")
+    for name in ("learning_rate", "adam_eps", "clip_coef", "max_grad_norm", "dt_min", "dt_max", "bc_init_scale"):
+        _positive(cfg, name)
+    for name in ("target_kl", "max_wall_time_s", "dt_init_floor"):
+        _positive(cfg, name, allow_none=True)
+    if cfg.dt_max < cfg.dt_min:
+        raise ConfigError(f"dt_max must be >= dt_min={cfg.dt_min}, got {cfg.dt_max}")
+    if cfg.dt_init_floor is not None and cfg.dt_init_floor > cfg.dt_min:
+        raise ConfigError(f"dt_init_floor must be <= dt_min={cfg.dt_min} (or None), got {cfg.dt_init_floor}")
+    for name in ("gamma", "gae_lambda"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ConfigError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+    for name in ("ent_coef", "vf_coef", "num_distractors", "wrong_penalty", "eval_episodes", "num_threads"):
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{name} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.target_accuracy is not None and not 0.0 < cfg.target_accuracy <= 1.0:
+        raise ConfigError(f"target_accuracy must be in (0, 1] or None, got {cfg.target_accuracy}")
+    if cfg.num_minibatches > cfg.num_envs:
+        raise ConfigError(
+            f"num_minibatches must be <= num_envs={cfg.num_envs} (minibatches are split by environment), "
+            f"got {cfg.num_minibatches}"
+        )
+    if any(h < 1 for h in cfg.eval_horizons):
+        raise ConfigError(f"eval_horizons must be ints >= 1, got {cfg.eval_horizons}")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {cfg.device!r}")
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(name: str, value, tp):
+    """``value`` checked against (and lightly converted to) the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin is Union:
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(name, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name} must be {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
+            return value
+        raise ConfigError(f"{name} must be {_type_name(tp)}, got {value!r}")
+    if origin is list:
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{name} must be {_type_name(tp)}, got {value!r}")
+        return [_coerce(name, item, typing.get_args(tp)[0]) for item in value]
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{name} must be {_type_name(tp)}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _unknown(keys, where: str) -> None:
+    valid = field_names()
+    bad = [k for k in keys if k not in valid]
+    if bad:
+        raise ConfigError(f"unknown config key(s) {bad} in {where}; valid keys: {', '.join(valid)}")
+
+
+def config_to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(values: dict, where: str = "config") -> TrainConfig:
+    _unknown(values, where)
+    return TrainConfig(**values)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``"key=value"`` -> ``(key, value)``, the value read as YAML (``1e-4``, ``[1, 2]``, ``null``)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {err}") from err
+    # YAML 1.1 reads 1e-4 as a string (it wants 1.0e-4); accept the usual float spelling
+    if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        value = float(value)
+    return key, value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
+    return _floats_from_strings(values)
+
+
+def _floats_from_strings(values: dict) -> dict:
+    """YAML 1.1 reads ``1e-4`` as a string; turn such strings back into floats."""
+    hints = typing.get_type_hints(TrainConfig)
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, str) and key in hints and "float" in str(hints[key]) and _FLOAT.fullmatch(value.strip()):
+            value = float(value)
+        out[key] = value
+    return out
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    values = dict(values)
+    for text in overrides:
+        key, value = parse_override(text)
+        _unknown([key], f"--set {text}")
+        values[key] = value
+    return _floats_from_strings(values)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), extra: dict | None = None) -> TrainConfig:
+    """Defaults, then the YAML preset at ``path``, then ``extra``, then ``--set`` overrides."""
+    values = read_yaml(path) if path is not None else {}
+    where = str(path) if path is not None else "config"
+    _unknown(values, where)
+    values.update(extra or {})
+    values = apply_overrides(values, list(overrides))
+    return TrainConfig(**values)
+
+
+def field_docs() -> dict[str, str]:
+    """Each field's docstring, read from this module's source."""
+    source = textwrap.dedent(inspect.getsource(TrainConfig))
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs

@@ -1,0 +1,189 @@
+"""Evaluate a trained policy: accuracy per horizon, greedy and sampled.
+
+    mamba-rl-eval --checkpoint runs/<run>/checkpoint.pt [--horizons 50 100 200] [--episodes 1000]
+                  [--device cpu] [--json eval.json]
+    python -m mamba_rl.evaluate ...  (the same)
+
+Accuracy is the fraction of episodes whose query-step answer was right. Evaluation episodes
+come from their own seed (``--seed``, default 12345), so they are not the training episodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mamba_rl.config import TrainConfig, config_from_dict
+from mamba_rl.envs import DelayedMemoryParams, delayed_memory_init, delayed_memory_observe, delayed_memory_reset, \
+    delayed_memory_step
+from mamba_rl.io import CheckpointError, load_checkpoint
+from mamba_rl.policies import ActorCritic, make_actor_critic
+from mamba_rl.training.rollout import sample_actions
+
+__all__ = ["evaluate_policy", "evaluate_horizons", "build_policy", "load_policy", "main", "EVAL_SEED"]
+
+EVAL_SEED = 12345
+
+
+def build_policy(cfg: TrainConfig, device) -> ActorCritic:
+    """The actor-critic described by ``cfg`` (for the env of ``cfg``)."""
+    params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=cfg.env_horizon, num_distractors=cfg.num_distractors)
+    return make_actor_critic(
+        cfg.controller, params.obs_dim, params.num_actions, shared_trunk=cfg.shared_trunk, d_model=cfg.d_model,
+        num_layers=cfg.num_layers, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, dt_min=cfg.dt_min,
+        dt_max=cfg.dt_max, dt_init_floor=cfg.dt_init_floor, bc_init_scale=cfg.bc_init_scale, mamba_backend=cfg.mamba_backend,
+        gru_hidden_size=cfg.gru_hidden_size, gru_backend=cfg.gru_backend, head_hidden=cfg.head_hidden, device=device,
+    )
+
+
+def load_policy(path, device="cpu") -> tuple[ActorCritic, TrainConfig, dict]:
+    """``(policy, config, checkpoint)`` from a checkpoint file or run directory."""
+    checkpoint = load_checkpoint(path, map_location=device)
+    try:
+        cfg = config_from_dict(checkpoint["config"], where=f"{path} (config)")
+        policy = build_policy(cfg, device)
+        policy.load_state_dict(checkpoint["policy"])
+    except (ValueError, RuntimeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: the checkpoint's config or parameters do not build a policy: {err}") from err
+    policy.eval()
+    return policy, cfg, checkpoint
+
+
+@torch.no_grad()
+def evaluate_policy(
+    policy: ActorCritic,
+    params: DelayedMemoryParams,
+    episodes: int,
+    *,
+    greedy: bool = True,
+    seed: int = EVAL_SEED,
+    num_envs: int = 1000,
+    device=None,
+) -> dict:
+    """Play ``episodes`` episodes (``num_envs`` at a time) and count the right answers.
+
+    Returns ``{"accuracy", "episodes", "successes", "mean_return"}``.
+    """
+    device = next(policy.parameters()).device if device is None else torch.device(device)
+    generator = torch.Generator(device)
+    generator.manual_seed(seed)
+    successes, total_return, done_episodes, batch_index = 0, 0.0, 0, 0
+    while done_episodes < episodes:
+        n = min(num_envs, episodes - done_episodes)
+        # one seed per batch, so that batches are different episodes
+        env = delayed_memory_reset(delayed_memory_init(n, params, seed + batch_index, device), None, params)
+        obs, _ = delayed_memory_observe(env, params)
+        state = policy.zero_state(n, device)
+        reset = torch.ones(n, dtype=torch.bool, device=device)
+        batch_success = torch.zeros(n, dtype=torch.int64, device=device)
+        batch_return = torch.zeros(n, device=device)
+        for _ in range(params.max_episode_steps):
+            logits, _, state = policy.step(obs, state, reset)
+            if greedy:
+                action = logits.argmax(-1)
+            else:
+                action = sample_actions(logits, torch.rand(n, generator=generator, device=device))
+            # without autoreset a finished env stays terminal: reward 0, success False
+            env, obs, reward, _, _, success = delayed_memory_step(env, action, params)
+            batch_success += success
+            batch_return += reward
+            reset = torch.zeros_like(reset)
+        successes += int(batch_success.sum())
+        total_return += float(batch_return.sum())
+        done_episodes += n
+        batch_index += 1
+    return {"accuracy": successes / episodes, "episodes": episodes, "successes": successes,
+            "mean_return": total_return / episodes}
+
+
+def evaluate_horizons(policy, cfg: TrainConfig, horizons, episodes: int, *, seed: int = EVAL_SEED,
+                      num_envs: int = 1000, device=None, modes=("greedy", "sampled")) -> dict:
+    """``{horizon: {"greedy": {...}, "sampled": {...}, "seconds": s}}`` for each horizon."""
+    results = {}
+    for horizon in horizons:
+        params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=horizon, num_distractors=cfg.num_distractors,
+                                     wrong_penalty=cfg.wrong_penalty)
+        start = time.perf_counter()
+        entry = {}
+        for mode in modes:
+            entry[mode] = evaluate_policy(policy, params, episodes, greedy=mode == "greedy", seed=seed,
+                                          num_envs=num_envs, device=device)
+        entry["seconds"] = time.perf_counter() - start
+        results[str(horizon) if not isinstance(horizon, str) else horizon] = entry
+    return results
+
+
+def default_horizons(cfg: TrainConfig) -> list[int]:
+    """The trained horizon (the top of a range), half of it and 2x, 4x: does the memory generalise?"""
+    trained = cfg.horizon_range[1]
+    return sorted({max(1, trained // 2), trained, 2 * trained, 4 * trained} | set(cfg.eval_horizons))
+
+
+def format_table(results: dict, trained_horizon) -> str:
+    lines = ["| horizon | greedy accuracy | sampled accuracy | episodes |", "|---:|---:|---:|---:|"]
+    for horizon, entry in results.items():
+        mark = " (trained)" if str(horizon) == str(trained_horizon) else ""
+        greedy = entry.get("greedy", {}).get("accuracy", float("nan"))
+        sampled = entry.get("sampled", {}).get("accuracy", float("nan"))
+        episodes = (entry.get("greedy") or entry.get("sampled"))["episodes"]
+        lines.append(f"| {horizon}{mark} | {greedy:.3f} | {sampled:.3f} | {episodes} |")
+    return "\n".join(lines)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="mamba-rl-eval", description="Accuracy per horizon of a trained policy, "
+                                     "greedy and sampled.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    parser.add_argument("--horizons", type=int, nargs="+", default=None,
+                        help="horizons to evaluate (default: the trained one, half of it, 2x and 4x)")
+    parser.add_argument("--episodes", type=int, default=1000, help="episodes per horizon and mode (default 1000)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--num-envs", type=int, default=1000, help="episodes run in parallel (default 1000)")
+    parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"seed of the evaluation episodes (default {EVAL_SEED})")
+    parser.add_argument("--modes", nargs="+", choices=("greedy", "sampled"), default=["greedy", "sampled"])
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    if args.num_envs < 1:
+        parser.error(f"--num-envs must be >= 1, got {args.num_envs}")
+    if args.horizons is not None and min(args.horizons) < 1:
+        parser.error(f"--horizons must be ints >= 1, got {args.horizons}")
+    try:
+        device = _resolve_device(args.device)
+        policy, cfg, checkpoint = load_policy(args.checkpoint, device)
+    except (CheckpointError, ValueError) as err:
+        print(f"mamba-rl-eval: error: {err}", file=sys.stderr)
+        return 2
+    horizons = args.horizons or default_horizons(cfg)
+    print(f"{args.checkpoint}: {cfg.controller} policy trained on horizon {cfg.horizon} for "
+          f"{checkpoint.get('update', '?')} updates; {args.episodes} episodes per horizon on {device}")
+    results = evaluate_horizons(policy, cfg, horizons, args.episodes, seed=args.seed, num_envs=args.num_envs,
+                                device=device, modes=tuple(args.modes))
+    print(format_table(results, cfg.horizon_range[1]))
+    if args.json:
+        out = {"checkpoint": str(args.checkpoint), "controller": cfg.controller, "trained_horizon": cfg.horizon,
+               "num_bits": cfg.num_bits, "update": checkpoint.get("update"), "device": str(device),
+               "seed": args.seed, "results": results}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Recurrent actor-critic: a Mamba or GRU trunk (shared or one per head), a categorical actor and a value head."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.modules import ActorValueOperator, ProbabilisticActor, ValueOperator
+
+from mamba_rl.policies.trunks import GRU_BACKENDS, GRUTrunk, MambaTrunk
+
+__all__ = ["ActorCritic", "TorchRLActorCritic", "CONTROLLERS", "make_actor_critic", "count_parameters"]
+
+CONTROLLERS = ("mamba", "gru")
+
+PolicyState = dict[str, torch.Tensor]
+
+
+class TorchRLActorCritic(NamedTuple):
+    """The TorchRL face of an :class:`ActorCritic` (same parameters).
+
+    Attributes:
+        actor: a ``ProbabilisticActor`` writing ``"logits"``, ``"action"``, ``"action_log_prob"``
+            (and the trunk's ``"features"`` and ``("next", <state>)`` entries).
+        critic: a module writing ``"state_value"`` ``[*, 1]``.
+        primers: ``TensorDictPrimer`` transforms that register the recurrent state in an env's
+            specs (append them to a ``TransformedEnv`` with ``InitTracker``), or use a Collector
+            with ``auto_register_policy_transforms=True``.
+    """
+
+    actor: ProbabilisticActor
+    critic: TensorDictModule
+    primers: list
+
+
+class ActorCritic(nn.Module):
+    """A recurrent actor-critic over a discrete action space.
+
+    Layers: trunk (``MambaTrunk`` or ``GRUTrunk``) -> ``actor_head`` (logits over
+    ``num_actions``) and ``value_head`` (one value). With ``shared_trunk`` one trunk feeds both
+    heads; otherwise the critic has its own trunk and its own recurrent state.
+
+    Tensor API (what the trainer uses; no TensorDict per step):
+
+    - :meth:`zero_state` ``(B) -> state``: a dict of ``[B, ...]`` tensors (keys prefixed
+      ``"actor."`` / ``"critic."``).
+    - :meth:`step` ``(obs [B, F], state, reset [B] bool) -> (logits [B, A], value [B], state)``: pure.
+    - :meth:`sequence` ``(obs [B, T, F], state, reset [B, T]) -> (logits [B, T, A], value [B, T],
+      final state)``: ``state`` enters ``t = 0``; ``reset[:, t]`` zeroes the state entering ``t``;
+      differentiable in ``state``.
+
+    :meth:`to_torchrl` gives the same parameters as TorchRL modules (``ProbabilisticActor``,
+    a value operator and the state primers) for Collectors and loss modules.
+
+    Build one with :func:`make_actor_critic`.
+    """
+
+    def __init__(self, actor_trunk: nn.Module, critic_trunk: nn.Module | None, num_actions: int,
+                 head_hidden: int = 0) -> None:
+        super().__init__()
+        self.actor_trunk = actor_trunk
+        self.critic_trunk = critic_trunk
+        self.num_actions = num_actions
+        self.controller = actor_trunk.kind
+        self.actor_head = _head(actor_trunk.out_features, num_actions, head_hidden, out_std=0.01)
+        critic_features = (critic_trunk or actor_trunk).out_features
+        self.value_head = _head(critic_features, 1, head_hidden, out_std=1.0)
+
+    @property
+    def shared_trunk(self) -> bool:
+        return self.critic_trunk is None
+
+    def _trunks(self):
+        yield "actor.", self.actor_trunk
+        if self.critic_trunk is not None:
+            yield "critic.", self.critic_trunk
+
+    def zero_state(self, batch_size: int, device=None) -> PolicyState:
+        """Zero recurrent state for ``batch_size`` environments."""
+        return {prefix + name: value for prefix, trunk in self._trunks()
+                for name, value in trunk.zero_state(batch_size, device).items()}
+
+    @staticmethod
+    def _split(state: PolicyState, prefix: str) -> PolicyState:
+        return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+    def _run(self, method: str, obs, state, reset):
+        new_state = {}
+        features = {}
+        for prefix, trunk in self._trunks():
+            out, trunk_state = getattr(trunk, method)(obs, self._split(state, prefix), reset)
+            features[prefix] = out
+            new_state.update({prefix + name: value for name, value in trunk_state.items()})
+        logits = self.actor_head(features["actor."])
+        value = self.value_head(features.get("critic.", features["actor."])).squeeze(-1)
+        return logits, value, new_state
+
+    def step(self, obs: torch.Tensor, state: PolicyState, reset: torch.Tensor):
+        """One step: ``(logits [B, A], value [B], state after the step)``."""
+        return self._run("step", obs, state, reset)
+
+    def sequence(self, obs: torch.Tensor, state: PolicyState, reset: torch.Tensor):
+        """A ``[B, T]`` sequence: ``(logits [B, T, A], value [B, T], state after step T - 1)``."""
+        return self._run("sequence", obs, state, reset)
+
+    def state_norms(self, state: PolicyState) -> dict[str, torch.Tensor]:
+        """Norms of the recurrent state (for logging), ``{"actor/ssm_norm": ..., ...}``."""
+        return {f"{prefix[:-1]}/{name}": value for prefix, trunk in self._trunks()
+                for name, value in trunk.state_norms(self._split(state, prefix)).items()}
+
+    def to_torchrl(self) -> TorchRLActorCritic:
+        """TorchRL modules over the same parameters (see :class:`TorchRLActorCritic`)."""
+        trunk = self.actor_trunk.core
+        actor_head = TensorDictModule(self.actor_head, in_keys=["features"], out_keys=["logits"])
+        primers = [_primer(trunk)]
+        if self.critic_trunk is None:
+            value_head = ValueOperator(self.value_head, in_keys=["features"], out_keys=["state_value"])
+            operator = ActorValueOperator(trunk, actor_head, value_head)
+            actor_module = operator.get_policy_operator()
+            critic = operator.get_value_operator()
+        else:
+            critic_core = self.critic_trunk.core
+            primers.append(_primer(critic_core))
+            actor_module = TensorDictSequential(trunk, actor_head)
+            critic = TensorDictSequential(
+                critic_core,
+                ValueOperator(self.value_head, in_keys=["critic_features"], out_keys=["state_value"]),
+            )
+        actor = ProbabilisticActor(
+            actor_module, in_keys=["logits"], out_keys=["action"],
+            distribution_class=torch.distributions.Categorical, return_log_prob=True,
+        )
+        return TorchRLActorCritic(actor, critic, primers)
+
+
+def _primer(core):
+    return core.make_tensordict_primer()
+
+
+def _head(in_features: int, out_features: int, hidden: int, out_std: float) -> nn.Module:
+    """Linear head (CleanRL's orthogonal init: small actor logits, unit-scale value), with an
+    optional tanh hidden layer."""
+    layers: list[nn.Module] = []
+    if hidden:
+        layers += [_orthogonal(nn.Linear(in_features, hidden), 2**0.5), nn.Tanh()]
+        in_features = hidden
+    layers.append(_orthogonal(nn.Linear(in_features, out_features), out_std))
+    return nn.Sequential(*layers)
+
+
+def _orthogonal(layer: nn.Linear, std: float) -> nn.Linear:
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def make_actor_critic(
+    controller: str,
+    obs_dim: int,
+    num_actions: int,
+    *,
+    shared_trunk: bool = True,
+    d_model: int = 64,
+    num_layers: int = 1,
+    d_state: int = 16,
+    d_conv: int = 4,
+    expand: int = 2,
+    dt_min: float = 1e-3,
+    dt_max: float = 0.1,
+    dt_init_floor: float | None = None,
+    bc_init_scale: float = 1.0,
+    mamba_backend: str = "auto",
+    gru_hidden_size: int = 128,
+    gru_backend: str = "pad",
+    head_hidden: int = 0,
+    device=None,
+) -> ActorCritic:
+    """Build the actor-critic for ``controller="mamba"`` or ``"gru"`` (same heads for both).
+
+    Args:
+        controller: ``"mamba"`` (a :class:`~mamba_rl.MambaModule` trunk) or ``"gru"``
+            (``torchrl.modules.GRUModule``).
+        obs_dim, num_actions: the env's observation size and number of actions.
+        shared_trunk: one trunk for both heads (True) or one per head.
+        d_model, num_layers, d_state, d_conv, expand, dt_min, dt_max, dt_init_floor,
+            bc_init_scale, mamba_backend: the Mamba trunk (``num_layers`` also sets the GRU's layers).
+        gru_hidden_size, gru_backend: the GRU trunk (``gru_backend``: GRUModule's
+            ``recurrent_backend``).
+        head_hidden: width of a tanh hidden layer in each head; 0 = linear heads.
+        device: of the parameters.
+
+    Example:
+        >>> import torch
+        >>> from mamba_rl.policies import make_actor_critic
+        >>> policy = make_actor_critic("mamba", obs_dim=6, num_actions=16, d_model=32)
+        >>> state = policy.zero_state(8)
+        >>> logits, value, state = policy.step(torch.randn(8, 6), state, torch.ones(8, dtype=torch.bool))
+        >>> logits.shape, value.shape
+        (torch.Size([8, 16]), torch.Size([8]))
+    """
+    if controller not in CONTROLLERS:
+        raise ValueError(f"controller must be one of {CONTROLLERS}, got {controller!r}")
+    if gru_backend not in GRU_BACKENDS:
+        raise ValueError(f"gru_backend must be one of {GRU_BACKENDS}, got {gru_backend!r}")
+
+    def trunk(prefix: str, out_key: str):
+        if controller == "mamba":
+            return MambaTrunk(
+                obs_dim, d_model, num_layers, d_state=d_state, d_conv=d_conv, expand=expand,
+                dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, bc_init_scale=bc_init_scale,
+                backend=mamba_backend,
+                out_key=out_key, state_prefix=prefix, device=device,
+            )
+        return GRUTrunk(obs_dim, gru_hidden_size, num_layers, recurrent_backend=gru_backend,
+                        out_key=out_key, state_prefix=prefix, device=device)
+
+    actor_trunk = trunk("recurrent_state_" if shared_trunk else "actor_state_", "features")
+    critic_trunk = None if shared_trunk else trunk("critic_state_", "critic_features")
+    return ActorCritic(actor_trunk, critic_trunk, num_actions, head_hidden).to(device)
+
+
+def count_parameters(policy: ActorCritic) -> dict[str, int]:
+    """Trainable parameters per part: ``{"actor_trunk", "critic_trunk", "actor_head", "value_head", "total"}``."""
+
+    def count(module):
+        return 0 if module is None else sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+    counts = {
+        "actor_trunk": count(policy.actor_trunk),
+        "critic_trunk": count(policy.critic_trunk),
+        "actor_head": count(policy.actor_head),
+        "value_head": count(policy.value_head),
+    }
+    counts["total"] = count(policy)
+    return counts

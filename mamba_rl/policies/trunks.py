@@ -1,0 +1,200 @@
+"""Recurrent trunks: a :class:`~mamba_rl.MambaModule` or a TorchRL ``GRUModule`` behind one tensor API.
+
+Both trunks hold their TorchRL module as ``.core`` (the object a Collector or a loss module
+steps) and add the tensor-level calls the fast trainer uses:
+
+- ``zero_state(batch_size) -> dict[str, Tensor]``: every entry ``[B, ...]``;
+- ``step(x [B, F], state, reset [B]) -> (features [B, D], state)``: pure;
+- ``sequence(x [B, T, F], state, reset [B, T]) -> (features [B, T, D], final state)``:
+  ``state`` enters ``t = 0``, ``reset[:, t]`` zeroes the state entering ``t``; differentiable in
+  ``state``.
+
+The state is a plain ``dict`` so that it can be indexed, stacked and saved without knowing the
+trunk: ``{"ssm", "conv"}`` for Mamba, ``{"hidden"}`` for the GRU.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict
+from torch import nn
+from torchrl.modules import GRUModule, set_recurrent_mode
+
+from mamba_rl.module import MambaModule, MambaState
+
+__all__ = ["MambaTrunk", "GRUTrunk", "GRU_BACKENDS"]
+
+GRU_BACKENDS = ("pad", "scan", "triton", "auto")
+
+
+def _key(prefix: str, name: str) -> str:
+    return f"{prefix}{name}"
+
+
+class MambaTrunk(nn.Module):
+    """A :class:`~mamba_rl.MambaModule` trunk.
+
+    Args:
+        input_size: observation features.
+        d_model: width, the size of the features out.
+        num_layers, d_state, d_conv, expand, dt_min, dt_max, dt_init_floor, backend: see
+            :class:`~mamba_rl.MambaModule`; ``dt_init_floor=None`` means ``dt_min``.
+        bc_init_scale: multiplies the initial weights of ``x_proj`` that produce ``B`` and ``C``.
+            At mamba-ssm's init a cue written into the SSM state reaches the output scaled by
+            ``dt * |B| * |C|``, about 1e-4 of the features at the query step: the policy
+            gradient cannot find it under the noise. A scale of 10 makes that about 1e-3, as
+            large as in a freshly initialised GRU (docs/TRAINING.md).
+        in_key, out_key: TensorDict keys of the TorchRL face (``.core``).
+        state_prefix: prefix of the state keys in TensorDicts (``"recurrent_state_"`` gives
+            ``"recurrent_state_ssm"`` / ``"recurrent_state_conv"``); separate actor and critic
+            trunks need different prefixes.
+    """
+
+    kind = "mamba"
+
+    def __init__(
+        self,
+        input_size: int,
+        d_model: int,
+        num_layers: int = 1,
+        *,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        dt_init_floor: float | None = None,
+        bc_init_scale: float = 1.0,
+        backend: str = "auto",
+        in_key: str = "observation",
+        out_key: str = "features",
+        state_prefix: str = "recurrent_state_",
+        device=None,
+    ) -> None:
+        super().__init__()
+        ssm_key, conv_key = _key(state_prefix, "ssm"), _key(state_prefix, "conv")
+        self.core = MambaModule(
+            input_size, d_model, num_layers, d_state=d_state, d_conv=d_conv, expand=expand,
+            dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_min if dt_init_floor is None else dt_init_floor,
+            in_keys=[in_key, ssm_key, conv_key, "is_init"],
+            out_keys=[out_key, ("next", ssm_key), ("next", conv_key)],
+            backend=backend, device=device,
+        )
+        self.out_features = d_model
+        if bc_init_scale != 1.0:
+            with torch.no_grad():
+                for block in self.core.layers:
+                    # rows [dt_rank:] of x_proj produce B and C
+                    block.mixer.x_proj.weight[block.mixer.dt_rank:] *= bc_init_scale
+
+    def zero_state(self, batch_size: int, device=None) -> dict[str, torch.Tensor]:
+        state = self.core.zero_state((batch_size,), device)
+        return {"ssm": state.ssm, "conv": state.conv}
+
+    def step(self, x, state, reset):
+        out, new = self.core.step(x, MambaState(state["ssm"], state["conv"]), reset)
+        return out, {"ssm": new.ssm, "conv": new.conv}
+
+    def sequence(self, x, state, reset):
+        out, new = self.core.sequence(x, MambaState(state["ssm"], state["conv"]), reset)
+        return out, {"ssm": new.ssm, "conv": new.conv}
+
+    @staticmethod
+    def state_norms(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Mean over environments of the L2 norm of each environment's SSM state (0-d tensors)."""
+        ssm = state["ssm"].flatten(1)
+        return {"ssm_norm": ssm.norm(dim=1).mean(), "ssm_max_abs": ssm.abs().amax()}
+
+
+class GRUTrunk(nn.Module):
+    """A ``torchrl.modules.GRUModule`` trunk (the baseline).
+
+    ``step`` runs the GRU cell from the module's own weights (two matrix products and the
+    gates, the exact ``nn.GRU`` equations): unlike a cuDNN call it can be captured in a CUDA
+    graph. ``sequence`` calls the ``GRUModule`` itself in recurrent mode with ``recurrent_backend``
+    (default ``"pad"``: cuDNN over the trajectories split at resets, TorchRL's fastest
+    reset-aware backend on CUDA, see docs/TRAINING.md).
+
+    Args:
+        input_size: observation features.
+        hidden_size: GRU width, the size of the features out.
+        num_layers: stacked GRU layers.
+        recurrent_backend: ``"pad" | "scan" | "triton" | "auto"``, passed to ``GRUModule``.
+        in_key, out_key, state_prefix: TensorDict keys of the TorchRL face; the hidden state is
+            ``state_prefix + "hidden"``.
+    """
+
+    kind = "gru"
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        *,
+        recurrent_backend: str = "pad",
+        in_key: str = "observation",
+        out_key: str = "features",
+        state_prefix: str = "recurrent_state_",
+        device=None,
+    ) -> None:
+        super().__init__()
+        if recurrent_backend not in GRU_BACKENDS:
+            raise ValueError(f"recurrent_backend must be one of {GRU_BACKENDS}, got {recurrent_backend!r}")
+        hidden_key = _key(state_prefix, "hidden")
+        self.core = GRUModule(
+            input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
+            in_keys=[in_key, hidden_key, "is_init"], out_keys=[out_key, ("next", hidden_key)],
+            recurrent_backend=recurrent_backend, device=device,
+        )
+        self.in_key, self.out_key, self.hidden_key = in_key, out_key, hidden_key
+        self.num_layers = num_layers
+        self.hidden_size = hidden_size
+        self.out_features = hidden_size
+
+    def zero_state(self, batch_size: int, device=None) -> dict[str, torch.Tensor]:
+        weight = self.core.gru.weight_hh_l0
+        device = weight.device if device is None else device
+        # [B, num_layers, H]: GRUModule's layout of the hidden state in a TensorDict
+        return {"hidden": torch.zeros(batch_size, self.num_layers, self.hidden_size, device=device,
+                                      dtype=weight.dtype)}
+
+    def step(self, x, state, reset):
+        hidden = torch.where(reset[:, None, None], 0.0, state["hidden"])
+        gru = self.core.gru
+        layer_in, new_hidden = x, []
+        for layer in range(self.num_layers):
+            h = hidden[:, layer]
+            gi = nn.functional.linear(layer_in, getattr(gru, f"weight_ih_l{layer}"), getattr(gru, f"bias_ih_l{layer}", None))
+            gh = nn.functional.linear(h, getattr(gru, f"weight_hh_l{layer}"), getattr(gru, f"bias_hh_l{layer}", None))
+            i_r, i_z, i_n = gi.chunk(3, dim=-1)
+            h_r, h_z, h_n = gh.chunk(3, dim=-1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            h = (1 - z) * n + z * h
+            new_hidden.append(h)
+            layer_in = h
+        return layer_in, {"hidden": torch.stack(new_hidden, 1)}
+
+    def sequence(self, x, state, reset):
+        batch, steps = reset.shape
+        h0 = torch.where(reset[:, 0, None, None], 0.0, state["hidden"])
+        # GRUModule reads the state entering each trajectory at its first step; every later
+        # trajectory of a row starts at a reset, from zero.
+        hidden_in = torch.cat([h0[:, None], h0.new_zeros(batch, steps - 1, *h0.shape[1:])], 1)
+        td = TensorDict(
+            {self.in_key: x, self.hidden_key: hidden_in, "is_init": reset[..., None]},
+            batch_size=[batch, steps], device=x.device,
+        )
+        with set_recurrent_mode(True):
+            td = self.core(td)
+        # [B, T, num_layers, H], non-zero at each trajectory's end, so at t = T - 1
+        hidden_out = td.get(("next", self.hidden_key))
+        return td.get(self.out_key), {"hidden": hidden_out[:, -1]}
+
+    @staticmethod
+    def state_norms(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Mean over environments of the L2 norm of each environment's hidden state."""
+        hidden = state["hidden"].flatten(1)
+        return {"hidden_norm": hidden.norm(dim=1).mean(), "hidden_max_abs": hidden.abs().amax()}

@@ -1,0 +1,162 @@
+"""PPO pieces on plain tensors: GAE, chunk replay, the clipped loss with a policy mask, one update.
+
+The policy mask. In the memory task only the query step's action is scored; the ``horizon + 1``
+earlier actions change nothing. Plain PPO averages the policy loss over every step, so the one
+step that matters weighs ``1 / (horizon + 2)`` of the policy gradient, the rest being noise of
+zero expected value (and the entropy bonus pushes the irrelevant actions toward uniform). With
+``policy_mask_key="decision"`` the policy loss, the entropy bonus, the advantage normalisation
+statistics, approx-KL and the clip fraction are averages over the steps the env marks as
+decisions (a weight per step, 0 or 1), while the value loss still covers every step. With
+``policy_mask_key=None`` every weight is 1: exactly CleanRL's / TorchRL's ``ClipPPOLoss``.
+Any env that marks its consequential steps can use the same switch; nothing here knows the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+from torchrl.objectives.value.functional import generalized_advantage_estimate
+
+from mamba_rl.training.rollout import Rollout
+
+__all__ = ["compute_gae", "replay", "ppo_loss", "PPOLossOutput", "weighted_mean", "explained_variance"]
+
+
+def compute_gae(reward, value, done, bootstrap_value, gamma: float, gae_lambda: float):
+    """GAE over ``[N, S]`` tensors (TorchRL's ``generalized_advantage_estimate``).
+
+    ``value[:, t]`` is V(obs_t); the value of the observation after step ``t`` is
+    ``value[:, t + 1]``, or ``bootstrap_value`` after the last step; it counts only where the
+    episode did not end (``done`` is termination: the task never truncates).
+
+    Returns ``(advantages, returns)``, both ``[N, S]``.
+    """
+    next_value = torch.cat([value[:, 1:], bootstrap_value[:, None]], dim=1)
+    done = done[..., None]
+    advantage, value_target = generalized_advantage_estimate(
+        gamma, gae_lambda, value[..., None], next_value[..., None], reward[..., None], done, done, time_dim=-2
+    )
+    return advantage.squeeze(-1), value_target.squeeze(-1)
+
+
+def weighted_mean(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    if weight is None:
+        return x.mean()
+    return (x * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def explained_variance(value: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+    """``1 - Var(returns - value) / Var(returns)`` (NaN when the returns do not vary)."""
+    var = returns.var()
+    return torch.where(var > 0, 1 - (returns - value).var() / var, torch.full_like(var, float("nan")))
+
+
+def _sequence(policy, obs, reset, *state_values, names):
+    logits, value, state = policy.sequence(obs, dict(zip(names, state_values)), reset)
+    return (logits, value, *(state[name] for name in names))
+
+
+def replay(policy, rollout: Rollout, env_idx: torch.Tensor, backprop: str = "chunk"):
+    """Recompute logits and values for the environments ``env_idx`` from their stored chunk states.
+
+    ``backprop="chunk"``: each chunk starts from its stored (detached) state: truncated BPTT;
+    the chunks of all selected environments run as one batch of ``n * K`` rows.
+    ``backprop="episode"``: chunk ``k + 1`` starts from the state chunk ``k`` computed, so the
+    gradient flows across chunks through the carried state; each chunk runs under activation
+    checkpointing (recomputed in the backward pass), so memory holds one chunk's activations
+    plus the ``K`` boundary states.
+
+    Returns ``(logits [n, S, A], value [n, S])``.
+    """
+    obs = rollout.obs[env_idx]
+    reset = rollout.is_init[env_idx]
+    n, steps = reset.shape
+    T, K = rollout.chunk_len, rollout.num_chunks
+    # [K, n, ...]
+    states = {name: value[:, env_idx] for name, value in rollout.chunk_states.items()}
+    if backprop == "chunk" or K == 1:
+        rows = {name: value.transpose(0, 1).reshape(n * K, *value.shape[2:]) for name, value in states.items()}
+        logits, value, _ = policy.sequence(obs.reshape(n * K, T, -1), rows, reset.reshape(n * K, T))
+        return logits.reshape(n, steps, -1), value.reshape(n, steps)
+    if backprop != "episode":
+        raise ValueError(f"backprop must be 'chunk' or 'episode', got {backprop!r}")
+    names = list(states)
+    carried = [states[name][0] for name in names]
+    all_logits, all_values = [], []
+    for k in range(K):
+        window = slice(k * T, (k + 1) * T)
+        logits, value, *carried = checkpoint(
+            _sequence, policy, obs[:, window], reset[:, window], *carried, names=names, use_reentrant=False
+        )
+        all_logits.append(logits)
+        all_values.append(value)
+    return torch.cat(all_logits, 1), torch.cat(all_values, 1)
+
+
+@dataclass
+class PPOLossOutput:
+    loss: torch.Tensor
+    policy: torch.Tensor
+    value: torch.Tensor
+    entropy: torch.Tensor
+    approx_kl: torch.Tensor
+    clip_fraction: torch.Tensor
+
+
+def ppo_loss(
+    logits: torch.Tensor,
+    value: torch.Tensor,
+    action: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    old_value: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    *,
+    clip_coef: float = 0.2,
+    ent_coef: float = 0.01,
+    vf_coef: float = 0.5,
+    norm_adv: bool = True,
+    clip_vloss: bool = False,
+) -> PPOLossOutput:
+    """Clipped PPO loss (CleanRL's ``ppo_atari_lstm`` terms), each policy term a ``weight``-ed mean.
+
+    Shapes: ``logits [*, A]``; every other tensor ``[*]``. ``weight`` (0/1 floats, or None for
+    all ones) weights the policy loss, the entropy, the advantage normalisation statistics,
+    approx-KL and the clip fraction; the value loss is a plain mean over every step.
+
+    ``loss = policy - ent_coef * entropy + vf_coef * value`` with
+    ``policy = mean_w(max(-A r, -A clip(r, 1 - c, 1 + c)))``, ``value = 0.5 mean((V - R)^2)``.
+    """
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    new_log_prob = log_probs.gather(-1, action[..., None]).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    log_ratio = new_log_prob - old_log_prob
+    ratio = log_ratio.exp()
+    if norm_adv:
+        mean = weighted_mean(advantages, weight)
+        if weight is None:
+            count = torch.tensor(float(advantages.numel()), device=advantages.device)
+            sq = ((advantages - mean) ** 2).sum()
+        else:
+            count = weight.sum()
+            sq = (weight * (advantages - mean) ** 2).sum()
+        # unbiased, as torch.std in CleanRL
+        std = (sq / (count - 1).clamp(min=1.0)).sqrt()
+        advantages = (advantages - mean) / (std + 1e-8)
+    pg_loss = weighted_mean(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)),
+                            weight)
+    entropy_mean = weighted_mean(entropy, weight)
+    value = value.float()
+    if clip_vloss:
+        clipped = old_value + (value - old_value).clamp(-clip_coef, clip_coef)
+        v_loss = 0.5 * torch.max((value - returns) ** 2, (clipped - returns) ** 2).mean()
+    else:
+        v_loss = 0.5 * ((value - returns) ** 2).mean()
+    loss = pg_loss - ent_coef * entropy_mean + vf_coef * v_loss
+    with torch.no_grad():
+        approx_kl = weighted_mean((ratio - 1) - log_ratio, weight)
+        clip_fraction = weighted_mean(((ratio - 1).abs() > clip_coef).float(), weight)
+    return PPOLossOutput(loss, pg_loss, v_loss, entropy_mean, approx_kl, clip_fraction)

@@ -1,0 +1,246 @@
+"""Rollout collection on the env's functional core with the policy's tensor API.
+
+Why not ``torchrl.collectors.Collector``: per step it builds and copies TensorDicts, runs the
+env's spec checks and ``step_mdp``, and keeps every recurrent state of every step; here a step is
+the policy's ``step`` on plain tensors, the env's pure ``delayed_memory_step`` (same-step
+autoreset) and a handful of ``index_copy_`` into preallocated buffers. On CUDA that whole step
+(policy, sampling, env, storage) is captured once in a CUDA graph and replayed, one launch per
+step. ``benchmarks/bench_train_collect.py`` measures both ways (numbers in docs/TRAINING.md).
+
+What is stored per step: observation, action, log-prob, value, reward, done, is_init, decision
+and success. The recurrent state is stored only at the start of each chunk: at H = 20,000 the
+per-step SSM states of a rollout would be tens of GB.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from mamba_rl.envs import (
+    DelayedMemoryParams,
+    DelayedMemoryState,
+    delayed_memory_init,
+    delayed_memory_observe,
+    delayed_memory_reset,
+    delayed_memory_step,
+)
+
+__all__ = ["Rollout", "RolloutCollector", "sample_actions"]
+
+
+@dataclass
+class Rollout:
+    """One update's data, env-major: every per-step tensor is ``[N, S]`` with ``S = K * T``.
+
+    Attributes:
+        obs: ``[N, S, obs_dim]`` float32, the observation the action was taken on.
+        action: ``[N, S]`` int64.
+        log_prob: ``[N, S]`` log-probability of ``action`` under the collecting policy.
+        value: ``[N, S]`` value estimate at collection.
+        reward: ``[N, S]`` reward of the step.
+        done: ``[N, S]`` bool, the step ended its episode (terminated; the task never truncates).
+        is_init: ``[N, S]`` bool, the step is the first of an episode (the state entering it is zero).
+        decision: ``[N, S]`` bool, the step's action is scored (the env's ``"decision"``).
+        success: ``[N, S]`` bool, the step was scored and right.
+        episode_return: ``[N, S]`` the return of the episode that ended at the step (0 elsewhere).
+        chunk_states: recurrent state entering each chunk, ``{name: [K, N, ...]}`` (detached).
+        bootstrap_value: ``[N]`` value of the observation after the last step.
+        chunk_len: ``T``.
+    """
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    log_prob: torch.Tensor
+    value: torch.Tensor
+    reward: torch.Tensor
+    done: torch.Tensor
+    is_init: torch.Tensor
+    decision: torch.Tensor
+    success: torch.Tensor
+    episode_return: torch.Tensor
+    chunk_states: dict[str, torch.Tensor]
+    bootstrap_value: torch.Tensor
+    chunk_len: int
+
+    @property
+    def num_chunks(self) -> int:
+        return self.obs.shape[1] // self.chunk_len
+
+
+def sample_actions(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Categorical samples by inverse CDF: ``logits [B, A]``, ``uniform [B]`` in [0, 1) -> ``[B]`` int64.
+
+    One uniform number per sample and no host synchronisation, so it can be captured in a CUDA
+    graph and replayed from a saved generator state (resumed runs draw the same actions).
+    """
+    cdf = torch.softmax(logits.float(), dim=-1).cumsum(-1)
+    return (cdf < uniform[:, None]).sum(-1).clamp_(max=logits.shape[-1] - 1)
+
+
+class RolloutCollector:
+    """Runs ``num_envs`` environments with ``policy``, ``num_chunks`` chunks of ``chunk_len`` steps per call.
+
+    The env state, the current observation and the recurrent state carry over from one
+    :meth:`collect` to the next, so episodes run on across chunks and updates.
+
+    Args:
+        policy: an :class:`~mamba_rl.policies.ActorCritic`.
+        params: the task.
+        num_envs: ``N``.
+        chunk_len: ``T``.
+        num_chunks: ``K``.
+        seed: seeds the environments and the action-sampling generator.
+        device: where everything runs.
+        cuda_graph: capture the step in a CUDA graph (CUDA only; falls back to eager with a
+            warning when capture fails).
+    """
+
+    def __init__(self, policy, params: DelayedMemoryParams, num_envs: int, chunk_len: int, num_chunks: int,
+                 seed: int, device: torch.device, cuda_graph: bool = True) -> None:
+        self.policy = policy
+        self.params = params
+        self.num_envs = num_envs
+        self.chunk_len = chunk_len
+        self.num_chunks = num_chunks
+        self.device = torch.device(device)
+        steps = chunk_len * num_chunks
+        env_state = delayed_memory_reset(delayed_memory_init(num_envs, params, seed, self.device), None, params)
+        obs, decision = delayed_memory_observe(env_state, params)
+        # what carries from step to step; updated in place so that a CUDA graph can replay the step
+        self.carry: dict[str, torch.Tensor] = {
+            "obs": obs,
+            "decision": decision,
+            "is_init": torch.ones(num_envs, dtype=torch.bool, device=self.device),
+            "episode_return": torch.zeros(num_envs, device=self.device),
+            **{f"env.{name}": value.clone() for name, value in env_state._asdict().items()},
+            **{f"policy.{name}": value for name, value in policy.zero_state(num_envs, self.device).items()},
+        }
+        self.generator = torch.Generator(self.device)
+        self.generator.manual_seed(seed)
+        n = num_envs
+        self.buffers = {
+            "obs": torch.zeros(n, steps, params.obs_dim, device=self.device),
+            "action": torch.zeros(n, steps, dtype=torch.int64, device=self.device),
+            "log_prob": torch.zeros(n, steps, device=self.device),
+            "value": torch.zeros(n, steps, device=self.device),
+            "reward": torch.zeros(n, steps, device=self.device),
+            "done": torch.zeros(n, steps, dtype=torch.bool, device=self.device),
+            "is_init": torch.zeros(n, steps, dtype=torch.bool, device=self.device),
+            "decision": torch.zeros(n, steps, dtype=torch.bool, device=self.device),
+            "success": torch.zeros(n, steps, dtype=torch.bool, device=self.device),
+            "episode_return": torch.zeros(n, steps, device=self.device),
+        }
+        self.chunk_states = {
+            name[len("policy."):]: torch.zeros(num_chunks, *value.shape, dtype=value.dtype, device=self.device)
+            for name, value in self.carry.items() if name.startswith("policy.")
+        }
+        # uniform numbers for the sampling of a whole rollout, drawn before it
+        self.noise = torch.zeros(n, steps, device=self.device)
+        # step index inside the rollout, a tensor so that the captured step reads it
+        self.t = torch.zeros(1, dtype=torch.int64, device=self.device)
+        self.use_cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
+        self._graph = None
+
+    # --- state -------------------------------------------------------------------------------
+
+    @property
+    def policy_state(self) -> dict[str, torch.Tensor]:
+        return {name[len("policy."):]: v for name, v in self.carry.items() if name.startswith("policy.")}
+
+    @property
+    def env_state(self) -> DelayedMemoryState:
+        return DelayedMemoryState(**{name: self.carry[f"env.{name}"] for name in DelayedMemoryState._fields})
+
+    def state_dict(self) -> dict:
+        return {"carry": {k: v.clone() for k, v in self.carry.items()},
+                "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        missing = set(self.carry) ^ set(state["carry"])
+        if missing:
+            raise ValueError(f"collector state does not match this policy/env: keys differ in {sorted(missing)}")
+        for name, value in state["carry"].items():
+            if value.shape != self.carry[name].shape:
+                raise ValueError(f"collector state {name!r} must have shape {list(self.carry[name].shape)}, "
+                                 f"got {list(value.shape)} (different num_envs or model size?)")
+            self.carry[name].copy_(value)
+        self.generator.set_state(state["generator"])
+
+    # --- one step ----------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        """One step of every environment: reads and writes ``carry``, stores into ``buffers`` at ``t``."""
+        carry, t = self.carry, self.t
+        obs, is_init = carry["obs"], carry["is_init"]
+        logits, value, policy_state = self.policy.step(obs, self.policy_state, is_init)
+        action = sample_actions(logits, self.noise.index_select(1, t).squeeze(1))
+        log_prob = torch.log_softmax(logits.float(), -1).gather(-1, action[:, None]).squeeze(-1)
+        env_state, next_obs, reward, done, next_decision, success = delayed_memory_step(
+            self.env_state, action, self.params, autoreset=True
+        )
+        episode_return = carry["episode_return"] + reward
+        stored = {"obs": obs, "action": action, "log_prob": log_prob, "value": value.float(), "reward": reward,
+                  "done": done, "is_init": is_init, "decision": carry["decision"], "success": success,
+                  "episode_return": torch.where(done, episode_return, 0.0)}
+        for name, tensor in stored.items():
+            self.buffers[name].index_copy_(1, t, tensor.unsqueeze(1))
+        carry["obs"].copy_(next_obs)
+        carry["decision"].copy_(next_decision)
+        # same-step autoreset: the next step is the first of a new episode where this one ended
+        carry["is_init"].copy_(done)
+        carry["episode_return"].copy_(torch.where(done, 0.0, episode_return))
+        for name, tensor in env_state._asdict().items():
+            carry[f"env.{name}"].copy_(tensor)
+        for name, tensor in policy_state.items():
+            carry[f"policy.{name}"].copy_(tensor)
+        t.add_(1)
+
+    def _capture(self) -> None:
+        """Capture :meth:`_step` in a CUDA graph; the warm-up steps are undone afterwards."""
+        snapshot = {name: value.clone() for name, value in self.carry.items()}
+        t0 = self.t.clone()
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream), torch.no_grad():
+            for _ in range(3):
+                self._step()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            self._step()
+        for name, value in snapshot.items():
+            self.carry[name].copy_(value)
+        self.t.copy_(t0)
+        self._graph = graph
+
+    def _run_step(self) -> None:
+        if self.use_cuda_graph and self._graph is None:
+            try:
+                self._capture()
+            except Exception as err:  # a capture failure must not stop training: eager is correct
+                warnings.warn(f"CUDA graph capture of the rollout step failed ({err!r}); running eagerly")
+                self.use_cuda_graph = False
+                self._graph = None
+        if self._graph is not None:
+            self._graph.replay()
+        else:
+            self._step()
+
+    # --- a rollout ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def collect(self) -> Rollout:
+        """Run ``K * T`` steps; returns the stored rollout (buffers reused by the next call: copy to keep)."""
+        self.noise.uniform_(generator=self.generator)
+        self.t.zero_()
+        for chunk in range(self.num_chunks):
+            for name, value in self.policy_state.items():
+                self.chunk_states[name][chunk].copy_(value)
+            for _ in range(self.chunk_len):
+                self._run_step()
+        _, bootstrap_value, _ = self.policy.step(self.carry["obs"], self.policy_state, self.carry["is_init"])
+        return Rollout(**self.buffers, chunk_states=self.chunk_states, bootstrap_value=bootstrap_value.float(),
+                       chunk_len=self.chunk_len)

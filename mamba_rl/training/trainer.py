@@ -1,0 +1,403 @@
+"""PPO with GAE for recurrent (Mamba or GRU) policies on the delayed multi-bit memory task.
+
+Reads top to bottom like CleanRL's ``ppo_atari_lstm.py``: set up, then per update: collect a
+rollout (chunks of ``T`` steps across ``N`` envs, the recurrent state carried across chunks and
+updates, only each chunk's start state stored), compute GAE, run the PPO epochs (minibatches of
+whole environments, each chunk replayed from its stored state), log, checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from mamba_rl.config import TrainConfig, config_to_dict
+from mamba_rl.envs import DelayedMemoryParams
+from mamba_rl.evaluate import build_policy, evaluate_horizons, format_table
+from mamba_rl.io import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from mamba_rl.logging_utils import RunLogger
+from mamba_rl.policies import count_parameters
+from mamba_rl.training.ppo import compute_gae, explained_variance, ppo_loss, replay
+from mamba_rl.training.rollout import RolloutCollector
+
+__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_device", "new_run_dir", "run_name"]
+
+# keys a resumed run may change: how long it runs and what it logs, not what it computes
+RESUME_MUTABLE_KEYS = frozenset({
+    "num_updates", "max_wall_time_s", "target_accuracy", "target_window", "checkpoint_interval", "log_interval",
+    "eval_episodes", "eval_horizons", "eval_num_envs", "tensorboard", "progress_bar", "device", "num_threads",
+    "cuda_graph", "run_root",
+})
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or gradient became NaN or inf; the run stopped and its last good checkpoint was kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    status: str
+    """``"completed"``, ``"target_reached"``, ``"time_limit"`` or ``"interrupted"``."""
+    metrics: dict
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available on this machine; use device=cpu or auto")
+    return device
+
+
+def run_name(cfg: TrainConfig) -> str:
+    horizon = cfg.horizon if isinstance(cfg.horizon, int) else f"{cfg.horizon[0]}-{cfg.horizon[1]}"
+    return f"{cfg.controller}__h{horizon}__s{cfg.seed}"
+
+
+def new_run_dir(cfg: TrainConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.run_root) / f"{cfg.exp_name}__{run_name(cfg)}__{stamp}"
+
+
+def _learning_rate(cfg: TrainConfig, update: int) -> float:
+    progress = update / cfg.num_updates
+    if cfg.lr_schedule == "linear":
+        return cfg.learning_rate * (1.0 - progress)
+    if cfg.lr_schedule == "cosine":
+        return cfg.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cfg.learning_rate
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _GracefulInterrupt:
+    """First Ctrl-C: finish the current update, save a checkpoint, stop. Second: abort at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: finishing this update, then saving a checkpoint (Ctrl-C again to abort now)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def ppo_update(policy, optimizer, rollout, advantages, returns, cfg: TrainConfig, generator: torch.Generator) -> dict:
+    """``update_epochs`` passes over the rollout in ``num_minibatches`` minibatches of whole environments.
+
+    Returns the mean of each loss statistic over the minibatches run (0-d tensors, not synced).
+    """
+    num_envs = rollout.obs.shape[0]
+    device = rollout.obs.device
+    weight = rollout.decision.float() if cfg.policy_mask_key == "decision" else None
+    totals: dict[str, torch.Tensor] = {}
+    count = 0
+    for _ in range(cfg.update_epochs):
+        epoch_kl = []
+        for env_idx in torch.randperm(num_envs, generator=generator).tensor_split(cfg.num_minibatches):
+            env_idx = env_idx.to(device)
+            logits, value = replay(policy, rollout, env_idx, cfg.backprop)
+            out = ppo_loss(
+                logits, value, rollout.action[env_idx], rollout.log_prob[env_idx], rollout.value[env_idx],
+                advantages[env_idx], returns[env_idx], None if weight is None else weight[env_idx],
+                clip_coef=cfg.clip_coef, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, norm_adv=cfg.norm_adv,
+                clip_vloss=cfg.clip_vloss,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            stats = {"losses/loss": out.loss, "losses/policy": out.policy, "losses/value": out.value,
+                     "losses/entropy": out.entropy, "losses/approx_kl": out.approx_kl,
+                     "losses/clip_fraction": out.clip_fraction, "losses/grad_norm": grad_norm}
+            for name, value_ in stats.items():
+                totals[name] = totals.get(name, 0.0) + value_.detach().float()
+            count += 1
+            epoch_kl.append(out.approx_kl)
+        if cfg.target_kl is not None and float(torch.stack(epoch_kl).mean()) > cfg.target_kl:
+            break
+    return {name: total / count for name, total in totals.items()}
+
+
+def _checkpoint_payload(cfg, update, global_step, train_time_s, policy, optimizer, collector, generator, history,
+                        counts) -> dict:
+    return {
+        "config": config_to_dict(cfg),
+        "update": update,
+        "global_step": global_step,
+        "train_time_s": train_time_s,
+        "policy": policy.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "collector": collector.state_dict(),
+        "minibatch_generator": generator.get_state(),
+        "history": history,
+        "param_counts": counts,
+        "torch_version": torch.__version__,
+    }
+
+
+def _summary(history: list[dict], threshold: float = 0.9) -> dict:
+    accuracies = [h["accuracy"] for h in history if h["accuracy"] is not None]
+    first = next((h["update"] for h in history if h["accuracy"] is not None and h["accuracy"] >= threshold), None)
+    # the first two updates include CUDA graph capture and kernel compilation
+    steady = [h["sps"] for h in history[2:]] or [h["sps"] for h in history]
+    steady = sorted(steady)
+    return {
+        "train_accuracy_last": accuracies[-1] if accuracies else None,
+        "train_accuracy_best": max(accuracies) if accuracies else None,
+        "first_update_train_accuracy_ge_0.9": first,
+        "sps_median": steady[len(steady) // 2] if steady else None,
+    }
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    callback: Callable[[int, dict], None] | None = None,
+    verbose: bool = True,
+) -> TrainResult:
+    """Train a policy as ``cfg`` says; writes everything into ``run_dir``.
+
+    Args:
+        cfg: the configuration.
+        run_dir: the run directory (default: a new one under ``cfg.run_root``).
+        resume: continue the run saved in ``run_dir/checkpoint.pt``: the same parameters,
+            optimizer, environments, recurrent state and random streams, so the run goes on as
+            if it had never stopped.
+        callback: called after each update as ``callback(update, info)`` where ``info`` holds
+            ``policy``, ``optimizer`` and the logged ``scalars`` (for tests and notebooks).
+        verbose: print the parameter counts, the progress bar and the final table.
+
+    Returns:
+        A :class:`TrainResult`. ``metrics.json`` in the run directory holds the same metrics.
+
+    Raises:
+        TrainingDiverged: a loss or the gradient norm became NaN or inf (the last good
+            checkpoint stays in the run directory).
+    """
+    # --- setup -------------------------------------------------------------------------------
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(checkpoint_path, map_location=device)
+    elif checkpoint_path.exists():
+        raise FileExistsError(f"{run_dir} already holds a run (checkpoint.pt); pass --resume {run_dir} to continue "
+                              "it, or choose another run directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+    torch.manual_seed(cfg.seed)
+    params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=cfg.env_horizon, num_distractors=cfg.num_distractors,
+                                 wrong_penalty=cfg.wrong_penalty)
+    policy = build_policy(cfg, device)
+    counts = count_parameters(policy)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+    collector = RolloutCollector(policy, params, cfg.num_envs, cfg.resolved_chunk_len, cfg.chunks_per_rollout,
+                                 cfg.seed, device, cuda_graph=cfg.cuda_graph)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    start_update, global_step, train_time_s, history = 0, 0, 0.0, []
+    if checkpoint is not None:
+        policy.load_state_dict(checkpoint["policy"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        collector.load_state_dict(checkpoint["collector"])
+        generator.set_state(checkpoint["minibatch_generator"])
+        start_update, global_step = checkpoint["update"], checkpoint["global_step"]
+        train_time_s, history = checkpoint["train_time_s"], list(checkpoint["history"])
+    if verbose:
+        trunk = "shared trunk" if cfg.shared_trunk else "separate trunks"
+        print(f"{cfg.controller} policy ({trunk}) on {device}: {counts['total']:,} parameters "
+              f"(trunks {counts['actor_trunk'] + counts['critic_trunk']:,}, actor head {counts['actor_head']:,}, "
+              f"value head {counts['value_head']:,}); run dir {run_dir}")
+        if resume:
+            print(f"resuming at update {start_update} (global step {global_step:,})")
+
+    logger = RunLogger(run_dir, cfg.tensorboard, purge_step=global_step if resume else None)
+    if not resume:
+        logger.hparams(config_to_dict(cfg))
+        logger.text("parameters", json.dumps(counts))
+
+    def save(update: int) -> None:
+        save_checkpoint(_checkpoint_payload(cfg, update, global_step, train_time_s, policy, optimizer, collector,
+                                            generator, history, counts), checkpoint_path)
+
+    progress = None
+    if cfg.progress_bar and verbose:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=cfg.num_updates, initial=start_update, unit="update", dynamic_ncols=True)
+
+    # --- the loop ----------------------------------------------------------------------------
+    status = "completed"
+    update = start_update
+    session_start = time.perf_counter()
+    last_saved = start_update
+    try:
+        with _GracefulInterrupt() as interrupt:
+            while update < cfg.num_updates:
+                lr = _learning_rate(cfg, update)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+
+                # collect: K chunks of T steps in each of N envs
+                start = time.perf_counter()
+                rollout = collector.collect()
+                _sync(device)
+                rollout_s = time.perf_counter() - start
+
+                # advantages, then the PPO epochs
+                start = time.perf_counter()
+                with torch.no_grad():
+                    advantages, returns = compute_gae(rollout.reward, rollout.value, rollout.done,
+                                                      rollout.bootstrap_value, cfg.gamma, cfg.gae_lambda)
+                stats = ppo_update(policy, optimizer, rollout, advantages, returns, cfg, generator)
+                with torch.no_grad():
+                    episodes = rollout.done.sum()
+                    stats["train/episodes"] = episodes.float()
+                    stats["train/accuracy"] = rollout.success.sum() / episodes.clamp(min=1)
+                    stats["train/episode_return"] = rollout.episode_return.sum() / episodes.clamp(min=1)
+                    stats["train/explained_variance"] = explained_variance(rollout.value, returns)
+                    for name, value in policy.state_norms(collector.policy_state).items():
+                        stats[f"state/{name}"] = value.float()
+                # one host sync per update: read every statistic at once
+                names = list(stats)
+                values = dict(zip(names, torch.stack([stats[n].float() for n in names]).tolist()))
+                update_s = time.perf_counter() - start
+
+                update += 1
+                global_step += cfg.steps_per_update
+                train_time_s += rollout_s + update_s
+                losses = {k: v for k, v in values.items() if k.startswith("losses/")}
+                if not all(math.isfinite(v) for v in losses.values()):
+                    bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not math.isfinite(v))
+                    where = (f"the last good checkpoint is {checkpoint_path} (update {last_saved})"
+                             if checkpoint_path.exists() else "no checkpoint had been saved yet")
+                    raise TrainingDiverged(
+                        f"non-finite loss at update {update} ({bad}); training stopped and {where}. Lower "
+                        f"learning_rate or max_grad_norm, then resume with --resume {run_dir} --set ..."
+                    )
+                if values["train/episodes"] == 0:
+                    values["train/accuracy"] = values["train/episode_return"] = None
+                sps = cfg.steps_per_update / (rollout_s + update_s)
+                history.append({"update": update, "global_step": global_step, "accuracy": values["train/accuracy"],
+                                "sps": sps, "time_s": train_time_s})
+                scalars = {**values, "train/learning_rate": lr, "time/sps": sps, "time/rollout_s": rollout_s,
+                           "time/update_s": update_s, "time/rollout_sps": cfg.steps_per_update / rollout_s}
+                if device.type == "cuda":
+                    scalars["gpu/memory_allocated_gb"] = torch.cuda.memory_allocated(device) / 2**30
+                    scalars["gpu/max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                if update % cfg.log_interval == 0 or update == cfg.num_updates:
+                    logger.scalars(scalars, global_step, update)
+                if progress is not None:
+                    acc = values["train/accuracy"]
+                    progress.set_postfix_str(f"acc={acc if acc is None else round(acc, 3)} sps={sps:,.0f}")
+                    progress.update(1)
+                if update % cfg.checkpoint_interval == 0:
+                    save(update)
+                    last_saved = update
+                if callback is not None:
+                    callback(update, {"policy": policy, "optimizer": optimizer, "scalars": scalars})
+
+                # stopping rules
+                if interrupt.requested:
+                    status = "interrupted"
+                    break
+                if cfg.max_wall_time_s is not None and time.perf_counter() - session_start >= cfg.max_wall_time_s:
+                    status = "time_limit"
+                    break
+                recent = [h["accuracy"] for h in history[-cfg.target_window:]]
+                if (cfg.target_accuracy is not None and len(recent) == cfg.target_window and None not in recent
+                        and sum(recent) / len(recent) >= cfg.target_accuracy):
+                    status = "target_reached"
+                    break
+    except TrainingDiverged as err:
+        _write_metrics(run_dir, cfg, "diverged", update, global_step, train_time_s, history, counts, {}, device,
+                       error=str(err))
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+        logger.flush()
+
+    save(update)
+
+    # --- final evaluation --------------------------------------------------------------------
+    evaluation = {}
+    if status != "interrupted" and cfg.eval_episodes > 0:
+        horizons = [cfg.horizon_range[1], *[h for h in cfg.eval_horizons if h != cfg.horizon_range[1]]]
+        policy.eval()
+        evaluation = evaluate_horizons(policy, cfg, horizons, cfg.eval_episodes, num_envs=cfg.eval_num_envs,
+                                       device=device)
+        for horizon, entry in evaluation.items():
+            for mode in ("greedy", "sampled"):
+                logger.tensorboard_scalars({f"eval/accuracy_{mode}_h{horizon}": entry[mode]["accuracy"]}, global_step)
+        if verbose:
+            print(format_table(evaluation, cfg.horizon_range[1]))
+    logger.close()
+    metrics = _write_metrics(run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation,
+                             device)
+    if verbose:
+        print(f"{status} after {update} updates ({global_step:,} steps, {train_time_s:.0f} s of training); "
+              f"metrics in {run_dir / 'metrics.json'}")
+    return TrainResult(run_dir, status, metrics)
+
+
+def _write_metrics(run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation, device,
+                   error=None) -> dict:
+    trained = str(cfg.horizon_range[1])
+    metrics = {
+        "status": status,
+        "controller": cfg.controller,
+        "horizon": cfg.horizon,
+        "num_bits": cfg.num_bits,
+        "seed": cfg.seed,
+        "updates": update,
+        "global_step": global_step,
+        "train_time_s": train_time_s,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch_version": torch.__version__,
+        "param_counts": counts,
+        **_summary(history),
+        "eval_accuracy_greedy": evaluation.get(trained, {}).get("greedy", {}).get("accuracy"),
+        "eval_accuracy_sampled": evaluation.get(trained, {}).get("sampled", {}).get("accuracy"),
+        "evaluation": evaluation,
+        "config": config_to_dict(cfg),
+    }
+    if error is not None:
+        metrics["error"] = error
+    (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
