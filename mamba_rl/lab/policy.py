@@ -1,0 +1,179 @@
+"""The policy the state lab looks into: a :class:`~mamba_rl.MambaModule` and the head on its features.
+
+Every lab function takes a ``policy`` in any of these forms and turns it into a
+:class:`StatePolicy` with :func:`as_state_policy`:
+
+- a :class:`StatePolicy` ``(module, head)``;
+- a trainer ``ActorCritic`` (:mod:`mamba_rl.policies`) with a Mamba trunk: its actor trunk's
+  ``MambaModule`` and its ``actor_head`` (a separate critic trunk is left out: it does not act);
+- a bare ``MambaModule`` (then there is no head, and functions that need answers say so).
+
+Files: :func:`save_lab_policy` writes a small self-describing file (the module's shape, a linear
+head, the task it was trained on, the parameters; loadable with ``weights_only=True``);
+:func:`load_policy` reads that or a trainer checkpoint (``mamba-rl-train``'s
+``checkpoint.pt`` or its run directory).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import torch
+from torch import nn
+
+from mamba_rl.envs import DelayedMemoryParams
+from mamba_rl.module import MambaModule
+
+__all__ = [
+    "LAB_POLICY_FORMAT",
+    "StatePolicy",
+    "as_state_policy",
+    "module_config",
+    "save_lab_policy",
+    "load_policy",
+]
+
+LAB_POLICY_FORMAT = "mamba_rl.lab.policy"
+LAB_POLICY_VERSION = 1
+
+
+class StatePolicy(NamedTuple):
+    """A Mamba trunk and the head that turns its features into action logits.
+
+    Attributes:
+        module: the :class:`~mamba_rl.MambaModule`.
+        head: ``features [..., d_model] -> logits [..., num_actions]``, or None (trace only).
+    """
+
+    module: MambaModule
+    head: Callable[[torch.Tensor], torch.Tensor] | None
+
+
+def as_state_policy(policy, head: Callable | None = None) -> StatePolicy:
+    """``policy`` (a :class:`StatePolicy`, an ``ActorCritic`` with a Mamba trunk or a
+    ``MambaModule``) as a :class:`StatePolicy`; ``head`` replaces the policy's own head."""
+    if isinstance(policy, StatePolicy):
+        return StatePolicy(policy.module, head if head is not None else policy.head)
+    if isinstance(policy, MambaModule):
+        return StatePolicy(policy, head)
+    trunk = getattr(policy, "actor_trunk", None)
+    if trunk is not None:
+        core = getattr(trunk, "core", None)
+        if not isinstance(core, MambaModule):
+            kind = getattr(trunk, "kind", type(core).__name__)
+            raise TypeError(f"policy must have a Mamba trunk for the state lab, got a {kind!r} trunk")
+        return StatePolicy(core, head if head is not None else policy.actor_head)
+    core = getattr(policy, "core", None)
+    if isinstance(core, MambaModule):
+        return StatePolicy(core, head)
+    raise TypeError(
+        "policy must be a StatePolicy(module, head), an ActorCritic with a Mamba trunk or a "
+        f"MambaModule, got {type(policy).__name__}"
+    )
+
+
+def module_config(module: MambaModule) -> dict:
+    """The constructor arguments that rebuild ``module``'s shape (``MambaModule(**config)``).
+
+    Initialisation-only options (``dt_min``, ``dt_max``...) are left out: the parameters that
+    are loaded afterwards carry them.
+    """
+    mixer = module.layers[0].mixer
+    norm = "layernorm" if isinstance(module.norm_f, nn.LayerNorm) else "rmsnorm"
+    return {
+        "input_size": module.input_size,
+        "d_model": module.d_model,
+        "num_layers": module.num_layers,
+        "d_state": module.d_state,
+        "d_conv": module.d_conv,
+        "expand": mixer.expand,
+        "dt_rank": mixer.dt_rank,
+        "conv_bias": mixer.conv1d.bias is not None,
+        "bias": mixer.in_proj.bias is not None,
+        "norm": norm,
+        "in_keys": [list(k) if isinstance(k, tuple) else k for k in module.in_keys],
+        "out_keys": [list(k) if isinstance(k, tuple) else k for k in module.out_keys],
+    }
+
+
+def _keys(keys):
+    return [tuple(k) if isinstance(k, list) else k for k in keys]
+
+
+def save_lab_policy(path: str | os.PathLike, module: MambaModule, head: nn.Linear,
+                    params: DelayedMemoryParams | None = None, extra: dict | None = None) -> Path:
+    """Write ``module`` and its linear ``head`` (and the task they were trained on) to ``path``."""
+    if not isinstance(head, nn.Linear):
+        raise TypeError(f"head must be an nn.Linear (the lab file stores a linear head), got {type(head).__name__}")
+    from mamba_rl.state import atomic_save
+
+    payload = {
+        "format": LAB_POLICY_FORMAT,
+        "version": LAB_POLICY_VERSION,
+        "module": module_config(module),
+        "head": {"in_features": head.in_features, "out_features": head.out_features},
+        "env": None if params is None else {
+            "num_bits": params.num_bits,
+            "horizon": list(params.horizon) if isinstance(params.horizon, tuple) else params.horizon,
+            "num_distractors": params.num_distractors,
+            "wrong_penalty": params.wrong_penalty,
+        },
+        "module_state": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+        "head_state": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "extra": extra or {},
+    }
+    return Path(atomic_save(payload, path))
+
+
+def _params_from(env: dict | None) -> DelayedMemoryParams | None:
+    if env is None:
+        return None
+    horizon = env["horizon"]
+    return DelayedMemoryParams(
+        num_bits=env["num_bits"], horizon=tuple(horizon) if isinstance(horizon, list) else horizon,
+        num_distractors=env.get("num_distractors", 0), wrong_penalty=env.get("wrong_penalty", 0.0),
+    )
+
+
+def load_policy(path: str | os.PathLike, device="cpu") -> tuple[StatePolicy, DelayedMemoryParams | None, dict]:
+    """``(policy, params, info)`` from a lab policy file or a trainer checkpoint (file or run dir).
+
+    ``params`` is the task the policy was trained on (None if the file does not say); ``info``
+    holds the file's ``"extra"`` (lab files) or the checkpoint's counters (trainer files).
+
+    Raises:
+        ValueError: the path is neither, naming what was found.
+    """
+    path = Path(path)
+    if path.is_file():
+        try:
+            payload = torch.load(path, map_location=device, weights_only=True)
+        except Exception as err:
+            raise ValueError(f"{path} is not a readable torch file: {err}") from err
+        if isinstance(payload, dict) and payload.get("format") == LAB_POLICY_FORMAT:
+            return _load_lab_payload(payload, path, device)
+    try:
+        from mamba_rl.evaluate import load_policy as load_trainer_policy
+    except ImportError as err:
+        raise ValueError(f"{path} is not a lab policy file and the trainer's loader is unavailable: {err}") from err
+    policy, cfg, checkpoint = load_trainer_policy(path, device)
+    params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=cfg.env_horizon, num_distractors=cfg.num_distractors,
+                                 wrong_penalty=cfg.wrong_penalty)
+    info = {"update": checkpoint.get("update"), "controller": cfg.controller, "trained_horizon": cfg.horizon}
+    return as_state_policy(policy), params, info
+
+
+def _load_lab_payload(payload: dict, path: Path, device) -> tuple[StatePolicy, DelayedMemoryParams | None, dict]:
+    if payload.get("version") != LAB_POLICY_VERSION:
+        raise ValueError(f"{path}: lab policy version {payload.get('version')!r}, this mamba-rl reads {LAB_POLICY_VERSION}")
+    config = dict(payload["module"])
+    config["in_keys"], config["out_keys"] = _keys(config["in_keys"]), _keys(config["out_keys"])
+    module = MambaModule(**config, backend="auto", device=device)
+    module.load_state_dict(payload["module_state"])
+    head = nn.Linear(payload["head"]["in_features"], payload["head"]["out_features"], device=device)
+    head.load_state_dict(payload["head_state"])
+    module.eval()
+    head.eval()
+    return StatePolicy(module, head), _params_from(payload.get("env")), dict(payload.get("extra", {}))
