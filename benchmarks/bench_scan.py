@@ -507,20 +507,22 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
 
 
 SCAN_VARIANTS = [
-    # (name, overrides)
-    ("bt32 f4096w8 b2048w8 c32", {}),
-    ("bt32 f2048w4 b2048w4 c32", {"fwd_tile": 2048, "fwd_warps": 4, "bwd_warps": 4}),
-    ("bt32 f4096w4 b1024w4 c32", {"fwd_warps": 4, "bwd_tile": 1024, "bwd_warps": 4}),
-    ("bt32 f8192w8 b4096w8 c32", {"fwd_tile": 8192, "bwd_tile": 4096}),
-    ("bt32 f4096w8 b2048w8 c64", {"bwd_channels_per_program": 64}),
-    ("bt32 f4096w8 b2048w8 c16", {"bwd_channels_per_program": 16}),
-    ("bt32 f4096w8r128 b2048w8r128 c32", {"fwd_maxnreg": 128, "bwd_maxnreg": 128}),
-    ("bt64 f4096w8 b4096w8 c32", {"block_t": 64, "bwd_tile": 4096}),
-    ("bt16 f4096w8 b2048w8 c32", {"block_t": 16}),
+    # (name, overrides of SCAN_CONFIG)
+    ("t4 ck32 d128w4", {}),
+    ("t4 ck32 d32w1", {"fwd_block_d": 32, "fwd_warps": 1, "bwd_block_d": 32, "bwd_warps": 1}),
+    ("t4 ck32 d64w2", {"fwd_block_d": 64, "fwd_warps": 2, "bwd_block_d": 64, "bwd_warps": 2}),
+    ("t4 ck32 d128w4 atomic-tile", {"bwd_atomic_tile": True}),
+    ("t4 ck32 d32w1 atomic-tile", {"fwd_block_d": 32, "fwd_warps": 1, "bwd_block_d": 32, "bwd_warps": 1,
+                                   "bwd_atomic_tile": True}),
+    ("t4 ck64 d256w8", {"ck_chunks": 64, "fwd_block_d": 256, "fwd_warps": 8, "bwd_block_d": 256,
+                        "bwd_warps": 8}),
+    ("t128 ck1 d8w4", {"block_t": 128, "ck_chunks": 1, "fwd_block_d": 8, "bwd_block_d": 8}),
+    ("t64 ck2 d16w4", {"block_t": 64, "ck_chunks": 2, "fwd_block_d": 16, "bwd_block_d": 16}),
 ]
 
 
-def sweep_scan(lengths, b=64, d=256, n=16):
+def sweep_scan(lengths, b=64, d=256, n=16, apply_best=False):
+    """Time each SCAN_VARIANTS entry; with ``apply_best`` keep the fastest at the longest T."""
     from mamba_rl.kernels import triton_scan
 
     base = dict(triton_scan.SCAN_CONFIG)
@@ -550,6 +552,13 @@ def sweep_scan(lengths, b=64, d=256, n=16):
             torch.cuda.empty_cache()
     triton_scan.SCAN_CONFIG.clear()
     triton_scan.SCAN_CONFIG.update(base)
+    if apply_best:
+        timed = [r for r in SWEEP if r["kernel"] == "scan" and r["T"] == lengths[-1] and "error" not in r]
+        if timed:
+            best = min(timed, key=lambda r: r["fwd_bwd_ms"])
+            triton_scan.SCAN_CONFIG.update(best["overrides"])
+            META["scan_config_applied"] = best["variant"]
+            print(f"applying scan variant {best['variant']}: {triton_scan.SCAN_CONFIG}", flush=True)
 
 
 CONV_VARIANTS = [
@@ -673,6 +682,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="T=1024 only")
     parser.add_argument("--sweep", action="store_true", help="also time the kernels' tile configurations")
     parser.add_argument("--only-sweep", action="store_true", help="only the tile sweeps")
+    parser.add_argument("--apply-best", action="store_true",
+                        help="after --sweep, run the benchmark with the fastest scan variant")
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny shapes on the CPU through TRITON_INTERPRET=1: checks the script, times nothing")
     args = parser.parse_args()
@@ -707,7 +718,7 @@ def main():
     b, d = sizes["b"], sizes["d"]
     lengths = sizes["lengths"][:1] if args.quick else sizes["lengths"]
     if args.sweep or args.only_sweep:
-        sweep_scan(lengths, b=b, d=d)
+        sweep_scan(lengths, b=b, d=d, apply_best=args.apply_best)
         sweep_conv(lengths[-1], b=b, d=d)
         sweep_step(sizes["envs"], sizes["d_model"])
     if not args.only_sweep:
@@ -722,7 +733,7 @@ def main():
             with guarded(f"conv fwd+bwd T={L}", "triton", torch.float32, {}):
                 bench_conv_and_mixer_inner(L, torch.float32, b=b, d=d)
             if short and DEV == "cuda":
-                for backend in ("pad", "scan", "triton"):
+                for backend in ("pad", "triton"):
                     bench_gru_module(L, backend, b=b)
             bench_cudnn_gru(L, b=b)
             bench_mamba_ssm(L, b=b, d=d)

@@ -11,8 +11,25 @@ from tests.kernels.conftest import assert_rel_close
 
 pytest.importorskip("triton")
 
-from mamba_rl.kernels import naive, ops  # noqa: E402
+from mamba_rl.kernels import naive, ops, triton_scan  # noqa: E402
 from mamba_rl.kernels.triton_scan import selective_scan_triton  # noqa: E402
+
+# Long sequences run with longer chunks: the interpreter's cost is per chunk, and the kernels are
+# the same code whatever the tile sizes. Several checkpoint segments are exercised on purpose.
+LONG_CONFIG = {"block_t": 32, "ck_chunks": 4}
+MULTI_SEGMENT_CONFIG = {"block_t": 4, "ck_chunks": 3}
+
+
+@pytest.fixture
+def scan_config(monkeypatch):
+    """Override :data:`SCAN_CONFIG` entries for one test (on a GPU the default tiles are kept)."""
+
+    def apply(overrides):
+        if not torch.cuda.is_available():
+            for key, value in overrides.items():
+                monkeypatch.setitem(triton_scan.SCAN_CONFIG, key, value)
+
+    return apply
 
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
 
@@ -115,18 +132,30 @@ def case_id(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
-def test_scan_matches_reference_fp32(case, device):
+def test_scan_matches_reference_fp32(case, device, scan_config):
     b, d, n, L, reset, opts = case
+    if L > 100:
+        scan_config(LONG_CONFIG)
     inputs, reset_mask = make_inputs(b, d, n, L, torch.float32, reset=reset, device=device, **opts)
     check_against_reference(inputs, reset_mask, torch.float32)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("L", [1, 63, 1000], ids=["T1", "T63", "T1000"])
-def test_scan_matches_reference_half(dtype, L, device):
+def test_scan_matches_reference_half(dtype, L, device, scan_config):
+    if L > 100:
+        scan_config(LONG_CONFIG)
     b, d = (2, 4) if L < 1000 else (1, 2)
     inputs, reset_mask = make_inputs(b, d, 16, L, dtype, reset="several" if L > 1 else "none", device=device)
     check_against_reference(inputs, reset_mask, dtype)
+
+
+@pytest.mark.parametrize("config", [MULTI_SEGMENT_CONFIG, LONG_CONFIG], ids=["T4-CK3", "T32-CK4"])
+def test_scan_across_checkpoint_segments(config, device, scan_config):
+    """Chunks of 4 steps in segments of 3 (several segments, a partial last one), and long chunks."""
+    scan_config(config)
+    inputs, reset_mask = make_inputs(2, 4, 16, 63, torch.float32, device=device)
+    check_against_reference(inputs, reset_mask, torch.float32)
 
 
 def test_scan_without_softplus(device):
@@ -146,8 +175,9 @@ def test_scan_on_channel_last_views_as_the_mixer_passes_them(device):
     check_against_reference(inputs, reset_mask, torch.float32)
 
 
-def test_scan_chunks_with_carried_state_equal_whole(device):
+def test_scan_chunks_with_carried_state_equal_whole(device, scan_config):
     """Splitting a sequence and passing h_last as the next h0 gives the same outputs."""
+    scan_config(MULTI_SEGMENT_CONFIG)
     inputs, reset_mask = make_inputs(2, 4, 16, 100, torch.float32, device=device)
     y_whole, h_whole = selective_scan_triton(**inputs, delta_softplus=True, reset=reset_mask)
     h, ys = inputs["h0"], []
