@@ -8,6 +8,7 @@
 - :func:`check_equivalence`: step, sequence and chunked sequence (every backend) against each other.
 """
 
+from mamba_rl.lab.equivalence import EquivalenceReport, EquivalenceRow, available_backends, check_equivalence
 from mamba_rl.lab.policy import StatePolicy, as_state_policy, load_policy, save_lab_policy
 from mamba_rl.lab.plots import (
     Episodes,
@@ -19,21 +20,37 @@ from mamba_rl.lab.plots import (
     summary_figure,
     write_state_report,
 )
-from mamba_rl.lab.trace import LayerTrace, StateTrace, trace
+from mamba_rl.lab.steering import (
+    RolloutResult,
+    SteeringResult,
+    rollout_with_ssm_delta,
+    steer_ssm_state,
+    steered_logits,
+)
+from mamba_rl.lab.tracing import LayerTrace, StateTrace, trace
 
 __all__ = [
+    "EquivalenceReport",
+    "EquivalenceRow",
     "Episodes",
     "LayerTrace",
+    "RolloutResult",
     "StatePolicy",
     "StateTrace",
+    "SteeringResult",
     "as_state_policy",
+    "available_backends",
+    "check_equivalence",
     "heatmap_figure",
     "load_policy",
     "norms_figure",
     "pca_figure",
     "play_episodes",
+    "rollout_with_ssm_delta",
     "save_lab_policy",
     "state_figure",
+    "steer_ssm_state",
+    "steered_logits",
     "summary_figure",
     "trace",
     "write_state_report",

@@ -17,7 +17,7 @@ outputs, the env scores the answers) and keeps a :class:`~mamba_rl.lab.StateTrac
 pass one to TensorBoard's ``SummaryWriter.add_figure``); :func:`write_state_report` writes them
 as PNGs for ``mamba-rl-eval --plot-states DIR``.
 
-Time axis: step ``t`` shows the state after ``t`` steps (see :mod:`mamba_rl.lab.trace`). The cue
+Time axis: step ``t`` shows the state after ``t`` steps (see :mod:`mamba_rl.lab.tracing`). The cue
 is step 0, so the state after the cue is at ``t = 1``; the delay runs to ``t = horizon + 1``, the
 state the query step reads; the answer is given at step ``horizon + 1``. The pictures shade the cue
 step, the delay and the query step.
@@ -45,7 +45,7 @@ from mamba_rl.envs import (
     delayed_memory_step,
 )
 from mamba_rl.lab.policy import as_state_policy
-from mamba_rl.lab.trace import StateTrace, trace
+from mamba_rl.lab.tracing import StateTrace, trace
 
 __all__ = [
     "Episodes",
