@@ -156,6 +156,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"seed of the evaluation episodes (default {EVAL_SEED})")
     parser.add_argument("--modes", nargs="+", choices=("greedy", "sampled"), default=["greedy", "sampled"])
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--plot-states", default=None, metavar="DIR",
+                        help="also write pictures of the recurrent state, correct vs wrong answers, for each horizon "
+                             "to DIR/horizon_<h>/ (Mamba policies; see docs/STATE_LAB.md)")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
@@ -169,12 +172,27 @@ def main(argv=None) -> int:
     except (CheckpointError, ValueError) as err:
         print(f"mamba-rl-eval: error: {err}", file=sys.stderr)
         return 2
+    if args.plot_states and cfg.controller != "mamba":
+        print(f"mamba-rl-eval: error: --plot-states needs a Mamba policy, got {cfg.controller!r}", file=sys.stderr)
+        return 2
     horizons = args.horizons or default_horizons(cfg)
     print(f"{args.checkpoint}: {cfg.controller} policy trained on horizon {cfg.horizon} for "
           f"{checkpoint.get('update', '?')} updates; {args.episodes} episodes per horizon on {device}")
     results = evaluate_horizons(policy, cfg, horizons, args.episodes, seed=args.seed, num_envs=args.num_envs,
                                 device=device, modes=tuple(args.modes))
     print(format_table(results, cfg.horizon_range[1]))
+    if args.plot_states:
+        from mamba_rl.lab.plots import write_state_report
+
+        for horizon in horizons:
+            params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=horizon, num_distractors=cfg.num_distractors,
+                                         wrong_penalty=cfg.wrong_penalty)
+            out_dir = Path(args.plot_states) / f"horizon_{horizon}"
+            # at most about 250 kept states per episode, whatever the horizon
+            report = write_state_report(policy, params, out_dir, seed=args.seed, device=device,
+                                        stride=max(1, horizon // 250))
+            print(f"state pictures, horizon {horizon} ({report['correct']} correct, {report['wrong']} wrong of "
+                  f"{report['episodes']} episodes): {out_dir}")
     if args.json:
         out = {"checkpoint": str(args.checkpoint), "controller": cfg.controller, "trained_horizon": cfg.horizon,
                "num_bits": cfg.num_bits, "update": checkpoint.get("update"), "device": str(device),
