@@ -1,5 +1,7 @@
 """trace(): per-layer states at every step, the module's own outputs and final state (issue 6)."""
 
+import copy
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -150,7 +152,8 @@ def test_trace_rejects_bad_arguments():
 @pytest.mark.gpu
 def test_trace_on_cuda_matches_cpu():
     cpu = make_module(dtype=torch.float32)
-    cuda = make_module("cuda", torch.float32)
+    # the same parameters (an init on the GPU would draw from the GPU's generator)
+    cuda = copy.deepcopy(cpu).to("cuda")
     cuda.backend = "auto"
     x, reset, state = random_inputs(cpu, 3, 50, [0, 20])
     expected = trace(cpu, x, reset=reset, state=state, stride=5)
