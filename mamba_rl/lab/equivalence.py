@@ -130,7 +130,8 @@ class EquivalenceReport:
             "reference max |value|: " + ", ".join(f"{q} {self.scales[q]:.3g}" for q in QUANTITIES),
             f"tolerance: {self.tolerance:g} x that",
             "",
-            f"| {'path':<12} | {'backend':<7} | " + " | ".join(f"max |d {q}|".ljust(11) for q in QUANTITIES) + " | ok |",
+            f"| {'path':<12} | {'backend':<7} | "
+            + " | ".join(f"max |d {q}|".ljust(11) for q in QUANTITIES) + " | ok |",
             "|" + "|".join(["-" * 14, "-" * 9] + ["-" * 13] * len(QUANTITIES) + ["----"]) + "|",
         ]
         width = 13 * len(QUANTITIES) + 3 * (len(QUANTITIES) - 1) - 2

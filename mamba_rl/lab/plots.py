@@ -49,6 +49,7 @@ from mamba_rl.lab.tracing import StateTrace, trace
 
 __all__ = [
     "Episodes",
+    "episode_observations",
     "play_episodes",
     "heatmap_figure",
     "norms_figure",
@@ -139,15 +140,7 @@ def play_episodes(
         raise ValueError(f"the policy reads {module.input_size} features but the task has obs_dim={params.obs_dim}")
     num_steps = params.max_episode_steps
     env = delayed_memory_reset(delayed_memory_init(episodes, params, seed, device), None, params)
-    target, query_step = env.target.clone(), env.horizon + 1
-    observations = []
-    probe = env
-    for _ in range(num_steps):
-        obs, _ = delayed_memory_observe(probe, params)
-        observations.append(obs)
-        probe = delayed_memory_step(probe, torch.zeros_like(target), params).state
-    # [B, T, obs_dim]
-    observations = torch.stack(observations, 1)
+    observations, target, query_step = episode_observations(params, episodes, seed, device)
     reset = torch.zeros(episodes, num_steps, dtype=torch.bool, device=device)
     reset[:, 0] = True
     state_trace = trace(module, observations, reset=reset, stride=stride, path=path)
@@ -167,6 +160,22 @@ def play_episodes(
         env, _, _, _, _, step_success = delayed_memory_step(env, actions[t], params)
         success |= step_success
     return Episodes(state_trace, observations, target, answer, success, query_step, params)
+
+
+def episode_observations(params: DelayedMemoryParams, num_envs: int, seed: int, device=None):
+    """``(observations [N, T, obs_dim], target [N], query_step [N])`` of the first episode of each
+    of ``num_envs`` environments seeded ``seed``, ``T = params.max_episode_steps``.
+
+    The task's observations do not depend on the actions, so whole episodes can be made at once.
+    """
+    env = delayed_memory_reset(delayed_memory_init(num_envs, params, seed, device), None, params)
+    target, query_step = env.target.clone(), env.horizon + 1
+    observations = []
+    for _ in range(params.max_episode_steps):
+        obs, _ = delayed_memory_observe(env, params)
+        observations.append(obs)
+        env = delayed_memory_step(env, torch.zeros_like(target), params).state
+    return torch.stack(observations, 1), target, query_step
 
 
 # --- drawing helpers ---------------------------------------------------------------------------

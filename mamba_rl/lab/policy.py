@@ -167,7 +167,9 @@ def load_policy(path: str | os.PathLike, device="cpu") -> tuple[StatePolicy, Del
 
 def _load_lab_payload(payload: dict, path: Path, device) -> tuple[StatePolicy, DelayedMemoryParams | None, dict]:
     if payload.get("version") != LAB_POLICY_VERSION:
-        raise ValueError(f"{path}: lab policy version {payload.get('version')!r}, this mamba-rl reads {LAB_POLICY_VERSION}")
+        raise ValueError(
+            f"{path}: lab policy version {payload.get('version')!r}, this mamba-rl reads {LAB_POLICY_VERSION}"
+        )
     config = dict(payload["module"])
     config["in_keys"], config["out_keys"] = _keys(config["in_keys"]), _keys(config["out_keys"])
     module = MambaModule(**config, backend="auto", device=device)

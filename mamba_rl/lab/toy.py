@@ -2,7 +2,7 @@
 
 Not the way to train a policy (that is PPO, ``mamba-rl-train``): the answer at the query step is
 fitted by cross-entropy on the code, through :meth:`MambaModule.sequence` over whole episodes. It
-gives, in seconds on a CPU, a trunk whose state really holds the code, which is what the state
+gives, in about half a minute on a CPU, a trunk whose state really holds the code, which is what the state
 lab's tests and examples need.
 """
 
@@ -11,27 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mamba_rl.envs import DelayedMemoryParams, delayed_memory_init, delayed_memory_observe, delayed_memory_reset, \
-    delayed_memory_step
+from mamba_rl.envs import DelayedMemoryParams
+from mamba_rl.lab.plots import episode_observations
 from mamba_rl.lab.policy import StatePolicy
 from mamba_rl.module import MambaModule
 
-__all__ = ["episode_observations", "train_toy_policy"]
-
-
-def episode_observations(params: DelayedMemoryParams, num_envs: int, seed: int, device=None):
-    """``(observations [N, T, obs_dim], target [N], query_step [N])`` of fresh episodes, ``T = max_episode_steps``.
-
-    The task's observations do not depend on the actions, so whole episodes can be made at once.
-    """
-    env = delayed_memory_reset(delayed_memory_init(num_envs, params, seed, device), None, params)
-    target, query_step = env.target.clone(), env.horizon + 1
-    observations = []
-    for _ in range(params.max_episode_steps):
-        obs, _ = delayed_memory_observe(env, params)
-        observations.append(obs)
-        env = delayed_memory_step(env, torch.zeros_like(target), params).state
-    return torch.stack(observations, 1), target, query_step
+__all__ = ["train_toy_policy"]
 
 
 def train_toy_policy(

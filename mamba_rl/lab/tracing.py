@@ -238,7 +238,9 @@ def trace(
     if reset is None:
         reset = torch.zeros(batch, num_steps, dtype=torch.bool, device=x.device)
     if tuple(reset.shape) != (batch, num_steps) or reset.dtype != torch.bool:
-        raise ValueError(f"reset must be a bool tensor of shape {[batch, num_steps]}, got {reset.dtype} {list(reset.shape)}")
+        raise ValueError(
+            f"reset must be a bool tensor of shape {[batch, num_steps]}, got {reset.dtype} {list(reset.shape)}"
+        )
     state = module.zero_state((batch,), x.device) if state is None else state
     module._check_state(state, batch)
     storage_device = x.device if storage_device is None else torch.device(storage_device)

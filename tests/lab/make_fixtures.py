@@ -23,7 +23,8 @@ def main() -> None:
     torch.set_num_threads(1)
     policy, info = train_toy_policy(PARAMS, d_model=32, d_state=8, iterations=400, seed=0, log_every=100)
     print(info)
-    save_lab_policy(FIXTURE, policy.module, policy.head, PARAMS, extra={"trained_by": "tests/lab/make_fixtures.py", **info})
+    extra = {"trained_by": "tests/lab/make_fixtures.py", **info}
+    save_lab_policy(FIXTURE, policy.module, policy.head, PARAMS, extra=extra)
     print(f"wrote {FIXTURE} ({FIXTURE.stat().st_size} bytes)")
 
 

@@ -3,7 +3,6 @@ real rollout (issue 6)."""
 
 import pytest
 import torch
-from tensordict import TensorDict
 from torchrl.envs.utils import step_mdp
 
 from mamba_rl import MambaModule
@@ -81,7 +80,8 @@ def test_gradients_reach_an_injected_state():
     policy = StatePolicy(module, head)
     obs = torch.randn(2, 5, 4, dtype=torch.float64)
     zero = module.zero_state((2,))
-    state = MambaState(torch.randn(zero.ssm.shape, dtype=torch.float64), torch.randn(zero.conv.shape, dtype=torch.float64))
+    state = MambaState(torch.randn(zero.ssm.shape, dtype=torch.float64),
+                       torch.randn(zero.conv.shape, dtype=torch.float64))
     query = torch.tensor([4, 2])
     for path in ("step", "sequence"):
         delta = torch.zeros_like(state.ssm, requires_grad=True)
