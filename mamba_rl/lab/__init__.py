@@ -6,20 +6,12 @@
 - :func:`steer_ssm_state`: find an additive change of the SSM state that makes the policy give a
   chosen answer; :func:`rollout_with_ssm_delta` applies it in a real rollout.
 - :func:`check_equivalence`: step, sequence and chunked sequence (every backend) against each other.
+
+The picture functions import matplotlib on first use, not with the package.
 """
 
 from mamba_rl.lab.equivalence import EquivalenceReport, EquivalenceRow, available_backends, check_equivalence
 from mamba_rl.lab.policy import StatePolicy, as_state_policy, load_policy, save_lab_policy
-from mamba_rl.lab.plots import (
-    Episodes,
-    heatmap_figure,
-    norms_figure,
-    pca_figure,
-    play_episodes,
-    state_figure,
-    summary_figure,
-    write_state_report,
-)
 from mamba_rl.lab.steering import (
     RolloutResult,
     SteeringResult,
@@ -55,3 +47,18 @@ __all__ = [
     "trace",
     "write_state_report",
 ]
+
+_PLOT_NAMES = frozenset({"Episodes", "heatmap_figure", "norms_figure", "pca_figure", "play_episodes", "state_figure",
+                         "summary_figure", "write_state_report"})
+
+
+def __getattr__(name):
+    if name in _PLOT_NAMES:
+        from mamba_rl.lab import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | _PLOT_NAMES)
