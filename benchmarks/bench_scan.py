@@ -506,22 +506,30 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
 # --- tile sweeps ----------------------------------------------------------------------------
 
 
+SCAN_VARIANTS_FINAL = [
+    ("t64 ck2 d16w4", {"block_t": 64, "ck_chunks": 2, "fwd_block_d": 16, "bwd_block_d": 16}),
+    ("t64 ck2 d32w8", {"block_t": 64, "ck_chunks": 2, "fwd_warps": 8, "bwd_warps": 8}),
+    ("t32 ck4 d32w4", {}),
+    ("t32 ck4 d64w8", {"fwd_block_d": 64, "fwd_warps": 8, "bwd_block_d": 64, "bwd_warps": 8}),
+    ("t128 ck1 d16w8", {"block_t": 128, "ck_chunks": 1, "fwd_block_d": 16, "fwd_warps": 8, "bwd_block_d": 16,
+                        "bwd_warps": 8}),
+]
+
 SCAN_VARIANTS = [
-    # (name, overrides of SCAN_CONFIG)
-    ("t4 ck32 d128w4", {}),
-    ("t4 ck32 d32w1", {"fwd_block_d": 32, "fwd_warps": 1, "bwd_block_d": 32, "bwd_warps": 1}),
-    ("t4 ck32 d64w2", {"fwd_block_d": 64, "fwd_warps": 2, "bwd_block_d": 64, "bwd_warps": 2}),
-    ("t4 ck32 d128w4 atomic-tile", {"bwd_atomic_tile": True}),
-    ("t4 ck32 d32w1 atomic-tile", {"fwd_block_d": 32, "fwd_warps": 1, "bwd_block_d": 32, "bwd_warps": 1,
-                                   "bwd_atomic_tile": True}),
-    ("t4 ck64 d256w8", {"ck_chunks": 64, "fwd_block_d": 256, "fwd_warps": 8, "bwd_block_d": 256,
+    # (name, overrides of SCAN_CONFIG); run 2 of NOTES_scan.md
+    ("t4 ck32 d128w4", {"block_t": 4, "ck_chunks": 32, "fwd_block_d": 128, "bwd_block_d": 128}),
+    ("t4 ck32 d32w1", {"block_t": 4, "ck_chunks": 32, "fwd_block_d": 32, "fwd_warps": 1, "bwd_block_d": 32,
+                       "bwd_warps": 1}),
+    ("t4 ck32 d128w4 atomic-tile", {"block_t": 4, "ck_chunks": 32, "fwd_block_d": 128, "bwd_block_d": 128,
+                                    "bwd_atomic_tile": True}),
+    ("t4 ck64 d256w8", {"block_t": 4, "ck_chunks": 64, "fwd_block_d": 256, "fwd_warps": 8, "bwd_block_d": 256,
                         "bwd_warps": 8}),
     ("t128 ck1 d8w4", {"block_t": 128, "ck_chunks": 1, "fwd_block_d": 8, "bwd_block_d": 8}),
     ("t64 ck2 d16w4", {"block_t": 64, "ck_chunks": 2, "fwd_block_d": 16, "bwd_block_d": 16}),
 ]
 
 
-def sweep_scan(lengths, b=64, d=256, n=16, apply_best=False):
+def sweep_scan(lengths, b=64, d=256, n=16, apply_best=False, variants=None):
     """Time each SCAN_VARIANTS entry; with ``apply_best`` keep the fastest at the longest T."""
     from mamba_rl.kernels import triton_scan
 
@@ -531,7 +539,7 @@ def sweep_scan(lengths, b=64, d=256, n=16, apply_best=False):
         dy = torch.randn(b, d, L, device=DEV)
         dh = torch.randn(b, d, n, device=DEV)
         leaves = list(inputs.values())
-        for name, overrides in SCAN_VARIANTS:
+        for name, overrides in variants or SCAN_VARIANTS:
             triton_scan.SCAN_CONFIG.clear()
             triton_scan.SCAN_CONFIG.update(base, **overrides)
             try:
@@ -682,6 +690,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="T=1024 only")
     parser.add_argument("--sweep", action="store_true", help="also time the kernels' tile configurations")
     parser.add_argument("--only-sweep", action="store_true", help="only the tile sweeps")
+    parser.add_argument("--final", action="store_true",
+                        help="a few scan variants, the fastest applied, then the benchmark (no conv/step sweeps)")
     parser.add_argument("--apply-best", action="store_true",
                         help="after --sweep, run the benchmark with the fastest scan variant")
     parser.add_argument("--dry-run", action="store_true",
@@ -717,7 +727,9 @@ def main():
                 triton=triton.__version__, python=platform.python_version(), command=" ".join(sys.argv))
     b, d = sizes["b"], sizes["d"]
     lengths = sizes["lengths"][:1] if args.quick else sizes["lengths"]
-    if args.sweep or args.only_sweep:
+    if args.final:
+        sweep_scan(lengths, b=b, d=d, apply_best=True, variants=SCAN_VARIANTS_FINAL)
+    elif args.sweep or args.only_sweep:
         sweep_scan(lengths, b=b, d=d, apply_best=args.apply_best)
         sweep_conv(lengths[-1], b=b, d=d)
         sweep_step(sizes["envs"], sizes["d_model"])

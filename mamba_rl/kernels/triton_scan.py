@@ -309,12 +309,12 @@ def _scan_bwd_kernel(
 # segment's chunk states into a [b, ck_chunks, n, d] scratch. bwd_atomic_tile: every channel adds
 # its dB, dC terms atomically (d adds per element) instead of reducing over channels first.
 SCAN_CONFIG = {
-    "block_t": 4,
-    "ck_chunks": 32,
-    "fwd_block_d": 128,
+    "block_t": 32,
+    "ck_chunks": 4,
+    "fwd_block_d": 32,
     "fwd_warps": 4,
     "fwd_maxnreg": None,
-    "bwd_block_d": 128,
+    "bwd_block_d": 32,
     "bwd_warps": 4,
     "bwd_maxnreg": None,
     "bwd_atomic_tile": False,

@@ -154,7 +154,8 @@ def test_scan_matches_reference_half(dtype, L, device, scan_config):
 def test_scan_across_checkpoint_segments(config, device, scan_config):
     """Chunks of 4 steps in segments of 3 (several segments, a partial last one), and long chunks."""
     scan_config(config)
-    inputs, reset_mask = make_inputs(2, 4, 16, 63, torch.float32, device=device)
+    inputs, reset_mask = make_inputs(2, 4, 16, 30 if config is MULTI_SEGMENT_CONFIG else 100, torch.float32,
+                                     device=device)
     check_against_reference(inputs, reset_mask, torch.float32)
 
 
@@ -177,7 +178,7 @@ def test_scan_on_channel_last_views_as_the_mixer_passes_them(device):
 
 def test_scan_chunks_with_carried_state_equal_whole(device, scan_config):
     """Splitting a sequence and passing h_last as the next h0 gives the same outputs."""
-    scan_config(MULTI_SEGMENT_CONFIG)
+    scan_config(LONG_CONFIG)
     inputs, reset_mask = make_inputs(2, 4, 16, 100, torch.float32, device=device)
     y_whole, h_whole = selective_scan_triton(**inputs, delta_softplus=True, reset=reset_mask)
     h, ys = inputs["h0"], []
