@@ -3,9 +3,20 @@
 from mamba_rl import envs as envs  # registers the Gymnasium ids
 from mamba_rl import kernels as kernels
 from mamba_rl import state as state
+from mamba_rl.lab import check_equivalence, trace
 from mamba_rl.mixer import MambaMixer, MixerState
 from mamba_rl.module import MambaModule, MambaState
 
 __version__ = "0.1.0"
 
-__all__ = ["MambaMixer", "MixerState", "MambaModule", "MambaState", "envs", "kernels", "state"]
+__all__ = [
+    "MambaMixer",
+    "MixerState",
+    "MambaModule",
+    "MambaState",
+    "check_equivalence",
+    "trace",
+    "envs",
+    "kernels",
+    "state",
+]
