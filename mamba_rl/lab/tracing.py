@@ -21,7 +21,8 @@ Long episodes: ``stride`` keeps every ``stride``-th state and ``window=(start, s
 states in ``start .. stop``; the final state (``t = T``) is always kept, the outputs ``[T, ...]``
 always whole, and ``storage_device="cpu"`` moves what is kept off the GPU as it goes. The scan is
 run chunk by chunk (chunk boundaries at the kept steps, at most ``max_chunk`` steps each) with
-the state carried across, which is exactly :meth:`MambaModule.sequence` with an initial state.
+the state carried across: :meth:`MambaModule.sequence` with an initial state, equal to one call up
+to float rounding.
 """
 
 from __future__ import annotations

@@ -52,13 +52,15 @@ def test_trace_last_state_and_outputs_equal_the_modules(steps, resets, path):
     assert_close(tr.conv[0], state.conv)
 
 
-def test_sequence_trace_reproduces_the_sequence_call_bit_for_bit():
+def test_float32_sequence_trace_reproduces_the_sequence_call():
+    # equal to float rounding: a matmul over a chunk may round unlike one over the whole row
     module = make_module(dtype=torch.float32)
     x, reset, state = random_inputs(module, 4, 25, [0, 9])
     out, final = module.sequence(x, state, reset)
     tr = trace(module, x, reset=reset, state=state)
-    assert torch.equal(tr.out.transpose(0, 1), out)
-    assert torch.equal(tr.final_state.ssm, final.ssm)
+    assert_close(tr.out.transpose(0, 1), out)
+    assert_close(tr.final_state.ssm, final.ssm)
+    assert_close(tr.final_state.conv, final.conv)
 
 
 def test_trace_state_at_every_step_is_the_state_after_that_prefix():
