@@ -160,7 +160,7 @@ def _checkpoint_payload(cfg, update, global_step, train_time_s, policy, optimize
         "minibatch_generator": generator.get_state(),
         "history": history,
         "param_counts": counts,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
 
 
@@ -389,7 +389,7 @@ def _write_metrics(run_dir, cfg, status, update, global_step, train_time_s, hist
         "train_time_s": train_time_s,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "param_counts": counts,
         **_summary(history),
         "eval_accuracy_greedy": evaluation.get(trained, {}).get("greedy", {}).get("accuracy"),

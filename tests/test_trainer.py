@@ -1,0 +1,127 @@
+"""The PPO trainer: GAE by hand, replay from stored chunk states, the two backprop modes, resume,
+preset smoke runs and the CLI errors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mamba_rl import cli
+from mamba_rl.config import ConfigError, TrainConfig, load_config
+from mamba_rl.envs import DelayedMemoryParams
+from mamba_rl.evaluate import build_policy
+from mamba_rl.evaluate import main as eval_main
+from mamba_rl.training import RolloutCollector, compute_gae, replay
+from mamba_rl.training.trainer import train
+
+PRESETS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+
+
+def test_gae_matches_hand_computation():
+    # one env, 3 steps, the episode ends at step 1; gamma 0.5, lambda 0.5
+    reward = torch.tensor([[1.0, 2.0, 0.0]])
+    value = torch.tensor([[0.5, 1.0, 2.0]])
+    done = torch.tensor([[False, True, False]])
+    bootstrap = torch.tensor([4.0])
+    adv, ret = compute_gae(reward, value, done, bootstrap, gamma=0.5, gae_lambda=0.5)
+    d2 = 0.0 + 0.5 * 4.0 - 2.0
+    d1 = 2.0 - 1.0
+    d0 = 1.0 + 0.5 * 1.0 - 0.5
+    expected = torch.tensor([[d0 + 0.25 * d1, d1, d2]])
+    torch.testing.assert_close(adv, expected)
+    torch.testing.assert_close(ret, expected + value)
+
+
+def small_config(**kwargs):
+    base = dict(num_bits=2, horizon=6, num_envs=8, d_model=16, device="cpu", num_updates=2, eval_episodes=0,
+                progress_bar=False, tensorboard=False, checkpoint_interval=1)
+    return TrainConfig(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("controller", ["mamba", "gru"])
+def test_replay_from_stored_chunk_states_reproduces_collection_log_probs(controller):
+    torch.manual_seed(0)
+    cfg = small_config(controller=controller)
+    params = DelayedMemoryParams(num_bits=2, horizon=(3, 9))
+    policy = build_policy(cfg, "cpu")
+    collector = RolloutCollector(policy, params, 8, 7, 3, 0, torch.device("cpu"), cuda_graph=False)
+    collector.collect()
+    rollout = collector.collect()
+    assert not bool(rollout.is_init[:, 0].all()), "rows must start mid-episode"
+    with torch.no_grad():
+        logits, value = replay(policy, rollout, torch.arange(8))
+    log_prob = torch.log_softmax(logits, -1).gather(-1, rollout.action[..., None]).squeeze(-1)
+    torch.testing.assert_close(log_prob, rollout.log_prob, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(value, rollout.value, atol=1e-5, rtol=1e-5)
+
+
+def test_truncated_and_whole_episode_backprop_agree_when_episodes_fit_in_chunks():
+    torch.manual_seed(0)
+    policy = build_policy(small_config(), "cpu")
+    params = DelayedMemoryParams(num_bits=2, horizon=6)
+    # chunks of horizon + 2 steps: every episode is exactly one chunk
+    collector = RolloutCollector(policy, params, 4, 8, 3, 0, torch.device("cpu"), cuda_graph=False)
+    rollout = collector.collect()
+    assert bool(rollout.is_init[:, ::8].all())
+    grads = {}
+    for mode in ("chunk", "episode"):
+        policy.zero_grad()
+        logits, value = replay(policy, rollout, torch.arange(4), backprop=mode)
+        (logits.square().mean() + value.square().mean()).backward()
+        grads[mode] = [p.grad.clone() for p in policy.parameters()]
+    for a, b in zip(grads["chunk"], grads["episode"]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_resume_continues_the_identical_run(tmp_path):
+    torch.manual_seed(0)
+    full = train(small_config(num_updates=3), tmp_path / "full", verbose=False)
+    train(small_config(num_updates=2), tmp_path / "split", verbose=False)
+    resumed = train(small_config(num_updates=3), tmp_path / "split", resume=True, verbose=False)
+    a = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)["policy"]
+    b = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)["policy"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_each_preset_shape_runs_on_cpu(preset, tmp_path):
+    code = cli.main([
+        "--config", str(preset), "--run-dir", str(tmp_path / "run"), "--set", "device=cpu",
+        "--set", "num_envs=4", "--set", "num_updates=1", "--set", "eval_episodes=8", "--set", "eval_num_envs=8",
+        "--set", "horizon=5", "--set", "eval_horizons=[3]", "--set", "progress_bar=false",
+        "--set", "max_wall_time_s=null", "--set", "target_accuracy=null",
+    ])
+    assert code == 0
+    assert (tmp_path / "run" / "metrics.json").stat().st_size > 0
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def test_sweep_writes_table_and_plot(tmp_path):
+    code = cli.main([
+        "--set", "device=cpu", "--set", "num_envs=4", "--set", "num_updates=1", "--set", "eval_episodes=8",
+        "--set", "eval_num_envs=8", "--set", "progress_bar=false", "--set", "d_model=16", "--set", "num_bits=2",
+        "--controllers", "mamba", "gru", "--horizons", "3", "5", "--seeds", "0", "--sweep-dir", str(tmp_path),
+    ])
+    assert code == 0
+    table = (tmp_path / "results.md").read_text()
+    assert table.count("| mamba |") == 4 and table.count("| gru |") == 4
+    assert (tmp_path / "results.csv").read_text().count("\n") == 5
+    assert (tmp_path / "accuracy_vs_horizon.png").stat().st_size > 0
+
+
+def test_unknown_config_key_lists_the_valid_ones(capsys):
+    assert cli.main(["--set", "horizn=5"]) == 2
+    err = capsys.readouterr().err
+    assert "horizn" in err and "valid keys" in err and "horizon" in err
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config("configs/nope.yaml")
+
+
+def test_eval_cli_errors_on_missing_and_corrupt_checkpoints(tmp_path, capsys):
+    assert eval_main(["--checkpoint", str(tmp_path / "missing.pt")]) != 0
+    assert "missing.pt" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    assert eval_main(["--checkpoint", str(bad)]) != 0
+    assert "bad.pt" in capsys.readouterr().err
