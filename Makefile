@@ -1,13 +1,16 @@
 # Quickstart targets. Each one creates .venv and installs mamba-rl (CPU torch unless torch is
 # already in the venv) on first use; see scripts/setup_env.sh.
 PY := .venv/bin/python
-.PHONY: setup demo test test-gpu
+.PHONY: setup demo train-quick test test-gpu
 
 setup:
 	@bash scripts/setup_env.sh
 
 demo: setup
 	$(PY) examples/demo_rollout.py
+
+train-quick: setup
+	$(PY) train.py --config configs/quick_cpu.yaml
 
 test: setup
 	$(PY) -m pytest -q

@@ -15,12 +15,12 @@ keys form the state, masked zeroing, per-layer views, and atomic save/load.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 
+from mamba_rl.io import atomic_save
 from mamba_rl.module import MambaModule, MambaState
 
 __all__ = [
@@ -108,27 +108,6 @@ def from_tensors(module: MambaModule, state: MambaState, batch_size=None) -> Ten
         },
         batch_size=batch_size,
     )
-
-
-def atomic_save(obj, path: str | os.PathLike) -> Path:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename over ``path``.
-
-    A crash leaves either the old file or the new one, never a torn one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_state(state: TensorDictBase, path: str | os.PathLike) -> Path:
