@@ -165,6 +165,9 @@ class TrainConfig:
     """Episodes run in parallel during evaluation."""
     tensorboard: bool = True
     """Write TensorBoard event files into the run directory."""
+    state_figure_interval: int = 0
+    """Log a picture of the Mamba state (heatmap, norms, PCA; ``mamba_rl.lab.state_figure``) to
+    TensorBoard under ``states/summary`` every this many updates; 0 = never."""
     progress_bar: bool = True
     """Show a tqdm progress bar (accuracy, steps/s)."""
 
@@ -234,6 +237,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"horizon must be an int >= 1 or [low, high], got {cfg.horizon}")
     if cfg.d_conv < 2:
         raise ConfigError(f"d_conv must be an int >= 2, got {cfg.d_conv}")
+    if cfg.state_figure_interval < 0:
+        raise ConfigError(f"state_figure_interval must be an int >= 0 (0 = never), got {cfg.state_figure_interval}")
     if cfg.chunk_len != "auto" and cfg.chunk_len < 1:
         raise ConfigError(f"chunk_len must be an int >= 1 or 'auto', got {cfg.chunk_len!r}")
     for name in ("learning_rate", "adam_eps", "clip_coef", "max_grad_norm", "dt_min", "dt_max", "bc_init_scale"):

@@ -125,3 +125,13 @@ def test_eval_cli_errors_on_missing_and_corrupt_checkpoints(tmp_path, capsys):
     bad.write_bytes(b"garbage")
     assert eval_main(["--checkpoint", str(bad)]) != 0
     assert "bad.pt" in capsys.readouterr().err
+
+
+def test_trainer_logs_a_state_picture_to_tensorboard_now_and_then(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(small_config(num_updates=2, tensorboard=True, state_figure_interval=2), tmp_path / "run", verbose=False)
+    events = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})
+    events.Reload()
+    images = events.Images("states/summary")
+    assert len(images) == 1 and len(images[0].encoded_image_string) > 1000

@@ -37,7 +37,7 @@ __all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_device", "new_ru
 RESUME_MUTABLE_KEYS = frozenset({
     "num_updates", "max_wall_time_s", "target_accuracy", "target_window", "checkpoint_interval", "log_interval",
     "eval_episodes", "eval_horizons", "eval_num_envs", "tensorboard", "progress_bar", "device", "num_threads",
-    "cuda_graph", "run_root",
+    "cuda_graph", "run_root", "state_figure_interval",
 })
 
 
@@ -325,6 +325,13 @@ def train(
                     acc = values["train/accuracy"]
                     progress.set_postfix_str(f"acc={acc if acc is None else round(acc, 3)} sps={sps:,.0f}")
                     progress.update(1)
+                if (cfg.state_figure_interval and update % cfg.state_figure_interval == 0
+                        and cfg.controller == "mamba" and logger.writer is not None):
+                    from mamba_rl.lab import state_figure
+
+                    stride = max(1, cfg.horizon_range[1] // 250)
+                    figure = state_figure(policy, params, episodes=16, device=device, stride=stride)
+                    logger.writer.add_figure("states/summary", figure, global_step)
                 if update % cfg.checkpoint_interval == 0:
                     save(update)
                     last_saved = update
