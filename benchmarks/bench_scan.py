@@ -16,6 +16,7 @@ the case must move, as a fraction of the measured copy bandwidth and of 3 TB/s.
     python benchmarks/bench_scan.py                 # everything, JSON to benchmarks/results/
     python benchmarks/bench_scan.py --sweep         # also try the kernels' tile configurations
     python benchmarks/bench_scan.py --quick         # T=1024 only, fewer repeats
+    python benchmarks/bench_scan.py --policy-step   # only the policy step cases
 """
 
 from __future__ import annotations
@@ -694,6 +695,7 @@ def main():
                         help="a few scan variants, the fastest applied, then the benchmark (no conv/step sweeps)")
     parser.add_argument("--apply-best", action="store_true",
                         help="after --sweep, run the benchmark with the fastest scan variant")
+    parser.add_argument("--policy-step", action="store_true", help="only the policy step cases")
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny shapes on the CPU through TRITON_INTERPRET=1: checks the script, times nothing")
     args = parser.parse_args()
@@ -733,7 +735,10 @@ def main():
         sweep_scan(lengths, b=b, d=d, apply_best=args.apply_best)
         sweep_conv(lengths[-1], b=b, d=d)
         sweep_step(sizes["envs"], sizes["d_model"])
-    if not args.only_sweep:
+    if args.policy_step:
+        with guarded("policy step", "fused", torch.float32, {}):
+            bench_policy_step(sizes["envs"], sizes["d_model"])
+    elif not args.only_sweep:
         for i, L in enumerate(lengths):
             short = i == 0
             with guarded(f"scan fwd+bwd T={L}", "triton", torch.float32, {}):

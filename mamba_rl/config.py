@@ -53,6 +53,9 @@ class TrainConfig:
     """Bits to remember (1..16); the policy chooses among ``2**num_bits`` answers."""
     horizon: Union[int, list[int]] = 50
     """Delay steps between the cue and the query: an int, or ``[low, high]`` drawn per episode."""
+    horizon_sampling: Literal["uniform", "log_uniform"] = "uniform"
+    """How a ``[low, high]`` horizon is drawn per episode: ``uniform`` over the delays, or
+    ``log_uniform`` (each decade of delays gets the same share of episodes; docs/TRAINING.md)."""
     num_distractors: int = 0
     """Fair-coin noise channels appended to the observation."""
     wrong_penalty: float = 0.0

@@ -132,6 +132,18 @@ def test_collector_batch_replays_in_recurrent_mode(registration, device):
         assert (replayed - data["features"]).abs().max() <= 1e-5
 
 
+def test_primer_follows_the_env_device():
+    # TorchRL's primer makes reset values on its own device: ours takes the env's (CUDA envs failed)
+    module, actor = make_collector_policy("cpu")
+    primer = module.make_tensordict_primer()
+    assert primer.primers.device is None
+    env = TransformedEnv(RandomEndEnv(batch=2, device="cpu"), InitTracker())
+    env.append_transform(primer)
+    td = env.reset()
+    assert primer.primers.device == torch.device("cpu")
+    assert td["recurrent_state_ssm"].device == torch.device("cpu")
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_no_information_crosses_a_reset_even_with_noise_in_stored_state(device):
     module = make_module(device)

@@ -1,6 +1,7 @@
 """The PPO trainer: GAE by hand, replay from stored chunk states, the two backprop modes, resume,
 preset smoke runs and the CLI errors."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -73,11 +74,13 @@ def test_truncated_and_whole_episode_backprop_agree_when_episodes_fit_in_chunks(
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-def test_resume_continues_the_identical_run(tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_resume_continues_the_identical_run(tmp_path, device):
+    # on CUDA the checkpoint is loaded with map_location="cuda": the RNG states must come back to the CPU
     torch.manual_seed(0)
-    full = train(small_config(num_updates=3), tmp_path / "full", verbose=False)
-    train(small_config(num_updates=2), tmp_path / "split", verbose=False)
-    resumed = train(small_config(num_updates=3), tmp_path / "split", resume=True, verbose=False)
+    full = train(small_config(num_updates=3, device=device), tmp_path / "full", verbose=False)
+    train(small_config(num_updates=2, device=device), tmp_path / "split", verbose=False)
+    resumed = train(small_config(num_updates=3, device=device), tmp_path / "split", resume=True, verbose=False)
     a = torch.load(full.run_dir / "checkpoint.pt", weights_only=False)["policy"]
     b = torch.load(resumed.run_dir / "checkpoint.pt", weights_only=False)["policy"]
     for key in a:
@@ -108,6 +111,25 @@ def test_sweep_writes_table_and_plot(tmp_path):
     assert table.count("| mamba |") == 4 and table.count("| gru |") == 4
     assert (tmp_path / "results.csv").read_text().count("\n") == 5
     assert (tmp_path / "accuracy_vs_horizon.png").stat().st_size > 0
+
+
+def test_sweep_over_a_range_preset_keeps_the_low_end(tmp_path):
+    from mamba_rl.training.sweep import cell_horizon
+
+    assert cell_horizon(50, 1000) == 1000
+    assert cell_horizon([1, 50], 1000) == [1, 1000]
+    assert cell_horizon([100, 200], 50) == [50, 50]
+    assert cell_horizon(50, [2, 9]) == [2, 9]
+    code = cli.main([
+        "--set", "device=cpu", "--set", "num_envs=4", "--set", "num_updates=1", "--set", "eval_episodes=8",
+        "--set", "eval_num_envs=8", "--set", "progress_bar=false", "--set", "d_model=16", "--set", "num_bits=2",
+        "--set", "horizon=[1,4]", "--controllers", "mamba", "--horizons", "6", "--sweep-dir", str(tmp_path),
+    ])
+    assert code == 0
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert rows[1].startswith("mamba,6,1-6,0,")
+    metrics = json.loads((tmp_path / "mamba__h1-6__s0" / "metrics.json").read_text())
+    assert metrics["horizon"] == [1, 6] and "6" in metrics["evaluation"]
 
 
 def test_unknown_config_key_lists_the_valid_ones(capsys):

@@ -86,6 +86,7 @@ MAX_HORIZON = 2**31 - 3
 _M32 = 0xFFFFFFFF
 _SALT_TARGET = 0x68E31DA4
 _SALT_HORIZON = 0xB5297A4D
+HORIZON_SAMPLINGS = ("uniform", "log_uniform")
 _SALT_EPISODE = 0x9E3779B9
 _SALT_DISTRACTOR = 0x1B56C4E9
 
@@ -131,9 +132,14 @@ class DelayedMemoryParams:
         num_bits: bits to remember, in ``1 .. 16``; there are ``2**num_bits`` actions.
         horizon: delay steps between the cue step and the query step: an int in
             ``1 .. MAX_HORIZON``, or a pair ``(low, high)`` with ``1 <= low <= high`` to draw
-            it per episode, uniformly over ``low .. high`` inclusive.
+            it per episode from ``low .. high`` inclusive, as ``horizon_sampling`` says.
         num_distractors: noise channels appended to the observation, ``>= 0``.
         wrong_penalty: the reward of a wrong answer is ``-wrong_penalty``; finite, ``>= 0``.
+        horizon_sampling: how a range of delays is drawn: ``"uniform"`` (each delay in
+            ``low .. high`` equally likely) or ``"log_uniform"`` (``log(delay)`` uniform, so each
+            decade of delays gets the same share of episodes: with ``(1, 1000)`` a tenth of the
+            episodes have a delay of 1 or 2 and a third of them at least 100). Ignored for a
+            fixed horizon.
 
     Raises:
         ValueError / TypeError: naming the argument, what was expected and what came.
@@ -143,6 +149,7 @@ class DelayedMemoryParams:
     horizon: int | tuple[int, int] = 1000
     num_distractors: int = 0
     wrong_penalty: float = 0.0
+    horizon_sampling: str = "uniform"
 
     def __post_init__(self):
         if not _is_int(self.num_bits) or not 1 <= self.num_bits <= 16:
@@ -166,6 +173,11 @@ class DelayedMemoryParams:
                 f"-wrong_penalty), got {penalty!r}"
             )
         object.__setattr__(self, "wrong_penalty", float(penalty))
+        if self.horizon_sampling not in HORIZON_SAMPLINGS:
+            raise ValueError(
+                f"horizon_sampling must be one of {', '.join(map(repr, HORIZON_SAMPLINGS))}, "
+                f"got {self.horizon_sampling!r}"
+            )
 
     @property
     def horizon_range(self) -> tuple[int, int]:
@@ -289,6 +301,18 @@ def delayed_memory_init(
     )
 
 
+def _log_uniform_delay(bits: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """An int in ``low .. high`` whose log is uniform on ``[log low, log(high + 1))``, from 32 hash bits.
+
+    Computed in float64, so the CPU and the GPU draw the same delay for the same episode unless
+    the ``exp`` lands within a float64 rounding error (~1e-16 relative) of an integer.
+    """
+    u = (bits.to(torch.float64) + 0.5) * 2.0**-32
+    log_low, log_high = math.log(low), math.log(high + 1)
+    delay = torch.exp(log_low + u * (log_high - log_low)).floor().to(torch.int64)
+    return delay.clamp(low, high)
+
+
 def delayed_memory_reset(
     state: DelayedMemoryState,
     mask: torch.Tensor | None,
@@ -311,6 +335,8 @@ def delayed_memory_reset(
     low, high = params.horizon_range
     if low == high:
         horizon = torch.full_like(state.horizon, low)
+    elif params.horizon_sampling == "log_uniform":
+        horizon = _log_uniform_delay(mix32(episode_key ^ _SALT_HORIZON), low, high)
     else:
         horizon = low + mix32(episode_key ^ _SALT_HORIZON) % (high - low + 1)
     if mask is None:

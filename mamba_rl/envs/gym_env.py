@@ -57,6 +57,8 @@ class DelayedMemoryGymEnv(gymnasium.Env):
         horizon: delay steps, an int ``>= 1`` or ``(low, high)`` drawn per episode.
         num_distractors: fair-coin noise channels appended to the observation.
         wrong_penalty: a wrong answer earns ``-wrong_penalty``.
+        horizon_sampling: ``"uniform"`` or ``"log_uniform"`` draw of a ``(low, high)`` horizon
+            (:class:`DelayedMemoryParams`).
         render_mode: must be None.
 
     Spaces: observation ``Box(0, 1, (obs_dim,), float32)`` laid out
@@ -83,6 +85,7 @@ class DelayedMemoryGymEnv(gymnasium.Env):
         horizon: int | tuple[int, int] = 1000,
         num_distractors: int = 0,
         wrong_penalty: float = 0.0,
+        horizon_sampling: str = "uniform",
         render_mode: str | None = None,
     ):
         _check_render_mode(render_mode)
@@ -92,6 +95,7 @@ class DelayedMemoryGymEnv(gymnasium.Env):
             horizon=horizon,
             num_distractors=num_distractors,
             wrong_penalty=wrong_penalty,
+            horizon_sampling=horizon_sampling,
         )
         self.observation_space = spaces.Box(
             0.0, 1.0, shape=(self.params.obs_dim,), dtype=np.float32
@@ -186,7 +190,8 @@ class DelayedMemoryVectorEnv(VectorEnv):
 
     Args:
         num_envs: ``N >= 1``.
-        num_bits, horizon, num_distractors, wrong_penalty: as in :class:`DelayedMemoryGymEnv`.
+        num_bits, horizon, num_distractors, wrong_penalty, horizon_sampling: as in
+            :class:`DelayedMemoryGymEnv`.
         device: where the torch state lives (default CPU); inputs and outputs are numpy.
         render_mode: must be None.
 
@@ -218,6 +223,7 @@ class DelayedMemoryVectorEnv(VectorEnv):
         horizon: int | tuple[int, int] = 1000,
         num_distractors: int = 0,
         wrong_penalty: float = 0.0,
+        horizon_sampling: str = "uniform",
         device: torch.device | str | None = None,
         render_mode: str | None = None,
     ):
@@ -232,6 +238,7 @@ class DelayedMemoryVectorEnv(VectorEnv):
             horizon=horizon,
             num_distractors=num_distractors,
             wrong_penalty=wrong_penalty,
+            horizon_sampling=horizon_sampling,
         )
         self.single_observation_space = spaces.Box(
             0.0, 1.0, shape=(self.params.obs_dim,), dtype=np.float32

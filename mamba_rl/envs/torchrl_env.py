@@ -36,6 +36,8 @@ class DelayedMemoryEnv(EnvBase):
             uniformly over ``low .. high`` inclusive.
         num_distractors: fair-coin noise channels appended to the observation.
         wrong_penalty: a wrong answer earns ``-wrong_penalty`` (a right one earns 1).
+        horizon_sampling: ``"uniform"`` or ``"log_uniform"`` draw of a ``(low, high)`` horizon
+            (:class:`DelayedMemoryParams`).
         device: where all state and outputs live (default CPU).
         seed: seeds the episodes; ``None`` draws one from torch's global RNG.
 
@@ -88,6 +90,7 @@ class DelayedMemoryEnv(EnvBase):
         horizon: int | tuple[int, int] = 1000,
         num_distractors: int = 0,
         wrong_penalty: float = 0.0,
+        horizon_sampling: str = "uniform",
         device: torch.device | str | None = None,
         seed: int | None = None,
         *,
@@ -101,6 +104,7 @@ class DelayedMemoryEnv(EnvBase):
             horizon=horizon,
             num_distractors=num_distractors,
             wrong_penalty=wrong_penalty,
+            horizon_sampling=horizon_sampling,
         )
         if seed is not None and (not isinstance(seed, numbers.Integral) or isinstance(seed, bool)):
             raise ValueError(f"seed must be an int or None, got {seed!r}")

@@ -60,6 +60,13 @@ def _check_bool(name: str, tensor: torch.Tensor | None) -> None:
         raise TypeError(f"{name} must be a bool tensor, got dtype {tensor.dtype}")
 
 
+def _check_device(ref_name: str, ref: torch.Tensor, **tensors: torch.Tensor | None) -> None:
+    """Every tensor on ``ref``'s device (a Triton kernel would read a CPU pointer as garbage)."""
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.device != ref.device:
+            raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {tensor.device}")
+
+
 def _check_scan_args(u, delta, A, B, C, D, z, delta_bias, h0, reset) -> None:
     if u.dim() != 3:
         raise ValueError(f"u must have shape [b, d, L], got {list(u.shape)}")
@@ -81,6 +88,7 @@ def _check_scan_args(u, delta, A, B, C, D, z, delta_bias, h0, reset) -> None:
     _check_shape("delta_bias", delta_bias, (d,))
     _check_shape("h0", h0, (b, d, n))
     _check_shape("reset", reset, (b, L))
+    _check_device("u", u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, h0=h0, reset=reset)
 
 
 def selective_scan(
@@ -155,6 +163,7 @@ def selective_state_step(
     _check_shape("z", z, (b, d))
     _check_shape("reset", reset, (b,))
     _check_bool("reset", reset)
+    _check_device("x", x, h=h, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, reset=reset)
     if resolve_backend(backend, x.device) == "triton":
         return _triton_module().selective_state_step_triton(
             h, x, delta, A, B, C, D, z, delta_bias, delta_softplus, reset
@@ -187,6 +196,7 @@ def causal_conv1d(
     _check_shape("initial_state", initial_state, (b, d, weight.shape[1] - 1))
     _check_shape("reset", reset, (b, L))
     _check_bool("reset", reset)
+    _check_device("x", x, weight=weight, bias=bias, initial_state=initial_state, reset=reset)
     if resolve_backend(backend, x.device) == "triton":
         return _triton_module().causal_conv1d_triton(x, weight, bias, initial_state, reset, activation)
     return naive.causal_conv1d_ref(x, weight, bias, initial_state, reset, activation)
@@ -207,6 +217,7 @@ def causal_conv1d_step(
     _check_shape("conv_state", conv_state, (x.shape[0], x.shape[1], weight.shape[-1] - 1))
     _check_shape("reset", reset, (x.shape[0],))
     _check_bool("reset", reset)
+    _check_device("x", x, conv_state=conv_state, weight=weight, bias=bias, reset=reset)
     if resolve_backend(backend, x.device) == "triton":
         return _triton_module().causal_conv1d_step_triton(x, conv_state, weight, bias, activation, reset)
     return naive.causal_conv1d_step_ref(x, conv_state, weight, bias, activation, reset)

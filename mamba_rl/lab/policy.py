@@ -160,7 +160,7 @@ def load_policy(path: str | os.PathLike, device="cpu") -> tuple[StatePolicy, Del
         raise ValueError(f"{path} is not a lab policy file and the trainer's loader is unavailable: {err}") from err
     policy, cfg, checkpoint = load_trainer_policy(path, device)
     params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=cfg.env_horizon, num_distractors=cfg.num_distractors,
-                                 wrong_penalty=cfg.wrong_penalty)
+                                 wrong_penalty=cfg.wrong_penalty, horizon_sampling=cfg.horizon_sampling)
     info = {"update": checkpoint.get("update"), "controller": cfg.controller, "trained_horizon": cfg.horizon}
     return as_state_policy(policy), params, info
 

@@ -167,7 +167,8 @@ class RolloutCollector:
                 raise ValueError(f"collector state {name!r} must have shape {list(self.carry[name].shape)}, "
                                  f"got {list(value.shape)} (different num_envs or model size?)")
             self.carry[name].copy_(value)
-        self.generator.set_state(state["generator"])
+        # torch.load(map_location="cuda") moves the RNG state too; generators take a CPU ByteTensor
+        self.generator.set_state(state["generator"].cpu())
 
     # --- one step ----------------------------------------------------------------------------
 

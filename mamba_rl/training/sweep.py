@@ -14,28 +14,50 @@ from pathlib import Path
 
 from mamba_rl.config import TrainConfig
 
-__all__ = ["run_sweep", "write_tables", "plot_accuracy"]
+__all__ = ["run_sweep", "cell_horizon", "write_tables", "plot_accuracy"]
 
-COLUMNS = ["controller", "horizon", "seed", "status", "updates", "eval_accuracy_greedy", "eval_accuracy_sampled",
+COLUMNS = ["controller", "horizon", "train_delays", "seed", "status", "updates", "eval_accuracy_greedy", "eval_accuracy_sampled",
            "first_update_train_accuracy_ge_0.9", "sps_median", "train_time_s", "run_dir"]
 
 
+def cell_horizon(base_horizon, horizon):
+    """The training delays of a sweep cell at ``horizon``.
+
+    A preset that trains on a fixed delay trains at ``horizon``; one that trains on a range
+    ``[low, high]`` of delays keeps its low end and trains on ``[low, horizon]``. Either way the
+    cell is evaluated at exactly ``horizon`` (the top of the range).
+    """
+    if isinstance(horizon, (list, tuple)):
+        return list(horizon)
+    if isinstance(base_horizon, (list, tuple)):
+        return [min(base_horizon[0], horizon), horizon]
+    return horizon
+
+
 def run_sweep(base: TrainConfig, controllers, horizons, seeds, out_dir: str | Path, verbose: bool = True) -> list[dict]:
-    """Train every (controller, horizon, seed) cell of the grid; return one row per run."""
+    """Train every (controller, horizon, seed) cell of the grid; return one row per run.
+
+    ``horizons``: ints (see :func:`cell_horizon` for presets that train on a range of delays)
+    or ``[low, high]`` ranges; a row's ``horizon`` is the evaluated one (the top of a range).
+    """
     from mamba_rl.training.trainer import train
 
     out_dir = Path(out_dir)
     rows = []
     for horizon in horizons:
+        train_delays = cell_horizon(base.horizon, horizon)
+        top = train_delays[1] if isinstance(train_delays, list) else train_delays
+        delays = f"{train_delays[0]}-{train_delays[1]}" if isinstance(train_delays, list) else str(train_delays)
         for controller in controllers:
             for seed in seeds:
-                cfg = dataclasses.replace(base, controller=controller, horizon=horizon, seed=seed)
-                run_dir = out_dir / f"{controller}__h{horizon}__s{seed}"
+                cfg = dataclasses.replace(base, controller=controller, horizon=train_delays, seed=seed)
+                run_dir = out_dir / f"{controller}__h{delays}__s{seed}"
                 result = train(cfg, run_dir, verbose=verbose)
                 metrics = result.metrics
                 rows.append({
-                    "controller": controller, "horizon": horizon, "seed": seed, "status": result.status,
-                    **{k: metrics.get(k) for k in COLUMNS[4:-1]}, "run_dir": str(run_dir),
+                    "controller": controller, "horizon": top, "train_delays": delays, "seed": seed,
+                    "status": result.status,
+                    **{k: metrics.get(k) for k in COLUMNS[5:-1]}, "run_dir": str(run_dir),
                 })
                 write_tables(rows, out_dir)
     plot_accuracy(rows, out_dir / "accuracy_vs_horizon.png")

@@ -222,7 +222,7 @@ def train(
 
     torch.manual_seed(cfg.seed)
     params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=cfg.env_horizon, num_distractors=cfg.num_distractors,
-                                 wrong_penalty=cfg.wrong_penalty)
+                                 wrong_penalty=cfg.wrong_penalty, horizon_sampling=cfg.horizon_sampling)
     policy = build_policy(cfg, device)
     counts = count_parameters(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
@@ -234,7 +234,7 @@ def train(
         policy.load_state_dict(checkpoint["policy"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         collector.load_state_dict(checkpoint["collector"])
-        generator.set_state(checkpoint["minibatch_generator"])
+        generator.set_state(checkpoint["minibatch_generator"].cpu())
         start_update, global_step = checkpoint["update"], checkpoint["global_step"]
         train_time_s, history = checkpoint["train_time_s"], list(checkpoint["history"])
     if verbose:

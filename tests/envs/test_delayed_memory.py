@@ -135,6 +135,23 @@ def test_horizon_range_draws_every_value_from_low_to_high_inclusive():
     assert counts.min() > 400
 
 
+def test_log_uniform_horizon_gives_each_decade_the_same_share():
+    params = DelayedMemoryParams(num_bits=1, horizon=(1, 999), horizon_sampling="log_uniform")
+    state = started(30000, params, seed=5)
+    h = state.horizon
+    assert int(h.min()) == 1 and int(h.max()) == 999
+    # log10(delay) uniform on [0, 3): a third of the episodes per decade, 1/3 * log10(2) at delay 1
+    shares = torch.stack([((h >= lo) & (h < 10 * lo)).float().mean() for lo in (1, 10, 100)])
+    torch.testing.assert_close(shares, torch.full((3,), 1 / 3), atol=0.015, rtol=0)
+    assert abs(float((h == 1).float().mean()) - math.log10(2) / 3) < 0.01
+    # the same episodes draw the same delays again; a fixed horizon ignores the switch
+    torch.testing.assert_close(started(30000, params, seed=5).horizon, h, rtol=0, atol=0)
+    fixed = DelayedMemoryParams(num_bits=1, horizon=7, horizon_sampling="log_uniform")
+    assert started(100, fixed, seed=5).horizon.eq(7).all()
+    narrow = DelayedMemoryParams(num_bits=1, horizon=(3, 6), horizon_sampling="log_uniform")
+    assert started(2000, narrow, seed=5).horizon.unique().tolist() == [3, 4, 5, 6]
+
+
 def test_targets_cover_every_code_with_balanced_bits():
     params = DelayedMemoryParams(num_bits=4, horizon=1)
     state = started(8192, params, seed=6)
@@ -300,6 +317,7 @@ def test_cuda_episodes_equal_cpu_episodes():
         ({"wrong_penalty": -1.0}, "wrong_penalty must be a finite number >= 0"),
         ({"wrong_penalty": math.nan}, "got nan"),
         ({"wrong_penalty": math.inf}, "got inf"),
+        ({"horizon_sampling": "loguniform"}, "horizon_sampling must be one of 'uniform', 'log_uniform', got 'loguniform'"),
     ],
     ids=lambda v: str(v) if isinstance(v, dict) else "",
 )

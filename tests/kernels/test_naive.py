@@ -150,8 +150,9 @@ def test_conv_gradients_match_finite_differences():
         (dict(B=torch.randn(2, 3, 16, dtype=torch.float64)), ValueError, ["B", "[2, 3, 17]"]),
         (dict(u=torch.ones(2, 5, 17, dtype=torch.long)), TypeError, ["u", "floating"]),
         (dict(backend="cuda"), ValueError, ["backend", "cuda"]),
+        (dict(reset=torch.zeros(2, 17, dtype=torch.bool, device="meta")), ValueError, ["reset", "device of u", "meta"]),
     ],
-    ids=["u-rank", "h0-shape", "reset-dtype", "B-shape", "u-int", "backend"],
+    ids=["u-rank", "h0-shape", "reset-dtype", "B-shape", "u-int", "backend", "reset-device"],
 )
 def test_scan_bad_input_names_argument(kwargs, error, words):
     inp = make_scan_inputs()
