@@ -530,6 +530,23 @@ SCAN_VARIANTS = [
 ]
 
 
+def sweep_variant(kernel, L, name, overrides, fwd, fwd_bwd, leaves, check=None):
+    """Time one tile variant (``fwd`` and ``fwd_bwd`` are calls), record it in SWEEP and print it."""
+    try:
+        if check is not None:
+            check()
+        ms_f = time_ms(fwd, rep_ms=60)
+        ms = time_ms(fwd_bwd, grad_to_none=leaves, rep_ms=100)
+        row = dict(kernel=kernel, T=L, variant=name, overrides=overrides, fwd_ms=ms_f, fwd_bwd_ms=ms)
+    except Exception as e:
+        row = dict(kernel=kernel, T=L, variant=name, overrides=overrides, error=f"{type(e).__name__}: {str(e)[:200]}")
+    SWEEP.append(row)
+    write_json()
+    print(f"sweep {kernel} T={L:6d} {name:36s} "
+          + (f"fwd {row['fwd_ms']:8.3f} ms  fwd+bwd {row['fwd_bwd_ms']:8.3f} ms" if "error" not in row
+             else row["error"]), flush=True)
+
+
 def sweep_scan(lengths, b=64, d=256, n=16, apply_best=False, variants=None):
     """Time each SCAN_VARIANTS entry; with ``apply_best`` keep the fastest at the longest T."""
     from mamba_rl.kernels import triton_scan
@@ -543,19 +560,12 @@ def sweep_scan(lengths, b=64, d=256, n=16, apply_best=False, variants=None):
         for name, overrides in variants or SCAN_VARIANTS:
             triton_scan.SCAN_CONFIG.clear()
             triton_scan.SCAN_CONFIG.update(base, **overrides)
-            try:
-                check_scan(4, d, n, 300, torch.float32)
-                ms_f = time_ms(lambda: scan_call(triton_scan.selective_scan_triton, inputs, reset), rep_ms=60)
-                ms = time_ms(lambda: scan_fwd_bwd(triton_scan.selective_scan_triton, inputs, reset, dy, dh),
-                             grad_to_none=leaves, rep_ms=100)
-                row = dict(kernel="scan", T=L, variant=name, overrides=overrides, fwd_ms=ms_f, fwd_bwd_ms=ms)
-            except Exception as e:
-                row = dict(kernel="scan", T=L, variant=name, overrides=overrides, error=f"{type(e).__name__}: {str(e)[:200]}")
-            SWEEP.append(row)
-            write_json()
-            print(f"sweep scan T={L:6d} {name:36s} "
-                  + (f"fwd {row['fwd_ms']:8.3f} ms  fwd+bwd {row['fwd_bwd_ms']:8.3f} ms" if "error" not in row
-                     else row["error"]), flush=True)
+            sweep_variant(
+                "scan", L, name, overrides,
+                lambda: scan_call(triton_scan.selective_scan_triton, inputs, reset),
+                lambda: scan_fwd_bwd(triton_scan.selective_scan_triton, inputs, reset, dy, dh),
+                leaves, check=lambda: check_scan(4, d, n, 300, torch.float32),
+            )
         del inputs, dy, dh, leaves
         if DEV == "cuda":
             torch.cuda.empty_cache()
@@ -597,17 +607,9 @@ def sweep_conv(L, b=64, d=256):
             y, _ = triton_conv.causal_conv1d_triton(x, w, cb, init, reset, "silu")
             y.backward(dy)
 
-        try:
-            ms_f = time_ms(lambda: triton_conv.causal_conv1d_triton(x, w, cb, init, reset, "silu"), rep_ms=60)
-            ms = time_ms(fwd_bwd, grad_to_none=[x, w, cb, init], rep_ms=100)
-            row = dict(kernel="conv", T=L, variant=name, overrides=overrides, fwd_ms=ms_f, fwd_bwd_ms=ms)
-        except Exception as e:
-            row = dict(kernel="conv", T=L, variant=name, overrides=overrides, error=f"{type(e).__name__}: {str(e)[:200]}")
-        SWEEP.append(row)
-        write_json()
-        print(f"sweep conv T={L:6d} {name:36s} "
-              + (f"fwd {row['fwd_ms']:8.3f} ms  fwd+bwd {row['fwd_bwd_ms']:8.3f} ms" if "error" not in row
-                 else row["error"]), flush=True)
+        sweep_variant("conv", L, name, overrides,
+                      lambda: triton_conv.causal_conv1d_triton(x, w, cb, init, reset, "silu"), fwd_bwd,
+                      [x, w, cb, init])
     triton_conv.CONV_CONFIG.clear()
     triton_conv.CONV_CONFIG.update(base)
 

@@ -25,7 +25,7 @@ from mamba_rl.io import CheckpointError, load_checkpoint
 from mamba_rl.policies import ActorCritic, make_actor_critic
 from mamba_rl.training.rollout import sample_actions
 
-__all__ = ["evaluate_policy", "evaluate_horizons", "build_policy", "load_policy", "main", "EVAL_SEED"]
+__all__ = ["evaluate_policy", "evaluate_horizons", "build_policy", "load_policy", "resolve_device", "main", "EVAL_SEED"]
 
 EVAL_SEED = 12345
 
@@ -135,12 +135,14 @@ def format_table(results: dict, trained_horizon) -> str:
     return "\n".join(lines)
 
 
-def _resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, arg: str = "device") -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a device;
+    ``arg`` names the setting in the error when CUDA is asked for and missing."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise ValueError(f"{arg}={name!r} but CUDA is not available on this machine; use cpu or auto")
     return device
 
 
@@ -167,7 +169,7 @@ def main(argv=None) -> int:
     if args.horizons is not None and min(args.horizons) < 1:
         parser.error(f"--horizons must be ints >= 1, got {args.horizons}")
     try:
-        device = _resolve_device(args.device)
+        device = resolve_device(args.device, "--device")
         policy, cfg, checkpoint = load_policy(args.checkpoint, device)
     except (CheckpointError, ValueError) as err:
         print(f"mamba-rl-eval: error: {err}", file=sys.stderr)

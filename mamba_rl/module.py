@@ -9,7 +9,6 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase, dispatch
 from tensordict.utils import NestedKey
 from torch import nn
-from torchrl.envs import TensorDictPrimer
 from torchrl.modules.tensordict_module.rnn import recurrent_mode as _recurrent_mode
 
 from mamba_rl.mixer import MambaMixer, MixerState
@@ -44,29 +43,6 @@ def _make_norm(norm: str, d_model: int, factory: dict) -> nn.Module:
     if norm == "layernorm":
         return nn.LayerNorm(d_model, eps=1e-5, **factory)
     raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {norm!r}")
-
-
-class StatePrimer(TensorDictPrimer):
-    """``TensorDictPrimer`` whose primers follow the device of the env it is appended to.
-
-    TorchRL's primer builds reset values on its primers' device but takes the reset mask from
-    the tensordict given to ``reset``; a ``Collector`` resets a CUDA env with a device-less
-    tensordict, so the mask is made on the CPU and ``torch.where`` fails with "Expected all
-    tensors to be on the same device". Here the primers follow the env's observation spec and
-    the incoming tensordict is brought to the primers' device before the reset values are made.
-    """
-
-    def transform_observation_spec(self, observation_spec):
-        device = observation_spec.device
-        if device is not None and self.primers.device != device:
-            self.primers = self.primers.to(device)
-        return super().transform_observation_spec(observation_spec)
-
-    def _reset(self, tensordict, tensordict_reset):
-        device = self.primers.device
-        if device is not None and tensordict is not None and tensordict.device != device:
-            tensordict = tensordict.to(device)
-        return super()._reset(tensordict, tensordict_reset)
 
 
 class MambaModule(TensorDictModuleBase):
@@ -211,14 +187,12 @@ class MambaModule(TensorDictModuleBase):
         return MambaState(ssm, conv)
 
     def make_tensordict_primer(self):
-        """A ``TensorDictPrimer`` that registers both state entries in the env's specs (zeros).
-
-        The zeros are made on the env's device (a :class:`StatePrimer`), wherever the module is.
-        """
+        """A ``TensorDictPrimer`` that registers both state entries in the env's specs (zeros)."""
         from torchrl.data import Unbounded
+        from torchrl.envs import TensorDictPrimer
 
         dtype = self.input_proj.weight.dtype
-        return StatePrimer(
+        return TensorDictPrimer(
             {
                 self.ssm_key: Unbounded(shape=self.state_shapes[self.ssm_key], dtype=torch.float32),
                 self.conv_key: Unbounded(shape=self.state_shapes[self.conv_key], dtype=dtype),
@@ -308,7 +282,7 @@ class MambaModule(TensorDictModuleBase):
         self._check_state(state, batch)
         return state
 
-    def _read_is_init(self, td: TensorDictBase, device: torch.device) -> torch.Tensor:
+    def _read_is_init(self, td: TensorDictBase) -> torch.Tensor:
         key = self.in_keys[3]
         is_init = td.get(key, None)
         if is_init is None:
@@ -320,9 +294,7 @@ class MambaModule(TensorDictModuleBase):
             raise TypeError(f"{key!r} must be a bool tensor, got dtype {is_init.dtype}")
         if is_init.shape != (*td.batch_size, 1):
             raise ValueError(f"{key!r} must have shape {[*td.batch_size, 1]}, got {list(is_init.shape)}")
-        # TorchRL's InitTracker builds the flag on the CPU when a Collector resets a CUDA env with a
-        # device-less TensorDict: a bool mask, so moving it loses nothing
-        return is_init.squeeze(-1).to(device)
+        return is_init.squeeze(-1)
 
     @dispatch
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
@@ -338,7 +310,7 @@ class MambaModule(TensorDictModuleBase):
         if x.shape[: td.batch_dims] != shape:
             raise ValueError(f"{self.in_keys[0]!r} must start with the batch shape {list(shape)}, got {list(x.shape)}")
         x = x.reshape(batch, *x.shape[td.batch_dims:])
-        reset = self._read_is_init(td, x.device).reshape(batch)
+        reset = self._read_is_init(td).reshape(batch)
         state = self._read_state(td, batch, x.device)
         out, new_state = self.step(x, state, reset)
         td.set(self.out_keys[0], out.reshape(*shape, self.d_model))
@@ -353,7 +325,7 @@ class MambaModule(TensorDictModuleBase):
         rows = td.unsqueeze(0) if td.batch_dims == 1 else td.reshape(-1, shape[-1])
         batch, steps = rows.batch_size
         x = rows.get(self.in_keys[0])
-        reset = self._read_is_init(rows, x.device)
+        reset = self._read_is_init(rows)
         state = self._read_state(rows[:, 0], batch, x.device)
         out, _ = self.sequence(x, state, reset)
         td.set(self.out_keys[0], out.reshape(*shape, self.d_model))

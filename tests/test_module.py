@@ -133,7 +133,7 @@ def test_collector_batch_replays_in_recurrent_mode(registration, device):
 
 
 def test_primer_follows_the_env_device():
-    # TorchRL's primer makes reset values on its own device: ours takes the env's (CUDA envs failed)
+    # the primer is made without a device and registers the state on the env's device
     module, actor = make_collector_policy("cpu")
     primer = module.make_tensordict_primer()
     assert primer.primers.device is None

@@ -24,7 +24,7 @@ import yaml
 
 from mamba_rl.config import TrainConfig, config_to_dict
 from mamba_rl.envs import DelayedMemoryParams
-from mamba_rl.evaluate import build_policy, evaluate_horizons, format_table
+from mamba_rl.evaluate import build_policy, evaluate_horizons, format_table, resolve_device
 from mamba_rl.io import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mamba_rl.logging_utils import RunLogger
 from mamba_rl.policies import count_parameters
@@ -51,15 +51,6 @@ class TrainResult:
     status: str
     """``"completed"``, ``"target_reached"``, ``"time_limit"`` or ``"interrupted"``."""
     metrics: dict
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available on this machine; use device=cpu or auto")
-    return device
 
 
 def run_name(cfg: TrainConfig) -> str:
