@@ -17,6 +17,7 @@ the case must move, as a fraction of the measured copy bandwidth and of 3 TB/s.
     python benchmarks/bench_scan.py --sweep         # also try the kernels' tile configurations
     python benchmarks/bench_scan.py --quick         # T=1024 only, fewer repeats
     python benchmarks/bench_scan.py --policy-step   # only the policy step cases
+    python benchmarks/bench_scan.py --scan-only     # scan variants, then fp32/bf16, both input layouts
 """
 
 from __future__ import annotations
@@ -185,9 +186,18 @@ def rel_err(a, b):
 # --- the scan -------------------------------------------------------------------------------
 
 
-def scan_inputs(b, d, n, L, dtype, *, seed=0, reset_rate=0.005):
+def scan_inputs(b, d, n, L, dtype, *, seed=0, reset_rate=0.005, layout="channels_last"):
+    """The issue's scan inputs. ``layout``: ``"channels_last"``: ``u, delta, z`` stored ``[b, L, d]``
+    and ``B, C`` ``[b, L, n]`` (transposed views, as ``MambaMixer`` passes them); ``"time_major"``:
+    all stored ``[b, d, L]`` / ``[b, n, L]`` (contiguous in the ``[b, d, L]`` signature)."""
+    if layout not in ("channels_last", "time_major"):
+        raise ValueError(f"layout must be 'channels_last' or 'time_major', got {layout!r}")
     g = torch.Generator(device=DEV).manual_seed(seed)
-    r = lambda *s: torch.randn(*s, device=DEV, generator=g)  # noqa: E731
+
+    def r(*s):
+        x = torch.randn(*s, device=DEV, generator=g)
+        return x.transpose(1, 2).contiguous().transpose(1, 2) if layout == "channels_last" and len(s) == 3 else x
+
     dt = torch.exp(torch.rand(d, device=DEV, generator=g) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
     inputs = dict(
         u=r(b, d, L).to(dtype),
@@ -198,7 +208,7 @@ def scan_inputs(b, d, n, L, dtype, *, seed=0, reset_rate=0.005):
         D=torch.ones(d, device=DEV),
         z=r(b, d, L).to(dtype),
         delta_bias=dt + torch.log(-torch.expm1(-dt)),
-        h0=0.1 * r(b, d, n),
+        h0=0.1 * torch.randn(b, d, n, device=DEV, generator=g),
     )
     for t in inputs.values():
         t.requires_grad_(True)
@@ -221,11 +231,11 @@ def scan_fwd_bwd(fn, inputs, reset, dy, dh):
     torch.autograd.backward([y, h], [dy, dh])
 
 
-def check_scan(b, d, n, L, dtype, seed=11):
+def check_scan(b, d, n, L, dtype, seed=11, layout="channels_last"):
     """Triton vs the float64 reference on fresh inputs: max relative error over outputs and grads."""
     from mamba_rl.kernels.triton_scan import selective_scan_triton
 
-    inputs, reset = scan_inputs(b, d, n, L, dtype, seed=seed, reset_rate=0.01)
+    inputs, reset = scan_inputs(b, d, n, L, dtype, seed=seed, reset_rate=0.01, layout=layout)
     g = torch.Generator(device=DEV).manual_seed(seed + 1)
     dy = torch.randn(b, d, L, device=DEV, generator=g)
     dh = torch.randn(b, d, n, device=DEV, generator=g)
@@ -244,14 +254,16 @@ def check_scan(b, d, n, L, dtype, seed=11):
     return errs
 
 
-def bench_scan(L, dtype, *, b=64, d=256, n=16, with_reference=False, check_shape=None):
+def bench_scan(L, dtype, *, b=64, d=256, n=16, with_reference=False, check_shape=None, layout="channels_last"):
     from mamba_rl.kernels.triton_scan import selective_scan_triton
 
     case = f"scan fwd+bwd T={L}"
-    shapes = dict(B=b, d_inner=d, d_state=n, T=L, reset_rate=0.005, h0=True)
-    errs = check_scan(*(check_shape or (b, d, n, L)), dtype)
-    inputs, reset = scan_inputs(b, d, n, L, dtype)
+    shapes = dict(B=b, d_inner=d, d_state=n, T=L, reset_rate=0.005, h0=True, layout=layout)
+    errs = check_scan(*(check_shape or (b, d, n, L)), dtype, layout=layout)
+    inputs, reset = scan_inputs(b, d, n, L, dtype, layout=layout)
     dy = torch.randn(b, d, L, device=DEV, dtype=dtype)
+    if layout == "channels_last":
+        dy = dy.transpose(1, 2).contiguous().transpose(1, 2)
     dh = torch.randn(b, d, n, device=DEV)
     leaves = list(inputs.values())
     min_bytes = scan_min_bytes(b, d, n, L, dtype)
@@ -508,26 +520,15 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
 
 
 SCAN_VARIANTS_FINAL = [
-    ("t64 ck2 d16w4", {"block_t": 64, "ck_chunks": 2, "fwd_block_d": 16, "bwd_block_d": 16}),
-    ("t64 ck2 d32w8", {"block_t": 64, "ck_chunks": 2, "fwd_warps": 8, "bwd_warps": 8}),
-    ("t32 ck4 d32w4", {}),
-    ("t32 ck4 d64w8", {"fwd_block_d": 64, "fwd_warps": 8, "bwd_block_d": 64, "bwd_warps": 8}),
-    ("t128 ck1 d16w8", {"block_t": 128, "ck_chunks": 1, "fwd_block_d": 16, "fwd_warps": 8, "bwd_block_d": 16,
-                        "bwd_warps": 8}),
+    # (name, overrides of SCAN_CONFIG): backward chunk t, checkpoint segment ck (chunks), forward
+    # chunk f, chunks prefetched ahead pf
+    ("t2 ck32 f4 pf1", {}),
+    ("t2 ck32 f4 pf2", {"prefetch_chunks": 2}),
+    ("t2 ck64 f2 pf3", {"ck_chunks": 64, "fwd_block_t": 2, "prefetch_chunks": 3}),
+    ("t2 ck32 f8 pf2", {"fwd_block_t": 8, "prefetch_chunks": 2}),
+    ("t4 ck16 f4 pf2", {"block_t": 4, "ck_chunks": 16, "prefetch_chunks": 2}),
 ]
-
-SCAN_VARIANTS = [
-    # (name, overrides of SCAN_CONFIG); run 2 of NOTES_scan.md
-    ("t4 ck32 d128w4", {"block_t": 4, "ck_chunks": 32, "fwd_block_d": 128, "bwd_block_d": 128}),
-    ("t4 ck32 d32w1", {"block_t": 4, "ck_chunks": 32, "fwd_block_d": 32, "fwd_warps": 1, "bwd_block_d": 32,
-                       "bwd_warps": 1}),
-    ("t4 ck32 d128w4 atomic-tile", {"block_t": 4, "ck_chunks": 32, "fwd_block_d": 128, "bwd_block_d": 128,
-                                    "bwd_atomic_tile": True}),
-    ("t4 ck64 d256w8", {"block_t": 4, "ck_chunks": 64, "fwd_block_d": 256, "fwd_warps": 8, "bwd_block_d": 256,
-                        "bwd_warps": 8}),
-    ("t128 ck1 d8w4", {"block_t": 128, "ck_chunks": 1, "fwd_block_d": 8, "bwd_block_d": 8}),
-    ("t64 ck2 d16w4", {"block_t": 64, "ck_chunks": 2, "fwd_block_d": 16, "bwd_block_d": 16}),
-]
+SCAN_VARIANTS = SCAN_VARIANTS_FINAL
 
 
 def sweep_variant(kernel, L, name, overrides, fwd, fwd_bwd, leaves, check=None):
@@ -554,7 +555,7 @@ def sweep_scan(lengths, b=64, d=256, n=16, apply_best=False, variants=None):
     base = dict(triton_scan.SCAN_CONFIG)
     for L in lengths:
         inputs, reset = scan_inputs(b, d, n, L, torch.float32)
-        dy = torch.randn(b, d, L, device=DEV)
+        dy = torch.randn(b, L, d, device=DEV).transpose(1, 2)
         dh = torch.randn(b, d, n, device=DEV)
         leaves = list(inputs.values())
         for name, overrides in variants or SCAN_VARIANTS:
@@ -698,6 +699,8 @@ def main():
     parser.add_argument("--apply-best", action="store_true",
                         help="after --sweep, run the benchmark with the fastest scan variant")
     parser.add_argument("--policy-step", action="store_true", help="only the policy step cases")
+    parser.add_argument("--scan-only", action="store_true",
+                        help="only the scan: its variants (fastest applied), then each layout and dtype")
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny shapes on the CPU through TRITON_INTERPRET=1: checks the script, times nothing")
     args = parser.parse_args()
@@ -731,6 +734,17 @@ def main():
                 triton=triton.__version__, python=platform.python_version(), command=" ".join(sys.argv))
     b, d = sizes["b"], sizes["d"]
     lengths = sizes["lengths"][:1] if args.quick else sizes["lengths"]
+    if args.scan_only:
+        sweep_scan(lengths, b=b, d=d, apply_best=True, variants=SCAN_VARIANTS_FINAL)
+        for i, L in enumerate(lengths):
+            check_shape = None if i == 0 else (*sizes["check_long"], L)
+            for dtype, layout in ((torch.float32, "channels_last"), (torch.float32, "time_major"),
+                                  (torch.bfloat16, "channels_last")):
+                with guarded(f"scan fwd+bwd T={L}", "triton", dtype, {"layout": layout}):
+                    bench_scan(L, dtype, b=b, d=d, layout=layout,
+                               check_shape=check_shape or ((min(b, 8), d, 16, L) if dtype != torch.float32 else None))
+        write_json()
+        return
     if args.final:
         sweep_scan(lengths, b=b, d=d, apply_best=True, variants=SCAN_VARIANTS_FINAL)
     elif args.sweep or args.only_sweep:

@@ -16,7 +16,7 @@ from mamba_rl.kernels.triton_scan import selective_scan_triton  # noqa: E402
 
 # Long sequences run with longer chunks: the interpreter's cost is per chunk, and the kernels are
 # the same code whatever the tile sizes. Several checkpoint segments are exercised on purpose.
-LONG_CONFIG = {"block_t": 32, "ck_chunks": 4}
+LONG_CONFIG = {"block_t": 4, "ck_chunks": 8, "fwd_block_t": 32}
 MULTI_SEGMENT_CONFIG = {"block_t": 4, "ck_chunks": 3}
 
 
@@ -143,6 +143,8 @@ def test_scan_matches_reference_fp32(case, device, scan_config):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("L", [1, 63, 1000], ids=["T1", "T63", "T1000"])
 def test_scan_matches_reference_half(dtype, L, device, scan_config):
+    if L > 100 and device.type == "cpu":
+        pytest.skip("the interpreter runs T=1000 in fp32 only (minutes per case); half dtypes at T=1000 run on a GPU")
     if L > 100:
         scan_config(LONG_CONFIG)
     b, d = (2, 4) if L < 1000 else (1, 2)
