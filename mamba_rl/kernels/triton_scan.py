@@ -134,6 +134,19 @@ def _decay(dt, A2, keep, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
+def _input_pointers(p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d,
+                    s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n, s_C_b, s_C_n):
+    """Batch row ``i_b``'s pointers: the channels' rows ``[1, BD]`` of u, delta, z and the states'
+    columns ``[N, 1]`` of B, C (step 0); then, for prefetching, the same rows with the channels
+    clamped into the tensor, and B, C at state 0."""
+    ch_pf = tl.minimum(ch, d - 1)
+    return (p_u + i_b * s_u_b + ch * s_u_d, p_delta + i_b * s_dt_b + ch * s_dt_d, p_z + i_b * s_z_b + ch * s_z_d,
+            p_B + i_b * s_B_b + nn * s_B_n, p_C + i_b * s_C_b + nn * s_C_n,
+            p_u + i_b * s_u_b + ch_pf * s_u_d, p_delta + i_b * s_dt_b + ch_pf * s_dt_d,
+            p_z + i_b * s_z_b + ch_pf * s_z_d, p_B + i_b * s_B_b, p_C + i_b * s_C_b)
+
+
+@triton.jit
 def _scan_fwd_kernel(
     p_u, p_delta, p_A2, p_B, p_C, p_D, p_z, p_bias, p_reset,
     p_y, p_hck, p_h,
@@ -160,19 +173,10 @@ def _scan_fwd_kernel(
     bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
     if HAS_D:
         Dv = tl.load(p_D + ch, mask=m_ch, other=0.0).to(tl.float32)
-    # prefetch addresses: channels clamped into the tensor
-    ch_pf = tl.minimum(ch, d - 1)
-    pf_u = p_u + i_b * s_u_b + ch_pf * s_u_d
-    pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
-    pf_z = p_z + i_b * s_z_b + ch_pf * s_z_d
-    pf_B = p_B + i_b * s_B_b
-    pf_C = p_C + i_b * s_C_b
-    p_u += i_b * s_u_b + ch * s_u_d
-    p_delta += i_b * s_dt_b + ch * s_dt_d
-    p_z += i_b * s_z_b + ch * s_z_d
+    p_u, p_delta, p_z, p_B, p_C, pf_u, pf_dt, pf_z, pf_B, pf_C = _input_pointers(
+        p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n,
+        s_C_b, s_C_n)
     p_y += i_b * s_y_b + ch * s_y_d
-    p_B += i_b * s_B_b + nn * s_B_n
-    p_C += i_b * s_C_b + nn * s_C_n
     p_reset += i_b * s_r_b
     # [b, N, d]: h0 in, h_last out
     p_h += i_b * N * d + nn * d + ch
@@ -243,22 +247,14 @@ def _scan_bwd_kernel(
     bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
     if HAS_D:
         Dv = tl.load(p_D + ch, mask=m_ch, other=0.0).to(tl.float32)
-    ch_pf = tl.minimum(ch, d - 1)
-    pf_u = p_u + i_b * s_u_b + ch_pf * s_u_d
-    pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
-    pf_z = p_z + i_b * s_z_b + ch_pf * s_z_d
-    pf_dy = p_dy + i_b * s_dy_b + ch_pf * s_dy_d
-    pf_B = p_B + i_b * s_B_b
-    pf_C = p_C + i_b * s_C_b
-    p_u += i_b * s_u_b + ch * s_u_d
-    p_delta += i_b * s_dt_b + ch * s_dt_d
-    p_z += i_b * s_z_b + ch * s_z_d
+    p_u, p_delta, p_z, p_B, p_C, pf_u, pf_dt, pf_z, pf_B, pf_C = _input_pointers(
+        p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n,
+        s_C_b, s_C_n)
+    pf_dy = p_dy + i_b * s_dy_b + tl.minimum(ch, d - 1) * s_dy_d
     p_dy += i_b * s_dy_b + ch * s_dy_d
     p_du += i_b * s_du_b + ch * s_du_d
     p_ddelta += i_b * s_ddt_b + ch * s_ddt_d
     p_dz += i_b * s_dz_b + ch * s_dz_d
-    p_B += i_b * s_B_b + nn * s_B_n
-    p_C += i_b * s_C_b + nn * s_C_n
     p_reset += i_b * s_r_b
     # [d / BD, b, L, 2N]: this warp's sums of the dB and dC terms over its channels
     p_dBC += (i_d * tl.num_programs(1) + i_b) * L * 2 * N
