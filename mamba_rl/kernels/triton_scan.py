@@ -102,10 +102,19 @@ def _store_dBC(p_part, t, L, gB, hC, nn, N: tl.constexpr):
 
 
 @triton.jit
-def _step_inputs(p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t, s_B_t, s_C_t, s_r_t, bias,
-                 HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr):
-    """Step ``t``: raw ``delta (+ bias)`` and step size ``dt`` ``[1, BD]`` (0 past the end), ``u``
-    ``[1, BD]``, ``B_t, C_t`` ``[N, 1]`` and ``keep`` (False at a reset)."""
+def _decay(dt, A2, keep, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
+    a = _exp2(dt * A2, PTX)
+    if HAS_RESET:
+        a = tl.where(keep, a, 0.0)
+    return a
+
+
+@triton.jit
+def _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t, s_B_t, s_C_t, s_r_t, bias,
+          HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
+    """Step ``t`` of the recurrence from ``h = h_{t-1}`` ``[N, BD]``: returns ``h_t`` and the step's
+    raw ``delta (+ bias)``, step size ``dt`` ``[1, BD]`` (0 past the end), ``u`` ``[1, BD]`` and
+    ``C_t`` ``[N, 1]``."""
     m_t = t < L
     m = m_ch & m_t
     draw = tl.load(p_delta + t * s_dt_t, mask=m, other=0.0).to(tl.float32)
@@ -122,15 +131,8 @@ def _step_inputs(p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t
         keep = tl.load(p_reset + t * s_r_t, mask=m_t, other=0) == 0
     else:
         keep = t >= 0
-    return draw, dt, u, Bv, Cv, keep
-
-
-@triton.jit
-def _decay(dt, A2, keep, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
-    a = _exp2(dt * A2, PTX)
-    if HAS_RESET:
-        a = tl.where(keep, a, 0.0)
-    return a
+    h = _decay(dt, A2, keep, HAS_RESET, PTX) * h + (dt * u) * Bv
+    return h, draw, dt, u, Cv
 
 
 @triton.jit
@@ -195,10 +197,8 @@ def _scan_fwd_kernel(
             _prefetch_chunk(pf_z, None, t_pf, L, s_z_t, s_z_t, lane, BLOCK_T, PTX)
         for j in tl.static_range(BLOCK_T):
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
-            draw, dt, u, Bv, Cv, keep = _step_inputs(p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t,
-                                                      s_u_t, s_B_t, s_C_t, s_r_t, bias, HAS_BIAS, SOFTPLUS,
-                                                      HAS_RESET)
-            h = _decay(dt, A2, keep, HAS_RESET, PTX) * h + (dt * u) * Bv
+            h, draw, dt, u, Cv = _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
+                                     s_B_t, s_C_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
             y = tl.sum(h * Cv, axis=0, keep_dims=True)
             if HAS_D:
                 y += Dv * u
@@ -283,10 +283,8 @@ def _scan_bwd_kernel(
             _prefetch_chunk(pf_u, None, t_pf, L, s_u_t, s_u_t, lane, BLOCK_T, PTX)
             for j in tl.static_range(BLOCK_T):
                 t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
-                draw, dt, u, Bv, Cv, keep = _step_inputs(p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t,
-                                                          s_u_t, s_B_t, s_C_t, s_r_t, bias, HAS_BIAS, SOFTPLUS,
-                                                          HAS_RESET)
-                h = _decay(dt, A2, keep, HAS_RESET, PTX) * h + (dt * u) * Bv
+                h, draw, dt, u, Cv = _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
+                                         s_B_t, s_C_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
             tl.store(p_hseg + (i_c + 1 - c_lo) * N * d, h, mask=m_s)
         # 2. the segment's chunks, last first
         for i_ci in range(c_lo, c_hi):
@@ -311,11 +309,9 @@ def _scan_bwd_kernel(
             for j in tl.static_range(BLOCK_T):
                 t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
                 m = m_ch & (t < L)
-                draw, dt, u, Bv, Cv, keep = _step_inputs(p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t,
-                                                          s_u_t, s_B_t, s_C_t, s_r_t, bias, HAS_BIAS, SOFTPLUS,
-                                                          HAS_RESET)
                 HP = _put(HP, jj, j, h)
-                h = _decay(dt, A2, keep, HAS_RESET, PTX) * h + (dt * u) * Bv
+                h, draw, dt, u, Cv = _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
+                                         s_B_t, s_C_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
                 dy = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
                 if HAS_Z:
                     z = tl.load(p_z + t * s_z_t, mask=m, other=0.0).to(tl.float32)
