@@ -95,6 +95,24 @@ def time_ms(fn, *, grad_to_none=None, slow=False, rep_ms=200):
     return triton.testing.do_bench(fn, warmup=25, rep=rep_ms, grad_to_none=grad_to_none, return_mode="median")
 
 
+def profile_kernels(fn, reps=20):
+    """Average device time per call (us) of each kernel that ``fn`` launches (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        sync()
+    times = {}
+    for event in prof.key_averages():
+        total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if total > 0 and not event.key.startswith(("Activity", "cuda", "cuLaunch")):
+            times[event.key] = total / reps
+    return times
+
+
 def peak_memory_gb(fn):
     """(peak allocated during ``fn`` in GB, the part of it above what was allocated before)."""
     if DEV == "cpu":
@@ -276,6 +294,15 @@ def bench_scan(L, dtype, *, b=64, d=256, n=16, with_reference=False, check_shape
     ms = time_ms(lambda: scan_fwd_bwd(selective_scan_triton, inputs, reset, dy, dh), grad_to_none=leaves)
     for t in leaves:
         t.grad = None
+    if DEV == "cuda":
+        # the GPU's share alone: at T=1024 the host's launches (5 Triton kernels, ~20 small torch ops,
+        # autograd) take about as long as the kernels, so the timing above can include idle gaps
+        kernels = profile_kernels(lambda: scan_fwd_bwd(selective_scan_triton, inputs, reset, dy, dh))
+        record(case, "triton, sum of kernel times (torch.profiler)", dtype=dtype, shapes=shapes,
+               ms=sum(kernels.values()) / 1e3, min_bytes=min_bytes,
+               note="; ".join(f"{k} {v:.0f} us" for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:8]))
+        for t in leaves:
+            t.grad = None
     peak, over = peak_memory_gb(lambda: scan_fwd_bwd(selective_scan_triton, inputs, reset, dy, dh))
     for t in leaves:
         t.grad = None
@@ -486,6 +513,14 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
 
         state_bytes = num_envs * d * (2 * n * 4 + 2 * 3 * 4)
         act_bytes = num_envs * d * 4 * 3 + num_envs * (mixer.dt_rank + 2 * n) * 4 * 2
+        for kernel, us in profile_kernels(mixer_kernels).items():
+            record("policy step 4096 envs", f"kernel {kernel} (eager, torch.profiler)", dtype=torch.float32,
+                   shapes=shapes, ms=us / 1e3)
+        state_copy = torch.empty_like(ssm)
+        ms = time_ms(lambda: state_copy.copy_(ssm), rep_ms=100)
+        record("policy step 4096 envs", "torch copy of the fp32 SSM state (reference)", dtype=torch.float32,
+               shapes=shapes, ms=ms, min_bytes=2 * ssm.numel() * 4,
+               note="reading and writing the state alone: the floor of any step that updates it")
         ms, _ = graph_replay_ms(mixer_kernels)
         record("policy step 4096 envs", "mixer step kernels only (graph)", dtype=torch.float32, shapes=shapes,
                ms=ms, min_bytes=state_bytes + act_bytes, check=errs,
@@ -520,13 +555,13 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
 
 
 SCAN_VARIANTS_FINAL = [
-    # (name, overrides of SCAN_CONFIG): backward chunk t, checkpoint segment ck (chunks), forward
-    # chunk f, chunks prefetched ahead pf
-    ("t2 ck32 f4 pf1", {}),
-    ("t2 ck32 f4 pf2", {"prefetch_chunks": 2}),
-    ("t2 ck64 f2 pf3", {"ck_chunks": 64, "fwd_block_t": 2, "prefetch_chunks": 3}),
-    ("t2 ck32 f8 pf2", {"fwd_block_t": 8, "prefetch_chunks": 2}),
-    ("t4 ck16 f4 pf2", {"block_t": 4, "ck_chunks": 16, "prefetch_chunks": 2}),
+    # (name, overrides of SCAN_CONFIG): time ranges run in parallel in the forward (F) and the
+    # backward (B); r: ptxas register cap (maxnreg); `seq` is one range each way (version 5)
+    ("F4r128 B2r232", {}),
+    ("seq", {"fwd_ranges": 1, "bwd_ranges": 1, "fwd_maxnreg": None, "bwd_maxnreg": None}),
+    ("F4 B2", {"fwd_maxnreg": None, "bwd_maxnreg": None}),
+    ("F4r128 B2", {"bwd_maxnreg": None}),
+    ("F8r128 B2r232", {"fwd_ranges": 8}),
 ]
 SCAN_VARIANTS = SCAN_VARIANTS_FINAL
 

@@ -20,6 +20,16 @@ the warp's lanes (``tl.sum``); each warp writes its sums for every step into a p
 ``[d / BD, b, L, 2 N]`` that is summed afterwards in a fixed order, so the gradients are
 deterministic (no atomics).
 
+Time ranges. ``b * d / 32`` warps (512 at B=64, d=256) are one per SM sub-partition, too few to hide
+each step's latency, so time is cut into ranges that run in parallel (``fwd_ranges``,
+``bwd_ranges``). The recurrence is linear: over a piece of the sequence, ``h_end = P h_start +
+loc`` with ``P = prod_t a_t`` (``exp2(A sum_t delta_t)``, zero if the piece has a reset) and
+``loc`` the end state from zero; the adjoint likewise, ``q_start = P q_end + loc``, and it needs no
+state. So every piece first runs alone (many in parallel, ``_scan_fwd_local_kernel`` /
+``_scan_bwd_local_kernel``), a short sequential pass over the pieces chains them
+(``_scan_carry_kernel``), and each range then runs from the state (or gradient) that enters it.
+The extra pass reads ``u, delta, B`` (forward) or ``delta, C, dy, z`` (backward) once more.
+
 Latency. A warp holds few steps in flight, so the inputs of the next chunk are prefetched into L1
 (``prefetch.global.L1``) while the current one is computed, and a chunk's outputs are stored after
 its last step (a store between steps would keep the next step's loads, which it might alias, from
@@ -148,10 +158,77 @@ def _input_pointers(p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d,
 
 
 @triton.jit
+def _scan_fwd_local_kernel(
+    p_u, p_delta, p_A2, p_B, p_bias, p_reset, p_loc, p_P,
+    L, d, n, range_steps,
+    s_u_b, s_u_d, s_u_t,
+    s_dt_b, s_dt_d, s_dt_t,
+    s_B_b, s_B_n, s_B_t,
+    s_r_b, s_r_t,
+    N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr,
+    PF: tl.constexpr,
+):
+    """Time range ``r = program_id(2)`` (steps ``[r R, (r + 1) R)``, ``R = range_steps``) of the
+    recurrence, alone: the state it ends in from a zero state (``loc``) and the factor ``P = prod_t
+    a_t`` by which the state entering it is carried to its end (``[b, ranges, N, d]`` each)."""
+    i_d = tl.program_id(0)
+    i_b = tl.program_id(1).to(tl.int64)
+    i_r = tl.program_id(2)
+    lane = tl.arange(0, BD)[None, :]
+    ch = i_d * BD + lane
+    nn = tl.arange(0, N)[:, None]
+    m_ch = ch < d
+    m_n = nn < n
+    m_s = m_ch & m_n
+    A2 = tl.load(p_A2 + nn * d + ch, mask=m_s, other=0.0)
+    bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
+    ch_pf = tl.minimum(ch, d - 1)
+    pf_u = p_u + i_b * s_u_b + ch_pf * s_u_d
+    pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
+    pf_B = p_B + i_b * s_B_b
+    p_u += i_b * s_u_b + ch * s_u_d
+    p_delta += i_b * s_dt_b + ch * s_dt_d
+    p_B += i_b * s_B_b + nn * s_B_n
+    p_reset += i_b * s_r_b
+    # every stream starts at the range's first step; L: the range's length
+    t_lo = (i_r * range_steps).to(tl.int64)
+    L = tl.minimum(L - t_lo, range_steps).to(tl.int32)
+    p_u += t_lo * s_u_t
+    pf_u += t_lo * s_u_t
+    p_delta += t_lo * s_dt_t
+    pf_dt += t_lo * s_dt_t
+    p_B += t_lo * s_B_t
+    pf_B += t_lo * s_B_t
+    p_reset += t_lo * s_r_t
+    h = tl.zeros([N, BD], dtype=tl.float32)
+    sdt = tl.zeros([1, BD], dtype=tl.float32)
+    kept = tl.full([1, 1], 1, tl.int1)
+    for i_c in range(tl.cdiv(L, BLOCK_T)):
+        t_pf = (i_c + PF) * BLOCK_T
+        _prefetch_chunk(pf_dt, pf_B, t_pf, L, s_dt_t, s_B_t, lane, BLOCK_T, PTX)
+        _prefetch_chunk(pf_u, None, t_pf, L, s_u_t, s_u_t, lane, BLOCK_T, PTX)
+        for j in tl.static_range(BLOCK_T):
+            t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
+            # past the range's end dt = 0, x = 0: h unchanged (C is not needed: B stands in)
+            h, draw, dt, u, Bv = _step(h, A2, p_delta, p_u, p_B, p_B, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
+                                       s_B_t, s_B_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
+            sdt += dt
+            if HAS_RESET:
+                kept = kept & (tl.load(p_reset + t * s_r_t, mask=t < L, other=0) == 0)
+    P = _exp2(sdt * A2, PTX)
+    if HAS_RESET:
+        P = tl.where(kept, P, 0.0)
+    p_out = (i_b * tl.num_programs(2) + i_r) * N * d + nn * d + ch
+    tl.store(p_loc + p_out, h, mask=m_s)
+    tl.store(p_P + p_out, P, mask=m_s)
+
+
+@triton.jit
 def _scan_fwd_kernel(
     p_u, p_delta, p_A2, p_B, p_C, p_D, p_z, p_bias, p_reset,
-    p_y, p_hck, p_h,
-    L, d, n, n_chunks,
+    p_y, p_hck, p_x, p_hend,
+    L, d, n, n_chunks, range_segs, x_every, n_x,
     s_u_b, s_u_d, s_u_t,
     s_dt_b, s_dt_d, s_dt_t,
     s_z_b, s_z_d, s_z_t,
@@ -165,6 +242,7 @@ def _scan_fwd_kernel(
 ):
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
+    i_r = tl.program_id(2)
     ch = i_d * BD + tl.arange(0, BD)[None, :]
     nn = tl.arange(0, N)[:, None]
     m_ch = ch < d
@@ -179,15 +257,31 @@ def _scan_fwd_kernel(
         s_C_b, s_C_n)
     p_y += i_b * s_y_b + ch * s_y_d
     p_reset += i_b * s_r_b
-    # [b, N, d]: h0 in, h_last out
-    p_h += i_b * N * d + nn * d + ch
+    # this range's steps [t_lo, t_lo + L): every stream starts at t_lo, so that the loop below is
+    # the one-range loop (the same code; ptxas schedules variants of it up to 2x slower)
+    range_steps = range_segs * CK * BLOCK_T
+    t_lo = (i_r * range_steps).to(tl.int64)
+    L = tl.minimum(L - t_lo, range_steps).to(tl.int32)
+    p_u += t_lo * s_u_t
+    pf_u += t_lo * s_u_t
+    p_delta += t_lo * s_dt_t
+    pf_dt += t_lo * s_dt_t
+    p_z += t_lo * s_z_t
+    pf_z += t_lo * s_z_t
+    p_B += t_lo * s_B_t
+    pf_B += t_lo * s_B_t
+    p_C += t_lo * s_C_t
+    pf_C += t_lo * s_C_t
+    p_y += t_lo * s_y_t
+    p_reset += t_lo * s_r_t
+    # [b, n_x + 1, N, d]: the state entering each local range (h0 first)
+    h = tl.load(p_x + (i_b * (n_x + 1) + i_r * x_every) * N * d + nn * d + ch, mask=m_s, other=0.0)
     # [b, n_seg + 1, N, d]: the states entering every CK-th chunk, for the backward
     n_seg = tl.cdiv(n_chunks, CK)
-    p_hck += i_b * (n_seg + 1) * N * d + nn * d + ch
-    h = tl.load(p_h, mask=m_s, other=0.0)
+    p_hck += (i_b * (n_seg + 1) + i_r * range_segs) * N * d + nn * d + ch
     lane = tl.arange(0, BD)[None, :]
     jj = tl.arange(0, BLOCK_T)[:, None, None]
-    for i_c in range(n_chunks):
+    for i_c in range(tl.cdiv(L, BLOCK_T)):
         YY = tl.zeros([BLOCK_T, 1, BD], dtype=tl.float32)
         t_pf = (i_c + PF) * BLOCK_T
         _prefetch_chunk(pf_dt, pf_B, t_pf, L, s_dt_t, s_B_t, lane, BLOCK_T, PTX)
@@ -211,14 +305,135 @@ def _scan_fwd_kernel(
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
             tl.store(p_y + t * s_y_t, _pick(YY, jj, j).to(p_y.dtype.element_ty), mask=m_ch & (t < L))
         tl.store(p_hck + ((i_c + 1) // CK) * N * d, h, mask=m_s & ((i_c + 1) % CK == 0))
-    tl.store(p_h, h, mask=m_s)
+    # [b, ranges, N, d]: the state each range ends in (the last one's is h_last)
+    tl.store(p_hend + (i_b * tl.num_programs(2) + i_r) * N * d + nn * d + ch, h, mask=m_s)
+
+
+@triton.jit
+def _scan_bwd_local_kernel(
+    p_delta, p_A2, p_C, p_z, p_bias, p_reset, p_dy, p_loc, p_P,
+    L, d, n, r_first, range_steps,
+    s_dt_b, s_dt_d, s_dt_t,
+    s_z_b, s_z_d, s_z_t,
+    s_C_b, s_C_n, s_C_t,
+    s_dy_b, s_dy_d, s_dy_t,
+    s_r_b, s_r_t,
+    N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr,
+    PTX: tl.constexpr, PF: tl.constexpr,
+):
+    """Time range ``r = r_first + program_id(2)`` (steps ``[r R, (r + 1) R)``, ``R = range_steps``)
+    of the adjoint, alone: the gradient ``q`` it sends to the state entering it when none comes in
+    from its right end (``loc``), and the factor ``P = prod_t a_t`` by which what does come in is
+    carried through it (``[b, ranges, N, d]`` each). The adjoint ``q_{t-1} = a_t (C_t dy'_t +
+    q_t)`` needs no state ``h``, only ``delta``, ``C``, ``dy`` and ``z``."""
+    i_d = tl.program_id(0)
+    i_b = tl.program_id(1).to(tl.int64)
+    i_r = tl.program_id(2)
+    lane = tl.arange(0, BD)[None, :]
+    ch = i_d * BD + lane
+    nn = tl.arange(0, N)[:, None]
+    m_ch = ch < d
+    m_n = nn < n
+    m_s = m_ch & m_n
+    A2 = tl.load(p_A2 + nn * d + ch, mask=m_s, other=0.0)
+    bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
+    ch_pf = tl.minimum(ch, d - 1)
+    pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
+    pf_dy = p_dy + i_b * s_dy_b + ch_pf * s_dy_d
+    pf_z = p_z + i_b * s_z_b + ch_pf * s_z_d
+    pf_C = p_C + i_b * s_C_b
+    p_delta += i_b * s_dt_b + ch * s_dt_d
+    p_dy += i_b * s_dy_b + ch * s_dy_d
+    p_z += i_b * s_z_b + ch * s_z_d
+    p_C += i_b * s_C_b + nn * s_C_n
+    p_reset += i_b * s_r_b
+    # every stream starts at the range's first step; L: the range's length
+    t_lo = ((r_first + i_r) * range_steps).to(tl.int64)
+    L = tl.minimum(L - t_lo, range_steps).to(tl.int32)
+    p_delta += t_lo * s_dt_t
+    pf_dt += t_lo * s_dt_t
+    p_dy += t_lo * s_dy_t
+    pf_dy += t_lo * s_dy_t
+    p_z += t_lo * s_z_t
+    pf_z += t_lo * s_z_t
+    p_C += t_lo * s_C_t
+    pf_C += t_lo * s_C_t
+    p_reset += t_lo * s_r_t
+    n_c = tl.cdiv(L, BLOCK_T)
+    q = tl.zeros([N, BD], dtype=tl.float32)
+    sdt = tl.zeros([1, BD], dtype=tl.float32)
+    kept = tl.full([1, 1], 1, tl.int1)
+    for i_ci in range(n_c):
+        i_c = n_c - 1 - i_ci
+        t_pf = tl.maximum(i_c - PF, 0) * BLOCK_T
+        _prefetch_chunk(pf_dt, pf_C, t_pf, L, s_dt_t, s_C_t, lane, BLOCK_T, PTX)
+        _prefetch_chunk(pf_dy, None, t_pf, L, s_dy_t, s_dy_t, lane, BLOCK_T, PTX)
+        if HAS_Z:
+            _prefetch_chunk(pf_z, None, t_pf, L, s_z_t, s_z_t, lane, BLOCK_T, PTX)
+        for jr in tl.static_range(BLOCK_T):
+            t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + (BLOCK_T - 1 - jr)
+            m_t = t < L
+            m = m_ch & m_t
+            dt = tl.load(p_delta + t * s_dt_t, mask=m, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt += bias
+            if SOFTPLUS:
+                dt = _softplus(dt)
+            dt = tl.where(m, dt, 0.0)
+            dyp = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
+            if HAS_Z:
+                z = tl.load(p_z + t * s_z_t, mask=m, other=0.0).to(tl.float32)
+                dyp *= z * tl.sigmoid(z)
+            Cv = tl.load(p_C + t * s_C_t, mask=m_n & m_t, other=0.0).to(tl.float32)
+            if HAS_RESET:
+                keep = tl.load(p_reset + t * s_r_t, mask=m_t, other=0) == 0
+                kept = kept & keep
+            else:
+                keep = t >= 0
+            # past the range's end dt = 0, dy' = 0: q passes unchanged
+            q = _decay(dt, A2, keep, HAS_RESET, PTX) * (Cv * dyp + q)
+            sdt += dt
+    P = _exp2(sdt * A2, PTX)
+    if HAS_RESET:
+        P = tl.where(kept, P, 0.0)
+    p_out = (i_b * tl.num_programs(2) + i_r) * N * d + nn * d + ch
+    tl.store(p_loc + p_out, q, mask=m_s)
+    tl.store(p_P + p_out, P, mask=m_s)
+
+
+@triton.jit
+def _scan_carry_kernel(p_loc, p_P, p_x, nd, n_x, r_first, REVERSE: tl.constexpr, BLOCK: tl.constexpr):
+    """Chain the local ranges: ``x`` ``[b, n_x + 1, nd]`` holds a value at each range boundary,
+    ``loc, P`` ``[b, ranges, nd]`` what each range adds alone and the factor it carries its input
+    by. Forward (states): ``x[r + 1] = loc[r] + P[r] x[r]`` for ranges ``0 ... r_first - 1`` from
+    ``x[0]`` (h0); reverse (the adjoint): ``x[r] = loc[r - r_first] + P[r - r_first] x[r + 1]`` for
+    ``r = n_x - 1 ... r_first`` from ``x[n_x]`` (the gradient of the final state)."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    i_b = tl.program_id(1).to(tl.int64)
+    m = i < nd
+    p_x += i_b * (n_x + 1) * nd + i
+    n_loc = n_x - r_first if REVERSE else r_first
+    p_loc += i_b * n_loc * nd + i
+    p_P += i_b * n_loc * nd + i
+    if REVERSE:
+        x = tl.load(p_x + n_x * nd, mask=m, other=0.0)
+    else:
+        x = tl.load(p_x, mask=m, other=0.0)
+    for k in range(n_loc):
+        r = n_loc - 1 - k if REVERSE else k
+        x = tl.load(p_loc + r * nd, mask=m, other=0.0) + tl.load(p_P + r * nd, mask=m, other=0.0) * x
+        if REVERSE:
+            tl.store(p_x + (r + r_first) * nd, x, mask=m)
+        else:
+            tl.store(p_x + (r + 1) * nd, x, mask=m)
 
 
 @triton.jit
 def _scan_bwd_kernel(
-    p_u, p_delta, p_A2, p_B, p_C, p_D, p_z, p_bias, p_reset, p_hck, p_hseg, p_dy,
+    p_u, p_delta, p_A2, p_B, p_C, p_D, p_z, p_bias, p_reset, p_hck, p_hseg, p_dy, p_q,
     p_du, p_ddelta, p_dz, p_dBC, p_dA, p_dD, p_dbias, p_dh,
-    L, d, n, n_chunks,
+    L, d, n, n_chunks, range_segs, q_every, n_q,
     s_u_b, s_u_d, s_u_t,
     s_dt_b, s_dt_d, s_dt_t,
     s_z_b, s_z_d, s_z_t,
@@ -235,6 +450,8 @@ def _scan_bwd_kernel(
 ):
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
+    i_r = tl.program_id(2)
+    nb = tl.num_programs(1)
     lane = tl.arange(0, BD)[None, :]
     ch = i_d * BD + lane
     nn = tl.arange(0, N)[:, None]
@@ -256,21 +473,26 @@ def _scan_bwd_kernel(
     p_dz += i_b * s_dz_b + ch * s_dz_d
     p_reset += i_b * s_r_b
     # [d / BD, b, L, 2N]: this warp's sums of the dB and dC terms over its channels
-    p_dBC += (i_d * tl.num_programs(1) + i_b) * L * 2 * N
+    p_dBC += (i_d * nb + i_b) * L * 2 * N
     n_seg = tl.cdiv(n_chunks, CK)
     p_hck += i_b * (n_seg + 1) * N * d + nn * d + ch
-    # [b, CK, N, d]: the states entering each chunk of the current segment
-    p_hseg += i_b * CK * N * d + nn * d + ch
-    # [b, N, d]: dh_last in, dh0 out
+    # [ranges, b, CK, N, d]: the states entering each chunk of the current segment
+    p_hseg += (i_r * nb + i_b) * CK * N * d + nn * d + ch
+    # [b, N, d]: dh0 out (from the first range)
     p_dh += i_b * N * d + nn * d + ch
-    p_dA += i_b * N * d + nn * d + ch
-    # q: the gradient reaching h_{t-1} through step t (for the chunk after the current one)
-    q = tl.load(p_dh, mask=m_s, other=0.0)
+    # [ranges, b, ...]: this range's sums over its steps
+    p_dA += (i_r * nb + i_b) * N * d + nn * d + ch
+    # q: the gradient reaching h_{t-1} through step t (for the chunk after the current one); at the
+    # range's right end, from the chained local adjoints ([b, n_q + 1, N, d])
+    q = tl.load(p_q + (i_b * (n_q + 1) + tl.minimum((i_r + 1) * q_every, n_q)) * N * d + nn * d + ch,
+                mask=m_s, other=0.0)
     dA = tl.zeros([N, BD], dtype=tl.float32)
     dD = tl.zeros([1, BD], dtype=tl.float32)
     dbias = tl.zeros([1, BD], dtype=tl.float32)
-    for i_si in range(n_seg):
-        i_s = n_seg - 1 - i_si
+    s_lo = i_r * range_segs
+    s_hi = tl.minimum(s_lo + range_segs, n_seg)
+    for i_si in range(s_lo, s_hi):
+        i_s = s_hi - 1 - (i_si - s_lo)
         c_lo = i_s * CK
         c_hi = tl.minimum(c_lo + CK, n_chunks)
         # 1. the states entering each chunk of the segment
@@ -370,12 +592,13 @@ def _scan_bwd_kernel(
                 tl.store(p_ddelta + t * s_ddt_t, _pick(DDT, jj, j).to(p_ddelta.dtype.element_ty), mask=m)
                 if HAS_Z:
                     tl.store(p_dz + t * s_dz_t, _pick(DZ, jj, j).to(p_dz.dtype.element_ty), mask=m)
-    tl.store(p_dh, q, mask=m_s)
+    if i_r == 0:
+        tl.store(p_dh, q, mask=m_s)
     tl.store(p_dA, dA, mask=m_s)
     if HAS_D:
-        tl.store(p_dD + i_b * d + ch, dD, mask=m_ch)
+        tl.store(p_dD + (i_r * nb + i_b) * d + ch, dD, mask=m_ch)
     if HAS_BIAS:
-        tl.store(p_dbias + i_b * d + ch, dbias, mask=m_ch)
+        tl.store(p_dbias + (i_r * nb + i_b) * d + ch, dbias, mask=m_ch)
 
 
 # Set by hand from H100 sweeps (benchmarks/bench_scan.py --scan-only, NOTES_scan.md; no autotuning:
@@ -384,7 +607,12 @@ def _scan_bwd_kernel(
 # segment (saved: d_state / (block_t * ck_chunks) of b * d * L floats); fwd_block_t: steps per
 # forward chunk (8 and 16 were slower); *_block_d: channels per one-warp program (8 or 16, which
 # split a channel's states over 4 or 2 lanes, were slower); prefetch_chunks: how many chunks ahead
-# the inputs are prefetched into L1 (2 and 3 changed nothing).
+# the inputs are prefetched into L1 (2 and 3 changed nothing). fwd_ranges / bwd_ranges: time ranges
+# run in parallel (4 forward ranges of 128-register programs and 2 backward ranges of 255-register
+# ones fill the 132 SMs; one range each way was 1.7x slower, 3-4 backward ranges need a second wave);
+# local_ranges: about how many pieces the sequence is cut into to chain what enters each range;
+# local_block_t: steps per chunk in those pieces; *_maxnreg: ptxas register caps (128 made the
+# forward 1.25x faster, 232 the backward 4% faster at T=20000; 168 or 128 spill).
 SCAN_CONFIG = {
     "block_t": 2,
     "ck_chunks": 32,
@@ -392,6 +620,12 @@ SCAN_CONFIG = {
     "fwd_block_d": 32,
     "bwd_block_d": 32,
     "prefetch_chunks": 1,
+    "fwd_ranges": 4,
+    "bwd_ranges": 2,
+    "local_ranges": 64,
+    "local_block_t": 4,
+    "fwd_maxnreg": 128,
+    "bwd_maxnreg": 232,
 }
 
 
@@ -426,10 +660,50 @@ def _state_major(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(1, 2).contiguous().transpose(1, 2)
 
 
+def _ranges_for(key: str, *streams: torch.Tensor) -> int:
+    """``SCAN_CONFIG[key]`` time ranges when the per-channel streams are channels-last, else one:
+    time-major rows are read one lane per row, and more warps in flight thrash L1 (measured 1.3x
+    slower with ranges)."""
+    if all(t.stride(1) == 1 for t in streams):
+        return SCAN_CONFIG[key]
+    return 1
+
+
+def _time_ranges(n_seg: int, want: int) -> tuple[int, int, int]:
+    """Split ``n_seg`` checkpoint segments into about ``want`` time ranges that run in parallel:
+    ``(ranges, range_segs, local_segs)``. Each range is ``range_segs`` segments, a whole number of
+    local ranges of ``local_segs`` segments: the pieces that are first run alone (from a zero
+    state, or a zero gradient) and then chained to give each range what enters it."""
+    want = max(1, min(want, n_seg))
+    if want == 1:
+        return 1, n_seg, n_seg
+    local_segs = triton.cdiv(n_seg, SCAN_CONFIG["local_ranges"])
+    range_segs = local_segs * triton.cdiv(triton.cdiv(n_seg, want), local_segs)
+    ranges = triton.cdiv(n_seg, range_segs)
+    if ranges == 1:
+        return 1, n_seg, n_seg
+    return ranges, range_segs, local_segs
+
+
 def _block_d(kind: str, d: int) -> int:
     """Channels per program (one warp): 32 puts a channel's states in one thread; 16 or 8 split
     them over 2 or 4 lanes, for more warps when ``b * d`` is small."""
     return min(SCAN_CONFIG[f"{kind}_block_d"], max(_next_pow2(d), 1))
+
+
+def _maxnreg(key: str) -> dict:
+    """``{"maxnreg": SCAN_CONFIG[key]}`` when set (a cap on ptxas's registers), else nothing."""
+    value = SCAN_CONFIG.get(key)
+    return {} if value is None or _interpreted() else {"maxnreg": value}
+
+
+def _chain_ranges(loc: torch.Tensor, x: torch.Tensor, n_x: int, r_first: int, reverse: bool) -> None:
+    """Fill ``x`` ``[b, n_x + 1, N, d]`` at the range boundaries from the local ranges' ``loc[0]``
+    (alone) and ``loc[1]`` (carry factors): see :func:`_scan_carry_kernel`."""
+    b, nd = x.shape[0], x.shape[2] * x.shape[3]
+    block = min(1024, _next_pow2(nd))
+    _scan_carry_kernel[(triton.cdiv(nd, block), b)](loc[0], loc[1], x, nd, n_x, r_first, REVERSE=reverse,
+                                                    BLOCK=block, num_warps=4)
 
 
 class _SelectiveScanFn(torch.autograd.Function):
@@ -456,31 +730,50 @@ class _SelectiveScanFn(torch.autograd.Function):
         n_seg = triton.cdiv(L, ck_steps)
 
         y = _time_major_like(u)
-        # [b, N, d]: the running state, h0 in, h_last out
-        h_cur = torch.zeros(b, N, d, device=u.device, dtype=torch.float32)
+        ranges, range_segs, local_segs = _time_ranges(n_seg, _ranges_for("fwd_ranges", u, delta))
+        # x[:, k]: the state entering local range k (h0 first)
+        n_x = triton.cdiv(n_seg, local_segs) if ranges > 1 else 1
+        x_every = range_segs // local_segs if ranges > 1 else 1
+        x = torch.zeros(b, n_x + 1, N, d, device=u.device, dtype=torch.float32)
         if h0 is not None:
-            h_cur[:, :n].copy_(h0.transpose(1, 2))
+            x[:, 0, :n].copy_(h0.transpose(1, 2))
         # [b, n_seg + 1, N, d]: the states entering every segment, h0 first
-        h_ck = torch.empty(b, max(triton.cdiv(n_chunks_fwd, ck_fwd), 1) + 1, N, d, device=u.device,
-                           dtype=torch.float32)
-        h_ck[:, 0].copy_(h_cur)
+        h_ck = torch.empty(b, max(n_seg, 1) + 1, N, d, device=u.device, dtype=torch.float32)
+        h_ck[:, 0].copy_(x[:, 0])
         z_ = u if z is None else z
         r_ = u if reset_u8 is None else reset_u8
-        if L > 0:
-            block_d = _block_d("fwd", d)
-            _scan_fwd_kernel[(triton.cdiv(d, block_d), b)](
-                u, delta, A2, B, C, u if D is None else D, z_, u if delta_bias is None else delta_bias, r_,
-                y, h_ck, h_cur,
-                L, d, n, n_chunks_fwd,
-                *u.stride(), *delta.stride(), *z_.stride(), *B.stride(), *C.stride(), *y.stride(),
-                *((0, 0) if reset_u8 is None else reset_u8.stride()),
-                N=N, BLOCK_T=fwd_block_t, BD=block_d, CK=ck_fwd,
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=bool(delta_softplus), HAS_RESET=reset is not None, PTX=not _interpreted(),
-                PF=SCAN_CONFIG["prefetch_chunks"],
-                num_warps=1,
+        r_strides = (0, 0) if reset_u8 is None else reset_u8.stride()
+        bias_ = u if delta_bias is None else delta_bias
+        flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_RESET=reset is not None,
+                     PTX=not _interpreted(), PF=SCAN_CONFIG["prefetch_chunks"])
+        block_d = _block_d("fwd", d)
+        groups = triton.cdiv(d, block_d)
+        if L > 0 and ranges > 1:
+            # every range but the last alone (in parallel), then chained: the state entering each
+            # range, so that the ranges run in parallel below
+            n_loc = (ranges - 1) * x_every
+            loc = torch.empty(2, b, n_loc, N, d, device=u.device, dtype=torch.float32)
+            _scan_fwd_local_kernel[(groups, b, n_loc)](
+                u, delta, A2, B, bias_, r_, loc[0], loc[1],
+                L, d, n, local_segs * ck_steps,
+                *u.stride(), *delta.stride(), *B.stride(), *r_strides,
+                N=N, BLOCK_T=SCAN_CONFIG["local_block_t"], BD=block_d, **flags, num_warps=1,
             )
-        h_last = h_cur[:, :n].transpose(1, 2).contiguous()
+            _chain_ranges(loc, x, n_x, n_loc, reverse=False)
+        # [b, ranges, N, d]: the state each range ends in
+        h_end = torch.empty(b, ranges, N, d, device=u.device, dtype=torch.float32)
+        if L > 0:
+            _scan_fwd_kernel[(groups, b, ranges)](
+                u, delta, A2, B, C, u if D is None else D, z_, bias_, r_,
+                y, h_ck, x, h_end,
+                L, d, n, n_chunks_fwd, range_segs, x_every, n_x,
+                *u.stride(), *delta.stride(), *z_.stride(), *B.stride(), *C.stride(), *y.stride(), *r_strides,
+                N=N, BLOCK_T=fwd_block_t, BD=block_d, CK=ck_fwd, HAS_D=D is not None, HAS_Z=z is not None,
+                **flags, num_warps=1, **_maxnreg("fwd_maxnreg"),
+            )
+        else:
+            h_end[:, -1].copy_(x[:, 0])
+        h_last = h_end[:, -1, :n].transpose(1, 2).contiguous()
 
         ctx.save_for_backward(u, delta, A2, B, C, D, z, delta_bias, reset_u8, h_ck)
         ctx.delta_softplus = bool(delta_softplus)
@@ -500,43 +793,63 @@ class _SelectiveScanFn(torch.autograd.Function):
         if dy is None:
             dy = torch.zeros_like(u)
         dy = _unit_stride(dy)
-        # [b, N, d]: the carried gradient of the state, dh_last in, dh0 out
+        # [b, N, d]: dh0 out
         dh = torch.zeros(b, N, d, device=u.device, dtype=torch.float32)
-        if dh_last is not None:
-            dh[:, :n].copy_(dh_last.transpose(1, 2))
         du = _time_major_like(u)
         ddelta = _time_major_like(delta)
         dz = None if z is None else _time_major_like(z)
         block_d = _block_d("bwd", d)
         groups = triton.cdiv(d, block_d)
-        # every (group, b, t) row is written once
-        dBC = torch.empty(groups, b, L, 2 * N, device=u.device, dtype=torch.float32)
-        dA = torch.empty(b, N, d, device=u.device, dtype=torch.float32)
-        dD = None if D is None else torch.empty(b, d, device=u.device, dtype=torch.float32)
-        dbias = None if delta_bias is None else torch.empty(b, d, device=u.device, dtype=torch.float32)
         block_t, ck = ctx.block_t, ctx.ck
         n_chunks = triton.cdiv(L, block_t)
-        h_seg = torch.empty(b, ck, N, d, device=u.device, dtype=torch.float32)
+        seg_steps = block_t * ck
+        n_seg = triton.cdiv(n_chunks, ck)
+        ranges, range_segs, local_segs = _time_ranges(n_seg, _ranges_for("bwd_ranges", u, delta))
+        # q[:, k]: the gradient reaching the state entering local range k; q[:, -1] = dh_last
+        n_q = triton.cdiv(n_seg, local_segs) if ranges > 1 else 1
+        q_every = range_segs // local_segs if ranges > 1 else 1
+        q = torch.zeros(b, n_q + 1, N, d, device=u.device, dtype=torch.float32)
+        if dh_last is not None:
+            q[:, n_q, :n].copy_(dh_last.transpose(1, 2))
+        # every (group, b, t) row is written once
+        dBC = torch.empty(groups, b, L, 2 * N, device=u.device, dtype=torch.float32)
+        dA = torch.empty(ranges * b, N, d, device=u.device, dtype=torch.float32)
+        dD = None if D is None else torch.empty(ranges * b, d, device=u.device, dtype=torch.float32)
+        dbias = None if delta_bias is None else torch.empty(ranges * b, d, device=u.device, dtype=torch.float32)
+        h_seg = torch.empty(ranges, b, ck, N, d, device=u.device, dtype=torch.float32)
         z_ = u if z is None else z
         dz_ = du if dz is None else dz
         r_ = u if reset_u8 is None else reset_u8
+        r_strides = (0, 0) if reset_u8 is None else reset_u8.stride()
+        flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
+                     HAS_RESET=reset_u8 is not None, PTX=not _interpreted(), PF=SCAN_CONFIG["prefetch_chunks"])
+        bias_ = u if delta_bias is None else delta_bias
+        if L > 0 and ranges > 1:
+            # the adjoint of every range but the first alone (in parallel), then chained: the
+            # gradient entering each range from the right, so the ranges run in parallel below
+            n_loc = n_q - q_every
+            loc = torch.empty(2, b, n_loc, N, d, device=u.device, dtype=torch.float32)
+            _scan_bwd_local_kernel[(groups, b, n_loc)](
+                delta, A2, C, z_, bias_, r_, dy, loc[0], loc[1],
+                L, d, n, q_every, local_segs * seg_steps,
+                *delta.stride(), *z_.stride(), *C.stride(), *dy.stride(), *r_strides,
+                N=N, BLOCK_T=SCAN_CONFIG["local_block_t"], BD=block_d, **flags, num_warps=1,
+            )
+            _chain_ranges(loc, q, n_q, q_every, reverse=True)
         if L > 0:
-            _scan_bwd_kernel[(groups, b)](
-                u, delta, A2, B, C, u if D is None else D, z_, u if delta_bias is None else delta_bias,
-                r_, h_ck, h_seg, dy,
+            _scan_bwd_kernel[(groups, b, ranges)](
+                u, delta, A2, B, C, u if D is None else D, z_, bias_,
+                r_, h_ck, h_seg, dy, q,
                 du, ddelta, dz_, dBC, dA, dA if dD is None else dD, dA if dbias is None else dbias, dh,
-                L, d, n, n_chunks,
+                L, d, n, n_chunks, range_segs, q_every, n_q,
                 *u.stride(), *delta.stride(), *z_.stride(), *B.stride(), *C.stride(), *dy.stride(),
-                *du.stride(), *ddelta.stride(), *dz_.stride(),
-                *((0, 0) if reset_u8 is None else reset_u8.stride()),
-                N=N, BLOCK_T=block_t, BD=block_d, CK=ck,
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=ctx.delta_softplus, HAS_RESET=reset_u8 is not None, PTX=not _interpreted(),
-                PF=SCAN_CONFIG["prefetch_chunks"],
-                num_warps=1,
+                *du.stride(), *ddelta.stride(), *dz_.stride(), *r_strides,
+                N=N, BLOCK_T=block_t, BD=block_d, CK=ck, HAS_D=D is not None, **flags,
+                num_warps=1, **_maxnreg("bwd_maxnreg"),
             )
             dBC = dBC.sum(0)
         else:
+            dh.copy_(q[:, n_q])
             du.zero_()
             ddelta.zero_()
             dA.zero_()

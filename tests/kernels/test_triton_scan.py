@@ -161,6 +161,47 @@ def test_scan_across_checkpoint_segments(config, device, scan_config):
     check_against_reference(inputs, reset_mask, torch.float32)
 
 
+
+# Segments of 4 steps (T=63: 16 segments, the last one partial) split into time ranges: 4 ranges
+# of 2 local ranges each, 16 ranges of one segment each, and forward and backward split differently.
+RANGE_CONFIGS = {
+    "R4-local2": {"block_t": 2, "ck_chunks": 2, "fwd_ranges": 4, "bwd_ranges": 4, "local_ranges": 8},
+    "R16-local1": {"block_t": 2, "ck_chunks": 2, "fwd_ranges": 16, "bwd_ranges": 16, "local_ranges": 16},
+    "F3-B2-local4": {"block_t": 2, "ck_chunks": 2, "fwd_ranges": 3, "bwd_ranges": 2, "local_ranges": 4},
+    # 16 segments in ranges of 6: the last range is shorter than the others
+    "F3-B3-local8": {"block_t": 2, "ck_chunks": 2, "fwd_ranges": 3, "bwd_ranges": 3, "local_ranges": 8},
+}
+
+
+@pytest.mark.parametrize("reset", ["several", "everywhere", "none"])
+@pytest.mark.parametrize("name", list(RANGE_CONFIGS))
+def test_scan_in_parallel_time_ranges(name, reset, device, monkeypatch):
+    """Time ranges run in parallel, each from what enters it (the state in the forward, the
+    gradient in the backward) chained from local ranges run alone: the reference outputs, final
+    state and gradients, h0's included, on the GPU too."""
+    config = RANGE_CONFIGS[name]
+    for key, value in config.items():
+        monkeypatch.setitem(triton_scan.SCAN_CONFIG, key, value)
+    n_seg = -(-63 // 4)
+    for want in (config["fwd_ranges"], config["bwd_ranges"]):
+        ranges, range_segs, local_segs = triton_scan._time_ranges(n_seg, want)
+        assert ranges > 1 and range_segs % local_segs == 0 and (ranges - 1) * range_segs < n_seg
+    if name == "R4-local2":
+        assert triton_scan._time_ranges(n_seg, 4) == (4, 4, 2)
+    if name == "F3-B3-local8":
+        assert triton_scan._time_ranges(n_seg, 3) == (3, 6, 2)
+    inputs, reset_mask = make_inputs(2, 4, 16, 63, torch.float32, reset=reset, device=device)
+    check_against_reference(inputs, reset_mask, torch.float32)
+
+
+def test_time_ranges_only_for_channels_last_streams():
+    """Time-major rows are read one lane per row: they keep one range (more warps thrash L1)."""
+    u = torch.zeros(2, 8, 64)
+    assert triton_scan._ranges_for("fwd_ranges", u, u) == 1
+    u_cl = u.transpose(1, 2).contiguous().transpose(1, 2)
+    assert triton_scan._ranges_for("fwd_ranges", u_cl, u_cl) == triton_scan.SCAN_CONFIG["fwd_ranges"]
+    assert triton_scan._ranges_for("bwd_ranges", u_cl, u) == 1
+
 def test_scan_without_softplus(device):
     inputs, reset_mask = make_inputs(2, 4, 16, 63, torch.float32, device=device)
     # step sizes must be positive without the softplus
