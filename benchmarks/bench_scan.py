@@ -297,7 +297,12 @@ def bench_scan(L, dtype, *, b=64, d=256, n=16, with_reference=False, check_shape
     if DEV == "cuda":
         # the GPU's share alone: at T=1024 the host's launches (5 Triton kernels, ~20 small torch ops,
         # autograd) take about as long as the kernels, so the timing above can include idle gaps
-        kernels = profile_kernels(lambda: scan_fwd_bwd(selective_scan_triton, inputs, reset, dy, dh))
+        def fwd_bwd_fresh_grads():
+            for t in leaves:
+                t.grad = None
+            scan_fwd_bwd(selective_scan_triton, inputs, reset, dy, dh)
+
+        kernels = profile_kernels(fwd_bwd_fresh_grads)
         record(case, "triton, sum of kernel times (torch.profiler)", dtype=dtype, shapes=shapes,
                ms=sum(kernels.values()) / 1e3, min_bytes=min_bytes,
                note="; ".join(f"{k} {v:.0f} us" for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:8]))
@@ -651,13 +656,15 @@ def sweep_conv(L, b=64, d=256):
 
 
 STEP_VARIANTS = [
-    ("xk32w8 s4096d32w4", {}),
-    ("xk32w8 s4096d32w8", {"ssm_warps": 8}),
-    ("xk32w8 s2048d32w4", {"ssm_tile": 2048}),
-    ("xk32w8 s8192d32w8", {"ssm_tile": 8192, "ssm_warps": 8}),
-    ("xk32w8 s4096d64w4", {"ssm_block_d": 64}),
-    ("xk64w8 s4096d32w4", {"xproj_block_k": 64}),
-    ("e32k32w8 s4096d32w4", {"xproj_block_e": 32}),
+    # x_proj kernel: channels per loop step k, warps w (16 envs per program); SSM kernel: tile s,
+    # channels d, warps w
+    ("xk16w2 s4096d32w4", {}),
+    ("xk32w8 s4096d32w4", {"xproj_block_k": 32, "xproj_warps": 8}),
+    ("xk16w1 s4096d32w4", {"xproj_warps": 1}),
+    ("xk32w4 s4096d32w4", {"xproj_block_k": 32, "xproj_warps": 4}),
+    ("xk16w2 s4096d32w8", {"ssm_warps": 8}),
+    ("xk16w2 s2048d32w4", {"ssm_tile": 2048}),
+    ("xk16w2 s4096d64w4", {"ssm_block_d": 64}),
 ]
 
 

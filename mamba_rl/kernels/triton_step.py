@@ -377,8 +377,8 @@ def _mixer_ssm_kernel(
 # autotuning: the kernels overwrite the states).
 STEP_CONFIG = {
     "xproj_block_e": 16,
-    "xproj_block_k": 32,
-    "xproj_warps": 8,
+    "xproj_block_k": 16,
+    "xproj_warps": 2,
     "ssm_tile": 4096,
     "ssm_block_d": 32,
     "ssm_warps": 4,
