@@ -158,6 +158,37 @@ def _input_pointers(p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d,
 
 
 @triton.jit
+def _local_setup(p_A2, p_bias, d, n, N: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A local-range program's batch row, range, channels ``[1, BD]`` (and clamped into the tensor,
+    for prefetching), states ``[N, 1]``, masks, ``A log2(e)`` ``[N, BD]`` and ``delta_bias``."""
+    i_b = tl.program_id(1).to(tl.int64)
+    i_r = tl.program_id(2)
+    lane = tl.arange(0, BD)[None, :]
+    ch = tl.program_id(0) * BD + lane
+    nn = tl.arange(0, N)[:, None]
+    m_ch = ch < d
+    m_n = nn < n
+    m_s = m_ch & m_n
+    A2 = tl.load(p_A2 + nn * d + ch, mask=m_s, other=0.0)
+    bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
+    return i_b, i_r, lane, ch, tl.minimum(ch, d - 1), nn, m_ch, m_n, m_s, A2, bias
+
+
+@triton.jit
+def _store_local(p_loc, p_P, x, sdt, A2, kept, i_b, i_r, nn, ch, m_s, d, N: tl.constexpr,
+                 HAS_RESET: tl.constexpr, PTX: tl.constexpr):
+    """Store a local range's result ``x`` (its end state, or the gradient it sends back) and its
+    carry factor ``P = exp2(A log2(e) sum_t delta_t)``, zero if it holds a reset, at row ``i_r``
+    of ``[b, ranges, N, d]``."""
+    P = _exp2(sdt * A2, PTX)
+    if HAS_RESET:
+        P = tl.where(kept, P, 0.0)
+    p_out = (i_b * tl.num_programs(2) + i_r) * N * d + nn * d + ch
+    tl.store(p_loc + p_out, x, mask=m_s)
+    tl.store(p_P + p_out, P, mask=m_s)
+
+
+@triton.jit
 def _scan_fwd_local_kernel(
     p_u, p_delta, p_A2, p_B, p_bias, p_reset, p_loc, p_P,
     L, d, n, range_steps,
@@ -172,18 +203,7 @@ def _scan_fwd_local_kernel(
     """Time range ``r = program_id(2)`` (steps ``[r R, (r + 1) R)``, ``R = range_steps``) of the
     recurrence, alone: the state it ends in from a zero state (``loc``) and the factor ``P = prod_t
     a_t`` by which the state entering it is carried to its end (``[b, ranges, N, d]`` each)."""
-    i_d = tl.program_id(0)
-    i_b = tl.program_id(1).to(tl.int64)
-    i_r = tl.program_id(2)
-    lane = tl.arange(0, BD)[None, :]
-    ch = i_d * BD + lane
-    nn = tl.arange(0, N)[:, None]
-    m_ch = ch < d
-    m_n = nn < n
-    m_s = m_ch & m_n
-    A2 = tl.load(p_A2 + nn * d + ch, mask=m_s, other=0.0)
-    bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
-    ch_pf = tl.minimum(ch, d - 1)
+    i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A2, bias = _local_setup(p_A2, p_bias, d, n, N, BD, HAS_BIAS)
     pf_u = p_u + i_b * s_u_b + ch_pf * s_u_d
     pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
     pf_B = p_B + i_b * s_B_b
@@ -216,12 +236,7 @@ def _scan_fwd_local_kernel(
             sdt += dt
             if HAS_RESET:
                 kept = kept & (tl.load(p_reset + t * s_r_t, mask=t < L, other=0) == 0)
-    P = _exp2(sdt * A2, PTX)
-    if HAS_RESET:
-        P = tl.where(kept, P, 0.0)
-    p_out = (i_b * tl.num_programs(2) + i_r) * N * d + nn * d + ch
-    tl.store(p_loc + p_out, h, mask=m_s)
-    tl.store(p_P + p_out, P, mask=m_s)
+    _store_local(p_loc, p_P, h, sdt, A2, kept, i_b, i_r, nn, ch, m_s, d, N, HAS_RESET, PTX)
 
 
 @triton.jit
@@ -327,18 +342,7 @@ def _scan_bwd_local_kernel(
     from its right end (``loc``), and the factor ``P = prod_t a_t`` by which what does come in is
     carried through it (``[b, ranges, N, d]`` each). The adjoint ``q_{t-1} = a_t (C_t dy'_t +
     q_t)`` needs no state ``h``, only ``delta``, ``C``, ``dy`` and ``z``."""
-    i_d = tl.program_id(0)
-    i_b = tl.program_id(1).to(tl.int64)
-    i_r = tl.program_id(2)
-    lane = tl.arange(0, BD)[None, :]
-    ch = i_d * BD + lane
-    nn = tl.arange(0, N)[:, None]
-    m_ch = ch < d
-    m_n = nn < n
-    m_s = m_ch & m_n
-    A2 = tl.load(p_A2 + nn * d + ch, mask=m_s, other=0.0)
-    bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
-    ch_pf = tl.minimum(ch, d - 1)
+    i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A2, bias = _local_setup(p_A2, p_bias, d, n, N, BD, HAS_BIAS)
     pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
     pf_dy = p_dy + i_b * s_dy_b + ch_pf * s_dy_d
     pf_z = p_z + i_b * s_z_b + ch_pf * s_z_d
@@ -394,12 +398,7 @@ def _scan_bwd_local_kernel(
             # past the range's end dt = 0, dy' = 0: q passes unchanged
             q = _decay(dt, A2, keep, HAS_RESET, PTX) * (Cv * dyp + q)
             sdt += dt
-    P = _exp2(sdt * A2, PTX)
-    if HAS_RESET:
-        P = tl.where(kept, P, 0.0)
-    p_out = (i_b * tl.num_programs(2) + i_r) * N * d + nn * d + ch
-    tl.store(p_loc + p_out, q, mask=m_s)
-    tl.store(p_P + p_out, P, mask=m_s)
+    _store_local(p_loc, p_P, q, sdt, A2, kept, i_b, i_r, nn, ch, m_s, d, N, HAS_RESET, PTX)
 
 
 @triton.jit
