@@ -559,7 +559,7 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
 # --- tile sweeps ----------------------------------------------------------------------------
 
 
-SCAN_VARIANTS_FINAL = [
+SCAN_VARIANTS = [
     # (name, overrides of SCAN_CONFIG): time ranges run in parallel in the forward (F) and the
     # backward (B); r: ptxas register cap (maxnreg); `seq` is one range each way (version 5)
     ("F4r128 B2r232", {}),
@@ -568,7 +568,6 @@ SCAN_VARIANTS_FINAL = [
     ("F4r128 B2", {"bwd_maxnreg": None}),
     ("F8r128 B2r232", {"fwd_ranges": 8}),
 ]
-SCAN_VARIANTS = SCAN_VARIANTS_FINAL
 
 
 def sweep_variant(kernel, L, name, overrides, fwd, fwd_bwd, leaves, check=None):
@@ -777,7 +776,7 @@ def main():
     b, d = sizes["b"], sizes["d"]
     lengths = sizes["lengths"][:1] if args.quick else sizes["lengths"]
     if args.scan_only:
-        sweep_scan(lengths, b=b, d=d, apply_best=True, variants=SCAN_VARIANTS_FINAL)
+        sweep_scan(lengths, b=b, d=d, apply_best=True, variants=SCAN_VARIANTS)
         for i, L in enumerate(lengths):
             check_shape = None if i == 0 else (*sizes["check_long"], L)
             for dtype, layout in ((torch.float32, "channels_last"), (torch.float32, "time_major"),
@@ -788,7 +787,7 @@ def main():
         write_json()
         return
     if args.final:
-        sweep_scan(lengths, b=b, d=d, apply_best=True, variants=SCAN_VARIANTS_FINAL)
+        sweep_scan(lengths, b=b, d=d, apply_best=True, variants=SCAN_VARIANTS)
     elif args.sweep or args.only_sweep:
         sweep_scan(lengths, b=b, d=d, apply_best=args.apply_best)
         sweep_conv(lengths[-1], b=b, d=d)

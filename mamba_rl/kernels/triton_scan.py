@@ -40,6 +40,7 @@ prefetches are skipped and ``exp2`` is ``tl.exp2``.
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -119,6 +120,28 @@ def _decay(dt, A2, keep, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
+def _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """Step ``t``'s raw ``delta (+ bias)`` and its step size ``dt`` (softplus of it when asked; 0
+    where ``m`` is off)."""
+    draw = tl.load(p_delta + t * s_dt_t, mask=m, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        draw += bias
+    dt = draw
+    if SOFTPLUS:
+        dt = _softplus(draw)
+    return draw, tl.where(m, dt, 0.0)
+
+
+@triton.jit
+def _keep(p_reset, t, m_t, s_r_t, HAS_RESET: tl.constexpr):
+    """True where step ``t`` carries the state on (no reset there, or no resets at all)."""
+    if HAS_RESET:
+        return tl.load(p_reset + t * s_r_t, mask=m_t, other=0) == 0
+    else:
+        return t >= 0
+
+
+@triton.jit
 def _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t, s_B_t, s_C_t, s_r_t, bias,
           HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
     """Step ``t`` of the recurrence from ``h = h_{t-1}`` ``[N, BD]``: returns ``h_t`` and the step's
@@ -126,20 +149,11 @@ def _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t
     ``C_t`` ``[N, 1]``."""
     m_t = t < L
     m = m_ch & m_t
-    draw = tl.load(p_delta + t * s_dt_t, mask=m, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        draw += bias
-    dt = draw
-    if SOFTPLUS:
-        dt = _softplus(draw)
-    dt = tl.where(m, dt, 0.0)
+    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS)
     u = tl.load(p_u + t * s_u_t, mask=m, other=0.0).to(tl.float32)
     Bv = tl.load(p_B + t * s_B_t, mask=m_n & m_t, other=0.0).to(tl.float32)
     Cv = tl.load(p_C + t * s_C_t, mask=m_n & m_t, other=0.0).to(tl.float32)
-    if HAS_RESET:
-        keep = tl.load(p_reset + t * s_r_t, mask=m_t, other=0) == 0
-    else:
-        keep = t >= 0
+    keep = _keep(p_reset, t, m_t, s_r_t, HAS_RESET)
     h = _decay(dt, A2, keep, HAS_RESET, PTX) * h + (dt * u) * Bv
     return h, draw, dt, u, Cv
 
@@ -234,8 +248,7 @@ def _scan_fwd_local_kernel(
             h, draw, dt, u, Bv = _step(h, A2, p_delta, p_u, p_B, p_B, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
                                        s_B_t, s_B_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
             sdt += dt
-            if HAS_RESET:
-                kept = kept & (tl.load(p_reset + t * s_r_t, mask=t < L, other=0) == 0)
+            kept = kept & _keep(p_reset, t, t < L, s_r_t, HAS_RESET)
     _store_local(p_loc, p_P, h, sdt, A2, kept, i_b, i_r, nn, ch, m_s, d, N, HAS_RESET, PTX)
 
 
@@ -379,22 +392,14 @@ def _scan_bwd_local_kernel(
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + (BLOCK_T - 1 - jr)
             m_t = t < L
             m = m_ch & m_t
-            dt = tl.load(p_delta + t * s_dt_t, mask=m, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                dt += bias
-            if SOFTPLUS:
-                dt = _softplus(dt)
-            dt = tl.where(m, dt, 0.0)
+            draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS)
             dyp = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
             if HAS_Z:
                 z = tl.load(p_z + t * s_z_t, mask=m, other=0.0).to(tl.float32)
                 dyp *= z * tl.sigmoid(z)
             Cv = tl.load(p_C + t * s_C_t, mask=m_n & m_t, other=0.0).to(tl.float32)
-            if HAS_RESET:
-                keep = tl.load(p_reset + t * s_r_t, mask=m_t, other=0) == 0
-                kept = kept & keep
-            else:
-                keep = t >= 0
+            keep = _keep(p_reset, t, m_t, s_r_t, HAS_RESET)
+            kept = kept & keep
             # past the range's end dt = 0, dy' = 0: q passes unchanged
             q = _decay(dt, A2, keep, HAS_RESET, PTX) * (Cv * dyp + q)
             sdt += dt
@@ -555,10 +560,7 @@ def _scan_bwd_kernel(
                 m = m_ch & m_t
                 Bv = tl.load(p_B + t * s_B_t, mask=m_n & m_t, other=0.0).to(tl.float32)
                 Cv = tl.load(p_C + t * s_C_t, mask=m_n & m_t, other=0.0).to(tl.float32)
-                if HAS_RESET:
-                    keep = tl.load(p_reset + t * s_r_t, mask=m_t, other=0) == 0
-                else:
-                    keep = t >= 0
+                keep = _keep(p_reset, t, m_t, s_r_t, HAS_RESET)
                 dt = _pick(DT, jj, BLOCK_T - 1 - jr)
                 dyp = _pick(DYP, jj, BLOCK_T - 1 - jr)
                 u = _pick(UU, jj, BLOCK_T - 1 - jr)
@@ -668,20 +670,29 @@ def _ranges_for(key: str, *streams: torch.Tensor) -> int:
     return 1
 
 
-def _time_ranges(n_seg: int, want: int) -> tuple[int, int, int]:
-    """Split ``n_seg`` checkpoint segments into about ``want`` time ranges that run in parallel:
-    ``(ranges, range_segs, local_segs)``. Each range is ``range_segs`` segments, a whole number of
-    local ranges of ``local_segs`` segments: the pieces that are first run alone (from a zero
-    state, or a zero gradient) and then chained to give each range what enters it."""
+class _Ranges(NamedTuple):
+    """How time is cut: ``ranges`` of ``range_segs`` checkpoint segments each, run in parallel;
+    ``pieces`` local pieces of ``piece_segs`` segments, run alone and chained to give each range
+    what enters it; a range is ``every`` pieces."""
+
+    ranges: int
+    range_segs: int
+    piece_segs: int
+    pieces: int
+    every: int
+
+
+def _time_ranges(n_seg: int, want: int) -> _Ranges:
+    """Split ``n_seg`` checkpoint segments into about ``want`` time ranges that run in parallel.
+    One range is one piece (nothing to chain)."""
     want = max(1, min(want, n_seg))
-    if want == 1:
-        return 1, n_seg, n_seg
-    local_segs = triton.cdiv(n_seg, SCAN_CONFIG["local_ranges"])
-    range_segs = local_segs * triton.cdiv(triton.cdiv(n_seg, want), local_segs)
-    ranges = triton.cdiv(n_seg, range_segs)
-    if ranges == 1:
-        return 1, n_seg, n_seg
-    return ranges, range_segs, local_segs
+    if want > 1:
+        piece_segs = triton.cdiv(n_seg, SCAN_CONFIG["local_ranges"])
+        range_segs = piece_segs * triton.cdiv(triton.cdiv(n_seg, want), piece_segs)
+        ranges = triton.cdiv(n_seg, range_segs)
+        if ranges > 1:
+            return _Ranges(ranges, range_segs, piece_segs, triton.cdiv(n_seg, piece_segs), range_segs // piece_segs)
+    return _Ranges(1, n_seg, n_seg, 1, 1)
 
 
 def _block_d(kind: str, d: int) -> int:
@@ -729,10 +740,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         n_seg = triton.cdiv(L, ck_steps)
 
         y = _time_major_like(u)
-        ranges, range_segs, local_segs = _time_ranges(n_seg, _ranges_for("fwd_ranges", u, delta))
+        ranges, range_segs, local_segs, n_x, x_every = _time_ranges(n_seg, _ranges_for("fwd_ranges", u, delta))
         # x[:, k]: the state entering local range k (h0 first)
-        n_x = triton.cdiv(n_seg, local_segs) if ranges > 1 else 1
-        x_every = range_segs // local_segs if ranges > 1 else 1
         x = torch.zeros(b, n_x + 1, N, d, device=u.device, dtype=torch.float32)
         if h0 is not None:
             x[:, 0, :n].copy_(h0.transpose(1, 2))
@@ -803,10 +812,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         n_chunks = triton.cdiv(L, block_t)
         seg_steps = block_t * ck
         n_seg = triton.cdiv(n_chunks, ck)
-        ranges, range_segs, local_segs = _time_ranges(n_seg, _ranges_for("bwd_ranges", u, delta))
+        ranges, range_segs, local_segs, n_q, q_every = _time_ranges(n_seg, _ranges_for("bwd_ranges", u, delta))
         # q[:, k]: the gradient reaching the state entering local range k; q[:, -1] = dh_last
-        n_q = triton.cdiv(n_seg, local_segs) if ranges > 1 else 1
-        q_every = range_segs // local_segs if ranges > 1 else 1
         q = torch.zeros(b, n_q + 1, N, d, device=u.device, dtype=torch.float32)
         if dh_last is not None:
             q[:, n_q, :n].copy_(dh_last.transpose(1, 2))
