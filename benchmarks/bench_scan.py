@@ -561,12 +561,13 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
 
 SCAN_VARIANTS = [
     # (name, overrides of SCAN_CONFIG): time ranges run in parallel in the forward (F) and the
-    # backward (B); r: ptxas register cap (maxnreg); `seq` is one range each way (version 5)
-    ("F4r128 B2r232", {}),
-    ("seq", {"fwd_ranges": 1, "bwd_ranges": 1, "fwd_maxnreg": None, "bwd_maxnreg": None}),
-    ("F4 B2", {"fwd_maxnreg": None, "bwd_maxnreg": None}),
-    ("F4r128 B2", {"bwd_maxnreg": None}),
-    ("F8r128 B2r232", {"fwd_ranges": 8}),
+    # backward (B); r: ptxas register cap (maxnreg); `seq` is one range each way (version 5);
+    # `tl.sum dBC`: the backward's dB / dC lane sums as one butterfly per value (version 6)
+    ("F4r128 B2", {}),
+    ("tl.sum dBC", {"bwd_reduce_scatter": False}),
+    ("seq", {"fwd_ranges": 1, "bwd_ranges": 1, "fwd_maxnreg": None}),
+    ("F4r128 B2r232", {"bwd_maxnreg": 232}),
+    ("F4r128 B3r168", {"bwd_ranges": 3, "bwd_maxnreg": 168}),
 ]
 
 

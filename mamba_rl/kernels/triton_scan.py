@@ -16,9 +16,12 @@ Backward, one segment at a time from the end: (1) rebuild the states entering ea
 segment from its checkpoint (a ``[b, CK, N, d]`` scratch); (2) walk the chunks backwards: rerun the
 chunk forward keeping ``h_{t-1}`` in registers, then run the adjoint ``g_t = C_t dy'_t + a_{t+1}
 g_{t+1}`` backwards through it. The gradients of ``B`` and ``C`` are sums over channels, i.e. over
-the warp's lanes (``tl.sum``); each warp writes its sums for every step into a partial buffer
+the warp's lanes; each warp writes its sums for every step into a partial buffer
 ``[d / BD, b, L, 2 N]`` that is summed afterwards in a fixed order, so the gradients are
-deterministic (no atomics).
+deterministic (no atomics). Those lane sums are a reduce-scatter in inline PTX
+(:func:`_reduce_scatter_asm`: 31 shuffles per step at ``d_state`` 16 instead of 160 for a
+butterfly per value); a chunk is two steps, whose first step alone is rerun (the second's state is the
+adjoint's ``a_t h_{t-1} + dt_t u_t B_t``), so each state-step costs two ``exp2`` in the backward.
 
 Time ranges. ``b * d / 32`` warps (512 at B=64, d=256) are one per SM sub-partition, too few to hide
 each step's latency, so time is cut into ranges that run in parallel (``fwd_ranges``,
@@ -34,11 +37,12 @@ Latency. A warp holds few steps in flight, so the inputs of the next chunk are p
 (``prefetch.global.L1``) while the current one is computed, and a chunk's outputs are stored after
 its last step (a store between steps would keep the next step's loads, which it might alias, from
 issuing early). ``exp2`` is ``ex2.approx.ftz``. Under ``TRITON_INTERPRET=1`` (no inline PTX) the
-prefetches are skipped and ``exp2`` is ``tl.exp2``.
+prefetches are skipped, ``exp2`` is ``tl.exp2`` and the lane sums are ``tl.sum``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -49,6 +53,9 @@ import triton.language as tl
 __all__ = ["selective_scan_triton", "SCAN_CONFIG"]
 
 LOG2E = 1.4426950408889634
+# steps per backward chunk: the backward kernel reruns a chunk's first step, then runs the adjoint
+# through both (written out for two steps)
+BWD_CHUNK_STEPS = 2
 
 
 @triton.jit
@@ -103,12 +110,53 @@ def _put(arr, jj, j: tl.constexpr, v):
     return tl.where(jj == j, v[None], arr)
 
 
+@functools.lru_cache(maxsize=None)
+def _reduce_scatter_asm(n_state: int) -> tuple[str, str]:
+    """PTX that sums ``2 * n_state`` values over a warp's 32 lanes, reduce-scatter style.
+
+    Operands (one ``inline_asm_elementwise`` call with ``pack=n_state``): ``n_state`` outputs, then
+    the lane's ``n_state`` dB terms and ``n_state`` dC terms (values ``v = 0 .. 2 n_state - 1``).
+    Each level pairs lane ``l`` with ``l ^ m`` (``m = 16, 8, ..``): a lane keeps the half of its
+    values that its bit ``m`` selects, adds the partner's copy of that half, and sends the other
+    half. After the levels lane ``l`` holds at outputs ``j < max(1, V / 32)`` the sum of value ``j
+    + l V / 32`` (``V = 2 n_state``); when ``V < 32`` the last levels are plain butterfly sums.
+    ``V - V / 32`` shuffles and adds in all when ``V >= 32`` (31 at ``d_state`` 16), against ``5 V``
+    for a butterfly per value."""
+    v = 2 * n_state
+    lines = ["{", ".reg .pred %rs_p;", ".reg .b32 %rs_l, %rs_b;", f".reg .f32 %rs_v<{v}>, %rs_s, %rs_k, %rs_r;",
+             "mov.u32 %rs_l, %laneid;"]
+    lines += [f"mov.b32 %rs_v{i}, ${n_state + i};" for i in range(v)]
+    m, mask = v, 16
+    while mask >= 1:
+        if m > 1:
+            half = m // 2
+            lines += [f"and.b32 %rs_b, %rs_l, {mask};", "setp.ne.u32 %rs_p, %rs_b, 0;"]
+            for j in range(half):
+                lines += [f"selp.f32 %rs_s, %rs_v{j}, %rs_v{j + half}, %rs_p;",
+                          f"selp.f32 %rs_k, %rs_v{j + half}, %rs_v{j}, %rs_p;",
+                          f"shfl.sync.bfly.b32 %rs_r, %rs_s, {mask}, 31, -1;",
+                          f"add.f32 %rs_v{j}, %rs_k, %rs_r;"]
+            m = half
+        else:
+            lines += [f"shfl.sync.bfly.b32 %rs_r, %rs_v0, {mask}, 31, -1;", "add.f32 %rs_v0, %rs_v0, %rs_r;"]
+        mask //= 2
+    lines += [f"mov.b32 ${j}, %rs_v{min(j, m - 1)};" for j in range(n_state)]
+    return "\n".join(lines + ["}"]), ",".join(["=f"] * n_state + ["f"] * v)
+
+
 @triton.jit
-def _store_dBC(p_part, t, L, gB, hC, nn, N: tl.constexpr):
+def _store_dBC(p_part, t, L, gB, hC, nn, lane, N: tl.constexpr, RS_ASM: tl.constexpr):
     """Store step ``t``'s channel sums of ``gB`` (the dB terms) and ``hC`` (the dC terms), each
-    ``[N, BD]``, as row ``t`` of this program's ``[L, 2N]`` partial buffer."""
-    tl.store(p_part + t * 2 * N + nn, tl.sum(gB, axis=1, keep_dims=True), mask=t < L)
-    tl.store(p_part + t * 2 * N + N + nn, tl.sum(hC, axis=1, keep_dims=True), mask=t < L)
+    ``[N, BD]``, as row ``t`` of this program's ``[L, 2N]`` partial buffer. With ``RS_ASM`` (see
+    :func:`_reduce_scatter_asm`; one warp of 32 channels, a channel per lane) the sums are
+    scattered over the lanes and each lane stores its own; else ``tl.sum`` over the lanes."""
+    if RS_ASM is None:
+        tl.store(p_part + t * 2 * N + nn, tl.sum(gB, axis=1, keep_dims=True), mask=t < L)
+        tl.store(p_part + t * 2 * N + N + nn, tl.sum(hC, axis=1, keep_dims=True), mask=t < L)
+    else:
+        r = tl.inline_asm_elementwise(RS_ASM[0], RS_ASM[1], [gB, hC], dtype=tl.float32, is_pure=True, pack=N)
+        for j in tl.static_range(max(1, 2 * N // 32)):
+            tl.store(p_part + t * 2 * N + j + (lane * 2 * N) // 32, _pick(r, nn, j), mask=t < L)
 
 
 @triton.jit
@@ -156,6 +204,69 @@ def _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t
     keep = _keep(p_reset, t, m_t, s_r_t, HAS_RESET)
     h = _decay(dt, A2, keep, HAS_RESET, PTX) * h + (dt * u) * Bv
     return h, draw, dt, u, Cv
+
+
+@triton.jit
+def _adjoint_inputs(p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
+                    s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
+    """What the backward needs of step ``t``: the step size ``dt``, ``u``, the gradient reaching
+    ``C_t h_t`` (``dy'``, through the ``z`` gate), the factor that turns ``C_t h_t + D u_t`` into
+    ``dz`` (``zg``), ``softplus'`` of the raw step (``sg``), the decay ``a_t`` ``[N, BD]``, ``B_t``,
+    ``C_t`` ``[N, 1]`` and the channels' mask ``[1, BD]`` (all zero past the end)."""
+    m_t = t < L
+    m = m_ch & m_t
+    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS)
+    u = tl.load(p_u + t * s_u_t, mask=m, other=0.0).to(tl.float32)
+    dy = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
+    Bv = tl.load(p_B + t * s_B_t, mask=m_n & m_t, other=0.0).to(tl.float32)
+    Cv = tl.load(p_C + t * s_C_t, mask=m_n & m_t, other=0.0).to(tl.float32)
+    a = _decay(dt, A2, _keep(p_reset, t, m_t, s_r_t, HAS_RESET), HAS_RESET, PTX)
+    dyp = dy
+    zg = dy
+    if HAS_Z:
+        z = tl.load(p_z + t * s_z_t, mask=m, other=0.0).to(tl.float32)
+        sz = tl.sigmoid(z)
+        dyp = dy * z * sz
+        zg = dy * sz * (1.0 + z * (1.0 - sz))
+    sg = dt
+    if SOFTPLUS:
+        sg = tl.sigmoid(draw)
+    return dt, u, dyp, zg, sg, a, Bv, Cv, m
+
+
+@triton.jit
+def _adjoint_step(p_dBC, t, L, q, ah, a, A2, dt, u, dyp, zg, sg, Bv, Cv, m, Dv, dA, dD, dbias, nn, lane,
+                  N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                  SOFTPLUS: tl.constexpr, RS_ASM: tl.constexpr):
+    """Step ``t`` of the adjoint, from ``q`` (the gradient reaching ``h_t`` from later steps) and
+    ``ah = a_t h_{t-1}``: stores the step's dB and dC channel sums, adds to dA, dD, d(delta_bias),
+    and returns the gradient reaching ``h_{t-1}`` with ``du_t``, ``ddelta_t`` and ``dz_t``
+    ``[1, BD]``."""
+    dtu = dt * u
+    h = ah + dtu * Bv
+    g = Cv * dyp + q
+    s = tl.sum(g * Bv, axis=0, keep_dims=True)
+    w = g * ah
+    dA += w * dt
+    ddt = tl.sum(w * A2, axis=0, keep_dims=True) * 0.6931471805599453 + u * s
+    _store_dBC(p_dBC, t, L, g * dtu, h * dyp, nn, lane, N, RS_ASM)
+    du = dt * s
+    dz = dt
+    if HAS_Z:
+        ypre = tl.sum(h * Cv, axis=0, keep_dims=True)
+        if HAS_D:
+            ypre += Dv * u
+        dz = ypre * zg
+    if HAS_D:
+        du += dyp * Dv
+        dD += dyp * u
+    if SOFTPLUS:
+        ddt = ddt * sg
+    ddt = tl.where(m, ddt, 0.0)
+    if HAS_BIAS:
+        dbias += ddt
+    return a * g, dA, du, ddt, dz, dD, dbias
 
 
 @triton.jit
@@ -450,7 +561,7 @@ def _scan_bwd_kernel(
     s_r_b, s_r_t,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr, CK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, PTX: tl.constexpr, PF: tl.constexpr,
+    HAS_RESET: tl.constexpr, PTX: tl.constexpr, PF: tl.constexpr, RS_ASM: tl.constexpr,
 ):
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
@@ -459,14 +570,12 @@ def _scan_bwd_kernel(
     lane = tl.arange(0, BD)[None, :]
     ch = i_d * BD + lane
     nn = tl.arange(0, N)[:, None]
-    jj = tl.arange(0, BLOCK_T)[:, None, None]
     m_ch = ch < d
     m_n = nn < n
     m_s = m_ch & m_n
     A2 = tl.load(p_A2 + nn * d + ch, mask=m_s, other=0.0)
     bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
-    if HAS_D:
-        Dv = tl.load(p_D + ch, mask=m_ch, other=0.0).to(tl.float32)
+    Dv = tl.load(p_D + ch, mask=m_ch & HAS_D, other=0.0).to(tl.float32)
     p_u, p_delta, p_z, p_B, p_C, pf_u, pf_dt, pf_z, pf_B, pf_C = _input_pointers(
         p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n,
         s_C_b, s_C_n)
@@ -511,11 +620,11 @@ def _scan_bwd_kernel(
                 h, draw, dt, u, Cv = _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
                                          s_B_t, s_C_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
             tl.store(p_hseg + (i_c + 1 - c_lo) * N * d, h, mask=m_s)
-        # 2. the segment's chunks, last first
+        # 2. the segment's chunks (two steps t0, t1), last first: the chunk's states from the one
+        # entering it, then the adjoint backwards through t1 and t0
         for i_ci in range(c_lo, c_hi):
             i_c = c_hi - 1 - (i_ci - c_lo)
-            # (a) forward through the chunk, keeping h_{t-1} and the per-channel values per step
-            h = tl.load(p_hseg + (i_c - c_lo) * N * d, mask=m_s, other=0.0)
+            hp = tl.load(p_hseg + (i_c - c_lo) * N * d, mask=m_s, other=0.0)
             # the chunk processed next is the previous one
             t_pf = tl.maximum(i_c - PF, 0) * BLOCK_T
             _prefetch_chunk(pf_dt, pf_B, t_pf, L, s_dt_t, s_B_t, lane, BLOCK_T, PTX)
@@ -523,76 +632,30 @@ def _scan_bwd_kernel(
             _prefetch_chunk(pf_dy, None, t_pf, L, s_dy_t, s_dy_t, lane, BLOCK_T, PTX)
             if HAS_Z:
                 _prefetch_chunk(pf_z, None, t_pf, L, s_z_t, s_z_t, lane, BLOCK_T, PTX)
-            HP = tl.zeros([BLOCK_T, N, BD], dtype=tl.float32)
-            DT = tl.zeros([BLOCK_T, 1, BD], dtype=tl.float32)
-            DYP = tl.zeros([BLOCK_T, 1, BD], dtype=tl.float32)
-            UU = tl.zeros([BLOCK_T, 1, BD], dtype=tl.float32)
-            SG = tl.zeros([BLOCK_T, 1, BD], dtype=tl.float32)
-            DZ = tl.zeros([BLOCK_T, 1, BD], dtype=tl.float32)
-            DU = tl.zeros([BLOCK_T, 1, BD], dtype=tl.float32)
-            DDT = tl.zeros([BLOCK_T, 1, BD], dtype=tl.float32)
-            for j in tl.static_range(BLOCK_T):
-                t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
-                m = m_ch & (t < L)
-                HP = _put(HP, jj, j, h)
-                h, draw, dt, u, Cv = _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
-                                         s_B_t, s_C_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
-                dy = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
-                if HAS_Z:
-                    z = tl.load(p_z + t * s_z_t, mask=m, other=0.0).to(tl.float32)
-                    sz = tl.sigmoid(z)
-                    ypre = tl.sum(h * Cv, axis=0, keep_dims=True)
-                    if HAS_D:
-                        ypre += Dv * u
-                    DZ = _put(DZ, jj, j, dy * ypre * sz * (1.0 + z * (1.0 - sz)))
-                    dyp = dy * z * sz
-                else:
-                    dyp = dy
-                DT = _put(DT, jj, j, dt)
-                DYP = _put(DYP, jj, j, dyp)
-                UU = _put(UU, jj, j, u)
-                if SOFTPLUS:
-                    SG = _put(SG, jj, j, tl.sigmoid(draw))
-            # (b) the adjoint backwards through the chunk
-            for jr in tl.static_range(BLOCK_T):
-                t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + (BLOCK_T - 1 - jr)
-                m_t = t < L
-                m = m_ch & m_t
-                Bv = tl.load(p_B + t * s_B_t, mask=m_n & m_t, other=0.0).to(tl.float32)
-                Cv = tl.load(p_C + t * s_C_t, mask=m_n & m_t, other=0.0).to(tl.float32)
-                keep = _keep(p_reset, t, m_t, s_r_t, HAS_RESET)
-                dt = _pick(DT, jj, BLOCK_T - 1 - jr)
-                dyp = _pick(DYP, jj, BLOCK_T - 1 - jr)
-                u = _pick(UU, jj, BLOCK_T - 1 - jr)
-                a = _decay(dt, A2, keep, HAS_RESET, PTX)
-                # a_t h_{t-1}, and h_t
-                ah = a * _pick(HP, jj, BLOCK_T - 1 - jr)
-                dtu = dt * u
-                g = Cv * dyp + q
-                s = tl.sum(g * Bv, axis=0, keep_dims=True)
-                w = g * ah
-                dA += w * dt
-                ddt = tl.sum(w * A2, axis=0, keep_dims=True) * 0.6931471805599453 + u * s
-                _store_dBC(p_dBC, t, L, g * dtu, (ah + dtu * Bv) * dyp, nn, N)
-                q = a * g
-                du = dt * s
-                if HAS_D:
-                    du += dyp * Dv
-                    dD += dyp * u
-                if SOFTPLUS:
-                    ddt = ddt * _pick(SG, jj, BLOCK_T - 1 - jr)
-                ddt = tl.where(m, ddt, 0.0)
-                if HAS_BIAS:
-                    dbias += ddt
-                DU = _put(DU, jj, BLOCK_T - 1 - jr, du)
-                DDT = _put(DDT, jj, BLOCK_T - 1 - jr, ddt)
-            for j in tl.static_range(BLOCK_T):
-                t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
-                m = m_ch & (t < L)
-                tl.store(p_du + t * s_du_t, _pick(DU, jj, j).to(p_du.dtype.element_ty), mask=m)
-                tl.store(p_ddelta + t * s_ddt_t, _pick(DDT, jj, j).to(p_ddelta.dtype.element_ty), mask=m)
-                if HAS_Z:
-                    tl.store(p_dz + t * s_dz_t, _pick(DZ, jj, j).to(p_dz.dtype.element_ty), mask=m)
+            t0 = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T
+            t1 = t0 + 1
+            dt0, u0, dyp0, zg0, sg0, a0, B0, C0, m0 = _adjoint_inputs(
+                p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t0, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
+                s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
+            dt1, u1, dyp1, zg1, sg1, a1, B1, C1, m1 = _adjoint_inputs(
+                p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t1, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
+                s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
+            ah0 = a0 * hp
+            h0 = ah0 + (dt0 * u0) * B0
+            ah1 = a1 * h0
+            q, dA, du1, ddt1, dz1, dD, dbias = _adjoint_step(
+                p_dBC, t1, L, q, ah1, a1, A2, dt1, u1, dyp1, zg1, sg1, B1, C1, m1, Dv, dA, dD, dbias, nn, lane,
+                N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, RS_ASM)
+            q, dA, du0, ddt0, dz0, dD, dbias = _adjoint_step(
+                p_dBC, t0, L, q, ah0, a0, A2, dt0, u0, dyp0, zg0, sg0, B0, C0, m0, Dv, dA, dD, dbias, nn, lane,
+                N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, RS_ASM)
+            tl.store(p_du + t0 * s_du_t, du0.to(p_du.dtype.element_ty), mask=m0)
+            tl.store(p_du + t1 * s_du_t, du1.to(p_du.dtype.element_ty), mask=m1)
+            tl.store(p_ddelta + t0 * s_ddt_t, ddt0.to(p_ddelta.dtype.element_ty), mask=m0)
+            tl.store(p_ddelta + t1 * s_ddt_t, ddt1.to(p_ddelta.dtype.element_ty), mask=m1)
+            if HAS_Z:
+                tl.store(p_dz + t0 * s_dz_t, dz0.to(p_dz.dtype.element_ty), mask=m0)
+                tl.store(p_dz + t1 * s_dz_t, dz1.to(p_dz.dtype.element_ty), mask=m1)
     if i_r == 0:
         tl.store(p_dh, q, mask=m_s)
     tl.store(p_dA, dA, mask=m_s)
@@ -603,19 +666,19 @@ def _scan_bwd_kernel(
 
 
 # Set by hand from H100 sweeps (benchmarks/bench_scan.py --scan-only, NOTES_scan.md; no autotuning:
-# the kernels write into scratch buffers). block_t: steps per backward chunk (the backward keeps
-# block_t states per thread in registers; 4 spills); ck_chunks: backward chunks per checkpoint
-# segment (saved: d_state / (block_t * ck_chunks) of b * d * L floats); fwd_block_t: steps per
-# forward chunk (8 and 16 were slower); *_block_d: channels per one-warp program (8 or 16, which
+# the kernels write into scratch buffers). ck_chunks: backward chunks (of BWD_CHUNK_STEPS steps)
+# per checkpoint segment (saved: d_state / (2 * ck_chunks) of b * d * L floats); fwd_block_t: steps
+# per forward chunk (8 and 16 were slower); *_block_d: channels per one-warp program (8 or 16, which
 # split a channel's states over 4 or 2 lanes, were slower); prefetch_chunks: how many chunks ahead
 # the inputs are prefetched into L1 (2 and 3 changed nothing). fwd_ranges / bwd_ranges: time ranges
 # run in parallel (4 forward ranges of 128-register programs and 2 backward ranges of 255-register
-# ones fill the 132 SMs; one range each way was 1.7x slower, 3-4 backward ranges need a second wave);
-# local_ranges: about how many pieces the sequence is cut into to chain what enters each range;
-# local_block_t: steps per chunk in those pieces; *_maxnreg: ptxas register caps (128 made the
-# forward 1.25x faster, 232 the backward 4% faster at T=20000; 168 or 128 spill).
+# ones fill the 132 SMs; one range each way was 1.7x slower, 3-4 backward ranges need a second wave
+# or spill); local_ranges: about how many pieces the sequence is cut into to chain what enters each
+# range; local_block_t: steps per chunk in those pieces; *_maxnreg: ptxas register caps (128 made the
+# forward 1.25x faster; the backward is fastest uncapped since its reduce-scatter, 3.5% slower at
+# 232); bwd_reduce_scatter: the backward's dB / dC lane sums by reduce-scatter (inline PTX, 1.17x
+# faster at T=20000) instead of a tl.sum butterfly per value.
 SCAN_CONFIG = {
-    "block_t": 2,
     "ck_chunks": 32,
     "fwd_block_t": 4,
     "fwd_block_d": 32,
@@ -626,7 +689,8 @@ SCAN_CONFIG = {
     "local_ranges": 64,
     "local_block_t": 4,
     "fwd_maxnreg": 128,
-    "bwd_maxnreg": 232,
+    "bwd_maxnreg": None,
+    "bwd_reduce_scatter": True,
 }
 
 
@@ -701,6 +765,12 @@ def _block_d(kind: str, d: int) -> int:
     return min(SCAN_CONFIG[f"{kind}_block_d"], max(_next_pow2(d), 1))
 
 
+def _reduce_scatter(block_d: int) -> bool:
+    """Whether the backward sums dB / dC over lanes reduce-scatter style (inline PTX, a channel per
+    lane of a full warp) rather than with ``tl.sum``."""
+    return SCAN_CONFIG["bwd_reduce_scatter"] and block_d == 32 and not _interpreted()
+
+
 def _maxnreg(key: str) -> dict:
     """``{"maxnreg": SCAN_CONFIG[key]}`` when set (a cap on ptxas's registers), else nothing."""
     value = SCAN_CONFIG.get(key)
@@ -729,7 +799,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         A2 = torch.zeros(N, d, device=u.device, dtype=torch.float32)
         A2[:n].copy_(A.to(torch.float32).t() * LOG2E)
         reset_u8 = None if reset is None else reset.contiguous().view(torch.uint8)
-        block_t = min(SCAN_CONFIG["block_t"], _next_pow2(max(L, 1)))
+        block_t = BWD_CHUNK_STEPS
         fwd_block_t = min(SCAN_CONFIG["fwd_block_t"], _next_pow2(max(L, 1)))
         # checkpoints are taken at multiples of block_t * ck steps, a multiple of fwd_block_t
         ck_steps = block_t * SCAN_CONFIG["ck_chunks"]
@@ -851,6 +921,7 @@ class _SelectiveScanFn(torch.autograd.Function):
                 *u.stride(), *delta.stride(), *z_.stride(), *B.stride(), *C.stride(), *dy.stride(),
                 *du.stride(), *ddelta.stride(), *dz_.stride(), *r_strides,
                 N=N, BLOCK_T=block_t, BD=block_d, CK=ck, HAS_D=D is not None, **flags,
+                RS_ASM=_reduce_scatter_asm(N) if _reduce_scatter(block_d) else None,
                 num_warps=1, **_maxnreg("bwd_maxnreg"),
             )
             dBC = dBC.sum(0)

@@ -16,8 +16,8 @@ from mamba_rl.kernels.triton_scan import selective_scan_triton  # noqa: E402
 
 # Long sequences run with longer chunks: the interpreter's cost is per chunk, and the kernels are
 # the same code whatever the tile sizes. Several checkpoint segments are exercised on purpose.
-LONG_CONFIG = {"block_t": 4, "ck_chunks": 8, "fwd_block_t": 32}
-MULTI_SEGMENT_CONFIG = {"block_t": 4, "ck_chunks": 3}
+LONG_CONFIG = {"ck_chunks": 16, "fwd_block_t": 32}
+MULTI_SEGMENT_CONFIG = {"ck_chunks": 6}
 
 
 @pytest.fixture
@@ -152,9 +152,10 @@ def test_scan_matches_reference_half(dtype, L, device, scan_config):
     check_against_reference(inputs, reset_mask, dtype)
 
 
-@pytest.mark.parametrize("config", [MULTI_SEGMENT_CONFIG, LONG_CONFIG], ids=["T4-CK3", "T32-CK4"])
+@pytest.mark.parametrize("config", [MULTI_SEGMENT_CONFIG, LONG_CONFIG], ids=["CK6", "CK16-F32"])
 def test_scan_across_checkpoint_segments(config, device, scan_config):
-    """Chunks of 4 steps in segments of 3 (several segments, a partial last one), and long chunks."""
+    """Checkpoint segments of 6 backward chunks (12 steps: several segments, a partial last one),
+    and of 16 chunks with forward chunks of 32 steps."""
     scan_config(config)
     inputs, reset_mask = make_inputs(2, 4, 16, 30 if config is MULTI_SEGMENT_CONFIG else 100, torch.float32,
                                      device=device)
@@ -165,11 +166,11 @@ def test_scan_across_checkpoint_segments(config, device, scan_config):
 # Segments of 4 steps (T=63: 16 segments, the last one partial) split into time ranges: 4 ranges
 # of 2 local ranges each, 16 ranges of one segment each, and forward and backward split differently.
 RANGE_CONFIGS = {
-    "R4-local2": {"block_t": 2, "ck_chunks": 2, "fwd_ranges": 4, "bwd_ranges": 4, "local_ranges": 8},
-    "R16-local1": {"block_t": 2, "ck_chunks": 2, "fwd_ranges": 16, "bwd_ranges": 16, "local_ranges": 16},
-    "F3-B2-local4": {"block_t": 2, "ck_chunks": 2, "fwd_ranges": 3, "bwd_ranges": 2, "local_ranges": 4},
+    "R4-local2": {"ck_chunks": 2, "fwd_ranges": 4, "bwd_ranges": 4, "local_ranges": 8},
+    "R16-local1": {"ck_chunks": 2, "fwd_ranges": 16, "bwd_ranges": 16, "local_ranges": 16},
+    "F3-B2-local4": {"ck_chunks": 2, "fwd_ranges": 3, "bwd_ranges": 2, "local_ranges": 4},
     # 16 segments in ranges of 6: the last range is shorter than the others
-    "F3-B3-local8": {"block_t": 2, "ck_chunks": 2, "fwd_ranges": 3, "bwd_ranges": 3, "local_ranges": 8},
+    "F3-B3-local8": {"ck_chunks": 2, "fwd_ranges": 3, "bwd_ranges": 3, "local_ranges": 8},
 }
 
 
@@ -201,6 +202,68 @@ def test_time_ranges_only_for_channels_last_streams():
     u_cl = u.transpose(1, 2).contiguous().transpose(1, 2)
     assert triton_scan._ranges_for("fwd_ranges", u_cl, u_cl) == triton_scan.SCAN_CONFIG["fwd_ranges"]
     assert triton_scan._ranges_for("bwd_ranges", u_cl, u) == 1
+
+def _run_warp_ptx(asm: str, n_out: int, inputs: torch.Tensor) -> torch.Tensor:
+    """Execute the PTX subset that :func:`triton_scan._reduce_scatter_asm` emits on 32 simulated
+    lanes in lockstep (``inputs`` ``[32, n_in]`` are operands ``$n_out ..``); returns the outputs
+    ``[32, n_out]``."""
+    regs = [dict() for _ in range(32)]
+    outs = torch.full((32, n_out), float("nan"), dtype=inputs.dtype)
+
+    def val(lane, x):
+        if x.startswith("$"):
+            return inputs[lane, int(x[1:]) - n_out]
+        if x.startswith("%"):
+            return lane if x == "%laneid" else regs[lane][x]
+        return int(x)
+
+    for line in asm.splitlines():
+        line = line.strip().rstrip(";")
+        if not line or line in "{}" or line.startswith(".reg"):
+            continue
+        op, args = line.split(None, 1)
+        a = [x.strip() for x in args.split(",")]
+        if op.startswith("shfl.sync.bfly"):
+            src = [val(lane, a[1]) for lane in range(32)]
+            new = [src[lane ^ int(a[2])] for lane in range(32)]
+        else:
+            new = []
+            for lane in range(32):
+                if op.startswith("mov"):
+                    new.append(val(lane, a[1]))
+                elif op == "and.b32":
+                    new.append(val(lane, a[1]) & val(lane, a[2]))
+                elif op == "setp.ne.u32":
+                    new.append(val(lane, a[1]) != val(lane, a[2]))
+                elif op == "selp.f32":
+                    new.append(val(lane, a[1]) if val(lane, a[3]) else val(lane, a[2]))
+                elif op == "add.f32":
+                    new.append(val(lane, a[1]) + val(lane, a[2]))
+                else:
+                    raise AssertionError(f"unexpected PTX instruction {line!r}")
+        for lane in range(32):
+            if a[0].startswith("$"):
+                outs[lane, int(a[0][1:])] = new[lane]
+            else:
+                regs[lane][a[0]] = new[lane]
+    return outs
+
+
+@pytest.mark.parametrize("n_state", [1, 8, 16, 32, 64])
+def test_reduce_scatter_ptx_sums_each_value_over_the_lanes(n_state):
+    """The backward's dB / dC lane sums (inline PTX, GPU only): simulated here on 32 lanes, lane
+    ``l`` must hold the sum over lanes of values ``j + l V / 32`` (``V = 2 n_state``)."""
+    asm, constraints = triton_scan._reduce_scatter_asm(n_state)
+    v = 2 * n_state
+    assert constraints.split(",") == ["=f"] * n_state + ["f"] * v
+    assert asm.count("shfl.sync") == v - max(1, v // 32) + max(0, 5 - (v.bit_length() - 1))
+    values = torch.randn(32, v, generator=torch.Generator().manual_seed(n_state), dtype=torch.float64)
+    out = _run_warp_ptx(asm, n_state, values)
+    total = values.sum(0)
+    for lane in range(32):
+        for j in range(max(1, v // 32)):
+            assert torch.allclose(out[lane, j], total[j + lane * v // 32]), (lane, j)
+
 
 def test_scan_without_softplus(device):
     inputs, reset_mask = make_inputs(2, 4, 16, 63, torch.float32, device=device)
@@ -250,9 +313,14 @@ def test_dispatcher_routes_to_triton(device):
         (8, 256, 16, 1000, torch.bfloat16),
         (4, 64, 64, 1000, torch.float16),
         (1, 32, 16, 20000, torch.float32),
+        # the dB / dC lane sums for 2, 16 and 64 values per step (fewer, as many and more than
+        # lanes), with a partly masked last group of channels
+        (4, 64, 1, 300, torch.float32),
+        (2, 80, 8, 300, torch.float32),
+        (2, 40, 32, 300, torch.float32),
     ],
     ids=["B64-T1000-N16-D256-fp32", "B8-T1000-N16-D256-bf16", "B4-T1000-N64-D64-fp16",
-         "B1-T20000-N16-D32-fp32"],
+         "B1-T20000-N16-D32-fp32", "B4-T300-N1-D64-fp32", "B2-T300-N8-D80-fp32", "B2-T300-N32-D40-fp32"],
 )
 def test_scan_matches_reference_realistic(b, d, n, L, dtype):
     inputs, reset_mask = make_inputs(b, d, n, L, dtype, device="cuda")
