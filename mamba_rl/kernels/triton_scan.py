@@ -667,7 +667,8 @@ def _scan_bwd_kernel(
 
 # Set by hand from H100 sweeps (benchmarks/bench_scan.py --scan-only, NOTES_scan.md; no autotuning:
 # the kernels write into scratch buffers). ck_chunks: backward chunks (of BWD_CHUNK_STEPS steps)
-# per checkpoint segment (saved: d_state / (2 * ck_chunks) of b * d * L floats); fwd_block_t: steps
+# per checkpoint segment (saved: d_state / (2 * ck_chunks) of b * d * L floats; 16 was 2.5% faster
+# than 32 at T=20000 for 0.33 GB more, 64 slower); fwd_block_t: steps
 # per forward chunk (8 and 16 were slower); *_block_d: channels per one-warp program (8 or 16, which
 # split a channel's states over 4 or 2 lanes, were slower); prefetch_chunks: how many chunks ahead
 # the inputs are prefetched into L1 (2 and 3 changed nothing). fwd_ranges / bwd_ranges: time ranges
@@ -679,7 +680,7 @@ def _scan_bwd_kernel(
 # 232); bwd_reduce_scatter: the backward's dB / dC lane sums by reduce-scatter (inline PTX, 1.17x
 # faster at T=20000) instead of a tl.sum butterfly per value.
 SCAN_CONFIG = {
-    "ck_chunks": 32,
+    "ck_chunks": 16,
     "fwd_block_t": 4,
     "fwd_block_d": 32,
     "bwd_block_d": 32,
@@ -972,6 +973,6 @@ def selective_scan_triton(
     dtype in, fp32 state and accumulation. Returns ``y`` ``[b, d, L]`` in ``u``'s dtype and
     ``h_last`` ``[b, d, n]`` fp32; differentiable in every float input, ``h0`` included, with
     deterministic gradients. Saved for backward: the inputs and the fp32 states every
-    ``block_t * ck_chunks`` steps.
+    ``2 * ck_chunks`` steps.
     """
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, reset, delta_softplus)
