@@ -18,6 +18,7 @@ the case must move, as a fraction of the measured copy bandwidth and of 3 TB/s.
     python benchmarks/bench_scan.py --quick         # T=1024 only, fewer repeats
     python benchmarks/bench_scan.py --policy-step   # only the policy step cases
     python benchmarks/bench_scan.py --scan-only     # scan variants, then fp32/bf16, both input layouts
+    python benchmarks/bench_scan.py --host-profile  # host time of one scan fwd+bwd at T=1024, cProfile
 """
 
 from __future__ import annotations

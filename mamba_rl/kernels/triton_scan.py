@@ -563,6 +563,7 @@ def _scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr, PTX: tl.constexpr, PF: tl.constexpr, RS_ASM: tl.constexpr,
 ):
+    tl.static_assert(BLOCK_T == 2, "the backward chunk is written out for two steps (BWD_CHUNK_STEPS)")
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
     i_r = tl.program_id(2)
