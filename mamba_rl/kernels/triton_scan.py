@@ -270,6 +270,25 @@ def _adjoint_step(p_dBC, t, L, q, ah, a, A2, dt, u, dyp, zg, sg, Bv, Cv, m, Dv, 
 
 
 @triton.jit
+def _fwd_chunk(h, sdt, kept, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n, L, lane,
+               s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T: tl.constexpr, PF: tl.constexpr, HAS_BIAS: tl.constexpr,
+               SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
+    """Chunk ``i_c`` (``BLOCK_T`` steps) of the recurrence from ``h``, prefetching the chunk ``PF``
+    ahead: ``h`` after it, ``sdt`` plus its step sizes and ``kept`` and-ed with "no reset in it"
+    (callers that need neither pass anything and drop them; C is not read)."""
+    t_pf = (i_c + PF) * BLOCK_T
+    _prefetch_chunk(pf_dt, pf_B, t_pf, L, s_dt_t, s_B_t, lane, BLOCK_T, PTX)
+    _prefetch_chunk(pf_u, None, t_pf, L, s_u_t, s_u_t, lane, BLOCK_T, PTX)
+    for j in tl.static_range(BLOCK_T):
+        t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
+        h, draw, dt, u, Bv = _step(h, A2, p_delta, p_u, p_B, p_B, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
+                                   s_B_t, s_B_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
+        sdt += dt
+        kept = kept & _keep(p_reset, t, t < L, s_r_t, HAS_RESET)
+    return h, sdt, kept
+
+
+@triton.jit
 def _input_pointers(p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d,
                     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n, s_C_b, s_C_n):
     """Batch row ``i_b``'s pointers: the channels' rows ``[1, BD]`` of u, delta, z and the states'
@@ -350,16 +369,10 @@ def _scan_fwd_local_kernel(
     sdt = tl.zeros([1, BD], dtype=tl.float32)
     kept = tl.full([1, 1], 1, tl.int1)
     for i_c in range(tl.cdiv(L, BLOCK_T)):
-        t_pf = (i_c + PF) * BLOCK_T
-        _prefetch_chunk(pf_dt, pf_B, t_pf, L, s_dt_t, s_B_t, lane, BLOCK_T, PTX)
-        _prefetch_chunk(pf_u, None, t_pf, L, s_u_t, s_u_t, lane, BLOCK_T, PTX)
-        for j in tl.static_range(BLOCK_T):
-            t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
-            # past the range's end dt = 0, x = 0: h unchanged (C is not needed: B stands in)
-            h, draw, dt, u, Bv = _step(h, A2, p_delta, p_u, p_B, p_B, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
-                                       s_B_t, s_B_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
-            sdt += dt
-            kept = kept & _keep(p_reset, t, t < L, s_r_t, HAS_RESET)
+        # past the range's end dt = 0, x = 0: h unchanged
+        h, sdt, kept = _fwd_chunk(h, sdt, kept, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n,
+                                  L, lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, HAS_BIAS, SOFTPLUS,
+                                  HAS_RESET, PTX)
     _store_local(p_loc, p_P, h, sdt, A2, kept, i_b, i_r, nn, ch, m_s, d, N, HAS_RESET, PTX)
 
 
@@ -613,13 +626,9 @@ def _scan_bwd_kernel(
         h = tl.load(p_hck + i_s * N * d, mask=m_s, other=0.0)
         tl.store(p_hseg, h, mask=m_s)
         for i_c in range(c_lo, c_hi - 1):
-            t_pf = (i_c + PF) * BLOCK_T
-            _prefetch_chunk(pf_dt, pf_B, t_pf, L, s_dt_t, s_B_t, lane, BLOCK_T, PTX)
-            _prefetch_chunk(pf_u, None, t_pf, L, s_u_t, s_u_t, lane, BLOCK_T, PTX)
-            for j in tl.static_range(BLOCK_T):
-                t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
-                h, draw, dt, u, Cv = _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
-                                         s_B_t, s_C_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
+            h, _, _ = _fwd_chunk(h, dbias, m_ch, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n, L,
+                                 lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, HAS_BIAS, SOFTPLUS,
+                                 HAS_RESET, PTX)
             tl.store(p_hseg + (i_c + 1 - c_lo) * N * d, h, mask=m_s)
         # 2. the segment's chunks (two steps t0, t1), last first: the chunk's states from the one
         # entering it, then the adjoint backwards through t1 and t0
