@@ -738,17 +738,26 @@ DRY_SIZES = dict(b=2, d=8, lengths=[40, 70], check_long=(1, 4, 16), envs=16, d_m
 
 
 def host_profile(L=1024, b=64, d=256, n=16, calls=50):
-    """Host time per scan forward+backward (the GPU left to queue: one sync at the end) and the
-    Python functions that take it (cProfile, top 25 by own time)."""
+    """Where the host's time goes in one scan forward+backward (the GPU left to queue: one sync at
+    the end): the whole call with the kernels' binaries launched directly (the default) and through
+    the JIT, the forward and the backward alone, each Triton launch through the JIT
+    (``kernel[grid](...)``, which binds and specialises every argument) against the same launch
+    through its compiled binary (``compiled[grid](*args)``), the torch ops (torch.profiler, host
+    side) and a cProfile (top 25 by own time). Recorded in the JSON under ``host_profile``."""
     import cProfile
+    import io
     import pstats
 
+    import triton
+
+    from mamba_rl.kernels.triton_launch import launch_config
     from mamba_rl.kernels.triton_scan import selective_scan_triton
 
     inputs, reset = scan_inputs(b, d, n, L, torch.float32)
     dy = torch.randn(b, L, d, device=DEV).transpose(1, 2)
     dh = torch.randn(b, d, n, device=DEV)
     leaves = list(inputs.values())
+    shapes = dict(B=b, d_inner=d, d_state=n, T=L)
 
     def run(k):
         for _ in range(k):
@@ -756,23 +765,101 @@ def host_profile(L=1024, b=64, d=256, n=16, calls=50):
                 t.grad = None
             scan_fwd_bwd(selective_scan_triton, inputs, reset, dy, dh)
 
-    run(5)
+    def host_ms(fn, k=calls):
+        sync()
+        start = time.perf_counter()
+        for _ in range(k):
+            fn()
+        host = time.perf_counter() - start
+        sync()
+        return 1e3 * host / k, 1e3 * (time.perf_counter() - start) / k
+
+    report = {}
+    for direct in (False, True):  # True (the default) last: the rest runs with it
+        launch_config["direct"] = direct
+        run(5)
+        host, wall = host_ms(lambda: run(1))
+        how = "direct launches" if direct else "JIT launches"
+        print(f"scan fwd+bwd T={L} ({how}): host {host:.3f} ms per call, wall {wall:.3f} ms per call "
+              f"({calls} calls queued)", flush=True)
+        record(f"scan fwd+bwd T={L}", f"triton ({how}), host time per call (no sync)", dtype=torch.float32,
+               shapes=shapes, ms=host, note=f"wall {wall:.3f} ms per call with {calls} calls queued")
+        report[f"fwd_bwd_host_ms_{'direct' if direct else 'jit'}"] = host
+        report[f"fwd_bwd_wall_ms_{'direct' if direct else 'jit'}"] = wall
+
+    # the forward alone, and the backward alone (on a graph made beforehand)
+    with torch.no_grad():
+        report["forward_no_grad_host_ms"] = host_ms(lambda: scan_call(selective_scan_triton, inputs, reset))[0]
+    report["forward_host_ms"] = host_ms(lambda: scan_call(selective_scan_triton, inputs, reset))[0]
+    graphs = []
+    for _ in range(calls):
+        graphs.append(scan_call(selective_scan_triton, inputs, reset))
     sync()
-    start = time.perf_counter()
-    run(calls)
-    host = time.perf_counter() - start
+    report["backward_host_ms"] = host_ms(lambda: torch.autograd.backward(list(graphs.pop()), [dy, dh]))[0]
+    del graphs
+
+    # each Triton launch: through the JIT, then the same arguments through the compiled binary
+    from triton.runtime.jit import JITFunction
+
+    launches: dict = {}
+    jit_run = JITFunction.run
+
+    def timed_run(self, *args, grid, warmup, **kwargs):
+        t0 = time.perf_counter()
+        kernel = jit_run(self, *args, grid=grid, warmup=warmup, **kwargs)
+        row = launches.setdefault(self.__name__, dict(calls=0, jit_s=0.0))
+        row["calls"] += 1
+        row["jit_s"] += time.perf_counter() - t0
+        params = dict(zip(self.arg_names, args))
+        params.update({k: v for k, v in kwargs.items() if k in self.arg_names})
+        row["last"] = (kernel, grid, [params[name] for name in self.arg_names])
+        return kernel
+
+    JITFunction.run = timed_run
+    launch_config["direct"] = False
+    try:
+        run(calls)
+    finally:
+        JITFunction.run = jit_run
+        launch_config["direct"] = True
     sync()
-    wall = time.perf_counter() - start
-    print(f"scan fwd+bwd T={L}: host {1e3 * host / calls:.3f} ms per call, wall {1e3 * wall / calls:.3f} ms "
-          f"per call ({calls} calls queued)", flush=True)
-    record(f"scan fwd+bwd T={L}", "triton, host time per call (no sync)", dtype=torch.float32,
-           shapes=dict(B=b, d_inner=d, d_state=n, T=L), ms=1e3 * host / calls)
+    for name, row in launches.items():
+        kernel, grid, full = row.pop("last")
+        grid = tuple(grid) + (1,) * (3 - len(grid))
+        row["jit_us"] = 1e6 * row.pop("jit_s") / row["calls"]
+        row["compiled_us"] = 1e3 * host_ms(lambda: kernel[grid](*full), k=200)[0]
+        row["args"] = len(full)
+        print(f"  launch {name:28s} {row['calls'] // calls} per call: JIT {row['jit_us']:6.1f} us, "
+              f"compiled binary {row['compiled_us']:6.1f} us ({len(full)} arguments)", flush=True)
+    report["launches"] = launches
+    report["triton"] = triton.__version__
+
+    # torch ops (host side) and kernels per call
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run(10)
+        sync()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    report["torch_ops"] = [dict(name=e.key, calls=e.count // 10, self_cpu_us=e.self_cpu_time_total / 10)
+                           for e in rows[:30]]
+    kernels = [e for e in prof.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
+               and e.device_time_total > 0]
+    report["gpu_kernels_per_call"] = sum(e.count for e in kernels) / 10
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
+
     prof = cProfile.Profile()
     prof.enable()
     run(calls)
     prof.disable()
     sync()
-    pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+    report["cprofile_top25"] = buf.getvalue().splitlines()
+    print(buf.getvalue(), flush=True)
+    META["host_profile"] = report
+    print(json.dumps({k: v for k, v in report.items() if k not in ("cprofile_top25", "torch_ops")}, indent=1),
+          flush=True)
 
 
 def main():

@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mamba_rl.kernels.triton_launch import DirectLauncher
+
 __all__ = ["causal_conv1d_triton", "CONV_CONFIG"]
 
 
@@ -177,6 +179,9 @@ def _conv_bwd_kernel(
                      b_dinit.to(p_dinit.dtype.element_ty), mask=m_d[:, None] & m_s[None, :])
 
 
+# launched through their compiled binaries after the first call (see triton_launch)
+_CONV_FWD, _CONV_BWD = DirectLauncher(_conv_fwd_kernel), DirectLauncher(_conv_bwd_kernel)
+
 # Tile sizes, tuned by hand (benchmarks/bench_scan.py --sweep). The backward recomputes
 # W * W inputs per output and needs smaller tiles to stay out of local memory.
 CONV_CONFIG = {
@@ -227,7 +232,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         init_ = x if init is None else init
         r_ = x if reset_u8 is None else reset_u8
         if L > 0:
-            _conv_fwd_kernel[(triton.cdiv(L, block_t), triton.cdiv(d, block_d), b)](
+            _CONV_FWD[(triton.cdiv(L, block_t), triton.cdiv(d, block_d), b)](
                 x, weight, weight if bias is None else bias, init_, r_, y,
                 L, d, *x.stride(), *init_.stride(), *y.stride(),
                 0 if reset_u8 is None else reset_u8.stride(0),
@@ -254,7 +259,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         init_ = x if init is None else init
         r_ = x if reset_u8 is None else reset_u8
         if L > 0:
-            _conv_bwd_kernel[(n_tblocks, triton.cdiv(d, block_d), b)](
+            _CONV_BWD[(n_tblocks, triton.cdiv(d, block_d), b)](
                 x, weight, weight if bias is None else bias, init_, r_, dy,
                 dx, dx if dinit is None else dinit, dw, dw if dbias is None else dbias,
                 L, d, n_tblocks,

@@ -50,6 +50,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mamba_rl.kernels.triton_launch import DirectLauncher
+
 __all__ = ["selective_scan_triton", "SCAN_CONFIG"]
 
 LOG2E = 1.4426950408889634
@@ -560,7 +562,7 @@ def _scan_carry_kernel(p_loc, p_P, p_x, nd, n_x, r_first, REVERSE: tl.constexpr,
 @triton.jit
 def _scan_bwd_kernel(
     p_u, p_delta, p_A2, p_B, p_C, p_D, p_z, p_bias, p_reset, p_hck, p_hseg, p_dy, p_q,
-    p_du, p_ddelta, p_dz, p_dBC, p_dA, p_dD, p_dbias, p_dh,
+    p_du, p_ddelta, p_dz, p_dBC, p_part, p_dh,
     L, d, n, n_chunks, range_segs, q_every, n_q,
     s_u_b, s_u_d, s_u_t,
     s_dt_b, s_dt_d, s_dt_t,
@@ -607,8 +609,6 @@ def _scan_bwd_kernel(
     p_hseg += (i_r * nb + i_b) * CK * N * d + nn * d + ch
     # [b, N, d]: dh0 out (from the first range)
     p_dh += i_b * N * d + nn * d + ch
-    # [ranges, b, ...]: this range's sums over its steps
-    p_dA += (i_r * nb + i_b) * N * d + nn * d + ch
     # q: the gradient reaching h_{t-1} through step t (for the chunk after the current one); at the
     # range's right end, from the chained local adjoints ([b, n_q + 1, N, d])
     q = tl.load(p_q + (i_b * (n_q + 1) + tl.minimum((i_r + 1) * q_every, n_q)) * N * d + nn * d + ch,
@@ -668,12 +668,19 @@ def _scan_bwd_kernel(
                 tl.store(p_dz + t1 * s_dz_t, dz1.to(p_dz.dtype.element_ty), mask=m1)
     if i_r == 0:
         tl.store(p_dh, q, mask=m_s)
-    tl.store(p_dA, dA, mask=m_s)
+    # [ranges, b, N + 2, d]: this range's sums over its steps of the dA, dD and d(delta_bias) terms
+    p_part += (i_r * nb + i_b) * (N + 2) * d + ch
+    tl.store(p_part + nn * d, dA, mask=m_s)
     if HAS_D:
-        tl.store(p_dD + (i_r * nb + i_b) * d + ch, dD, mask=m_ch)
+        tl.store(p_part + N * d, dD, mask=m_ch)
     if HAS_BIAS:
-        tl.store(p_dbias + (i_r * nb + i_b) * d + ch, dbias, mask=m_ch)
+        tl.store(p_part + (N + 1) * d, dbias, mask=m_ch)
 
+
+# the kernels' compiled binaries are launched directly after their first call (host time: the JIT's
+# binding of ~60 arguments took 85-100 us of a launch on the H100 machine, the binary's launcher 16-23)
+_FWD_LOCAL, _FWD, _BWD_LOCAL, _BWD, _CARRY = (DirectLauncher(k) for k in (
+    _scan_fwd_local_kernel, _scan_fwd_kernel, _scan_bwd_local_kernel, _scan_bwd_kernel, _scan_carry_kernel))
 
 # Set by hand from H100 sweeps (benchmarks/bench_scan.py --scan-only, NOTES_scan.md; no autotuning:
 # the kernels write into scratch buffers). ck_chunks: backward chunks (of BWD_CHUNK_STEPS steps)
@@ -788,12 +795,22 @@ def _maxnreg(key: str) -> dict:
     return {} if value is None or _interpreted() else {"maxnreg": value}
 
 
+def _put_state(dst: torch.Tensor, state: torch.Tensor | None, n: int) -> None:
+    """Write ``state`` ``[b, d, n]`` (zeros if None) into ``dst`` ``[b, N, d]``, zeros past ``n``."""
+    if state is None:
+        dst.zero_()
+        return
+    if n < dst.shape[1]:
+        dst[:, n:].zero_()
+    dst[:, :n].copy_(state.transpose(1, 2))
+
+
 def _chain_ranges(loc: torch.Tensor, x: torch.Tensor, n_x: int, r_first: int, reverse: bool) -> None:
     """Fill ``x`` ``[b, n_x + 1, N, d]`` at the range boundaries from the local ranges' ``loc[0]``
     (alone) and ``loc[1]`` (carry factors): see :func:`_scan_carry_kernel`."""
     b, nd = x.shape[0], x.shape[2] * x.shape[3]
     block = min(1024, _next_pow2(nd))
-    _scan_carry_kernel[(triton.cdiv(nd, block), b)](loc[0], loc[1], x, nd, n_x, r_first, REVERSE=reverse,
+    _CARRY[(triton.cdiv(nd, block), b)](loc[0], loc[1], x, nd, n_x, r_first, REVERSE=reverse,
                                                     BLOCK=block, num_warps=4)
 
 
@@ -807,8 +824,10 @@ class _SelectiveScanFn(torch.autograd.Function):
         B, C = _state_major(B), _state_major(C)
         z = None if z is None else _unit_stride(z)
         # [N, d]: exp(delta A) = exp2(delta A log2(e)), zero rows past n
-        A2 = torch.zeros(N, d, device=u.device, dtype=torch.float32)
-        A2[:n].copy_(A.to(torch.float32).t() * LOG2E)
+        A2 = torch.empty(N, d, device=u.device, dtype=torch.float32)
+        torch.mul(A.t(), LOG2E, out=A2[:n])
+        if n < N:
+            A2[n:].zero_()
         reset_u8 = None if reset is None else reset.contiguous().view(torch.uint8)
         block_t = BWD_CHUNK_STEPS
         fwd_block_t = min(SCAN_CONFIG["fwd_block_t"], _next_pow2(max(L, 1)))
@@ -822,13 +841,13 @@ class _SelectiveScanFn(torch.autograd.Function):
 
         y = _time_major_like(u)
         ranges, range_segs, local_segs, n_x, x_every = _time_ranges(n_seg, _ranges_for("fwd_ranges", u, delta))
-        # x[:, k]: the state entering local range k (h0 first)
-        x = torch.zeros(b, n_x + 1, N, d, device=u.device, dtype=torch.float32)
-        if h0 is not None:
-            x[:, 0, :n].copy_(h0.transpose(1, 2))
         # [b, n_seg + 1, N, d]: the states entering every segment, h0 first
         h_ck = torch.empty(b, max(n_seg, 1) + 1, N, d, device=u.device, dtype=torch.float32)
-        h_ck[:, 0].copy_(x[:, 0])
+        _put_state(h_ck[:, 0], h0, n)
+        # x[:, k]: the state entering local range k (h0 first; the later rows are written by the
+        # chain, rows past n are never read)
+        x = torch.empty(b, n_x + 1, N, d, device=u.device, dtype=torch.float32)
+        x[:, 0].copy_(h_ck[:, 0])
         z_ = u if z is None else z
         r_ = u if reset_u8 is None else reset_u8
         r_strides = (0, 0) if reset_u8 is None else reset_u8.stride()
@@ -842,7 +861,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             # range, so that the ranges run in parallel below
             n_loc = (ranges - 1) * x_every
             loc = torch.empty(2, b, n_loc, N, d, device=u.device, dtype=torch.float32)
-            _scan_fwd_local_kernel[(groups, b, n_loc)](
+            _FWD_LOCAL[(groups, b, n_loc)](
                 u, delta, A2, B, bias_, r_, loc[0], loc[1],
                 L, d, n, local_segs * ck_steps,
                 *u.stride(), *delta.stride(), *B.stride(), *r_strides,
@@ -852,7 +871,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         # [b, ranges, N, d]: the state each range ends in
         h_end = torch.empty(b, ranges, N, d, device=u.device, dtype=torch.float32)
         if L > 0:
-            _scan_fwd_kernel[(groups, b, ranges)](
+            _FWD[(groups, b, ranges)](
                 u, delta, A2, B, C, u if D is None else D, z_, bias_, r_,
                 y, h_ck, x, h_end,
                 L, d, n, n_chunks_fwd, range_segs, x_every, n_x,
@@ -862,7 +881,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             )
         else:
             h_end[:, -1].copy_(x[:, 0])
-        h_last = h_end[:, -1, :n].transpose(1, 2).contiguous()
+        # a [b, d, n] view of h_end (channels innermost)
+        h_last = h_end[:, -1, :n].transpose(1, 2)
 
         ctx.save_for_backward(u, delta, A2, B, C, D, z, delta_bias, reset_u8, h_ck)
         ctx.delta_softplus = bool(delta_softplus)
@@ -882,8 +902,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         if dy is None:
             dy = torch.zeros_like(u)
         dy = _unit_stride(dy)
-        # [b, N, d]: dh0 out
-        dh = torch.zeros(b, N, d, device=u.device, dtype=torch.float32)
+        # [b, N, d]: dh0 out (written by the kernel's first range; rows past n are not read)
+        dh = torch.empty(b, N, d, device=u.device, dtype=torch.float32)
         du = _time_major_like(u)
         ddelta = _time_major_like(delta)
         dz = None if z is None else _time_major_like(z)
@@ -894,15 +914,14 @@ class _SelectiveScanFn(torch.autograd.Function):
         seg_steps = block_t * ck
         n_seg = triton.cdiv(n_chunks, ck)
         ranges, range_segs, local_segs, n_q, q_every = _time_ranges(n_seg, _ranges_for("bwd_ranges", u, delta))
-        # q[:, k]: the gradient reaching the state entering local range k; q[:, -1] = dh_last
-        q = torch.zeros(b, n_q + 1, N, d, device=u.device, dtype=torch.float32)
-        if dh_last is not None:
-            q[:, n_q, :n].copy_(dh_last.transpose(1, 2))
+        # q[:, k]: the gradient reaching the state entering local range k; q[:, -1] = dh_last (the
+        # rows at range ends are written by the chain, the others and rows past n are not read)
+        q = torch.empty(b, n_q + 1, N, d, device=u.device, dtype=torch.float32)
+        _put_state(q[:, n_q], dh_last, n)
         # every (group, b, t) row is written once
         dBC = torch.empty(groups, b, L, 2 * N, device=u.device, dtype=torch.float32)
-        dA = torch.empty(ranges * b, N, d, device=u.device, dtype=torch.float32)
-        dD = None if D is None else torch.empty(ranges * b, d, device=u.device, dtype=torch.float32)
-        dbias = None if delta_bias is None else torch.empty(ranges * b, d, device=u.device, dtype=torch.float32)
+        # [ranges * b, N + 2, d]: each range's sums of the dA terms (N rows), dD and d(delta_bias)
+        part = torch.empty(ranges * b, N + 2, d, device=u.device, dtype=torch.float32)
         h_seg = torch.empty(ranges, b, ck, N, d, device=u.device, dtype=torch.float32)
         z_ = u if z is None else z
         dz_ = du if dz is None else dz
@@ -916,7 +935,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             # gradient entering each range from the right, so the ranges run in parallel below
             n_loc = n_q - q_every
             loc = torch.empty(2, b, n_loc, N, d, device=u.device, dtype=torch.float32)
-            _scan_bwd_local_kernel[(groups, b, n_loc)](
+            _BWD_LOCAL[(groups, b, n_loc)](
                 delta, A2, C, z_, bias_, r_, dy, loc[0], loc[1],
                 L, d, n, q_every, local_segs * seg_steps,
                 *delta.stride(), *z_.stride(), *C.stride(), *dy.stride(), *r_strides,
@@ -924,10 +943,10 @@ class _SelectiveScanFn(torch.autograd.Function):
             )
             _chain_ranges(loc, q, n_q, q_every, reverse=True)
         if L > 0:
-            _scan_bwd_kernel[(groups, b, ranges)](
+            _BWD[(groups, b, ranges)](
                 u, delta, A2, B, C, u if D is None else D, z_, bias_,
                 r_, h_ck, h_seg, dy, q,
-                du, ddelta, dz_, dBC, dA, dA if dD is None else dD, dA if dbias is None else dbias, dh,
+                du, ddelta, dz_, dBC, part, dh,
                 L, d, n, n_chunks, range_segs, q_every, n_q,
                 *u.stride(), *delta.stride(), *z_.stride(), *B.stride(), *C.stride(), *dy.stride(),
                 *du.stride(), *ddelta.stride(), *dz_.stride(), *r_strides,
@@ -935,26 +954,26 @@ class _SelectiveScanFn(torch.autograd.Function):
                 RS_ASM=_reduce_scatter_asm(N) if _reduce_scatter(block_d) else None,
                 num_warps=1, **_maxnreg("bwd_maxnreg"),
             )
-            dBC = dBC.sum(0)
+            dBC = dBC[0] if groups == 1 else dBC.sum(0)
+            part = part.sum(0)
         else:
             dh.copy_(q[:, n_q])
             du.zero_()
             ddelta.zero_()
-            dA.zero_()
+            if dz is not None:
+                dz.zero_()
             dBC = torch.zeros(b, 0, 2 * N, device=u.device, dtype=torch.float32)
-            for t in (dz, dD, dbias):
-                if t is not None:
-                    t.zero_()
+            part = torch.zeros(N + 2, d, device=u.device, dtype=torch.float32)
         grads_needed = ctx.needs_input_grad
         return (
             du,
             ddelta,
-            dA.sum(0)[:n].t().to(ctx.A_dtype),
+            part[:n].t().to(ctx.A_dtype),
             dBC[..., :n].transpose(1, 2).to(B.dtype),
             dBC[..., N:N + n].transpose(1, 2).to(C.dtype),
-            None if dD is None else dD.sum(0).to(D.dtype),
+            None if D is None else part[N].to(D.dtype),
             dz,
-            None if dbias is None else dbias.sum(0).to(delta_bias.dtype),
+            None if delta_bias is None else part[N + 1].to(delta_bias.dtype),
             dh[:, :n].transpose(1, 2).to(ctx.h0_dtype) if ctx.has_h0 and grads_needed[8] else None,
             None,
             None,

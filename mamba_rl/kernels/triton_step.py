@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mamba_rl.kernels.triton_launch import DirectLauncher
 from mamba_rl.kernels.triton_scan import _softplus, selective_scan_triton
 
 __all__ = [
@@ -116,6 +117,10 @@ def _ssm_step_kernel(
     tl.store(p_y + i_b * s_y_b + o_d * s_y_d, b_y.to(p_y.dtype.element_ty), mask=m_d)
 
 
+# launched through their compiled binaries after the first call (see triton_launch)
+_CONV_STEP, _SSM_STEP = DirectLauncher(_conv_step_kernel), DirectLauncher(_ssm_step_kernel)
+
+
 def _next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
@@ -147,7 +152,7 @@ def _launch_conv_step(x, conv_state, state_out, weight, bias, activation, reset,
         raise ValueError("weight must be a contiguous [d, w] tensor")
     block_d = min(256, _next_pow2(d))
     r_ = x if reset is None else _reset_u8(reset)
-    _conv_step_kernel[(triton.cdiv(d, block_d), b)](
+    _CONV_STEP[(triton.cdiv(d, block_d), b)](
         x, conv_state, state_out, weight, weight if bias is None else bias, r_, y,
         d, *x.stride(), *conv_state.stride(), *state_out.stride(), *y.stride(),
         W=width, HAS_BIAS=bias is not None, HAS_RESET=reset is not None,
@@ -209,7 +214,7 @@ def _launch_ssm_step(h, h_out, x, delta, A, B, C, D, z, delta_bias, delta_softpl
     block_d = max(1, min(_next_pow2(d), 2048 // block_n))
     z_ = x if z is None else z
     r_ = x if reset is None else _reset_u8(reset)
-    _ssm_step_kernel[(triton.cdiv(d, block_d), b)](
+    _SSM_STEP[(triton.cdiv(d, block_d), b)](
         h, h_out, x, delta, A, B, C, x if D is None else D, z_, x if delta_bias is None else delta_bias,
         r_, y, d, n,
         *h.stride(), *h_out.stride(), *x.stride(), *delta.stride(), *B.stride(), *C.stride(),
@@ -373,6 +378,8 @@ def _mixer_ssm_kernel(
     tl.store(p_xc + o_e[:, None] * s_xc_e + o_d[None, :], b_y.to(p_xc.dtype.element_ty), mask=m_ed)
 
 
+_MIXER_CONV_XPROJ, _MIXER_SSM = DirectLauncher(_mixer_conv_xproj_kernel), DirectLauncher(_mixer_ssm_kernel)
+
 # Tile sizes of the fused mixer step, tuned by hand (benchmarks/bench_scan.py --sweep; no
 # autotuning: the kernels overwrite the states).
 STEP_CONFIG = {
@@ -451,7 +458,7 @@ def mamba_mixer_step_inplace(
         raise ValueError(f"workspace.x_dbl must be [{N}, {J}], got {list(workspace.x_dbl.shape)}")
     r_ = xz if reset is None else _reset_u8(reset)
     block_e = STEP_CONFIG["xproj_block_e"]
-    _mixer_conv_xproj_kernel[(triton.cdiv(N, block_e),)](
+    _MIXER_CONV_XPROJ[(triton.cdiv(N, block_e),)](
         xz, conv_state, conv_weight, conv_weight if conv_bias is None else conv_bias, r_,
         x_proj_weight, out, workspace.x_dbl,
         N, d, J, xz.stride(0), *conv_state.stride(), out.stride(0),
@@ -462,7 +469,7 @@ def mamba_mixer_step_inplace(
     block_n = max(2, _next_pow2(n))
     block_d = max(1, min(STEP_CONFIG["ssm_block_d"], _next_pow2(d), STEP_CONFIG["ssm_tile"] // block_n))
     block_e2 = max(1, STEP_CONFIG["ssm_tile"] // (block_n * block_d))
-    _mixer_ssm_kernel[(triton.cdiv(d, block_d), triton.cdiv(N, block_e2))](
+    _MIXER_SSM[(triton.cdiv(d, block_d), triton.cdiv(N, block_e2))](
         xz, workspace.x_dbl, dt_proj_weight, dt_proj_bias, A, xz if D is None else D, ssm_state, r_, out,
         N, d, n, J, xz.stride(0), ssm_state.stride(0), out.stride(0),
         R=R, HAS_D=D is not None, HAS_RESET=reset is not None,
