@@ -567,14 +567,16 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
 SCAN_VARIANTS = [
     # (name, overrides of SCAN_CONFIG): time ranges run in parallel in the forward (F) and the
     # backward (B); r: ptxas register cap (maxnreg); `seq` is one range each way (version 5);
-    # `tl.sum dBC`: the backward's dB / dC lane sums as one butterfly per value (version 6)
+    # `tl.sum dBC`: the backward's dB / dC lane sums as one butterfly per value (version 6);
+    # `accurate math`: softplus and sigmoid from the accurate exp / log / division (version 7)
     ("F4r128 B2", {}),
+    ("accurate math", {"fast_math": False}),
     ("tl.sum dBC", {"bwd_reduce_scatter": False}),
     ("seq", {"fwd_ranges": 1, "bwd_ranges": 1, "fwd_maxnreg": None}),
+    ("F8r128 B2", {"fwd_ranges": 8}),
     ("F4r128 B2r232", {"bwd_maxnreg": 232}),
     ("F4r128 B3r168", {"bwd_ranges": 3, "bwd_maxnreg": 168}),
     ("ck32", {"ck_chunks": 32}),
-    ("ck64", {"ck_chunks": 64}),
     ("local8", {"local_block_t": 8}),
 ]
 

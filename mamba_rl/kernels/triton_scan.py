@@ -61,6 +61,42 @@ BWD_CHUNK_STEPS = 2
 
 
 @triton.jit
+def _approx(x, OP: tl.constexpr):
+    """``OP.approx.ftz.f32`` (``ex2``, ``lg2`` or ``rcp``): one MUFU instruction, ~2 ulp."""
+    if OP == "ex2":
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    elif OP == "lg2":
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+
+
+@triton.jit
+def _softplus_fast(x, FAST: tl.constexpr):
+    """With ``FAST``, ``_softplus`` from approximate MUFU ops (about 12 instructions instead of ~40
+    for the accurate ``exp``, ``log`` and division; within ~1e-6 relative); else ``_softplus``."""
+    if FAST:
+        y = _approx(-tl.abs(x) * 1.4426950408889634, "ex2")
+        w = 1.0 + y
+        log1p_y = tl.where(w == 1.0, y, _approx(w, "lg2") * 0.6931471805599453 * y * _approx(w - 1.0, "rcp"))
+        return tl.maximum(x, 0.0) + log1p_y
+    else:
+        return _softplus(x)
+
+
+@triton.jit
+def _sigmoid_fast(x, FAST: tl.constexpr):
+    """With ``FAST``, ``1 / (1 + exp(-x))`` from approximate MUFU ops; else ``tl.sigmoid``."""
+    if FAST:
+        return _approx(1.0 + _approx(-x * 1.4426950408889634, "ex2"), "rcp")
+    else:
+        return tl.sigmoid(x)
+
+
+@triton.jit
 def _softplus(x):
     # max(x, 0) + log1p(exp(-|x|)), with log1p(y) = log(w) * y / (w - 1), w = 1 + y (exact for
     # small y, where log(1 + y) alone would round to zero)
@@ -162,6 +198,17 @@ def _store_dBC(p_part, t, L, gB, hC, nn, lane, N: tl.constexpr, RS_ASM: tl.const
 
 
 @triton.jit
+def _load_states(ptrs, m_n):
+    """A ``[N, 1]`` row of B or C as fp32; ``m_n`` masks the padded states (None: there are none).
+    Callers clamp the step into the sequence: past its end the step size is zero, so the row read
+    there does not matter."""
+    if m_n is None:
+        return tl.load(ptrs).to(tl.float32)
+    else:
+        return tl.load(ptrs, mask=m_n, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _decay(dt, A2, keep, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
     a = _exp2(dt * A2, PTX)
     if HAS_RESET:
@@ -170,7 +217,8 @@ def _decay(dt, A2, keep, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
-def _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+def _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+               FAST: tl.constexpr):
     """Step ``t``'s raw ``delta (+ bias)`` and its step size ``dt`` (softplus of it when asked; 0
     where ``m`` is off)."""
     draw = tl.load(p_delta + t * s_dt_t, mask=m, other=0.0).to(tl.float32)
@@ -178,7 +226,7 @@ def _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl
         draw += bias
     dt = draw
     if SOFTPLUS:
-        dt = _softplus(draw)
+        dt = _softplus_fast(draw, FAST)
     return draw, tl.where(m, dt, 0.0)
 
 
@@ -193,16 +241,18 @@ def _keep(p_reset, t, m_t, s_r_t, HAS_RESET: tl.constexpr):
 
 @triton.jit
 def _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t, s_B_t, s_C_t, s_r_t, bias,
-          HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
+          HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr,
+          FAST: tl.constexpr):
     """Step ``t`` of the recurrence from ``h = h_{t-1}`` ``[N, BD]``: returns ``h_t`` and the step's
     raw ``delta (+ bias)``, step size ``dt`` ``[1, BD]`` (0 past the end), ``u`` ``[1, BD]`` and
     ``C_t`` ``[N, 1]``."""
     m_t = t < L
     m = m_ch & m_t
-    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS)
+    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS, FAST)
     u = tl.load(p_u + t * s_u_t, mask=m, other=0.0).to(tl.float32)
-    Bv = tl.load(p_B + t * s_B_t, mask=m_n & m_t, other=0.0).to(tl.float32)
-    Cv = tl.load(p_C + t * s_C_t, mask=m_n & m_t, other=0.0).to(tl.float32)
+    t_in = tl.minimum(t, L - 1)
+    Bv = _load_states(p_B + t_in * s_B_t, m_n)
+    Cv = _load_states(p_C + t_in * s_C_t, m_n)
     keep = _keep(p_reset, t, m_t, s_r_t, HAS_RESET)
     h = _decay(dt, A2, keep, HAS_RESET, PTX) * h + (dt * u) * Bv
     return h, draw, dt, u, Cv
@@ -211,29 +261,30 @@ def _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t
 @triton.jit
 def _adjoint_inputs(p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
                     s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
+                    SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr):
     """What the backward needs of step ``t``: the step size ``dt``, ``u``, the gradient reaching
     ``C_t h_t`` (``dy'``, through the ``z`` gate), the factor that turns ``C_t h_t + D u_t`` into
     ``dz`` (``zg``), ``softplus'`` of the raw step (``sg``), the decay ``a_t`` ``[N, BD]``, ``B_t``,
     ``C_t`` ``[N, 1]`` and the channels' mask ``[1, BD]`` (all zero past the end)."""
     m_t = t < L
     m = m_ch & m_t
-    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS)
+    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS, FAST)
     u = tl.load(p_u + t * s_u_t, mask=m, other=0.0).to(tl.float32)
     dy = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
-    Bv = tl.load(p_B + t * s_B_t, mask=m_n & m_t, other=0.0).to(tl.float32)
-    Cv = tl.load(p_C + t * s_C_t, mask=m_n & m_t, other=0.0).to(tl.float32)
+    t_in = tl.minimum(t, L - 1)
+    Bv = _load_states(p_B + t_in * s_B_t, m_n)
+    Cv = _load_states(p_C + t_in * s_C_t, m_n)
     a = _decay(dt, A2, _keep(p_reset, t, m_t, s_r_t, HAS_RESET), HAS_RESET, PTX)
     dyp = dy
     zg = dy
     if HAS_Z:
         z = tl.load(p_z + t * s_z_t, mask=m, other=0.0).to(tl.float32)
-        sz = tl.sigmoid(z)
+        sz = _sigmoid_fast(z, FAST)
         dyp = dy * z * sz
         zg = dy * sz * (1.0 + z * (1.0 - sz))
     sg = dt
     if SOFTPLUS:
-        sg = tl.sigmoid(draw)
+        sg = _sigmoid_fast(draw, FAST)
     return dt, u, dyp, zg, sg, a, Bv, Cv, m
 
 
@@ -274,7 +325,7 @@ def _adjoint_step(p_dBC, t, L, q, ah, a, A2, dt, u, dyp, zg, sg, Bv, Cv, m, Dv, 
 @triton.jit
 def _fwd_chunk(h, sdt, kept, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n, L, lane,
                s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T: tl.constexpr, PF: tl.constexpr, HAS_BIAS: tl.constexpr,
-               SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
+               SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr):
     """Chunk ``i_c`` (``BLOCK_T`` steps) of the recurrence from ``h``, prefetching the chunk ``PF``
     ahead: ``h`` after it, ``sdt`` plus its step sizes and ``kept`` and-ed with "no reset in it"
     (callers that need neither pass anything and drop them; C is not read)."""
@@ -284,7 +335,7 @@ def _fwd_chunk(h, sdt, kept, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, p
     for j in tl.static_range(BLOCK_T):
         t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
         h, draw, dt, u, Bv = _step(h, A2, p_delta, p_u, p_B, p_B, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
-                                   s_B_t, s_B_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
+                                   s_B_t, s_B_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
         sdt += dt
         kept = kept & _keep(p_reset, t, t < L, s_r_t, HAS_RESET)
     return h, sdt, kept
@@ -343,13 +394,15 @@ def _scan_fwd_local_kernel(
     s_B_b, s_B_n, s_B_t,
     s_r_b, s_r_t,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr,
-    PF: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr,
+    PTX: tl.constexpr, FAST: tl.constexpr, PF: tl.constexpr,
 ):
     """Time range ``r = program_id(2)`` (steps ``[r R, (r + 1) R)``, ``R = range_steps``) of the
     recurrence, alone: the state it ends in from a zero state (``loc``) and the factor ``P = prod_t
     a_t`` by which the state entering it is carried to its end (``[b, ranges, N, d]`` each)."""
     i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A2, bias = _local_setup(p_A2, p_bias, d, n, N, BD, HAS_BIAS)
+    if EVEN_N:  # no padded states: B and C load unmasked
+        m_n = None
     pf_u = p_u + i_b * s_u_b + ch_pf * s_u_d
     pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
     pf_B = p_B + i_b * s_B_b
@@ -374,7 +427,7 @@ def _scan_fwd_local_kernel(
         # past the range's end dt = 0, x = 0: h unchanged
         h, sdt, kept = _fwd_chunk(h, sdt, kept, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n,
                                   L, lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, HAS_BIAS, SOFTPLUS,
-                                  HAS_RESET, PTX)
+                                  HAS_RESET, PTX, FAST)
     _store_local(p_loc, p_P, h, sdt, A2, kept, i_b, i_r, nn, ch, m_s, d, N, HAS_RESET, PTX)
 
 
@@ -392,7 +445,8 @@ def _scan_fwd_kernel(
     s_r_b, s_r_t,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr, CK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, PTX: tl.constexpr, PF: tl.constexpr,
+    HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
+    PF: tl.constexpr,
 ):
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
@@ -402,6 +456,8 @@ def _scan_fwd_kernel(
     m_ch = ch < d
     m_n = nn < n
     m_s = m_ch & m_n
+    if EVEN_N:  # no padded states: B and C load unmasked
+        m_n = None
     A2 = tl.load(p_A2 + nn * d + ch, mask=m_s, other=0.0)
     bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
     if HAS_D:
@@ -445,13 +501,13 @@ def _scan_fwd_kernel(
         for j in tl.static_range(BLOCK_T):
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
             h, draw, dt, u, Cv = _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
-                                     s_B_t, s_C_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
+                                     s_B_t, s_C_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
             y = tl.sum(h * Cv, axis=0, keep_dims=True)
             if HAS_D:
                 y += Dv * u
             if HAS_Z:
                 z = tl.load(p_z + t * s_z_t, mask=m_ch & (t < L), other=0.0).to(tl.float32)
-                y *= z * tl.sigmoid(z)
+                y *= z * _sigmoid_fast(z, FAST)
             YY = _put(YY, jj, j, y)
         # stores after the chunk: a store between two steps would keep the next step's loads (which
         # it might alias) from issuing early
@@ -474,7 +530,8 @@ def _scan_bwd_local_kernel(
     s_r_b, s_r_t,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr,
-    PTX: tl.constexpr, PF: tl.constexpr,
+    EVEN_N: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
+    PF: tl.constexpr,
 ):
     """Time range ``r = r_first + program_id(2)`` (steps ``[r R, (r + 1) R)``, ``R = range_steps``)
     of the adjoint, alone: the gradient ``q`` it sends to the state entering it when none comes in
@@ -482,6 +539,8 @@ def _scan_bwd_local_kernel(
     carried through it (``[b, ranges, N, d]`` each). The adjoint ``q_{t-1} = a_t (C_t dy'_t +
     q_t)`` needs no state ``h``, only ``delta``, ``C``, ``dy`` and ``z``."""
     i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A2, bias = _local_setup(p_A2, p_bias, d, n, N, BD, HAS_BIAS)
+    if EVEN_N:  # no padded states: B and C load unmasked
+        m_n = None
     pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
     pf_dy = p_dy + i_b * s_dy_b + ch_pf * s_dy_d
     pf_z = p_z + i_b * s_z_b + ch_pf * s_z_d
@@ -518,12 +577,12 @@ def _scan_bwd_local_kernel(
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + (BLOCK_T - 1 - jr)
             m_t = t < L
             m = m_ch & m_t
-            draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS)
+            draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS, FAST)
             dyp = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
             if HAS_Z:
                 z = tl.load(p_z + t * s_z_t, mask=m, other=0.0).to(tl.float32)
-                dyp *= z * tl.sigmoid(z)
-            Cv = tl.load(p_C + t * s_C_t, mask=m_n & m_t, other=0.0).to(tl.float32)
+                dyp *= z * _sigmoid_fast(z, FAST)
+            Cv = _load_states(p_C + tl.minimum(t, L - 1) * s_C_t, m_n)
             keep = _keep(p_reset, t, m_t, s_r_t, HAS_RESET)
             kept = kept & keep
             # past the range's end dt = 0, dy' = 0: q passes unchanged
@@ -576,7 +635,8 @@ def _scan_bwd_kernel(
     s_r_b, s_r_t,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr, CK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, PTX: tl.constexpr, PF: tl.constexpr, RS_ASM: tl.constexpr,
+    HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr, PF: tl.constexpr,
+    RS_ASM: tl.constexpr,
 ):
     tl.static_assert(BLOCK_T == 2, "the backward chunk is written out for two steps (BWD_CHUNK_STEPS)")
     i_d = tl.program_id(0)
@@ -589,6 +649,8 @@ def _scan_bwd_kernel(
     m_ch = ch < d
     m_n = nn < n
     m_s = m_ch & m_n
+    if EVEN_N:  # no padded states: B and C load unmasked
+        m_n = None
     A2 = tl.load(p_A2 + nn * d + ch, mask=m_s, other=0.0)
     bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
     Dv = tl.load(p_D + ch, mask=m_ch & HAS_D, other=0.0).to(tl.float32)
@@ -628,7 +690,7 @@ def _scan_bwd_kernel(
         for i_c in range(c_lo, c_hi - 1):
             h, _, _ = _fwd_chunk(h, dbias, m_ch, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n, L,
                                  lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, HAS_BIAS, SOFTPLUS,
-                                 HAS_RESET, PTX)
+                                 HAS_RESET, PTX, FAST)
             tl.store(p_hseg + (i_c + 1 - c_lo) * N * d, h, mask=m_s)
         # 2. the segment's chunks (two steps t0, t1), last first: the chunk's states from the one
         # entering it, then the adjoint backwards through t1 and t0
@@ -646,10 +708,10 @@ def _scan_bwd_kernel(
             t1 = t0 + 1
             dt0, u0, dyp0, zg0, sg0, a0, B0, C0, m0 = _adjoint_inputs(
                 p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t0, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
-                s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
+                s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
             dt1, u1, dyp1, zg1, sg1, a1, B1, C1, m1 = _adjoint_inputs(
                 p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t1, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
-                s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX)
+                s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
             ah0 = a0 * hp
             h0 = ah0 + (dt0 * u0) * B0
             ah1 = a1 * h0
@@ -695,7 +757,9 @@ _FWD_LOCAL, _FWD, _BWD_LOCAL, _BWD, _CARRY = (DirectLauncher(k) for k in (
 # range; local_block_t: steps per chunk in those pieces; *_maxnreg: ptxas register caps (128 made the
 # forward 1.25x faster; the backward is fastest uncapped since its reduce-scatter, 3.5% slower at
 # 232); bwd_reduce_scatter: the backward's dB / dC lane sums by reduce-scatter (inline PTX, 1.17x
-# faster at T=20000) instead of a tl.sum butterfly per value.
+# faster at T=20000) instead of a tl.sum butterfly per value; fast_math: softplus and sigmoid from
+# approximate MUFU ops (ex2 / lg2 / rcp.approx, ~1e-6 relative) instead of the accurate exp, log and
+# division.
 SCAN_CONFIG = {
     "ck_chunks": 16,
     "fwd_block_t": 4,
@@ -709,6 +773,7 @@ SCAN_CONFIG = {
     "fwd_maxnreg": 128,
     "bwd_maxnreg": None,
     "bwd_reduce_scatter": True,
+    "fast_math": True,
 }
 
 
@@ -783,6 +848,11 @@ def _block_d(kind: str, d: int) -> int:
     return min(SCAN_CONFIG[f"{kind}_block_d"], max(_next_pow2(d), 1))
 
 
+def _fast_math() -> bool:
+    """Whether softplus and sigmoid use approximate MUFU ops (not in the interpreter)."""
+    return SCAN_CONFIG["fast_math"] and not _interpreted()
+
+
 def _reduce_scatter(block_d: int) -> bool:
     """Whether the backward sums dB / dC over lanes reduce-scatter style (inline PTX, a channel per
     lane of a full warp) rather than with ``tl.sum``."""
@@ -853,7 +923,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         r_strides = (0, 0) if reset_u8 is None else reset_u8.stride()
         bias_ = u if delta_bias is None else delta_bias
         flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_RESET=reset is not None,
-                     PTX=not _interpreted(), PF=SCAN_CONFIG["prefetch_chunks"])
+                     EVEN_N=n == N, PTX=not _interpreted(), FAST=_fast_math(), PF=SCAN_CONFIG["prefetch_chunks"])
         block_d = _block_d("fwd", d)
         groups = triton.cdiv(d, block_d)
         if L > 0 and ranges > 1:
@@ -928,7 +998,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         r_ = u if reset_u8 is None else reset_u8
         r_strides = (0, 0) if reset_u8 is None else reset_u8.stride()
         flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-                     HAS_RESET=reset_u8 is not None, PTX=not _interpreted(), PF=SCAN_CONFIG["prefetch_chunks"])
+                     HAS_RESET=reset_u8 is not None, EVEN_N=n == N, PTX=not _interpreted(), FAST=_fast_math(),
+                     PF=SCAN_CONFIG["prefetch_chunks"])
         bias_ = u if delta_bias is None else delta_bias
         if L > 0 and ranges > 1:
             # the adjoint of every range but the first alone (in parallel), then chained: the

@@ -326,3 +326,35 @@ def test_scan_matches_reference_realistic(b, d, n, L, dtype):
     inputs, reset_mask = make_inputs(b, d, n, L, dtype, device="cuda")
     reset_mask |= torch.rand(b, L, device="cuda") < 0.005
     check_against_reference(inputs, reset_mask, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the approximations are inline PTX)")
+def test_fast_softplus_and_sigmoid_stay_within_a_few_ulp_of_torch(monkeypatch):
+    import triton
+    import triton.language as tl
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+
+    @triton.jit
+    def apply(p_x, p_sp, p_sg, n, BLOCK: tl.constexpr):
+        o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        x = tl.load(p_x + o, mask=o < n)
+        tl.store(p_sp + o, triton_scan._softplus_fast(x, True), mask=o < n)
+        tl.store(p_sg + o, triton_scan._sigmoid_fast(x, True), mask=o < n)
+
+    # every regime: exp(-|x|) rounding 1 + y to 1, small and large |x|, the sigmoid's saturation
+    x = torch.cat([torch.linspace(-120, 120, 200001, device="cuda"),
+                   torch.tensor([0.0, -0.0, 1e-30, -1e-30, -17.0, -87.0, -88.7, 88.7], device="cuda")])
+    sp, sg = torch.empty_like(x), torch.empty_like(x)
+    apply[(triton.cdiv(x.numel(), 1024),)](x, sp, sg, x.numel(), BLOCK=1024)
+    xd = x.double()
+    sp_ref = torch.nn.functional.softplus(xd, threshold=1e9)
+    sg_ref = torch.sigmoid(xd)
+    # relative error where the true value is a normal float; below 2^-126 the approximations flush
+    # to zero (ftz), an absolute error under 2^-126
+    for got, ref in ((sp, sp_ref), (sg, sg_ref)):
+        err = (got.double() - ref).abs()
+        normal = ref >= 2.0 ** -126
+        assert (err[normal] / ref[normal]).max() < 5e-6
+        assert err[~normal].max(initial=0.0) < 2.0 ** -126
