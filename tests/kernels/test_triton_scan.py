@@ -351,10 +351,10 @@ def test_fast_softplus_and_sigmoid_stay_within_a_few_ulp_of_torch(monkeypatch):
     xd = x.double()
     sp_ref = torch.nn.functional.softplus(xd, threshold=1e9)
     sg_ref = torch.sigmoid(xd)
-    # relative error where the true value is a normal float; below 2^-126 the approximations flush
-    # to zero (ftz), an absolute error under 2^-126
+    # relative error where the true value is a normal float (with a factor 2 of margin: the rounded
+    # exponent may land below -126); below that the approximations flush to zero (ftz)
     for got, ref in ((sp, sp_ref), (sg, sg_ref)):
         err = (got.double() - ref).abs()
-        normal = ref >= 2.0 ** -126
+        normal = ref >= 2.0 ** -125
         assert (err[normal] / ref[normal]).max() < 5e-6
-        assert err[~normal].max(initial=0.0) < 2.0 ** -126
+        assert err[~normal].max(initial=0.0) < 2.0 ** -125
