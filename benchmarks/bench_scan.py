@@ -568,7 +568,9 @@ SCAN_VARIANTS = [
     # (name, overrides of SCAN_CONFIG): time ranges run in parallel in the forward (F) and the
     # backward (B); r: ptxas register cap (maxnreg); `seq` is one range each way (version 5);
     # `tl.sum dBC`: the backward's dB / dC lane sums as one butterfly per value (version 6);
-    # `accurate math`: softplus and sigmoid from the accurate exp / log / division (version 7)
+    # `accurate math`: softplus and sigmoid from the accurate exp / log / division (version 7);
+    # `bwd 16 channels`: a channel's states split over two lanes in the backward (fewer registers,
+    # more warps; its dB / dC sums are tl.sum)
     ("F4r128 B2", {}),
     ("accurate math", {"fast_math": False}),
     ("tl.sum dBC", {"bwd_reduce_scatter": False}),
@@ -578,6 +580,9 @@ SCAN_VARIANTS = [
     ("F4r128 B3r168", {"bwd_ranges": 3, "bwd_maxnreg": 168}),
     ("ck32", {"ck_chunks": 32}),
     ("local8", {"local_block_t": 8}),
+    ("bwd 16 channels", {"bwd_block_d": 16}),
+    ("bwd 16 channels, B1", {"bwd_block_d": 16, "bwd_ranges": 1}),
+    ("prefetch 2", {"prefetch_chunks": 2}),
 ]
 
 
