@@ -580,8 +580,8 @@ SCAN_VARIANTS = [
     ("F4r128 B3r168", {"bwd_ranges": 3, "bwd_maxnreg": 168}),
     ("ck32", {"ck_chunks": 32}),
     ("local8", {"local_block_t": 8}),
+    ("no h prefetch", {"bwd_prefetch_h": False}),
     ("bwd 16 channels", {"bwd_block_d": 16}),
-    ("bwd 16 channels, B1", {"bwd_block_d": 16, "bwd_ranges": 1}),
     ("prefetch 2", {"prefetch_chunks": 2}),
 ]
 

@@ -644,7 +644,7 @@ def _scan_bwd_kernel(
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr, CK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr, PF: tl.constexpr,
-    RS_ASM: tl.constexpr,
+    RS_ASM: tl.constexpr, PF_H: tl.constexpr,
 ):
     tl.static_assert(BLOCK_T == 2, "the backward chunk is written out for two steps (BWD_CHUNK_STEPS)")
     i_d = tl.program_id(0)
@@ -677,6 +677,7 @@ def _scan_bwd_kernel(
     p_hck += i_b * (n_seg + 1) * N * d + nn * d + ch
     # [ranges, b, CK, N, d]: the states entering each chunk of the current segment
     p_hseg += (i_r * nb + i_b) * CK * N * d + nn * d + ch
+    pf_hseg = p_hseg + (tl.minimum(ch, d - 1) - ch)
     # [b, N, d]: dh0 out (from the first range)
     p_dh += i_b * N * d + nn * d + ch
     # q: the gradient reaching h_{t-1} through step t (for the chunk after the current one); at the
@@ -705,7 +706,9 @@ def _scan_bwd_kernel(
         for i_ci in range(c_lo, c_hi):
             i_c = c_hi - 1 - (i_ci - c_lo)
             hp = tl.load(p_hseg + (i_c - c_lo) * N * d, mask=m_s, other=0.0)
-            # the chunk processed next is the previous one
+            # the chunk processed next is the previous one (its entering state too, with PF_H)
+            if PF_H:
+                _prefetch(pf_hseg + (tl.maximum(i_c - 1, c_lo) - c_lo) * N * d, PTX)
             t_pf = tl.maximum(i_c - PF, 0) * BLOCK_T
             _prefetch_chunk(pf_dt, pf_B, t_pf, L, s_dt_t, s_B_t, lane, BLOCK_T, PTX)
             _prefetch_chunk(pf_u, pf_C, t_pf, L, s_u_t, s_C_t, lane, BLOCK_T, PTX)
@@ -767,7 +770,8 @@ _FWD_LOCAL, _FWD, _BWD_LOCAL, _BWD, _CARRY = (DirectLauncher(k) for k in (
 # 232); bwd_reduce_scatter: the backward's dB / dC lane sums by reduce-scatter (inline PTX, 1.17x
 # faster at T=20000) instead of a tl.sum butterfly per value; fast_math: softplus and sigmoid from
 # approximate MUFU ops (ex2 / rcp.approx and a series for log1p, ~5e-7 relative) instead of the
-# accurate exp, log and division.
+# accurate exp, log and division; bwd_prefetch_h: the backward prefetches the state entering the
+# next chunk (read back from its scratch) into L1 along with the chunk's inputs.
 SCAN_CONFIG = {
     "ck_chunks": 16,
     "fwd_block_t": 4,
@@ -782,6 +786,7 @@ SCAN_CONFIG = {
     "bwd_maxnreg": None,
     "bwd_reduce_scatter": True,
     "fast_math": True,
+    "bwd_prefetch_h": True,
 }
 
 
@@ -1031,6 +1036,7 @@ class _SelectiveScanFn(torch.autograd.Function):
                 *du.stride(), *ddelta.stride(), *dz_.stride(), *r_strides,
                 N=N, BLOCK_T=block_t, BD=block_d, CK=ck, HAS_D=D is not None, **flags,
                 RS_ASM=_reduce_scatter_asm(N) if _reduce_scatter(block_d) else None,
+                PF_H=SCAN_CONFIG["bwd_prefetch_h"],
                 num_warps=1, **_maxnreg("bwd_maxnreg"),
             )
             dBC = dBC[0] if groups == 1 else dBC.sum(0)
