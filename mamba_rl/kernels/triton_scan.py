@@ -887,6 +887,16 @@ def _maxnreg(key: str) -> dict:
     return {} if value is None or _interpreted() else {"maxnreg": value}
 
 
+def _shared_args(u, reset_u8, delta_bias, delta_softplus, n: int, N: int):
+    """What the forward's and the backward's kernels share: the reset tensor and its ``(b, t)``
+    strides, ``delta_bias`` (``u`` stands in for a missing one, unread) and the constexpr flags."""
+    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_RESET=reset_u8 is not None,
+                 EVEN_N=n == N, PTX=not _interpreted(), FAST=_fast_math(), PF=SCAN_CONFIG["prefetch_chunks"])
+    if reset_u8 is None:
+        return u, (0, 0), u if delta_bias is None else delta_bias, flags
+    return reset_u8, reset_u8.stride(), u if delta_bias is None else delta_bias, flags
+
+
 def _put_state(dst: torch.Tensor, state: torch.Tensor | None, n: int) -> None:
     """Write ``state`` ``[b, d, n]`` (zeros if None) into ``dst`` ``[b, N, d]``, zeros past ``n``."""
     if state is None:
@@ -941,11 +951,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         x = torch.empty(b, n_x + 1, N, d, device=u.device, dtype=torch.float32)
         x[:, 0].copy_(h_ck[:, 0])
         z_ = u if z is None else z
-        r_ = u if reset_u8 is None else reset_u8
-        r_strides = (0, 0) if reset_u8 is None else reset_u8.stride()
-        bias_ = u if delta_bias is None else delta_bias
-        flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_RESET=reset is not None,
-                     EVEN_N=n == N, PTX=not _interpreted(), FAST=_fast_math(), PF=SCAN_CONFIG["prefetch_chunks"])
+        r_, r_strides, bias_, flags = _shared_args(u, reset_u8, delta_bias, delta_softplus, n, N)
         block_d = _block_d("fwd", d)
         groups = triton.cdiv(d, block_d)
         if L > 0 and ranges > 1:
@@ -1017,12 +1023,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         h_seg = torch.empty(ranges, b, ck, N, d, device=u.device, dtype=torch.float32)
         z_ = u if z is None else z
         dz_ = du if dz is None else dz
-        r_ = u if reset_u8 is None else reset_u8
-        r_strides = (0, 0) if reset_u8 is None else reset_u8.stride()
-        flags = dict(HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-                     HAS_RESET=reset_u8 is not None, EVEN_N=n == N, PTX=not _interpreted(), FAST=_fast_math(),
-                     PF=SCAN_CONFIG["prefetch_chunks"])
-        bias_ = u if delta_bias is None else delta_bias
+        r_, r_strides, bias_, flags = _shared_args(u, reset_u8, delta_bias, ctx.delta_softplus, n, N)
+        flags["HAS_Z"] = z is not None
         if L > 0 and ranges > 1:
             # the adjoint of every range but the first alone (in parallel), then chained: the
             # gradient entering each range from the right, so the ranges run in parallel below
