@@ -359,6 +359,19 @@ def _fwd_chunk(h, sdt, kept, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, p
 
 
 @triton.jit
+def _range_start(r, range_steps, L):
+    """Range ``r``'s first step ``t_lo`` (int64) and its length (at most ``range_steps``)."""
+    t_lo = (r * range_steps).to(tl.int64)
+    return t_lo, tl.minimum(L - t_lo, range_steps).to(tl.int32)
+
+
+@triton.jit
+def _at_step(p, pf, t_lo, s_t):
+    """A stream's pointers ``p`` and prefetch pointers ``pf`` moved to step ``t_lo``."""
+    return p + t_lo * s_t, pf + t_lo * s_t
+
+
+@triton.jit
 def _input_pointers(p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d,
                     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n, s_C_b, s_C_n):
     """Batch row ``i_b``'s pointers: the channels' rows ``[1, BD]`` of u, delta, z and the states'
@@ -428,14 +441,10 @@ def _scan_fwd_local_kernel(
     p_B += i_b * s_B_b + nn * s_B_n
     p_reset += i_b * s_r_b
     # every stream starts at the range's first step; L: the range's length
-    t_lo = (i_r * range_steps).to(tl.int64)
-    L = tl.minimum(L - t_lo, range_steps).to(tl.int32)
-    p_u += t_lo * s_u_t
-    pf_u += t_lo * s_u_t
-    p_delta += t_lo * s_dt_t
-    pf_dt += t_lo * s_dt_t
-    p_B += t_lo * s_B_t
-    pf_B += t_lo * s_B_t
+    t_lo, L = _range_start(i_r, range_steps, L)
+    p_u, pf_u = _at_step(p_u, pf_u, t_lo, s_u_t)
+    p_delta, pf_dt = _at_step(p_delta, pf_dt, t_lo, s_dt_t)
+    p_B, pf_B = _at_step(p_B, pf_B, t_lo, s_B_t)
     p_reset += t_lo * s_r_t
     h = tl.zeros([N, BD], dtype=tl.float32)
     sdt = tl.zeros([1, BD], dtype=tl.float32)
@@ -487,18 +496,12 @@ def _scan_fwd_kernel(
     # this range's steps [t_lo, t_lo + L): every stream starts at t_lo, so that the loop below is
     # the one-range loop (the same code; ptxas schedules variants of it up to 2x slower)
     range_steps = range_segs * CK * BLOCK_T
-    t_lo = (i_r * range_steps).to(tl.int64)
-    L = tl.minimum(L - t_lo, range_steps).to(tl.int32)
-    p_u += t_lo * s_u_t
-    pf_u += t_lo * s_u_t
-    p_delta += t_lo * s_dt_t
-    pf_dt += t_lo * s_dt_t
-    p_z += t_lo * s_z_t
-    pf_z += t_lo * s_z_t
-    p_B += t_lo * s_B_t
-    pf_B += t_lo * s_B_t
-    p_C += t_lo * s_C_t
-    pf_C += t_lo * s_C_t
+    t_lo, L = _range_start(i_r, range_steps, L)
+    p_u, pf_u = _at_step(p_u, pf_u, t_lo, s_u_t)
+    p_delta, pf_dt = _at_step(p_delta, pf_dt, t_lo, s_dt_t)
+    p_z, pf_z = _at_step(p_z, pf_z, t_lo, s_z_t)
+    p_B, pf_B = _at_step(p_B, pf_B, t_lo, s_B_t)
+    p_C, pf_C = _at_step(p_C, pf_C, t_lo, s_C_t)
     p_y += t_lo * s_y_t
     p_reset += t_lo * s_r_t
     # [b, n_x + 1, N, d]: the state entering each local range (h0 first)
@@ -568,16 +571,11 @@ def _scan_bwd_local_kernel(
     p_C += i_b * s_C_b + nn * s_C_n
     p_reset += i_b * s_r_b
     # every stream starts at the range's first step; L: the range's length
-    t_lo = ((r_first + i_r) * range_steps).to(tl.int64)
-    L = tl.minimum(L - t_lo, range_steps).to(tl.int32)
-    p_delta += t_lo * s_dt_t
-    pf_dt += t_lo * s_dt_t
-    p_dy += t_lo * s_dy_t
-    pf_dy += t_lo * s_dy_t
-    p_z += t_lo * s_z_t
-    pf_z += t_lo * s_z_t
-    p_C += t_lo * s_C_t
-    pf_C += t_lo * s_C_t
+    t_lo, L = _range_start(r_first + i_r, range_steps, L)
+    p_delta, pf_dt = _at_step(p_delta, pf_dt, t_lo, s_dt_t)
+    p_dy, pf_dy = _at_step(p_dy, pf_dy, t_lo, s_dy_t)
+    p_z, pf_z = _at_step(p_z, pf_z, t_lo, s_z_t)
+    p_C, pf_C = _at_step(p_C, pf_C, t_lo, s_C_t)
     p_reset += t_lo * s_r_t
     n_c = tl.cdiv(L, BLOCK_T)
     q = tl.zeros([N, BD], dtype=tl.float32)
