@@ -14,8 +14,8 @@ shapes, strides, alignments or dtypes still gets (or compiles) the right one:
 The first call of each key goes through ``kernel[grid](...)`` (which compiles when needed); later
 ones through the binary's launcher (``compiled[grid](*all_args)``). Runtime arguments are passed
 positionally, constexprs by keyword (so the binary's argument list is ``args`` then the constexprs
-in signature order). Under ``TRITON_INTERPRET=1``, or with ``DIRECT_LAUNCH`` off, every call is a
-plain ``kernel[grid](...)``.
+in signature order). Under ``TRITON_INTERPRET=1``, or with ``launch_config["direct"]`` off, every
+call is a plain ``kernel[grid](...)``.
 """
 
 from __future__ import annotations
@@ -24,12 +24,17 @@ import os
 
 import torch
 
-__all__ = ["DirectLauncher", "launch_config"]
+__all__ = ["DirectLauncher", "interpreted", "launch_config"]
 
 # set to False to launch every kernel through the JIT (benchmarks compare the two)
 launch_config = {"direct": True}
 
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
+
+
+def interpreted() -> bool:
+    """Whether Triton kernels run through its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _specialisation(args: tuple) -> tuple:
@@ -60,7 +65,7 @@ class DirectLauncher:
         return lambda *args, **kwargs: self._launch(grid, args, kwargs)
 
     def _launch(self, grid, args, kwargs):
-        if not launch_config["direct"] or os.environ.get("TRITON_INTERPRET", "0") == "1":
+        if not launch_config["direct"] or interpreted():
             return self.kernel[grid](*args, **kwargs)
         first = args[0]
         device = first.device.index if isinstance(first, torch.Tensor) else None

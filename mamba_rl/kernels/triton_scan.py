@@ -52,14 +52,13 @@ the GPU's.
 from __future__ import annotations
 
 import functools
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from mamba_rl.kernels.triton_launch import DirectLauncher
+from mamba_rl.kernels.triton_launch import DirectLauncher, interpreted as _interpreted
 
 __all__ = ["selective_scan_triton", "SCAN_CONFIG"]
 
@@ -70,14 +69,10 @@ BWD_CHUNK_STEPS = 2
 
 
 @triton.jit
-def _approx(x, OP: tl.constexpr):
-    """``OP.approx.ftz.f32`` (``ex2`` or ``rcp``): one MUFU instruction, ~2 ulp relative."""
-    if OP == "ex2":
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+def _rcp_approx(x):
+    """``1 / x`` by ``rcp.approx.ftz.f32``: one MUFU instruction, ~1 ulp."""
+    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
+                                     pack=1)
 
 
 @triton.jit
@@ -89,8 +84,8 @@ def _softplus_fast(x, FAST: tl.constexpr):
     within ~5e-7 relative (``lg2.approx`` would be cheaper but its error is absolute, large
     relative to ``log1p(y)`` for small ``y``). Else ``_softplus``."""
     if FAST:
-        y = _approx(-tl.abs(x) * 1.4426950408889634, "ex2")
-        s = y * _approx(2.0 + y, "rcp")
+        y = _exp2(-tl.abs(x) * 1.4426950408889634, True)
+        s = y * _rcp_approx(2.0 + y)
         s2 = s * s
         p = 2.0 / 13.0
         p = p * s2 + 2.0 / 11.0
@@ -108,7 +103,7 @@ def _softplus_fast(x, FAST: tl.constexpr):
 def _sigmoid_fast(x, FAST: tl.constexpr):
     """With ``FAST``, ``1 / (1 + exp(-x))`` from approximate MUFU ops; else ``tl.sigmoid``."""
     if FAST:
-        return _approx(1.0 + _approx(-x * 1.4426950408889634, "ex2"), "rcp")
+        return _rcp_approx(1.0 + _exp2(-x * 1.4426950408889634, True))
     else:
         return tl.sigmoid(x)
 
@@ -799,10 +794,6 @@ SCAN_CONFIG = {
 
 def _next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
-
-
-def _interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _time_major_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
