@@ -97,9 +97,12 @@ def time_ms(fn, *, grad_to_none=None, slow=False, rep_ms=200):
 
 
 def profile_kernels(fn, reps=20):
-    """Average device time per call (us) of each kernel that ``fn`` launches (torch.profiler)."""
+    """Average device time per call (us) of each kernel that ``fn`` launches (torch.profiler);
+    nothing in a dry run on the CPU."""
     from torch.profiler import ProfilerActivity, profile
 
+    if DEV == "cpu":
+        return {}
     fn()
     sync()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -477,7 +480,7 @@ def bench_mamba_ssm(L, *, b=64, d=256, n=16):
 
 def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
     from mamba_rl import MambaModule
-    from mamba_rl.kernels.triton_step import MixerStepWorkspace, mamba_mixer_step_inplace
+    from mamba_rl.kernels.triton_step import MixerStepWorkspace, mamba_mixer_step
 
     shapes = dict(envs=num_envs, d_model=d_model, d_inner=2 * d_model, d_state=16, d_conv=4, layers=1,
                   input_size=input_size, reset_rate=0.01)
@@ -502,13 +505,13 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
         A = mixer.A.contiguous()
 
     def mixer_kernels():
-        mamba_mixer_step_inplace(xz_static, conv, ssm, conv_w, mixer.conv1d.bias, mixer.x_proj.weight,
+        mamba_mixer_step(xz_static, conv, ssm, conv_w, mixer.conv1d.bias, mixer.x_proj.weight,
                                  mixer.dt_proj.weight, mixer.dt_proj.bias, A, mixer.D, reset, out, workspace)
 
     def fused_policy_step():
         h = module.input_proj(x)
         xz = mixer.in_proj(block.norm(h))
-        mamba_mixer_step_inplace(xz, conv, ssm, conv_w, mixer.conv1d.bias, mixer.x_proj.weight,
+        mamba_mixer_step(xz, conv, ssm, conv_w, mixer.conv1d.bias, mixer.x_proj.weight,
                                  mixer.dt_proj.weight, mixer.dt_proj.bias, A, mixer.D, reset, out, workspace)
         return module.norm_f(h + mixer.out_proj(out))
 
@@ -540,8 +543,13 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
         record("policy step 4096 envs", "fused in-place step (graph)", dtype=torch.float32, shapes=shapes, ms=ms,
                min_bytes=policy_bytes, check=errs, note="input_proj, norm, in_proj, 2 kernels, out_proj, norm")
 
+        # MambaModule.step without a gradient: on Triton each layer is the fused step above
         for backend in ("torch", "triton"):
             module.backend = backend
+            y_b, s_b = module.step(x, state0, reset)
+            check = {"y": rel_err(y_b, y_ref), "ssm": rel_err(s_b.ssm, s_ref.ssm), "conv": rel_err(s_b.conv, s_ref.conv)}
+            if not max(check.values()) <= 1e-4:
+                raise AssertionError(f"MambaModule.step {backend} differs from the torch step: {check}")
             state = type(state0)(state0.ssm.clone(), state0.conv.clone())
 
             def pure_step():
@@ -550,14 +558,19 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
                 state.conv.copy_(new.conv)
                 return y
 
-            with guarded("policy step 4096 envs", f"MambaModule.step {backend} (graph)", torch.float32, shapes):
-                ms, _ = graph_replay_ms(pure_step)
-                record("policy step 4096 envs", f"MambaModule.step {backend} (graph)", dtype=torch.float32,
-                       shapes=shapes, ms=ms, min_bytes=policy_bytes, note="pure step + copy into the state")
-            with guarded("policy step 4096 envs", f"MambaModule.step {backend} (eager)", torch.float32, shapes):
-                ms = time_ms(pure_step, rep_ms=100)
-                record("policy step 4096 envs", f"MambaModule.step {backend} (eager)", dtype=torch.float32,
-                       shapes=shapes, ms=ms, min_bytes=policy_bytes)
+            def step_in_place():
+                return module.step(x, state, reset, out_state=state)[0]
+
+            for impl, fn, note in ((f"MambaModule.step {backend}", pure_step, "pure step + copy into the state"),
+                                   (f"MambaModule.step {backend} in place", step_in_place, "out_state=state")):
+                with guarded("policy step 4096 envs", f"{impl} (graph)", torch.float32, shapes):
+                    ms, _ = graph_replay_ms(fn)
+                    record("policy step 4096 envs", f"{impl} (graph)", dtype=torch.float32, shapes=shapes, ms=ms,
+                           min_bytes=policy_bytes, check=check, note=note)
+                with guarded("policy step 4096 envs", f"{impl} (eager)", torch.float32, shapes):
+                    ms = time_ms(fn, rep_ms=100)
+                    record("policy step 4096 envs", f"{impl} (eager)", dtype=torch.float32, shapes=shapes, ms=ms,
+                           min_bytes=policy_bytes, note=note)
         module.backend = "torch"
 
 
@@ -700,7 +713,7 @@ def sweep_step(num_envs=4096, d_model=128):
         triton_step.STEP_CONFIG.clear()
         triton_step.STEP_CONFIG.update(base, **overrides)
         try:
-            ms, _ = graph_replay_ms(lambda: triton_step.mamba_mixer_step_inplace(
+            ms, _ = graph_replay_ms(lambda: triton_step.mamba_mixer_step(
                 xz, conv, ssm, cw, cb, wx, wdt, bdt, A, D, reset, out, ws))
             row = dict(kernel="mixer step", envs=num_envs, variant=name, overrides=overrides, graph_us=1e3 * ms)
         except Exception as e:

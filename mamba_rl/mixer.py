@@ -2,8 +2,8 @@
 
 Parameter names, shapes, defaults and initialisation follow ``mamba_ssm.modules.mamba_simple.Mamba``,
 so a state dict saved from mamba-ssm loads unchanged. Unlike mamba-ssm's inference cache, the state
-is an argument and a return value: nothing is mutated in place, resets can happen inside a sequence,
-and gradients reach the initial state.
+is an argument and a return value: nothing is mutated in place unless a step is asked to
+(``out_state``), resets can happen inside a sequence, and gradients reach the initial state.
 """
 
 from __future__ import annotations
@@ -63,7 +63,9 @@ class MambaMixer(nn.Module):
     Three ways in, one set of parameters:
 
     - :meth:`forward` ``(x [B, T, d_model], state=None, reset=None [B, T]) -> (y [B, T, d_model], state)``
-    - :meth:`step` ``(x [B, d_model], state, reset=None [B]) -> (y [B, d_model], state)``: pure.
+    - :meth:`step` ``(x [B, d_model], state, reset=None [B], out_state=None) -> (y [B, d_model], state)``:
+      pure, or in place with ``out_state=state``; fused into two Triton kernels when no gradient is
+      needed.
     - :meth:`zero_state` ``(batch_shape) -> MixerState``.
     """
 
@@ -243,19 +245,32 @@ class MambaMixer(nn.Module):
         x: torch.Tensor,
         state: MixerState,
         reset: torch.Tensor | None = None,
+        out_state: MixerState | None = None,
     ) -> tuple[torch.Tensor, MixerState]:
-        """One step for ``B`` environments; pure: ``state`` is not written, gradients flow through.
+        """One step for ``B`` environments; pure by default: ``state`` is not written.
 
         Args:
             x: ``[B, d_model]``.
             state: the state entering this step.
             reset: ``[B]`` bool; True: the state is taken as zero (an episode starts here).
+            out_state: where to write the state after the step (shapes as ``state``; the SSM part
+                float32); it may be ``state`` itself, which then steps in place. Returned as the
+                new state. In place and a gradient through ``state`` do not mix.
+
+        Without a gradient to compute and with the Triton backend, the step is the fused
+        :func:`~mamba_rl.kernels.triton_step.mamba_mixer_step` (two kernels between ``in_proj``
+        and ``out_proj``); otherwise the conv step, the projections and the SSM step run one by
+        one (differentiable).
         """
         self._check_input(x, 2, "[B, d_model]")
         self._check_state(state, x.shape[0])
         if reset is not None and (tuple(reset.shape) != (x.shape[0],) or reset.dtype != torch.bool):
             raise ValueError(f"reset must be a bool tensor of shape [{x.shape[0]}], got "
                              f"{reset.dtype} {list(reset.shape)}")
+        if out_state is not None:
+            self._check_state(out_state, x.shape[0])
+        if self._fused_step_applies(x, state, out_state):
+            return self._fused_step(x, state, reset, out_state)
         # [B, d_inner] each
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
         x_conv, conv_new = ops.causal_conv1d_step(
@@ -268,4 +283,33 @@ class MambaMixer(nn.Module):
             delta_bias=_at_least_fp32(self.dt_proj.bias), delta_softplus=True, reset=reset,
             backend=self.backend,
         )
+        if out_state is not None:
+            out_state.conv.copy_(conv_new)
+            out_state.ssm.copy_(ssm_new)
+            conv_new, ssm_new = out_state
         return self.out_proj(y.to(x.dtype)), MixerState(conv_new, ssm_new)
+
+    def _fused_step_applies(self, x: torch.Tensor, state: MixerState, out_state: MixerState | None) -> bool:
+        if ops.resolve_backend(self.backend, x.device) != "triton":
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or state.conv.requires_grad or state.ssm.requires_grad
+                                        or any(p.requires_grad for p in self.parameters())):
+            return False
+        # the fused kernels keep the SSM state in fp32 with each env's [d_inner, d_state] contiguous
+        return all(ssm.dtype == torch.float32 and ssm.stride(2) == 1 and ssm.stride(1) == self.d_state
+                   for ssm in (state.ssm, state.ssm if out_state is None else out_state.ssm))
+
+    def _fused_step(self, x, state, reset, out_state):
+        from mamba_rl.kernels.triton_step import mamba_mixer_step
+
+        xz = self.in_proj(x)
+        if out_state is None:
+            out_state = MixerState(torch.empty_like(state.conv), torch.empty_like(state.ssm))
+        y = torch.empty(x.shape[0], self.d_inner, device=x.device, dtype=xz.dtype)
+        mamba_mixer_step(
+            xz, state.conv, state.ssm, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
+            self.dt_proj.weight, self.dt_proj.bias, self.A, _at_least_fp32(self.D),
+            None if reset is None else reset.contiguous(), y,
+            conv_state_out=out_state.conv, ssm_state_out=out_state.ssm,
+        )
+        return self.out_proj(y.to(x.dtype)), out_state

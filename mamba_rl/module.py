@@ -221,26 +221,39 @@ class MambaModule(TensorDictModuleBase):
                 raise TypeError(f"{key!r} must be a floating-point tensor, got dtype {tensor.dtype}")
 
     def step(
-        self, x: torch.Tensor, state: MambaState | None = None, reset: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        state: MambaState | None = None,
+        reset: torch.Tensor | None = None,
+        out_state: MambaState | None = None,
     ) -> tuple[torch.Tensor, MambaState]:
-        """One step for ``B`` environments, pure (``state`` is not written).
+        """One step for ``B`` environments, pure by default (``state`` is not written).
 
         ``x`` ``[B, input_size]``, ``reset`` ``[B]`` bool (True: state taken as zero).
-        Returns ``(out [B, d_model], state after the step)``.
+        ``out_state``: where to write the state after the step (shaped as ``state``); it may be
+        ``state`` itself, which then steps in place (no gradient through it then). Without a
+        gradient to compute, each layer's step on the Triton backend is two fused kernels
+        (:meth:`MambaMixer.step`). Returns ``(out [B, d_model], state after the step)``.
         """
         self._check_x(x, 2)
         state = self.zero_state((x.shape[0],), x.device) if state is None else state
         self._check_state(state, x.shape[0])
+        if out_state is not None:
+            self._check_state(out_state, x.shape[0])
         h = self.input_proj(x)
         ssm, conv = [], []
         for i, block in enumerate(self.layers):
-            y, layer_state = block.mixer.step(
-                block.norm(h), MixerState(state.conv[:, i], state.ssm[:, i]), reset
-            )
+            # out_state only when asked for, so that MambaMixer.step(x, state, reset) overrides still work
+            layer_out = {} if out_state is None else {"out_state": MixerState(out_state.conv[:, i], out_state.ssm[:, i])}
+            y, layer_state = block.mixer.step(block.norm(h), MixerState(state.conv[:, i], state.ssm[:, i]), reset,
+                                              **layer_out)
             h = h + y
             ssm.append(layer_state.ssm)
             conv.append(layer_state.conv)
-        return self.norm_f(h), MambaState(torch.stack(ssm, 1), torch.stack(conv, 1))
+        if out_state is None:
+            # one layer: a view, not a copy
+            out_state = MambaState(*(t[0].unsqueeze(1) if len(t) == 1 else torch.stack(t, 1) for t in (ssm, conv)))
+        return self.norm_f(h), out_state
 
     def sequence(
         self, x: torch.Tensor, state: MambaState | None = None, reset: torch.Tensor | None = None

@@ -197,6 +197,25 @@ def test_ppo_loss_and_gae_run_and_reach_every_parameter():
         assert param.grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("layers", [1, 3])
+@torch.no_grad()
+def test_step_in_place_equals_the_pure_step(layers):
+    module = make_module(num_layers=layers)
+    g = torch.Generator().manual_seed(3)
+    state = MambaState(torch.randn(4, layers, 16, 4, generator=g, dtype=torch.float64),
+                       torch.randn(4, layers, 16, 3, generator=g, dtype=torch.float64))
+    buffers = MambaState(state.ssm.clone(), state.conv.clone())
+    for t in range(3):
+        x = torch.randn(4, 5, generator=g, dtype=torch.float64)
+        reset = torch.tensor([t == 1, False, True, False])
+        out, state = module.step(x, state, reset)
+        out_ip, new = module.step(x, buffers, reset, out_state=buffers)
+        assert new.ssm is buffers.ssm and new.conv is buffers.conv
+        assert_close(out_ip, out)
+        assert_close(buffers.ssm, state.ssm)
+        assert_close(buffers.conv, state.conv)
+
+
 def test_gradients_into_initial_state_match_finite_differences():
     module = make_module(num_layers=2, d_state=2, expand=1)
     td = sequence_td((2,), 5, [3])

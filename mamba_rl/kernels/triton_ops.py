@@ -14,7 +14,7 @@ from mamba_rl.kernels.triton_step import (
     MixerStepWorkspace,
     causal_conv1d_step_inplace,
     causal_conv1d_step_triton,
-    mamba_mixer_step_inplace,
+    mamba_mixer_step,
     selective_state_step_inplace,
     selective_state_step_triton,
 )
@@ -26,6 +26,6 @@ __all__ = [
     "causal_conv1d_step_triton",
     "selective_state_step_inplace",
     "causal_conv1d_step_inplace",
-    "mamba_mixer_step_inplace",
+    "mamba_mixer_step",
     "MixerStepWorkspace",
 ]

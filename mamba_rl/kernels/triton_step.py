@@ -1,15 +1,16 @@
 """Fused Triton rollout step: conv state, SSM state and output for N environments at once.
 
 Twins of :func:`mamba_rl.kernels.naive.causal_conv1d_step_ref` and
-:func:`mamba_rl.kernels.naive.selective_state_step_ref`, plus the fused, in-place step of a whole
-Mamba mixer between its input and output projections (:func:`mamba_mixer_step_inplace`).
+:func:`mamba_rl.kernels.naive.selective_state_step_ref`, plus the fused step of a whole Mamba mixer
+between its input and output projections (:func:`mamba_mixer_step`, in place or not), which
+:meth:`mamba_rl.mixer.MambaMixer.step` runs when no gradient is needed.
 
 The step kernels take an input and an output state pointer: the pure functions pass a fresh output,
-the ``*_inplace`` ones pass the input (each program reads every element it writes before writing
-it, from the same thread, so in-place is safe). Per-env resets are applied inside the kernels.
-Nothing here syncs with the host or autotunes (a tuning run would overwrite the state), and the
-in-place entry points allocate nothing once their workspace exists: they can be captured in a
-CUDA graph.
+the ``*_inplace`` ones and :func:`mamba_mixer_step` without output states pass the input (each
+program reads every element it writes before writing it, from the same thread, so in-place is
+safe). Per-env resets are applied inside the kernels. Nothing here syncs with the host or
+autotunes (a tuning run would overwrite the state), and the in-place entry points allocate nothing
+once their workspace exists: they can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ __all__ = [
     "causal_conv1d_step_inplace",
     "selective_state_step_triton",
     "selective_state_step_inplace",
-    "mamba_mixer_step_inplace",
+    "mamba_mixer_step",
     "MixerStepWorkspace",
     "STEP_CONFIG",
 ]
@@ -287,13 +288,14 @@ def selective_state_step_inplace(
 
 @triton.jit
 def _mixer_conv_xproj_kernel(
-    p_xz, p_conv, p_cw, p_cb, p_reset, p_wx, p_xc, p_xdbl,
+    p_xz, p_conv, p_conv_out, p_cw, p_cb, p_reset, p_wx, p_xc, p_xdbl,
     N, d, J,
-    s_xz_e, s_c_e, s_c_d, s_c_k, s_xc_e,
+    s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e,
     W: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr,
 ):
-    # conv step (in place) for BLOCK_E envs over all channels, then x_dbl = x_conv @ x_proj.T
+    # conv step for BLOCK_E envs over all channels (p_conv_out may be p_conv: each element is read
+    # before it is written, by the same thread), then x_dbl = x_conv @ x_proj.T
     i_e = tl.program_id(0)
     o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
     o_j = tl.arange(0, BLOCK_J)
@@ -313,12 +315,13 @@ def _mixer_conv_xproj_kernel(
         if HAS_CONV_BIAS:
             b_y += tl.load(p_cb + o_k, mask=m_k, other=0.0).to(tl.float32)[None, :]
         p_s = p_conv + o_e[:, None] * s_c_e + o_k[None, :] * s_c_d
+        p_so = p_conv_out + o_e[:, None] * s_co_e + o_k[None, :] * s_co_d
         for k in tl.static_range(W - 1):
             b_s = tl.load(p_s + k * s_c_k, mask=m_ek, other=0.0) * b_keep[:, None]
             b_y += tl.load(p_cw + o_k * W + k, mask=m_k, other=0.0).to(tl.float32)[None, :] * b_s.to(tl.float32)
             if k > 0:
-                tl.store(p_s + (k - 1) * s_c_k, b_s.to(p_conv.dtype.element_ty), mask=m_ek)
-        tl.store(p_s + (W - 2) * s_c_k, b_x.to(p_conv.dtype.element_ty), mask=m_ek)
+                tl.store(p_so + (k - 1) * s_co_k, b_s.to(p_conv_out.dtype.element_ty), mask=m_ek)
+        tl.store(p_so + (W - 2) * s_co_k, b_x.to(p_conv_out.dtype.element_ty), mask=m_ek)
         b_y = b_y * tl.sigmoid(b_y)
         # stored in the output dtype, as the unfused path rounds it
         b_xc = b_y.to(p_xc.dtype.element_ty)
@@ -332,13 +335,13 @@ def _mixer_conv_xproj_kernel(
 
 @triton.jit
 def _mixer_ssm_kernel(
-    p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, p_h, p_reset, p_xc,
+    p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, p_h, p_h_out, p_reset, p_xc,
     N, d, n, J,
-    s_xz_e, s_h_e, s_xc_e,
+    s_xz_e, s_h_e, s_ho_e, s_xc_e,
     R: tl.constexpr, HAS_D: tl.constexpr, HAS_RESET: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # dt_proj, softplus, SSM update (in place), D skip and z gate; y overwrites x_conv in p_xc
+    # dt_proj, softplus, SSM update (p_h_out may be p_h), D skip and z gate; y overwrites x_conv in p_xc
     i_d, i_e = tl.program_id(0), tl.program_id(1)
     o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -364,13 +367,13 @@ def _mixer_ssm_kernel(
     b_A = tl.load(p_A + o_d[:, None] * n + o_n[None, :], mask=m_d[:, None] & m_n[None, :],
                   other=0.0).to(tl.float32)
     m_edn = m_ed[:, :, None] & m_n[None, None, :]
-    p_hs = p_h + o_e[:, None, None].to(tl.int64) * s_h_e + o_d[None, :, None] * n + o_n[None, None, :]
-    b_h = tl.load(p_hs, mask=m_edn, other=0.0)
+    o_s = o_d[None, :, None] * n + o_n[None, None, :]
+    b_h = tl.load(p_h + o_e[:, None, None].to(tl.int64) * s_h_e + o_s, mask=m_edn, other=0.0)
     if HAS_RESET:
         b_r = tl.load(p_reset + o_e, mask=m_e, other=0) != 0
         b_h = tl.where(b_r[:, None, None], 0.0, b_h)
     b_h = tl.exp(b_dt[:, :, None] * b_A[None, :, :]) * b_h + (b_dt * b_x)[:, :, None] * b_B[:, None, :]
-    tl.store(p_hs, b_h, mask=m_edn)
+    tl.store(p_h_out + o_e[:, None, None].to(tl.int64) * s_ho_e + o_s, b_h, mask=m_edn)
     b_y = tl.sum(b_h * b_C[:, None, :], axis=2)
     if HAS_D:
         b_y += tl.load(p_D + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :] * b_x
@@ -393,14 +396,21 @@ STEP_CONFIG = {
 
 
 class MixerStepWorkspace:
-    """Scratch for :func:`mamba_mixer_step_inplace`: ``x_dbl`` ``[N, dt_rank + 2 n]`` fp32.
+    """Scratch for :func:`mamba_mixer_step`: ``x_dbl`` ``[N, dt_rank + 2 n]`` fp32.
     Allocate once per (N, layer shape, device) and reuse, so that steps allocate nothing."""
 
     def __init__(self, num_envs: int, dt_rank: int, d_state: int, device) -> None:
         self.x_dbl = torch.empty(num_envs, dt_rank + 2 * d_state, device=device, dtype=torch.float32)
 
 
-def mamba_mixer_step_inplace(
+def _check_ssm_state(name: str, h: torch.Tensor, shape: tuple[int, int, int]) -> None:
+    # any env stride (a layer's slice of a [N, layers, d, n] state), each env's [d, n] contiguous
+    if h.dtype != torch.float32 or tuple(h.shape) != shape or h.stride(2) != 1 or h.stride(1) != shape[2]:
+        raise ValueError(f"{name} must be a float32 {list(shape)} tensor with each env's [d, n] contiguous, got "
+                         f"{h.dtype} {list(h.shape)} with strides {list(h.stride())}")
+
+
+def mamba_mixer_step(
     xz: torch.Tensor,
     conv_state: torch.Tensor,
     ssm_state: torch.Tensor,
@@ -413,30 +423,36 @@ def mamba_mixer_step_inplace(
     D: torch.Tensor | None,
     reset: torch.Tensor | None,
     out: torch.Tensor,
-    workspace: MixerStepWorkspace,
-) -> torch.Tensor:
-    """One Mamba-1 mixer step between ``in_proj`` and ``out_proj``, states updated in place.
+    workspace: MixerStepWorkspace | None = None,
+    conv_state_out: torch.Tensor | None = None,
+    ssm_state_out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One Mamba-1 mixer step between ``in_proj`` and ``out_proj``, in two kernel launches.
 
     Computes, for ``N`` envs (``d = d_inner``, ``n = d_state``, ``R = dt_rank``, ``w = d_conv``)::
 
         x, z = xz[:, :d], xz[:, d:]
-        x_conv = silu(conv_step(x, conv_state, reset))         # conv_state updated in place
+        x_conv = silu(conv_step(x, conv_state, reset))         # -> conv_state_out
         dt, B, C = split(x_conv @ x_proj_weight.T, [R, n, n])
         delta = softplus(dt @ dt_proj_weight.T + dt_proj_bias)
-        y = ssm_step(ssm_state, x_conv, delta, A, B, C, D, z, reset)   # ssm_state in place
+        y = ssm_step(ssm_state, x_conv, delta, A, B, C, D, z, reset)   # -> ssm_state_out
 
     Args:
         xz: ``[N, 2 d]`` (rows contiguous), the output of ``in_proj``.
-        conv_state: ``[N, d, w - 1]``, overwritten.  ssm_state: ``[N, d, n]`` fp32, contiguous,
-            overwritten.
+        conv_state: ``[N, d, w - 1]``, any strides.  ssm_state: ``[N, d, n]`` fp32, each env's
+            ``[d, n]`` contiguous (any env stride, e.g. one layer of a ``[N, layers, d, n]`` state).
         conv_weight ``[d, w]``, conv_bias ``[d]``, x_proj_weight ``[R + 2 n, d]``,
         dt_proj_weight ``[d, R]``, dt_proj_bias ``[d]``, A ``[d, n]`` (``-exp(A_log)``), D ``[d]``:
             contiguous parameters.
         reset: ``[N]`` bool: True zeroes both states of that env before the step.
         out: ``[N, d]`` (rows contiguous), receives ``y`` (it holds ``x_conv`` in between).
-        workspace: a :class:`MixerStepWorkspace` for this ``N`` and layer.
+        workspace: a :class:`MixerStepWorkspace` for this ``N`` and layer (allocated when None).
+        conv_state_out, ssm_state_out: where the states after the step go, laid out like the
+            inputs' constraints; ``None`` (the default, or the input itself) updates the input in
+            place. A separate output must not overlap its input.
 
-    Returns ``out``. Two kernel launches, no host sync, no allocation: graph-capturable.
+    Returns ``(out, conv_state_out, ssm_state_out)``. No host sync; with a workspace and the
+    outputs given, no allocation either: graph-capturable.
     """
     N, two_d = xz.shape
     d = two_d // 2
@@ -444,24 +460,27 @@ def mamba_mixer_step_inplace(
     R = dt_proj_weight.shape[1]
     J = R + 2 * n
     width = conv_weight.shape[1]
-    if ssm_state.dtype != torch.float32 or not ssm_state.is_contiguous():
-        raise ValueError("ssm_state must be a contiguous float32 [N, d, n] tensor")
-    if tuple(ssm_state.shape) != (N, d, n) or tuple(conv_state.shape) != (N, d, width - 1):
-        raise ValueError(f"states must be [N={N}, d={d}, n={n}] and [N, d, w-1={width - 1}], got "
-                         f"{list(ssm_state.shape)} and {list(conv_state.shape)}")
+    conv_state_out = conv_state if conv_state_out is None else conv_state_out
+    ssm_state_out = ssm_state if ssm_state_out is None else ssm_state_out
+    _check_ssm_state("ssm_state", ssm_state, (N, d, n))
+    _check_ssm_state("ssm_state_out", ssm_state_out, (N, d, n))
+    for name, state in (("conv_state", conv_state), ("conv_state_out", conv_state_out)):
+        if tuple(state.shape) != (N, d, width - 1):
+            raise ValueError(f"{name} must be [N={N}, d={d}, w-1={width - 1}], got {list(state.shape)}")
     if tuple(x_proj_weight.shape) != (J, d) or tuple(out.shape) != (N, d):
         raise ValueError(f"x_proj_weight must be [{J}, {d}] and out [{N}, {d}], got "
                          f"{list(x_proj_weight.shape)} and {list(out.shape)}")
     if xz.stride(1) != 1 or out.stride(1) != 1:
         raise ValueError("xz and out must have contiguous rows")
+    workspace = MixerStepWorkspace(N, R, n, xz.device) if workspace is None else workspace
     if tuple(workspace.x_dbl.shape) != (N, J):
         raise ValueError(f"workspace.x_dbl must be [{N}, {J}], got {list(workspace.x_dbl.shape)}")
     r_ = xz if reset is None else _reset_u8(reset)
     block_e = STEP_CONFIG["xproj_block_e"]
     _MIXER_CONV_XPROJ[(triton.cdiv(N, block_e),)](
-        xz, conv_state, conv_weight, conv_weight if conv_bias is None else conv_bias, r_,
+        xz, conv_state, conv_state_out, conv_weight, conv_weight if conv_bias is None else conv_bias, r_,
         x_proj_weight, out, workspace.x_dbl,
-        N, d, J, xz.stride(0), *conv_state.stride(), out.stride(0),
+        N, d, J, xz.stride(0), *conv_state.stride(), *conv_state_out.stride(), out.stride(0),
         W=width, HAS_CONV_BIAS=conv_bias is not None, HAS_RESET=reset is not None,
         BLOCK_E=block_e, BLOCK_K=min(STEP_CONFIG["xproj_block_k"], max(16, _next_pow2(d))),
         BLOCK_J=max(16, _next_pow2(J)), num_warps=STEP_CONFIG["xproj_warps"],
@@ -470,9 +489,10 @@ def mamba_mixer_step_inplace(
     block_d = max(1, min(STEP_CONFIG["ssm_block_d"], _next_pow2(d), STEP_CONFIG["ssm_tile"] // block_n))
     block_e2 = max(1, STEP_CONFIG["ssm_tile"] // (block_n * block_d))
     _MIXER_SSM[(triton.cdiv(d, block_d), triton.cdiv(N, block_e2))](
-        xz, workspace.x_dbl, dt_proj_weight, dt_proj_bias, A, xz if D is None else D, ssm_state, r_, out,
-        N, d, n, J, xz.stride(0), ssm_state.stride(0), out.stride(0),
+        xz, workspace.x_dbl, dt_proj_weight, dt_proj_bias, A, xz if D is None else D, ssm_state, ssm_state_out,
+        r_, out, N, d, n, J, xz.stride(0), ssm_state.stride(0), ssm_state_out.stride(0), out.stride(0),
         R=R, HAS_D=D is not None, HAS_RESET=reset is not None,
         BLOCK_E=block_e2, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=STEP_CONFIG["ssm_warps"],
     )
-    return out
+    return out, conv_state_out, ssm_state_out
+

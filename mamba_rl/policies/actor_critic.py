@@ -46,7 +46,8 @@ class ActorCritic(nn.Module):
 
     - :meth:`zero_state` ``(B) -> state``: a dict of ``[B, ...]`` tensors (keys prefixed
       ``"actor."`` / ``"critic."``).
-    - :meth:`step` ``(obs [B, F], state, reset [B] bool) -> (logits [B, A], value [B], state)``: pure.
+    - :meth:`step` ``(obs [B, F], state, reset [B] bool, out_state=None) -> (logits [B, A], value [B],
+      state)``: pure, or writing the new state into ``out_state`` (``out_state=state``: in place).
     - :meth:`sequence` ``(obs [B, T, F], state, reset [B, T]) -> (logits [B, T, A], value [B, T],
       final state)``: ``state`` enters ``t = 0``; ``reset[:, t]`` zeroes the state entering ``t``;
       differentiable in ``state``.
@@ -86,20 +87,22 @@ class ActorCritic(nn.Module):
     def _split(state: PolicyState, prefix: str) -> PolicyState:
         return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
 
-    def _run(self, method: str, obs, state, reset):
+    def _run(self, method: str, obs, state, reset, **kwargs):
         new_state = {}
         features = {}
         for prefix, trunk in self._trunks():
-            out, trunk_state = getattr(trunk, method)(obs, self._split(state, prefix), reset)
+            trunk_kwargs = {k: None if v is None else self._split(v, prefix) for k, v in kwargs.items()}
+            out, trunk_state = getattr(trunk, method)(obs, self._split(state, prefix), reset, **trunk_kwargs)
             features[prefix] = out
             new_state.update({prefix + name: value for name, value in trunk_state.items()})
         logits = self.actor_head(features["actor."])
         value = self.value_head(features.get("critic.", features["actor."])).squeeze(-1)
         return logits, value, new_state
 
-    def step(self, obs: torch.Tensor, state: PolicyState, reset: torch.Tensor):
-        """One step: ``(logits [B, A], value [B], state after the step)``."""
-        return self._run("step", obs, state, reset)
+    def step(self, obs: torch.Tensor, state: PolicyState, reset: torch.Tensor, out_state: PolicyState | None = None):
+        """One step: ``(logits [B, A], value [B], state after the step)``. The new state is written
+        into ``out_state`` when given (``out_state=state`` steps in place, as the rollout does)."""
+        return self._run("step", obs, state, reset, out_state=out_state)
 
     def sequence(self, obs: torch.Tensor, state: PolicyState, reset: torch.Tensor):
         """A ``[B, T]`` sequence: ``(logits [B, T, A], value [B, T], state after step T - 1)``."""

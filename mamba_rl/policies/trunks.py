@@ -4,7 +4,8 @@ Both trunks hold their TorchRL module as ``.core`` (the object a Collector or a 
 steps) and add the tensor-level calls the fast trainer uses:
 
 - ``zero_state(batch_size) -> dict[str, Tensor]``: every entry ``[B, ...]``;
-- ``step(x [B, F], state, reset [B]) -> (features [B, D], state)``: pure;
+- ``step(x [B, F], state, reset [B], out_state=None) -> (features [B, D], state)``: pure, or
+  writing the new state into ``out_state`` (which may be ``state``: a step in place);
 - ``sequence(x [B, T, F], state, reset [B, T]) -> (features [B, T, D], final state)``:
   ``state`` enters ``t = 0``, ``reset[:, t]`` zeroes the state entering ``t``; differentiable in
   ``state``.
@@ -91,8 +92,9 @@ class MambaTrunk(nn.Module):
         state = self.core.zero_state((batch_size,), device)
         return {"ssm": state.ssm, "conv": state.conv}
 
-    def step(self, x, state, reset):
-        out, new = self.core.step(x, MambaState(state["ssm"], state["conv"]), reset)
+    def step(self, x, state, reset, out_state=None):
+        out_state = None if out_state is None else MambaState(out_state["ssm"], out_state["conv"])
+        out, new = self.core.step(x, MambaState(state["ssm"], state["conv"]), reset, out_state)
         return out, {"ssm": new.ssm, "conv": new.conv}
 
     def sequence(self, x, state, reset):
@@ -159,7 +161,7 @@ class GRUTrunk(nn.Module):
         return {"hidden": torch.zeros(batch_size, self.num_layers, self.hidden_size, device=device,
                                       dtype=weight.dtype)}
 
-    def step(self, x, state, reset):
+    def step(self, x, state, reset, out_state=None):
         hidden = torch.where(reset[:, None, None], 0.0, state["hidden"])
         gru = self.core.gru
         layer_in, new_hidden = x, []
@@ -175,7 +177,10 @@ class GRUTrunk(nn.Module):
             h = (1 - z) * n + z * h
             new_hidden.append(h)
             layer_in = h
-        return layer_in, {"hidden": torch.stack(new_hidden, 1)}
+        new_hidden = torch.stack(new_hidden, 1)
+        if out_state is not None:
+            new_hidden = out_state["hidden"].copy_(new_hidden)
+        return layer_in, {"hidden": new_hidden}
 
     def sequence(self, x, state, reset):
         batch, steps = reset.shape

@@ -176,7 +176,8 @@ class RolloutCollector:
         """One step of every environment: reads and writes ``carry``, stores into ``buffers`` at ``t``."""
         carry, t = self.carry, self.t
         obs, is_init = carry["obs"], carry["is_init"]
-        logits, value, policy_state = self.policy.step(obs, self.policy_state, is_init)
+        # the recurrent state steps in place, in carry (fused kernels on the Triton backend)
+        logits, value, _ = self.policy.step(obs, self.policy_state, is_init, out_state=self.policy_state)
         action = sample_actions(logits, self.noise.index_select(1, t).squeeze(1))
         log_prob = torch.log_softmax(logits.float(), -1).gather(-1, action[:, None]).squeeze(-1)
         env_state, next_obs, reward, done, next_decision, success = delayed_memory_step(
@@ -195,8 +196,6 @@ class RolloutCollector:
         carry["episode_return"].copy_(torch.where(done, 0.0, episode_return))
         for name, tensor in env_state._asdict().items():
             carry[f"env.{name}"].copy_(tensor)
-        for name, tensor in policy_state.items():
-            carry[f"policy.{name}"].copy_(tensor)
         t.add_(1)
 
     def _capture(self) -> None:

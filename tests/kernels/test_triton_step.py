@@ -14,7 +14,7 @@ from mamba_rl.kernels.triton_step import (  # noqa: E402
     MixerStepWorkspace,
     causal_conv1d_step_inplace,
     causal_conv1d_step_triton,
-    mamba_mixer_step_inplace,
+    mamba_mixer_step,
     selective_state_step_inplace,
     selective_state_step_triton,
 )
@@ -133,13 +133,14 @@ def _mixer(d_model, device, seed=0):
     return mixer
 
 
+def _mixer_params(mixer):
+    return (mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, mixer.x_proj.weight, mixer.dt_proj.weight,
+            mixer.dt_proj.bias, mixer.A.contiguous(), mixer.D)
+
+
 def _fused_step(mixer, x, conv_state, ssm_state, reset, out, workspace):
-    xz = mixer.in_proj(x)
-    mamba_mixer_step_inplace(
-        xz, conv_state, ssm_state, mixer.conv1d.weight.squeeze(1).contiguous(), mixer.conv1d.bias,
-        mixer.x_proj.weight, mixer.dt_proj.weight, mixer.dt_proj.bias, mixer.A.contiguous(), mixer.D,
-        reset, out, workspace,
-    )
+    """The fused mixer step, states in place, with in_proj and out_proj around it."""
+    mamba_mixer_step(mixer.in_proj(x), conv_state, ssm_state, *_mixer_params(mixer), reset, out, workspace)
     return mixer.out_proj(out)
 
 
@@ -215,3 +216,147 @@ def test_fused_mixer_step_in_cuda_graph_equals_eager_at_4096_envs():
     assert_rel_close("y", y_graph, y_ref, torch.float32)
     assert_rel_close("conv", conv_buf, state_ref.conv, torch.float32)
     assert_rel_close("ssm", ssm_buf, state_ref.ssm, torch.float32)
+
+
+@torch.no_grad()
+def test_fused_mixer_step_writes_separate_outputs_and_leaves_its_inputs(device):
+    mixer = _mixer(32, device)
+    N, d, w, n = 9, mixer.d_inner, mixer.d_conv, mixer.d_state
+    g = _gen(7)
+    # each state is layer 1 of a [N, 2, ...] stack (strided envs), its output layer 0 of another
+    conv_all = torch.randn(N, 2, d, w - 1, generator=g).to(device)
+    ssm_all = torch.randn(N, 2, d, n, generator=g).to(device)
+    conv_before, ssm_before = conv_all.clone(), ssm_all.clone()
+    conv_out = torch.full_like(conv_all, float("nan"))
+    ssm_out = torch.full_like(ssm_all, float("nan"))
+    x = torch.randn(N, 32, generator=g).to(device)
+    reset = (torch.arange(N) % 3 == 0).to(device)
+    xz = mixer.in_proj(x)
+    out = torch.empty(N, d, device=device)
+    _, conv_new, ssm_new = mamba_mixer_step(xz, conv_all[:, 1], ssm_all[:, 1], *_mixer_params(mixer), reset, out,
+                                            conv_state_out=conv_out[:, 0], ssm_state_out=ssm_out[:, 0])
+    assert torch.equal(conv_all, conv_before) and torch.equal(ssm_all, ssm_before), "an input state was written"
+    assert conv_out[:, 1].isnan().all() and ssm_out[:, 1].isnan().all(), "written outside the output slices"
+    assert conv_new.data_ptr() == conv_out.data_ptr() and ssm_new.data_ptr() == ssm_out.data_ptr()
+    # the same bits as in place on copies of the inputs
+    conv_ip, ssm_ip = conv_all[:, 1].clone(), ssm_all[:, 1].clone()
+    out_ip = torch.empty(N, d, device=device)
+    mamba_mixer_step(xz, conv_ip, ssm_ip, *_mixer_params(mixer), reset, out_ip,
+                     MixerStepWorkspace(N, mixer.dt_rank, n, device))
+    assert torch.equal(out_ip, out) and torch.equal(conv_ip, conv_out[:, 0]) and torch.equal(ssm_ip, ssm_out[:, 0])
+    # and the unfused step's numbers
+    y_ref, state_ref = mixer.step(x, MixerState(conv_all[:, 1], ssm_all[:, 1]), reset)
+    assert_rel_close("y", mixer.out_proj(out), y_ref, torch.float32)
+    assert_rel_close("conv", conv_out[:, 0], state_ref.conv, torch.float32)
+    assert_rel_close("ssm", ssm_out[:, 0], state_ref.ssm, torch.float32)
+
+
+def test_fused_mixer_step_names_a_bad_output_state(device):
+    mixer = _mixer(16, device)
+    N, d, n = 2, mixer.d_inner, mixer.d_state
+    args = (mixer.in_proj(torch.randn(N, 16, device=device)).detach(), torch.zeros(N, d, 3, device=device),
+            torch.zeros(N, d, n, device=device), *_mixer_params(mixer), None, torch.empty(N, d, device=device))
+    with pytest.raises(ValueError, match=r"ssm_state_out must be a float32 \[2, 32, 16\]"):
+        mamba_mixer_step(*args, ssm_state_out=torch.zeros(N, n, d, device=device).transpose(1, 2))
+    with pytest.raises(ValueError, match="conv_state_out must be"):
+        mamba_mixer_step(*args, conv_state_out=torch.zeros(N, d, 2, device=device))
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["pure", "in_place"])
+def test_mixer_step_without_grad_runs_the_fused_kernels(in_place, device, monkeypatch):
+    import mamba_rl.kernels.triton_step as triton_step
+
+    calls = []
+    fused_step = triton_step.mamba_mixer_step
+    monkeypatch.setattr(triton_step, "mamba_mixer_step", lambda *a, **k: calls.append(1) or fused_step(*a, **k))
+    reference = _mixer(32, device)
+    mixer = _mixer(32, device)
+    mixer.backend = "triton"
+    N = 7
+    g = _gen(11)
+    state_ref = MixerState(torch.randn(N, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device),
+                           torch.randn(N, mixer.d_inner, mixer.d_state, generator=g).to(device))
+    state = MixerState(state_ref.conv.clone(), state_ref.ssm.clone())
+    for step in range(3):
+        x = torch.randn(N, 32, generator=g).to(device)
+        reset = (torch.rand(N, generator=g) < 0.3).to(device)
+        with torch.no_grad():
+            y_ref, state_ref = reference.step(x, state_ref, reset)
+            y, new = mixer.step(x, state, reset, out_state=state if in_place else None)
+        assert (new.ssm.data_ptr() == state.ssm.data_ptr()) == in_place
+        state = new
+        assert_rel_close(f"y[{step}]", y, y_ref, torch.float32)
+        assert_rel_close(f"conv[{step}]", state.conv, state_ref.conv, torch.float32)
+        assert_rel_close(f"ssm[{step}]", state.ssm, state_ref.ssm, torch.float32)
+    assert len(calls) == 3
+    # with a gradient to compute, the step is the differentiable one
+    y, _ = mixer.step(x, state, reset)
+    y.square().sum().backward()
+    assert len(calls) == 3 and mixer.A_log.grad is not None and mixer.x_proj.weight.grad is not None
+
+
+def test_rollout_stepping_fused_in_place_is_replayed_by_the_triton_scan(device):
+    from mamba_rl.config import TrainConfig
+    from mamba_rl.envs import DelayedMemoryParams
+    from mamba_rl.evaluate import build_policy
+    from mamba_rl.training import RolloutCollector, replay
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(num_bits=2, horizon=6, num_envs=6, d_model=16, device=str(device), mamba_backend="triton",
+                      bc_init_scale=10.0)
+    params = DelayedMemoryParams(num_bits=2, horizon=(2, 6))
+    policy = build_policy(cfg, device)
+    collector = RolloutCollector(policy, params, 6, 5, 2, 0, device, cuda_graph=False)
+    collector.collect()
+    rollout = collector.collect()
+    assert not bool(rollout.is_init[:, 0].all()), "rows must start mid-episode"
+    with torch.no_grad():
+        logits, value = replay(policy, rollout, torch.arange(6, device=device))
+    log_prob = torch.log_softmax(logits, -1).gather(-1, rollout.action[..., None]).squeeze(-1)
+    torch.testing.assert_close(log_prob, rollout.log_prob, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(value, rollout.value, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_module_step_in_place_in_a_cuda_graph_matches_the_torch_backend():
+    from mamba_rl import MambaModule
+    from mamba_rl.module import MambaState
+
+    torch.manual_seed(0)
+    module = MambaModule(32, 128, 2, backend="triton", device="cuda")
+    reference = MambaModule(32, 128, 2, backend="torch", device="cuda")
+    reference.load_state_dict(module.state_dict())
+    N = 4096
+    g = torch.Generator(device="cuda").manual_seed(0)
+    zero = module.zero_state((N,), "cuda")
+    state_ref = MambaState(torch.randn(zero.ssm.shape, device="cuda", generator=g),
+                           torch.randn(zero.conv.shape, device="cuda", generator=g))
+    state = MambaState(state_ref.ssm.clone(), state_ref.conv.clone())
+    x = torch.empty(N, 32, device="cuda")
+    reset = torch.empty(N, device="cuda", dtype=torch.bool)
+
+    def step():
+        return module.step(x, state, reset, out_state=state)[0]
+
+    x.normal_(generator=g)
+    reset.copy_(torch.rand(N, device="cuda", generator=g) < 0.01)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # compiles
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    # undo the warm-up step (capturing runs nothing)
+    state.ssm.copy_(state_ref.ssm)
+    state.conv.copy_(state_ref.conv)
+    for t in range(3):
+        x.normal_(generator=g)
+        reset.copy_(torch.rand(N, device="cuda", generator=g) < 0.01)
+        graph.replay()
+        y_ref, state_ref = reference.step(x, state_ref, reset)
+        assert_rel_close(f"y[{t}]", out, y_ref, torch.float32)
+        assert_rel_close(f"ssm[{t}]", state.ssm, state_ref.ssm, torch.float32)
+        assert_rel_close(f"conv[{t}]", state.conv, state_ref.conv, torch.float32)
