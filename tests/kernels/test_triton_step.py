@@ -124,9 +124,9 @@ def test_step_loop_equals_sequence_with_resets(device):
     assert_rel_close("conv_state", conv_state, conv_last, torch.float32)
 
 
-def _mixer(d_model, device, seed=0):
+def _mixer(d_model, device, seed=0, dtype=None):
     torch.manual_seed(seed)
-    mixer = MambaMixer(d_model, backend="torch", device=device)
+    mixer = MambaMixer(d_model, backend="torch", device=device, dtype=dtype)
     with torch.no_grad():
         for p in mixer.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -262,36 +262,40 @@ def test_fused_mixer_step_names_a_bad_output_state(device):
         mamba_mixer_step(*args, conv_state_out=torch.zeros(N, d, 2, device=device))
 
 
-@pytest.mark.parametrize("in_place", [False, True], ids=["pure", "in_place"])
-def test_mixer_step_without_grad_runs_the_fused_kernels(in_place, device, monkeypatch):
+@pytest.mark.parametrize("in_place,dtype", [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16)],
+                         ids=["pure-fp32", "in_place-fp32", "in_place-bf16"])
+def test_mixer_step_without_grad_runs_the_fused_kernels(in_place, dtype, device, monkeypatch):
     import mamba_rl.kernels.triton_step as triton_step
 
     calls = []
     fused_step = triton_step.mamba_mixer_step
     monkeypatch.setattr(triton_step, "mamba_mixer_step", lambda *a, **k: calls.append(1) or fused_step(*a, **k))
-    reference = _mixer(32, device)
-    mixer = _mixer(32, device)
+    reference = _mixer(32, device, dtype=dtype)
+    mixer = _mixer(32, device, dtype=dtype)
     mixer.backend = "triton"
     N = 7
     g = _gen(11)
-    state_ref = MixerState(torch.randn(N, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device),
+    # conv state in the parameters' dtype, SSM state fp32
+    state_ref = MixerState(torch.randn(N, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device, dtype),
                            torch.randn(N, mixer.d_inner, mixer.d_state, generator=g).to(device))
     state = MixerState(state_ref.conv.clone(), state_ref.ssm.clone())
     for step in range(3):
-        x = torch.randn(N, 32, generator=g).to(device)
+        x = torch.randn(N, 32, generator=g).to(device, dtype)
         reset = (torch.rand(N, generator=g) < 0.3).to(device)
         with torch.no_grad():
             y_ref, state_ref = reference.step(x, state_ref, reset)
             y, new = mixer.step(x, state, reset, out_state=state if in_place else None)
         assert (new.ssm.data_ptr() == state.ssm.data_ptr()) == in_place
+        assert y.dtype == dtype and new.conv.dtype == dtype and new.ssm.dtype == torch.float32
         state = new
-        assert_rel_close(f"y[{step}]", y, y_ref, torch.float32)
-        assert_rel_close(f"conv[{step}]", state.conv, state_ref.conv, torch.float32)
-        assert_rel_close(f"ssm[{step}]", state.ssm, state_ref.ssm, torch.float32)
+        # bf16: the fused step keeps x_proj's output in fp32, the unfused one rounds it to bf16
+        assert_rel_close(f"y[{step}]", y, y_ref, dtype)
+        assert_rel_close(f"conv[{step}]", state.conv, state_ref.conv, dtype)
+        assert_rel_close(f"ssm[{step}]", state.ssm, state_ref.ssm, dtype)
     assert len(calls) == 3
     # with a gradient to compute, the step is the differentiable one
     y, _ = mixer.step(x, state, reset)
-    y.square().sum().backward()
+    y.float().square().sum().backward()
     assert len(calls) == 3 and mixer.A_log.grad is not None and mixer.x_proj.weight.grad is not None
 
 
