@@ -83,7 +83,7 @@ def evaluate_policy(
         batch_success = torch.zeros(n, dtype=torch.int64, device=device)
         batch_return = torch.zeros(n, device=device)
         for _ in range(params.max_episode_steps):
-            logits, _, state = policy.step(obs, state, reset)
+            logits, _, _ = policy.step(obs, state, reset, out_state=state)  # the state steps in place
             if greedy:
                 action = logits.argmax(-1)
             else:
