@@ -56,6 +56,54 @@ def test_replay_from_stored_chunk_states_reproduces_collection_log_probs(control
     torch.testing.assert_close(value, rollout.value, atol=1e-5, rtol=1e-5)
 
 
+ROLLOUT_FIELDS = ("obs", "action", "log_prob", "value", "reward", "done", "is_init", "decision", "success",
+                  "episode_return")
+
+
+def _two_rollouts(**collector_kwargs):
+    torch.manual_seed(0)
+    policy = build_policy(small_config(), "cpu")
+    params = DelayedMemoryParams(num_bits=2, horizon=(3, 9))
+    collector = RolloutCollector(policy, params, 8, 7, 3, 0, torch.device("cpu"), cuda_graph=False,
+                                 **collector_kwargs)
+    return collector, (collector.collect(), collector.collect())
+
+
+def test_compiled_env_step_collects_the_same_rollouts(monkeypatch):
+    from mamba_rl.training import rollout
+
+    # dynamo traces the whole step (fullgraph) and runs the traced graph; no C++ build in CI
+    monkeypatch.setitem(rollout.COMPILE_OPTIONS, "backend", "eager")
+    _, expected = _two_rollouts()
+    collector, got = _two_rollouts(compile_env=True)
+    assert collector.env_compiled
+    for a, b in zip(got, expected):
+        for field in ROLLOUT_FIELDS:
+            assert torch.equal(getattr(a, field), getattr(b, field)), field
+
+
+@pytest.mark.parametrize("failure", ["raises", "differs"])
+def test_env_step_falls_back_to_eager_when_its_compiled_version_fails(failure, monkeypatch):
+    from mamba_rl.training import rollout
+
+    def backend(graph_module, example_inputs):
+        if failure == "raises":
+            raise RuntimeError("no compiler here")
+
+        def run(*args):  # every float output off by one
+            return [t + 1 if t.is_floating_point() else t for t in graph_module(*args)]
+        return run
+
+    monkeypatch.setitem(rollout.COMPILE_OPTIONS, "backend", backend)
+    _, expected = _two_rollouts()
+    reason = "no compiler here" if failure == "raises" else "its results differ from the eager step's"
+    with pytest.warns(UserWarning, match=f"torch.compile of the env step failed .*{reason}"):
+        collector, got = _two_rollouts(compile_env=True)
+    assert not collector.env_compiled
+    for field in ROLLOUT_FIELDS:
+        assert torch.equal(getattr(got[1], field), getattr(expected[1], field)), field
+
+
 def test_truncated_and_whole_episode_backprop_agree_when_episodes_fit_in_chunks():
     torch.manual_seed(0)
     policy = build_policy(small_config(), "cpu")

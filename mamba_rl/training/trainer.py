@@ -37,7 +37,7 @@ __all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_device", "new_ru
 RESUME_MUTABLE_KEYS = frozenset({
     "num_updates", "max_wall_time_s", "target_accuracy", "target_window", "checkpoint_interval", "log_interval",
     "eval_episodes", "eval_horizons", "eval_num_envs", "tensorboard", "progress_bar", "device", "num_threads",
-    "cuda_graph", "run_root", "state_figure_interval",
+    "cuda_graph", "compile_env", "run_root", "state_figure_interval",
 })
 
 
@@ -218,7 +218,8 @@ def train(
     counts = count_parameters(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
     collector = RolloutCollector(policy, params, cfg.num_envs, cfg.resolved_chunk_len, cfg.chunks_per_rollout,
-                                 cfg.seed, device, cuda_graph=cfg.cuda_graph)
+                                 cfg.seed, device, cuda_graph=cfg.cuda_graph,
+                                 compile_env=cfg.compile_env and device.type == "cuda")
     generator = torch.Generator().manual_seed(cfg.seed)
     start_update, global_step, train_time_s, history = 0, 0, 0.0, []
     if checkpoint is not None:
