@@ -295,9 +295,9 @@ class MambaMixer(nn.Module):
         if torch.is_grad_enabled() and (x.requires_grad or state.conv.requires_grad or state.ssm.requires_grad
                                         or any(p.requires_grad for p in self.parameters())):
             return False
-        # the fused kernels keep the SSM state in fp32 with each env's [d_inner, d_state] contiguous
-        return all(ssm.dtype == torch.float32 and ssm.stride(2) == 1 and ssm.stride(1) == self.d_state
-                   for ssm in (state.ssm, state.ssm if out_state is None else out_state.ssm))
+        from mamba_rl.kernels.triton_step import fused_step_takes_ssm_state as takes
+
+        return takes(state.ssm) and (out_state is None or takes(out_state.ssm))
 
     def _fused_step(self, x, state, reset, out_state):
         from mamba_rl.kernels.triton_step import mamba_mixer_step
@@ -308,8 +308,7 @@ class MambaMixer(nn.Module):
         y = torch.empty(x.shape[0], self.d_inner, device=x.device, dtype=xz.dtype)
         mamba_mixer_step(
             xz, state.conv, state.ssm, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
-            self.dt_proj.weight, self.dt_proj.bias, self.A, _at_least_fp32(self.D),
-            None if reset is None else reset.contiguous(), y,
+            self.dt_proj.weight, self.dt_proj.bias, self.A, _at_least_fp32(self.D), reset, y,
             conv_state_out=out_state.conv, ssm_state_out=out_state.ssm,
         )
         return self.out_proj(y.to(x.dtype)), out_state

@@ -403,9 +403,14 @@ class MixerStepWorkspace:
         self.x_dbl = torch.empty(num_envs, dt_rank + 2 * d_state, device=device, dtype=torch.float32)
 
 
+def fused_step_takes_ssm_state(h: torch.Tensor) -> bool:
+    """Whether :func:`mamba_mixer_step` takes ``h`` ``[N, d, n]`` as an SSM state: float32, each
+    env's ``[d, n]`` contiguous, any env stride (a layer's slice of a ``[N, layers, d, n]`` state)."""
+    return h.dtype == torch.float32 and h.dim() == 3 and h.stride(2) == 1 and h.stride(1) == h.shape[2]
+
+
 def _check_ssm_state(name: str, h: torch.Tensor, shape: tuple[int, int, int]) -> None:
-    # any env stride (a layer's slice of a [N, layers, d, n] state), each env's [d, n] contiguous
-    if h.dtype != torch.float32 or tuple(h.shape) != shape or h.stride(2) != 1 or h.stride(1) != shape[2]:
+    if tuple(h.shape) != shape or not fused_step_takes_ssm_state(h):
         raise ValueError(f"{name} must be a float32 {list(shape)} tensor with each env's [d, n] contiguous, got "
                          f"{h.dtype} {list(h.shape)} with strides {list(h.stride())}")
 
@@ -475,7 +480,7 @@ def mamba_mixer_step(
     workspace = MixerStepWorkspace(N, R, n, xz.device) if workspace is None else workspace
     if tuple(workspace.x_dbl.shape) != (N, J):
         raise ValueError(f"workspace.x_dbl must be [{N}, {J}], got {list(workspace.x_dbl.shape)}")
-    r_ = xz if reset is None else _reset_u8(reset)
+    r_ = xz if reset is None else _reset_u8(reset.contiguous())
     block_e = STEP_CONFIG["xproj_block_e"]
     _MIXER_CONV_XPROJ[(triton.cdiv(N, block_e),)](
         xz, conv_state, conv_state_out, conv_weight, conv_weight if conv_bias is None else conv_bias, r_,
