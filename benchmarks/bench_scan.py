@@ -19,6 +19,7 @@ the case must move, as a fraction of the measured copy bandwidth and of 3 TB/s.
     python benchmarks/bench_scan.py --policy-step   # only the policy step cases
     python benchmarks/bench_scan.py --scan-only     # scan variants, then fp32/bf16, both input layouts
     python benchmarks/bench_scan.py --host-profile  # host time of one scan fwd+bwd at T=1024, cProfile
+    python benchmarks/bench_scan.py --conv-only     # conv variants (one- and two-pass backward), both layouts
 """
 
 from __future__ import annotations
@@ -341,55 +342,78 @@ def bench_scan(L, dtype, *, b=64, d=256, n=16, with_reference=False, check_shape
     del inputs, dy, dh, leaves
 
 
-def bench_conv_and_mixer_inner(L, dtype, *, b=64, d=256, n=16):
+def conv_inputs(b, d, L, dtype, *, seed=3, reset_rate=0.005, layout="channels_last"):
+    """The conv's inputs (width 4, bias, initial state, resets) in ``layout`` (as :func:`scan_inputs`:
+    ``"channels_last"`` is how ``MambaMixer`` passes ``x``)."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    x = torch.randn(b, d, L, device=DEV, generator=g)
+    if layout == "channels_last":
+        x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    inputs = dict(
+        x=x.to(dtype),
+        weight=0.5 * torch.randn(d, 4, device=DEV, generator=g),
+        bias=torch.randn(d, device=DEV, generator=g),
+        initial_state=torch.randn(b, d, 3, device=DEV, generator=g).to(dtype),
+    )
+    for t in inputs.values():
+        t.requires_grad_(True)
+    return inputs, torch.rand(b, L, device=DEV, generator=g) < reset_rate
+
+
+def check_conv(b, d, L, dtype, layout="channels_last"):
+    """Triton conv vs the float64 reference: max relative error over both outputs and all grads."""
+    from mamba_rl.kernels.triton_conv import causal_conv1d_triton
+
+    inputs, reset = conv_inputs(b, d, L, dtype, seed=13, reset_rate=0.01, layout=layout)
+    g = torch.Generator(device=DEV).manual_seed(14)
+    dy = torch.randn(b, d, L, device=DEV, generator=g, dtype=torch.float64)
+    ds = torch.randn(b, d, 3, device=DEV, generator=g, dtype=torch.float64)
+    ref_in = {k: v.detach().double().requires_grad_(True) for k, v in inputs.items()}
+    y_ref, s_ref = naive.causal_conv1d_ref(**ref_in, reset=reset, activation="silu")
+    torch.autograd.backward([y_ref, s_ref], [dy, ds])
+    y, state = causal_conv1d_triton(**inputs, reset=reset, activation="silu")
+    torch.autograd.backward([y, state], [dy.to(y.dtype), ds.to(state.dtype)])
+    errs = {"y": rel_err(y, y_ref), "final_state": rel_err(state, s_ref)}
+    errs.update({"d" + k: rel_err(v.grad, ref_in[k].grad) for k, v in inputs.items()})
+    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]
+    bad = {k: v for k, v in errs.items() if not v <= tol}
+    if bad:
+        raise AssertionError(f"Triton conv differs from the reference at B{b}-T{L}-D{d} {dtype} {layout}: {bad}")
+    return errs
+
+
+def bench_conv_and_mixer_inner(L, dtype, *, b=64, d=256, n=16, layout="channels_last", check_shape=None):
     """The conv alone, and conv -> scan as the mixer runs them (unfused), forward+backward."""
     from mamba_rl.kernels.triton_conv import causal_conv1d_triton
     from mamba_rl.kernels.triton_scan import selective_scan_triton
 
-    shapes = dict(B=b, d_inner=d, T=L, width=4, reset_rate=0.005, initial_state=True)
+    shapes = dict(B=b, d_inner=d, T=L, width=4, reset_rate=0.005, initial_state=True, layout=layout)
     es = torch.empty((), dtype=dtype).element_size()
-    g = torch.Generator(device=DEV).manual_seed(3)
-    x = torch.randn(b, d, L, device=DEV, generator=g).to(dtype).requires_grad_(True)
-    w = (0.5 * torch.randn(d, 4, device=DEV, generator=g)).requires_grad_(True)
-    cb = torch.randn(d, device=DEV, generator=g).requires_grad_(True)
-    init = torch.randn(b, d, 3, device=DEV, generator=g).to(dtype).requires_grad_(True)
-    reset = torch.rand(b, L, device=DEV, generator=g) < 0.005
-    # correctness on a slice of the batch, against the float64 reference
-    sl = slice(0, 2)
-    ref = naive.causal_conv1d_ref(x[sl].double(), w.double(), cb.double(), init[sl].double(), reset[sl], "silu")
-    tri = causal_conv1d_triton(x[sl], w, cb, init[sl], reset[sl], "silu")
-    errs = {"y": rel_err(tri[0], ref[0]), "final_state": rel_err(tri[1], ref[1])}
-    gy = torch.randn_like(ref[0])
-    gx_ref, gw_ref = torch.autograd.grad((ref[0] * gy).sum(), [x, w])
-    gx, gw = torch.autograd.grad((tri[0].double() * gy).sum(), [x, w])
-    errs.update(dx=rel_err(gx[sl], gx_ref[sl]), dweight=rel_err(gw, gw_ref))
-    tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2}[dtype]
-    if not max(errs.values()) <= tol:
-        raise AssertionError(f"Triton conv differs from the reference: {errs}")
-
+    errs = check_conv(*(check_shape or (min(b, 4), d, L)), dtype, layout=layout)
+    conv_in, reset = conv_inputs(b, d, L, dtype, layout=layout)
     dy = torch.randn(b, d, L, device=DEV, dtype=dtype)
 
     def conv_fwd_bwd():
-        y, state = causal_conv1d_triton(x, w, cb, init, reset, "silu")
+        y, state = causal_conv1d_triton(**conv_in, reset=reset, activation="silu")
         torch.autograd.backward([y], [dy])
 
-    ms = time_ms(conv_fwd_bwd, grad_to_none=[x, w, cb, init])
+    ms = time_ms(conv_fwd_bwd, grad_to_none=list(conv_in.values()))
     record(f"conv fwd+bwd T={L}", "triton", dtype=dtype, shapes=shapes, ms=ms,
            min_bytes=4 * b * d * L * es, check=errs)
-    ms_f = time_ms(lambda: causal_conv1d_triton(x, w, cb, init, reset, "silu"), rep_ms=100)
+    ms_f = time_ms(lambda: causal_conv1d_triton(**conv_in, reset=reset, activation="silu"), rep_ms=100)
     record(f"conv fwd T={L}", "triton", dtype=dtype, shapes=shapes, ms=ms_f, min_bytes=2 * b * d * L * es)
 
-    inputs, _ = scan_inputs(b, d, n, L, dtype)
+    inputs, _ = scan_inputs(b, d, n, L, dtype, layout=layout)
     inputs.pop("u")
     dys = torch.randn(b, d, L, device=DEV, dtype=dtype)
     dh = torch.randn(b, d, n, device=DEV)
 
     def conv_scan_fwd_bwd():
-        xc, _ = causal_conv1d_triton(x, w, cb, init, reset, "silu")
+        xc, _ = causal_conv1d_triton(**conv_in, reset=reset, activation="silu")
         y, h = selective_scan_triton(xc, **inputs, delta_softplus=True, reset=reset)
         torch.autograd.backward([y, h], [dys, dh])
 
-    leaves = [x, w, cb, init, *inputs.values()]
+    leaves = [*conv_in.values(), *inputs.values()]
     ms2 = time_ms(conv_scan_fwd_bwd, grad_to_none=leaves)
     record(f"conv+scan fwd+bwd T={L}", "triton (two kernels)", dtype=dtype,
            shapes=dict(shapes, d_state=n, h0=True), ms=ms2,
@@ -650,35 +674,36 @@ def sweep_scan(lengths, b=64, d=256, n=16, apply_best=False, variants=None):
 
 
 CONV_VARIANTS = [
+    # forward tile (channels x steps, warps), then the backward's ("1p": one pass recomputing dy'
+    # at every shift, the backward before the two-pass one)
     ("f16x64w4 b16x32w4", {}),
-    ("f32x64w4 b16x32w4", {"fwd_block_d": 32}),
-    ("f16x128w4 b16x64w4", {"fwd_block_t": 128, "bwd_block_t": 64}),
-    ("f16x64w4 b8x64w4", {"bwd_block_d": 8, "bwd_block_t": 64}),
+    ("f16x64w4 1p b16x32w4", {"bwd_two_pass": False}),
+    ("f16x64w4 b16x64w4", {"bwd_block_t": 64}),
+    ("f16x64w4 b32x32w4", {"bwd_block_d": 32}),
+    ("f32x64w4 b32x64w8", {"fwd_block_d": 32, "bwd_block_d": 32, "bwd_block_t": 64, "bwd_warps": 8}),
+    ("f16x128w4 b16x128w4", {"fwd_block_t": 128, "bwd_block_t": 128}),
     ("f16x64w2 b16x32w2", {"fwd_warps": 2, "bwd_warps": 2}),
 ]
 
 
-def sweep_conv(L, b=64, d=256):
+def sweep_conv(L, b=64, d=256, layout="channels_last"):
     from mamba_rl.kernels import triton_conv
 
     base = dict(triton_conv.CONV_CONFIG)
-    x = torch.randn(b, d, L, device=DEV, requires_grad=True)
-    w = torch.randn(d, 4, device=DEV, requires_grad=True)
-    cb = torch.randn(d, device=DEV, requires_grad=True)
-    init = torch.randn(b, d, 3, device=DEV, requires_grad=True)
-    reset = torch.rand(b, L, device=DEV) < 0.005
+    conv_in, reset = conv_inputs(b, d, L, torch.float32, layout=layout)
     dy = torch.randn(b, d, L, device=DEV)
     for name, overrides in CONV_VARIANTS:
         triton_conv.CONV_CONFIG.clear()
         triton_conv.CONV_CONFIG.update(base, **overrides)
 
         def fwd_bwd():
-            y, _ = triton_conv.causal_conv1d_triton(x, w, cb, init, reset, "silu")
+            y, _ = triton_conv.causal_conv1d_triton(**conv_in, reset=reset, activation="silu")
             y.backward(dy)
 
-        sweep_variant("conv", L, name, overrides,
-                      lambda: triton_conv.causal_conv1d_triton(x, w, cb, init, reset, "silu"), fwd_bwd,
-                      [x, w, cb, init])
+        sweep_variant("conv", L, f"{name} {layout}", overrides,
+                      lambda: triton_conv.causal_conv1d_triton(**conv_in, reset=reset, activation="silu"),
+                      fwd_bwd, list(conv_in.values()),
+                      check=lambda: check_conv(min(b, 4), d, min(L, 300), torch.float32, layout=layout))
     triton_conv.CONV_CONFIG.clear()
     triton_conv.CONV_CONFIG.update(base)
 
@@ -896,6 +921,8 @@ def main():
     parser.add_argument("--policy-step", action="store_true", help="only the policy step cases")
     parser.add_argument("--scan-only", action="store_true",
                         help="only the scan: its variants (fastest applied), then each layout and dtype")
+    parser.add_argument("--conv-only", action="store_true",
+                        help="only the conv: its variants at each T, then each layout (and conv -> scan)")
     parser.add_argument("--host-profile", action="store_true",
                         help="only the host side of the scan at T=1024: time per call and a cProfile")
     parser.add_argument("--dry-run", action="store_true",
@@ -944,6 +971,15 @@ def main():
                 with guarded(f"scan fwd+bwd T={L}", "triton", dtype, {"layout": layout}):
                     bench_scan(L, dtype, b=b, d=d, layout=layout,
                                check_shape=check_shape or ((min(b, 8), d, 16, L) if dtype != torch.float32 else None))
+        write_json()
+        return
+    if args.conv_only:
+        for L in lengths:
+            sweep_conv(L, b=b, d=d)
+        for L in lengths:
+            for layout in ("channels_last", "time_major"):
+                with guarded(f"conv fwd+bwd T={L}", "triton", torch.float32, {"layout": layout}):
+                    bench_conv_and_mixer_inner(L, torch.float32, b=b, d=d, layout=layout)
         write_json()
         return
     if args.final:

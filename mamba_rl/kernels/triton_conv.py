@@ -4,13 +4,16 @@ Twin of :func:`mamba_rl.kernels.naive.causal_conv1d_ref`. The conv is a stencil 
 (4 in Mamba), so every output is independent: programs tile ``[BLOCK_D, BLOCK_T]`` over
 (batch, channels, time) and read their few neighbours' inputs from cache. An input ``x_s`` counts
 for output ``t`` only if no reset lies in ``(s, t]``; ``initial_state`` holds ``x_{-W+1..-1}``.
+The program of the last time tile also writes the final conv state: the last ``W - 1`` inputs,
+zero before the last reset.
 
-The backward recomputes the pre-activations it needs (``t .. t + W - 1`` for a tile) instead of
-saving them, writes ``dx`` (and ``d initial_state`` from the first time tile), and per-tile partial
-sums of ``dweight`` and ``dbias`` that the host adds up (deterministic, no atomics).
-
-The final conv state is the last ``W - 1`` inputs with those before the last reset zeroed; it is
-a few strided copies, done with differentiable PyTorch ops outside the kernel.
+The backward (``CONV_CONFIG["bwd_two_pass"]``) runs in two passes over the same tiles: the first
+recomputes each output's pre-activation and writes ``dy'``, the gradient at it (fp32, a
+``b * d * L`` buffer), with per-tile partial sums of ``dweight`` and ``dbias`` that the host adds
+up (deterministic, no atomics); the second reads ``dy'`` at the ``W`` later times of each input
+for ``dx``, adds the final state's gradient to the last ``W - 1`` inputs and writes
+``d initial_state`` from the first time tile. The one-pass variant recomputes ``dy'`` at every
+shift instead (``W * W`` inputs and ``W`` sigmoids per output, no buffer).
 """
 
 from __future__ import annotations
@@ -25,16 +28,19 @@ __all__ = ["causal_conv1d_triton", "CONV_CONFIG"]
 
 
 @triton.jit
-def _load_x(p_x, p_init, o_d, m_d, s, L,
+def _load_x(p_x, p_init, o_d, m_d, s, L, init_here,
             s_x_d, s_x_t, s_i_d, s_i_t,
             W: tl.constexpr, HAS_INIT: tl.constexpr):
-    """Inputs at times ``s`` ``[BT]`` (negative: from the initial state) for channels ``o_d``."""
+    """Inputs at times ``s`` ``[BT]`` (negative: from the initial state) for channels ``o_d``.
+    ``init_here`` (a scalar) says whether any of the program's times can be negative: the other
+    programs skip the initial state's loads."""
     m_x = m_d[:, None] & ((s >= 0) & (s < L))[None, :]
     b_x = tl.load(p_x + o_d[:, None] * s_x_d + s[None, :] * s_x_t, mask=m_x, other=0.0).to(tl.float32)
     if HAS_INIT:
-        m_i = m_d[:, None] & ((s < 0) & (s >= 1 - W))[None, :]
-        b_x += tl.load(p_init + o_d[:, None] * s_i_d + (s + W - 1)[None, :] * s_i_t,
-                       mask=m_i, other=0.0).to(tl.float32)
+        if init_here:
+            m_i = m_d[:, None] & ((s < 0) & (s >= 1 - W))[None, :]
+            b_x += tl.load(p_init + o_d[:, None] * s_i_d + (s + W - 1)[None, :] * s_i_t,
+                           mask=m_i, other=0.0).to(tl.float32)
     return b_x
 
 
@@ -45,7 +51,7 @@ def _not_reset(p_reset, s, L):
 
 
 @triton.jit
-def _conv_pre(p_x, p_init, p_w, p_bias, p_reset, o_d, m_d, t, L,
+def _conv_pre(p_x, p_init, p_w, p_bias, p_reset, o_d, m_d, t, L, init_here,
               s_x_d, s_x_t, s_i_d, s_i_t,
               W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
               HAS_RESET: tl.constexpr):
@@ -58,13 +64,13 @@ def _conv_pre(p_x, p_init, p_w, p_bias, p_reset, o_d, m_d, t, L,
         if HAS_RESET and j > 0:
             b_valid = b_valid & _not_reset(p_reset, t - j + 1, L)
         b_w = tl.load(p_w + o_d * W + (W - 1 - j), mask=m_d, other=0.0).to(tl.float32)
-        b_x = _load_x(p_x, p_init, o_d, m_d, t - j, L, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
+        b_x = _load_x(p_x, p_init, o_d, m_d, t - j, L, init_here, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
         b_acc += b_w[:, None] * tl.where(b_valid[None, :], b_x, 0.0)
     return b_acc
 
 
 @triton.jit
-def _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, t, L,
+def _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, t, L, init_here,
               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
               W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
               HAS_RESET: tl.constexpr, SILU: tl.constexpr):
@@ -73,7 +79,7 @@ def _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, t, L,
     b_dy = tl.load(p_dy + o_d[:, None] * s_dy_d + t[None, :] * s_dy_t,
                    mask=m_d[:, None] & m_t[None, :], other=0.0).to(tl.float32)
     if SILU:
-        b_pre = _conv_pre(p_x, p_init, p_w, p_bias, p_reset, o_d, m_d, t, L,
+        b_pre = _conv_pre(p_x, p_init, p_w, p_bias, p_reset, o_d, m_d, t, L, init_here,
                           s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_BIAS, HAS_INIT, HAS_RESET)
         b_sig = tl.sigmoid(b_pre)
         b_dy = b_dy * b_sig * (1.0 + b_pre * (1.0 - b_sig))
@@ -81,58 +87,59 @@ def _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, t, L,
 
 
 @triton.jit
-def _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, s, L,
-             s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
+def _tail_kept(p_reset, s, L, W: tl.constexpr, HAS_RESET: tl.constexpr):
+    """True where input ``s`` ``[BT]`` survives into the final conv state: no reset in ``(s, L - 1]``."""
+    b_kept = s >= -W
+    if HAS_RESET:
+        for j in tl.static_range(1, W - 1):
+            b_kept = b_kept & _not_reset(p_reset, s + j, L)
+    return b_kept
+
+
+@triton.jit
+def _final_grad(p_dfin, p_reset, o_d, m_d, s, L, s_df_d, s_df_k, W: tl.constexpr, HAS_RESET: tl.constexpr):
+    """What the final state's gradient adds to the gradient of inputs ``s`` ``[BT]``: ``[BD, BT]``
+    (zero outside the last ``W - 1`` times)."""
+    k = s - (L - W + 1)
+    m_k = (k >= 0) & (k < W - 1)
+    b_df = tl.load(p_dfin + o_d[:, None] * s_df_d + k[None, :] * s_df_k,
+                   mask=m_d[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+    return tl.where(_tail_kept(p_reset, s, L, W, HAS_RESET)[None, :], b_df, 0.0)
+
+
+@triton.jit
+def _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, o_d, m_d, s, L, init_here,
+             s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
              W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-             HAS_RESET: tl.constexpr, SILU: tl.constexpr):
-    """``dx_s = sum_j w[W-1-j] dy'_{s+j}`` over outputs with no reset in ``(s, s+j]``: ``[BD, BT]``."""
+             HAS_RESET: tl.constexpr, SILU: tl.constexpr, DYP_IN: tl.constexpr):
+    """``dx_s = sum_j w[W-1-j] dy'_{s+j}`` over outputs with no reset in ``(s, s+j]``: ``[BD, BT]``.
+    ``dy'`` is read from ``p_dyp`` (``DYP_IN``, written by
+    the first pass) or recomputed at every shift (``W`` inputs and a sigmoid per shift)."""
     b_dx = tl.zeros([o_d.shape[0], s.shape[0]], dtype=tl.float32)
     b_valid = s >= -W
     for j in tl.static_range(W):
         if HAS_RESET and j > 0:
             b_valid = b_valid & _not_reset(p_reset, s + j, L)
         b_w = tl.load(p_w + o_d * W + (W - 1 - j), mask=m_d, other=0.0).to(tl.float32)
-        b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, s + j, L,
-                          s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
-                          W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
+        if DYP_IN:
+            m_t = (s + j >= 0) & (s + j < L)
+            b_dyp = tl.load(p_dyp + o_d[:, None] * s_p_d + (s + j)[None, :] * s_p_t,
+                            mask=m_d[:, None] & m_t[None, :], other=0.0)
+        else:
+            b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, s + j, L, init_here,
+                              s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
+                              W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
         b_dx += b_w[:, None] * tl.where(b_valid[None, :], b_dyp, 0.0)
     return b_dx
 
 
 @triton.jit
 def _conv_fwd_kernel(
-    p_x, p_w, p_bias, p_init, p_reset, p_y,
+    p_x, p_w, p_bias, p_init, p_reset, p_y, p_fin,
     L, d,
     s_x_b, s_x_d, s_x_t,
     s_i_b, s_i_d, s_i_t,
     s_y_b, s_y_d, s_y_t,
-    s_r_b,
-    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr,
-    SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
-):
-    i_t, i_d = tl.program_id(0), tl.program_id(1)
-    i_b = tl.program_id(2).to(tl.int64)
-    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    m_d = o_d < d
-    m_t = o_t < L
-    b_pre = _conv_pre(p_x + i_b * s_x_b, p_init + i_b * s_i_b, p_w, p_bias, p_reset + i_b * s_r_b,
-                      o_d, m_d, o_t, L, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_BIAS, HAS_INIT, HAS_RESET)
-    if SILU:
-        b_pre = b_pre * tl.sigmoid(b_pre)
-    tl.store(p_y + i_b * s_y_b + o_d[:, None] * s_y_d + o_t[None, :] * s_y_t,
-             b_pre.to(p_y.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
-
-
-@triton.jit
-def _conv_bwd_kernel(
-    p_x, p_w, p_bias, p_init, p_reset, p_dy,
-    p_dx, p_dinit, p_dw, p_dbias,
-    L, d, n_tblocks,
-    s_x_b, s_x_d, s_x_t,
-    s_i_b, s_i_d, s_i_t,
-    s_dy_b, s_dy_d, s_dy_t,
-    s_dx_b, s_dx_d, s_dx_t,
     s_r_b,
     W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_RESET: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
@@ -146,53 +153,116 @@ def _conv_bwd_kernel(
     p_x += i_b * s_x_b
     p_init += i_b * s_i_b
     p_reset += i_b * s_r_b
+    # only the first tile reads the initial state (times -W+1 .. -1)
+    init_here = i_t * BLOCK_T < W - 1
+    b_pre = _conv_pre(p_x, p_init, p_w, p_bias, p_reset, o_d, m_d, o_t, L, init_here,
+                      s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_BIAS, HAS_INIT, HAS_RESET)
+    if SILU:
+        b_pre = b_pre * tl.sigmoid(b_pre)
+    tl.store(p_y + i_b * s_y_b + o_d[:, None] * s_y_d + o_t[None, :] * s_y_t,
+             b_pre.to(p_y.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
+    # the last time tile writes the final state [b, d, W - 1]: inputs L-W+1 .. L-1 (the initial
+    # state's where negative), zero where a later reset cut them off
+    if i_t == tl.num_programs(0) - 1:
+        o_k = tl.arange(0, WP)
+        s = L - (W - 1) + o_k
+        b_fin = _load_x(p_x, p_init, o_d, m_d, s, L, L < W - 1, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
+        b_fin = tl.where(_tail_kept(p_reset, s, L, W, HAS_RESET)[None, :], b_fin, 0.0)
+        tl.store(p_fin + (i_b * d + o_d[:, None]) * (W - 1) + o_k[None, :],
+                 b_fin.to(p_fin.dtype.element_ty), mask=m_d[:, None] & (o_k < W - 1)[None, :])
+
+
+@triton.jit
+def _conv_bwd_kernel(
+    p_x, p_w, p_bias, p_init, p_reset, p_dy, p_dfin, p_dyp,
+    p_dx, p_dinit, p_dw, p_dbias,
+    L, d, n_tblocks,
+    s_x_b, s_x_d, s_x_t,
+    s_i_b, s_i_d, s_i_t,
+    s_dy_b, s_dy_d, s_dy_t,
+    s_df_b, s_df_d, s_df_k,
+    s_p_b, s_p_d, s_p_t,
+    s_dx_b, s_dx_d, s_dx_t,
+    s_r_b,
+    W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_RESET: tl.constexpr, SILU: tl.constexpr, HAS_DFIN: tl.constexpr, PASS: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """``PASS`` 1: ``dy'`` (the gradient at the pre-activation) once per output into ``p_dyp``, and
+    the tile's partial sums of dweight and dbias. ``PASS`` 2: ``dx`` and ``d initial_state`` from
+    ``p_dyp``. ``PASS`` 0: both in one kernel, recomputing ``dy'`` at each of the ``W`` shifts."""
+    i_t, i_d = tl.program_id(0), tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    m_d = o_d < d
+    m_t = o_t < L
+    p_x += i_b * s_x_b
+    p_init += i_b * s_i_b
+    p_reset += i_b * s_r_b
     p_dy += i_b * s_dy_b
+    p_dfin += i_b * s_df_b
+    p_dyp += i_b * s_p_b
+    # the tiles whose outputs' inputs reach back before time 0 (dx at s needs dy' at s .. s+W-1,
+    # whose inputs start at s)
+    init_here = i_t * BLOCK_T < W - 1
+    if PASS != 1:
+        b_dx = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, o_d, m_d, o_t, L, init_here,
+                        s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
+                        W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU, PASS == 2)
+        if HAS_DFIN:  # the tiles that hold some of the last W - 1 inputs
+            if (i_t + 1) * BLOCK_T > L - W + 1:
+                b_dx += _final_grad(p_dfin, p_reset, o_d, m_d, o_t, L, s_df_d, s_df_k, W, HAS_RESET)
+        tl.store(p_dx + i_b * s_dx_b + o_d[:, None] * s_dx_d + o_t[None, :] * s_dx_t,
+                 b_dx.to(p_dx.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
+        # the first time tile also gives the initial state's gradient (times -W+1 .. -1)
+        if HAS_INIT:
+            if i_t == 0:
+                o_s = tl.arange(0, WP) - (W - 1)
+                m_s = o_s < 0
+                b_dinit = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, o_d, m_d, o_s, L, True,
+                                   s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
+                                   W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU, PASS == 2)
+                if HAS_DFIN:  # a sequence shorter than W - 1 leaves some of them in the final state
+                    b_dinit += _final_grad(p_dfin, p_reset, o_d, m_d, o_s, L, s_df_d, s_df_k, W, HAS_RESET)
+                tl.store(p_dinit + (i_b * d + o_d[:, None]) * (W - 1) + (o_s + W - 1)[None, :],
+                         b_dinit.to(p_dinit.dtype.element_ty), mask=m_d[:, None] & m_s[None, :])
 
-    b_dx = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, o_t, L,
-                    s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
-    tl.store(p_dx + i_b * s_dx_b + o_d[:, None] * s_dx_d + o_t[None, :] * s_dx_t,
-             b_dx.to(p_dx.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
-
-    # this tile's outputs' share of dweight and dbias: [BD] each
-    b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, o_t, L,
-                      s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
-    p_dw += ((i_b * n_tblocks + i_t) * d + o_d) * W
-    b_valid = m_t
-    for j in tl.static_range(W):
-        if HAS_RESET and j > 0:
-            b_valid = b_valid & _not_reset(p_reset, o_t - j + 1, L)
-        b_x = _load_x(p_x, p_init, o_d, m_d, o_t - j, L, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
-        b_dwj = tl.sum(tl.where(b_valid[None, :], b_x * b_dyp, 0.0), axis=1)
-        tl.store(p_dw + (W - 1 - j), b_dwj, mask=m_d)
-    if HAS_BIAS:
-        tl.store(p_dbias + (i_b * n_tblocks + i_t) * d + o_d, tl.sum(b_dyp, axis=1), mask=m_d)
-
-    # the first time tile also gives the initial state's gradient (times -W+1 .. -1)
-    if HAS_INIT:
-        if i_t == 0:
-            o_s = tl.arange(0, WP) - (W - 1)
-            m_s = o_s < 0
-            b_dinit = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, o_s, L,
-                               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
-                               W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
-            tl.store(p_dinit + (i_b * d + o_d[:, None]) * (W - 1) + (o_s + W - 1)[None, :],
-                     b_dinit.to(p_dinit.dtype.element_ty), mask=m_d[:, None] & m_s[None, :])
+    if PASS != 2:
+        # this tile's outputs' dy', and their share of dweight and dbias: [BD] each
+        b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, o_t, L, init_here,
+                          s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
+        if PASS == 1:
+            tl.store(p_dyp + o_d[:, None] * s_p_d + o_t[None, :] * s_p_t, b_dyp,
+                     mask=m_d[:, None] & m_t[None, :])
+        p_dw += ((i_b * n_tblocks + i_t) * d + o_d) * W
+        b_valid = m_t
+        for j in tl.static_range(W):
+            if HAS_RESET and j > 0:
+                b_valid = b_valid & _not_reset(p_reset, o_t - j + 1, L)
+            b_x = _load_x(p_x, p_init, o_d, m_d, o_t - j, L, init_here, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
+            b_dwj = tl.sum(tl.where(b_valid[None, :], b_x * b_dyp, 0.0), axis=1)
+            tl.store(p_dw + (W - 1 - j), b_dwj, mask=m_d)
+        if HAS_BIAS:
+            tl.store(p_dbias + (i_b * n_tblocks + i_t) * d + o_d, tl.sum(b_dyp, axis=1), mask=m_d)
 
 
 # launched through their compiled binaries after the first call (see triton_launch)
 _CONV_FWD, _CONV_BWD = DirectLauncher(_conv_fwd_kernel), DirectLauncher(_conv_bwd_kernel)
 
-# Tile sizes, tuned by hand (benchmarks/bench_scan.py --sweep). The backward recomputes
-# W * W inputs per output and needs smaller tiles to stay out of local memory.
+# Tile sizes, tuned by hand (benchmarks/bench_scan.py --sweep). bwd_two_pass: the backward writes
+# dy' (the gradient at the pre-activation, fp32) once per output and reads it back for dx (an
+# extra b * d * L fp32 buffer); False recomputes dy' at each of the W shifts of every output
+# (W * W inputs and W sigmoids per output), which needs smaller tiles to stay out of local memory.
 CONV_CONFIG = {
     "fwd_block_d": 16,
     "fwd_block_t": 64,
     "fwd_warps": 4,
+    "bwd_two_pass": True,
     "bwd_block_d": 16,
     "bwd_block_t": 32,
     "bwd_warps": 4,
 }
-
 
 def _next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
@@ -206,11 +276,18 @@ def _check_activation(activation: str | None) -> bool:
     raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
 
 
-def _time_major_like(t: torch.Tensor) -> torch.Tensor:
+def _time_major_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Empty ``[b, c, L]`` with ``t``'s memory order: channels innermost if ``t``'s are."""
     b, c, L = t.shape
+    dtype = t.dtype if dtype is None else dtype
     if t.stride(1) == 1 and c > 1:
-        return torch.empty(b, L, c, device=t.device, dtype=t.dtype).transpose(1, 2)
-    return torch.empty(b, c, L, device=t.device, dtype=t.dtype)
+        return torch.empty(b, L, c, device=t.device, dtype=dtype).transpose(1, 2)
+    return torch.empty(b, c, L, device=t.device, dtype=dtype)
+
+
+def _tail_block(width: int) -> int:
+    """Power-of-two tile width that holds the ``width - 1`` times of a conv state."""
+    return max(2, _next_pow2(width - 1))
 
 
 def _blocks(kind: str, d: int, L: int) -> tuple[int, int]:
@@ -228,47 +305,63 @@ class _CausalConv1dFn(torch.autograd.Function):
         init = None if initial_state is None else initial_state.contiguous()
         reset_u8 = None if reset is None else reset.contiguous().view(torch.uint8)
         y = _time_major_like(x)
-        block_d, block_t = _blocks("fwd", d, L)
         init_ = x if init is None else init
         r_ = x if reset_u8 is None else reset_u8
         if L > 0:
+            final = torch.empty(b, d, width - 1, device=x.device, dtype=x.dtype)
+            block_d, block_t = _blocks("fwd", d, L)
             _CONV_FWD[(triton.cdiv(L, block_t), triton.cdiv(d, block_d), b)](
-                x, weight, weight if bias is None else bias, init_, r_, y,
+                x, weight, weight if bias is None else bias, init_, r_, y, final,
                 L, d, *x.stride(), *init_.stride(), *y.stride(),
                 0 if reset_u8 is None else reset_u8.stride(0),
-                W=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None,
+                W=width, WP=_tail_block(width), HAS_BIAS=bias is not None, HAS_INIT=init is not None,
                 HAS_RESET=reset is not None, SILU=silu, BLOCK_D=block_d, BLOCK_T=block_t,
                 num_warps=CONV_CONFIG["fwd_warps"],
             )
+        else:  # no input: the state is the initial one
+            final = x.new_zeros(b, d, width - 1) if init is None else init.to(x.dtype, copy=True)
         ctx.save_for_backward(x, weight, bias, init, reset_u8)
         ctx.silu = silu
-        ctx.init_dtype = None if initial_state is None else initial_state.dtype
-        return y
+        ctx.set_materialize_grads(False)
+        return y, final
 
     @staticmethod
-    def backward(ctx, dy):
+    def backward(ctx, dy, dfinal):
         x, weight, bias, init, reset_u8 = ctx.saved_tensors
         b, d, L = x.shape
         width = weight.shape[1]
+        if dy is None and dfinal is None:
+            return None, None, None, None, None, None
+        if L == 0:  # the final state is the initial one
+            dinit = None if init is None or dfinal is None else dfinal.to(init.dtype)
+            return (torch.zeros_like(x), torch.zeros_like(weight),
+                    None if bias is None else torch.zeros_like(bias), dinit, None, None)
+        if dy is None:
+            dy = x.new_zeros(()).expand(b, d, L)
+        two_pass = CONV_CONFIG["bwd_two_pass"]
         block_d, block_t = _blocks("bwd", d, L)
         n_tblocks = triton.cdiv(L, block_t)
         dx = _time_major_like(x)
-        dinit = None if init is None else torch.zeros(b, d, width - 1, device=x.device, dtype=init.dtype)
+        dinit = None if init is None else torch.empty(b, d, width - 1, device=x.device, dtype=init.dtype)
         dw = torch.empty(b * n_tblocks, d, width, device=x.device, dtype=torch.float32)
         dbias = None if bias is None else torch.empty(b * n_tblocks, d, device=x.device, dtype=torch.float32)
+        # dy' (fp32) between the two passes; unused by the one-pass kernel
+        dyp = _time_major_like(x, torch.float32) if two_pass else x
         init_ = x if init is None else init
         r_ = x if reset_u8 is None else reset_u8
-        if L > 0:
-            _CONV_BWD[(n_tblocks, triton.cdiv(d, block_d), b)](
-                x, weight, weight if bias is None else bias, init_, r_, dy,
+        df_ = x if dfinal is None else dfinal
+        args = (x, weight, weight if bias is None else bias, init_, r_, dy, df_, dyp,
                 dx, dx if dinit is None else dinit, dw, dw if dbias is None else dbias,
                 L, d, n_tblocks,
-                *x.stride(), *init_.stride(), *dy.stride(), *dx.stride(),
-                0 if reset_u8 is None else reset_u8.stride(0),
-                W=width, WP=max(2, _next_pow2(width - 1)), HAS_BIAS=bias is not None,
-                HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None, SILU=ctx.silu,
-                BLOCK_D=block_d, BLOCK_T=block_t, num_warps=CONV_CONFIG["bwd_warps"],
-            )
+                *x.stride(), *init_.stride(), *dy.stride(), *df_.stride(), *dyp.stride(), *dx.stride(),
+                0 if reset_u8 is None else reset_u8.stride(0))
+        flags = dict(W=width, WP=_tail_block(width), HAS_BIAS=bias is not None, HAS_INIT=init is not None,
+                     HAS_RESET=reset_u8 is not None, SILU=ctx.silu, HAS_DFIN=dfinal is not None,
+                     BLOCK_D=block_d, BLOCK_T=block_t, num_warps=CONV_CONFIG["bwd_warps"])
+        grid = (n_tblocks, triton.cdiv(d, block_d), b)
+        # dy' and the weight's gradient first, then dx from dy'; or one pass that recomputes dy'
+        for pass_ in (1, 2) if two_pass else (0,):
+            _CONV_BWD[grid](*args, PASS=pass_, **flags)
         return (
             dx,
             dw.sum(0).to(weight.dtype),
@@ -277,28 +370,6 @@ class _CausalConv1dFn(torch.autograd.Function):
             None,
             None,
         )
-
-
-def _final_conv_state(x, initial_state, reset, width):
-    """Last ``width - 1`` inputs, zeroed before the last reset: ``[b, d, width - 1]``, differentiable."""
-    b, d, L = x.shape
-    keep = width - 1
-    if L >= keep:
-        tail = x[..., L - keep:]
-    else:
-        init = x.new_zeros(b, d, keep) if initial_state is None else initial_state.to(x.dtype)
-        tail = torch.cat([init[..., L:], x], dim=-1)
-    if reset is None:
-        return tail.clone()
-    # reset at times L - keep + 1 .. L - 1 (none before time 0): [b, keep - 1]
-    r = torch.zeros(b, keep, dtype=torch.int32, device=x.device)
-    lo = max(0, L - keep + 1)
-    if L > lo:
-        r[:, keep - (L - lo):] = reset[:, lo:L].to(torch.int32)
-    # resets strictly after tail position k: r[k+1:]; r[0] (time L - keep) does not matter
-    after = torch.flip(torch.cumsum(torch.flip(r, [-1]), -1), [-1])
-    after = torch.cat([after[:, 1:], after.new_zeros(b, 1)], dim=-1)
-    return tail * (after == 0)[:, None, :].to(x.dtype)
 
 
 def causal_conv1d_triton(
@@ -317,5 +388,4 @@ def causal_conv1d_triton(
     differentiable in ``x``, ``weight``, ``bias`` and ``initial_state``.
     """
     silu = _check_activation(activation)
-    y = _CausalConv1dFn.apply(x, weight, bias, initial_state, reset, silu)
-    return y, _final_conv_state(x, initial_state, reset, weight.shape[1])
+    return _CausalConv1dFn.apply(x, weight, bias, initial_state, reset, silu)

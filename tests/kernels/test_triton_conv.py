@@ -8,7 +8,7 @@ from tests.kernels.conftest import assert_rel_close
 pytest.importorskip("triton")
 
 from mamba_rl.kernels import naive, ops  # noqa: E402
-from mamba_rl.kernels.triton_conv import causal_conv1d_triton  # noqa: E402
+from mamba_rl.kernels.triton_conv import CONV_CONFIG, causal_conv1d_triton  # noqa: E402
 from tests.kernels.test_triton_scan import make_reset  # noqa: E402
 
 GRAD_NAMES = ("x", "weight", "bias", "initial_state")
@@ -77,11 +77,58 @@ def case_id(case):
     return f"B{b}-T{L}-D{d}-W{width}-reset_{reset}{off}"
 
 
+@pytest.fixture(params=[True, False], ids=["two-pass", "one-pass"])
+def bwd_two_pass(request):
+    """Run the backward both ways: dy' written once and read back, or recomputed per shift."""
+    saved = CONV_CONFIG["bwd_two_pass"]
+    CONV_CONFIG["bwd_two_pass"] = request.param
+    yield request.param
+    CONV_CONFIG["bwd_two_pass"] = saved
+
+
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
-def test_conv_matches_reference_fp32(case, device):
+def test_conv_matches_reference_fp32(case, device, bwd_two_pass):
     b, d, L, width, reset, opts = case
     inputs, reset_mask = make_inputs(b, d, L, width, torch.float32, reset=reset, device=device, **opts)
     check_against_reference(inputs, reset_mask, torch.float32)
+
+
+@pytest.mark.parametrize("L", [31, 32, 33, 64, 65, 66], ids=lambda L: f"T{L}")
+def test_conv_final_state_across_time_tiles(L, device, bwd_two_pass):
+    """The last W - 1 inputs may straddle two time tiles (32 and 64 steps wide): the final state
+    and its gradient must come out whole, with a reset just before the end."""
+    inputs, reset_mask = make_inputs(2, 5, L, 4, torch.float32, reset="none", device=device)
+    reset_mask = torch.zeros(2, L, dtype=torch.bool, device=device)
+    reset_mask[0, L - 2] = True
+    reset_mask[1, 3] = True
+    check_against_reference(inputs, reset_mask, torch.float32)
+
+
+@pytest.mark.parametrize("used", ["y", "final_state"])
+def test_conv_gradient_through_one_output_only(used, device, bwd_two_pass):
+    """Backward through ``y`` alone or the final state alone (the other's gradient is None)."""
+    inputs, reset_mask = make_inputs(2, 5, 40, 4, torch.float32, device=device)
+    grads = {}
+    for name, fn in (("ref", naive.causal_conv1d_ref), ("triton", causal_conv1d_triton)):
+        leaves = {k: v.detach().double().clone().requires_grad_(True) if name == "ref" else
+                  v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+        y, final_state = fn(**leaves, reset=reset_mask, activation="silu")
+        out = y if used == "y" else final_state
+        (out.double() * torch.linspace(-1, 1, out.numel(), dtype=torch.float64,
+                                       device=device).view_as(out)).sum().backward()
+        grads[name] = {k: v.grad for k, v in leaves.items()}
+    for k in GRAD_NAMES:
+        if used == "final_state" and k in ("weight", "bias"):
+            assert grads["triton"][k] is None or not grads["triton"][k].any(), k
+            continue
+        assert_rel_close(f"d{k}", grads["triton"][k], grads["ref"][k], torch.float32)
+
+
+def test_conv_empty_sequence_keeps_the_initial_state(device):
+    inputs, _ = make_inputs(2, 5, 0, 4, torch.float32, reset="none", device=device)
+    check_against_reference(inputs, None, torch.float32)
+    y, final_state = causal_conv1d_triton(**inputs, activation="silu")
+    assert y.shape == (2, 5, 0) and torch.equal(final_state, inputs["initial_state"])
 
 
 def test_conv_without_activation(device):
