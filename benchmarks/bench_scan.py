@@ -382,6 +382,27 @@ def check_conv(b, d, L, dtype, layout="channels_last"):
     return errs
 
 
+def count_torch_ops(fn) -> dict:
+    """The torch ops one call of ``fn`` dispatches (the Triton launches are not among them), by
+    name: the host work around the kernels."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func.overloadpacket.__name__)] += 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count() as mode:
+        fn()
+    return dict(mode.ops)
+
+
 def bench_conv_and_mixer_inner(L, dtype, *, b=64, d=256, n=16, layout="channels_last", check_shape=None):
     """The conv alone, and conv -> scan as the mixer runs them (unfused), forward+backward."""
     from mamba_rl.kernels.triton_conv import causal_conv1d_triton
@@ -402,6 +423,10 @@ def bench_conv_and_mixer_inner(L, dtype, *, b=64, d=256, n=16, layout="channels_
            min_bytes=4 * b * d * L * es, check=errs)
     ms_f = time_ms(lambda: causal_conv1d_triton(**conv_in, reset=reset, activation="silu"), rep_ms=100)
     record(f"conv fwd T={L}", "triton", dtype=dtype, shapes=shapes, ms=ms_f, min_bytes=2 * b * d * L * es)
+    if DEV == "cuda":  # (the interpreter's own tensor ops would be counted on the CPU)
+        ops = count_torch_ops(conv_fwd_bwd)
+        record(f"conv fwd+bwd T={L}", "triton: torch ops per call besides the kernels", dtype=dtype,
+               shapes=shapes, note=f"{sum(ops.values())} ops: {ops}")
 
     inputs, _ = scan_inputs(b, d, n, L, dtype, layout=layout)
     inputs.pop("u")
