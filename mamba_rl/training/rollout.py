@@ -7,11 +7,12 @@ autoreset) and a handful of ``index_copy_`` into preallocated buffers. On CUDA t
 (policy, sampling, env, storage) is captured once in a CUDA graph and replayed, one launch per
 step. ``benchmarks/bench_train_collect.py`` measures both ways (numbers in docs/TRAINING.md).
 
-The env step can be ``torch.compile``'d (``compile_env``; the trainer does so on CUDA): its ~80
-small tensor ops become one fused kernel, bit for bit the same (``benchmarks/bench_env.py``
-checks this and times it: at 4,096 envs on an H100 its benchmark step, the env step with hashed
-actions, takes ~166 us inside a CUDA graph, compiled ~6 us; the first call compiles for a few
-seconds).
+Everything after the policy and the sampling can be ``torch.compile``'d (``compile_env``; the
+trainer does so on CUDA): the env step's ~95 small tensor ops and the ~45 that store the
+step and move the carry on become a few fused kernels, bit for bit the same
+(``benchmarks/bench_env.py`` checks the env step alone and times it: at 4,096 envs on an H100 its
+benchmark step, the env step with hashed actions, takes ~166 us inside a CUDA graph, compiled ~6
+us). It compiles when the collector is made, and is checked there against the eager version.
 
 What is stored per step: observation, action, log-prob, value, reward, done, is_init, decision
 and success. The recurrent state is stored only at the start of each chunk: at H = 20,000 the
@@ -105,9 +106,9 @@ class RolloutCollector:
         device: where everything runs.
         cuda_graph: capture the step in a CUDA graph (CUDA only; falls back to eager with a
             warning when capture fails).
-        compile_env: ``torch.compile`` the env step (see the module docstring). It is compiled
-            here, on copies of the env state, and checked against the eager step; a failure or
-            a difference falls back to the eager step with a warning.
+        compile_env: ``torch.compile`` the env step and the storage after it (see the module
+            docstring). It is compiled here and checked against the eager version on copies of the
+            carry; a failure or a difference falls back to the eager version with a warning.
     """
 
     def __init__(self, policy, params: DelayedMemoryParams, num_envs: int, chunk_len: int, num_chunks: int,
@@ -155,9 +156,9 @@ class RolloutCollector:
         self.t = torch.zeros(1, dtype=torch.int64, device=self.device)
         self.use_cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
         self._graph = None
-        self._env_step = self._compiled_env_step() if compile_env else self._eager_env_step
-        # whether the env step runs compiled
-        self.env_compiled = self._env_step != self._eager_env_step
+        self._env_and_store = self._compiled_env_and_store() if compile_env else self._eager_env_and_store
+        # whether the env step (and the storage after it) runs compiled
+        self.env_compiled = self._env_and_store != self._eager_env_and_store
 
     # --- state -------------------------------------------------------------------------------
 
@@ -187,42 +188,20 @@ class RolloutCollector:
 
     # --- one step ----------------------------------------------------------------------------
 
-    def _eager_env_step(self, state: DelayedMemoryState, action: torch.Tensor):
-        return delayed_memory_step(state, action, self.params, autoreset=True)
-
-    def _compiled_env_step(self):
-        """The compiled env step, compiled and checked now on copies of the env state (every
-        action value, so that some episodes end and restart); the eager step if that fails."""
-        compiled = torch.compile(self._eager_env_step, **COMPILE_OPTIONS)
-        try:
-            with torch.no_grad():
-                state = DelayedMemoryState(*(t.clone() for t in self.env_state))
-                state = state._replace(t=state.horizon + 1)  # every env at its query step
-                action = torch.arange(self.num_envs, device=self.device) % self.params.num_actions
-                got, expected = compiled(state, action), self._eager_env_step(state, action)
-            got, expected = (*got[0], *got[1:]), (*expected[0], *expected[1:])
-            if not all(torch.equal(a, b) for a, b in zip(got, expected)):
-                raise RuntimeError("its results differ from the eager step's")
-        except Exception as err:  # a compiler missing or failing must not stop training: eager is correct
-            warnings.warn(f"torch.compile of the env step failed ({err!r}); running it eagerly")
-            return self._eager_env_step
-        return compiled
-
-    def _step(self) -> None:
-        """One step of every environment: reads and writes ``carry``, stores into ``buffers`` at ``t``."""
-        carry, t = self.carry, self.t
-        obs, is_init = carry["obs"], carry["is_init"]
-        # the recurrent state steps in place, in carry (fused kernels on the Triton backend)
-        logits, value, _ = self.policy.step(obs, self.policy_state, is_init, out_state=self.policy_state)
-        action = sample_actions(logits, self.noise.index_select(1, t).squeeze(1))
-        log_prob = torch.log_softmax(logits.float(), -1).gather(-1, action[:, None]).squeeze(-1)
-        env_state, next_obs, reward, done, next_decision, success = self._env_step(self.env_state, action)
+    def _eager_env_and_store(self, carry: dict, buffers: dict, t: torch.Tensor, action: torch.Tensor,
+                             log_prob: torch.Tensor, value: torch.Tensor) -> None:
+        """The step after the policy: the env step (same-step autoreset), the step's data stored
+        into ``buffers`` at ``t``, and ``carry``'s observation, flags, return and env state moved
+        on; ``t`` advances. Only tensors in place: compiled, it is a few fused kernels."""
+        env_state = DelayedMemoryState(**{name: carry[f"env.{name}"] for name in DelayedMemoryState._fields})
+        env_state, next_obs, reward, done, next_decision, success = delayed_memory_step(
+            env_state, action, self.params, autoreset=True)
         episode_return = carry["episode_return"] + reward
-        stored = {"obs": obs, "action": action, "log_prob": log_prob, "value": value.float(), "reward": reward,
-                  "done": done, "is_init": is_init, "decision": carry["decision"], "success": success,
+        stored = {"obs": carry["obs"], "action": action, "log_prob": log_prob, "value": value, "reward": reward,
+                  "done": done, "is_init": carry["is_init"], "decision": carry["decision"], "success": success,
                   "episode_return": torch.where(done, episode_return, 0.0)}
         for name, tensor in stored.items():
-            self.buffers[name].index_copy_(1, t, tensor.unsqueeze(1))
+            buffers[name].index_copy_(1, t, tensor.unsqueeze(1))
         carry["obs"].copy_(next_obs)
         carry["decision"].copy_(next_decision)
         # same-step autoreset: the next step is the first of a new episode where this one ended
@@ -231,6 +210,45 @@ class RolloutCollector:
         for name, tensor in env_state._asdict().items():
             carry[f"env.{name}"].copy_(tensor)
         t.add_(1)
+
+    def _compiled_env_and_store(self):
+        """:meth:`_eager_env_and_store` compiled, and checked now against the eager one on the
+        buffers (scratch until the first rollout) and copies of the carry, with every env at its
+        query step so that episodes end and restart; the eager one if that fails."""
+        compiled = torch.compile(self._eager_env_and_store, **COMPILE_OPTIONS)
+        carry = {name: value for name, value in self.carry.items() if not name.startswith("policy.")}
+        carry["env.t"] = carry["env.horizon"] + 1  # every env at its query step
+        try:
+            with torch.no_grad():
+                action = torch.arange(self.num_envs, device=self.device) % self.params.num_actions
+                log_prob, value = torch.linspace(-3, 0, self.num_envs, device=self.device), -action.float()
+                expected = ({k: v.clone() for k, v in carry.items()}, {k: v.clone() for k, v in self.buffers.items()},
+                            self.t.clone())
+                got = ({k: v.clone() for k, v in carry.items()}, self.buffers, self.t)
+                self._eager_env_and_store(*expected, action, log_prob, value)
+                compiled(*got, action, log_prob, value)
+                same = all(torch.equal(got[0][k], expected[0][k]) for k in carry) and all(
+                    torch.equal(got[1][k], expected[1][k]) for k in self.buffers) and torch.equal(got[2], expected[2])
+            if not same:
+                raise RuntimeError("its results differ from the eager step's")
+        except Exception as err:  # a compiler missing or failing must not stop training: eager is correct
+            warnings.warn(f"torch.compile of the env step failed ({err!r}); running it eagerly")
+            return self._eager_env_and_store
+        finally:
+            self.t.zero_()
+            for buffer in self.buffers.values():
+                buffer.zero_()
+        return compiled
+
+    def _step(self) -> None:
+        """One step of every environment: reads and writes ``carry``, stores into ``buffers`` at ``t``."""
+        carry = self.carry
+        # the recurrent state steps in place, in carry (fused kernels on the Triton backend)
+        logits, value, _ = self.policy.step(carry["obs"], self.policy_state, carry["is_init"],
+                                            out_state=self.policy_state)
+        action = sample_actions(logits, self.noise.index_select(1, self.t).squeeze(1))
+        log_prob = torch.log_softmax(logits.float(), -1).gather(-1, action[:, None]).squeeze(-1)
+        self._env_and_store(carry, self.buffers, self.t, action, log_prob, value.float())
 
     def _capture(self) -> None:
         """Capture :meth:`_step` in a CUDA graph; the warm-up steps are undone afterwards."""
