@@ -108,6 +108,33 @@ def test_env_step_falls_back_to_eager_when_its_compiled_version_fails(failure, m
         assert torch.equal(getattr(got[1], field), getattr(expected[1], field)), field
 
 
+@pytest.mark.gpu
+def test_compiled_storage_in_a_cuda_graph_collects_what_eager_collection_does():
+    """On CUDA with real inductor: the compiled env step and storage, captured with the policy step
+    in one CUDA graph, give the eager collector's rollouts (the same kernels run the policy)."""
+    import warnings
+
+    params = DelayedMemoryParams(num_bits=2, horizon=(3, 9))
+    rollouts, collectors = [], []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        policy = build_policy(small_config(device="cuda"), "cuda")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="(torch.compile of the env step|CUDA graph capture)")
+            collector = RolloutCollector(policy, params, 64, 7, 3, 0, torch.device("cuda"), cuda_graph=fast,
+                                         compile_env=fast)
+            rollouts.append([collector.collect(), collector.collect()])
+        collectors.append(collector)
+    assert collectors[0].env_compiled and collectors[0]._graph is not None
+    for got, expected in zip(*rollouts):
+        for field in ROLLOUT_FIELDS:
+            a, b = getattr(got, field), getattr(expected, field)
+            if field in ("log_prob", "value"):
+                torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+            else:
+                assert torch.equal(a, b), field
+
+
 def test_truncated_and_whole_episode_backprop_agree_when_episodes_fit_in_chunks():
     torch.manual_seed(0)
     policy = build_policy(small_config(), "cpu")
