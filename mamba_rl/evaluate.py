@@ -14,13 +14,20 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
 from mamba_rl.config import TrainConfig, config_from_dict
-from mamba_rl.envs import DelayedMemoryParams, delayed_memory_init, delayed_memory_observe, delayed_memory_reset, \
-    delayed_memory_step
+from mamba_rl.envs import (
+    DelayedMemoryParams,
+    DelayedMemoryState,
+    delayed_memory_init,
+    delayed_memory_observe,
+    delayed_memory_reset,
+    delayed_memory_step,
+)
 from mamba_rl.io import CheckpointError, load_checkpoint
 from mamba_rl.policies import ActorCritic, make_actor_critic
 from mamba_rl.training.rollout import sample_actions
@@ -54,6 +61,85 @@ def load_policy(path, device="cpu") -> tuple[ActorCritic, TrainConfig, dict]:
     return policy, cfg, checkpoint
 
 
+# sampled mode: steps of uniform numbers drawn at a time ([NOISE_STEPS, n] floats), outside the graph
+NOISE_STEPS = 1024
+
+
+class _EpisodeBatch:
+    """``n`` evaluation episodes stepped together. Every tensor is updated in place, so that on
+    CUDA one step is captured in a CUDA graph and replayed (a step is then one launch instead of
+    ~100 kernels queued from Python).
+
+    ``obs``, ``state`` (the policy's, stepped in place), ``reset`` (True before the first step),
+    ``env`` (its fields), ``successes`` and ``returns`` per episode ``[n]``, and in sampled mode
+    ``noise [NOISE_STEPS, n]`` with ``t`` the step's row in it. Without autoreset a finished env
+    stays terminal: reward 0, success False.
+    """
+
+    def __init__(self, policy, params: DelayedMemoryParams, n: int, seed: int, greedy: bool, device):
+        self.policy, self.params = policy, params
+        env = delayed_memory_reset(delayed_memory_init(n, params, seed, device), None, params)
+        self.env = DelayedMemoryState(*(field.clone() for field in env))
+        self.obs = delayed_memory_observe(env, params)[0].clone()
+        self.state = policy.zero_state(n, device)
+        self.reset = torch.ones(n, dtype=torch.bool, device=device)
+        self.successes = torch.zeros(n, dtype=torch.int64, device=device)
+        self.returns = torch.zeros(n, device=device)
+        self.noise = None if greedy else torch.zeros(min(NOISE_STEPS, params.max_episode_steps), n, device=device)
+        self.t = torch.zeros(1, dtype=torch.int64, device=device)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.obs, *self.state.values(), self.reset, *self.env, self.successes, self.returns, self.t]
+
+    def step(self) -> None:
+        logits, _, _ = self.policy.step(self.obs, self.state, self.reset, out_state=self.state)
+        if self.noise is None:
+            action = logits.argmax(-1)
+        else:
+            action = sample_actions(logits, self.noise.index_select(0, self.t).squeeze(0))
+        env, obs, reward, _, _, success = delayed_memory_step(self.env, action, self.params)
+        for static, new in zip(self.env, env):
+            static.copy_(new)
+        self.obs.copy_(obs)
+        self.successes += success
+        self.returns += reward
+        self.reset.zero_()
+        self.t.add_(1)
+
+    def capture(self) -> torch.cuda.CUDAGraph:
+        """A CUDA graph of :meth:`step`; the warm-up steps before the capture are undone."""
+        snapshot = [t.clone() for t in self.tensors()]
+        stream = torch.cuda.Stream(self.obs.device)
+        stream.wait_stream(torch.cuda.current_stream(self.obs.device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.step()
+        torch.cuda.current_stream(self.obs.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.step()
+        for t, saved in zip(self.tensors(), snapshot):
+            t.copy_(saved)
+        return graph
+
+    def run(self, generator: torch.Generator, cuda_graph: bool) -> None:
+        """Play the episodes to the end (``max_episode_steps`` steps)."""
+        graph = None
+        if cuda_graph and self.obs.device.type == "cuda":
+            try:
+                graph = self.capture()
+            except Exception as err:  # a capture failure must not stop an evaluation: eager is correct
+                warnings.warn(f"CUDA graph capture of the evaluation step failed ({err!r}); running eagerly")
+        for i in range(self.params.max_episode_steps):
+            if self.noise is not None and i % self.noise.shape[0] == 0:
+                self.noise.uniform_(generator=generator)
+                self.t.zero_()
+            if graph is not None:
+                graph.replay()
+            else:
+                self.step()
+
+
 @torch.no_grad()
 def evaluate_policy(
     policy: ActorCritic,
@@ -64,8 +150,12 @@ def evaluate_policy(
     seed: int = EVAL_SEED,
     num_envs: int = 1000,
     device=None,
+    cuda_graph: bool = True,
 ) -> dict:
     """Play ``episodes`` episodes (``num_envs`` at a time) and count the right answers.
+
+    Greedy: the argmax action; sampled: drawn from the policy with ``seed``'s generator. On CUDA
+    (``cuda_graph``) each step is replayed from a CUDA graph; the numbers are those of the eager loop.
 
     Returns ``{"accuracy", "episodes", "successes", "mean_return"}``.
     """
@@ -76,25 +166,10 @@ def evaluate_policy(
     while done_episodes < episodes:
         n = min(num_envs, episodes - done_episodes)
         # one seed per batch, so that batches are different episodes
-        env = delayed_memory_reset(delayed_memory_init(n, params, seed + batch_index, device), None, params)
-        obs, _ = delayed_memory_observe(env, params)
-        state = policy.zero_state(n, device)
-        reset = torch.ones(n, dtype=torch.bool, device=device)
-        batch_success = torch.zeros(n, dtype=torch.int64, device=device)
-        batch_return = torch.zeros(n, device=device)
-        for _ in range(params.max_episode_steps):
-            logits, _, _ = policy.step(obs, state, reset, out_state=state)  # the state steps in place
-            if greedy:
-                action = logits.argmax(-1)
-            else:
-                action = sample_actions(logits, torch.rand(n, generator=generator, device=device))
-            # without autoreset a finished env stays terminal: reward 0, success False
-            env, obs, reward, _, _, success = delayed_memory_step(env, action, params)
-            batch_success += success
-            batch_return += reward
-            reset = torch.zeros_like(reset)
-        successes += int(batch_success.sum())
-        total_return += float(batch_return.sum())
+        batch = _EpisodeBatch(policy, params, n, seed + batch_index, greedy, device)
+        batch.run(generator, cuda_graph)
+        successes += int(batch.successes.sum())
+        total_return += float(batch.returns.sum())
         done_episodes += n
         batch_index += 1
     return {"accuracy": successes / episodes, "episodes": episodes, "successes": successes,
@@ -102,7 +177,7 @@ def evaluate_policy(
 
 
 def evaluate_horizons(policy, cfg: TrainConfig, horizons, episodes: int, *, seed: int = EVAL_SEED,
-                      num_envs: int = 1000, device=None, modes=("greedy", "sampled")) -> dict:
+                      num_envs: int = 1000, device=None, modes=("greedy", "sampled"), cuda_graph: bool = True) -> dict:
     """``{horizon: {"greedy": {...}, "sampled": {...}, "seconds": s}}`` for each horizon."""
     results = {}
     for horizon in horizons:
@@ -112,7 +187,7 @@ def evaluate_horizons(policy, cfg: TrainConfig, horizons, episodes: int, *, seed
         entry = {}
         for mode in modes:
             entry[mode] = evaluate_policy(policy, params, episodes, greedy=mode == "greedy", seed=seed,
-                                          num_envs=num_envs, device=device)
+                                          num_envs=num_envs, device=device, cuda_graph=cuda_graph)
         entry["seconds"] = time.perf_counter() - start
         results[str(horizon) if not isinstance(horizon, str) else horizon] = entry
     return results
@@ -157,6 +232,8 @@ def main(argv=None) -> int:
     parser.add_argument("--num-envs", type=int, default=1000, help="episodes run in parallel (default 1000)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"seed of the evaluation episodes (default {EVAL_SEED})")
     parser.add_argument("--modes", nargs="+", choices=("greedy", "sampled"), default=["greedy", "sampled"])
+    parser.add_argument("--no-cuda-graph", action="store_true",
+                        help="on CUDA, queue every step's kernels from Python instead of replaying a CUDA graph")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--plot-states", default=None, metavar="DIR",
                         help="also write pictures of the recurrent state, correct vs wrong answers, for each horizon "
@@ -181,7 +258,7 @@ def main(argv=None) -> int:
     print(f"{args.checkpoint}: {cfg.controller} policy trained on horizon {cfg.horizon} for "
           f"{checkpoint.get('update', '?')} updates; {args.episodes} episodes per horizon on {device}")
     results = evaluate_horizons(policy, cfg, horizons, args.episodes, seed=args.seed, num_envs=args.num_envs,
-                                device=device, modes=tuple(args.modes))
+                                device=device, modes=tuple(args.modes), cuda_graph=not args.no_cuda_graph)
     print(format_table(results, cfg.horizon_range[1]))
     if args.plot_states:
         from mamba_rl.lab.plots import write_state_report

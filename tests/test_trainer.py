@@ -135,6 +135,71 @@ def test_compiled_storage_in_a_cuda_graph_collects_what_eager_collection_does():
                 assert torch.equal(a, b), field
 
 
+def _plain_episodes(policy, params, n, seed, generator=None, noise_steps=None):
+    """What an evaluation batch computes, written as a plain loop: per-episode successes and
+    returns and the final recurrent state (greedy without ``generator``, else sampled from
+    uniforms drawn ``noise_steps`` steps at a time)."""
+    from mamba_rl.envs import delayed_memory_init, delayed_memory_observe, delayed_memory_reset, delayed_memory_step
+    from mamba_rl.training.rollout import sample_actions
+
+    env = delayed_memory_reset(delayed_memory_init(n, params, seed, "cpu"), None, params)
+    obs, _ = delayed_memory_observe(env, params)
+    state, reset = policy.zero_state(n, "cpu"), torch.ones(n, dtype=torch.bool)
+    successes, returns = torch.zeros(n, dtype=torch.int64), torch.zeros(n)
+    for step in range(params.max_episode_steps):
+        logits, _, state = policy.step(obs, state, reset)
+        if generator is None:
+            action = logits.argmax(-1)
+        else:
+            if step % noise_steps == 0:
+                noise = torch.rand(min(noise_steps, params.max_episode_steps), n, generator=generator)
+            action = sample_actions(logits, noise[step % noise_steps])
+        env, obs, reward, _, _, success = delayed_memory_step(env, action, params)
+        successes += success
+        returns += reward
+        reset = torch.zeros_like(reset)
+    return successes, returns, state
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sampled"])
+def test_evaluation_batch_steps_as_a_plain_loop_does(mode, monkeypatch):
+    from mamba_rl import evaluate
+
+    monkeypatch.setattr(evaluate, "NOISE_STEPS", 4)  # several draws per episode
+    torch.manual_seed(0)
+    policy = build_policy(small_config(), "cpu").eval()
+    params = DelayedMemoryParams(num_bits=2, horizon=(3, 9))
+    greedy = mode == "greedy"
+    batch = evaluate._EpisodeBatch(policy, params, 6, 5, greedy, torch.device("cpu"))
+    with torch.no_grad():
+        batch.run(torch.Generator().manual_seed(7), cuda_graph=False)
+        successes, returns, state = _plain_episodes(policy, params, 6, 5, None if greedy else
+                                                    torch.Generator().manual_seed(7), 4)
+    assert torch.equal(batch.successes, successes) and torch.equal(batch.returns, returns)
+    for name in state:
+        assert torch.equal(batch.state[name], state[name]), name
+    # evaluate_policy: batches of num_envs episodes, each batch from its own seed
+    result = evaluate.evaluate_policy(policy, params, 10, greedy=greedy, seed=5, num_envs=4)
+    generator = None if greedy else torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        expected = [_plain_episodes(policy, params, n, 5 + i, generator, 4) for i, n in enumerate((4, 4, 2))]
+    assert result["successes"] == sum(int(e[0].sum()) for e in expected)
+    assert result["mean_return"] == pytest.approx(sum(float(e[1].sum()) for e in expected) / 10, abs=1e-6)
+
+
+@pytest.mark.gpu
+def test_evaluation_from_a_cuda_graph_counts_what_the_eager_loop_does():
+    from mamba_rl.evaluate import evaluate_policy
+
+    torch.manual_seed(0)
+    policy = build_policy(small_config(device="cuda"), "cuda").eval()
+    params = DelayedMemoryParams(num_bits=2, horizon=(3, 40))
+    for greedy in (True, False):
+        got = evaluate_policy(policy, params, 600, greedy=greedy, num_envs=256, cuda_graph=True)
+        expected = evaluate_policy(policy, params, 600, greedy=greedy, num_envs=256, cuda_graph=False)
+        assert got == expected, greedy
+
+
 def test_truncated_and_whole_episode_backprop_agree_when_episodes_fit_in_chunks():
     torch.manual_seed(0)
     policy = build_policy(small_config(), "cpu")

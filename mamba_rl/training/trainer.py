@@ -359,7 +359,7 @@ def train(
         horizons = [cfg.horizon_range[1], *[h for h in cfg.eval_horizons if h != cfg.horizon_range[1]]]
         policy.eval()
         evaluation = evaluate_horizons(policy, cfg, horizons, cfg.eval_episodes, num_envs=cfg.eval_num_envs,
-                                       device=device)
+                                       device=device, cuda_graph=cfg.cuda_graph)
         for horizon, entry in evaluation.items():
             for mode in ("greedy", "sampled"):
                 logger.tensorboard_scalars({f"eval/accuracy_{mode}_h{horizon}": entry[mode]["accuracy"]}, global_step)
