@@ -30,7 +30,7 @@ from mamba_rl.envs import (
 )
 from mamba_rl.io import CheckpointError, load_checkpoint
 from mamba_rl.policies import ActorCritic, make_actor_critic
-from mamba_rl.training.rollout import sample_actions
+from mamba_rl.training.rollout import capture_cuda_graph, sample_actions
 
 __all__ = ["evaluate_policy", "evaluate_horizons", "build_policy", "load_policy", "resolve_device", "main", "EVAL_SEED"]
 
@@ -89,6 +89,7 @@ class _EpisodeBatch:
         self.t = torch.zeros(1, dtype=torch.int64, device=device)
 
     def tensors(self) -> list[torch.Tensor]:
+        """Every tensor :meth:`step` writes."""
         return [self.obs, *self.state.values(), self.reset, *self.env, self.successes, self.returns, self.t]
 
     def step(self) -> None:
@@ -106,28 +107,12 @@ class _EpisodeBatch:
         self.reset.zero_()
         self.t.add_(1)
 
-    def capture(self) -> torch.cuda.CUDAGraph:
-        """A CUDA graph of :meth:`step`; the warm-up steps before the capture are undone."""
-        snapshot = [t.clone() for t in self.tensors()]
-        stream = torch.cuda.Stream(self.obs.device)
-        stream.wait_stream(torch.cuda.current_stream(self.obs.device))
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self.step()
-        torch.cuda.current_stream(self.obs.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.step()
-        for t, saved in zip(self.tensors(), snapshot):
-            t.copy_(saved)
-        return graph
-
     def run(self, generator: torch.Generator, cuda_graph: bool) -> None:
         """Play the episodes to the end (``max_episode_steps`` steps)."""
         graph = None
         if cuda_graph and self.obs.device.type == "cuda":
             try:
-                graph = self.capture()
+                graph = capture_cuda_graph(self.step, self.tensors())
             except Exception as err:  # a capture failure must not stop an evaluation: eager is correct
                 warnings.warn(f"CUDA graph capture of the evaluation step failed ({err!r}); running eagerly")
         for i in range(self.params.max_episode_steps):

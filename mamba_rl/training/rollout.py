@@ -35,7 +35,7 @@ from mamba_rl.envs import (
     delayed_memory_step,
 )
 
-__all__ = ["Rollout", "RolloutCollector", "sample_actions"]
+__all__ = ["Rollout", "RolloutCollector", "capture_cuda_graph", "sample_actions"]
 
 # how the env step is compiled (compile_env=True); tests swap in backend="eager" (no C++ build)
 COMPILE_OPTIONS = {"fullgraph": True, "dynamic": False}
@@ -88,6 +88,27 @@ def sample_actions(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """
     cdf = torch.softmax(logits.float(), dim=-1).cumsum(-1)
     return (cdf < uniform[:, None]).sum(-1).clamp_(max=logits.shape[-1] - 1)
+
+
+def capture_cuda_graph(step, tensors: list[torch.Tensor], warmup: int = 3) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of ``step()``, a step that updates ``tensors`` in place (and reads and writes only tensors
+    that stay where they are). ``warmup`` steps run first on a side stream, since lazy
+    initialisations (Triton compiles, cuBLAS handles) cannot happen during a capture; ``tensors``
+    are then restored (its other writes are not undone), so the capture leaves them as they were."""
+    snapshot = [t.clone() for t in tensors]
+    device = tensors[0].device
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        step()
+    for t, saved in zip(tensors, snapshot):
+        t.copy_(saved)
+    return graph
 
 
 class RolloutCollector:
@@ -250,28 +271,10 @@ class RolloutCollector:
         log_prob = torch.log_softmax(logits.float(), -1).gather(-1, action[:, None]).squeeze(-1)
         self._env_and_store(carry, self.buffers, self.t, action, log_prob, value.float())
 
-    def _capture(self) -> None:
-        """Capture :meth:`_step` in a CUDA graph; the warm-up steps are undone afterwards."""
-        snapshot = {name: value.clone() for name, value in self.carry.items()}
-        t0 = self.t.clone()
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream), torch.no_grad():
-            for _ in range(3):
-                self._step()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            self._step()
-        for name, value in snapshot.items():
-            self.carry[name].copy_(value)
-        self.t.copy_(t0)
-        self._graph = graph
-
     def _run_step(self) -> None:
         if self.use_cuda_graph and self._graph is None:
             try:
-                self._capture()
+                self._graph = capture_cuda_graph(self._step, [*self.carry.values(), self.t])
             except Exception as err:  # a capture failure must not stop training: eager is correct
                 warnings.warn(f"CUDA graph capture of the rollout step failed ({err!r}); running eagerly")
                 self.use_cuda_graph = False
