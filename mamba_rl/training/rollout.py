@@ -91,10 +91,10 @@ def sample_actions(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 
 
 def capture_cuda_graph(step, tensors: list[torch.Tensor], warmup: int = 3) -> torch.cuda.CUDAGraph:
-    """A CUDA graph of ``step()``, a step that updates ``tensors`` in place (and reads and writes only tensors
-    that stay where they are). ``warmup`` steps run first on a side stream, since lazy
+    """A CUDA graph of ``step()``, a step that updates ``tensors`` in place (it must read and write
+    only tensors that stay where they are). ``warmup`` steps run first on a side stream, since lazy
     initialisations (Triton compiles, cuBLAS handles) cannot happen during a capture; ``tensors``
-    are then restored (its other writes are not undone), so the capture leaves them as they were."""
+    are then restored to what they held before (the step's other writes are not undone)."""
     snapshot = [t.clone() for t in tensors]
     device = tensors[0].device
     stream = torch.cuda.Stream(device)
