@@ -177,6 +177,8 @@ class RolloutCollector:
         self.t = torch.zeros(1, dtype=torch.int64, device=self.device)
         self.use_cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
         self._graph = None
+        # the carry without the policy's state: what the step after the policy reads and writes
+        self._env_carry = {name: value for name, value in self.carry.items() if not name.startswith("policy.")}
         self._env_and_store = self._compiled_env_and_store() if compile_env else self._eager_env_and_store
         # whether the env step (and the storage after it) runs compiled
         self.env_compiled = self._env_and_store != self._eager_env_and_store
@@ -237,8 +239,8 @@ class RolloutCollector:
         buffers (scratch until the first rollout) and copies of the carry, with every env at its
         query step so that episodes end and restart; the eager one if that fails."""
         compiled = torch.compile(self._eager_env_and_store, **COMPILE_OPTIONS)
-        carry = {name: value for name, value in self.carry.items() if not name.startswith("policy.")}
-        carry["env.t"] = carry["env.horizon"] + 1  # every env at its query step
+        # copies of what the step will be given (the same keys, so that it does not compile again)
+        carry = dict(self._env_carry, **{"env.t": self.carry["env.horizon"] + 1})  # every env at its query step
         try:
             with torch.no_grad():
                 action = torch.arange(self.num_envs, device=self.device) % self.params.num_actions
@@ -269,7 +271,7 @@ class RolloutCollector:
                                             out_state=self.policy_state)
         action = sample_actions(logits, self.noise.index_select(1, self.t).squeeze(1))
         log_prob = torch.log_softmax(logits.float(), -1).gather(-1, action[:, None]).squeeze(-1)
-        self._env_and_store(carry, self.buffers, self.t, action, log_prob, value.float())
+        self._env_and_store(self._env_carry, self.buffers, self.t, action, log_prob, value.float())
 
     def _run_step(self) -> None:
         if self.use_cuda_graph and self._graph is None:
