@@ -173,10 +173,79 @@ def _conv_fwd_kernel(
 
 
 @triton.jit
-def _conv_bwd_kernel(
-    p_x, p_w, p_bias, p_init, p_reset, p_dy, p_dfin, p_dyp,
-    p_dx, p_dinit, p_dw, p_dbias,
-    L, d, n_tblocks,
+def _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, b_dw, b_db, o_d, m_d, i_t, L,
+              s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
+              W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr,
+              SILU: tl.constexpr, STORE_DYP: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Time tile ``i_t``: its ``dy'`` (stored with ``STORE_DYP``), added with its dweight terms to
+    the running ``[BD, BT]`` sums ``b_dw`` (a tuple, one per weight) and ``b_db``."""
+    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    m_t = o_t < L
+    b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, o_t, L, HAS_INIT,
+                      s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
+    if STORE_DYP:
+        tl.store(p_dyp + o_d[:, None] * s_p_d + o_t[None, :] * s_p_t, b_dyp, mask=m_d[:, None] & m_t[None, :])
+    b_valid = m_t
+    terms = ()
+    for j in tl.static_range(W):
+        if HAS_RESET and j > 0:
+            b_valid = b_valid & _not_reset(p_reset, o_t - j + 1, L)
+        b_x = _load_x(p_x, p_init, o_d, m_d, o_t - j, L, HAS_INIT, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
+        terms = terms + (b_dw[j] + tl.where(b_valid[None, :], b_x * b_dyp, 0.0),)
+    return terms, b_db + b_dyp
+
+
+@triton.jit
+def _conv_bwd_dyp_kernel(
+    p_x, p_w, p_bias, p_init, p_reset, p_dy, p_dyp, p_dw, p_dbias,
+    L, d, n_tblocks, range_tiles,
+    s_x_b, s_x_d, s_x_t,
+    s_i_b, s_i_d, s_i_t,
+    s_dy_b, s_dy_d, s_dy_t,
+    s_p_b, s_p_d, s_p_t,
+    s_r_b,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr,
+    SILU: tl.constexpr, STORE_DYP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """``dy'`` (the gradient at the pre-activation) of ``range_tiles`` time tiles, written to
+    ``p_dyp`` with ``STORE_DYP``, and their sums of the dweight and dbias terms, one partial row
+    per (batch, range): the terms add up in registers over the tiles, and are summed over the
+    tile's lanes once at the end. The first tile, the only one that reads the initial state
+    (``BLOCK_T >= W - 1``), runs before the loop."""
+    i_r, i_d = tl.program_id(0), tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_d = o_d < d
+    p_x += i_b * s_x_b
+    p_init += i_b * s_i_b
+    p_reset += i_b * s_r_b
+    p_dy += i_b * s_dy_b
+    p_dyp += i_b * s_p_b
+    b_dw = ()
+    for j in tl.static_range(W):
+        b_dw = b_dw + (tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32),)
+    b_db = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
+    t_lo = i_r * range_tiles
+    if t_lo == 0:
+        b_dw, b_db = _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, b_dw, b_db, o_d, m_d, 0, L,
+                               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
+                               W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU, STORE_DYP, BLOCK_T)
+        t_lo = 1
+    for i_t in range(t_lo, tl.minimum((i_r + 1) * range_tiles, n_tblocks)):
+        b_dw, b_db = _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, b_dw, b_db, o_d, m_d, i_t, L,
+                               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
+                               W, HAS_BIAS, False, HAS_RESET, SILU, STORE_DYP, BLOCK_T)
+    p_dw += ((i_b * tl.num_programs(0) + i_r) * d + o_d) * W
+    for j in tl.static_range(W):
+        tl.store(p_dw + (W - 1 - j), tl.sum(b_dw[j], axis=1), mask=m_d)
+    if HAS_BIAS:
+        tl.store(p_dbias + (i_b * tl.num_programs(0) + i_r) * d + o_d, tl.sum(b_db, axis=1), mask=m_d)
+
+
+@triton.jit
+def _conv_bwd_dx_kernel(
+    p_x, p_w, p_bias, p_init, p_reset, p_dy, p_dfin, p_dyp, p_dx, p_dinit,
+    L, d,
     s_x_b, s_x_d, s_x_t,
     s_i_b, s_i_d, s_i_t,
     s_dy_b, s_dy_d, s_dy_t,
@@ -185,12 +254,11 @@ def _conv_bwd_kernel(
     s_dx_b, s_dx_d, s_dx_t,
     s_r_b,
     W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_RESET: tl.constexpr, SILU: tl.constexpr, HAS_DFIN: tl.constexpr, PASS: tl.constexpr,
+    HAS_RESET: tl.constexpr, SILU: tl.constexpr, HAS_DFIN: tl.constexpr, DYP_IN: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """``PASS`` 1: ``dy'`` (the gradient at the pre-activation) once per output into ``p_dyp``, and
-    the tile's partial sums of dweight and dbias. ``PASS`` 2: ``dx`` and ``d initial_state`` from
-    ``p_dyp``. ``PASS`` 0: both in one kernel, recomputing ``dy'`` at each of the ``W`` shifts."""
+    """``dx`` of a tile, with the final state's gradient, and ``d initial_state`` from the first
+    tile; ``dy'`` read from ``p_dyp`` (``DYP_IN``) or recomputed at each of the ``W`` shifts."""
     i_t, i_d = tl.program_id(0), tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -206,59 +274,44 @@ def _conv_bwd_kernel(
     # the tiles whose outputs' inputs reach back before time 0 (dx at s needs dy' at s .. s+W-1,
     # whose inputs start at s)
     init_here = i_t * BLOCK_T < W - 1
-    if PASS != 1:
-        b_dx = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, o_d, m_d, o_t, L, init_here,
-                        s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                        W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU, PASS == 2)
-        if HAS_DFIN:  # the tiles that hold some of the last W - 1 inputs
-            if (i_t + 1) * BLOCK_T > L - W + 1:
-                b_dx += _final_grad(p_dfin, p_reset, o_d, m_d, o_t, L, s_df_d, s_df_k, W, HAS_RESET)
-        tl.store(p_dx + i_b * s_dx_b + o_d[:, None] * s_dx_d + o_t[None, :] * s_dx_t,
-                 b_dx.to(p_dx.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
-        # the first time tile also gives the initial state's gradient (times -W+1 .. -1)
-        if HAS_INIT:
-            if i_t == 0:
-                o_s = tl.arange(0, WP) - (W - 1)
-                m_s = o_s < 0
-                b_dinit = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, o_d, m_d, o_s, L, True,
-                                   s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                                   W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU, PASS == 2)
-                if HAS_DFIN:  # a sequence shorter than W - 1 leaves some of them in the final state
-                    b_dinit += _final_grad(p_dfin, p_reset, o_d, m_d, o_s, L, s_df_d, s_df_k, W, HAS_RESET)
-                tl.store(p_dinit + (i_b * d + o_d[:, None]) * (W - 1) + (o_s + W - 1)[None, :],
-                         b_dinit.to(p_dinit.dtype.element_ty), mask=m_d[:, None] & m_s[None, :])
-
-    if PASS != 2:
-        # this tile's outputs' dy', and their share of dweight and dbias: [BD] each
-        b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, o_t, L, init_here,
-                          s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
-        if PASS == 1:
-            tl.store(p_dyp + o_d[:, None] * s_p_d + o_t[None, :] * s_p_t, b_dyp,
-                     mask=m_d[:, None] & m_t[None, :])
-        p_dw += ((i_b * n_tblocks + i_t) * d + o_d) * W
-        b_valid = m_t
-        for j in tl.static_range(W):
-            if HAS_RESET and j > 0:
-                b_valid = b_valid & _not_reset(p_reset, o_t - j + 1, L)
-            b_x = _load_x(p_x, p_init, o_d, m_d, o_t - j, L, init_here, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
-            b_dwj = tl.sum(tl.where(b_valid[None, :], b_x * b_dyp, 0.0), axis=1)
-            tl.store(p_dw + (W - 1 - j), b_dwj, mask=m_d)
-        if HAS_BIAS:
-            tl.store(p_dbias + (i_b * n_tblocks + i_t) * d + o_d, tl.sum(b_dyp, axis=1), mask=m_d)
+    b_dx = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, o_d, m_d, o_t, L, init_here,
+                    s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
+                    W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU, DYP_IN)
+    if HAS_DFIN:  # the tiles that hold some of the last W - 1 inputs
+        if (i_t + 1) * BLOCK_T > L - W + 1:
+            b_dx += _final_grad(p_dfin, p_reset, o_d, m_d, o_t, L, s_df_d, s_df_k, W, HAS_RESET)
+    tl.store(p_dx + i_b * s_dx_b + o_d[:, None] * s_dx_d + o_t[None, :] * s_dx_t,
+             b_dx.to(p_dx.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
+    # the first time tile also gives the initial state's gradient (times -W+1 .. -1)
+    if HAS_INIT:
+        if i_t == 0:
+            o_s = tl.arange(0, WP) - (W - 1)
+            m_s = o_s < 0
+            b_dinit = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, o_d, m_d, o_s, L, True,
+                               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
+                               W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU, DYP_IN)
+            if HAS_DFIN:  # a sequence shorter than W - 1 leaves some of them in the final state
+                b_dinit += _final_grad(p_dfin, p_reset, o_d, m_d, o_s, L, s_df_d, s_df_k, W, HAS_RESET)
+            tl.store(p_dinit + (i_b * d + o_d[:, None]) * (W - 1) + (o_s + W - 1)[None, :],
+                     b_dinit.to(p_dinit.dtype.element_ty), mask=m_d[:, None] & m_s[None, :])
 
 
 # launched through their compiled binaries after the first call (see triton_launch)
-_CONV_FWD, _CONV_BWD = DirectLauncher(_conv_fwd_kernel), DirectLauncher(_conv_bwd_kernel)
+_CONV_FWD, _CONV_BWD_DYP, _CONV_BWD_DX = (DirectLauncher(k) for k in (
+    _conv_fwd_kernel, _conv_bwd_dyp_kernel, _conv_bwd_dx_kernel))
 
 # Tile sizes, tuned by hand (benchmarks/bench_scan.py --sweep). bwd_two_pass: the backward writes
 # dy' (the gradient at the pre-activation, fp32) once per output and reads it back for dx (an
 # extra b * d * L fp32 buffer); False recomputes dy' at each of the W shifts of every output
 # (W * W inputs and W sigmoids per output), which needs smaller tiles to stay out of local memory.
+# bwd_range_tiles: time tiles per program of the dy' / dweight kernel (its dweight terms are summed
+# over the tile's lanes once per program).
 CONV_CONFIG = {
     "fwd_block_d": 16,
     "fwd_block_t": 64,
     "fwd_warps": 4,
     "bwd_two_pass": True,
+    "bwd_range_tiles": 8,
     "bwd_block_d": 16,
     "bwd_block_t": 32,
     "bwd_warps": 4,
@@ -290,9 +343,11 @@ def _tail_block(width: int) -> int:
     return max(2, _next_pow2(width - 1))
 
 
-def _blocks(kind: str, d: int, L: int) -> tuple[int, int]:
+def _blocks(kind: str, d: int, L: int, width: int) -> tuple[int, int]:
+    """Channels and steps per tile; a tile spans at least ``width - 1`` steps, so that only the
+    first one reads the initial state."""
     block_d = min(CONV_CONFIG[f"{kind}_block_d"], _next_pow2(d))
-    block_t = min(CONV_CONFIG[f"{kind}_block_t"], max(16, _next_pow2(L)))
+    block_t = max(min(CONV_CONFIG[f"{kind}_block_t"], max(16, _next_pow2(L))), _next_pow2(width - 1))
     return block_d, block_t
 
 
@@ -309,7 +364,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         r_ = x if reset_u8 is None else reset_u8
         if L > 0:
             final = torch.empty(b, d, width - 1, device=x.device, dtype=x.dtype)
-            block_d, block_t = _blocks("fwd", d, L)
+            block_d, block_t = _blocks("fwd", d, L, width)
             _CONV_FWD[(triton.cdiv(L, block_t), triton.cdiv(d, block_d), b)](
                 x, weight, weight if bias is None else bias, init_, r_, y, final,
                 L, d, *x.stride(), *init_.stride(), *y.stride(),
@@ -339,29 +394,35 @@ class _CausalConv1dFn(torch.autograd.Function):
         if dy is None:
             dy = x.new_zeros(()).expand(b, d, L)
         two_pass = CONV_CONFIG["bwd_two_pass"]
-        block_d, block_t = _blocks("bwd", d, L)
+        block_d, block_t = _blocks("bwd", d, L, width)
         n_tblocks = triton.cdiv(L, block_t)
+        range_tiles = CONV_CONFIG["bwd_range_tiles"]
+        n_ranges = triton.cdiv(n_tblocks, range_tiles)
         dx = _time_major_like(x)
         dinit = None if init is None else torch.empty(b, d, width - 1, device=x.device, dtype=init.dtype)
-        dw = torch.empty(b * n_tblocks, d, width, device=x.device, dtype=torch.float32)
-        dbias = None if bias is None else torch.empty(b * n_tblocks, d, device=x.device, dtype=torch.float32)
-        # dy' (fp32) between the two passes; unused by the one-pass kernel
+        # per (batch, time range) partial sums of dweight and dbias, added up below (deterministic)
+        dw = torch.empty(b * n_ranges, d, width, device=x.device, dtype=torch.float32)
+        dbias = None if bias is None else torch.empty(b * n_ranges, d, device=x.device, dtype=torch.float32)
+        # dy' (fp32) between the two kernels; unused when the dx kernel recomputes it
         dyp = _time_major_like(x, torch.float32) if two_pass else x
         init_ = x if init is None else init
         r_ = x if reset_u8 is None else reset_u8
         df_ = x if dfinal is None else dfinal
-        args = (x, weight, weight if bias is None else bias, init_, r_, dy, df_, dyp,
-                dx, dx if dinit is None else dinit, dw, dw if dbias is None else dbias,
-                L, d, n_tblocks,
-                *x.stride(), *init_.stride(), *dy.stride(), *df_.stride(), *dyp.stride(), *dx.stride(),
-                0 if reset_u8 is None else reset_u8.stride(0))
-        flags = dict(W=width, WP=_tail_block(width), HAS_BIAS=bias is not None, HAS_INIT=init is not None,
-                     HAS_RESET=reset_u8 is not None, SILU=ctx.silu, HAS_DFIN=dfinal is not None,
-                     BLOCK_D=block_d, BLOCK_T=block_t, num_warps=CONV_CONFIG["bwd_warps"])
-        grid = (n_tblocks, triton.cdiv(d, block_d), b)
-        # dy' and the weight's gradient first, then dx from dy'; or one pass that recomputes dy'
-        for pass_ in (1, 2) if two_pass else (0,):
-            _CONV_BWD[grid](*args, PASS=pass_, **flags)
+        shared = dict(W=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None,
+                      SILU=ctx.silu, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=CONV_CONFIG["bwd_warps"])
+        r_stride = 0 if reset_u8 is None else reset_u8.stride(0)
+        _CONV_BWD_DYP[(n_ranges, triton.cdiv(d, block_d), b)](
+            x, weight, weight if bias is None else bias, init_, r_, dy, dyp, dw, dw if dbias is None else dbias,
+            L, d, n_tblocks, range_tiles,
+            *x.stride(), *init_.stride(), *dy.stride(), *dyp.stride(), r_stride,
+            STORE_DYP=two_pass, **shared,
+        )
+        _CONV_BWD_DX[(n_tblocks, triton.cdiv(d, block_d), b)](
+            x, weight, weight if bias is None else bias, init_, r_, dy, df_, dyp, dx, dx if dinit is None else dinit,
+            L, d,
+            *x.stride(), *init_.stride(), *dy.stride(), *df_.stride(), *dyp.stride(), *dx.stride(), r_stride,
+            WP=_tail_block(width), HAS_DFIN=dfinal is not None, DYP_IN=two_pass, **shared,
+        )
         return (
             dx,
             dw.sum(0).to(weight.dtype),

@@ -68,6 +68,7 @@ CASES = [
     (2, 5, 63, 2, "several", {}),
     (2, 5, 63, 3, "several", {}),
     (1, 3, 1000, 4, "several", {}),
+    (1, 2, 70, 36, "none", {}),  # a window wider than a time tile, reaching the initial state
 ]
 
 
@@ -101,6 +102,15 @@ def test_conv_final_state_across_time_tiles(L, device, bwd_two_pass):
     reset_mask = torch.zeros(2, L, dtype=torch.bool, device=device)
     reset_mask[0, L - 2] = True
     reset_mask[1, 3] = True
+    check_against_reference(inputs, reset_mask, torch.float32)
+
+
+@pytest.mark.parametrize("range_tiles", [1, 3])
+def test_conv_weight_gradient_over_uneven_time_ranges(range_tiles, device, bwd_two_pass, monkeypatch):
+    """The dy' / dweight kernel walks ``bwd_range_tiles`` time tiles per program: 7 tiles in ranges
+    of 1, or of 3, 3 and 1, give the same gradients."""
+    monkeypatch.setitem(CONV_CONFIG, "bwd_range_tiles", range_tiles)
+    inputs, reset_mask = make_inputs(2, 5, 200, 4, torch.float32, device=device)
     check_against_reference(inputs, reset_mask, torch.float32)
 
 
