@@ -7,13 +7,15 @@ for output ``t`` only if no reset lies in ``(s, t]``; ``initial_state`` holds ``
 The program of the last time tile also writes the final conv state: the last ``W - 1`` inputs,
 zero before the last reset.
 
-The backward (``CONV_CONFIG["bwd_two_pass"]``) runs in two passes over the same tiles: the first
-recomputes each output's pre-activation and writes ``dy'``, the gradient at it (fp32, a
-``b * d * L`` buffer), with per-tile partial sums of ``dweight`` and ``dbias`` that the host adds
-up (deterministic, no atomics); the second reads ``dy'`` at the ``W`` later times of each input
-for ``dx``, adds the final state's gradient to the last ``W - 1`` inputs and writes
-``d initial_state`` from the first time tile. The one-pass variant recomputes ``dy'`` at every
-shift instead (``W * W`` inputs and ``W`` sigmoids per output, no buffer).
+The backward is two kernels. The first walks a range of time tiles per program: it recomputes
+each output's pre-activation and writes ``dy'``, the gradient at it (fp32, a ``b * d * L``
+buffer), and adds up the ``dweight`` and ``dbias`` terms in registers, one partial sum per
+(batch, range) that the host adds up (deterministic, no atomics). The second reads ``dy'`` at
+the ``W`` later times of each input for ``dx``, adds the final state's gradient to the last
+``W - 1`` inputs and writes ``d initial_state`` from the first time tile. With
+``CONV_CONFIG["bwd_two_pass"] = False`` no ``dy'`` is stored and the second kernel recomputes it
+at every shift (``W * W`` inputs and ``W`` sigmoids per output, no buffer), as the backward did
+before.
 """
 
 from __future__ import annotations
