@@ -702,10 +702,10 @@ CONV_VARIANTS = [
     # forward tile (channels x steps, warps), then the backward's ("1p": dx recomputing dy' at
     # every shift, as the backward did before the two-pass one; "r": time tiles per program of the
     # dy' / dweight kernel)
-    ("f16x64w4 b16x32w4", {}),
+    ("f16x64w4 b16x32w4 r32", {}),
     ("f16x64w4 1p b16x32w4", {"bwd_two_pass": False}),
-    ("f16x64w4 b16x32w4 r4", {"bwd_range_tiles": 4}),
-    ("f16x64w4 b16x32w4 r32", {"bwd_range_tiles": 32}),
+    ("f16x64w4 b16x32w4 r8", {"bwd_range_tiles": 8}),
+    ("f16x64w4 b16x32w4 r128", {"bwd_range_tiles": 128}),
     ("f16x64w4 b16x64w4", {"bwd_block_t": 64}),
     ("f16x64w4 b32x32w4", {"bwd_block_d": 32}),
     ("f32x64w4 b32x64w8", {"fwd_block_d": 32, "bwd_block_d": 32, "bwd_block_t": 64, "bwd_warps": 8}),

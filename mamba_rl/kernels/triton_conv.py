@@ -313,7 +313,7 @@ CONV_CONFIG = {
     "fwd_block_t": 64,
     "fwd_warps": 4,
     "bwd_two_pass": True,
-    "bwd_range_tiles": 8,
+    "bwd_range_tiles": 32,
     "bwd_block_d": 16,
     "bwd_block_t": 32,
     "bwd_warps": 4,
