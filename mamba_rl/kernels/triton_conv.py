@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mamba_rl.kernels.triton_host import next_pow2, time_major_like
 from mamba_rl.kernels.triton_launch import DirectLauncher
 
 __all__ = ["causal_conv1d_triton", "CONV_CONFIG"]
@@ -319,9 +320,6 @@ CONV_CONFIG = {
     "bwd_warps": 4,
 }
 
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (int(x) - 1).bit_length())
-
 
 def _check_activation(activation: str | None) -> bool:
     if activation is None:
@@ -331,25 +329,16 @@ def _check_activation(activation: str | None) -> bool:
     raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
 
 
-def _time_major_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Empty ``[b, c, L]`` with ``t``'s memory order: channels innermost if ``t``'s are."""
-    b, c, L = t.shape
-    dtype = t.dtype if dtype is None else dtype
-    if t.stride(1) == 1 and c > 1:
-        return torch.empty(b, L, c, device=t.device, dtype=dtype).transpose(1, 2)
-    return torch.empty(b, c, L, device=t.device, dtype=dtype)
-
-
 def _tail_block(width: int) -> int:
     """Power-of-two tile width that holds the ``width - 1`` times of a conv state."""
-    return max(2, _next_pow2(width - 1))
+    return max(2, next_pow2(width - 1))
 
 
 def _blocks(kind: str, d: int, L: int, width: int) -> tuple[int, int]:
     """Channels and steps per tile; a tile spans at least ``width - 1`` steps, so that only the
     first one reads the initial state."""
-    block_d = min(CONV_CONFIG[f"{kind}_block_d"], _next_pow2(d))
-    block_t = max(min(CONV_CONFIG[f"{kind}_block_t"], max(16, _next_pow2(L))), _next_pow2(width - 1))
+    block_d = min(CONV_CONFIG[f"{kind}_block_d"], next_pow2(d))
+    block_t = max(min(CONV_CONFIG[f"{kind}_block_t"], max(16, next_pow2(L))), next_pow2(width - 1))
     return block_d, block_t
 
 
@@ -361,7 +350,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         weight = weight.contiguous()
         init = None if initial_state is None else initial_state.contiguous()
         reset_u8 = None if reset is None else reset.contiguous().view(torch.uint8)
-        y = _time_major_like(x)
+        y = time_major_like(x)
         init_ = x if init is None else init
         r_ = x if reset_u8 is None else reset_u8
         if L > 0:
@@ -400,13 +389,13 @@ class _CausalConv1dFn(torch.autograd.Function):
         n_tblocks = triton.cdiv(L, block_t)
         range_tiles = CONV_CONFIG["bwd_range_tiles"]
         n_ranges = triton.cdiv(n_tblocks, range_tiles)
-        dx = _time_major_like(x)
+        dx = time_major_like(x)
         dinit = None if init is None else torch.empty(b, d, width - 1, device=x.device, dtype=init.dtype)
         # per (batch, time range) partial sums of dweight and dbias, added up below (deterministic)
         dw = torch.empty(b * n_ranges, d, width, device=x.device, dtype=torch.float32)
         dbias = None if bias is None else torch.empty(b * n_ranges, d, device=x.device, dtype=torch.float32)
         # dy' (fp32) between the two kernels; unused when the dx kernel recomputes it
-        dyp = _time_major_like(x, torch.float32) if two_pass else x
+        dyp = time_major_like(x, torch.float32) if two_pass else x
         init_ = x if init is None else init
         r_ = x if reset_u8 is None else reset_u8
         df_ = x if dfinal is None else dfinal

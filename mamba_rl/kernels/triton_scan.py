@@ -58,6 +58,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mamba_rl.kernels.triton_host import next_pow2, time_major_like
 from mamba_rl.kernels.triton_launch import DirectLauncher, interpreted as _interpreted
 
 __all__ = ["selective_scan_triton", "SCAN_CONFIG"]
@@ -795,19 +796,6 @@ SCAN_CONFIG = {
 }
 
 
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (int(x) - 1).bit_length())
-
-
-def _time_major_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Empty ``[b, c, L]`` with ``t``'s memory order: channels innermost if ``t``'s are."""
-    dtype = t.dtype if dtype is None else dtype
-    b, c, L = t.shape
-    if t.stride(1) == 1 and c > 1:
-        return torch.empty(b, L, c, device=t.device, dtype=dtype).transpose(1, 2)
-    return torch.empty(b, c, L, device=t.device, dtype=dtype)
-
-
 def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     """``t`` itself when one of its last two dims is contiguous (coalesced loads), else a copy."""
     if t.stride(-1) == 1 or t.stride(-2) == 1:
@@ -859,7 +847,7 @@ def _time_ranges(n_seg: int, want: int) -> _Ranges:
 def _block_d(kind: str, d: int) -> int:
     """Channels per program (one warp): 32 puts a channel's states in one thread; 16 or 8 split
     them over 2 or 4 lanes, for more warps when ``b * d`` is small."""
-    return min(SCAN_CONFIG[f"{kind}_block_d"], max(_next_pow2(d), 1))
+    return min(SCAN_CONFIG[f"{kind}_block_d"], max(next_pow2(d), 1))
 
 
 def _fast_math() -> bool:
@@ -903,7 +891,7 @@ def _chain_ranges(loc: torch.Tensor, x: torch.Tensor, n_x: int, r_first: int, re
     """Fill ``x`` ``[b, n_x + 1, N, d]`` at the range boundaries from the local ranges' ``loc[0]``
     (alone) and ``loc[1]`` (carry factors): see :func:`_scan_carry_kernel`."""
     b, nd = x.shape[0], x.shape[2] * x.shape[3]
-    block = min(1024, _next_pow2(nd))
+    block = min(1024, next_pow2(nd))
     _CARRY[(triton.cdiv(nd, block), b)](loc[0], loc[1], x, nd, n_x, r_first, REVERSE=reverse,
                                                     BLOCK=block, num_warps=4)
 
@@ -913,7 +901,7 @@ class _SelectiveScanFn(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, h0, reset, delta_softplus):
         b, d, L = u.shape
         n = A.shape[1]
-        N = _next_pow2(n)
+        N = next_pow2(n)
         u, delta = _unit_stride(u), _unit_stride(delta)
         B, C = _state_major(B), _state_major(C)
         z = None if z is None else _unit_stride(z)
@@ -924,7 +912,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             A2[n:].zero_()
         reset_u8 = None if reset is None else reset.contiguous().view(torch.uint8)
         block_t = BWD_CHUNK_STEPS
-        fwd_block_t = min(SCAN_CONFIG["fwd_block_t"], _next_pow2(max(L, 1)))
+        fwd_block_t = min(SCAN_CONFIG["fwd_block_t"], next_pow2(max(L, 1)))
         # checkpoints are taken at multiples of block_t * ck steps, a multiple of fwd_block_t
         ck_steps = block_t * SCAN_CONFIG["ck_chunks"]
         if ck_steps % fwd_block_t:
@@ -933,7 +921,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         n_chunks_fwd = triton.cdiv(L, fwd_block_t)
         n_seg = triton.cdiv(L, ck_steps)
 
-        y = _time_major_like(u)
+        y = time_major_like(u)
         ranges, range_segs, local_segs, n_x, x_every = _time_ranges(n_seg, _ranges_for("fwd_ranges", u, delta))
         # [b, n_seg + 1, N, d]: the states entering every segment, h0 first
         h_ck = torch.empty(b, max(n_seg, 1) + 1, N, d, device=u.device, dtype=torch.float32)
@@ -994,9 +982,9 @@ class _SelectiveScanFn(torch.autograd.Function):
         dy = _unit_stride(dy)
         # [b, N, d]: dh0 out (written by the kernel's first range; rows past n are not read)
         dh = torch.empty(b, N, d, device=u.device, dtype=torch.float32)
-        du = _time_major_like(u)
-        ddelta = _time_major_like(delta)
-        dz = None if z is None else _time_major_like(z)
+        du = time_major_like(u)
+        ddelta = time_major_like(delta)
+        dz = None if z is None else time_major_like(z)
         block_d = _block_d("bwd", d)
         groups = triton.cdiv(d, block_d)
         block_t, ck = ctx.block_t, ctx.ck

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mamba_rl.kernels.triton_host import next_pow2
 from mamba_rl.kernels.triton_launch import DirectLauncher
 from mamba_rl.kernels.triton_scan import _softplus, selective_scan_triton
 
@@ -122,10 +123,6 @@ def _ssm_step_kernel(
 _CONV_STEP, _SSM_STEP = DirectLauncher(_conv_step_kernel), DirectLauncher(_ssm_step_kernel)
 
 
-def _next_pow2(x: int) -> int:
-    return 1 << max(0, (int(x) - 1).bit_length())
-
-
 def _reset_u8(reset: torch.Tensor) -> torch.Tensor:
     # a [b] bool as bytes, without a copy (the kernels read it with unit stride)
     if reset.dim() != 1 or reset.stride(0) != 1:
@@ -151,7 +148,7 @@ def _launch_conv_step(x, conv_state, state_out, weight, bias, activation, reset,
     width = weight.shape[-1]
     if weight.stride(-1) != 1 or weight.stride(0) != width:
         raise ValueError("weight must be a contiguous [d, w] tensor")
-    block_d = min(256, _next_pow2(d))
+    block_d = min(256, next_pow2(d))
     r_ = x if reset is None else _reset_u8(reset)
     _CONV_STEP[(triton.cdiv(d, block_d), b)](
         x, conv_state, state_out, weight, weight if bias is None else bias, r_, y,
@@ -211,8 +208,8 @@ def _launch_ssm_step(h, h_out, x, delta, A, B, C, D, z, delta_bias, delta_softpl
     n = A.shape[-1]
     if A.stride(-1) != 1 or A.stride(0) != n:
         raise ValueError("A must be a contiguous [d, n] tensor")
-    block_n = max(2, _next_pow2(n))
-    block_d = max(1, min(_next_pow2(d), 2048 // block_n))
+    block_n = max(2, next_pow2(n))
+    block_d = max(1, min(next_pow2(d), 2048 // block_n))
     z_ = x if z is None else z
     r_ = x if reset is None else _reset_u8(reset)
     _SSM_STEP[(triton.cdiv(d, block_d), b)](
@@ -487,11 +484,11 @@ def mamba_mixer_step(
         x_proj_weight, out, workspace.x_dbl,
         N, d, J, xz.stride(0), *conv_state.stride(), *conv_state_out.stride(), out.stride(0),
         W=width, HAS_CONV_BIAS=conv_bias is not None, HAS_RESET=reset is not None,
-        BLOCK_E=block_e, BLOCK_K=min(STEP_CONFIG["xproj_block_k"], max(16, _next_pow2(d))),
-        BLOCK_J=max(16, _next_pow2(J)), num_warps=STEP_CONFIG["xproj_warps"],
+        BLOCK_E=block_e, BLOCK_K=min(STEP_CONFIG["xproj_block_k"], max(16, next_pow2(d))),
+        BLOCK_J=max(16, next_pow2(J)), num_warps=STEP_CONFIG["xproj_warps"],
     )
-    block_n = max(2, _next_pow2(n))
-    block_d = max(1, min(STEP_CONFIG["ssm_block_d"], _next_pow2(d), STEP_CONFIG["ssm_tile"] // block_n))
+    block_n = max(2, next_pow2(n))
+    block_d = max(1, min(STEP_CONFIG["ssm_block_d"], next_pow2(d), STEP_CONFIG["ssm_tile"] // block_n))
     block_e2 = max(1, STEP_CONFIG["ssm_tile"] // (block_n * block_d))
     _MIXER_SSM[(triton.cdiv(d, block_d), triton.cdiv(N, block_e2))](
         xz, workspace.x_dbl, dt_proj_weight, dt_proj_bias, A, xz if D is None else D, ssm_state, ssm_state_out,

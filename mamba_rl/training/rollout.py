@@ -167,9 +167,13 @@ class RolloutCollector:
             "success": torch.zeros(n, steps, dtype=torch.bool, device=self.device),
             "episode_return": torch.zeros(n, steps, device=self.device),
         }
+        # the carry split once (the same tensors): the policy's state, and what the step after
+        # the policy reads and writes
+        self._policy_carry = {name[len("policy."):]: v for name, v in self.carry.items() if name.startswith("policy.")}
+        self._env_carry = {name: value for name, value in self.carry.items() if not name.startswith("policy.")}
         self.chunk_states = {
-            name[len("policy."):]: torch.zeros(num_chunks, *value.shape, dtype=value.dtype, device=self.device)
-            for name, value in self.carry.items() if name.startswith("policy.")
+            name: torch.zeros(num_chunks, *value.shape, dtype=value.dtype, device=self.device)
+            for name, value in self._policy_carry.items()
         }
         # uniform numbers for the sampling of a whole rollout, drawn before it
         self.noise = torch.zeros(n, steps, device=self.device)
@@ -177,8 +181,6 @@ class RolloutCollector:
         self.t = torch.zeros(1, dtype=torch.int64, device=self.device)
         self.use_cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
         self._graph = None
-        # the carry without the policy's state: what the step after the policy reads and writes
-        self._env_carry = {name: value for name, value in self.carry.items() if not name.startswith("policy.")}
         self._env_and_store = self._compiled_env_and_store() if compile_env else self._eager_env_and_store
         # whether the env step (and the storage after it) runs compiled
         self.env_compiled = self._env_and_store != self._eager_env_and_store
@@ -187,11 +189,8 @@ class RolloutCollector:
 
     @property
     def policy_state(self) -> dict[str, torch.Tensor]:
-        return {name[len("policy."):]: v for name, v in self.carry.items() if name.startswith("policy.")}
-
-    @property
-    def env_state(self) -> DelayedMemoryState:
-        return DelayedMemoryState(**{name: self.carry[f"env.{name}"] for name in DelayedMemoryState._fields})
+        """The policy's recurrent state: views of ``carry``'s ``"policy.*"`` entries (unprefixed)."""
+        return self._policy_carry
 
     def state_dict(self) -> dict:
         return {"carry": {k: v.clone() for k, v in self.carry.items()},

@@ -1,0 +1,21 @@
+"""Host-side helpers shared by the Triton kernels' Python wrappers (scan, conv, step)."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["next_pow2", "time_major_like"]
+
+
+def next_pow2(x: int) -> int:
+    """The smallest power of two ``>= x`` (1 for ``x <= 1``): Triton tile sizes."""
+    return 1 << max(0, (int(x) - 1).bit_length())
+
+
+def time_major_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Empty ``[b, c, L]`` with ``t``'s memory order: channels innermost if ``t``'s are."""
+    dtype = t.dtype if dtype is None else dtype
+    b, c, L = t.shape
+    if t.stride(1) == 1 and c > 1:
+        return torch.empty(b, L, c, device=t.device, dtype=dtype).transpose(1, 2)
+    return torch.empty(b, c, L, device=t.device, dtype=dtype)
