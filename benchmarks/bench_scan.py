@@ -633,18 +633,37 @@ SCAN_VARIANTS = [
     # `accurate math`: softplus and sigmoid from the accurate exp / log / division (version 7);
     # `bwd 16 channels`: a channel's states split over two lanes in the backward (fewer registers,
     # more warps; its dB / dC sums are tl.sum)
-    ("F4r128 B2", {}),
+    ("F4r128 B2 ck16", {}),
     ("accurate math", {"fast_math": False}),
     ("tl.sum dBC", {"bwd_reduce_scatter": False}),
     ("seq", {"fwd_ranges": 1, "bwd_ranges": 1, "fwd_maxnreg": None}),
     ("F8r128 B2", {"fwd_ranges": 8}),
     ("F4r128 B2r232", {"bwd_maxnreg": 232}),
     ("F4r128 B3r168", {"bwd_ranges": 3, "bwd_maxnreg": 168}),
-    ("ck32", {"ck_chunks": 32}),
     ("local8", {"local_block_t": 8}),
     ("no h prefetch", {"bwd_prefetch_h": False}),
     ("bwd 16 channels", {"bwd_block_d": 16}),
     ("prefetch 2", {"prefetch_chunks": 2}),
+    # `1-step`: backward chunks of one step, whose entering state is read back from the segment's
+    # scratch (no rerun; fewer values live per chunk, so more warps when the registers are capped)
+    ("1-step B2", {"bwd_chunk_steps": 1}),
+    ("1-step B3r168", {"bwd_chunk_steps": 1, "bwd_ranges": 3, "bwd_maxnreg": 168}),
+    ("1-step B4r128", {"bwd_chunk_steps": 1, "bwd_ranges": 4, "bwd_maxnreg": 128}),
+    # the backward's per-segment scratch of chunk states (`hseg`, written by the rebuild, read back
+    # by the adjoint; version 9: segments of 16 steps, the scratch stored evict-last in L2 and the
+    # gradients evict-first, so that the scratch stays in L2): `v8 scratch` is version 8's (segments
+    # of 32 steps, default policies); `cg` reads it from L2 without allocating in L1; `discard`
+    # drops it from L2 once read (no write-back); `scalar` stores it without a vectorised layout
+    # (no shared-memory conversion); `pipe delta`: the adjoint loads each chunk's delta one chunk
+    # ahead into registers
+    ("v8 scratch", {"ck_steps": 32, "bwd_hseg_keep": False, "bwd_out_evict_first": False}),
+    ("ck32", {"ck_steps": 32}),
+    ("ck8", {"ck_steps": 8}),
+    ("no L2 policies", {"bwd_hseg_keep": False, "bwd_out_evict_first": False}),
+    ("hseg cg", {"bwd_hseg_cg": True}),
+    ("hseg discard", {"bwd_hseg_discard": True}),
+    ("hseg scalar", {"bwd_hseg_scalar": True}),
+    ("pipe delta", {"bwd_pipeline_delta": True}),
 ]
 
 
@@ -953,6 +972,9 @@ def main():
                         help="only the conv: its variants at each T, then each layout (and conv -> scan)")
     parser.add_argument("--host-profile", action="store_true",
                         help="only the host side of the scan at T=1024: time per call and a cProfile")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated names of SCAN_VARIANTS to sweep (default all)")
+    parser.add_argument("--lengths", default=None, help="comma-separated sequence lengths (default 1024,20000)")
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny shapes on the CPU through TRITON_INTERPRET=1: checks the script, times nothing")
     args = parser.parse_args()
@@ -986,12 +1008,25 @@ def main():
                 triton=triton.__version__, python=platform.python_version(), command=" ".join(sys.argv))
     b, d = sizes["b"], sizes["d"]
     lengths = sizes["lengths"][:1] if args.quick else sizes["lengths"]
+    if args.lengths:
+        lengths = [int(x) for x in args.lengths.split(",")]
+    scan_variants = SCAN_VARIANTS
+    if args.variants:
+        names = args.variants.split(",")
+        unknown = sorted(set(names) - {name for name, _ in SCAN_VARIANTS})
+        if unknown:
+            raise SystemExit(f"--variants: unknown names {unknown}; expected names from SCAN_VARIANTS: "
+                             f"{[name for name, _ in SCAN_VARIANTS]}")
+        scan_variants = [v for v in SCAN_VARIANTS if v[0] in names]
     if args.host_profile:
         host_profile(L=lengths[0], b=b, d=d, calls=3 if args.dry_run else 50)
         write_json()
         return
     if args.scan_only:
-        sweep_scan(lengths, b=b, d=d, apply_best=True, variants=SCAN_VARIANTS)
+        sweep_scan(lengths, b=b, d=d, apply_best=True, variants=scan_variants)
+        if args.only_sweep:
+            write_json()
+            return
         for i, L in enumerate(lengths):
             check_shape = None if i == 0 else (*sizes["check_long"], L)
             for dtype, layout in ((torch.float32, "channels_last"), (torch.float32, "time_major"),
@@ -1011,9 +1046,9 @@ def main():
         write_json()
         return
     if args.final:
-        sweep_scan(lengths, b=b, d=d, apply_best=True, variants=SCAN_VARIANTS)
+        sweep_scan(lengths, b=b, d=d, apply_best=True, variants=scan_variants)
     elif args.sweep or args.only_sweep:
-        sweep_scan(lengths, b=b, d=d, apply_best=args.apply_best)
+        sweep_scan(lengths, b=b, d=d, apply_best=args.apply_best, variants=scan_variants)
         sweep_conv(lengths[-1], b=b, d=d)
         sweep_step(sizes["envs"], sizes["d_model"])
     if args.policy_step:

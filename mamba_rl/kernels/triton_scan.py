@@ -10,7 +10,9 @@ walked in chunks of ``BLOCK_T`` steps that are unrolled, so the loads of a chunk
 
 Memory. The forward keeps the fp32 state at every ``BLOCK_T * CK``-th step (``[b, segments + 1, N,
 d]``): ``d_state / (BLOCK_T * CK)`` of ``b * d * L`` floats, the only tensor saved besides the
-inputs. The per-step states ``[b, d, n, L]`` are never stored.
+inputs. The per-step states ``[b, d, n, L]`` are never stored. The backward's scratch of chunk
+states (one segment per warp) is stored evict-last in L2 and the gradients evict-first, so that it
+is read back from L2 rather than from DRAM.
 
 Backward, one segment at a time from the end: (1) rebuild the states entering each chunk of the
 segment from its checkpoint (a ``[b, CK, N, d]`` scratch); (2) walk the chunks backwards: rerun the
@@ -64,9 +66,9 @@ from mamba_rl.kernels.triton_launch import DirectLauncher, interpreted as _inter
 __all__ = ["selective_scan_triton", "SCAN_CONFIG"]
 
 LOG2E = 1.4426950408889634
-# steps per backward chunk: the backward kernel reruns a chunk's first step, then runs the adjoint
-# through both (written out for two steps)
-BWD_CHUNK_STEPS = 2
+# steps per backward chunk (SCAN_CONFIG["bwd_chunk_steps"]): one step, whose entering state the
+# kernel reads back from the segment's scratch, or two written out, whose first step it reruns
+BWD_CHUNK_STEPS = (1, 2)
 
 
 @triton.jit
@@ -138,6 +140,46 @@ def _prefetch(ptrs, PTX: tl.constexpr):
 
 
 @triton.jit
+def _prefetch_l2(ptrs, PTX: tl.constexpr):
+    """Ask for the lines at ``ptrs`` in L2 only (no-op in the interpreter)."""
+    if PTX:
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+
+
+@triton.jit
+def _discard_l2(ptrs, PTX: tl.constexpr):
+    """Drop the L2 lines at ``ptrs`` (128-byte aligned) without writing them back: their contents
+    become undefined (``discard.global.L2``; no-op in the interpreter). For scratch that is dead."""
+    if PTX:
+        tl.inline_asm_elementwise("discard.global.L2 [$1], 128; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+
+
+@triton.jit
+def _store_hseg(ptrs, h, m, KEEP: tl.constexpr):
+    """Store a chunk's entering state into the segment's scratch (``KEEP``: as the last to leave L2)."""
+    if KEEP:
+        tl.store(ptrs, h, mask=m, eviction_policy="evict_last")
+    else:
+        tl.store(ptrs, h, mask=m)
+
+
+@triton.jit
+def _unaligned_zero(PTX: tl.constexpr):
+    """A ``[1, 1]`` int32 zero whose alignment Triton cannot see. Offsets plus it keep their
+    contiguity but lose their 16-byte alignment, so a ``[N, BD]`` state tile loaded or stored
+    through them is not vectorised across channels: it stays in the layout it is computed in (a
+    channel per lane, its states in the thread), with no trip through shared memory and a barrier
+    to and from a vectorised layout. A plain zero in the interpreter."""
+    zero = tl.zeros([1, 1], dtype=tl.int32)
+    if PTX:
+        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [zero], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return zero
+
+
+@triton.jit
 def _prefetch_chunk(p_row, p_bc, t0, L, s_t, s_bc_t, lane, BLOCK_T: tl.constexpr, PTX: tl.constexpr):
     """Prefetch steps ``[t0, t0 + BLOCK_T)`` (clamped to the sequence) of a per-channel stream
     (``p_row [1, BD]``, step stride ``s_t``) and, when ``p_bc`` is given, of a ``[L, n]`` stream whose
@@ -196,18 +238,27 @@ def _reduce_scatter_asm(n_state: int) -> tuple[str, str]:
 
 
 @triton.jit
-def _store_dBC(p_part, t, L, gB, hC, nn, lane, N: tl.constexpr, RS_ASM: tl.constexpr):
+def _store_dBC(p_part, t, L, gB, hC, nn, lane, N: tl.constexpr, RS_ASM: tl.constexpr, EF: tl.constexpr):
     """Store step ``t``'s channel sums of ``gB`` (the dB terms) and ``hC`` (the dC terms), each
     ``[N, BD]``, as row ``t`` of this program's ``[L, 2N]`` partial buffer. With ``RS_ASM`` (see
     :func:`_reduce_scatter_asm`; one warp of 32 channels, a channel per lane) the sums are
     scattered over the lanes and each lane stores its own; else ``tl.sum`` over the lanes."""
     if RS_ASM is None:
-        tl.store(p_part + t * 2 * N + nn, tl.sum(gB, axis=1, keep_dims=True), mask=t < L)
-        tl.store(p_part + t * 2 * N + N + nn, tl.sum(hC, axis=1, keep_dims=True), mask=t < L)
+        _store_out(p_part + t * 2 * N + nn, tl.sum(gB, axis=1, keep_dims=True), t < L, EF)
+        _store_out(p_part + t * 2 * N + N + nn, tl.sum(hC, axis=1, keep_dims=True), t < L, EF)
     else:
         r = tl.inline_asm_elementwise(RS_ASM[0], RS_ASM[1], [gB, hC], dtype=tl.float32, is_pure=True, pack=N)
         for j in tl.static_range(max(1, 2 * N // 32)):
-            tl.store(p_part + t * 2 * N + j + (lane * 2 * N) // 32, _pick(r, nn, j), mask=t < L)
+            _store_out(p_part + t * 2 * N + j + (lane * 2 * N) // 32, _pick(r, nn, j), t < L, EF)
+
+
+@triton.jit
+def _store_out(ptrs, x, m, EF: tl.constexpr):
+    """Store a gradient (``EF``: as the first to leave L2, keeping room there for the scratch)."""
+    if EF:
+        tl.store(ptrs, x, mask=m, eviction_policy="evict_first")
+    else:
+        tl.store(ptrs, x, mask=m)
 
 
 @triton.jit
@@ -233,11 +284,15 @@ def _decay(dt, A2, keep, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
-def _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+def _step_size(p_delta, t, m, s_dt_t, bias, pre, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                FAST: tl.constexpr):
     """Step ``t``'s raw ``delta (+ bias)`` and its step size ``dt`` (softplus of it when asked; 0
-    where ``m`` is off)."""
-    draw = tl.load(p_delta + t * s_dt_t, mask=m, other=0.0).to(tl.float32)
+    where ``m`` is off). ``pre``: step ``t``'s delta loaded earlier (masked by ``m``), or None to
+    load it here."""
+    if pre is None:
+        draw = tl.load(p_delta + t * s_dt_t, mask=m, other=0.0).to(tl.float32)
+    else:
+        draw = pre.to(tl.float32)
     if HAS_BIAS:
         draw += bias
     dt = draw
@@ -264,7 +319,7 @@ def _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t
     ``C_t`` ``[N, 1]``."""
     m_t = t < L
     m = m_ch & m_t
-    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS, FAST)
+    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, None, HAS_BIAS, SOFTPLUS, FAST)
     u = tl.load(p_u + t * s_u_t, mask=m, other=0.0).to(tl.float32)
     t_in = tl.minimum(t, L - 1)
     Bv = _load_states(p_B + t_in * s_B_t, m_n)
@@ -276,15 +331,16 @@ def _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t
 
 @triton.jit
 def _adjoint_inputs(p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
-                    s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    s_B_t, s_C_t, s_r_t, bias, A2, pre, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                     SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr):
     """What the backward needs of step ``t``: the step size ``dt``, ``u``, the gradient reaching
     ``C_t h_t`` (``dy'``, through the ``z`` gate), the factor that turns ``C_t h_t + D u_t`` into
     ``dz`` (``zg``), ``softplus'`` of the raw step (``sg``), the decay ``a_t`` ``[N, BD]``, ``B_t``,
-    ``C_t`` ``[N, 1]`` and the channels' mask ``[1, BD]`` (all zero past the end)."""
+    ``C_t`` ``[N, 1]`` and the channels' mask ``[1, BD]`` (all zero past the end). ``pre``: see
+    :func:`_step_size`."""
     m_t = t < L
     m = m_ch & m_t
-    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS, FAST)
+    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, pre, HAS_BIAS, SOFTPLUS, FAST)
     u = tl.load(p_u + t * s_u_t, mask=m, other=0.0).to(tl.float32)
     dy = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
     t_in = tl.minimum(t, L - 1)
@@ -307,7 +363,7 @@ def _adjoint_inputs(p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t, m_ch, m_n, L,
 @triton.jit
 def _adjoint_step(p_dBC, t, L, q, ah, a, A2, dt, u, dyp, zg, sg, Bv, Cv, m, Dv, dA, dD, dbias, nn, lane,
                   N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                  SOFTPLUS: tl.constexpr, RS_ASM: tl.constexpr):
+                  SOFTPLUS: tl.constexpr, RS_ASM: tl.constexpr, EF: tl.constexpr):
     """Step ``t`` of the adjoint, from ``q`` (the gradient reaching ``h_t`` from later steps) and
     ``ah = a_t h_{t-1}``: stores the step's dB and dC channel sums, adds to dA, dD, d(delta_bias),
     and returns the gradient reaching ``h_{t-1}`` with ``du_t``, ``ddelta_t`` and ``dz_t``
@@ -319,7 +375,7 @@ def _adjoint_step(p_dBC, t, L, q, ah, a, A2, dt, u, dyp, zg, sg, Bv, Cv, m, Dv, 
     w = g * ah
     dA += w * dt
     ddt = tl.sum(w * A2, axis=0, keep_dims=True) * 0.6931471805599453 + u * s
-    _store_dBC(p_dBC, t, L, g * dtu, h * dyp, nn, lane, N, RS_ASM)
+    _store_dBC(p_dBC, t, L, g * dtu, h * dyp, nn, lane, N, RS_ASM, EF)
     du = dt * s
     dz = dt
     if HAS_Z:
@@ -336,6 +392,28 @@ def _adjoint_step(p_dBC, t, L, q, ah, a, A2, dt, u, dyp, zg, sg, Bv, Cv, m, Dv, 
     if HAS_BIAS:
         dbias += ddt
     return a * g, dA, du, ddt, dz, dD, dbias
+
+
+@triton.jit
+def _load_chunk_delta(p_delta, t0, L, m_ch, s_dt_t, BLOCK_T: tl.constexpr):
+    """The raw delta ``[1, BD]`` of steps ``t0`` and ``t0 + 1`` (the second only when ``BLOCK_T``
+    is 2, else the first again), masked as :func:`_adjoint_inputs` masks them."""
+    t = tl.full([1, 1], 0, tl.int32) + t0
+    d0 = tl.load(p_delta + t * s_dt_t, mask=m_ch & (t < L), other=0.0)
+    d1 = d0
+    if BLOCK_T == 2:
+        d1 = tl.load(p_delta + (t + 1) * s_dt_t, mask=m_ch & (t + 1 < L), other=0.0)
+    return d0, d1
+
+
+@triton.jit
+def _store_grads(p_du, p_ddelta, p_dz, t, s_du_t, s_ddt_t, s_dz_t, du, ddt, dz, m, HAS_Z: tl.constexpr,
+                 EF: tl.constexpr):
+    """Store step ``t``'s ``du``, ``ddelta`` and (``HAS_Z``) ``dz`` ``[1, BD]`` where ``m``."""
+    _store_out(p_du + t * s_du_t, du.to(p_du.dtype.element_ty), m, EF)
+    _store_out(p_ddelta + t * s_ddt_t, ddt.to(p_ddelta.dtype.element_ty), m, EF)
+    if HAS_Z:
+        _store_out(p_dz + t * s_dz_t, dz.to(p_dz.dtype.element_ty), m, EF)
 
 
 @triton.jit
@@ -591,7 +669,7 @@ def _scan_bwd_local_kernel(
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + (BLOCK_T - 1 - jr)
             m_t = t < L
             m = m_ch & m_t
-            draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS, FAST)
+            draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, None, HAS_BIAS, SOFTPLUS, FAST)
             dyp = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
             if HAS_Z:
                 z = tl.load(p_z + t * s_z_t, mask=m, other=0.0).to(tl.float32)
@@ -650,9 +728,10 @@ def _scan_bwd_kernel(
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr, CK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr, PF: tl.constexpr,
-    RS_ASM: tl.constexpr, PF_H: tl.constexpr,
+    RS_ASM: tl.constexpr, PF_H: tl.constexpr, HSEG_SCALAR: tl.constexpr, HSEG_CG: tl.constexpr,
+    HSEG_KEEP: tl.constexpr, HSEG_DISCARD: tl.constexpr, OUT_EF: tl.constexpr, PIPE_DT: tl.constexpr,
 ):
-    tl.static_assert(BLOCK_T == 2, "the backward chunk is written out for two steps (BWD_CHUNK_STEPS)")
+    tl.static_assert((BLOCK_T == 1) | (BLOCK_T == 2), "a backward chunk is one step or two written out")
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
     i_r = tl.program_id(2)
@@ -682,7 +761,10 @@ def _scan_bwd_kernel(
     n_seg = tl.cdiv(n_chunks, CK)
     p_hck += i_b * (n_seg + 1) * N * d + nn * d + ch
     # [ranges, b, CK, N, d]: the states entering each chunk of the current segment
-    p_hseg += (i_r * nb + i_b) * CK * N * d + nn * d + ch
+    off_s = nn * d + ch
+    if HSEG_SCALAR:
+        off_s += _unaligned_zero(PTX)
+    p_hseg += (i_r * nb + i_b) * CK * N * d + off_s
     pf_hseg = p_hseg + (tl.minimum(ch, d - 1) - ch)
     # [b, N, d]: dh0 out (from the first range)
     p_dh += i_b * N * d + nn * d + ch
@@ -701,20 +783,33 @@ def _scan_bwd_kernel(
         c_hi = tl.minimum(c_lo + CK, n_chunks)
         # 1. the states entering each chunk of the segment
         h = tl.load(p_hck + i_s * N * d, mask=m_s, other=0.0)
-        tl.store(p_hseg, h, mask=m_s)
+        _store_hseg(p_hseg, h, m_s, HSEG_KEEP)
         for i_c in range(c_lo, c_hi - 1):
             h, _, _ = _fwd_chunk(h, dbias, m_ch, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n, L,
                                  lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, HAS_BIAS, SOFTPLUS,
                                  HAS_RESET, PTX, FAST)
-            tl.store(p_hseg + (i_c + 1 - c_lo) * N * d, h, mask=m_s)
+            _store_hseg(p_hseg + (i_c + 1 - c_lo) * N * d, h, m_s, HSEG_KEEP)
         # 2. the segment's chunks (two steps t0, t1), last first: the chunk's states from the one
         # entering it, then the adjoint backwards through t1 and t0
+        if PIPE_DT:  # the first chunk's delta (the last chunk of the segment)
+            dn0, dn1 = _load_chunk_delta(p_delta, (c_hi - 1) * BLOCK_T, L, m_ch, s_dt_t, BLOCK_T)
         for i_ci in range(c_lo, c_hi):
             i_c = c_hi - 1 - (i_ci - c_lo)
-            hp = tl.load(p_hseg + (i_c - c_lo) * N * d, mask=m_s, other=0.0)
+            if PIPE_DT:  # this chunk's delta was loaded one chunk ago; load the next one's now
+                pre0, pre1 = dn0, dn1
+                dn0, dn1 = _load_chunk_delta(p_delta, tl.maximum(i_c - 1, c_lo) * BLOCK_T, L, m_ch, s_dt_t, BLOCK_T)
+            else:
+                pre0, pre1 = None, None
+            if HSEG_CG:  # from L2, not allocated in L1 (where it would evict the inputs' prefetches)
+                hp = tl.load(p_hseg + (i_c - c_lo) * N * d, mask=m_s, other=0.0, cache_modifier=".cg")
+            else:
+                hp = tl.load(p_hseg + (i_c - c_lo) * N * d, mask=m_s, other=0.0)
             # the chunk processed next is the previous one (its entering state too, with PF_H)
             if PF_H:
-                _prefetch(pf_hseg + (tl.maximum(i_c - 1, c_lo) - c_lo) * N * d, PTX)
+                if HSEG_CG:
+                    _prefetch_l2(pf_hseg + (tl.maximum(i_c - 1, c_lo) - c_lo) * N * d, PTX)
+                else:
+                    _prefetch(pf_hseg + (tl.maximum(i_c - 1, c_lo) - c_lo) * N * d, PTX)
             t_pf = tl.maximum(i_c - PF, 0) * BLOCK_T
             _prefetch_chunk(pf_dt, pf_B, t_pf, L, s_dt_t, s_B_t, lane, BLOCK_T, PTX)
             _prefetch_chunk(pf_u, pf_C, t_pf, L, s_u_t, s_C_t, lane, BLOCK_T, PTX)
@@ -722,29 +817,29 @@ def _scan_bwd_kernel(
             if HAS_Z:
                 _prefetch_chunk(pf_z, None, t_pf, L, s_z_t, s_z_t, lane, BLOCK_T, PTX)
             t0 = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T
-            t1 = t0 + 1
             dt0, u0, dyp0, zg0, sg0, a0, B0, C0, m0 = _adjoint_inputs(
                 p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t0, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
-                s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
-            dt1, u1, dyp1, zg1, sg1, a1, B1, C1, m1 = _adjoint_inputs(
-                p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t1, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
-                s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
+                s_B_t, s_C_t, s_r_t, bias, A2, pre0, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
             ah0 = a0 * hp
-            h0 = ah0 + (dt0 * u0) * B0
-            ah1 = a1 * h0
-            q, dA, du1, ddt1, dz1, dD, dbias = _adjoint_step(
-                p_dBC, t1, L, q, ah1, a1, A2, dt1, u1, dyp1, zg1, sg1, B1, C1, m1, Dv, dA, dD, dbias, nn, lane,
-                N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, RS_ASM)
+            if BLOCK_T == 2:
+                t1 = t0 + 1
+                dt1, u1, dyp1, zg1, sg1, a1, B1, C1, m1 = _adjoint_inputs(
+                    p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t1, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
+                    s_B_t, s_C_t, s_r_t, bias, A2, pre1, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
+                h0 = ah0 + (dt0 * u0) * B0
+                ah1 = a1 * h0
+                q, dA, du1, ddt1, dz1, dD, dbias = _adjoint_step(
+                    p_dBC, t1, L, q, ah1, a1, A2, dt1, u1, dyp1, zg1, sg1, B1, C1, m1, Dv, dA, dD, dbias, nn,
+                    lane, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, RS_ASM, OUT_EF)
             q, dA, du0, ddt0, dz0, dD, dbias = _adjoint_step(
                 p_dBC, t0, L, q, ah0, a0, A2, dt0, u0, dyp0, zg0, sg0, B0, C0, m0, Dv, dA, dD, dbias, nn, lane,
-                N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, RS_ASM)
-            tl.store(p_du + t0 * s_du_t, du0.to(p_du.dtype.element_ty), mask=m0)
-            tl.store(p_du + t1 * s_du_t, du1.to(p_du.dtype.element_ty), mask=m1)
-            tl.store(p_ddelta + t0 * s_ddt_t, ddt0.to(p_ddelta.dtype.element_ty), mask=m0)
-            tl.store(p_ddelta + t1 * s_ddt_t, ddt1.to(p_ddelta.dtype.element_ty), mask=m1)
-            if HAS_Z:
-                tl.store(p_dz + t0 * s_dz_t, dz0.to(p_dz.dtype.element_ty), mask=m0)
-                tl.store(p_dz + t1 * s_dz_t, dz1.to(p_dz.dtype.element_ty), mask=m1)
+                N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, RS_ASM, OUT_EF)
+            # the chunk's stores after its last step (a store between steps would hold back loads)
+            _store_grads(p_du, p_ddelta, p_dz, t0, s_du_t, s_ddt_t, s_dz_t, du0, ddt0, dz0, m0, HAS_Z, OUT_EF)
+            if BLOCK_T == 2:
+                _store_grads(p_du, p_ddelta, p_dz, t1, s_du_t, s_ddt_t, s_dz_t, du1, ddt1, dz1, m1, HAS_Z, OUT_EF)
+            if HSEG_DISCARD:  # the chunk's entering state is dead: no write-back of it to memory
+                _discard_l2(p_hseg + (i_c - c_lo) * N * d, PTX)
     if i_r == 0:
         tl.store(p_dh, q, mask=m_s)
     # [ranges, b, N + 2, d]: this range's sums over its steps of the dA, dD and d(delta_bias) terms
@@ -762,9 +857,11 @@ _FWD_LOCAL, _FWD, _BWD_LOCAL, _BWD, _CARRY = (DirectLauncher(k) for k in (
     _scan_fwd_local_kernel, _scan_fwd_kernel, _scan_bwd_local_kernel, _scan_bwd_kernel, _scan_carry_kernel))
 
 # Set by hand from H100 sweeps (benchmarks/bench_scan.py --scan-only, NOTES_scan.md; no autotuning:
-# the kernels write into scratch buffers). ck_chunks: backward chunks (of BWD_CHUNK_STEPS steps)
-# per checkpoint segment (saved: d_state / (2 * ck_chunks) of b * d * L floats; 16 was 2.5% faster
-# than 32 at T=20000 for 0.33 GB more, 64 slower); fwd_block_t: steps
+# the kernels write into scratch buffers). ck_steps: steps per checkpoint segment (saved: d_state /
+# ck_steps of b * d * L floats, 1.3 GB at B=64, T=20000; 16 steps with the L2 policies below:
+# 19.65 ms at T=20000, 32 steps 20.81 (0.66 GB saved), 8 steps 19.76; results/scan_H100_v7.json);
+# bwd_chunk_steps: steps per backward chunk (one step, reading every state back from the scratch:
+# 29 ms, results/scan_H100_1step_sweep.json); fwd_block_t: steps
 # per forward chunk (8 and 16 were slower); *_block_d: channels per one-warp program (8 or 16, which
 # split a channel's states over 4 or 2 lanes, were slower); prefetch_chunks: how many chunks ahead
 # the inputs are prefetched into L1 (2 and 3 changed nothing). fwd_ranges / bwd_ranges: time ranges
@@ -777,9 +874,18 @@ _FWD_LOCAL, _FWD, _BWD_LOCAL, _BWD, _CARRY = (DirectLauncher(k) for k in (
 # faster at T=20000) instead of a tl.sum butterfly per value; fast_math: softplus and sigmoid from
 # approximate MUFU ops (ex2 / rcp.approx and a series for log1p, ~5e-7 relative) instead of the
 # accurate exp, log and division; bwd_prefetch_h: the backward prefetches the state entering the
-# next chunk (read back from its scratch) into L1 along with the chunk's inputs.
+# next chunk (read back from its scratch) into L1 along with the chunk's inputs. The backward's
+# scratch of chunk states (bwd_hseg_*; written by each segment's rebuild, read back by its adjoint,
+# 2 KB per chunk per warp) went to DRAM and back (ncu: 6 GB moved by the backward at T=4096, ~2x
+# its inputs and outputs): bwd_hseg_keep stores it evict-last in L2 and bwd_out_evict_first
+# stores the gradients evict-first (with 16-step segments: 21.1 -> 19.6 ms at T=20000);
+# bwd_hseg_cg (read it bypassing L1), bwd_hseg_discard (drop it from L2 once read, no write-back;
+# 16 more registers, spills) and bwd_hseg_scalar (store it unvectorised, no shared-memory
+# conversion; spills) were slower, as was bwd_pipeline_delta (each chunk's delta loaded a chunk
+# ahead into registers: 23.4 ms, spills).
 SCAN_CONFIG = {
-    "ck_chunks": 16,
+    "ck_steps": 16,
+    "bwd_chunk_steps": 2,
     "fwd_block_t": 4,
     "fwd_block_d": 32,
     "bwd_block_d": 32,
@@ -793,6 +899,12 @@ SCAN_CONFIG = {
     "bwd_reduce_scatter": True,
     "fast_math": True,
     "bwd_prefetch_h": True,
+    "bwd_hseg_scalar": False,
+    "bwd_hseg_cg": False,
+    "bwd_hseg_keep": True,
+    "bwd_hseg_discard": False,
+    "bwd_out_evict_first": True,
+    "bwd_pipeline_delta": False,
 }
 
 
@@ -861,6 +973,12 @@ def _reduce_scatter(block_d: int) -> bool:
     return SCAN_CONFIG["bwd_reduce_scatter"] and block_d == 32 and not _interpreted()
 
 
+def _hseg_discard(d: int, block_d: int) -> bool:
+    """Whether the backward drops each chunk's entering state from L2 once read (its scratch rows
+    must fill whole 128-byte lines: 32 channels per program, ``d`` a multiple of 32)."""
+    return SCAN_CONFIG["bwd_hseg_discard"] and block_d == 32 and d % 32 == 0 and not _interpreted()
+
+
 def _maxnreg(key: str) -> dict:
     """``{"maxnreg": SCAN_CONFIG[key]}`` when set (a cap on ptxas's registers), else nothing."""
     value = SCAN_CONFIG.get(key)
@@ -911,10 +1029,12 @@ class _SelectiveScanFn(torch.autograd.Function):
         if n < N:
             A2[n:].zero_()
         reset_u8 = None if reset is None else reset.contiguous().view(torch.uint8)
-        block_t = BWD_CHUNK_STEPS
+        block_t = SCAN_CONFIG["bwd_chunk_steps"]
+        if block_t not in BWD_CHUNK_STEPS:
+            raise ValueError(f"SCAN_CONFIG['bwd_chunk_steps'] must be one of {BWD_CHUNK_STEPS}, got {block_t}")
         fwd_block_t = min(SCAN_CONFIG["fwd_block_t"], next_pow2(max(L, 1)))
-        # checkpoints are taken at multiples of block_t * ck steps, a multiple of fwd_block_t
-        ck_steps = block_t * SCAN_CONFIG["ck_chunks"]
+        # checkpoints are taken at multiples of ck_steps, a multiple of block_t and of fwd_block_t
+        ck_steps = block_t * triton.cdiv(SCAN_CONFIG["ck_steps"], block_t)
         if ck_steps % fwd_block_t:
             fwd_block_t = block_t
         ck_fwd = ck_steps // fwd_block_t
@@ -1027,7 +1147,10 @@ class _SelectiveScanFn(torch.autograd.Function):
                 *du.stride(), *ddelta.stride(), *dz_.stride(), *r_strides,
                 N=N, BLOCK_T=block_t, BD=block_d, CK=ck, HAS_D=D is not None, **flags,
                 RS_ASM=_reduce_scatter_asm(N) if _reduce_scatter(block_d) else None,
-                PF_H=SCAN_CONFIG["bwd_prefetch_h"],
+                PF_H=SCAN_CONFIG["bwd_prefetch_h"], HSEG_SCALAR=SCAN_CONFIG["bwd_hseg_scalar"],
+                HSEG_CG=SCAN_CONFIG["bwd_hseg_cg"], HSEG_KEEP=SCAN_CONFIG["bwd_hseg_keep"],
+                HSEG_DISCARD=_hseg_discard(d, block_d), OUT_EF=SCAN_CONFIG["bwd_out_evict_first"],
+                PIPE_DT=SCAN_CONFIG["bwd_pipeline_delta"],
                 num_warps=1, **_maxnreg("bwd_maxnreg"),
             )
             dBC = dBC[0] if groups == 1 else dBC.sum(0)
@@ -1078,6 +1201,6 @@ def selective_scan_triton(
     dtype in, fp32 state and accumulation. Returns ``y`` ``[b, d, L]`` in ``u``'s dtype and
     ``h_last`` ``[b, d, n]`` fp32; differentiable in every float input, ``h0`` included, with
     deterministic gradients. Saved for backward: the inputs and the fp32 states every
-    ``2 * ck_chunks`` steps.
+    ``ck_steps`` steps (``SCAN_CONFIG``).
     """
     return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, reset, delta_softplus)

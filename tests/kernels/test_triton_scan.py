@@ -16,8 +16,8 @@ from mamba_rl.kernels.triton_scan import selective_scan_triton  # noqa: E402
 
 # Long sequences run with longer chunks: the interpreter's cost is per chunk, and the kernels are
 # the same code whatever the tile sizes. Several checkpoint segments are exercised on purpose.
-LONG_CONFIG = {"ck_chunks": 16, "fwd_block_t": 32}
-MULTI_SEGMENT_CONFIG = {"ck_chunks": 6}
+LONG_CONFIG = {"ck_steps": 32, "fwd_block_t": 32}
+MULTI_SEGMENT_CONFIG = {"ck_steps": 12}
 
 
 @pytest.fixture
@@ -166,11 +166,11 @@ def test_scan_across_checkpoint_segments(config, device, scan_config):
 # Segments of 4 steps (T=63: 16 segments, the last one partial) split into time ranges: 4 ranges
 # of 2 local ranges each, 16 ranges of one segment each, and forward and backward split differently.
 RANGE_CONFIGS = {
-    "R4-local2": {"ck_chunks": 2, "fwd_ranges": 4, "bwd_ranges": 4, "local_ranges": 8},
-    "R16-local1": {"ck_chunks": 2, "fwd_ranges": 16, "bwd_ranges": 16, "local_ranges": 16},
-    "F3-B2-local4": {"ck_chunks": 2, "fwd_ranges": 3, "bwd_ranges": 2, "local_ranges": 4},
+    "R4-local2": {"ck_steps": 4, "fwd_ranges": 4, "bwd_ranges": 4, "local_ranges": 8},
+    "R16-local1": {"ck_steps": 4, "fwd_ranges": 16, "bwd_ranges": 16, "local_ranges": 16},
+    "F3-B2-local4": {"ck_steps": 4, "fwd_ranges": 3, "bwd_ranges": 2, "local_ranges": 4},
     # 16 segments in ranges of 6: the last range is shorter than the others
-    "F3-B3-local8": {"ck_chunks": 2, "fwd_ranges": 3, "bwd_ranges": 3, "local_ranges": 8},
+    "F3-B3-local8": {"ck_steps": 4, "fwd_ranges": 3, "bwd_ranges": 3, "local_ranges": 8},
 }
 
 
@@ -193,6 +193,41 @@ def test_scan_in_parallel_time_ranges(name, reset, device, monkeypatch):
         assert triton_scan._time_ranges(n_seg, 3)[:3] == (3, 6, 2)
     inputs, reset_mask = make_inputs(2, 4, 16, 63, torch.float32, reset=reset, device=device)
     check_against_reference(inputs, reset_mask, torch.float32)
+
+
+# Backward variants (SCAN_CONFIG), each with odd checkpoint segments (5 steps, 13 of them at T=63)
+# and uneven time ranges both ways. The L2 cache policies, the L1 bypass and the L2 discard change
+# no number (the last two are inline PTX, skipped in the interpreter); the others change the code.
+BACKWARD_VARIANTS = {
+    # every step's entering state read back from the segment's scratch instead of rerunning a
+    # chunk's first step
+    "one-step-chunks": {"bwd_chunk_steps": 1},
+    # each chunk's delta loaded one chunk ahead, in two-step and in one-step chunks
+    "pipelined-delta": {"bwd_pipeline_delta": True},
+    "pipelined-delta-one-step": {"bwd_pipeline_delta": True, "bwd_chunk_steps": 1},
+    "scratch-policies": {"bwd_hseg_keep": False, "bwd_out_evict_first": False, "bwd_hseg_cg": True,
+                         "bwd_hseg_discard": True, "bwd_hseg_scalar": True},
+}
+
+
+@pytest.mark.parametrize("reset", ["several", "everywhere", "last"])
+@pytest.mark.parametrize("L", [1, 63], ids=["T1", "T63"])
+@pytest.mark.parametrize("variant", list(BACKWARD_VARIANTS))
+def test_scan_backward_variants(variant, L, reset, device, monkeypatch):
+    """Each backward variant gives the reference gradients, on the GPU too."""
+    config = {"ck_steps": 5, "fwd_block_t": 1, "fwd_ranges": 3, "bwd_ranges": 3, "local_ranges": 8,
+              **BACKWARD_VARIANTS[variant]}
+    for key, value in config.items():
+        monkeypatch.setitem(triton_scan.SCAN_CONFIG, key, value)
+    inputs, reset_mask = make_inputs(2, 4, 16, L, torch.float32, reset=reset, device=device)
+    check_against_reference(inputs, reset_mask, torch.float32)
+
+
+def test_backward_chunk_steps_must_be_one_or_two(monkeypatch):
+    monkeypatch.setitem(triton_scan.SCAN_CONFIG, "bwd_chunk_steps", 4)
+    inputs, _ = make_inputs(1, 4, 2, 8, torch.float32, reset="none")
+    with pytest.raises(ValueError, match=r"bwd_chunk_steps'\] must be one of \(1, 2\), got 4"):
+        selective_scan_triton(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"])
 
 
 def test_time_ranges_only_for_channels_last_streams():
