@@ -653,17 +653,15 @@ SCAN_VARIANTS = [
     # by the adjoint; version 9: segments of 16 steps, the scratch stored evict-last in L2 and the
     # gradients evict-first, so that the scratch stays in L2): `v8 scratch` is version 8's (segments
     # of 32 steps, default policies); `cg` reads it from L2 without allocating in L1; `discard`
-    # drops it from L2 once read (no write-back); `scalar` stores it without a vectorised layout
-    # (no shared-memory conversion); `pipe delta`: the adjoint loads each chunk's delta one chunk
-    # ahead into registers
+    # drops it from L2 once read (no write-back). (`hseg scalar` and `pipe delta` in
+    # results/scan_H100_hseg_sweep.json and scan_H100_v7.json were measured at d0f07e8 and then
+    # removed: both spilled and were slower.)
     ("v8 scratch", {"ck_steps": 32, "bwd_hseg_keep": False, "bwd_out_evict_first": False}),
     ("ck32", {"ck_steps": 32}),
     ("ck8", {"ck_steps": 8}),
     ("no L2 policies", {"bwd_hseg_keep": False, "bwd_out_evict_first": False}),
     ("hseg cg", {"bwd_hseg_cg": True}),
     ("hseg discard", {"bwd_hseg_discard": True}),
-    ("hseg scalar", {"bwd_hseg_scalar": True}),
-    ("pipe delta", {"bwd_pipeline_delta": True}),
 ]
 
 

@@ -166,20 +166,6 @@ def _store_hseg(ptrs, h, m, KEEP: tl.constexpr):
 
 
 @triton.jit
-def _unaligned_zero(PTX: tl.constexpr):
-    """A ``[1, 1]`` int32 zero whose alignment Triton cannot see. Offsets plus it keep their
-    contiguity but lose their 16-byte alignment, so a ``[N, BD]`` state tile loaded or stored
-    through them is not vectorised across channels: it stays in the layout it is computed in (a
-    channel per lane, its states in the thread), with no trip through shared memory and a barrier
-    to and from a vectorised layout. A plain zero in the interpreter."""
-    zero = tl.zeros([1, 1], dtype=tl.int32)
-    if PTX:
-        return tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [zero], dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        return zero
-
-
-@triton.jit
 def _prefetch_chunk(p_row, p_bc, t0, L, s_t, s_bc_t, lane, BLOCK_T: tl.constexpr, PTX: tl.constexpr):
     """Prefetch steps ``[t0, t0 + BLOCK_T)`` (clamped to the sequence) of a per-channel stream
     (``p_row [1, BD]``, step stride ``s_t``) and, when ``p_bc`` is given, of a ``[L, n]`` stream whose
@@ -284,15 +270,11 @@ def _decay(dt, A2, keep, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
-def _step_size(p_delta, t, m, s_dt_t, bias, pre, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+def _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                FAST: tl.constexpr):
     """Step ``t``'s raw ``delta (+ bias)`` and its step size ``dt`` (softplus of it when asked; 0
-    where ``m`` is off). ``pre``: step ``t``'s delta loaded earlier (masked by ``m``), or None to
-    load it here."""
-    if pre is None:
-        draw = tl.load(p_delta + t * s_dt_t, mask=m, other=0.0).to(tl.float32)
-    else:
-        draw = pre.to(tl.float32)
+    where ``m`` is off)."""
+    draw = tl.load(p_delta + t * s_dt_t, mask=m, other=0.0).to(tl.float32)
     if HAS_BIAS:
         draw += bias
     dt = draw
@@ -319,7 +301,7 @@ def _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t
     ``C_t`` ``[N, 1]``."""
     m_t = t < L
     m = m_ch & m_t
-    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, None, HAS_BIAS, SOFTPLUS, FAST)
+    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS, FAST)
     u = tl.load(p_u + t * s_u_t, mask=m, other=0.0).to(tl.float32)
     t_in = tl.minimum(t, L - 1)
     Bv = _load_states(p_B + t_in * s_B_t, m_n)
@@ -331,16 +313,15 @@ def _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t
 
 @triton.jit
 def _adjoint_inputs(p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
-                    s_B_t, s_C_t, s_r_t, bias, A2, pre, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                    s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
                     SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr):
     """What the backward needs of step ``t``: the step size ``dt``, ``u``, the gradient reaching
     ``C_t h_t`` (``dy'``, through the ``z`` gate), the factor that turns ``C_t h_t + D u_t`` into
     ``dz`` (``zg``), ``softplus'`` of the raw step (``sg``), the decay ``a_t`` ``[N, BD]``, ``B_t``,
-    ``C_t`` ``[N, 1]`` and the channels' mask ``[1, BD]`` (all zero past the end). ``pre``: see
-    :func:`_step_size`."""
+    ``C_t`` ``[N, 1]`` and the channels' mask ``[1, BD]`` (all zero past the end)."""
     m_t = t < L
     m = m_ch & m_t
-    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, pre, HAS_BIAS, SOFTPLUS, FAST)
+    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS, FAST)
     u = tl.load(p_u + t * s_u_t, mask=m, other=0.0).to(tl.float32)
     dy = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
     t_in = tl.minimum(t, L - 1)
@@ -392,18 +373,6 @@ def _adjoint_step(p_dBC, t, L, q, ah, a, A2, dt, u, dyp, zg, sg, Bv, Cv, m, Dv, 
     if HAS_BIAS:
         dbias += ddt
     return a * g, dA, du, ddt, dz, dD, dbias
-
-
-@triton.jit
-def _load_chunk_delta(p_delta, t0, L, m_ch, s_dt_t, BLOCK_T: tl.constexpr):
-    """The raw delta ``[1, BD]`` of steps ``t0`` and ``t0 + 1`` (the second only when ``BLOCK_T``
-    is 2, else the first again), masked as :func:`_adjoint_inputs` masks them."""
-    t = tl.full([1, 1], 0, tl.int32) + t0
-    d0 = tl.load(p_delta + t * s_dt_t, mask=m_ch & (t < L), other=0.0)
-    d1 = d0
-    if BLOCK_T == 2:
-        d1 = tl.load(p_delta + (t + 1) * s_dt_t, mask=m_ch & (t + 1 < L), other=0.0)
-    return d0, d1
 
 
 @triton.jit
@@ -669,7 +638,7 @@ def _scan_bwd_local_kernel(
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + (BLOCK_T - 1 - jr)
             m_t = t < L
             m = m_ch & m_t
-            draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, None, HAS_BIAS, SOFTPLUS, FAST)
+            draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS, FAST)
             dyp = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
             if HAS_Z:
                 z = tl.load(p_z + t * s_z_t, mask=m, other=0.0).to(tl.float32)
@@ -728,8 +697,8 @@ def _scan_bwd_kernel(
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr, CK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr, PF: tl.constexpr,
-    RS_ASM: tl.constexpr, PF_H: tl.constexpr, HSEG_SCALAR: tl.constexpr, HSEG_CG: tl.constexpr,
-    HSEG_KEEP: tl.constexpr, HSEG_DISCARD: tl.constexpr, OUT_EF: tl.constexpr, PIPE_DT: tl.constexpr,
+    RS_ASM: tl.constexpr, PF_H: tl.constexpr, HSEG_CG: tl.constexpr, HSEG_KEEP: tl.constexpr,
+    HSEG_DISCARD: tl.constexpr, OUT_EF: tl.constexpr,
 ):
     tl.static_assert((BLOCK_T == 1) | (BLOCK_T == 2), "a backward chunk is one step or two written out")
     i_d = tl.program_id(0)
@@ -761,10 +730,7 @@ def _scan_bwd_kernel(
     n_seg = tl.cdiv(n_chunks, CK)
     p_hck += i_b * (n_seg + 1) * N * d + nn * d + ch
     # [ranges, b, CK, N, d]: the states entering each chunk of the current segment
-    off_s = nn * d + ch
-    if HSEG_SCALAR:
-        off_s += _unaligned_zero(PTX)
-    p_hseg += (i_r * nb + i_b) * CK * N * d + off_s
+    p_hseg += (i_r * nb + i_b) * CK * N * d + nn * d + ch
     pf_hseg = p_hseg + (tl.minimum(ch, d - 1) - ch)
     # [b, N, d]: dh0 out (from the first range)
     p_dh += i_b * N * d + nn * d + ch
@@ -791,15 +757,8 @@ def _scan_bwd_kernel(
             _store_hseg(p_hseg + (i_c + 1 - c_lo) * N * d, h, m_s, HSEG_KEEP)
         # 2. the segment's chunks (two steps t0, t1), last first: the chunk's states from the one
         # entering it, then the adjoint backwards through t1 and t0
-        if PIPE_DT:  # the first chunk's delta (the last chunk of the segment)
-            dn0, dn1 = _load_chunk_delta(p_delta, (c_hi - 1) * BLOCK_T, L, m_ch, s_dt_t, BLOCK_T)
         for i_ci in range(c_lo, c_hi):
             i_c = c_hi - 1 - (i_ci - c_lo)
-            if PIPE_DT:  # this chunk's delta was loaded one chunk ago; load the next one's now
-                pre0, pre1 = dn0, dn1
-                dn0, dn1 = _load_chunk_delta(p_delta, tl.maximum(i_c - 1, c_lo) * BLOCK_T, L, m_ch, s_dt_t, BLOCK_T)
-            else:
-                pre0, pre1 = None, None
             if HSEG_CG:  # from L2, not allocated in L1 (where it would evict the inputs' prefetches)
                 hp = tl.load(p_hseg + (i_c - c_lo) * N * d, mask=m_s, other=0.0, cache_modifier=".cg")
             else:
@@ -819,13 +778,13 @@ def _scan_bwd_kernel(
             t0 = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T
             dt0, u0, dyp0, zg0, sg0, a0, B0, C0, m0 = _adjoint_inputs(
                 p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t0, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
-                s_B_t, s_C_t, s_r_t, bias, A2, pre0, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
+                s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
             ah0 = a0 * hp
             if BLOCK_T == 2:
                 t1 = t0 + 1
                 dt1, u1, dyp1, zg1, sg1, a1, B1, C1, m1 = _adjoint_inputs(
                     p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t1, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
-                    s_B_t, s_C_t, s_r_t, bias, A2, pre1, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
+                    s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
                 h0 = ah0 + (dt0 * u0) * B0
                 ah1 = a1 * h0
                 q, dA, du1, ddt1, dz1, dD, dbias = _adjoint_step(
@@ -880,9 +839,8 @@ _FWD_LOCAL, _FWD, _BWD_LOCAL, _BWD, _CARRY = (DirectLauncher(k) for k in (
 # its inputs and outputs): bwd_hseg_keep stores it evict-last in L2 and bwd_out_evict_first
 # stores the gradients evict-first (with 16-step segments: 21.1 -> 19.6 ms at T=20000);
 # bwd_hseg_cg (read it bypassing L1), bwd_hseg_discard (drop it from L2 once read, no write-back;
-# 16 more registers, spills) and bwd_hseg_scalar (store it unvectorised, no shared-memory
-# conversion; spills) were slower, as was bwd_pipeline_delta (each chunk's delta loaded a chunk
-# ahead into registers: 23.4 ms, spills).
+# 16 more registers, spills) were slower, as were an unvectorised store of the scratch and each
+# chunk's delta loaded a chunk ahead into registers (both spilled; measured at d0f07e8, removed).
 SCAN_CONFIG = {
     "ck_steps": 16,
     "bwd_chunk_steps": 2,
@@ -899,12 +857,10 @@ SCAN_CONFIG = {
     "bwd_reduce_scatter": True,
     "fast_math": True,
     "bwd_prefetch_h": True,
-    "bwd_hseg_scalar": False,
     "bwd_hseg_cg": False,
     "bwd_hseg_keep": True,
     "bwd_hseg_discard": False,
     "bwd_out_evict_first": True,
-    "bwd_pipeline_delta": False,
 }
 
 
@@ -1147,10 +1103,9 @@ class _SelectiveScanFn(torch.autograd.Function):
                 *du.stride(), *ddelta.stride(), *dz_.stride(), *r_strides,
                 N=N, BLOCK_T=block_t, BD=block_d, CK=ck, HAS_D=D is not None, **flags,
                 RS_ASM=_reduce_scatter_asm(N) if _reduce_scatter(block_d) else None,
-                PF_H=SCAN_CONFIG["bwd_prefetch_h"], HSEG_SCALAR=SCAN_CONFIG["bwd_hseg_scalar"],
+                PF_H=SCAN_CONFIG["bwd_prefetch_h"],
                 HSEG_CG=SCAN_CONFIG["bwd_hseg_cg"], HSEG_KEEP=SCAN_CONFIG["bwd_hseg_keep"],
                 HSEG_DISCARD=_hseg_discard(d, block_d), OUT_EF=SCAN_CONFIG["bwd_out_evict_first"],
-                PIPE_DT=SCAN_CONFIG["bwd_pipeline_delta"],
                 num_warps=1, **_maxnreg("bwd_maxnreg"),
             )
             dBC = dBC[0] if groups == 1 else dBC.sum(0)

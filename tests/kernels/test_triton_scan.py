@@ -196,17 +196,15 @@ def test_scan_in_parallel_time_ranges(name, reset, device, monkeypatch):
 
 
 # Backward variants (SCAN_CONFIG), each with odd checkpoint segments (5 steps, 13 of them at T=63)
-# and uneven time ranges both ways. The L2 cache policies, the L1 bypass and the L2 discard change
-# no number (the last two are inline PTX, skipped in the interpreter); the others change the code.
+# and uneven time ranges both ways. The cache policies and the L2 discard change no number (the
+# discard and the L2 prefetch are inline PTX, skipped in the interpreter); one-step chunks change
+# the code.
 BACKWARD_VARIANTS = {
     # every step's entering state read back from the segment's scratch instead of rerunning a
     # chunk's first step
     "one-step-chunks": {"bwd_chunk_steps": 1},
-    # each chunk's delta loaded one chunk ahead, in two-step and in one-step chunks
-    "pipelined-delta": {"bwd_pipeline_delta": True},
-    "pipelined-delta-one-step": {"bwd_pipeline_delta": True, "bwd_chunk_steps": 1},
     "scratch-policies": {"bwd_hseg_keep": False, "bwd_out_evict_first": False, "bwd_hseg_cg": True,
-                         "bwd_hseg_discard": True, "bwd_hseg_scalar": True},
+                         "bwd_hseg_discard": True},
 }
 
 
