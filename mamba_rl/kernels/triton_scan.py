@@ -157,15 +157,6 @@ def _discard_l2(ptrs, PTX: tl.constexpr):
 
 
 @triton.jit
-def _store_hseg(ptrs, h, m, KEEP: tl.constexpr):
-    """Store a chunk's entering state into the segment's scratch (``KEEP``: as the last to leave L2)."""
-    if KEEP:
-        tl.store(ptrs, h, mask=m, eviction_policy="evict_last")
-    else:
-        tl.store(ptrs, h, mask=m)
-
-
-@triton.jit
 def _prefetch_chunk(p_row, p_bc, t0, L, s_t, s_bc_t, lane, BLOCK_T: tl.constexpr, PTX: tl.constexpr):
     """Prefetch steps ``[t0, t0 + BLOCK_T)`` (clamped to the sequence) of a per-channel stream
     (``p_row [1, BD]``, step stride ``s_t``) and, when ``p_bc`` is given, of a ``[L, n]`` stream whose
@@ -230,19 +221,22 @@ def _store_dBC(p_part, t, L, gB, hC, nn, lane, N: tl.constexpr, RS_ASM: tl.const
     :func:`_reduce_scatter_asm`; one warp of 32 channels, a channel per lane) the sums are
     scattered over the lanes and each lane stores its own; else ``tl.sum`` over the lanes."""
     if RS_ASM is None:
-        _store_out(p_part + t * 2 * N + nn, tl.sum(gB, axis=1, keep_dims=True), t < L, EF)
-        _store_out(p_part + t * 2 * N + N + nn, tl.sum(hC, axis=1, keep_dims=True), t < L, EF)
+        _store_hint(p_part + t * 2 * N + nn, tl.sum(gB, axis=1, keep_dims=True), t < L, EF * 1)
+        _store_hint(p_part + t * 2 * N + N + nn, tl.sum(hC, axis=1, keep_dims=True), t < L, EF * 1)
     else:
         r = tl.inline_asm_elementwise(RS_ASM[0], RS_ASM[1], [gB, hC], dtype=tl.float32, is_pure=True, pack=N)
         for j in tl.static_range(max(1, 2 * N // 32)):
-            _store_out(p_part + t * 2 * N + j + (lane * 2 * N) // 32, _pick(r, nn, j), t < L, EF)
+            _store_hint(p_part + t * 2 * N + j + (lane * 2 * N) // 32, _pick(r, nn, j), t < L, EF * 1)
 
 
 @triton.jit
-def _store_out(ptrs, x, m, EF: tl.constexpr):
-    """Store a gradient (``EF``: as the first to leave L2, keeping room there for the scratch)."""
-    if EF:
+def _store_hint(ptrs, x, m, HINT: tl.constexpr):
+    """``tl.store`` with an L2 eviction hint: ``HINT`` 0 none, 1 evict-first (the gradients, so
+    that L2 keeps room for the backward's scratch), 2 evict-last (that scratch)."""
+    if HINT == 1:
         tl.store(ptrs, x, mask=m, eviction_policy="evict_first")
+    elif HINT == 2:
+        tl.store(ptrs, x, mask=m, eviction_policy="evict_last")
     else:
         tl.store(ptrs, x, mask=m)
 
@@ -379,10 +373,10 @@ def _adjoint_step(p_dBC, t, L, q, ah, a, A2, dt, u, dyp, zg, sg, Bv, Cv, m, Dv, 
 def _store_grads(p_du, p_ddelta, p_dz, t, s_du_t, s_ddt_t, s_dz_t, du, ddt, dz, m, HAS_Z: tl.constexpr,
                  EF: tl.constexpr):
     """Store step ``t``'s ``du``, ``ddelta`` and (``HAS_Z``) ``dz`` ``[1, BD]`` where ``m``."""
-    _store_out(p_du + t * s_du_t, du.to(p_du.dtype.element_ty), m, EF)
-    _store_out(p_ddelta + t * s_ddt_t, ddt.to(p_ddelta.dtype.element_ty), m, EF)
+    _store_hint(p_du + t * s_du_t, du.to(p_du.dtype.element_ty), m, EF * 1)
+    _store_hint(p_ddelta + t * s_ddt_t, ddt.to(p_ddelta.dtype.element_ty), m, EF * 1)
     if HAS_Z:
-        _store_out(p_dz + t * s_dz_t, dz.to(p_dz.dtype.element_ty), m, EF)
+        _store_hint(p_dz + t * s_dz_t, dz.to(p_dz.dtype.element_ty), m, EF * 1)
 
 
 @triton.jit
@@ -749,12 +743,12 @@ def _scan_bwd_kernel(
         c_hi = tl.minimum(c_lo + CK, n_chunks)
         # 1. the states entering each chunk of the segment
         h = tl.load(p_hck + i_s * N * d, mask=m_s, other=0.0)
-        _store_hseg(p_hseg, h, m_s, HSEG_KEEP)
+        _store_hint(p_hseg, h, m_s, HSEG_KEEP * 2)
         for i_c in range(c_lo, c_hi - 1):
             h, _, _ = _fwd_chunk(h, dbias, m_ch, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n, L,
                                  lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, HAS_BIAS, SOFTPLUS,
                                  HAS_RESET, PTX, FAST)
-            _store_hseg(p_hseg + (i_c + 1 - c_lo) * N * d, h, m_s, HSEG_KEEP)
+            _store_hint(p_hseg + (i_c + 1 - c_lo) * N * d, h, m_s, HSEG_KEEP * 2)
         # 2. the segment's chunks (two steps t0, t1), last first: the chunk's states from the one
         # entering it, then the adjoint backwards through t1 and t0
         for i_ci in range(c_lo, c_hi):
