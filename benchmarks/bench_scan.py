@@ -662,6 +662,12 @@ SCAN_VARIANTS = [
     ("no L2 policies", {"bwd_hseg_keep": False, "bwd_out_evict_first": False}),
     ("hseg cg", {"bwd_hseg_cg": True}),
     ("hseg discard", {"bwd_hseg_discard": True}),
+    # version 10: the loops named in `pipe_delta` (default: the forward's local pass and the
+    # backward's rebuild) load each chunk's raw deltas one chunk ahead (ncu on version 9: the first
+    # use of each step's delta was the most stalled instruction of the kernels)
+    ("no delta pipe", {"pipe_delta": ()}),
+    ("pipe all", {"pipe_delta": ("fwd_local", "fwd", "bwd_local", "bwd_rebuild", "bwd_adjoint")}),
+    ("pipe all but adjoint", {"pipe_delta": ("fwd_local", "fwd", "bwd_local", "bwd_rebuild")}),
 ]
 
 
@@ -673,13 +679,17 @@ def sweep_variant(kernel, L, name, overrides, fwd, fwd_bwd, leaves, check=None):
         ms_f = time_ms(fwd, rep_ms=60)
         ms = time_ms(fwd_bwd, grad_to_none=leaves, rep_ms=100)
         row = dict(kernel=kernel, T=L, variant=name, overrides=overrides, fwd_ms=ms_f, fwd_bwd_ms=ms)
+        kernels = profile_kernels(fwd_bwd, reps=10)
+        if kernels:  # device time per fwd+bwd of each kernel (us)
+            row["kernels_us"] = {k: round(v, 1) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:8]}
     except Exception as e:
         row = dict(kernel=kernel, T=L, variant=name, overrides=overrides, error=f"{type(e).__name__}: {str(e)[:200]}")
     SWEEP.append(row)
     write_json()
     print(f"sweep {kernel} T={L:6d} {name:36s} "
           + (f"fwd {row['fwd_ms']:8.3f} ms  fwd+bwd {row['fwd_bwd_ms']:8.3f} ms" if "error" not in row
-             else row["error"]), flush=True)
+             else row["error"])
+          + "".join(f"\n    {k[:40]:40s} {v:9.1f} us" for k, v in row.get("kernels_us", {}).items()), flush=True)
 
 
 def sweep_scan(lengths, b=64, d=256, n=16, apply_best=False, variants=None):

@@ -264,17 +264,58 @@ def _decay(dt, A2, keep, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
-def _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-               FAST: tl.constexpr):
-    """Step ``t``'s raw ``delta (+ bias)`` and its step size ``dt`` (softplus of it when asked; 0
-    where ``m`` is off)."""
+def _raw_delta(p_delta, t, m, s_dt_t, bias, HAS_BIAS: tl.constexpr):
+    """Step ``t``'s raw ``delta (+ bias)`` ``[1, BD]`` (``delta`` read as 0 where ``m`` is off)."""
     draw = tl.load(p_delta + t * s_dt_t, mask=m, other=0.0).to(tl.float32)
     if HAS_BIAS:
         draw += bias
+    return draw
+
+
+@triton.jit
+def _step_size(draw, m, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
+    """The step size ``dt`` of a raw ``delta (+ bias)``: softplus of it when asked; 0 where ``m``
+    is off."""
     dt = draw
     if SOFTPLUS:
         dt = _softplus_fast(draw, FAST)
-    return draw, tl.where(m, dt, 0.0)
+    return tl.where(m, dt, 0.0)
+
+
+@triton.jit
+def _chunk_deltas(p_delta, i_c, m_ch, L, s_dt_t, bias, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """The raw ``delta (+ bias)`` ``[1, BD]`` of chunk ``i_c``'s steps ``i_c BLOCK_T + j``, ``j <
+    BLOCK_T <= 4``, as four values (zeros past ``BLOCK_T``; ``delta`` reads as 0 past the end),
+    loaded a chunk before their use (``PIPE``): the first use of each step's delta waited on its
+    load at the start of every chunk (ncu: the most stalled instruction of the scan kernels). Four
+    named values, not a ``[BLOCK_T, 1, BD]`` tile: Triton gives such a tile a layout of its own and
+    converts it through shared memory."""
+    tl.static_assert(BLOCK_T <= 4, "deltas are loaded a chunk ahead for chunks of up to 4 steps")
+    t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T
+    d0 = _raw_delta(p_delta, t, m_ch & (t < L), s_dt_t, bias, HAS_BIAS)
+    d1 = d0 * 0.0
+    d2 = d1
+    d3 = d1
+    if BLOCK_T > 1:
+        d1 = _raw_delta(p_delta, t + 1, m_ch & (t + 1 < L), s_dt_t, bias, HAS_BIAS)
+    if BLOCK_T > 2:
+        d2 = _raw_delta(p_delta, t + 2, m_ch & (t + 2 < L), s_dt_t, bias, HAS_BIAS)
+    if BLOCK_T > 3:
+        d3 = _raw_delta(p_delta, t + 3, m_ch & (t + 3 < L), s_dt_t, bias, HAS_BIAS)
+    return d0, d1, d2, d3
+
+
+@triton.jit
+def _nth(d0, d1, d2, d3, j: tl.constexpr):
+    """``(d0, d1, d2, d3)[j]``."""
+    if j == 0:
+        return d0
+    elif j == 1:
+        return d1
+    elif j == 2:
+        return d2
+    else:
+        return d3
 
 
 @triton.jit
@@ -287,35 +328,35 @@ def _keep(p_reset, t, m_t, s_r_t, HAS_RESET: tl.constexpr):
 
 
 @triton.jit
-def _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t, s_B_t, s_C_t, s_r_t, bias,
-          HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr,
-          FAST: tl.constexpr):
-    """Step ``t`` of the recurrence from ``h = h_{t-1}`` ``[N, BD]``: returns ``h_t`` and the step's
-    raw ``delta (+ bias)``, step size ``dt`` ``[1, BD]`` (0 past the end), ``u`` ``[1, BD]`` and
-    ``C_t`` ``[N, 1]``."""
+def _step(h, A2, draw, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_u_t, s_B_t, s_C_t, s_r_t,
+          SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr):
+    """Step ``t`` of the recurrence from ``h = h_{t-1}`` ``[N, BD]`` and the step's raw ``delta (+
+    bias)`` ``draw``: returns ``h_t``, the step size ``dt`` ``[1, BD]`` (0 past the end), ``u``
+    ``[1, BD]`` and ``C_t`` ``[N, 1]``."""
     m_t = t < L
     m = m_ch & m_t
-    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS, FAST)
+    dt = _step_size(draw, m, SOFTPLUS, FAST)
     u = tl.load(p_u + t * s_u_t, mask=m, other=0.0).to(tl.float32)
     t_in = tl.minimum(t, L - 1)
     Bv = _load_states(p_B + t_in * s_B_t, m_n)
     Cv = _load_states(p_C + t_in * s_C_t, m_n)
     keep = _keep(p_reset, t, m_t, s_r_t, HAS_RESET)
     h = _decay(dt, A2, keep, HAS_RESET, PTX) * h + (dt * u) * Bv
-    return h, draw, dt, u, Cv
+    return h, dt, u, Cv
 
 
 @triton.jit
-def _adjoint_inputs(p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
-                    s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-                    SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr):
-    """What the backward needs of step ``t``: the step size ``dt``, ``u``, the gradient reaching
+def _adjoint_inputs(draw, p_u, p_z, p_dy, p_B, p_C, p_reset, t, m_ch, m_n, L, s_u_t, s_z_t, s_dy_t,
+                    s_B_t, s_C_t, s_r_t, A2, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    HAS_RESET: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr):
+    """What the backward needs of step ``t`` (its raw ``delta (+ bias)`` is ``draw``): the step size
+    ``dt``, ``u``, the gradient reaching
     ``C_t h_t`` (``dy'``, through the ``z`` gate), the factor that turns ``C_t h_t + D u_t`` into
     ``dz`` (``zg``), ``softplus'`` of the raw step (``sg``), the decay ``a_t`` ``[N, BD]``, ``B_t``,
     ``C_t`` ``[N, 1]`` and the channels' mask ``[1, BD]`` (all zero past the end)."""
     m_t = t < L
     m = m_ch & m_t
-    draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS, FAST)
+    dt = _step_size(draw, m, SOFTPLUS, FAST)
     u = tl.load(p_u + t * s_u_t, mask=m, other=0.0).to(tl.float32)
     dy = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
     t_in = tl.minimum(t, L - 1)
@@ -380,22 +421,32 @@ def _store_grads(p_du, p_ddelta, p_dz, t, s_du_t, s_ddt_t, s_dz_t, du, ddt, dz, 
 
 
 @triton.jit
-def _fwd_chunk(h, sdt, kept, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n, L, lane,
-               s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T: tl.constexpr, PF: tl.constexpr, HAS_BIAS: tl.constexpr,
-               SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr):
+def _fwd_chunk(h, sdt, kept, i_c, e0, e1, e2, e3, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n, L, lane,
+               s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T: tl.constexpr, PF: tl.constexpr,
+               PIPE: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr,
+               PTX: tl.constexpr, FAST: tl.constexpr):
     """Chunk ``i_c`` (``BLOCK_T`` steps) of the recurrence from ``h``, prefetching the chunk ``PF``
-    ahead: ``h`` after it, ``sdt`` plus its step sizes and ``kept`` and-ed with "no reset in it"
-    (callers that need neither pass anything and drop them; C is not read)."""
+    ahead: ``h`` after it, ``sdt`` plus its step sizes, ``kept`` and-ed with "no reset in it"
+    (callers that need neither pass anything and drop them; C is not read) and, with ``PIPE``, the
+    next chunk's raw deltas (this chunk's are ``e0 .. e3``, :func:`_chunk_deltas`; without ``PIPE``
+    they are loaded here and ``e0 .. e3`` passed through)."""
     t_pf = (i_c + PF) * BLOCK_T
     _prefetch_chunk(pf_dt, pf_B, t_pf, L, s_dt_t, s_B_t, lane, BLOCK_T, PTX)
     _prefetch_chunk(pf_u, None, t_pf, L, s_u_t, s_u_t, lane, BLOCK_T, PTX)
+    n0, n1, n2, n3 = e0, e1, e2, e3
+    if PIPE:
+        n0, n1, n2, n3 = _chunk_deltas(p_delta, i_c + 1, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
     for j in tl.static_range(BLOCK_T):
         t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
-        h, draw, dt, u, Bv = _step(h, A2, p_delta, p_u, p_B, p_B, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
-                                   s_B_t, s_B_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
+        if PIPE:
+            draw = _nth(e0, e1, e2, e3, j)
+        else:
+            draw = _raw_delta(p_delta, t, m_ch & (t < L), s_dt_t, bias, HAS_BIAS)
+        h, dt, u, Bv = _step(h, A2, draw, p_u, p_B, p_B, p_reset, t, m_ch, m_n, L, s_u_t, s_B_t, s_B_t, s_r_t,
+                             SOFTPLUS, HAS_RESET, PTX, FAST)
         sdt += dt
         kept = kept & _keep(p_reset, t, t < L, s_r_t, HAS_RESET)
-    return h, sdt, kept
+    return h, sdt, kept, n0, n1, n2, n3
 
 
 @triton.jit
@@ -412,12 +463,23 @@ def _at_step(p, pf, t_lo, s_t):
 
 
 @triton.jit
-def _input_pointers(p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d,
+def _clamp_channels(ch, d, EVEN_D: tl.constexpr):
+    """The channels ``ch`` clamped into the tensor (``d`` channels), for prefetching: nothing to
+    clamp when ``EVEN_D`` (the programs' channels tile ``d``), and then the prefetch pointers are the
+    load pointers (no registers of their own)."""
+    if EVEN_D:
+        return ch
+    else:
+        return tl.minimum(ch, d - 1)
+
+
+@triton.jit
+def _input_pointers(p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d, EVEN_D: tl.constexpr,
                     s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n, s_C_b, s_C_n):
     """Batch row ``i_b``'s pointers: the channels' rows ``[1, BD]`` of u, delta, z and the states'
     columns ``[N, 1]`` of B, C (step 0); then, for prefetching, the same rows with the channels
     clamped into the tensor, and B, C at state 0."""
-    ch_pf = tl.minimum(ch, d - 1)
+    ch_pf = _clamp_channels(ch, d, EVEN_D)
     return (p_u + i_b * s_u_b + ch * s_u_d, p_delta + i_b * s_dt_b + ch * s_dt_d, p_z + i_b * s_z_b + ch * s_z_d,
             p_B + i_b * s_B_b + nn * s_B_n, p_C + i_b * s_C_b + nn * s_C_n,
             p_u + i_b * s_u_b + ch_pf * s_u_d, p_delta + i_b * s_dt_b + ch_pf * s_dt_d,
@@ -425,7 +487,8 @@ def _input_pointers(p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d,
 
 
 @triton.jit
-def _local_setup(p_A2, p_bias, d, n, N: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _local_setup(p_A2, p_bias, d, n, N: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 EVEN_D: tl.constexpr):
     """A local-range program's batch row, range, channels ``[1, BD]`` (and clamped into the tensor,
     for prefetching), states ``[N, 1]``, masks, ``A log2(e)`` ``[N, BD]`` and ``delta_bias``."""
     i_b = tl.program_id(1).to(tl.int64)
@@ -438,7 +501,7 @@ def _local_setup(p_A2, p_bias, d, n, N: tl.constexpr, BD: tl.constexpr, HAS_BIAS
     m_s = m_ch & m_n
     A2 = tl.load(p_A2 + nn * d + ch, mask=m_s, other=0.0)
     bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
-    return i_b, i_r, lane, ch, tl.minimum(ch, d - 1), nn, m_ch, m_n, m_s, A2, bias
+    return i_b, i_r, lane, ch, _clamp_channels(ch, d, EVEN_D), nn, m_ch, m_n, m_s, A2, bias
 
 
 @triton.jit
@@ -464,13 +527,13 @@ def _scan_fwd_local_kernel(
     s_B_b, s_B_n, s_B_t,
     s_r_b, s_r_t,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr,
-    PTX: tl.constexpr, FAST: tl.constexpr, PF: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+    PTX: tl.constexpr, FAST: tl.constexpr, PF: tl.constexpr, PIPE: tl.constexpr,
 ):
     """Time range ``r = program_id(2)`` (steps ``[r R, (r + 1) R)``, ``R = range_steps``) of the
     recurrence, alone: the state it ends in from a zero state (``loc``) and the factor ``P = prod_t
     a_t`` by which the state entering it is carried to its end (``[b, ranges, N, d]`` each)."""
-    i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A2, bias = _local_setup(p_A2, p_bias, d, n, N, BD, HAS_BIAS)
+    i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A2, bias = _local_setup(p_A2, p_bias, d, n, N, BD, HAS_BIAS, EVEN_D)
     if EVEN_N:  # no padded states: B and C load unmasked
         m_n = None
     pf_u = p_u + i_b * s_u_b + ch_pf * s_u_d
@@ -489,11 +552,16 @@ def _scan_fwd_local_kernel(
     h = tl.zeros([N, BD], dtype=tl.float32)
     sdt = tl.zeros([1, BD], dtype=tl.float32)
     kept = tl.full([1, 1], 1, tl.int1)
+    e0 = tl.zeros([1, BD], dtype=tl.float32)
+    e1, e2, e3 = e0, e0, e0
+    if PIPE:
+        e0, e1, e2, e3 = _chunk_deltas(p_delta, 0, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
     for i_c in range(tl.cdiv(L, BLOCK_T)):
         # past the range's end dt = 0, x = 0: h unchanged
-        h, sdt, kept = _fwd_chunk(h, sdt, kept, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n,
-                                  L, lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, HAS_BIAS, SOFTPLUS,
-                                  HAS_RESET, PTX, FAST)
+        h, sdt, kept, e0, e1, e2, e3 = _fwd_chunk(h, sdt, kept, i_c, e0, e1, e2, e3, A2, p_delta, p_u, p_B, p_reset,
+                                                  pf_dt, pf_u, pf_B,
+                                      m_ch, m_n, L, lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, PIPE,
+                                      HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
     _store_local(p_loc, p_P, h, sdt, A2, kept, i_b, i_r, nn, ch, m_s, d, N, HAS_RESET, PTX)
 
 
@@ -511,8 +579,8 @@ def _scan_fwd_kernel(
     s_r_b, s_r_t,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr, CK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
-    PF: tl.constexpr,
+    HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
+    PF: tl.constexpr, PIPE: tl.constexpr,
 ):
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
@@ -529,7 +597,7 @@ def _scan_fwd_kernel(
     if HAS_D:
         Dv = tl.load(p_D + ch, mask=m_ch, other=0.0).to(tl.float32)
     p_u, p_delta, p_z, p_B, p_C, pf_u, pf_dt, pf_z, pf_B, pf_C = _input_pointers(
-        p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n,
+        p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d, EVEN_D, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n,
         s_C_b, s_C_n)
     p_y += i_b * s_y_b + ch * s_y_d
     p_reset += i_b * s_r_b
@@ -551,6 +619,10 @@ def _scan_fwd_kernel(
     p_hck += (i_b * (n_seg + 1) + i_r * range_segs) * N * d + nn * d + ch
     lane = tl.arange(0, BD)[None, :]
     jj = tl.arange(0, BLOCK_T)[:, None, None]
+    n0 = tl.zeros([1, BD], dtype=tl.float32)
+    n1, n2, n3 = n0, n0, n0
+    if PIPE:
+        n0, n1, n2, n3 = _chunk_deltas(p_delta, 0, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
     for i_c in range(tl.cdiv(L, BLOCK_T)):
         YY = tl.zeros([BLOCK_T, 1, BD], dtype=tl.float32)
         t_pf = (i_c + PF) * BLOCK_T
@@ -558,10 +630,18 @@ def _scan_fwd_kernel(
         _prefetch_chunk(pf_u, pf_C, t_pf, L, s_u_t, s_C_t, lane, BLOCK_T, PTX)
         if HAS_Z:
             _prefetch_chunk(pf_z, None, t_pf, L, s_z_t, s_z_t, lane, BLOCK_T, PTX)
+        # this chunk's raw deltas; with PIPE loaded one chunk ahead (see _chunk_deltas)
+        e0, e1, e2, e3 = n0, n1, n2, n3
+        if PIPE:
+            n0, n1, n2, n3 = _chunk_deltas(p_delta, i_c + 1, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
         for j in tl.static_range(BLOCK_T):
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
-            h, draw, dt, u, Cv = _step(h, A2, p_delta, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_dt_t, s_u_t,
-                                     s_B_t, s_C_t, s_r_t, bias, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
+            if PIPE:
+                draw = _nth(e0, e1, e2, e3, j)
+            else:
+                draw = _raw_delta(p_delta, t, m_ch & (t < L), s_dt_t, bias, HAS_BIAS)
+            h, dt, u, Cv = _step(h, A2, draw, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_u_t, s_B_t, s_C_t, s_r_t,
+                                 SOFTPLUS, HAS_RESET, PTX, FAST)
             y = tl.sum(h * Cv, axis=0, keep_dims=True)
             if HAS_D:
                 y += Dv * u
@@ -590,15 +670,15 @@ def _scan_bwd_local_kernel(
     s_r_b, s_r_t,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr,
-    EVEN_N: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
-    PF: tl.constexpr,
+    EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
+    PF: tl.constexpr, PIPE: tl.constexpr,
 ):
     """Time range ``r = r_first + program_id(2)`` (steps ``[r R, (r + 1) R)``, ``R = range_steps``)
     of the adjoint, alone: the gradient ``q`` it sends to the state entering it when none comes in
     from its right end (``loc``), and the factor ``P = prod_t a_t`` by which what does come in is
     carried through it (``[b, ranges, N, d]`` each). The adjoint ``q_{t-1} = a_t (C_t dy'_t +
     q_t)`` needs no state ``h``, only ``delta``, ``C``, ``dy`` and ``z``."""
-    i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A2, bias = _local_setup(p_A2, p_bias, d, n, N, BD, HAS_BIAS)
+    i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A2, bias = _local_setup(p_A2, p_bias, d, n, N, BD, HAS_BIAS, EVEN_D)
     if EVEN_N:  # no padded states: B and C load unmasked
         m_n = None
     pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
@@ -621,6 +701,10 @@ def _scan_bwd_local_kernel(
     q = tl.zeros([N, BD], dtype=tl.float32)
     sdt = tl.zeros([1, BD], dtype=tl.float32)
     kept = tl.full([1, 1], 1, tl.int1)
+    n0 = tl.zeros([1, BD], dtype=tl.float32)
+    n1, n2, n3 = n0, n0, n0
+    if PIPE:
+        n0, n1, n2, n3 = _chunk_deltas(p_delta, n_c - 1, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
     for i_ci in range(n_c):
         i_c = n_c - 1 - i_ci
         t_pf = tl.maximum(i_c - PF, 0) * BLOCK_T
@@ -628,11 +712,19 @@ def _scan_bwd_local_kernel(
         _prefetch_chunk(pf_dy, None, t_pf, L, s_dy_t, s_dy_t, lane, BLOCK_T, PTX)
         if HAS_Z:
             _prefetch_chunk(pf_z, None, t_pf, L, s_z_t, s_z_t, lane, BLOCK_T, PTX)
+        # this chunk's raw deltas; with PIPE loaded one chunk ahead (the chunk before this one)
+        e0, e1, e2, e3 = n0, n1, n2, n3
+        if PIPE:
+            n0, n1, n2, n3 = _chunk_deltas(p_delta, tl.maximum(i_c - 1, 0), m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
         for jr in tl.static_range(BLOCK_T):
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + (BLOCK_T - 1 - jr)
             m_t = t < L
             m = m_ch & m_t
-            draw, dt = _step_size(p_delta, t, m, s_dt_t, bias, HAS_BIAS, SOFTPLUS, FAST)
+            if PIPE:
+                draw = _nth(e0, e1, e2, e3, BLOCK_T - 1 - jr)
+            else:
+                draw = _raw_delta(p_delta, t, m, s_dt_t, bias, HAS_BIAS)
+            dt = _step_size(draw, m, SOFTPLUS, FAST)
             dyp = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
             if HAS_Z:
                 z = tl.load(p_z + t * s_z_t, mask=m, other=0.0).to(tl.float32)
@@ -690,8 +782,9 @@ def _scan_bwd_kernel(
     s_r_b, s_r_t,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr, CK: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr, PF: tl.constexpr,
-    RS_ASM: tl.constexpr, PF_H: tl.constexpr, HSEG_CG: tl.constexpr, HSEG_KEEP: tl.constexpr,
+    HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
+    PF: tl.constexpr, PIPE: tl.constexpr, PIPE_ADJ: tl.constexpr, RS_ASM: tl.constexpr, PF_H: tl.constexpr,
+    HSEG_CG: tl.constexpr, HSEG_KEEP: tl.constexpr,
     HSEG_DISCARD: tl.constexpr, OUT_EF: tl.constexpr,
 ):
     tl.static_assert((BLOCK_T == 1) | (BLOCK_T == 2), "a backward chunk is one step or two written out")
@@ -711,9 +804,9 @@ def _scan_bwd_kernel(
     bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
     Dv = tl.load(p_D + ch, mask=m_ch & HAS_D, other=0.0).to(tl.float32)
     p_u, p_delta, p_z, p_B, p_C, pf_u, pf_dt, pf_z, pf_B, pf_C = _input_pointers(
-        p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n,
+        p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d, EVEN_D, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n,
         s_C_b, s_C_n)
-    pf_dy = p_dy + i_b * s_dy_b + tl.minimum(ch, d - 1) * s_dy_d
+    pf_dy = p_dy + i_b * s_dy_b + _clamp_channels(ch, d, EVEN_D) * s_dy_d
     p_dy += i_b * s_dy_b + ch * s_dy_d
     p_du += i_b * s_du_b + ch * s_du_d
     p_ddelta += i_b * s_ddt_b + ch * s_ddt_d
@@ -725,7 +818,7 @@ def _scan_bwd_kernel(
     p_hck += i_b * (n_seg + 1) * N * d + nn * d + ch
     # [ranges, b, CK, N, d]: the states entering each chunk of the current segment
     p_hseg += (i_r * nb + i_b) * CK * N * d + nn * d + ch
-    pf_hseg = p_hseg + (tl.minimum(ch, d - 1) - ch)
+    pf_hseg = p_hseg + (_clamp_channels(ch, d, EVEN_D) - ch)
     # [b, N, d]: dh0 out (from the first range)
     p_dh += i_b * N * d + nn * d + ch
     # q: the gradient reaching h_{t-1} through step t (for the chunk after the current one); at the
@@ -744,11 +837,19 @@ def _scan_bwd_kernel(
         # 1. the states entering each chunk of the segment
         h = tl.load(p_hck + i_s * N * d, mask=m_s, other=0.0)
         _store_hint(p_hseg, h, m_s, HSEG_KEEP * 2)
+        # the raw deltas of the next chunk to walk (with PIPE; see _chunk_deltas)
+        e0 = tl.zeros([1, BD], dtype=tl.float32)
+        e1, e2, e3 = e0, e0, e0
+        if PIPE:
+            e0, e1, e2, e3 = _chunk_deltas(p_delta, c_lo, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
         for i_c in range(c_lo, c_hi - 1):
-            h, _, _ = _fwd_chunk(h, dbias, m_ch, i_c, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n, L,
-                                 lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, HAS_BIAS, SOFTPLUS,
-                                 HAS_RESET, PTX, FAST)
+            h, _, _, e0, e1, e2, e3 = _fwd_chunk(h, dbias, m_ch, i_c, e0, e1, e2, e3, A2, p_delta, p_u, p_B, p_reset,
+                                                 pf_dt, pf_u, pf_B,
+                                     m_ch, m_n, L, lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, PIPE,
+                                     HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
             _store_hint(p_hseg + (i_c + 1 - c_lo) * N * d, h, m_s, HSEG_KEEP * 2)
+        if PIPE_ADJ and not PIPE:  # (with PIPE the rebuild left chunk c_hi - 1's in e0 .. e3)
+            e0, e1, e2, e3 = _chunk_deltas(p_delta, c_hi - 1, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
         # 2. the segment's chunks (two steps t0, t1), last first: the chunk's states from the one
         # entering it, then the adjoint backwards through t1 and t0
         for i_ci in range(c_lo, c_hi):
@@ -769,16 +870,25 @@ def _scan_bwd_kernel(
             _prefetch_chunk(pf_dy, None, t_pf, L, s_dy_t, s_dy_t, lane, BLOCK_T, PTX)
             if HAS_Z:
                 _prefetch_chunk(pf_z, None, t_pf, L, s_z_t, s_z_t, lane, BLOCK_T, PTX)
+            # this chunk's raw deltas; with PIPE_ADJ loaded one chunk ahead (the chunk before this one)
             t0 = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T
+            if PIPE_ADJ:
+                draw0, draw1 = e0, e1
+                e0, e1, e2, e3 = _chunk_deltas(p_delta, tl.maximum(i_c - 1, c_lo), m_ch, L, s_dt_t, bias, BLOCK_T,
+                                               HAS_BIAS)
+            else:
+                draw0 = _raw_delta(p_delta, t0, m_ch & (t0 < L), s_dt_t, bias, HAS_BIAS)
+                if BLOCK_T == 2:
+                    draw1 = _raw_delta(p_delta, t0 + 1, m_ch & (t0 + 1 < L), s_dt_t, bias, HAS_BIAS)
             dt0, u0, dyp0, zg0, sg0, a0, B0, C0, m0 = _adjoint_inputs(
-                p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t0, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
-                s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
+                draw0, p_u, p_z, p_dy, p_B, p_C, p_reset, t0, m_ch, m_n, L, s_u_t, s_z_t, s_dy_t,
+                s_B_t, s_C_t, s_r_t, A2, HAS_Z, SOFTPLUS, HAS_RESET, PTX, FAST)
             ah0 = a0 * hp
             if BLOCK_T == 2:
                 t1 = t0 + 1
                 dt1, u1, dyp1, zg1, sg1, a1, B1, C1, m1 = _adjoint_inputs(
-                    p_delta, p_u, p_z, p_dy, p_B, p_C, p_reset, t1, m_ch, m_n, L, s_dt_t, s_u_t, s_z_t, s_dy_t,
-                    s_B_t, s_C_t, s_r_t, bias, A2, HAS_Z, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
+                    draw1, p_u, p_z, p_dy, p_B, p_C, p_reset, t1, m_ch, m_n, L, s_u_t, s_z_t, s_dy_t,
+                    s_B_t, s_C_t, s_r_t, A2, HAS_Z, SOFTPLUS, HAS_RESET, PTX, FAST)
                 h0 = ah0 + (dt0 * u0) * B0
                 ah1 = a1 * h0
                 q, dA, du1, ddt1, dz1, dD, dbias = _adjoint_step(
@@ -855,6 +965,7 @@ SCAN_CONFIG = {
     "bwd_hseg_keep": True,
     "bwd_hseg_discard": False,
     "bwd_out_evict_first": True,
+    "pipe_delta": ("fwd_local", "bwd_rebuild"),
 }
 
 
@@ -927,6 +1038,20 @@ def _hseg_discard(d: int, block_d: int) -> bool:
     """Whether the backward drops each chunk's entering state from L2 once read (its scratch rows
     must fill whole 128-byte lines: 32 channels per program, ``d`` a multiple of 32)."""
     return SCAN_CONFIG["bwd_hseg_discard"] and block_d == 32 and d % 32 == 0 and not _interpreted()
+
+
+PIPE_PARTS = ("fwd_local", "fwd", "bwd_local", "bwd_rebuild", "bwd_adjoint")
+
+
+def _pipe(part: str, block_t: int) -> bool:
+    """Whether the loop ``part`` (of ``PIPE_PARTS``), walking chunks of ``block_t`` steps, loads
+    each chunk's deltas one chunk ahead (``SCAN_CONFIG["pipe_delta"]`` names the parts that do;
+    :func:`_chunk_deltas` holds up to 4 steps)."""
+    parts = SCAN_CONFIG["pipe_delta"]
+    unknown = sorted(set(parts) - set(PIPE_PARTS))
+    if unknown:
+        raise ValueError(f"SCAN_CONFIG['pipe_delta'] must name loops among {PIPE_PARTS}, got {unknown}")
+    return part in parts and block_t <= 4
 
 
 def _maxnreg(key: str) -> dict:
@@ -1013,7 +1138,8 @@ class _SelectiveScanFn(torch.autograd.Function):
                 u, delta, A2, B, bias_, r_, loc[0], loc[1],
                 L, d, n, local_segs * ck_steps,
                 *u.stride(), *delta.stride(), *B.stride(), *r_strides,
-                N=N, BLOCK_T=SCAN_CONFIG["local_block_t"], BD=block_d, **flags, num_warps=1,
+                N=N, BLOCK_T=SCAN_CONFIG["local_block_t"], BD=block_d, EVEN_D=d % block_d == 0,
+                PIPE=_pipe("fwd_local", SCAN_CONFIG["local_block_t"]), **flags, num_warps=1,
             )
             _chain_ranges(loc, x, n_x, n_loc, reverse=False)
         # [b, ranges, N, d]: the state each range ends in
@@ -1024,7 +1150,9 @@ class _SelectiveScanFn(torch.autograd.Function):
                 y, h_ck, x, h_end,
                 L, d, n, n_chunks_fwd, range_segs, x_every, n_x,
                 *u.stride(), *delta.stride(), *z_.stride(), *B.stride(), *C.stride(), *y.stride(), *r_strides,
-                N=N, BLOCK_T=fwd_block_t, BD=block_d, CK=ck_fwd, HAS_D=D is not None, HAS_Z=z is not None,
+                N=N, BLOCK_T=fwd_block_t, BD=block_d, EVEN_D=d % block_d == 0, PIPE=_pipe("fwd", fwd_block_t),
+                CK=ck_fwd,
+                HAS_D=D is not None, HAS_Z=z is not None,
                 **flags, num_warps=1, **_maxnreg("fwd_maxnreg"),
             )
         else:
@@ -1084,7 +1212,8 @@ class _SelectiveScanFn(torch.autograd.Function):
                 delta, A2, C, z_, bias_, r_, dy, loc[0], loc[1],
                 L, d, n, q_every, local_segs * seg_steps,
                 *delta.stride(), *z_.stride(), *C.stride(), *dy.stride(), *r_strides,
-                N=N, BLOCK_T=SCAN_CONFIG["local_block_t"], BD=block_d, **flags, num_warps=1,
+                N=N, BLOCK_T=SCAN_CONFIG["local_block_t"], BD=block_d, EVEN_D=d % block_d == 0,
+                PIPE=_pipe("bwd_local", SCAN_CONFIG["local_block_t"]), **flags, num_warps=1,
             )
             _chain_ranges(loc, q, n_q, q_every, reverse=True)
         if L > 0:
@@ -1095,7 +1224,8 @@ class _SelectiveScanFn(torch.autograd.Function):
                 L, d, n, n_chunks, range_segs, q_every, n_q,
                 *u.stride(), *delta.stride(), *z_.stride(), *B.stride(), *C.stride(), *dy.stride(),
                 *du.stride(), *ddelta.stride(), *dz_.stride(), *r_strides,
-                N=N, BLOCK_T=block_t, BD=block_d, CK=ck, HAS_D=D is not None, **flags,
+                N=N, BLOCK_T=block_t, BD=block_d, EVEN_D=d % block_d == 0, CK=ck, HAS_D=D is not None, **flags,
+                PIPE=_pipe("bwd_rebuild", block_t), PIPE_ADJ=_pipe("bwd_adjoint", block_t),
                 RS_ASM=_reduce_scatter_asm(N) if _reduce_scatter(block_d) else None,
                 PF_H=SCAN_CONFIG["bwd_prefetch_h"],
                 HSEG_CG=SCAN_CONFIG["bwd_hseg_cg"], HSEG_KEEP=SCAN_CONFIG["bwd_hseg_keep"],

@@ -205,6 +205,11 @@ BACKWARD_VARIANTS = {
     "one-step-chunks": {"bwd_chunk_steps": 1},
     "scratch-policies": {"bwd_hseg_keep": False, "bwd_out_evict_first": False, "bwd_hseg_cg": True,
                          "bwd_hseg_discard": True},
+    # every loop loads each chunk's deltas a chunk ahead (the default does in two of the five), with
+    # four-step forward chunks; then none does, with local pieces of 8-step chunks (too long to
+    # load ahead: those loops fall back to loading at the use)
+    "pipe-all": {"pipe_delta": triton_scan.PIPE_PARTS, "fwd_block_t": 4, "ck_steps": 8},
+    "pipe-none-local8": {"pipe_delta": (), "local_block_t": 8},
 }
 
 
@@ -225,6 +230,13 @@ def test_backward_chunk_steps_must_be_one_or_two(monkeypatch):
     monkeypatch.setitem(triton_scan.SCAN_CONFIG, "bwd_chunk_steps", 4)
     inputs, _ = make_inputs(1, 4, 2, 8, torch.float32, reset="none")
     with pytest.raises(ValueError, match=r"bwd_chunk_steps'\] must be one of \(1, 2\), got 4"):
+        selective_scan_triton(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"])
+
+
+def test_pipe_delta_names_known_loops(monkeypatch):
+    monkeypatch.setitem(triton_scan.SCAN_CONFIG, "pipe_delta", ("fwd", "bwd_adjiont"))
+    inputs, _ = make_inputs(1, 4, 2, 8, torch.float32, reset="none")
+    with pytest.raises(ValueError, match=r"pipe_delta'\] must name loops among .*got \['bwd_adjiont'\]"):
         selective_scan_triton(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"])
 
 
