@@ -945,6 +945,11 @@ _FWD_LOCAL, _FWD, _BWD_LOCAL, _BWD, _CARRY = (DirectLauncher(k) for k in (
 # bwd_hseg_cg (read it bypassing L1), bwd_hseg_discard (drop it from L2 once read, no write-back;
 # 16 more registers, spills) were slower, as were an unvectorised store of the scratch and each
 # chunk's delta loaded a chunk ahead into registers (both spilled; measured at d0f07e8, removed).
+# pipe_delta: the loops (PIPE_PARTS) that load each chunk's raw deltas one chunk ahead, as four
+# named values (ncu on version 9: the first use of each step's delta was the most stalled
+# instruction): the forward's local pass 1.74 -> 1.46 ms and the backward (its rebuild) 12.80 ->
+# 12.73 at T=20000; the forward kernel (+3%), the backward's local pass (+5%) and its adjoint were
+# slower or level, so they load at the use (results/scan_H100_pipe_sweep.json, scan_H100_v8.json).
 SCAN_CONFIG = {
     "ck_steps": 16,
     "bwd_chunk_steps": 2,
