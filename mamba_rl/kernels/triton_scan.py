@@ -558,10 +558,9 @@ def _scan_fwd_local_kernel(
         e0, e1, e2, e3 = _chunk_deltas(p_delta, 0, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
     for i_c in range(tl.cdiv(L, BLOCK_T)):
         # past the range's end dt = 0, x = 0: h unchanged
-        h, sdt, kept, e0, e1, e2, e3 = _fwd_chunk(h, sdt, kept, i_c, e0, e1, e2, e3, A2, p_delta, p_u, p_B, p_reset,
-                                                  pf_dt, pf_u, pf_B,
-                                      m_ch, m_n, L, lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, PIPE,
-                                      HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
+        h, sdt, kept, e0, e1, e2, e3 = _fwd_chunk(
+            h, sdt, kept, i_c, e0, e1, e2, e3, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n, L, lane,
+            s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, PIPE, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
     _store_local(p_loc, p_P, h, sdt, A2, kept, i_b, i_r, nn, ch, m_s, d, N, HAS_RESET, PTX)
 
 
@@ -843,10 +842,9 @@ def _scan_bwd_kernel(
         if PIPE:
             e0, e1, e2, e3 = _chunk_deltas(p_delta, c_lo, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
         for i_c in range(c_lo, c_hi - 1):
-            h, _, _, e0, e1, e2, e3 = _fwd_chunk(h, dbias, m_ch, i_c, e0, e1, e2, e3, A2, p_delta, p_u, p_B, p_reset,
-                                                 pf_dt, pf_u, pf_B,
-                                     m_ch, m_n, L, lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, PIPE,
-                                     HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
+            h, _, _, e0, e1, e2, e3 = _fwd_chunk(
+                h, dbias, m_ch, i_c, e0, e1, e2, e3, A2, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B, m_ch, m_n, L,
+                lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, PF, PIPE, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
             _store_hint(p_hseg + (i_c + 1 - c_lo) * N * d, h, m_s, HSEG_KEEP * 2)
         if PIPE_ADJ and not PIPE:  # (with PIPE the rebuild left chunk c_hi - 1's in e0 .. e3)
             e0, e1, e2, e3 = _chunk_deltas(p_delta, c_hi - 1, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
