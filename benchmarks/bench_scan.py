@@ -679,7 +679,12 @@ def sweep_variant(kernel, L, name, overrides, fwd, fwd_bwd, leaves, check=None):
         ms_f = time_ms(fwd, rep_ms=60)
         ms = time_ms(fwd_bwd, grad_to_none=leaves, rep_ms=100)
         row = dict(kernel=kernel, T=L, variant=name, overrides=overrides, fwd_ms=ms_f, fwd_bwd_ms=ms)
-        kernels = profile_kernels(fwd_bwd, reps=10)
+        def fwd_bwd_fresh_grads():  # (accumulating into .grad would add an elementwise kernel)
+            for t in leaves:
+                t.grad = None
+            fwd_bwd()
+
+        kernels = profile_kernels(fwd_bwd_fresh_grads, reps=10)
         if kernels:  # device time per fwd+bwd of each kernel (us)
             row["kernels_us"] = {k: round(v, 1) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:8]}
     except Exception as e:
