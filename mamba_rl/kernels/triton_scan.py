@@ -306,16 +306,20 @@ def _chunk_deltas(p_delta, i_c, m_ch, L, s_dt_t, bias, BLOCK_T: tl.constexpr, HA
 
 
 @triton.jit
-def _nth(d0, d1, d2, d3, j: tl.constexpr):
-    """``(d0, d1, d2, d3)[j]``."""
-    if j == 0:
-        return d0
+def _delta_at(e0, e1, e2, e3, j: tl.constexpr, p_delta, t, m, s_dt_t, bias, PIPE: tl.constexpr,
+              HAS_BIAS: tl.constexpr):
+    """Step ``t``'s (row ``j`` of its chunk) raw ``delta (+ bias)``: with ``PIPE`` the value
+    :func:`_chunk_deltas` loaded a chunk ahead (``(e0, e1, e2, e3)[j]``), else loaded here."""
+    if not PIPE:
+        return _raw_delta(p_delta, t, m, s_dt_t, bias, HAS_BIAS)
+    elif j == 0:
+        return e0
     elif j == 1:
-        return d1
+        return e1
     elif j == 2:
-        return d2
+        return e2
     else:
-        return d3
+        return e3
 
 
 @triton.jit
@@ -438,10 +442,7 @@ def _fwd_chunk(h, sdt, kept, i_c, e0, e1, e2, e3, A2, p_delta, p_u, p_B, p_reset
         n0, n1, n2, n3 = _chunk_deltas(p_delta, i_c + 1, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
     for j in tl.static_range(BLOCK_T):
         t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
-        if PIPE:
-            draw = _nth(e0, e1, e2, e3, j)
-        else:
-            draw = _raw_delta(p_delta, t, m_ch & (t < L), s_dt_t, bias, HAS_BIAS)
+        draw = _delta_at(e0, e1, e2, e3, j, p_delta, t, m_ch & (t < L), s_dt_t, bias, PIPE, HAS_BIAS)
         h, dt, u, Bv = _step(h, A2, draw, p_u, p_B, p_B, p_reset, t, m_ch, m_n, L, s_u_t, s_B_t, s_B_t, s_r_t,
                              SOFTPLUS, HAS_RESET, PTX, FAST)
         sdt += dt
@@ -635,10 +636,7 @@ def _scan_fwd_kernel(
             n0, n1, n2, n3 = _chunk_deltas(p_delta, i_c + 1, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
         for j in tl.static_range(BLOCK_T):
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
-            if PIPE:
-                draw = _nth(e0, e1, e2, e3, j)
-            else:
-                draw = _raw_delta(p_delta, t, m_ch & (t < L), s_dt_t, bias, HAS_BIAS)
+            draw = _delta_at(e0, e1, e2, e3, j, p_delta, t, m_ch & (t < L), s_dt_t, bias, PIPE, HAS_BIAS)
             h, dt, u, Cv = _step(h, A2, draw, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_u_t, s_B_t, s_C_t, s_r_t,
                                  SOFTPLUS, HAS_RESET, PTX, FAST)
             y = tl.sum(h * Cv, axis=0, keep_dims=True)
@@ -719,10 +717,7 @@ def _scan_bwd_local_kernel(
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + (BLOCK_T - 1 - jr)
             m_t = t < L
             m = m_ch & m_t
-            if PIPE:
-                draw = _nth(e0, e1, e2, e3, BLOCK_T - 1 - jr)
-            else:
-                draw = _raw_delta(p_delta, t, m, s_dt_t, bias, HAS_BIAS)
+            draw = _delta_at(e0, e1, e2, e3, BLOCK_T - 1 - jr, p_delta, t, m, s_dt_t, bias, PIPE, HAS_BIAS)
             dt = _step_size(draw, m, SOFTPLUS, FAST)
             dyp = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
             if HAS_Z:
