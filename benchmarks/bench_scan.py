@@ -529,8 +529,10 @@ def bench_mamba_ssm(L, *, b=64, d=256, n=16):
 
 def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
     from mamba_rl import MambaModule
+    from mamba_rl.kernels import triton_step
     from mamba_rl.kernels.triton_step import MixerStepWorkspace, mamba_mixer_step
 
+    case = f"policy step {num_envs} envs" + ("" if d_model == 128 else f", d_model {d_model}")
     shapes = dict(envs=num_envs, d_model=d_model, d_inner=2 * d_model, d_state=16, d_conv=4, layers=1,
                   input_size=input_size, reset_rate=0.01)
     torch.manual_seed(0)
@@ -544,7 +546,7 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
     state0 = module.zero_state((num_envs,))
     state0 = type(state0)(torch.randn_like(state0.ssm), torch.randn_like(state0.conv))
 
-    # in place: states and every buffer preallocated, two Triton launches between the matmuls
+    # in place: states and every buffer preallocated, the Triton launch(es) between the matmuls
     ssm = state0.ssm[:, 0].clone()
     conv = state0.conv[:, 0].clone()
     out = torch.empty(num_envs, d, device=DEV)
@@ -576,21 +578,25 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
         state_bytes = num_envs * d * (2 * n * 4 + 2 * 3 * 4)
         act_bytes = num_envs * d * 4 * 3 + num_envs * (mixer.dt_rank + 2 * n) * 4 * 2
         for kernel, us in profile_kernels(mixer_kernels).items():
-            record("policy step 4096 envs", f"kernel {kernel} (eager, torch.profiler)", dtype=torch.float32,
+            record(case, f"kernel {kernel} (eager, torch.profiler)", dtype=torch.float32,
                    shapes=shapes, ms=us / 1e3)
         state_copy = torch.empty_like(ssm)
         ms = time_ms(lambda: state_copy.copy_(ssm), rep_ms=100)
-        record("policy step 4096 envs", "torch copy of the fp32 SSM state (reference)", dtype=torch.float32,
+        record(case, "torch copy of the fp32 SSM state (reference)", dtype=torch.float32,
                shapes=shapes, ms=ms, min_bytes=2 * ssm.numel() * 4,
                note="reading and writing the state alone: the floor of any step that updates it")
+        launches = "1 kernel" if triton_step.STEP_CONFIG["one_launch"] else "2 kernels"
         ms, _ = graph_replay_ms(mixer_kernels)
-        record("policy step 4096 envs", "mixer step kernels only (graph)", dtype=torch.float32, shapes=shapes,
+        record(case, "mixer step kernels only (graph)", dtype=torch.float32, shapes=shapes,
                ms=ms, min_bytes=state_bytes + act_bytes, check=errs,
                note="between in_proj and out_proj; states in place")
+        for kernel, us in profile_kernels(fused_policy_step).items():
+            record(case, f"whole step: kernel {kernel} (eager, torch.profiler)", dtype=torch.float32,
+                   shapes=shapes, ms=us / 1e3)
         ms, _ = graph_replay_ms(fused_policy_step)
         policy_bytes = state_bytes + act_bytes + num_envs * (input_size + 2 * d_model + 2 * d + d + 2 * d_model) * 4
-        record("policy step 4096 envs", "fused in-place step (graph)", dtype=torch.float32, shapes=shapes, ms=ms,
-               min_bytes=policy_bytes, check=errs, note="input_proj, norm, in_proj, 2 kernels, out_proj, norm")
+        record(case, "fused in-place step (graph)", dtype=torch.float32, shapes=shapes, ms=ms,
+               min_bytes=policy_bytes, check=errs, note=f"input_proj, norm, in_proj, {launches}, out_proj, norm")
 
         # MambaModule.step without a gradient: on Triton each layer is the fused step above
         for backend in ("torch", "triton"):
@@ -612,13 +618,13 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
 
             for impl, fn, note in ((f"MambaModule.step {backend}", pure_step, "pure step + copy into the state"),
                                    (f"MambaModule.step {backend} in place", step_in_place, "out_state=state")):
-                with guarded("policy step 4096 envs", f"{impl} (graph)", torch.float32, shapes):
+                with guarded(case, f"{impl} (graph)", torch.float32, shapes):
                     ms, _ = graph_replay_ms(fn)
-                    record("policy step 4096 envs", f"{impl} (graph)", dtype=torch.float32, shapes=shapes, ms=ms,
+                    record(case, f"{impl} (graph)", dtype=torch.float32, shapes=shapes, ms=ms,
                            min_bytes=policy_bytes, check=check, note=note)
-                with guarded("policy step 4096 envs", f"{impl} (eager)", torch.float32, shapes):
+                with guarded(case, f"{impl} (eager)", torch.float32, shapes):
                     ms = time_ms(fn, rep_ms=100)
-                    record("policy step 4096 envs", f"{impl} (eager)", dtype=torch.float32, shapes=shapes, ms=ms,
+                    record(case, f"{impl} (eager)", dtype=torch.float32, shapes=shapes, ms=ms,
                            min_bytes=policy_bytes, note=note)
         module.backend = "torch"
 
@@ -769,19 +775,40 @@ def sweep_conv(L, b=64, d=256, layout="channels_last"):
 
 
 STEP_VARIANTS = [
-    # x_proj kernel: channels per loop step k, warps w (16 envs per program); SSM kernel: tile s,
-    # channels d, warps w
-    ("xk16w2 s4096d32w4", {}),
-    ("xk32w8 s4096d32w4", {"xproj_block_k": 32, "xproj_warps": 8}),
-    ("xk16w1 s4096d32w4", {"xproj_warps": 1}),
-    ("xk32w4 s4096d32w4", {"xproj_block_k": 32, "xproj_warps": 4}),
-    ("xk16w2 s4096d32w8", {"ssm_warps": 8}),
-    ("xk16w2 s2048d32w4", {"ssm_tile": 2048}),
-    ("xk16w2 s4096d64w4", {"ssm_block_d": 64}),
+    # one launch: envs e per program, channels k per conv/x_proj loop step, channels d per SSM tile
+    # (all of them at d >= d_inner: the states loaded before the conv), warps w (tl.dot for x_proj
+    # from 16 envs a program)
+    ("one e2 k64 d64 w4", {"one_launch": True}),
+    ("one e1 k64 d64 w4", {"one_launch": True, "block_e": 1}),
+    ("one e4 k64 d64 w4", {"one_launch": True, "block_e": 4}),
+    ("one e2 k32 d64 w4", {"one_launch": True, "block_k": 32}),
+    ("one e2 k64 d128 w4", {"one_launch": True, "block_d": 128}),
+    ("one e2 k32 d128 w4", {"one_launch": True, "block_k": 32, "block_d": 128}),
+    ("one e4 k32 d128 w4", {"one_launch": True, "block_e": 4, "block_k": 32, "block_d": 128}),
+    ("one e4 k64 d64 w8", {"one_launch": True, "block_e": 4, "warps": 8}),
+    ("one e1 k128 d128 w4", {"one_launch": True, "block_e": 1, "block_k": 128, "block_d": 128}),
+    ("one e1 k64 d256 w4", {"one_launch": True, "block_e": 1, "block_d": 256}),
+    ("one e1 k128 d256 w4", {"one_launch": True, "block_e": 1, "block_k": 128, "block_d": 256}),
+    ("one e2 k64 d256 w8", {"one_launch": True, "block_e": 2, "block_d": 256, "warps": 8}),
+    ("one e2 k64 d256 w4", {"one_launch": True, "block_e": 2, "block_d": 256}),
+    ("one e4 k64 d256 w8", {"one_launch": True, "block_e": 4, "block_d": 256, "warps": 8}),
+    ("one e16 k32 d32 w4 (tl.dot)", {"one_launch": True, "block_e": 16, "block_k": 32, "block_d": 32}),
+    # two launches: x_proj kernel over s channel ranges, channels k per loop step, warps w (16 envs
+    # per program); SSM kernel tile 4096 (envs x channels x states), 32 channels, 4 warps
+    ("two s1 xk16w2", {"one_launch": False, "xproj_splits": 1}),
+    ("two s2 xk16w2", {"one_launch": False, "xproj_splits": 2}),
+    ("two s4 xk16w2", {"one_launch": False, "xproj_splits": 4}),
+    ("two s8 xk16w2", {"one_launch": False, "xproj_splits": 8}),
+    ("two s16 xk16w2", {"one_launch": False, "xproj_splits": 16}),
+    ("two s4 xk32w4", {"one_launch": False, "xproj_splits": 4, "xproj_block_k": 32, "xproj_warps": 4}),
+    ("two s8 xk16w1", {"one_launch": False, "xproj_splits": 8, "xproj_warps": 1}),
+    ("two s4 xk16w2 ssm d64", {"one_launch": False, "xproj_splits": 4, "ssm_block_d": 64}),
 ]
 
 
 def sweep_step(num_envs=4096, d_model=128):
+    """Each of STEP_VARIANTS on the mixer step alone (CUDA graph), checked first against the
+    two-launch path on the same inputs."""
     from mamba_rl.kernels import triton_step
 
     base = dict(triton_step.STEP_CONFIG)
@@ -793,20 +820,32 @@ def sweep_step(num_envs=4096, d_model=128):
     A, D = -torch.rand(d, n, device=DEV) - 0.1, r(d)
     reset = torch.rand(num_envs, device=DEV) < 0.01
     out = torch.empty(num_envs, d, device=DEV)
-    ws = triton_step.MixerStepWorkspace(num_envs, R, n, DEV)
+    ws = triton_step.MixerStepWorkspace(num_envs, R, n, DEV, splits=16)
+
+    def one_step(conv_state, ssm_state):
+        triton_step.mamba_mixer_step(xz, conv_state, ssm_state, cw, cb, wx, wdt, bdt, A, D, reset, out, ws)
+        return out.clone(), conv_state, ssm_state
+
+    triton_step.STEP_CONFIG.update(one_launch=False, xproj_splits=1)
+    reference = one_step(conv.clone(), ssm.clone())
+    conv_t, ssm_t = conv.clone(), ssm.clone()  # the timed steps' states (conv and ssm stay as drawn)
     for name, overrides in STEP_VARIANTS:
         triton_step.STEP_CONFIG.clear()
         triton_step.STEP_CONFIG.update(base, **overrides)
         try:
-            ms, _ = graph_replay_ms(lambda: triton_step.mamba_mixer_step(
-                xz, conv, ssm, cw, cb, wx, wdt, bdt, A, D, reset, out, ws))
-            row = dict(kernel="mixer step", envs=num_envs, variant=name, overrides=overrides, graph_us=1e3 * ms)
+            check = max(rel_err(a, b) for a, b in zip(one_step(conv.clone(), ssm.clone()), reference))
+            if not check <= 1e-5:
+                raise AssertionError(f"differs from the two-launch step: max rel err {check:.2e}")
+            ms, _ = graph_replay_ms(lambda: one_step(conv_t, ssm_t))
+            row = dict(kernel="mixer step", envs=num_envs, d_model=d_model, variant=name, overrides=overrides,
+                       graph_us=1e3 * ms, check=check)
         except Exception as e:
-            row = dict(kernel="mixer step", variant=name, overrides=overrides, error=f"{type(e).__name__}: {str(e)[:200]}")
+            row = dict(kernel="mixer step", envs=num_envs, d_model=d_model, variant=name, overrides=overrides,
+                       error=f"{type(e).__name__}: {str(e)[:200]}")
         SWEEP.append(row)
         write_json()
-        print(f"sweep step {name:36s} " + (f"{row['graph_us']:8.1f} us" if "error" not in row else row["error"]),
-              flush=True)
+        print(f"sweep step {num_envs} envs d_model {d_model} {name:30s} "
+              + (f"{row['graph_us']:8.1f} us" if "error" not in row else row["error"]), flush=True)
     triton_step.STEP_CONFIG.clear()
     triton_step.STEP_CONFIG.update(base)
 
@@ -1065,8 +1104,11 @@ def main():
         sweep_conv(lengths[-1], b=b, d=d)
         sweep_step(sizes["envs"], sizes["d_model"])
     if args.policy_step:
-        with guarded("policy step", "fused", torch.float32, {}):
-            bench_policy_step(sizes["envs"], sizes["d_model"])
+        # the issue's case, then the GPU trainer's (configs/h1000_gpu.yaml: 1,024 envs, d_model 64)
+        for envs, d_model in ((sizes["envs"], sizes["d_model"]), (sizes["envs"] // 4, sizes["d_model"] // 2)):
+            sweep_step(envs, d_model)
+            with guarded("policy step", "fused", torch.float32, {}):
+                bench_policy_step(envs, d_model)
     elif not args.only_sweep:
         for i, L in enumerate(lengths):
             short = i == 0

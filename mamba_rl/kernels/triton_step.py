@@ -6,11 +6,13 @@ between its input and output projections (:func:`mamba_mixer_step`, in place or 
 :meth:`mamba_rl.mixer.MambaMixer.step` runs when no gradient is needed.
 
 The step kernels take an input and an output state pointer: the pure functions pass a fresh output,
-the ``*_inplace`` ones and :func:`mamba_mixer_step` without output states pass the input (each
-program reads every element it writes before writing it, from the same thread, so in-place is
-safe). Per-env resets are applied inside the kernels. Nothing here syncs with the host or
-autotunes (a tuning run would overwrite the state), and the in-place entry points allocate nothing
-once their workspace exists: they can be captured in a CUDA graph.
+the ``*_inplace`` ones and :func:`mamba_mixer_step` without output states pass the input: each
+program reads every state element it writes, then a barrier, then its writes, so in-place is safe
+even where a block smaller than the program is held by threads of several warps (without the
+barrier, one warp could overwrite a window that another had not read yet). Per-env resets are
+applied inside the kernels. Nothing here syncs with the host or autotunes (a tuning run would
+overwrite the state), and the in-place entry points allocate nothing once their workspace exists:
+they can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _conv_step_kernel(
     s_o_b, s_o_d, s_o_k,
     s_y_b, s_y_d,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
@@ -55,15 +57,20 @@ def _conv_step_kernel(
     b_keep = 1.0
     if HAS_RESET:
         b_keep = tl.where(tl.load(p_reset + i_b) != 0, 0.0, 1.0)
-    b_y = tl.load(p_w + o_d * W + (W - 1), mask=m_d, other=0.0).to(tl.float32) * b_x
+    o_w = tl.arange(0, BLOCK_W)
+    m_w = o_w < W - 1
+    # [BD, BW]: the window's W - 1 past inputs, oldest first
+    b_s = tl.load(p_s[:, None] + o_w[None, :] * s_s_k, mask=m_d[:, None] & m_w[None, :], other=0.0) * b_keep
+    b_w = tl.load(p_w + o_d[:, None] * W + o_w[None, :], mask=m_d[:, None] & m_w[None, :], other=0.0)
+    b_y = tl.sum(b_s.to(tl.float32) * b_w.to(tl.float32), axis=1)
+    b_y += tl.load(p_w + o_d * W + (W - 1), mask=m_d, other=0.0).to(tl.float32) * b_x
     if HAS_BIAS:
         b_y += tl.load(p_bias + o_d, mask=m_d, other=0.0).to(tl.float32)
-    # column k of the window is state[k] (oldest first); the new state drops column 0
-    for k in tl.static_range(W - 1):
-        b_s = tl.load(p_s + k * s_s_k, mask=m_d, other=0.0) * b_keep
-        b_y += tl.load(p_w + o_d * W + k, mask=m_d, other=0.0).to(tl.float32) * b_s.to(tl.float32)
-        if k > 0:
-            tl.store(p_o + (k - 1) * s_o_k, b_s.to(p_state_out.dtype.element_ty), mask=m_d)
+    # p_state_out may be p_state, and a block smaller than the program is held by threads of several
+    # warps: every thread reads its window before any thread shifts it
+    tl.debug_barrier()
+    tl.store(p_o[:, None] + (o_w[None, :] - 1) * s_o_k, b_s.to(p_state_out.dtype.element_ty),
+             mask=m_d[:, None] & ((o_w >= 1) & m_w)[None, :])
     tl.store(p_o + (W - 2) * s_o_k, b_x.to(p_state_out.dtype.element_ty), mask=m_d)
     if SILU:
         b_y = b_y * tl.sigmoid(b_y)
@@ -97,6 +104,9 @@ def _ssm_step_kernel(
                   mask=m_dn, other=0.0).to(tl.float32)
     if HAS_RESET:
         b_h = tl.where(tl.load(p_reset + i_b) != 0, 0.0, b_h)
+    # p_h_out may be p_h: every thread reads before any thread writes (a block smaller than the
+    # program is held by threads of several warps)
+    tl.debug_barrier()
     b_A = tl.load(p_A + o_d[:, None] * n + o_n[None, :], mask=m_dn, other=0.0).to(tl.float32)
     # [BD]
     b_x = tl.load(p_x + i_b * s_x_b + o_d * s_x_d, mask=m_d, other=0.0).to(tl.float32)
@@ -154,7 +164,7 @@ def _launch_conv_step(x, conv_state, state_out, weight, bias, activation, reset,
         x, conv_state, state_out, weight, weight if bias is None else bias, r_, y,
         d, *x.stride(), *conv_state.stride(), *state_out.stride(), *y.stride(),
         W=width, HAS_BIAS=bias is not None, HAS_RESET=reset is not None,
-        SILU=_silu_flag(activation), BLOCK_D=block_d, num_warps=4,
+        SILU=_silu_flag(activation), BLOCK_D=block_d, BLOCK_W=max(2, next_pow2(width - 1)), num_warps=4,
     )
 
 
@@ -280,77 +290,93 @@ def selective_state_step_inplace(
 
 
 # --------------------------------------------------------------------------------------------
-# The whole mixer between in_proj and out_proj, in two launches
+# The whole mixer between in_proj and out_proj: one launch (default) or two
 
 
 @triton.jit
-def _mixer_conv_xproj_kernel(
-    p_xz, p_conv, p_conv_out, p_cw, p_cb, p_reset, p_wx, p_xc, p_xdbl,
-    N, d, J,
+def _mixer_conv_tile(
+    p_xz, p_conv, p_conv_out, p_cw, p_cb, p_xc, o_e, m_e, b_keep, o_k, d,
     s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e,
-    W: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_J: tl.constexpr,
+    W: tl.constexpr, BLOCK_W: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
 ):
-    # conv step for BLOCK_E envs over all channels (p_conv_out may be p_conv: each element is read
-    # before it is written, by the same thread), then x_dbl = x_conv @ x_proj.T
-    i_e = tl.program_id(0)
-    o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    o_j = tl.arange(0, BLOCK_J)
-    m_e = o_e < N
-    m_j = o_j < J
-    b_keep = tl.full([BLOCK_E], 1.0, dtype=tl.float32)
-    if HAS_RESET:
-        b_keep = tl.where(tl.load(p_reset + o_e, mask=m_e, other=0) != 0, 0.0, 1.0)
-    b_xdbl = tl.zeros([BLOCK_E, BLOCK_J], dtype=tl.float32)
-    for i_k in range(tl.cdiv(d, BLOCK_K)):
-        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        m_k = o_k < d
-        m_ek = m_e[:, None] & m_k[None, :]
-        # [BE, BK]
-        b_x = tl.load(p_xz + o_e[:, None] * s_xz_e + o_k[None, :], mask=m_ek, other=0.0).to(tl.float32)
-        b_y = tl.load(p_cw + o_k * W + (W - 1), mask=m_k, other=0.0).to(tl.float32)[None, :] * b_x
-        if HAS_CONV_BIAS:
-            b_y += tl.load(p_cb + o_k, mask=m_k, other=0.0).to(tl.float32)[None, :]
-        p_s = p_conv + o_e[:, None] * s_c_e + o_k[None, :] * s_c_d
-        p_so = p_conv_out + o_e[:, None] * s_co_e + o_k[None, :] * s_co_d
-        for k in tl.static_range(W - 1):
-            b_s = tl.load(p_s + k * s_c_k, mask=m_ek, other=0.0) * b_keep[:, None]
-            b_y += tl.load(p_cw + o_k * W + k, mask=m_k, other=0.0).to(tl.float32)[None, :] * b_s.to(tl.float32)
-            if k > 0:
-                tl.store(p_so + (k - 1) * s_co_k, b_s.to(p_conv_out.dtype.element_ty), mask=m_ek)
-        tl.store(p_so + (W - 2) * s_co_k, b_x.to(p_conv_out.dtype.element_ty), mask=m_ek)
-        b_y = b_y * tl.sigmoid(b_y)
-        # stored in the output dtype, as the unfused path rounds it
-        b_xc = b_y.to(p_xc.dtype.element_ty)
-        tl.store(p_xc + o_e[:, None] * s_xc_e + o_k[None, :], b_xc, mask=m_ek)
-        # [BK, BJ] = x_proj.weight[j, k] transposed
-        b_wx = tl.load(p_wx + o_j[None, :] * d + o_k[:, None], mask=m_j[None, :] & m_k[:, None],
-                       other=0.0).to(tl.float32)
-        b_xdbl += tl.dot(b_xc.to(tl.float32), b_wx, input_precision="ieee")
-    tl.store(p_xdbl + o_e[:, None] * J + o_j[None, :], b_xdbl, mask=m_e[:, None] & m_j[None, :])
+    # the conv step of envs o_e [BE] on channels o_k [BK]; x_conv is stored into p_xc in its dtype,
+    # as the unfused path rounds it, and returned as that rounded value [BE, BK]
+    m_k = o_k < d
+    m_ek = m_e[:, None] & m_k[None, :]
+    o_w = tl.arange(0, BLOCK_W)
+    m_w = o_w < W - 1
+    b_x = tl.load(p_xz + o_e[:, None] * s_xz_e + o_k[None, :], mask=m_ek, other=0.0).to(tl.float32)
+    # [BE, BK, BW]: the window's W - 1 past inputs, oldest first
+    b_s = tl.load(p_conv + o_e[:, None, None] * s_c_e + o_k[None, :, None] * s_c_d + o_w[None, None, :] * s_c_k,
+                  mask=m_ek[:, :, None] & m_w[None, None, :], other=0.0) * b_keep[:, None, None]
+    b_cw = tl.load(p_cw + o_k[:, None] * W + o_w[None, :], mask=m_k[:, None] & m_w[None, :], other=0.0)
+    b_y = tl.sum(b_s.to(tl.float32) * b_cw.to(tl.float32)[None, :, :], axis=2)
+    b_y += tl.load(p_cw + o_k * W + (W - 1), mask=m_k, other=0.0).to(tl.float32)[None, :] * b_x
+    if HAS_CONV_BIAS:
+        b_y += tl.load(p_cb + o_k, mask=m_k, other=0.0).to(tl.float32)[None, :]
+    # p_conv_out may be p_conv, and a tile smaller than the program is held by threads of several
+    # warps: every thread reads its window before any thread shifts it
+    tl.debug_barrier()
+    m_shift = (o_w >= 1) & m_w
+    tl.store(p_conv_out + o_e[:, None, None] * s_co_e + o_k[None, :, None] * s_co_d + (o_w[None, None, :] - 1) * s_co_k,
+             b_s.to(p_conv_out.dtype.element_ty), mask=m_ek[:, :, None] & m_shift[None, None, :])
+    tl.store(p_conv_out + o_e[:, None] * s_co_e + o_k[None, :] * s_co_d + (W - 2) * s_co_k,
+             b_x.to(p_conv_out.dtype.element_ty), mask=m_ek)
+    b_y = b_y * tl.sigmoid(b_y)
+    b_xc = b_y.to(p_xc.dtype.element_ty)
+    tl.store(p_xc + o_e[:, None] * s_xc_e + o_k[None, :], b_xc, mask=m_ek)
+    return b_xc.to(tl.float32)
 
 
 @triton.jit
-def _mixer_ssm_kernel(
-    p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, p_h, p_h_out, p_reset, p_xc,
-    N, d, n, J,
-    s_xz_e, s_h_e, s_ho_e, s_xc_e,
-    R: tl.constexpr, HAS_D: tl.constexpr, HAS_RESET: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    # dt_proj, softplus, SSM update (p_h_out may be p_h), D skip and z gate; y overwrites x_conv in p_xc
-    i_d, i_e = tl.program_id(0), tl.program_id(1)
-    o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+def _mixer_xproj_acc(b_xdbl, b_xc, p_wx, o_k, o_j, d, J, DOT: tl.constexpr):
+    # b_xdbl [BE, BJ] += b_xc [BE, BK] @ x_proj.weight[o_j, o_k].T; a tensor-core-free fp32 dot
+    # (ieee) when the env block is large enough for tl.dot, else a broadcast product and sum
+    b_wx = tl.load(p_wx + o_j[None, :] * d + o_k[:, None], mask=(o_j < J)[None, :] & (o_k < d)[:, None],
+                   other=0.0).to(tl.float32)
+    if DOT:
+        b_xdbl += tl.dot(b_xc, b_wx, input_precision="ieee")
+    else:
+        b_xdbl += tl.sum(b_xc[:, :, None] * b_wx[None, :, :], axis=1)
+    return b_xdbl
+
+
+@triton.jit
+def _mixer_xdbl(p_xdbl, offs, mask, S, s_split):
+    # x_dbl at offs: the sum of the S partials that the conv/x_proj programs wrote
+    b = tl.load(p_xdbl + offs, mask=mask, other=0.0)
+    for i_s in range(1, S):
+        b += tl.load(p_xdbl + i_s * s_split + offs, mask=mask, other=0.0)
+    return b
+
+
+@triton.jit
+def _mixer_load_h(p_h, o_e, m_e, o_d, d, n, s_h_e, BLOCK_N: tl.constexpr):
+    # [BE, BD, BN]: the SSM states of envs o_e on channels o_d (each env's [d, n] contiguous)
     o_n = tl.arange(0, BLOCK_N)
-    m_e = o_e < N
+    m_edn = m_e[:, None, None] & (o_d < d)[None, :, None] & (o_n < n)[None, None, :]
+    return tl.load(p_h + o_e[:, None, None].to(tl.int64) * s_h_e + o_d[None, :, None] * n + o_n[None, None, :],
+                   mask=m_edn, other=0.0)
+
+
+@triton.jit
+def _mixer_ssm_tile(
+    p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, b_h, p_h_out, p_xc, o_e, m_e, b_r, o_d, d, n, J, S, s_split,
+    s_xz_e, s_ho_e, s_xc_e,
+    R: tl.constexpr, HAS_D: tl.constexpr, HAS_RESET: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # dt_proj, softplus, SSM update of b_h (from _mixer_load_h) into p_h_out (which may be where b_h
+    # came from), D skip and z gate for envs o_e [BE] on channels o_d [BD]; y overwrites x_conv in
+    # p_xc. b_r [BE]: the envs reset before this step. x_dbl [S, N, J] (split stride s_split): S
+    # partial sums over channel ranges.
+    o_n = tl.arange(0, BLOCK_N)
     m_d = o_d < d
     m_n = o_n < n
     m_ed = m_e[:, None] & m_d[None, :]
     # [BE, BD]
-    b_dt = tl.zeros([BLOCK_E, BLOCK_D], dtype=tl.float32)
+    b_dt = tl.zeros([o_e.shape[0], o_d.shape[0]], dtype=tl.float32)
     for r in range(R):
-        b_lo = tl.load(p_xdbl + o_e * J + r, mask=m_e, other=0.0)
+        b_lo = _mixer_xdbl(p_xdbl, o_e * J + r, m_e, S, s_split)
         b_w = tl.load(p_wdt + o_d * R + r, mask=m_d, other=0.0).to(tl.float32)
         b_dt += b_lo[:, None] * b_w[None, :]
     b_dt = _softplus(b_dt + tl.load(p_bdt + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :])
@@ -358,17 +384,17 @@ def _mixer_ssm_kernel(
     b_z = tl.load(p_xz + o_e[:, None] * s_xz_e + d + o_d[None, :], mask=m_ed, other=0.0).to(tl.float32)
     # [BE, BN]
     m_en = m_e[:, None] & m_n[None, :]
-    b_B = tl.load(p_xdbl + o_e[:, None] * J + R + o_n[None, :], mask=m_en, other=0.0)
-    b_C = tl.load(p_xdbl + o_e[:, None] * J + R + n + o_n[None, :], mask=m_en, other=0.0)
+    b_B = _mixer_xdbl(p_xdbl, o_e[:, None] * J + R + o_n[None, :], m_en, S, s_split)
+    b_C = _mixer_xdbl(p_xdbl, o_e[:, None] * J + R + n + o_n[None, :], m_en, S, s_split)
     # [BD, BN] and [BE, BD, BN]
     b_A = tl.load(p_A + o_d[:, None] * n + o_n[None, :], mask=m_d[:, None] & m_n[None, :],
                   other=0.0).to(tl.float32)
     m_edn = m_ed[:, :, None] & m_n[None, None, :]
     o_s = o_d[None, :, None] * n + o_n[None, None, :]
-    b_h = tl.load(p_h + o_e[:, None, None].to(tl.int64) * s_h_e + o_s, mask=m_edn, other=0.0)
     if HAS_RESET:
-        b_r = tl.load(p_reset + o_e, mask=m_e, other=0) != 0
         b_h = tl.where(b_r[:, None, None], 0.0, b_h)
+    # p_h_out may be p_h and y overwrites x_conv: every thread reads before any thread writes
+    tl.debug_barrier()
     b_h = tl.exp(b_dt[:, :, None] * b_A[None, :, :]) * b_h + (b_dt * b_x)[:, :, None] * b_B[:, None, :]
     tl.store(p_h_out + o_e[:, None, None].to(tl.int64) * s_ho_e + o_s, b_h, mask=m_edn)
     b_y = tl.sum(b_h * b_C[:, None, :], axis=2)
@@ -378,11 +404,118 @@ def _mixer_ssm_kernel(
     tl.store(p_xc + o_e[:, None] * s_xc_e + o_d[None, :], b_y.to(p_xc.dtype.element_ty), mask=m_ed)
 
 
+@triton.jit
+def _mixer_reset(p_reset, o_e, m_e, HAS_RESET: tl.constexpr):
+    # [BE] bool: the envs reset before this step (all False without resets)
+    b_r = tl.zeros(o_e.shape, dtype=tl.int1)
+    if HAS_RESET:
+        b_r = tl.load(p_reset + o_e, mask=m_e, other=0) != 0
+    return b_r
+
+
+@triton.jit
+def _mixer_step_kernel(
+    p_xz, p_conv, p_conv_out, p_cw, p_cb, p_reset, p_wx, p_xc, p_xdbl,
+    p_wdt, p_bdt, p_A, p_D, p_h, p_h_out,
+    N, d, n, J,
+    s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e, s_h_e, s_ho_e,
+    W: tl.constexpr, R: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr,
+    HAS_RESET: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, ONE_TILE: tl.constexpr,
+):
+    # the whole step of BLOCK_E envs: the conv and x_proj over every channel, x_dbl to the
+    # workspace, a barrier (so that every thread of the program sees x_dbl and x_conv), then dt_proj
+    # and the SSM update channel tile by channel tile. One launch, and while some programs wait on
+    # their SSM states others run their conv: the two phases overlap across the GPU. When one tile
+    # holds every channel (ONE_TILE), its states are loaded before the conv.
+    i_e = tl.program_id(0)
+    o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    m_e = o_e < N
+    o_j = tl.arange(0, BLOCK_J)
+    if ONE_TILE:
+        # one SSM tile: its states are loaded first, in flight while the conv and x_proj run
+        b_h = _mixer_load_h(p_h, o_e, m_e, tl.arange(0, BLOCK_D), d, n, s_h_e, BLOCK_N)
+    b_r = _mixer_reset(p_reset, o_e, m_e, HAS_RESET)
+    b_keep = tl.where(b_r, 0.0, 1.0)
+    b_xdbl = tl.zeros([BLOCK_E, BLOCK_J], dtype=tl.float32)
+    for i_k in range(tl.cdiv(d, BLOCK_K)):
+        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        b_xc = _mixer_conv_tile(p_xz, p_conv, p_conv_out, p_cw, p_cb, p_xc, o_e, m_e, b_keep, o_k, d,
+                                s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e, W, BLOCK_W, HAS_CONV_BIAS)
+        b_xdbl = _mixer_xproj_acc(b_xdbl, b_xc, p_wx, o_k, o_j, d, J, BLOCK_E >= 16)
+    tl.store(p_xdbl + o_e[:, None] * J + o_j[None, :], b_xdbl, mask=m_e[:, None] & (o_j < J)[None, :])
+    tl.debug_barrier()
+    if ONE_TILE:
+        _mixer_ssm_tile(p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, b_h, p_h_out, p_xc, o_e, m_e, b_r,
+                        tl.arange(0, BLOCK_D), d, n, J, 1, 0, s_xz_e, s_ho_e, s_xc_e, R, HAS_D, HAS_RESET, BLOCK_N)
+    else:
+        for i_d in range(tl.cdiv(d, BLOCK_D)):
+            o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+            b_h = _mixer_load_h(p_h, o_e, m_e, o_d, d, n, s_h_e, BLOCK_N)
+            _mixer_ssm_tile(p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, b_h, p_h_out, p_xc, o_e, m_e, b_r, o_d, d, n, J,
+                            1, 0, s_xz_e, s_ho_e, s_xc_e, R, HAS_D, HAS_RESET, BLOCK_N)
+
+
+@triton.jit
+def _mixer_conv_xproj_kernel(
+    p_xz, p_conv, p_conv_out, p_cw, p_cb, p_reset, p_wx, p_xc, p_xdbl,
+    N, d, J, s_split,
+    s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e,
+    W: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr,
+):
+    # the first of two launches: the conv step of BLOCK_E envs over channel range i_s (of the grid's
+    # S), and that range's x_dbl partial sum into p_xdbl[i_s]
+    i_e, i_s, n_s = tl.program_id(0), tl.program_id(1), tl.num_programs(1)
+    o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    o_j = tl.arange(0, BLOCK_J)
+    m_e = o_e < N
+    b_keep = tl.where(_mixer_reset(p_reset, o_e, m_e, HAS_RESET), 0.0, 1.0)
+    b_xdbl = tl.zeros([BLOCK_E, BLOCK_J], dtype=tl.float32)
+    tiles = tl.cdiv(tl.cdiv(d, BLOCK_K), n_s)
+    for i_k in range(i_s * tiles, (i_s + 1) * tiles):
+        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        b_xc = _mixer_conv_tile(p_xz, p_conv, p_conv_out, p_cw, p_cb, p_xc, o_e, m_e, b_keep, o_k, d,
+                                s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e, W, BLOCK_W, HAS_CONV_BIAS)
+        b_xdbl = _mixer_xproj_acc(b_xdbl, b_xc, p_wx, o_k, o_j, d, J, BLOCK_E >= 16)
+    tl.store(p_xdbl + i_s * s_split + o_e[:, None] * J + o_j[None, :], b_xdbl,
+             mask=m_e[:, None] & (o_j < J)[None, :])
+
+
+@triton.jit
+def _mixer_ssm_kernel(
+    p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, p_h, p_h_out, p_reset, p_xc,
+    N, d, n, J, S, s_split,
+    s_xz_e, s_h_e, s_ho_e, s_xc_e,
+    R: tl.constexpr, HAS_D: tl.constexpr, HAS_RESET: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # the second of two launches: one [BLOCK_E envs, BLOCK_D channels] tile of the SSM update
+    i_d, i_e = tl.program_id(0), tl.program_id(1)
+    o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    m_e = o_e < N
+    _mixer_ssm_tile(p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, _mixer_load_h(p_h, o_e, m_e, o_d, d, n, s_h_e, BLOCK_N),
+                    p_h_out, p_xc, o_e, m_e, _mixer_reset(p_reset, o_e, m_e, HAS_RESET), o_d, d, n, J, S, s_split,
+                    s_xz_e, s_ho_e, s_xc_e, R, HAS_D, HAS_RESET, BLOCK_N)
+
+
+_MIXER_STEP = DirectLauncher(_mixer_step_kernel)
 _MIXER_CONV_XPROJ, _MIXER_SSM = DirectLauncher(_mixer_conv_xproj_kernel), DirectLauncher(_mixer_ssm_kernel)
 
 # Tile sizes of the fused mixer step, tuned by hand (benchmarks/bench_scan.py --sweep; no
-# autotuning: the kernels overwrite the states).
+# autotuning: the kernels overwrite the states). ``one_launch``: the whole step in one kernel, each
+# program BLOCK_E = ``block_e`` envs (``block_k`` channels per conv/x_proj loop step, ``block_d``
+# per SSM tile); else two launches, the conv and x_proj (``xproj_*``: ``xproj_splits`` programs per
+# env block, each a range of channels, their x_dbl partials summed by the SSM kernel), then the SSM
+# update (``ssm_*``: ``ssm_tile`` = envs x channels x states per program).
 STEP_CONFIG = {
+    "one_launch": True,
+    "block_e": 2,
+    "block_k": 64,
+    "block_d": 64,
+    "warps": 4,
+    "xproj_splits": 1,
     "xproj_block_e": 16,
     "xproj_block_k": 16,
     "xproj_warps": 2,
@@ -393,11 +526,14 @@ STEP_CONFIG = {
 
 
 class MixerStepWorkspace:
-    """Scratch for :func:`mamba_mixer_step`: ``x_dbl`` ``[N, dt_rank + 2 n]`` fp32.
-    Allocate once per (N, layer shape, device) and reuse, so that steps allocate nothing."""
+    """Scratch for :func:`mamba_mixer_step`: ``x_dbl`` ``[splits, N, dt_rank + 2 n]`` fp32, the
+    partial sums of ``x_conv @ x_proj.T`` over ``splits`` channel ranges (``splits`` defaults to
+    ``STEP_CONFIG["xproj_splits"]``; the one-launch path uses the first). Allocate once per (N,
+    layer shape, device) and reuse, so that steps allocate nothing."""
 
-    def __init__(self, num_envs: int, dt_rank: int, d_state: int, device) -> None:
-        self.x_dbl = torch.empty(num_envs, dt_rank + 2 * d_state, device=device, dtype=torch.float32)
+    def __init__(self, num_envs: int, dt_rank: int, d_state: int, device, splits: int | None = None) -> None:
+        splits = STEP_CONFIG["xproj_splits"] if splits is None else splits
+        self.x_dbl = torch.empty(splits, num_envs, dt_rank + 2 * d_state, device=device, dtype=torch.float32)
 
 
 def fused_step_takes_ssm_state(h: torch.Tensor) -> bool:
@@ -429,7 +565,8 @@ def mamba_mixer_step(
     conv_state_out: torch.Tensor | None = None,
     ssm_state_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Mamba-1 mixer step between ``in_proj`` and ``out_proj``, in two kernel launches.
+    """One Mamba-1 mixer step between ``in_proj`` and ``out_proj``, in one kernel launch (two with
+    ``STEP_CONFIG["one_launch"]`` off).
 
     Computes, for ``N`` envs (``d = d_inner``, ``n = d_state``, ``R = dt_rank``, ``w = d_conv``)::
 
@@ -475,24 +612,43 @@ def mamba_mixer_step(
     if xz.stride(1) != 1 or out.stride(1) != 1:
         raise ValueError("xz and out must have contiguous rows")
     workspace = MixerStepWorkspace(N, R, n, xz.device) if workspace is None else workspace
-    if tuple(workspace.x_dbl.shape) != (N, J):
-        raise ValueError(f"workspace.x_dbl must be [{N}, {J}], got {list(workspace.x_dbl.shape)}")
+    splits = 1 if STEP_CONFIG["one_launch"] else STEP_CONFIG["xproj_splits"]
+    if workspace.x_dbl.dim() != 3 or workspace.x_dbl.shape[0] < splits or tuple(workspace.x_dbl.shape[1:]) != (N, J):
+        raise ValueError(f"workspace.x_dbl must be [splits >= {splits}, N={N}, {J}], got {list(workspace.x_dbl.shape)}")
     r_ = xz if reset is None else _reset_u8(reset.contiguous())
+    block_n = max(2, next_pow2(n))
+    block_j = max(16, next_pow2(J))
+    block_w = max(2, next_pow2(width - 1))
+    cb = conv_weight if conv_bias is None else conv_bias
+    if STEP_CONFIG["one_launch"]:
+        block_e = STEP_CONFIG["block_e"]
+        block_d = min(STEP_CONFIG["block_d"], next_pow2(d))
+        _MIXER_STEP[(triton.cdiv(N, block_e),)](
+            xz, conv_state, conv_state_out, conv_weight, cb, r_, x_proj_weight, out, workspace.x_dbl,
+            dt_proj_weight, dt_proj_bias, A, xz if D is None else D, ssm_state, ssm_state_out,
+            N, d, n, J, xz.stride(0), *conv_state.stride(), *conv_state_out.stride(), out.stride(0),
+            ssm_state.stride(0), ssm_state_out.stride(0),
+            W=width, R=R, HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None, HAS_RESET=reset is not None,
+            BLOCK_E=block_e, BLOCK_K=min(STEP_CONFIG["block_k"], max(16, next_pow2(d))), BLOCK_W=block_w,
+            BLOCK_J=block_j, BLOCK_D=block_d, BLOCK_N=block_n, ONE_TILE=block_d >= d,
+            num_warps=STEP_CONFIG["warps"],
+        )
+        return out, conv_state_out, ssm_state_out
     block_e = STEP_CONFIG["xproj_block_e"]
-    _MIXER_CONV_XPROJ[(triton.cdiv(N, block_e),)](
-        xz, conv_state, conv_state_out, conv_weight, conv_weight if conv_bias is None else conv_bias, r_,
-        x_proj_weight, out, workspace.x_dbl,
-        N, d, J, xz.stride(0), *conv_state.stride(), *conv_state_out.stride(), out.stride(0),
+    _MIXER_CONV_XPROJ[(triton.cdiv(N, block_e), splits)](
+        xz, conv_state, conv_state_out, conv_weight, cb, r_, x_proj_weight, out, workspace.x_dbl,
+        N, d, J, workspace.x_dbl.stride(0), xz.stride(0), *conv_state.stride(), *conv_state_out.stride(),
+        out.stride(0),
         W=width, HAS_CONV_BIAS=conv_bias is not None, HAS_RESET=reset is not None,
         BLOCK_E=block_e, BLOCK_K=min(STEP_CONFIG["xproj_block_k"], max(16, next_pow2(d))),
-        BLOCK_J=max(16, next_pow2(J)), num_warps=STEP_CONFIG["xproj_warps"],
+        BLOCK_W=block_w, BLOCK_J=block_j, num_warps=STEP_CONFIG["xproj_warps"],
     )
-    block_n = max(2, next_pow2(n))
     block_d = max(1, min(STEP_CONFIG["ssm_block_d"], next_pow2(d), STEP_CONFIG["ssm_tile"] // block_n))
     block_e2 = max(1, STEP_CONFIG["ssm_tile"] // (block_n * block_d))
     _MIXER_SSM[(triton.cdiv(d, block_d), triton.cdiv(N, block_e2))](
         xz, workspace.x_dbl, dt_proj_weight, dt_proj_bias, A, xz if D is None else D, ssm_state, ssm_state_out,
-        r_, out, N, d, n, J, xz.stride(0), ssm_state.stride(0), ssm_state_out.stride(0), out.stride(0),
+        r_, out, N, d, n, J, splits, workspace.x_dbl.stride(0), xz.stride(0), ssm_state.stride(0),
+        ssm_state_out.stride(0), out.stride(0),
         R=R, HAS_D=D is not None, HAS_RESET=reset is not None,
         BLOCK_E=block_e2, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=STEP_CONFIG["ssm_warps"],
     )

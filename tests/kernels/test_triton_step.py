@@ -144,8 +144,31 @@ def _fused_step(mixer, x, conv_state, ssm_state, reset, out, workspace):
     return mixer.out_proj(out)
 
 
+# STEP_CONFIG overrides: the default, one launch over several conv and SSM channel tiles with a
+# partial last env block (21 envs), one launch with every channel in one SSM tile (d_inner = 64:
+# its states loaded before the conv), one launch with
+# tl.dot for x_proj (16 envs a program), and the two-launch path, also with x_proj split over 3
+# channel ranges (4 tiles of 16 channels at d_inner = 64, 2 per range: the last range is empty)
+MIXER_STEP_LAUNCHES = {
+    "one-launch": {},
+    "one-launch-tiles": {"block_e": 4, "block_k": 16, "block_d": 16},
+    "one-launch-one-tile": {"block_e": 2, "block_k": 32, "block_d": 64},
+    "one-launch-dot": {"block_e": 16, "block_k": 32, "block_d": 32},
+    "two-launch": {"one_launch": False},
+    "two-launch-splits": {"one_launch": False, "xproj_splits": 3, "xproj_block_k": 16},
+}
+
+
+@pytest.fixture(params=list(MIXER_STEP_LAUNCHES))
+def mixer_step_launch(request, monkeypatch):
+    import mamba_rl.kernels.triton_step as triton_step
+
+    monkeypatch.setattr(triton_step, "STEP_CONFIG", {**triton_step.STEP_CONFIG, **MIXER_STEP_LAUNCHES[request.param]})
+    return request.param
+
+
 @torch.no_grad()
-def test_fused_mixer_step_equals_mixer_step_over_several_steps(device):
+def test_fused_mixer_step_equals_mixer_step_over_several_steps(device, mixer_step_launch):
     mixer = _mixer(32, device)
     N = 21
     g = _gen(5)
@@ -219,7 +242,7 @@ def test_fused_mixer_step_in_cuda_graph_equals_eager_at_4096_envs():
 
 
 @torch.no_grad()
-def test_fused_mixer_step_writes_separate_outputs_and_leaves_its_inputs(device):
+def test_fused_mixer_step_writes_separate_outputs_and_leaves_its_inputs(device, mixer_step_launch):
     mixer = _mixer(32, device)
     N, d, w, n = 9, mixer.d_inner, mixer.d_conv, mixer.d_state
     g = _gen(7)
