@@ -529,7 +529,6 @@ def bench_mamba_ssm(L, *, b=64, d=256, n=16):
 
 def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
     from mamba_rl import MambaModule
-    from mamba_rl.kernels import triton_step
     from mamba_rl.kernels.triton_step import MixerStepWorkspace, mamba_mixer_step
 
     case = f"policy step {num_envs} envs" + ("" if d_model == 128 else f", d_model {d_model}")
@@ -546,7 +545,7 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
     state0 = module.zero_state((num_envs,))
     state0 = type(state0)(torch.randn_like(state0.ssm), torch.randn_like(state0.conv))
 
-    # in place: states and every buffer preallocated, the Triton launch(es) between the matmuls
+    # in place: states and every buffer preallocated, one Triton launch between the matmuls
     ssm = state0.ssm[:, 0].clone()
     conv = state0.conv[:, 0].clone()
     out = torch.empty(num_envs, d, device=DEV)
@@ -585,7 +584,6 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
         record(case, "torch copy of the fp32 SSM state (reference)", dtype=torch.float32,
                shapes=shapes, ms=ms, min_bytes=2 * ssm.numel() * 4,
                note="reading and writing the state alone: the floor of any step that updates it")
-        launches = "1 kernel" if triton_step.STEP_CONFIG["one_launch"] else "2 kernels"
         ms, _ = graph_replay_ms(mixer_kernels)
         record(case, "mixer step kernels only (graph)", dtype=torch.float32, shapes=shapes,
                ms=ms, min_bytes=state_bytes + act_bytes, check=errs,
@@ -596,7 +594,7 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
         ms, _ = graph_replay_ms(fused_policy_step)
         policy_bytes = state_bytes + act_bytes + num_envs * (input_size + 2 * d_model + 2 * d + d + 2 * d_model) * 4
         record(case, "fused in-place step (graph)", dtype=torch.float32, shapes=shapes, ms=ms,
-               min_bytes=policy_bytes, check=errs, note=f"input_proj, norm, in_proj, {launches}, out_proj, norm")
+               min_bytes=policy_bytes, check=errs, note="input_proj, norm, in_proj, mixer kernel, out_proj, norm")
 
         # MambaModule.step without a gradient: on Triton each layer is the fused step above
         for backend in ("torch", "triton"):
@@ -775,41 +773,25 @@ def sweep_conv(L, b=64, d=256, layout="channels_last"):
 
 
 STEP_VARIANTS = [
-    # one launch: envs e per program, channels k per conv/x_proj loop step, channels d per SSM tile
-    # (all of them at d >= d_inner: the states loaded before the conv), warps w (tl.dot for x_proj
-    # from 16 envs a program)
-    ("one e2 k64 d64 w4", {"one_launch": True}),
-    ("one e1 k64 d64 w4", {"one_launch": True, "block_e": 1}),
-    ("one e4 k64 d64 w4", {"one_launch": True, "block_e": 4}),
-    ("one e2 k32 d64 w4", {"one_launch": True, "block_k": 32}),
-    ("one e2 k64 d128 w4", {"one_launch": True, "block_d": 128}),
-    ("one e2 k32 d128 w4", {"one_launch": True, "block_k": 32, "block_d": 128}),
-    ("one e4 k32 d128 w4", {"one_launch": True, "block_e": 4, "block_k": 32, "block_d": 128}),
-    ("one e4 k64 d64 w8", {"one_launch": True, "block_e": 4, "warps": 8}),
-    ("one e1 k128 d128 w4", {"one_launch": True, "block_e": 1, "block_k": 128, "block_d": 128}),
-    ("one e1 k64 d256 w4", {"one_launch": True, "block_e": 1, "block_d": 256}),
-    ("one e1 k128 d256 w4", {"one_launch": True, "block_e": 1, "block_k": 128, "block_d": 256}),
-    ("one e2 k64 d256 w8", {"one_launch": True, "block_e": 2, "block_d": 256, "warps": 8}),
-    ("one e2 k64 d256 w4", {"one_launch": True, "block_e": 2, "block_d": 256}),
-    ("one e4 k64 d256 w8", {"one_launch": True, "block_e": 4, "block_d": 256, "warps": 8}),
-    ("one e16 k32 d32 w4 (tl.dot)", {"one_launch": True, "block_e": 16, "block_k": 32, "block_d": 32}),
-    # two launches: x_proj kernel over s channel ranges, channels k per loop step, warps w (16 envs
-    # per program); SSM kernel tile 4096 (envs x channels x states), 32 channels, 4 warps
-    ("two s1 xk16w2", {"one_launch": False, "xproj_splits": 1}),
-    ("two s2 xk16w2", {"one_launch": False, "xproj_splits": 2}),
-    ("two s4 xk16w2", {"one_launch": False, "xproj_splits": 4}),
-    ("two s8 xk16w2", {"one_launch": False, "xproj_splits": 8}),
-    ("two s16 xk16w2", {"one_launch": False, "xproj_splits": 16}),
-    ("two s4 xk32w4", {"one_launch": False, "xproj_splits": 4, "xproj_block_k": 32, "xproj_warps": 4}),
-    ("two s8 xk16w1", {"one_launch": False, "xproj_splits": 8, "xproj_warps": 1}),
-    ("two s4 xk16w2 ssm d64", {"one_launch": False, "xproj_splits": 4, "ssm_block_d": 64}),
+    # envs e per program, channels k per conv/x_proj loop step, channels d per SSM tile, warps w
+    # (tl.dot for x_proj from 16 envs a program). Two launches (conv and x_proj, then the SSM
+    # update), x_proj split over channel ranges, and the states loaded before the conv lost in
+    # results/policy_step_H100_v4_sweep.json.
+    ("e2 k64 d64 w4", {}),
+    ("e1 k64 d64 w4", {"block_e": 1}),
+    ("e4 k64 d64 w4", {"block_e": 4}),
+    ("e2 k32 d64 w4", {"block_k": 32}),
+    ("e2 k64 d128 w4", {"block_d": 128}),
+    ("e4 k64 d64 w8", {"block_e": 4, "warps": 8}),
+    ("e1 k128 d128 w4", {"block_e": 1, "block_k": 128, "block_d": 128}),
+    ("e16 k32 d32 w4 (tl.dot)", {"block_e": 16, "block_k": 32, "block_d": 32}),
 ]
 
 
 def sweep_step(num_envs=4096, d_model=128):
     """Each of STEP_VARIANTS on the mixer step alone (CUDA graph), checked first against the
-    two-launch path on the same inputs."""
-    from mamba_rl.kernels import triton_step
+    PyTorch step on the same inputs."""
+    from mamba_rl.kernels import naive, triton_step
 
     base = dict(triton_step.STEP_CONFIG)
     d, n, R = 2 * d_model, 16, math.ceil(d_model / 16)
@@ -820,14 +802,17 @@ def sweep_step(num_envs=4096, d_model=128):
     A, D = -torch.rand(d, n, device=DEV) - 0.1, r(d)
     reset = torch.rand(num_envs, device=DEV) < 0.01
     out = torch.empty(num_envs, d, device=DEV)
-    ws = triton_step.MixerStepWorkspace(num_envs, R, n, DEV, splits=16)
+    ws = triton_step.MixerStepWorkspace(num_envs, R, n, DEV)
 
     def one_step(conv_state, ssm_state):
         triton_step.mamba_mixer_step(xz, conv_state, ssm_state, cw, cb, wx, wdt, bdt, A, D, reset, out, ws)
         return out.clone(), conv_state, ssm_state
 
-    triton_step.STEP_CONFIG.update(one_launch=False, xproj_splits=1)
-    reference = one_step(conv.clone(), ssm.clone())
+    # the PyTorch reference of the same step
+    x_conv, conv_ref = naive.causal_conv1d_step_ref(xz[:, :d], conv, cw, cb, "silu", reset)
+    dt, B, C = torch.split(x_conv @ wx.T, [R, n, n], dim=-1)
+    y_ref, ssm_ref = naive.selective_state_step_ref(ssm, x_conv, dt @ wdt.T, A, B, C, D, xz[:, d:], bdt, True, reset)
+    reference = (y_ref, conv_ref, ssm_ref)
     conv_t, ssm_t = conv.clone(), ssm.clone()  # the timed steps' states (conv and ssm stay as drawn)
     for name, overrides in STEP_VARIANTS:
         triton_step.STEP_CONFIG.clear()
@@ -835,7 +820,7 @@ def sweep_step(num_envs=4096, d_model=128):
         try:
             check = max(rel_err(a, b) for a, b in zip(one_step(conv.clone(), ssm.clone()), reference))
             if not check <= 1e-5:
-                raise AssertionError(f"differs from the two-launch step: max rel err {check:.2e}")
+                raise AssertionError(f"differs from the PyTorch step: max rel err {check:.2e}")
             ms, _ = graph_replay_ms(lambda: one_step(conv_t, ssm_t))
             row = dict(kernel="mixer step", envs=num_envs, d_model=d_model, variant=name, overrides=overrides,
                        graph_us=1e3 * ms, check=check)

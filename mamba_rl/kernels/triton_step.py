@@ -290,7 +290,7 @@ def selective_state_step_inplace(
 
 
 # --------------------------------------------------------------------------------------------
-# The whole mixer between in_proj and out_proj: one launch (default) or two
+# The whole mixer between in_proj and out_proj, in one launch
 
 
 @triton.jit
@@ -318,10 +318,10 @@ def _mixer_conv_tile(
     # warps: every thread reads its window before any thread shifts it
     tl.debug_barrier()
     m_shift = (o_w >= 1) & m_w
-    tl.store(p_conv_out + o_e[:, None, None] * s_co_e + o_k[None, :, None] * s_co_d + (o_w[None, None, :] - 1) * s_co_k,
-             b_s.to(p_conv_out.dtype.element_ty), mask=m_ek[:, :, None] & m_shift[None, None, :])
-    tl.store(p_conv_out + o_e[:, None] * s_co_e + o_k[None, :] * s_co_d + (W - 2) * s_co_k,
-             b_x.to(p_conv_out.dtype.element_ty), mask=m_ek)
+    p_so = p_conv_out + o_e[:, None] * s_co_e + o_k[None, :] * s_co_d
+    tl.store(p_so[:, :, None] + (o_w[None, None, :] - 1) * s_co_k, b_s.to(p_conv_out.dtype.element_ty),
+             mask=m_ek[:, :, None] & m_shift[None, None, :])
+    tl.store(p_so + (W - 2) * s_co_k, b_x.to(p_conv_out.dtype.element_ty), mask=m_ek)
     b_y = b_y * tl.sigmoid(b_y)
     b_xc = b_y.to(p_xc.dtype.element_ty)
     tl.store(p_xc + o_e[:, None] * s_xc_e + o_k[None, :], b_xc, mask=m_ek)
@@ -342,33 +342,14 @@ def _mixer_xproj_acc(b_xdbl, b_xc, p_wx, o_k, o_j, d, J, DOT: tl.constexpr):
 
 
 @triton.jit
-def _mixer_xdbl(p_xdbl, offs, mask, S, s_split):
-    # x_dbl at offs: the sum of the S partials that the conv/x_proj programs wrote
-    b = tl.load(p_xdbl + offs, mask=mask, other=0.0)
-    for i_s in range(1, S):
-        b += tl.load(p_xdbl + i_s * s_split + offs, mask=mask, other=0.0)
-    return b
-
-
-@triton.jit
-def _mixer_load_h(p_h, o_e, m_e, o_d, d, n, s_h_e, BLOCK_N: tl.constexpr):
-    # [BE, BD, BN]: the SSM states of envs o_e on channels o_d (each env's [d, n] contiguous)
-    o_n = tl.arange(0, BLOCK_N)
-    m_edn = m_e[:, None, None] & (o_d < d)[None, :, None] & (o_n < n)[None, None, :]
-    return tl.load(p_h + o_e[:, None, None].to(tl.int64) * s_h_e + o_d[None, :, None] * n + o_n[None, None, :],
-                   mask=m_edn, other=0.0)
-
-
-@triton.jit
 def _mixer_ssm_tile(
-    p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, b_h, p_h_out, p_xc, o_e, m_e, b_r, o_d, d, n, J, S, s_split,
-    s_xz_e, s_ho_e, s_xc_e,
+    p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, p_h, p_h_out, p_xc, o_e, m_e, b_r, o_d, d, n, J,
+    s_xz_e, s_h_e, s_ho_e, s_xc_e,
     R: tl.constexpr, HAS_D: tl.constexpr, HAS_RESET: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # dt_proj, softplus, SSM update of b_h (from _mixer_load_h) into p_h_out (which may be where b_h
-    # came from), D skip and z gate for envs o_e [BE] on channels o_d [BD]; y overwrites x_conv in
-    # p_xc. b_r [BE]: the envs reset before this step. x_dbl [S, N, J] (split stride s_split): S
-    # partial sums over channel ranges.
+    # dt_proj, softplus, SSM update (p_h_out may be p_h), D skip and z gate for envs o_e [BE] on
+    # channels o_d [BD]; y overwrites x_conv in p_xc. b_r [BE]: the envs reset before this step;
+    # x_dbl [N, J] in p_xdbl.
     o_n = tl.arange(0, BLOCK_N)
     m_d = o_d < d
     m_n = o_n < n
@@ -376,7 +357,7 @@ def _mixer_ssm_tile(
     # [BE, BD]
     b_dt = tl.zeros([o_e.shape[0], o_d.shape[0]], dtype=tl.float32)
     for r in range(R):
-        b_lo = _mixer_xdbl(p_xdbl, o_e * J + r, m_e, S, s_split)
+        b_lo = tl.load(p_xdbl + o_e * J + r, mask=m_e, other=0.0)
         b_w = tl.load(p_wdt + o_d * R + r, mask=m_d, other=0.0).to(tl.float32)
         b_dt += b_lo[:, None] * b_w[None, :]
     b_dt = _softplus(b_dt + tl.load(p_bdt + o_d, mask=m_d, other=0.0).to(tl.float32)[None, :])
@@ -384,13 +365,14 @@ def _mixer_ssm_tile(
     b_z = tl.load(p_xz + o_e[:, None] * s_xz_e + d + o_d[None, :], mask=m_ed, other=0.0).to(tl.float32)
     # [BE, BN]
     m_en = m_e[:, None] & m_n[None, :]
-    b_B = _mixer_xdbl(p_xdbl, o_e[:, None] * J + R + o_n[None, :], m_en, S, s_split)
-    b_C = _mixer_xdbl(p_xdbl, o_e[:, None] * J + R + n + o_n[None, :], m_en, S, s_split)
+    b_B = tl.load(p_xdbl + o_e[:, None] * J + R + o_n[None, :], mask=m_en, other=0.0)
+    b_C = tl.load(p_xdbl + o_e[:, None] * J + R + n + o_n[None, :], mask=m_en, other=0.0)
     # [BD, BN] and [BE, BD, BN]
     b_A = tl.load(p_A + o_d[:, None] * n + o_n[None, :], mask=m_d[:, None] & m_n[None, :],
                   other=0.0).to(tl.float32)
     m_edn = m_ed[:, :, None] & m_n[None, None, :]
     o_s = o_d[None, :, None] * n + o_n[None, None, :]
+    b_h = tl.load(p_h + o_e[:, None, None].to(tl.int64) * s_h_e + o_s, mask=m_edn, other=0.0)
     if HAS_RESET:
         b_h = tl.where(b_r[:, None, None], 0.0, b_h)
     # p_h_out may be p_h and y overwrites x_conv: every thread reads before any thread writes
@@ -405,37 +387,26 @@ def _mixer_ssm_tile(
 
 
 @triton.jit
-def _mixer_reset(p_reset, o_e, m_e, HAS_RESET: tl.constexpr):
-    # [BE] bool: the envs reset before this step (all False without resets)
-    b_r = tl.zeros(o_e.shape, dtype=tl.int1)
-    if HAS_RESET:
-        b_r = tl.load(p_reset + o_e, mask=m_e, other=0) != 0
-    return b_r
-
-
-@triton.jit
 def _mixer_step_kernel(
     p_xz, p_conv, p_conv_out, p_cw, p_cb, p_reset, p_wx, p_xc, p_xdbl,
     p_wdt, p_bdt, p_A, p_D, p_h, p_h_out,
     N, d, n, J,
     s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e, s_h_e, s_ho_e,
     W: tl.constexpr, R: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_RESET: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, ONE_TILE: tl.constexpr,
+    HAS_RESET: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # the whole step of BLOCK_E envs: the conv and x_proj over every channel, x_dbl to the
     # workspace, a barrier (so that every thread of the program sees x_dbl and x_conv), then dt_proj
     # and the SSM update channel tile by channel tile. One launch, and while some programs wait on
-    # their SSM states others run their conv: the two phases overlap across the GPU. When one tile
-    # holds every channel (ONE_TILE), its states are loaded before the conv.
+    # their SSM states others run their conv: the two phases overlap across the GPU.
     i_e = tl.program_id(0)
     o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
     m_e = o_e < N
     o_j = tl.arange(0, BLOCK_J)
-    if ONE_TILE:
-        # one SSM tile: its states are loaded first, in flight while the conv and x_proj run
-        b_h = _mixer_load_h(p_h, o_e, m_e, tl.arange(0, BLOCK_D), d, n, s_h_e, BLOCK_N)
-    b_r = _mixer_reset(p_reset, o_e, m_e, HAS_RESET)
+    b_r = tl.zeros([BLOCK_E], dtype=tl.int1)
+    if HAS_RESET:
+        b_r = tl.load(p_reset + o_e, mask=m_e, other=0) != 0
     b_keep = tl.where(b_r, 0.0, 1.0)
     b_xdbl = tl.zeros([BLOCK_E, BLOCK_J], dtype=tl.float32)
     for i_k in range(tl.cdiv(d, BLOCK_K)):
@@ -445,95 +416,31 @@ def _mixer_step_kernel(
         b_xdbl = _mixer_xproj_acc(b_xdbl, b_xc, p_wx, o_k, o_j, d, J, BLOCK_E >= 16)
     tl.store(p_xdbl + o_e[:, None] * J + o_j[None, :], b_xdbl, mask=m_e[:, None] & (o_j < J)[None, :])
     tl.debug_barrier()
-    if ONE_TILE:
-        _mixer_ssm_tile(p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, b_h, p_h_out, p_xc, o_e, m_e, b_r,
-                        tl.arange(0, BLOCK_D), d, n, J, 1, 0, s_xz_e, s_ho_e, s_xc_e, R, HAS_D, HAS_RESET, BLOCK_N)
-    else:
-        for i_d in range(tl.cdiv(d, BLOCK_D)):
-            o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-            b_h = _mixer_load_h(p_h, o_e, m_e, o_d, d, n, s_h_e, BLOCK_N)
-            _mixer_ssm_tile(p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, b_h, p_h_out, p_xc, o_e, m_e, b_r, o_d, d, n, J,
-                            1, 0, s_xz_e, s_ho_e, s_xc_e, R, HAS_D, HAS_RESET, BLOCK_N)
-
-
-@triton.jit
-def _mixer_conv_xproj_kernel(
-    p_xz, p_conv, p_conv_out, p_cw, p_cb, p_reset, p_wx, p_xc, p_xdbl,
-    N, d, J, s_split,
-    s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e,
-    W: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_RESET: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_J: tl.constexpr,
-):
-    # the first of two launches: the conv step of BLOCK_E envs over channel range i_s (of the grid's
-    # S), and that range's x_dbl partial sum into p_xdbl[i_s]
-    i_e, i_s, n_s = tl.program_id(0), tl.program_id(1), tl.num_programs(1)
-    o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    o_j = tl.arange(0, BLOCK_J)
-    m_e = o_e < N
-    b_keep = tl.where(_mixer_reset(p_reset, o_e, m_e, HAS_RESET), 0.0, 1.0)
-    b_xdbl = tl.zeros([BLOCK_E, BLOCK_J], dtype=tl.float32)
-    tiles = tl.cdiv(tl.cdiv(d, BLOCK_K), n_s)
-    for i_k in range(i_s * tiles, (i_s + 1) * tiles):
-        o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        b_xc = _mixer_conv_tile(p_xz, p_conv, p_conv_out, p_cw, p_cb, p_xc, o_e, m_e, b_keep, o_k, d,
-                                s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e, W, BLOCK_W, HAS_CONV_BIAS)
-        b_xdbl = _mixer_xproj_acc(b_xdbl, b_xc, p_wx, o_k, o_j, d, J, BLOCK_E >= 16)
-    tl.store(p_xdbl + i_s * s_split + o_e[:, None] * J + o_j[None, :], b_xdbl,
-             mask=m_e[:, None] & (o_j < J)[None, :])
-
-
-@triton.jit
-def _mixer_ssm_kernel(
-    p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, p_h, p_h_out, p_reset, p_xc,
-    N, d, n, J, S, s_split,
-    s_xz_e, s_h_e, s_ho_e, s_xc_e,
-    R: tl.constexpr, HAS_D: tl.constexpr, HAS_RESET: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    # the second of two launches: one [BLOCK_E envs, BLOCK_D channels] tile of the SSM update
-    i_d, i_e = tl.program_id(0), tl.program_id(1)
-    o_e = i_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    m_e = o_e < N
-    _mixer_ssm_tile(p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, _mixer_load_h(p_h, o_e, m_e, o_d, d, n, s_h_e, BLOCK_N),
-                    p_h_out, p_xc, o_e, m_e, _mixer_reset(p_reset, o_e, m_e, HAS_RESET), o_d, d, n, J, S, s_split,
-                    s_xz_e, s_ho_e, s_xc_e, R, HAS_D, HAS_RESET, BLOCK_N)
+    for i_d in range(tl.cdiv(d, BLOCK_D)):
+        o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        _mixer_ssm_tile(p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, p_h, p_h_out, p_xc, o_e, m_e, b_r, o_d, d, n, J,
+                        s_xz_e, s_h_e, s_ho_e, s_xc_e, R, HAS_D, HAS_RESET, BLOCK_N)
 
 
 _MIXER_STEP = DirectLauncher(_mixer_step_kernel)
-_MIXER_CONV_XPROJ, _MIXER_SSM = DirectLauncher(_mixer_conv_xproj_kernel), DirectLauncher(_mixer_ssm_kernel)
 
-# Tile sizes of the fused mixer step, tuned by hand (benchmarks/bench_scan.py --sweep; no
-# autotuning: the kernels overwrite the states). ``one_launch``: the whole step in one kernel, each
-# program BLOCK_E = ``block_e`` envs (``block_k`` channels per conv/x_proj loop step, ``block_d``
-# per SSM tile); else two launches, the conv and x_proj (``xproj_*``: ``xproj_splits`` programs per
-# env block, each a range of channels, their x_dbl partials summed by the SSM kernel), then the SSM
-# update (``ssm_*``: ``ssm_tile`` = envs x channels x states per program).
+# Tile sizes of the fused mixer step, tuned by hand (benchmarks/bench_scan.py --policy-step; no
+# autotuning: the kernel overwrites the states): envs per program, channels per conv/x_proj loop
+# step, channels per SSM tile, warps. From 16 envs a program, x_proj runs on tl.dot (fp32, ieee).
 STEP_CONFIG = {
-    "one_launch": True,
     "block_e": 2,
     "block_k": 64,
     "block_d": 64,
     "warps": 4,
-    "xproj_splits": 1,
-    "xproj_block_e": 16,
-    "xproj_block_k": 16,
-    "xproj_warps": 2,
-    "ssm_tile": 4096,
-    "ssm_block_d": 32,
-    "ssm_warps": 4,
 }
 
 
 class MixerStepWorkspace:
-    """Scratch for :func:`mamba_mixer_step`: ``x_dbl`` ``[splits, N, dt_rank + 2 n]`` fp32, the
-    partial sums of ``x_conv @ x_proj.T`` over ``splits`` channel ranges (``splits`` defaults to
-    ``STEP_CONFIG["xproj_splits"]``; the one-launch path uses the first). Allocate once per (N,
-    layer shape, device) and reuse, so that steps allocate nothing."""
+    """Scratch for :func:`mamba_mixer_step`: ``x_dbl`` ``[N, dt_rank + 2 n]`` fp32.
+    Allocate once per (N, layer shape, device) and reuse, so that steps allocate nothing."""
 
-    def __init__(self, num_envs: int, dt_rank: int, d_state: int, device, splits: int | None = None) -> None:
-        splits = STEP_CONFIG["xproj_splits"] if splits is None else splits
-        self.x_dbl = torch.empty(splits, num_envs, dt_rank + 2 * d_state, device=device, dtype=torch.float32)
+    def __init__(self, num_envs: int, dt_rank: int, d_state: int, device) -> None:
+        self.x_dbl = torch.empty(num_envs, dt_rank + 2 * d_state, device=device, dtype=torch.float32)
 
 
 def fused_step_takes_ssm_state(h: torch.Tensor) -> bool:
@@ -565,8 +472,7 @@ def mamba_mixer_step(
     conv_state_out: torch.Tensor | None = None,
     ssm_state_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One Mamba-1 mixer step between ``in_proj`` and ``out_proj``, in one kernel launch (two with
-    ``STEP_CONFIG["one_launch"]`` off).
+    """One Mamba-1 mixer step between ``in_proj`` and ``out_proj``, in one kernel launch.
 
     Computes, for ``N`` envs (``d = d_inner``, ``n = d_state``, ``R = dt_rank``, ``w = d_conv``)::
 
@@ -612,45 +518,23 @@ def mamba_mixer_step(
     if xz.stride(1) != 1 or out.stride(1) != 1:
         raise ValueError("xz and out must have contiguous rows")
     workspace = MixerStepWorkspace(N, R, n, xz.device) if workspace is None else workspace
-    splits = 1 if STEP_CONFIG["one_launch"] else STEP_CONFIG["xproj_splits"]
-    if workspace.x_dbl.dim() != 3 or workspace.x_dbl.shape[0] < splits or tuple(workspace.x_dbl.shape[1:]) != (N, J):
-        raise ValueError(f"workspace.x_dbl must be [splits >= {splits}, N={N}, {J}], got {list(workspace.x_dbl.shape)}")
+    if tuple(workspace.x_dbl.shape) != (N, J):
+        raise ValueError(f"workspace.x_dbl must be [{N}, {J}], got {list(workspace.x_dbl.shape)}")
     r_ = xz if reset is None else _reset_u8(reset.contiguous())
     block_n = max(2, next_pow2(n))
     block_j = max(16, next_pow2(J))
     block_w = max(2, next_pow2(width - 1))
     cb = conv_weight if conv_bias is None else conv_bias
-    if STEP_CONFIG["one_launch"]:
-        block_e = STEP_CONFIG["block_e"]
-        block_d = min(STEP_CONFIG["block_d"], next_pow2(d))
-        _MIXER_STEP[(triton.cdiv(N, block_e),)](
-            xz, conv_state, conv_state_out, conv_weight, cb, r_, x_proj_weight, out, workspace.x_dbl,
-            dt_proj_weight, dt_proj_bias, A, xz if D is None else D, ssm_state, ssm_state_out,
-            N, d, n, J, xz.stride(0), *conv_state.stride(), *conv_state_out.stride(), out.stride(0),
-            ssm_state.stride(0), ssm_state_out.stride(0),
-            W=width, R=R, HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None, HAS_RESET=reset is not None,
-            BLOCK_E=block_e, BLOCK_K=min(STEP_CONFIG["block_k"], max(16, next_pow2(d))), BLOCK_W=block_w,
-            BLOCK_J=block_j, BLOCK_D=block_d, BLOCK_N=block_n, ONE_TILE=block_d >= d,
-            num_warps=STEP_CONFIG["warps"],
-        )
-        return out, conv_state_out, ssm_state_out
-    block_e = STEP_CONFIG["xproj_block_e"]
-    _MIXER_CONV_XPROJ[(triton.cdiv(N, block_e), splits)](
+    block_e = STEP_CONFIG["block_e"]
+    _MIXER_STEP[(triton.cdiv(N, block_e),)](
         xz, conv_state, conv_state_out, conv_weight, cb, r_, x_proj_weight, out, workspace.x_dbl,
-        N, d, J, workspace.x_dbl.stride(0), xz.stride(0), *conv_state.stride(), *conv_state_out.stride(),
-        out.stride(0),
-        W=width, HAS_CONV_BIAS=conv_bias is not None, HAS_RESET=reset is not None,
-        BLOCK_E=block_e, BLOCK_K=min(STEP_CONFIG["xproj_block_k"], max(16, next_pow2(d))),
-        BLOCK_W=block_w, BLOCK_J=block_j, num_warps=STEP_CONFIG["xproj_warps"],
-    )
-    block_d = max(1, min(STEP_CONFIG["ssm_block_d"], next_pow2(d), STEP_CONFIG["ssm_tile"] // block_n))
-    block_e2 = max(1, STEP_CONFIG["ssm_tile"] // (block_n * block_d))
-    _MIXER_SSM[(triton.cdiv(d, block_d), triton.cdiv(N, block_e2))](
-        xz, workspace.x_dbl, dt_proj_weight, dt_proj_bias, A, xz if D is None else D, ssm_state, ssm_state_out,
-        r_, out, N, d, n, J, splits, workspace.x_dbl.stride(0), xz.stride(0), ssm_state.stride(0),
-        ssm_state_out.stride(0), out.stride(0),
-        R=R, HAS_D=D is not None, HAS_RESET=reset is not None,
-        BLOCK_E=block_e2, BLOCK_D=block_d, BLOCK_N=block_n, num_warps=STEP_CONFIG["ssm_warps"],
+        dt_proj_weight, dt_proj_bias, A, xz if D is None else D, ssm_state, ssm_state_out,
+        N, d, n, J, xz.stride(0), *conv_state.stride(), *conv_state_out.stride(), out.stride(0),
+        ssm_state.stride(0), ssm_state_out.stride(0),
+        W=width, R=R, HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None, HAS_RESET=reset is not None,
+        BLOCK_E=block_e, BLOCK_K=min(STEP_CONFIG["block_k"], max(16, next_pow2(d))), BLOCK_W=block_w,
+        BLOCK_J=block_j, BLOCK_D=min(STEP_CONFIG["block_d"], next_pow2(d)), BLOCK_N=block_n,
+        num_warps=STEP_CONFIG["warps"],
     )
     return out, conv_state_out, ssm_state_out
 

@@ -144,18 +144,12 @@ def _fused_step(mixer, x, conv_state, ssm_state, reset, out, workspace):
     return mixer.out_proj(out)
 
 
-# STEP_CONFIG overrides: the default, one launch over several conv and SSM channel tiles with a
-# partial last env block (21 envs), one launch with every channel in one SSM tile (d_inner = 64:
-# its states loaded before the conv), one launch with
-# tl.dot for x_proj (16 envs a program), and the two-launch path, also with x_proj split over 3
-# channel ranges (4 tiles of 16 channels at d_inner = 64, 2 per range: the last range is empty)
+# STEP_CONFIG overrides: the default (one channel tile at d_inner = 64), several conv and SSM
+# channel tiles with a partial last env block (21 envs), and tl.dot for x_proj (16 envs a program)
 MIXER_STEP_LAUNCHES = {
-    "one-launch": {},
-    "one-launch-tiles": {"block_e": 4, "block_k": 16, "block_d": 16},
-    "one-launch-one-tile": {"block_e": 2, "block_k": 32, "block_d": 64},
-    "one-launch-dot": {"block_e": 16, "block_k": 32, "block_d": 32},
-    "two-launch": {"one_launch": False},
-    "two-launch-splits": {"one_launch": False, "xproj_splits": 3, "xproj_block_k": 16},
+    "default": {},
+    "tiles": {"block_e": 4, "block_k": 16, "block_d": 16},
+    "dot": {"block_e": 16, "block_k": 32, "block_d": 32},
 }
 
 
