@@ -258,7 +258,7 @@ class MambaMixer(nn.Module):
                 new state. In place and a gradient through ``state`` do not mix.
 
         Without a gradient to compute and with the Triton backend, the step is the fused
-        :func:`~mamba_rl.kernels.triton_step.mamba_mixer_step` (two kernels between ``in_proj``
+        :func:`~mamba_rl.kernels.triton_step.mamba_mixer_step` (one kernel between ``in_proj``
         and ``out_proj``); otherwise the conv step, the projections and the SSM step run one by
         one (differentiable).
         """
