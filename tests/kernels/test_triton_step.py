@@ -146,23 +146,23 @@ def _fused_step(mixer, x, conv_state, ssm_state, reset, out, workspace):
 
 # STEP_CONFIG overrides: the default (one channel tile at d_inner = 64), several conv and SSM
 # channel tiles with a partial last env block (21 envs), and tl.dot for x_proj (16 envs a program)
-MIXER_STEP_LAUNCHES = {
+MIXER_STEP_CONFIGS = {
     "default": {},
     "tiles": {"block_e": 4, "block_k": 16, "block_d": 16},
     "dot": {"block_e": 16, "block_k": 32, "block_d": 32},
 }
 
 
-@pytest.fixture(params=list(MIXER_STEP_LAUNCHES))
-def mixer_step_launch(request, monkeypatch):
+@pytest.fixture(params=list(MIXER_STEP_CONFIGS))
+def mixer_step_config(request, monkeypatch):
     import mamba_rl.kernels.triton_step as triton_step
 
-    monkeypatch.setattr(triton_step, "STEP_CONFIG", {**triton_step.STEP_CONFIG, **MIXER_STEP_LAUNCHES[request.param]})
+    monkeypatch.setattr(triton_step, "STEP_CONFIG", {**triton_step.STEP_CONFIG, **MIXER_STEP_CONFIGS[request.param]})
     return request.param
 
 
 @torch.no_grad()
-def test_fused_mixer_step_equals_mixer_step_over_several_steps(device, mixer_step_launch):
+def test_fused_mixer_step_equals_mixer_step_over_several_steps(device, mixer_step_config):
     mixer = _mixer(32, device)
     N = 21
     g = _gen(5)
@@ -236,7 +236,7 @@ def test_fused_mixer_step_in_cuda_graph_equals_eager_at_4096_envs():
 
 
 @torch.no_grad()
-def test_fused_mixer_step_writes_separate_outputs_and_leaves_its_inputs(device, mixer_step_launch):
+def test_fused_mixer_step_writes_separate_outputs_and_leaves_its_inputs(device, mixer_step_config):
     mixer = _mixer(32, device)
     N, d, w, n = 9, mixer.d_inner, mixer.d_conv, mixer.d_state
     g = _gen(7)
