@@ -162,10 +162,10 @@ def measure_copy_bandwidth():
 
 
 def record(case, impl, *, dtype, shapes, ms=None, min_bytes=None, peak_gb=None, peak_over_inputs_gb=None,
-           saved_gb=None, check=None, note=None, error=None):
+           peak_over_io_gb=None, saved_gb=None, check=None, note=None, error=None):
     row = dict(case=case, impl=impl, dtype=str(dtype).replace("torch.", ""), shapes=shapes, ms=ms,
                min_bytes=min_bytes, peak_gb=peak_gb, peak_over_inputs_gb=peak_over_inputs_gb,
-               saved_gb=saved_gb, check=check, note=note, error=error)
+               peak_over_io_gb=peak_over_io_gb, saved_gb=saved_gb, check=check, note=note, error=error)
     if ms is not None and min_bytes:
         row["bound_ms_3tbs"] = min_bytes / PEAK_BW * 1e3
         row["fraction_of_3tbs"] = min_bytes / (ms * 1e-3) / PEAK_BW
@@ -179,6 +179,8 @@ def record(case, impl, *, dtype, shapes, ms=None, min_bytes=None, peak_gb=None, 
         parts.append(f"{100 * row['fraction_of_3tbs']:5.1f}% of 3TB/s")
     if peak_gb is not None:
         parts.append(f"peak {peak_gb:6.2f} GB")
+    if peak_over_io_gb is not None:
+        parts.append(f"({peak_over_io_gb:.2f} GB above inputs, outputs, grads)")
     if check:
         parts.append(f"maxrel {max(check.values()):.1e}")
     if note:
@@ -320,6 +322,9 @@ def bench_scan(L, dtype, *, b=64, d=256, n=16, with_reference=False, check_shape
     peak, over = peak_memory_gb(lambda: scan_fwd_bwd(selective_scan_triton, inputs, reset, dy, dh))
     for t in leaves:
         t.grad = None
+    # the scan's own working memory at the peak: above the inputs (allocated before) and the outputs
+    # y, h_last and the inputs' gradients, which the caller holds whatever computes them
+    io_gb = (sum(t.numel() * t.element_size() for t in leaves) + b * d * L * es + b * d * n * 4) / 1e9
     # memory held between forward and backward, beyond the outputs: the checkpoints
     sync()
     before = torch.cuda.memory_allocated()
@@ -328,7 +333,8 @@ def bench_scan(L, dtype, *, b=64, d=256, n=16, with_reference=False, check_shape
     saved = (torch.cuda.memory_allocated() - before - y.numel() * y.element_size() - h.numel() * 4) / 1e9
     del y, h
     record(case, "triton", dtype=dtype, shapes=shapes, ms=ms, min_bytes=min_bytes, peak_gb=peak,
-           peak_over_inputs_gb=over, saved_gb=saved, check=errs)
+           peak_over_inputs_gb=over, peak_over_io_gb=over - io_gb if DEV == "cuda" else None, saved_gb=saved,
+           check=errs)
 
     if with_reference:
         with guarded(case, "torch reference loop", dtype, shapes):
