@@ -37,6 +37,34 @@ __all__ = [
 
 
 @triton.jit
+def _conv_window_step(p_s, p_o, s_k, s_ok, p_w, p_bias, b_x, b_keep, o_k, m_k, m_ek,
+                      W: tl.constexpr, BLOCK_W: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """One causal-conv step of a ``[BE, BK]`` tile (envs x channels ``o_k``): ``p_s`` / ``p_o``
+    point at each element's window in the input / output state (its ``W - 1`` past inputs at
+    strides ``s_k`` / ``s_ok``, oldest first), ``b_x`` is the new input and ``b_keep`` ``[BE, 1]``
+    zeroes the window of reset envs. Shifts ``b_x`` into the output window and returns the conv
+    output before any activation, fp32 ``[BE, BK]``. ``p_o`` may be ``p_s``: a tile smaller than
+    the program is held by threads of several warps, so every thread reads its window, then a
+    barrier, then the shifted window is stored."""
+    o_w = tl.arange(0, BLOCK_W)
+    m_w = o_w < W - 1
+    # [BE, BK, BW]
+    b_s = tl.load(p_s[:, :, None] + o_w[None, None, :] * s_k, mask=m_ek[:, :, None] & m_w[None, None, :],
+                  other=0.0) * b_keep[:, :, None]
+    b_w = tl.load(p_w + o_k[:, None] * W + o_w[None, :], mask=m_k[:, None] & m_w[None, :], other=0.0)
+    b_y = tl.sum(b_s.to(tl.float32) * b_w.to(tl.float32)[None, :, :], axis=2)
+    b_y += tl.load(p_w + o_k * W + (W - 1), mask=m_k, other=0.0).to(tl.float32)[None, :] * b_x
+    if HAS_BIAS:
+        b_y += tl.load(p_bias + o_k, mask=m_k, other=0.0).to(tl.float32)[None, :]
+    tl.debug_barrier()
+    m_shift = (o_w >= 1) & m_w
+    tl.store(p_o[:, :, None] + (o_w[None, None, :] - 1) * s_ok, b_s.to(p_o.dtype.element_ty),
+             mask=m_ek[:, :, None] & m_shift[None, None, :])
+    tl.store(p_o + (W - 2) * s_ok, b_x.to(p_o.dtype.element_ty), mask=m_ek)
+    return b_y
+
+
+@triton.jit
 def _conv_step_kernel(
     p_x, p_state, p_state_out, p_w, p_bias, p_reset, p_y,
     d,
@@ -47,34 +75,22 @@ def _conv_step_kernel(
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr, SILU: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
+    # one env (a [1, BD] tile of channels)
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
     m_d = o_d < d
-    p_s = p_state + i_b * s_s_b + o_d * s_s_d
-    p_o = p_state_out + i_b * s_o_b + o_d * s_o_d
-    b_x = tl.load(p_x + i_b * s_x_b + o_d * s_x_d, mask=m_d, other=0.0).to(tl.float32)
-    b_keep = 1.0
+    b_x = tl.load(p_x + i_b * s_x_b + o_d * s_x_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
+    b_keep = tl.full([1, 1], 1.0, dtype=tl.float32)
     if HAS_RESET:
-        b_keep = tl.where(tl.load(p_reset + i_b) != 0, 0.0, 1.0)
-    o_w = tl.arange(0, BLOCK_W)
-    m_w = o_w < W - 1
-    # [BD, BW]: the window's W - 1 past inputs, oldest first
-    b_s = tl.load(p_s[:, None] + o_w[None, :] * s_s_k, mask=m_d[:, None] & m_w[None, :], other=0.0) * b_keep
-    b_w = tl.load(p_w + o_d[:, None] * W + o_w[None, :], mask=m_d[:, None] & m_w[None, :], other=0.0)
-    b_y = tl.sum(b_s.to(tl.float32) * b_w.to(tl.float32), axis=1)
-    b_y += tl.load(p_w + o_d * W + (W - 1), mask=m_d, other=0.0).to(tl.float32) * b_x
-    if HAS_BIAS:
-        b_y += tl.load(p_bias + o_d, mask=m_d, other=0.0).to(tl.float32)
-    # p_state_out may be p_state, and a block smaller than the program is held by threads of several
-    # warps: every thread reads its window before any thread shifts it
-    tl.debug_barrier()
-    tl.store(p_o[:, None] + (o_w[None, :] - 1) * s_o_k, b_s.to(p_state_out.dtype.element_ty),
-             mask=m_d[:, None] & ((o_w >= 1) & m_w)[None, :])
-    tl.store(p_o + (W - 2) * s_o_k, b_x.to(p_state_out.dtype.element_ty), mask=m_d)
+        b_keep = tl.where(tl.load(p_reset + i_b + tl.zeros([1, 1], dtype=tl.int32)) != 0, 0.0, 1.0)
+    p_s = (p_state + i_b * s_s_b + o_d * s_s_d)[None, :]
+    p_o = (p_state_out + i_b * s_o_b + o_d * s_o_d)[None, :]
+    b_y = _conv_window_step(p_s, p_o, s_s_k, s_o_k, p_w, p_bias, b_x, b_keep, o_d, m_d, m_d[None, :],
+                            W, BLOCK_W, HAS_BIAS)
     if SILU:
         b_y = b_y * tl.sigmoid(b_y)
-    tl.store(p_y + i_b * s_y_b + o_d * s_y_d, b_y.to(p_y.dtype.element_ty), mask=m_d)
+    tl.store((p_y + i_b * s_y_b + o_d * s_y_d)[None, :], b_y.to(p_y.dtype.element_ty), mask=m_d[None, :])
 
 
 @triton.jit
@@ -299,29 +315,15 @@ def _mixer_conv_tile(
     s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e,
     W: tl.constexpr, BLOCK_W: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
 ):
-    # the conv step of envs o_e [BE] on channels o_k [BK]; x_conv is stored into p_xc in its dtype,
-    # as the unfused path rounds it, and returned as that rounded value [BE, BK]
+    # the conv step of envs o_e [BE] on channels o_k [BK], then silu; x_conv is stored into p_xc in
+    # its dtype, as the unfused path rounds it, and returned as that rounded value [BE, BK]
     m_k = o_k < d
     m_ek = m_e[:, None] & m_k[None, :]
-    o_w = tl.arange(0, BLOCK_W)
-    m_w = o_w < W - 1
     b_x = tl.load(p_xz + o_e[:, None] * s_xz_e + o_k[None, :], mask=m_ek, other=0.0).to(tl.float32)
-    # [BE, BK, BW]: the window's W - 1 past inputs, oldest first
-    b_s = tl.load(p_conv + o_e[:, None, None] * s_c_e + o_k[None, :, None] * s_c_d + o_w[None, None, :] * s_c_k,
-                  mask=m_ek[:, :, None] & m_w[None, None, :], other=0.0) * b_keep[:, None, None]
-    b_cw = tl.load(p_cw + o_k[:, None] * W + o_w[None, :], mask=m_k[:, None] & m_w[None, :], other=0.0)
-    b_y = tl.sum(b_s.to(tl.float32) * b_cw.to(tl.float32)[None, :, :], axis=2)
-    b_y += tl.load(p_cw + o_k * W + (W - 1), mask=m_k, other=0.0).to(tl.float32)[None, :] * b_x
-    if HAS_CONV_BIAS:
-        b_y += tl.load(p_cb + o_k, mask=m_k, other=0.0).to(tl.float32)[None, :]
-    # p_conv_out may be p_conv, and a tile smaller than the program is held by threads of several
-    # warps: every thread reads its window before any thread shifts it
-    tl.debug_barrier()
-    m_shift = (o_w >= 1) & m_w
+    p_s = p_conv + o_e[:, None] * s_c_e + o_k[None, :] * s_c_d
     p_so = p_conv_out + o_e[:, None] * s_co_e + o_k[None, :] * s_co_d
-    tl.store(p_so[:, :, None] + (o_w[None, None, :] - 1) * s_co_k, b_s.to(p_conv_out.dtype.element_ty),
-             mask=m_ek[:, :, None] & m_shift[None, None, :])
-    tl.store(p_so + (W - 2) * s_co_k, b_x.to(p_conv_out.dtype.element_ty), mask=m_ek)
+    b_y = _conv_window_step(p_s, p_so, s_c_k, s_co_k, p_cw, p_cb, b_x, b_keep[:, None], o_k, m_k, m_ek,
+                            W, BLOCK_W, HAS_CONV_BIAS)
     b_y = b_y * tl.sigmoid(b_y)
     b_xc = b_y.to(p_xc.dtype.element_ty)
     tl.store(p_xc + o_e[:, None] * s_xc_e + o_k[None, :], b_xc, mask=m_ek)
