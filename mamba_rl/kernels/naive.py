@@ -8,7 +8,13 @@ Layouts follow mamba-ssm's ``selective_scan_fn`` / ``causal_conv1d_fn`` (channel
 - ``u, delta, z``: ``[b, d, L]``;  ``A``: ``[d, n]`` (real);  ``B, C``: ``[b, n, L]``;
   ``D, delta_bias``: ``[d]``;  ``h0`` and the final state: ``[b, d, n]``;
 - ``reset``: ``[b, L]`` bool. ``reset[:, t]`` is True where an episode starts at ``t``: the state
-  entering step ``t`` (SSM state and conv history alike) is zero, whatever came before.
+  entering step ``t`` (SSM state and conv history alike) is the restart state, whatever came before.
+- ``reset_state``: the restart states, gathered at the reset positions only: ``[R, d, n]`` for the
+  scan, ``[R, d, w - 1]`` for the conv, where ``R = reset.sum()`` and row ``k`` belongs to the
+  ``k``-th True of ``reset`` in row-major ``[b, L]`` order (``reset.nonzero()``'s order, which is
+  also ``stored[reset]``'s for a per-step ``stored`` tensor). None means zeros. This is TorchRL's
+  recurrent-mode rule: an episode that starts inside a row restarts from the state stored at that
+  step. Nothing from before a reset (inputs or states, finite or not) reaches the outputs after it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,19 @@ __all__ = [
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
+
+
+def reset_index(reset: torch.Tensor) -> torch.Tensor:
+    """``[b, L]`` int64: at each reset position, its row in a ``reset_state`` tensor (see the module
+    docstring); elsewhere the row of the last reset before it (0 before the first one)."""
+    return (reset.reshape(-1).long().cumsum(0) - 1).clamp(min=0).view(reset.shape)
+
+
+def _restart_rows(reset: torch.Tensor | None, reset_state: torch.Tensor | None) -> torch.Tensor | None:
+    """The rows of ``reset_state`` to gather at each step (None when every restart is from zero)."""
+    if reset is None or reset_state is None or reset_state.shape[0] == 0:
+        return None
+    return reset_index(reset)
 
 
 def _discretize_delta(delta, delta_bias, delta_softplus, dtype):
@@ -49,12 +68,13 @@ def selective_scan_ref(
     delta_softplus: bool = False,
     h0: torch.Tensor | None = None,
     reset: torch.Tensor | None = None,
+    reset_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stateful selective scan, one time step at a time.
 
     For each step ``t`` (``h`` is ``[b, d, n]``)::
 
-        h = 0                                   if reset[:, t]
+        h = reset_state[k]  (zero if None)      if reset[:, t], its k-th reset
         h = exp(delta_t * A) * h + delta_t * B_t * u_t
         y_t = <h, C_t> + D * u_t,  then  y_t *= silu(z_t)  if z is given
 
@@ -73,10 +93,13 @@ def selective_scan_ref(
     B_c = B.to(dtype)
     C_c = C.to(dtype)
     h = u_c.new_zeros(b, d, n) if h0 is None else h0.to(dtype)
+    rows = _restart_rows(reset, reset_state)
     ys = []
     for t in range(L):
         if reset is not None:
-            h = torch.where(reset[:, t, None, None], torch.zeros_like(h), h)
+            # [b, d, n]; a select, so that a non-finite state before a reset does not leak past it
+            entering = torch.zeros_like(h) if rows is None else reset_state[rows[:, t]].to(dtype)
+            h = torch.where(reset[:, t, None, None], entering, h)
         # [b, d, n]
         decay = torch.exp(delta[:, :, t, None] * A_c)
         h = decay * h + (delta[:, :, t] * u_c[:, :, t])[:, :, None] * B_c[:, None, :, t]
@@ -133,18 +156,22 @@ def causal_conv1d_ref(
     initial_state: torch.Tensor | None = None,
     reset: torch.Tensor | None = None,
     activation: str | None = None,
+    reset_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal convolution whose history is cut at resets.
+    """Depthwise causal convolution whose history is replaced at resets.
 
     ``x`` ``[b, d, L]``, ``weight`` ``[d, w]``, ``bias`` ``[d]``, ``initial_state`` ``[b, d, w - 1]``
-    (the ``w - 1`` inputs before ``t = 0``, oldest first), ``reset`` ``[b, L]``::
+    (the ``w - 1`` inputs before ``t = 0``, oldest first), ``reset`` ``[b, L]``, ``reset_state``
+    ``[R, d, w - 1]`` (the history entering each reset step, oldest first; None: zeros)::
 
         y_t = act(bias + sum_j weight[:, w - 1 - j] * x_{t - j})
 
-    where an input ``x_s`` counts for output ``t`` only if no reset lies in ``(s, t]``.
+    where ``x_{t - j}`` is the input if no reset lies in ``(t - j, t]``; otherwise, with ``s`` the
+    last reset at or before ``t``, it is slot ``t - j - s + w - 1`` of the history entering ``s``
+    (zero when that is below 0).
 
     Returns ``y`` ``[b, d, L]`` and ``final_state`` ``[b, d, w - 1]``: the last ``w - 1`` inputs
-    with everything before the last reset zeroed, exactly the state that stepping would hold.
+    as the same rule sees them, exactly the state that stepping would hold.
     """
     b, d, L = x.shape
     width = weight.shape[-1]
@@ -155,25 +182,42 @@ def causal_conv1d_ref(
     # time of the last reset at or before t, or a large negative number: [b, L]
     t_idx = torch.arange(L, device=x.device)
     if reset is None:
-        last_reset = torch.full((b, L), -width, device=x.device, dtype=torch.long)
+        last_reset = torch.full((b, L), -2 * width, device=x.device, dtype=torch.long)
     else:
-        marked = torch.where(reset, t_idx, torch.full_like(t_idx, -width))
+        marked = torch.where(reset, t_idx, torch.full_like(t_idx, -2 * width))
         last_reset = torch.cummax(marked, dim=-1).values
+    rows = _restart_rows(reset, reset_state) if width > 1 else None
+    # the history entering the last reset at or before each t: [b, d, L, w - 1] (None: zeros)
+    history = None if rows is None else reset_state.to(x.dtype)[rows].permute(0, 2, 1, 3)
+
+    def seen(times, last, source, restart):
+        """The inputs at ``times`` as a step whose last reset is at ``last`` sees them (both
+        ``[b, k]``): ``source`` ``[b, d, k]`` where no reset lies between, else the slot of
+        ``restart`` ``[b, d, k, w - 1]`` (the history entering ``last``), else zero. Selects, never
+        multiplies, so that a non-finite input before a reset does not leak past it."""
+        out = torch.where((times >= last)[:, None, :], source, torch.zeros_like(source))
+        if restart is None:
+            return out
+        slot = times - last + (width - 1)
+        from_history = (times < last) & (slot >= 0)
+        index = slot.clamp(0, width - 2)[:, None, :, None].expand(-1, d, -1, 1)
+        return torch.where(from_history[:, None, :], restart.gather(-1, index).squeeze(-1), out)
+
     y = x.new_zeros(b, d, L)
     for j in range(width):
         # x_{t-j} for all t: [b, d, L]
         shifted = x_full[..., width - 1 - j : width - 1 - j + L]
-        valid = (t_idx - j)[None, :] >= last_reset
-        y = y + weight[:, width - 1 - j, None] * shifted * valid[:, None, :]
+        times = (t_idx - j)[None, :].expand(b, L)
+        y = y + weight[:, width - 1 - j, None] * seen(times, last_reset, shifted, history)
     if bias is not None:
         y = y + bias[:, None]
     y = _apply_activation(y, activation)
 
-    last = last_reset[:, -1:] if L > 0 else torch.full((b, 1), -width, device=x.device)
-    # final state covers times L - (w - 1) .. L - 1
-    state_times = torch.arange(L - (width - 1), L, device=x.device)
-    state_valid = state_times[None, :] >= last
-    final_state = x_full[..., L:] * state_valid[:, None, :]
+    # the final state holds times L - (w - 1) .. L - 1, as the step after the last one sees them
+    state_times = torch.arange(L - (width - 1), L, device=x.device)[None, :].expand(b, width - 1)
+    last = last_reset[:, -1:] if L > 0 else torch.full((b, 1), -2 * width, device=x.device)
+    restart = None if history is None else history[:, :, -1:].expand(-1, -1, width - 1, -1)
+    final_state = seen(state_times, last.expand(b, width - 1), x_full[..., L:], restart)
     return y, final_state
 
 

@@ -67,6 +67,20 @@ def _check_device(ref_name: str, ref: torch.Tensor, **tensors: torch.Tensor | No
             raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {tensor.device}")
 
 
+def _check_reset_state(reset: torch.Tensor | None, reset_state: torch.Tensor | None, tail: tuple[int, ...],
+                       tail_names: str) -> None:
+    """``reset_state`` holds one row per True of ``reset`` (this reads ``reset.sum()``: a host sync)."""
+    if reset_state is None:
+        return
+    if reset is None:
+        raise ValueError("reset_state needs reset: it holds the states entering the reset steps")
+    _check_float("reset_state", reset_state)
+    expected = (int(reset.sum()), *tail)
+    if tuple(reset_state.shape) != expected:
+        raise ValueError(f"reset_state must have shape [R={expected[0]} (resets), {tail_names}] = "
+                         f"{list(expected)}, got {list(reset_state.shape)}")
+
+
 def _check_scan_args(u, delta, A, B, C, D, z, delta_bias, h0, reset) -> None:
     if u.dim() != 3:
         raise ValueError(f"u must have shape [b, d, L], got {list(u.shape)}")
@@ -104,6 +118,7 @@ def selective_scan(
     h0: torch.Tensor | None = None,
     reset: torch.Tensor | None = None,
     backend: str = "auto",
+    reset_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Selective scan with an initial state, resets inside the sequence and the final state out.
 
@@ -119,18 +134,26 @@ def selective_scan(
         delta_bias: ``[d]``, optional.
         delta_softplus: apply softplus to ``delta + delta_bias``.
         h0: ``[b, d, n]`` state entering step 0 (zero when None); receives gradients.
-        reset: ``[b, L]`` bool; True at ``t`` makes the state entering step ``t`` zero.
+        reset: ``[b, L]`` bool; True at ``t`` makes the state entering step ``t`` the restart
+            state (zero without ``reset_state``).
         backend: ``"auto" | "torch" | "triton"``.
+        reset_state: ``[R, d, n]``, the states entering the ``R = reset.sum()`` reset steps in
+            ``reset.nonzero()`` order (``stored[reset]`` for a per-step ``stored``); receives
+            gradients. None: zeros. See :mod:`mamba_rl.kernels.naive`.
 
     Returns:
         ``(y [b, d, L] in u's dtype, h_last [b, d, n] in float32)``; gradients flow from both.
     """
     _check_scan_args(u, delta, A, B, C, D, z, delta_bias, h0, reset)
+    _check_reset_state(reset, reset_state, (u.shape[1], A.shape[1]), "d, n")
+    _check_device("u", u, reset_state=reset_state)
     if resolve_backend(backend, u.device) == "triton":
+        if reset_state is not None:
+            raise NotImplementedError("reset_state is not supported by the Triton scan; use backend='torch'")
         return _triton_module().selective_scan_triton(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset
         )
-    return naive.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset)
+    return naive.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset, reset_state)
 
 
 def selective_state_step(
@@ -179,12 +202,14 @@ def causal_conv1d(
     reset: torch.Tensor | None = None,
     activation: str | None = None,
     backend: str = "auto",
+    reset_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Depthwise causal conv with an initial state, history cut at resets, final state out.
+    """Depthwise causal conv with an initial state, history replaced at resets, final state out.
 
     ``x`` ``[b, d, L]``, ``weight`` ``[d, w]``, ``bias`` ``[d]``, ``initial_state``
-    ``[b, d, w - 1]``, ``reset`` ``[b, L]`` bool, ``activation`` None or ``"silu"``.
-    Returns ``(y [b, d, L], final_state [b, d, w - 1])``.
+    ``[b, d, w - 1]``, ``reset`` ``[b, L]`` bool, ``activation`` None or ``"silu"``,
+    ``reset_state`` ``[R, d, w - 1]``: the history entering each reset step (zeros when None;
+    same order as :func:`selective_scan`'s). Returns ``(y [b, d, L], final_state [b, d, w - 1])``.
     """
     if x.dim() != 3:
         raise ValueError(f"x must have shape [b, d, L], got {list(x.shape)}")
@@ -196,10 +221,14 @@ def causal_conv1d(
     _check_shape("initial_state", initial_state, (b, d, weight.shape[1] - 1))
     _check_shape("reset", reset, (b, L))
     _check_bool("reset", reset)
-    _check_device("x", x, weight=weight, bias=bias, initial_state=initial_state, reset=reset)
+    _check_device("x", x, weight=weight, bias=bias, initial_state=initial_state, reset=reset,
+                  reset_state=reset_state)
+    _check_reset_state(reset, reset_state, (d, weight.shape[1] - 1), "d, width - 1")
     if resolve_backend(backend, x.device) == "triton":
+        if reset_state is not None:
+            raise NotImplementedError("reset_state is not supported by the Triton conv; use backend='torch'")
         return _triton_module().causal_conv1d_triton(x, weight, bias, initial_state, reset, activation)
-    return naive.causal_conv1d_ref(x, weight, bias, initial_state, reset, activation)
+    return naive.causal_conv1d_ref(x, weight, bias, initial_state, reset, activation, reset_state)
 
 
 def causal_conv1d_step(

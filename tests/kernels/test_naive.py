@@ -161,3 +161,136 @@ def test_scan_bad_input_names_argument(kwargs, error, words):
         selective_scan(**inp)
     for word in words:
         assert word in str(info.value)
+
+
+# --- restart states at resets (TorchRL's recurrent-mode rule) ------------------------------------
+
+RESTART_RESETS = [(0, 0), (0, 6), (0, 7), (1, 16), (2, 3)]
+
+
+def _split_rows_scan(inp, h0, reset, reset_state):
+    """The scan run piece by piece: each row cut at its resets, each piece started from its restart
+    state (the rule stated directly, with no reset inside any call)."""
+    b, _, L = inp["u"].shape
+    rows = iter(reset_state)
+    ys, finals = [], []
+    for row in range(b):
+        starts = [0] + [t for t in range(L) if reset[row, t] and t > 0]
+        state = h0[row : row + 1]
+        if reset[row, 0]:
+            state = next(rows)[None]
+        pieces = []
+        for start, stop in zip(starts, starts[1:] + [L]):
+            if start > 0:
+                state = next(rows)[None]
+            piece = {k: (v[row : row + 1, ..., start:stop] if torch.is_tensor(v) and v.dim() == 3 else v)
+                     for k, v in inp.items()}
+            y, state = selective_scan(**piece, h0=state, backend="torch")
+            pieces.append(y)
+        ys.append(torch.cat(pieces, -1))
+        finals.append(state)
+    return torch.cat(ys), torch.cat(finals)
+
+
+def test_scan_restarts_from_reset_state_equals_split_rows():
+    inp = make_scan_inputs(b=3, L=17)
+    reset = reset_mask(3, 17, RESTART_RESETS)
+    h0 = torch.randn(3, 5, 3, dtype=torch.float64)
+    reset_state = torch.randn(int(reset.sum()), 5, 3, dtype=torch.float64)
+    y, h = selective_scan(**inp, h0=h0, reset=reset, reset_state=reset_state, backend="torch")
+    y_ref, h_ref = _split_rows_scan(inp, h0, reset, reset_state)
+    assert_close(y, y_ref)
+    assert_close(h, h_ref)
+
+
+def test_scan_reset_state_gradients_match_finite_differences():
+    inp = make_scan_inputs(b=2, d=2, n=2, L=6)
+    reset = reset_mask(2, 6, [(0, 2), (1, 0), (1, 5)])
+    reset_state = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    delta = inp.pop("delta").requires_grad_()
+
+    def f(reset_state, delta):
+        y, h = selective_scan(**inp, delta=delta, reset=reset, reset_state=reset_state, backend="torch")
+        return y, h
+
+    assert torch.autograd.gradcheck(f, (reset_state, delta))
+
+
+def test_scan_nonfinite_before_a_reset_does_not_leak_after_it():
+    inp = make_scan_inputs(b=2, L=9)
+    reset = reset_mask(2, 9, [(0, 4), (1, 0)])
+    inp["u"][0, :, 2] = float("nan")
+    h0 = torch.full((2, 5, 3), float("inf"), dtype=torch.float64)
+    reset_state = torch.randn(2, 5, 3, dtype=torch.float64)
+    y, h = selective_scan(**inp, h0=h0, reset=reset, reset_state=reset_state, backend="torch")
+    assert torch.isnan(y[0, :, 2:4]).all()
+    assert torch.isfinite(y[0, :, 4:]).all() and torch.isfinite(y[1]).all() and torch.isfinite(h).all()
+
+
+def _split_rows_conv(x, weight, bias, initial_state, reset, reset_state):
+    b, _, L = x.shape
+    rows = iter(reset_state)
+    ys, finals = [], []
+    for row in range(b):
+        starts = [0] + [t for t in range(L) if reset[row, t] and t > 0]
+        state = initial_state[row : row + 1]
+        if reset[row, 0]:
+            state = next(rows)[None]
+        pieces = []
+        for start, stop in zip(starts, starts[1:] + [L]):
+            if start > 0:
+                state = next(rows)[None]
+            y, state = causal_conv1d(x[row : row + 1, :, start:stop], weight, bias, initial_state=state,
+                                     activation="silu", backend="torch")
+            pieces.append(y)
+        ys.append(torch.cat(pieces, -1))
+        finals.append(state)
+    return torch.cat(ys), torch.cat(finals)
+
+
+@pytest.mark.parametrize("width", [1, 2, 4])
+@pytest.mark.parametrize("L", [1, 2, 17])
+def test_conv_restarts_from_reset_state_equals_split_rows(width, L):
+    g = torch.Generator().manual_seed(width * 100 + L)
+    x = torch.randn(3, 4, L, generator=g, dtype=torch.float64)
+    weight = torch.randn(4, width, generator=g, dtype=torch.float64)
+    bias = torch.randn(4, generator=g, dtype=torch.float64)
+    initial_state = torch.randn(3, 4, width - 1, generator=g, dtype=torch.float64)
+    reset = reset_mask(3, L, [(r, t) for r, t in RESTART_RESETS if t < L])
+    reset_state = torch.randn(int(reset.sum()), 4, width - 1, generator=g, dtype=torch.float64)
+    y, final = causal_conv1d(x, weight, bias, initial_state=initial_state, reset=reset, activation="silu",
+                             reset_state=reset_state, backend="torch")
+    y_ref, final_ref = _split_rows_conv(x, weight, bias, initial_state, reset, reset_state)
+    assert_close(y, y_ref)
+    assert_close(final, final_ref)
+
+
+def test_conv_reset_state_gradients_match_finite_differences():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 7, generator=g, dtype=torch.float64)
+    weight = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    reset = reset_mask(2, 7, [(0, 1), (0, 5), (1, 0)])
+    reset_state = torch.randn(3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda s: causal_conv1d(x, weight, reset=reset, reset_state=s, activation="silu", backend="torch"),
+        (reset_state,))
+
+
+def test_conv_nonfinite_before_a_reset_does_not_leak_after_it():
+    x = torch.randn(2, 3, 9, dtype=torch.float64)
+    x[0, :, 3] = float("nan")
+    weight = torch.randn(3, 4, dtype=torch.float64)
+    initial_state = torch.full((2, 3, 3), float("inf"), dtype=torch.float64)
+    reset = reset_mask(2, 9, [(0, 4), (1, 0)])
+    y, final = causal_conv1d(x, weight, initial_state=initial_state, reset=reset, backend="torch")
+    assert torch.isnan(y[0, :, 3]).all()
+    assert torch.isfinite(y[0, :, 4:]).all() and torch.isfinite(y[1]).all() and torch.isfinite(final).all()
+
+
+def test_reset_state_with_wrong_row_count_names_argument():
+    inp = make_scan_inputs(b=2, L=5)
+    reset = reset_mask(2, 5, [(0, 1), (1, 3)])
+    with pytest.raises(ValueError, match=r"reset_state must have shape \[R=2"):
+        selective_scan(**inp, reset=reset, reset_state=torch.zeros(3, 5, 3, dtype=torch.float64), backend="torch")
+    with pytest.raises(ValueError, match="reset_state needs reset"):
+        selective_scan(**inp, reset_state=torch.zeros(0, 5, 3, dtype=torch.float64), backend="torch")
