@@ -1268,16 +1268,25 @@ def selective_scan_triton(
     delta_softplus: bool = False,
     h0: torch.Tensor | None = None,
     reset: torch.Tensor | None = None,
+    reset_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused selective scan; same contract as :func:`mamba_rl.kernels.naive.selective_scan_ref`.
 
     Shapes: ``u, delta, z`` ``[b, d, L]`` (any strides; time or channels should be contiguous:
     the ``[b, L, d]``-transposed views a mixer makes need no copy, and are the fast layout);
     ``A`` ``[d, n]`` real; ``B, C`` ``[b, n, L]`` (copied to ``[b, L, n]`` memory unless they are
-    already); ``D, delta_bias`` ``[d]``; ``h0`` ``[b, d, n]``; ``reset`` ``[b, L]`` bool. Any float
-    dtype in, fp32 state and accumulation. Returns ``y`` ``[b, d, L]`` in ``u``'s dtype and
+    already); ``D, delta_bias`` ``[d]``; ``h0`` ``[b, d, n]``; ``reset`` ``[b, L]`` bool;
+    ``reset_state`` ``[R, d, n]``, the states entering the ``R = reset.sum()`` reset steps in
+    ``reset.nonzero()`` order (None: zeros; added by linearity,
+    :mod:`~mamba_rl.kernels.triton_scan_restart`). Any float dtype in, fp32 state and accumulation. Returns ``y`` ``[b, d, L]`` in ``u``'s dtype and
     ``h_last`` ``[b, d, n]`` fp32; differentiable in every float input, ``h0`` included, with
     deterministic gradients. Saved for backward: the inputs and the fp32 states every
     ``ck_steps`` steps (``SCAN_CONFIG``).
     """
-    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, reset, delta_softplus)
+    y, h_last = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, reset, delta_softplus)
+    if reset_state is None or reset_state.shape[0] == 0:
+        return y, h_last
+    # imported here: the restart kernels use this module's math helpers
+    from mamba_rl.kernels.triton_scan_restart import add_restart_states
+
+    return add_restart_states(y, h_last, delta, A, C, z, delta_bias, delta_softplus, reset, reset_state)
