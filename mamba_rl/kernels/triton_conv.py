@@ -54,19 +54,6 @@ def _not_reset(p_reset, s, L):
 
 
 @triton.jit
-def _cut(p_reset, t, j: tl.constexpr, L, b_valid, b_last, HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr):
-    """Shift ``j`` of outputs ``t`` ``[BT]``: ``b_valid`` and-ed with "no reset at ``t - j + 1``"
-    (so it says that no reset lies in ``(t - j, t]``) and, with ``HAS_RS``, ``b_last`` the latest
-    reset in ``(t - j, t]`` (where there is one; shifts come in increasing ``j``)."""
-    if HAS_RESET and j > 0:
-        b_keep = _not_reset(p_reset, t - j + 1, L)
-        if HAS_RS:
-            b_last = tl.where(b_valid & ~b_keep, t - j + 1, b_last)
-        b_valid = b_valid & b_keep
-    return b_valid, b_last
-
-
-@triton.jit
 def _restart_x(rs, o_d, m_d, t, j: tl.constexpr, b_valid, b_last, W: tl.constexpr):
     """The inputs ``x_{t-j}`` that outputs ``t`` ``[BT]`` read from the restart history entering
     ``s = b_last``, the last reset in ``(t - j, t]`` (``b_valid`` off): its slot ``t - j - s + W -
@@ -91,10 +78,15 @@ def _conv_pre(p_x, p_init, p_w, p_bias, p_reset, rs, o_d, m_d, t, L, init_here,
     b_acc = tl.zeros([o_d.shape[0], t.shape[0]], dtype=tl.float32)
     if HAS_BIAS:
         b_acc += tl.load(p_bias + o_d, mask=m_d, other=0.0).to(tl.float32)[:, None]
+    # b_valid: no reset in (t - j, t]; b_last (HAS_RS): the latest reset in it, where there is one
     b_valid = t >= -W
     b_last = t
     for j in tl.static_range(W):
-        b_valid, b_last = _cut(p_reset, t, j, L, b_valid, b_last, HAS_RESET, HAS_RS)
+        if HAS_RESET and j > 0:
+            b_keep = _not_reset(p_reset, t - j + 1, L)
+            if HAS_RS:
+                b_last = tl.where(b_valid & ~b_keep, t - j + 1, b_last)
+            b_valid = b_valid & b_keep
         b_w = tl.load(p_w + o_d * W + (W - 1 - j), mask=m_d, other=0.0).to(tl.float32)
         b_x = _load_x(p_x, p_init, o_d, m_d, t - j, L, init_here, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
         b_x = tl.where(b_valid[None, :], b_x, 0.0)
@@ -167,9 +159,14 @@ def _conv_dx(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, s, L,
         if HAS_RESET and j > 0:
             b_valid = b_valid & _not_reset(p_reset, s + j, L)
         b_w = tl.load(p_w + o_d * W + (W - 1 - j), mask=m_d, other=0.0).to(tl.float32)
-        b_dyp = _dyp_at(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, s + j, L, init_here,
-                        s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                        W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU, DYP_IN)
+        if DYP_IN:
+            m_t = (s + j >= 0) & (s + j < L)
+            b_dyp = tl.load(p_dyp + o_d[:, None] * s_p_d + (s + j)[None, :] * s_p_t,
+                            mask=m_d[:, None] & m_t[None, :], other=0.0)
+        else:
+            b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, o_d, m_d, s + j, L, init_here,
+                              s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
+                              W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU)
         b_dx += b_w[:, None] * tl.where(b_valid[None, :], b_dyp, 0.0)
     return b_dx
 
@@ -291,7 +288,11 @@ def _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_
     b_last = o_t
     terms = ()
     for j in tl.static_range(W):
-        b_valid, b_last = _cut(p_reset, o_t, j, L, b_valid, b_last, HAS_RESET, HAS_RS)
+        if HAS_RESET and j > 0:
+            b_keep = _not_reset(p_reset, o_t - j + 1, L)
+            if HAS_RS:
+                b_last = tl.where(b_valid & ~b_keep, o_t - j + 1, b_last)
+            b_valid = b_valid & b_keep
         b_x = _load_x(p_x, p_init, o_d, m_d, o_t - j, L, HAS_INIT, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
         b_term = tl.where(b_valid[None, :], b_x * b_dyp, 0.0)
         if HAS_RS and j > 0:
