@@ -167,6 +167,9 @@ def _conv_dx(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, s, L,
             b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, o_d, m_d, s + j, L, init_here,
                               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
                               W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU)
+            # no output before time 0: zero, also where the initial state makes its recomputed
+            # pre-activation non-finite (0 * silu'(inf) is NaN)
+            b_dyp = tl.where((s + j >= 0)[None, :], b_dyp, 0.0)
         b_dx += b_w[:, None] * tl.where(b_valid[None, :], b_dyp, 0.0)
     return b_dx
 

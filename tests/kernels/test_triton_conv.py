@@ -230,3 +230,39 @@ def test_conv_matches_reference_realistic(b, d, L, dtype):
     inputs, reset_mask = make_inputs(b, d, L, 4, dtype, device="cuda")
     reset_mask |= torch.rand(b, L, device="cuda") < 0.005
     check_against_reference(inputs, reset_mask, dtype)
+
+
+def test_conv_nonfinite_values_before_a_reset_do_not_survive_it(device, bwd_two_pass):
+    """A NaN input inside the window of the reset step, an inf input and an inf initial state
+    before a reset: the outputs and the ``dx`` that no bad value reaches (the outputs from the
+    reset on, and the inputs whose outputs are those), the final state and ``d initial_state`` are
+    finite and the reference's; the outputs the bad values reach before the reset are not."""
+    inputs, _ = make_inputs(2, 5, 63, 4, torch.float32, reset="none")
+    reset = torch.zeros(2, 63, dtype=torch.bool)
+    reset[0, 5] = reset[1, 0] = reset[1, 41] = True
+    inputs["x"][0, :, 3] = float("nan")
+    inputs["x"][1, :, 40] = float("inf")
+    inputs["initial_state"][1] = float("inf")
+    # [b, L]: the steps no bad value reaches
+    clean = torch.ones(2, 63, dtype=torch.bool)
+    clean[0, 3:5] = clean[1, 40:41] = False
+    # the inputs whose outputs (the next W - 1 steps up to a reset) no bad value reaches
+    clean_dx = clean.clone()
+    clean_dx[0, 0:5] = clean_dx[1, 37:41] = False
+    inputs = {k: None if v is None else v.to(device) for k, v in inputs.items()}
+    reset, clean, clean_dx = reset.to(device), clean.to(device), clean_dx.to(device)
+    g = torch.Generator().manual_seed(1)
+    dy = torch.randn(2, 5, 63, generator=g, dtype=torch.float64).to(device)
+    dstate = torch.randn(2, 5, 3, generator=g, dtype=torch.float64).to(device)
+    ref_inputs = {k: None if v is None else v.double() for k, v in inputs.items()}
+    y_ref, s_ref, g_ref = run_and_grad(naive.causal_conv1d_ref, ref_inputs, reset, "silu", dy, dstate)
+    y, state, g_tri = run_and_grad(causal_conv1d_triton, inputs, reset, "silu", dy, dstate)
+
+    def at(t, mask):  # [b, c, L] -> the values at the steps of mask [b, L], [steps, c]
+        return t.transpose(1, 2)[mask]
+
+    assert not torch.isfinite(y[~clean.unsqueeze(1).expand_as(y)]).any()
+    assert_rel_close("y", at(y, clean), at(y_ref, clean), torch.float32)
+    assert_rel_close("final_state", state, s_ref, torch.float32)
+    assert_rel_close("dx", at(g_tri["x"], clean_dx), at(g_ref["x"], clean_dx), torch.float32)
+    assert_rel_close("dinitial_state", g_tri["initial_state"], g_ref["initial_state"], torch.float32)

@@ -492,3 +492,44 @@ def test_fast_softplus_and_sigmoid_stay_within_a_few_ulp_of_torch(monkeypatch):
         normal = ref >= 2.0 ** -125
         assert (err[normal] / ref[normal]).max() < 5e-6
         assert torch.where(normal, 0.0, err).max() < 2.0 ** -125
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["zero-restart", "reset_state"])
+def test_scan_nonfinite_values_before_a_reset_do_not_survive_it(restart, device, monkeypatch):
+    """A NaN input, an inf input and an inf ``h0`` before a reset (``0 * NaN`` is NaN: the kernels
+    must select, not multiply by a zero decay): outputs and per-step gradients from the reset on,
+    the final state, ``dh0`` and ``d reset_state`` are finite and the reference's; the outputs
+    between the bad value and the reset are NaN in both. Time ranges of 16 steps, so that the bad
+    state also crosses the chaining of ranges."""
+    for key, value in {"ck_steps": 4, "fwd_ranges": 4, "bwd_ranges": 4, "local_ranges": 8}.items():
+        monkeypatch.setitem(triton_scan.SCAN_CONFIG, key, value)
+    inputs, _ = make_inputs(2, 4, 16, 63, torch.float32, reset="none")
+    reset = torch.zeros(2, 63, dtype=torch.bool)
+    reset[0, 20] = reset[1, 0] = reset[1, 40] = True
+    inputs["u"][0, :, 3] = float("nan")
+    inputs["u"][1, :, 30] = float("inf")
+    inputs["h0"][1] = float("inf")
+    # [b, L]: the steps no bad value reaches
+    clean = torch.ones(2, 63, dtype=torch.bool)
+    clean[0, 3:20] = clean[1, 30:40] = False
+    if restart:
+        inputs = with_reset_states(inputs, reset)
+    inputs = {k: None if v is None else v.to(device) for k, v in inputs.items()}
+    reset, clean = reset.to(device), clean.to(device)
+    g = torch.Generator().manual_seed(1)
+    dy = torch.randn(2, 4, 63, generator=g, dtype=torch.float64).to(device)
+    dh = torch.randn(2, 4, 16, generator=g, dtype=torch.float64).to(device)
+    ref_inputs = {k: None if v is None else v.double() for k, v in inputs.items()}
+    y_ref, h_ref, g_ref = run_and_grad(naive.selective_scan_ref, ref_inputs, reset, True, dy, dh)
+    y, h_last, g_tri = run_and_grad(selective_scan_triton, inputs, reset, True, dy, dh)
+
+    def at_clean(t):  # [b, c, L] -> the clean steps' values, [steps, c]
+        return t.transpose(1, 2)[clean]
+
+    assert torch.isnan(y[0, :, 3:20]).all() and torch.isnan(y_ref[0, :, 3:20]).all()
+    assert_rel_close("y", at_clean(y), at_clean(y_ref), torch.float32)
+    assert_rel_close("h_last", h_last, h_ref, torch.float32)
+    for name in ("u", "delta", "z", "B", "C"):
+        assert_rel_close(f"d{name}", at_clean(g_tri[name]), at_clean(g_ref[name]), torch.float32)
+    for name in ("h0", "reset_state") if restart else ("h0",):
+        assert_rel_close(f"d{name}", g_tri[name], g_ref[name], torch.float32)
