@@ -47,7 +47,9 @@ def _restart_setup(p_A2, p_bias, p_first, p_row0, d, n, N: tl.constexpr, BD: tl.
     m_s = m_ch & (nn < n)
     A2 = tl.load(p_A2 + nn * d + ch, mask=m_ch, other=0.0)
     bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
-    return i_b, ch, nn, m_ch, m_s, A2, bias, tl.load(p_first + i_b), tl.load(p_row0 + i_b)
+    # [1, 1] int64, as the reset flags it counts
+    row0 = tl.zeros([1, 1], tl.int64) + tl.load(p_row0 + i_b)
+    return i_b, ch, nn, m_ch, m_s, A2, bias, tl.load(p_first + i_b), row0
 
 
 @triton.jit
@@ -126,7 +128,7 @@ def _restart_bwd_kernel(
     N: tl.constexpr, BD: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
 ):
-    """The restart term's gradients: ``ddelta``, ``dz`` ``[b, d, L]`` (contiguous, written from the
+    """The restart term's gradients: ``ddelta``, ``dz`` ``[b, L, d]`` (contiguous, written from the
     row's first reset on), ``dC`` partial sums ``[d / BD, b, L, N]``, ``dA`` and ``d(delta_bias)``
     per row ``[b, N, d]`` / ``[b, d]``, and ``d reset_state`` ``[R, d, n]`` (contiguous)."""
     i_b, ch, nn, m_ch, m_s, A2, bias, t_first, k = _restart_setup(p_A2, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
@@ -152,24 +154,26 @@ def _restart_bwd_kernel(
     r = tl.load(p_rs + k * s_rs_k, mask=m_s & (tl.zeros([1, 1], tl.int32) + t_first < L), other=0.0).to(tl.float32)
     dA = tl.zeros([N, BD], dtype=tl.float32)
     dbias = tl.zeros([1, BD], dtype=tl.float32)
-    p_out = i_b * d * L + ch * L
+    # [b, L, d]: ddelta and dz (channels innermost, one coalesced row per step)
+    p_out = i_b * L * d + ch
     # [d / BD, b, L, N]: this warp's sums over its channels of the dC terms
     p_dC += (tl.program_id(0) * tl.num_programs(1) + i_b) * L * N + nn
     for i in range(L - t_first):
-        t = tl.full([1, 1], 0, tl.int32) + (L - 1 - i)
-        draw, dt = _restart_step_size(p_delta, t, m_ch, s_dt_t, bias, SOFTPLUS, FAST)
-        S = tl.load(p_S + t * d, mask=m_ch, other=0.0)
+        # [1, 1]: the step (the loop above leaves its own t behind)
+        tt = tl.full([1, 1], 0, tl.int32) + (L - 1 - i)
+        draw, dt = _restart_step_size(p_delta, tt, m_ch, s_dt_t, bias, SOFTPLUS, FAST)
+        S = tl.load(p_S + tt * d, mask=m_ch, other=0.0)
         g = _exp2(S * A2, PTX) * r
-        Cv = tl.load(p_C + t * s_C_t, mask=nn < n, other=0.0).to(tl.float32)
-        dy = tl.load(p_dy + t * s_dy_t, mask=m_ch, other=0.0).to(tl.float32)
+        Cv = tl.load(p_C + tt * s_C_t, mask=nn < n, other=0.0).to(tl.float32)
+        dy = tl.load(p_dy + tt * s_dy_t, mask=m_ch, other=0.0).to(tl.float32)
         dyp = dy
         if HAS_Z:
-            z = tl.load(p_z + t * s_z_t, mask=m_ch, other=0.0).to(tl.float32)
+            z = tl.load(p_z + tt * s_z_t, mask=m_ch, other=0.0).to(tl.float32)
             sz = _sigmoid_fast(z, FAST)
             dyp = dy * z * sz
             yg = tl.sum(g * Cv, axis=0, keep_dims=True)
-            tl.store(p_dz + p_out + t, yg * dy * sz * (1.0 + z * (1.0 - sz)), mask=m_ch)
-        tl.store(p_dC + t * N, tl.sum(g * dyp, axis=1, keep_dims=True))
+            tl.store(p_dz + p_out + tt * d, yg * dy * sz * (1.0 + z * (1.0 - sz)), mask=m_ch)
+        tl.store(p_dC + tt * N, tl.sum(g * dyp, axis=1, keep_dims=True))
         q += Cv * dyp
         w = q * g
         dA += w * dt
@@ -178,14 +182,14 @@ def _restart_bwd_kernel(
             ddt = ddt * _sigmoid_fast(draw, FAST)
         ddt = tl.where(m_ch, ddt, 0.0)
         dbias += ddt
-        tl.store(p_ddelta + p_out + t, ddt, mask=m_ch)
+        tl.store(p_ddelta + p_out + tt * d, ddt, mask=m_ch)
         a = _exp2(dt * A2, PTX)
-        is_reset = _is_reset(p_reset, t, s_r_t)
-        # at the k-th reset: g_t = a_t reset_state[k], and nothing flows on to step t - 1
+        is_reset = _is_reset(p_reset, tt, s_r_t)
+        # at the k-th reset: g_t = a_t reset_state[k], and nothing flows on to step tt - 1
         tl.store(p_drs + k * d * n + ch * n + nn, a * q, mask=m_s & is_reset)
         q = tl.where(is_reset, 0.0, a * q)
         k -= is_reset.to(tl.int64)
-        r = tl.where(is_reset, tl.load(p_rs + k * s_rs_k, mask=m_s & is_reset & (t > t_first), other=0.0), r)
+        r = tl.where(is_reset, tl.load(p_rs + k * s_rs_k, mask=m_s & is_reset & (tt > t_first), other=0.0), r)
     tl.store(p_dA + i_b * N * d + nn * d + ch, dA, mask=m_ch)
     if HAS_BIAS:
         tl.store(p_dbias + i_b * d + ch, dbias, mask=m_ch)
@@ -244,8 +248,9 @@ class _RestartFn(torch.autograd.Function):
         BD = min(32, next_pow2(d))
         groups = triton.cdiv(d, BD)
         S = torch.empty(b, L, d, device=delta.device, dtype=torch.float32)
-        ddelta = torch.zeros(b, d, L, device=delta.device, dtype=torch.float32)
-        dz = None if z is None else torch.zeros(b, d, L, device=delta.device, dtype=torch.float32)
+        # [b, L, d] memory, [b, d, L] views
+        ddelta = torch.zeros(b, L, d, device=delta.device, dtype=torch.float32).transpose(1, 2)
+        dz = None if z is None else torch.zeros(b, L, d, device=delta.device, dtype=torch.float32).transpose(1, 2)
         dC = torch.zeros(groups, b, L, N, device=delta.device, dtype=torch.float32)
         dA = torch.empty(b, N, d, device=delta.device, dtype=torch.float32)
         dbias = torch.empty(b, d, device=delta.device, dtype=torch.float32)
