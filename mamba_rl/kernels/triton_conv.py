@@ -4,15 +4,20 @@ Twin of :func:`mamba_rl.kernels.naive.causal_conv1d_ref`. The conv is a stencil 
 (4 in Mamba), so every output is independent: programs tile ``[BLOCK_D, BLOCK_T]`` over
 (batch, channels, time) and read their few neighbours' inputs from cache. An input ``x_s`` counts
 for output ``t`` only if no reset lies in ``(s, t]``; ``initial_state`` holds ``x_{-W+1..-1}``.
-The program of the last time tile also writes the final conv state: the last ``W - 1`` inputs,
-zero before the last reset.
+Where a reset cuts it off, the output reads zero or, with ``reset_state``, the slot of the
+history entering the last reset ``r`` at or before ``t`` (``s - r + W - 1``; its row in
+``reset_state`` from a per-step int32 index), always through selects: a non-finite input before a
+reset does not reach outputs after it. The program of the last time tile also writes the final
+conv state: the last ``W - 1`` inputs, zero (or the restart history's) before the last reset.
 
 The backward is two kernels. The first walks a range of time tiles per program: it recomputes
 each output's pre-activation and writes ``dy'``, the gradient at it (fp32, a ``b * d * L``
 buffer), and adds up the ``dweight`` and ``dbias`` terms in registers, one partial sum per
 (batch, range) that the host adds up (deterministic, no atomics). The second reads ``dy'`` at
 the ``W`` later times of each input for ``dx``, adds the final state's gradient to the last
-``W - 1`` inputs and writes ``d initial_state`` from the first time tile. With
+``W - 1`` inputs, writes ``d initial_state`` from the first time tile and, at each reset step,
+the gradient of the history entering it (from the ``dy'`` of the ``W - 1`` outputs that read it
+and the final state's gradient). Without ``reset_state`` those code paths are compiled out. With
 ``CONV_CONFIG["bwd_two_pass"] = False`` no ``dy'`` is stored and the second kernel recomputes it
 at every shift (``W * W`` inputs and ``W`` sigmoids per output, no buffer), as the backward did
 before.
