@@ -1290,10 +1290,11 @@ def selective_scan_triton(
     already); ``D, delta_bias`` ``[d]``; ``h0`` ``[b, d, n]``; ``reset`` ``[b, L]`` bool;
     ``reset_state`` ``[R, d, n]``, the states entering the ``R = reset.sum()`` reset steps in
     ``reset.nonzero()`` order (None: zeros; added by linearity,
-    :mod:`~mamba_rl.kernels.triton_scan_restart`). Any float dtype in, fp32 state and accumulation. Returns ``y`` ``[b, d, L]`` in ``u``'s dtype and
-    ``h_last`` ``[b, d, n]`` fp32; differentiable in every float input, ``h0`` included, with
-    deterministic gradients. Saved for backward: the inputs and the fp32 states every
-    ``ck_steps`` steps (``SCAN_CONFIG``).
+    :mod:`~mamba_rl.kernels.triton_scan_restart`). Any float dtype in, fp32 state and
+    accumulation. Returns ``y`` ``[b, d, L]`` in ``u``'s dtype and ``h_last`` ``[b, d, n]`` fp32;
+    differentiable in every float input, ``h0`` and ``reset_state`` included, with deterministic
+    gradients. Saved for backward: the inputs and the fp32 states every ``ck_steps`` steps
+    (``SCAN_CONFIG``).
     """
     y, h_last = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, reset, delta_softplus)
     if reset_state is None or reset_state.shape[0] == 0:

@@ -43,8 +43,8 @@ def _conv_window_step(p_s, p_o, s_k, s_ok, p_w, p_bias, b_x, b_keep, o_k, m_k, m
     point at each element's window in the input / output state (its ``W - 1`` past inputs at
     strides ``s_k`` / ``s_ok``, oldest first), ``b_x`` is the new input and ``b_keep`` ``[BE, 1]``
     (bool) is off for reset envs, whose window is taken as zero: a select, so that a non-finite
-    input before a reset does not survive it. Shifts ``b_x`` into the output window and returns the conv
-    output before any activation, fp32 ``[BE, BK]``. ``p_o`` may be ``p_s``: a tile smaller than
+    input before a reset does not survive it. Shifts ``b_x`` into the output window and returns
+    the conv output before any activation, fp32 ``[BE, BK]``. ``p_o`` may be ``p_s``: a tile smaller than
     the program is held by threads of several warps, so every thread reads its window, then a
     barrier, then the shifted window is stored."""
     o_w = tl.arange(0, BLOCK_W)
