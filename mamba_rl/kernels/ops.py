@@ -148,10 +148,8 @@ def selective_scan(
     _check_reset_state(reset, reset_state, (u.shape[1], A.shape[1]), "d, n")
     _check_device("u", u, reset_state=reset_state)
     if resolve_backend(backend, u.device) == "triton":
-        if reset_state is not None:
-            raise NotImplementedError("reset_state is not supported by the Triton scan; use backend='torch'")
         return _triton_module().selective_scan_triton(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset, reset_state
         )
     return naive.selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset, reset_state)
 
@@ -225,9 +223,7 @@ def causal_conv1d(
                   reset_state=reset_state)
     _check_reset_state(reset, reset_state, (d, weight.shape[1] - 1), "d, width - 1")
     if resolve_backend(backend, x.device) == "triton":
-        if reset_state is not None:
-            raise NotImplementedError("reset_state is not supported by the Triton conv; use backend='torch'")
-        return _triton_module().causal_conv1d_triton(x, weight, bias, initial_state, reset, activation)
+        return _triton_module().causal_conv1d_triton(x, weight, bias, initial_state, reset, activation, reset_state)
     return naive.causal_conv1d_ref(x, weight, bias, initial_state, reset, activation, reset_state)
 
 

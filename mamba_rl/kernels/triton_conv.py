@@ -4,15 +4,20 @@ Twin of :func:`mamba_rl.kernels.naive.causal_conv1d_ref`. The conv is a stencil 
 (4 in Mamba), so every output is independent: programs tile ``[BLOCK_D, BLOCK_T]`` over
 (batch, channels, time) and read their few neighbours' inputs from cache. An input ``x_s`` counts
 for output ``t`` only if no reset lies in ``(s, t]``; ``initial_state`` holds ``x_{-W+1..-1}``.
-The program of the last time tile also writes the final conv state: the last ``W - 1`` inputs,
-zero before the last reset.
+Where a reset cuts it off, the output reads zero or, with ``reset_state``, the slot of the
+history entering the last reset ``r`` at or before ``t`` (``s - r + W - 1``; its row in
+``reset_state`` from a per-step int32 index), always through selects: a non-finite input before a
+reset does not reach outputs after it. The program of the last time tile also writes the final
+conv state: the last ``W - 1`` inputs, zero (or the restart history's) before the last reset.
 
 The backward is two kernels. The first walks a range of time tiles per program: it recomputes
 each output's pre-activation and writes ``dy'``, the gradient at it (fp32, a ``b * d * L``
 buffer), and adds up the ``dweight`` and ``dbias`` terms in registers, one partial sum per
 (batch, range) that the host adds up (deterministic, no atomics). The second reads ``dy'`` at
 the ``W`` later times of each input for ``dx``, adds the final state's gradient to the last
-``W - 1`` inputs and writes ``d initial_state`` from the first time tile. With
+``W - 1`` inputs, writes ``d initial_state`` from the first time tile and, at each reset step,
+the gradient of the history entering it (from the ``dy'`` of the ``W - 1`` outputs that read it
+and the final state's gradient). Without ``reset_state`` those code paths are compiled out. With
 ``CONV_CONFIG["bwd_two_pass"] = False`` no ``dy'`` is stored and the second kernel recomputes it
 at every shift (``W * W`` inputs and ``W`` sigmoids per output, no buffer), as the backward did
 before.
@@ -54,36 +59,60 @@ def _not_reset(p_reset, s, L):
 
 
 @triton.jit
-def _conv_pre(p_x, p_init, p_w, p_bias, p_reset, o_d, m_d, t, L, init_here,
+def _restart_x(rs, o_d, m_d, t, j: tl.constexpr, b_valid, b_last, W: tl.constexpr):
+    """The inputs ``x_{t-j}`` that outputs ``t`` ``[BT]`` read from the restart history entering
+    ``s = b_last``, the last reset in ``(t - j, t]`` (``b_valid`` off): its slot ``t - j - s + W -
+    1``, zero below 0; zero where ``b_valid`` (the input itself counts there). ``rs`` = (reset_state
+    ``[R, d, W - 1]``, each step's row in it ``[L]`` int32, reset_state's three strides)."""
+    p_rs, p_ridx, s_rs_k, s_rs_d, s_rs_j = rs
+    slot = t - j - b_last + (W - 1)
+    m = ~b_valid & (slot >= 0)
+    k = tl.load(p_ridx + b_last, mask=m, other=0)
+    return tl.load(p_rs + k[None, :] * s_rs_k + o_d[:, None] * s_rs_d + slot[None, :] * s_rs_j,
+                   mask=m_d[:, None] & m[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _conv_pre(p_x, p_init, p_w, p_bias, p_reset, rs, o_d, m_d, t, L, init_here,
               s_x_d, s_x_t, s_i_d, s_i_t,
               W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-              HAS_RESET: tl.constexpr):
-    """Pre-activation ``bias + sum_j w[W-1-j] x_{t-j}`` over inputs after the last reset: ``[BD, BT]``."""
+              HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr):
+    """Pre-activation ``bias + sum_j w[W-1-j] x_{t-j}`` over inputs after the last reset (and,
+    with ``HAS_RS``, the restart history's before it): ``[BD, BT]``. Selects, not products, so
+    that a non-finite input before a reset does not reach outputs after it."""
     b_acc = tl.zeros([o_d.shape[0], t.shape[0]], dtype=tl.float32)
     if HAS_BIAS:
         b_acc += tl.load(p_bias + o_d, mask=m_d, other=0.0).to(tl.float32)[:, None]
+    # b_valid: no reset in (t - j, t]; b_last (HAS_RS): the latest reset in it, where there is one
     b_valid = t >= -W
+    b_last = t
     for j in tl.static_range(W):
         if HAS_RESET and j > 0:
-            b_valid = b_valid & _not_reset(p_reset, t - j + 1, L)
+            b_keep = _not_reset(p_reset, t - j + 1, L)
+            if HAS_RS:
+                b_last = tl.where(b_valid & ~b_keep, t - j + 1, b_last)
+            b_valid = b_valid & b_keep
         b_w = tl.load(p_w + o_d * W + (W - 1 - j), mask=m_d, other=0.0).to(tl.float32)
         b_x = _load_x(p_x, p_init, o_d, m_d, t - j, L, init_here, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
-        b_acc += b_w[:, None] * tl.where(b_valid[None, :], b_x, 0.0)
+        b_x = tl.where(b_valid[None, :], b_x, 0.0)
+        if HAS_RS and j > 0:
+            b_x += _restart_x(rs, o_d, m_d, t, j, b_valid, b_last, W)
+        b_acc += b_w[:, None] * b_x
     return b_acc
 
 
 @triton.jit
-def _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, t, L, init_here,
+def _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, o_d, m_d, t, L, init_here,
               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
               W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-              HAS_RESET: tl.constexpr, SILU: tl.constexpr):
+              HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr, SILU: tl.constexpr):
     """Gradient at the pre-activation for outputs ``t`` (zero outside ``[0, L)``): ``[BD, BT]``."""
     m_t = (t >= 0) & (t < L)
     b_dy = tl.load(p_dy + o_d[:, None] * s_dy_d + t[None, :] * s_dy_t,
                    mask=m_d[:, None] & m_t[None, :], other=0.0).to(tl.float32)
     if SILU:
-        b_pre = _conv_pre(p_x, p_init, p_w, p_bias, p_reset, o_d, m_d, t, L, init_here,
-                          s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_BIAS, HAS_INIT, HAS_RESET)
+        b_pre = _conv_pre(p_x, p_init, p_w, p_bias, p_reset, rs, o_d, m_d, t, L, init_here,
+                          s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS)
         b_sig = tl.sigmoid(b_pre)
         b_dy = b_dy * b_sig * (1.0 + b_pre * (1.0 - b_sig))
     return b_dy
@@ -100,6 +129,17 @@ def _tail_kept(p_reset, s, L, W: tl.constexpr, HAS_RESET: tl.constexpr):
 
 
 @triton.jit
+def _tail_restart(p_reset, rs, o_d, m_d, s, L, W: tl.constexpr):
+    """The final state's inputs ``s`` ``[BT]`` that a reset in ``(s, L - 1]`` cut off, from the
+    restart history entering the last one ``r`` (its slot ``s - r + W - 1``): ``[BD, BT]``, zero
+    where no reset cut them."""
+    b_last = s
+    for j in tl.static_range(1, W - 1):
+        b_last = tl.where(_not_reset(p_reset, s + j, L), b_last, s + j)
+    return _restart_x(rs, o_d, m_d, s, 0, b_last == s, b_last, W)
+
+
+@triton.jit
 def _final_grad(p_dfin, p_reset, o_d, m_d, s, L, s_df_d, s_df_k, W: tl.constexpr, HAS_RESET: tl.constexpr):
     """What the final state's gradient adds to the gradient of inputs ``s`` ``[BT]``: ``[BD, BT]``
     (zero outside the last ``W - 1`` times)."""
@@ -111,10 +151,10 @@ def _final_grad(p_dfin, p_reset, o_d, m_d, s, L, s_df_d, s_df_k, W: tl.constexpr
 
 
 @triton.jit
-def _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, o_d, m_d, s, L, init_here,
+def _conv_dx(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, s, L, init_here,
              s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
              W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-             HAS_RESET: tl.constexpr, SILU: tl.constexpr, DYP_IN: tl.constexpr):
+             HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr, SILU: tl.constexpr, DYP_IN: tl.constexpr):
     """``dx_s = sum_j w[W-1-j] dy'_{s+j}`` over outputs with no reset in ``(s, s+j]``: ``[BD, BT]``.
     ``dy'`` is read from ``p_dyp`` (``DYP_IN``, written by
     the first pass) or recomputed at every shift (``W`` inputs and a sigmoid per shift)."""
@@ -129,23 +169,83 @@ def _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, o_d, m_d, s, L, ini
             b_dyp = tl.load(p_dyp + o_d[:, None] * s_p_d + (s + j)[None, :] * s_p_t,
                             mask=m_d[:, None] & m_t[None, :], other=0.0)
         else:
-            b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, s + j, L, init_here,
+            b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, o_d, m_d, s + j, L, init_here,
                               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
-                              W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
+                              W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU)
+            # no output before time 0: zero, also where the initial state makes its recomputed
+            # pre-activation non-finite (0 * silu'(inf) is NaN)
+            b_dyp = tl.where((s + j >= 0)[None, :], b_dyp, 0.0)
         b_dx += b_w[:, None] * tl.where(b_valid[None, :], b_dyp, 0.0)
     return b_dx
 
 
 @triton.jit
+def _dyp_at(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, t, L, init_here,
+            s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
+            W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+            HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr, SILU: tl.constexpr, DYP_IN: tl.constexpr):
+    """``dy'`` at outputs ``t`` ``[BT]`` (zero outside ``[0, L)``): read from ``p_dyp``
+    (``DYP_IN``) or recomputed."""
+    if DYP_IN:
+        m_t = (t >= 0) & (t < L)
+        b_dyp = tl.load(p_dyp + o_d[:, None] * s_p_d + t[None, :] * s_p_t,
+                        mask=m_d[:, None] & m_t[None, :], other=0.0)
+    else:
+        b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, o_d, m_d, t, L, init_here,
+                          s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
+                          W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU)
+    return b_dyp
+
+
+@triton.jit
+def _restart_grad(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, p_dfin, p_drs, o_d, m_d, s, L, d,
+                  s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t, s_df_d, s_df_k,
+                  W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
+                  HAS_DFIN: tl.constexpr, DYP_IN: tl.constexpr):
+    """At each reset ``s`` ``[BT]`` of the tile (its row ``k`` in ``reset_state``), the gradient of
+    the history entering it, ``d reset_state[k, :, m]`` (``[R, d, W - 1]``, contiguous): slot ``m``
+    stands for time ``s - (W - 1) + m``, read by outputs ``s + i``, ``i <= m``, through weight ``m -
+    i`` while no reset lies in ``(s, s + i]``; and by the final state when ``s`` is the row's last
+    reset and ``s + m >= L``."""
+    p_rs, p_ridx, s_rs_k, s_rs_d, s_rs_j = rs
+    m_s = (s >= 0) & (s < L)
+    b_here = ~_not_reset(p_reset, s, L) & m_s
+    k = tl.load(p_ridx + s, mask=b_here, other=0)
+    b_valid = m_s
+    dyps = ()
+    for i in tl.static_range(W - 1):
+        if i > 0:
+            b_valid = b_valid & _not_reset(p_reset, s + i, L)
+        b_dyp = _dyp_at(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, s + i, L, True,
+                        s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
+                        W, HAS_BIAS, HAS_INIT, True, True, SILU, DYP_IN)
+        dyps = dyps + (tl.where(b_valid[None, :], b_dyp, 0.0),)
+    for m in tl.static_range(W - 1):
+        b_g = tl.zeros([o_d.shape[0], s.shape[0]], dtype=tl.float32)
+        for i in tl.static_range(m + 1):
+            b_w = tl.load(p_w + o_d * W + (m - i), mask=m_d, other=0.0).to(tl.float32)
+            b_g += b_w[:, None] * dyps[i]
+        if HAS_DFIN:
+            # b_valid: no reset in (s, s + W - 2], which holds (s, L - 1] when s + m >= L
+            o_f = s + m - L
+            m_f = b_valid & (o_f >= 0)
+            b_g += tl.load(p_dfin + o_d[:, None] * s_df_d + o_f[None, :] * s_df_k,
+                           mask=m_d[:, None] & m_f[None, :], other=0.0).to(tl.float32)
+        tl.store(p_drs + (k[None, :] * d + o_d[:, None]) * (W - 1) + m, b_g, mask=m_d[:, None] & b_here[None, :])
+
+
+@triton.jit
 def _conv_fwd_kernel(
-    p_x, p_w, p_bias, p_init, p_reset, p_y, p_fin,
+    p_x, p_w, p_bias, p_init, p_reset, p_rs, p_ridx, p_y, p_fin,
     L, d,
     s_x_b, s_x_d, s_x_t,
     s_i_b, s_i_d, s_i_t,
     s_y_b, s_y_d, s_y_t,
     s_r_b,
+    s_rs_k, s_rs_d, s_rs_j,
     W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_RESET: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
 ):
     i_t, i_d = tl.program_id(0), tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
@@ -156,59 +256,73 @@ def _conv_fwd_kernel(
     p_x += i_b * s_x_b
     p_init += i_b * s_i_b
     p_reset += i_b * s_r_b
+    # the restart histories [R, d, W - 1] and each step's row in them [b, L]
+    rs = (p_rs, p_ridx + i_b * L, s_rs_k, s_rs_d, s_rs_j)
     # only the first tile reads the initial state (times -W+1 .. -1)
     init_here = i_t * BLOCK_T < W - 1
-    b_pre = _conv_pre(p_x, p_init, p_w, p_bias, p_reset, o_d, m_d, o_t, L, init_here,
-                      s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_BIAS, HAS_INIT, HAS_RESET)
+    b_pre = _conv_pre(p_x, p_init, p_w, p_bias, p_reset, rs, o_d, m_d, o_t, L, init_here,
+                      s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS)
     if SILU:
         b_pre = b_pre * tl.sigmoid(b_pre)
     tl.store(p_y + i_b * s_y_b + o_d[:, None] * s_y_d + o_t[None, :] * s_y_t,
              b_pre.to(p_y.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
     # the last time tile writes the final state [b, d, W - 1]: inputs L-W+1 .. L-1 (the initial
-    # state's where negative), zero where a later reset cut them off
+    # state's where negative), zero (or the restart history's) where a later reset cut them off
     if i_t == tl.num_programs(0) - 1:
         o_k = tl.arange(0, WP)
         s = L - (W - 1) + o_k
         b_fin = _load_x(p_x, p_init, o_d, m_d, s, L, L < W - 1, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
         b_fin = tl.where(_tail_kept(p_reset, s, L, W, HAS_RESET)[None, :], b_fin, 0.0)
+        if HAS_RS:
+            b_fin += _tail_restart(p_reset, rs, o_d, m_d, s, L, W)
         tl.store(p_fin + (i_b * d + o_d[:, None]) * (W - 1) + o_k[None, :],
                  b_fin.to(p_fin.dtype.element_ty), mask=m_d[:, None] & (o_k < W - 1)[None, :])
 
 
 @triton.jit
-def _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, b_dw, b_db, o_d, m_d, i_t, L,
+def _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_d, m_d, i_t, L,
               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
               W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr,
-              SILU: tl.constexpr, STORE_DYP: tl.constexpr, BLOCK_T: tl.constexpr):
+              HAS_RS: tl.constexpr, SILU: tl.constexpr, STORE_DYP: tl.constexpr, BLOCK_T: tl.constexpr):
     """Time tile ``i_t``: its ``dy'`` (stored with ``STORE_DYP``), added with its dweight terms to
     the running ``[BD, BT]`` sums ``b_dw`` (a tuple, one per weight) and ``b_db``."""
     o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
     m_t = o_t < L
-    b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, p_dy, o_d, m_d, o_t, L, HAS_INIT,
-                      s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU)
+    b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, o_d, m_d, o_t, L, HAS_INIT,
+                      s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU)
     if STORE_DYP:
         tl.store(p_dyp + o_d[:, None] * s_p_d + o_t[None, :] * s_p_t, b_dyp, mask=m_d[:, None] & m_t[None, :])
     b_valid = m_t
+    b_last = o_t
     terms = ()
     for j in tl.static_range(W):
         if HAS_RESET and j > 0:
-            b_valid = b_valid & _not_reset(p_reset, o_t - j + 1, L)
+            b_keep = _not_reset(p_reset, o_t - j + 1, L)
+            if HAS_RS:
+                b_last = tl.where(b_valid & ~b_keep, o_t - j + 1, b_last)
+            b_valid = b_valid & b_keep
         b_x = _load_x(p_x, p_init, o_d, m_d, o_t - j, L, HAS_INIT, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
-        terms = terms + (b_dw[j] + tl.where(b_valid[None, :], b_x * b_dyp, 0.0),)
+        b_term = tl.where(b_valid[None, :], b_x * b_dyp, 0.0)
+        if HAS_RS and j > 0:
+            # past the tile's end b_dyp is zero, whatever the restart history read there
+            b_term += _restart_x(rs, o_d, m_d, o_t, j, b_valid | ~m_t, b_last, W) * b_dyp
+        terms = terms + (b_dw[j] + b_term,)
     return terms, b_db + b_dyp
 
 
 @triton.jit
 def _conv_bwd_dyp_kernel(
-    p_x, p_w, p_bias, p_init, p_reset, p_dy, p_dyp, p_dw, p_dbias,
+    p_x, p_w, p_bias, p_init, p_reset, p_rs, p_ridx, p_dy, p_dyp, p_dw, p_dbias,
     L, d, n_tblocks, range_tiles,
     s_x_b, s_x_d, s_x_t,
     s_i_b, s_i_d, s_i_t,
     s_dy_b, s_dy_d, s_dy_t,
     s_p_b, s_p_d, s_p_t,
     s_r_b,
+    s_rs_k, s_rs_d, s_rs_j,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr,
-    SILU: tl.constexpr, STORE_DYP: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_RS: tl.constexpr, SILU: tl.constexpr, STORE_DYP: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
 ):
     """``dy'`` (the gradient at the pre-activation) of ``range_tiles`` time tiles, written to
     ``p_dyp`` with ``STORE_DYP``, and their sums of the dweight and dbias terms, one partial row
@@ -224,20 +338,21 @@ def _conv_bwd_dyp_kernel(
     p_reset += i_b * s_r_b
     p_dy += i_b * s_dy_b
     p_dyp += i_b * s_p_b
+    rs = (p_rs, p_ridx + i_b * L, s_rs_k, s_rs_d, s_rs_j)
     b_dw = ()
     for j in tl.static_range(W):
         b_dw = b_dw + (tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32),)
     b_db = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
     t_lo = i_r * range_tiles
     if t_lo == 0:
-        b_dw, b_db = _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, b_dw, b_db, o_d, m_d, 0, L,
+        b_dw, b_db = _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_d, m_d, 0, L,
                                s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                               W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU, STORE_DYP, BLOCK_T)
+                               W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU, STORE_DYP, BLOCK_T)
         t_lo = 1
     for i_t in range(t_lo, tl.minimum((i_r + 1) * range_tiles, n_tblocks)):
-        b_dw, b_db = _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, b_dw, b_db, o_d, m_d, i_t, L,
+        b_dw, b_db = _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_d, m_d, i_t, L,
                                s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                               W, HAS_BIAS, False, HAS_RESET, SILU, STORE_DYP, BLOCK_T)
+                               W, HAS_BIAS, False, HAS_RESET, HAS_RS, SILU, STORE_DYP, BLOCK_T)
     p_dw += ((i_b * tl.num_programs(0) + i_r) * d + o_d) * W
     for j in tl.static_range(W):
         tl.store(p_dw + (W - 1 - j), tl.sum(b_dw[j], axis=1), mask=m_d)
@@ -247,7 +362,7 @@ def _conv_bwd_dyp_kernel(
 
 @triton.jit
 def _conv_bwd_dx_kernel(
-    p_x, p_w, p_bias, p_init, p_reset, p_dy, p_dfin, p_dyp, p_dx, p_dinit,
+    p_x, p_w, p_bias, p_init, p_reset, p_rs, p_ridx, p_dy, p_dfin, p_dyp, p_dx, p_dinit, p_drs,
     L, d,
     s_x_b, s_x_d, s_x_t,
     s_i_b, s_i_d, s_i_t,
@@ -256,9 +371,10 @@ def _conv_bwd_dx_kernel(
     s_p_b, s_p_d, s_p_t,
     s_dx_b, s_dx_d, s_dx_t,
     s_r_b,
+    s_rs_k, s_rs_d, s_rs_j,
     W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_RESET: tl.constexpr, SILU: tl.constexpr, HAS_DFIN: tl.constexpr, DYP_IN: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr, SILU: tl.constexpr, HAS_DFIN: tl.constexpr,
+    DYP_IN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """``dx`` of a tile, with the final state's gradient, and ``d initial_state`` from the first
     tile; ``dy'`` read from ``p_dyp`` (``DYP_IN``) or recomputed at each of the ``W`` shifts."""
@@ -274,25 +390,30 @@ def _conv_bwd_dx_kernel(
     p_dy += i_b * s_dy_b
     p_dfin += i_b * s_df_b
     p_dyp += i_b * s_p_b
+    rs = (p_rs, p_ridx + i_b * L, s_rs_k, s_rs_d, s_rs_j)
     # the tiles whose outputs' inputs reach back before time 0 (dx at s needs dy' at s .. s+W-1,
     # whose inputs start at s)
     init_here = i_t * BLOCK_T < W - 1
-    b_dx = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, o_d, m_d, o_t, L, init_here,
+    b_dx = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, o_t, L, init_here,
                     s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                    W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU, DYP_IN)
+                    W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU, DYP_IN)
     if HAS_DFIN:  # the tiles that hold some of the last W - 1 inputs
         if (i_t + 1) * BLOCK_T > L - W + 1:
             b_dx += _final_grad(p_dfin, p_reset, o_d, m_d, o_t, L, s_df_d, s_df_k, W, HAS_RESET)
     tl.store(p_dx + i_b * s_dx_b + o_d[:, None] * s_dx_d + o_t[None, :] * s_dx_t,
              b_dx.to(p_dx.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
+    if HAS_RS:
+        _restart_grad(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, p_dfin, p_drs, o_d, m_d, o_t, L, d,
+                      s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t, s_df_d, s_df_k,
+                      W, HAS_BIAS, HAS_INIT, SILU, HAS_DFIN, DYP_IN)
     # the first time tile also gives the initial state's gradient (times -W+1 .. -1)
     if HAS_INIT:
         if i_t == 0:
             o_s = tl.arange(0, WP) - (W - 1)
             m_s = o_s < 0
-            b_dinit = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, p_dy, p_dyp, o_d, m_d, o_s, L, True,
+            b_dinit = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, o_s, L, True,
                                s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                               W, HAS_BIAS, HAS_INIT, HAS_RESET, SILU, DYP_IN)
+                               W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU, DYP_IN)
             if HAS_DFIN:  # a sequence shorter than W - 1 leaves some of them in the final state
                 b_dinit += _final_grad(p_dfin, p_reset, o_d, m_d, o_s, L, s_df_d, s_df_k, W, HAS_RESET)
             tl.store(p_dinit + (i_b * d + o_d[:, None]) * (W - 1) + (o_s + W - 1)[None, :],
@@ -342,46 +463,59 @@ def _blocks(kind: str, d: int, L: int, width: int) -> tuple[int, int]:
     return block_d, block_t
 
 
+def _restart_rows(reset: torch.Tensor | None, reset_state: torch.Tensor | None, width: int):
+    """``[b, L]`` int32: at each reset step its row in ``reset_state`` (``reset.nonzero()``
+    order); None when nothing restarts from a history (no ``reset_state``, no rows of it, or
+    ``width`` 1: no history)."""
+    if reset is None or reset_state is None or reset_state.shape[0] == 0 or width == 1:
+        return None
+    return (reset.reshape(-1).cumsum(0, dtype=torch.int32) - 1).view(reset.shape)
+
+
 class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, initial_state, reset, silu):
+    def forward(ctx, x, weight, bias, initial_state, reset, reset_state, silu):
         b, d, L = x.shape
         width = weight.shape[1]
         weight = weight.contiguous()
         init = None if initial_state is None else initial_state.contiguous()
         reset_u8 = None if reset is None else reset.contiguous().view(torch.uint8)
+        ridx = _restart_rows(reset, reset_state, width)
         y = time_major_like(x)
         init_ = x if init is None else init
         r_ = x if reset_u8 is None else reset_u8
+        rs_ = x if ridx is None else reset_state
         if L > 0:
             final = torch.empty(b, d, width - 1, device=x.device, dtype=x.dtype)
             block_d, block_t = _blocks("fwd", d, L, width)
             _CONV_FWD[(triton.cdiv(L, block_t), triton.cdiv(d, block_d), b)](
-                x, weight, weight if bias is None else bias, init_, r_, y, final,
+                x, weight, weight if bias is None else bias, init_, r_, rs_, r_ if ridx is None else ridx, y, final,
                 L, d, *x.stride(), *init_.stride(), *y.stride(),
-                0 if reset_u8 is None else reset_u8.stride(0),
+                0 if reset_u8 is None else reset_u8.stride(0), *rs_.stride(),
                 W=width, WP=_tail_block(width), HAS_BIAS=bias is not None, HAS_INIT=init is not None,
-                HAS_RESET=reset is not None, SILU=silu, BLOCK_D=block_d, BLOCK_T=block_t,
-                num_warps=CONV_CONFIG["fwd_warps"],
+                HAS_RESET=reset is not None, HAS_RS=ridx is not None, SILU=silu, BLOCK_D=block_d,
+                BLOCK_T=block_t, num_warps=CONV_CONFIG["fwd_warps"],
             )
         else:  # no input: the state is the initial one
             final = x.new_zeros(b, d, width - 1) if init is None else init.to(x.dtype, copy=True)
-        ctx.save_for_backward(x, weight, bias, init, reset_u8)
+        ctx.save_for_backward(x, weight, bias, init, reset_u8, reset_state, ridx)
         ctx.silu = silu
         ctx.set_materialize_grads(False)
         return y, final
 
     @staticmethod
     def backward(ctx, dy, dfinal):
-        x, weight, bias, init, reset_u8 = ctx.saved_tensors
+        x, weight, bias, init, reset_u8, reset_state, ridx = ctx.saved_tensors
         b, d, L = x.shape
         width = weight.shape[1]
         if dy is None and dfinal is None:
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
+        drs = None if reset_state is None else torch.zeros_like(reset_state, dtype=torch.float32)
         if L == 0:  # the final state is the initial one
             dinit = None if init is None or dfinal is None else dfinal.to(init.dtype)
             return (torch.zeros_like(x), torch.zeros_like(weight),
-                    None if bias is None else torch.zeros_like(bias), dinit, None, None)
+                    None if bias is None else torch.zeros_like(bias), dinit, None,
+                    None if drs is None else drs.to(reset_state.dtype), None)
         if dy is None:
             dy = x.new_zeros(()).expand(b, d, L)
         two_pass = CONV_CONFIG["bwd_two_pass"]
@@ -398,20 +532,25 @@ class _CausalConv1dFn(torch.autograd.Function):
         dyp = time_major_like(x, torch.float32) if two_pass else x
         init_ = x if init is None else init
         r_ = x if reset_u8 is None else reset_u8
+        rs_, ridx_ = (x, r_) if ridx is None else (reset_state, ridx)
         df_ = x if dfinal is None else dfinal
         shared = dict(W=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None,
-                      SILU=ctx.silu, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=CONV_CONFIG["bwd_warps"])
+                      HAS_RS=ridx is not None, SILU=ctx.silu, BLOCK_D=block_d, BLOCK_T=block_t,
+                      num_warps=CONV_CONFIG["bwd_warps"])
         r_stride = 0 if reset_u8 is None else reset_u8.stride(0)
         _CONV_BWD_DYP[(n_ranges, triton.cdiv(d, block_d), b)](
-            x, weight, weight if bias is None else bias, init_, r_, dy, dyp, dw, dw if dbias is None else dbias,
+            x, weight, weight if bias is None else bias, init_, r_, rs_, ridx_, dy, dyp, dw,
+            dw if dbias is None else dbias,
             L, d, n_tblocks, range_tiles,
-            *x.stride(), *init_.stride(), *dy.stride(), *dyp.stride(), r_stride,
+            *x.stride(), *init_.stride(), *dy.stride(), *dyp.stride(), r_stride, *rs_.stride(),
             STORE_DYP=two_pass, **shared,
         )
         _CONV_BWD_DX[(n_tblocks, triton.cdiv(d, block_d), b)](
-            x, weight, weight if bias is None else bias, init_, r_, dy, df_, dyp, dx, dx if dinit is None else dinit,
+            x, weight, weight if bias is None else bias, init_, r_, rs_, ridx_, dy, df_, dyp, dx,
+            dx if dinit is None else dinit, dx if ridx is None else drs,
             L, d,
             *x.stride(), *init_.stride(), *dy.stride(), *df_.stride(), *dyp.stride(), *dx.stride(), r_stride,
+            *rs_.stride(),
             WP=_tail_block(width), HAS_DFIN=dfinal is not None, DYP_IN=two_pass, **shared,
         )
         return (
@@ -420,6 +559,7 @@ class _CausalConv1dFn(torch.autograd.Function):
             None if dbias is None else dbias.sum(0).to(bias.dtype),
             dinit,
             None,
+            None if drs is None else drs.to(reset_state.dtype),
             None,
         )
 
@@ -431,13 +571,16 @@ def causal_conv1d_triton(
     initial_state: torch.Tensor | None = None,
     reset: torch.Tensor | None = None,
     activation: str | None = None,
+    reset_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused causal conv; same contract as :func:`mamba_rl.kernels.naive.causal_conv1d_ref`.
 
     ``x`` ``[b, d, L]`` (any strides; ``y`` and ``dx`` get ``x``'s memory order), ``weight``
     ``[d, w]``, ``bias`` ``[d]``, ``initial_state`` ``[b, d, w - 1]``, ``reset`` ``[b, L]`` bool,
-    ``activation`` None or ``"silu"``. Returns ``(y [b, d, L], final_state [b, d, w - 1])``, both
-    differentiable in ``x``, ``weight``, ``bias`` and ``initial_state``.
+    ``activation`` None or ``"silu"``, ``reset_state`` ``[R, d, w - 1]``: the history entering
+    each of the ``R = reset.sum()`` reset steps, oldest first, in ``reset.nonzero()`` order (None:
+    zeros). Returns ``(y [b, d, L], final_state [b, d, w - 1])``, both differentiable in ``x``,
+    ``weight``, ``bias``, ``initial_state`` and ``reset_state``.
     """
     silu = _check_activation(activation)
-    return _CausalConv1dFn.apply(x, weight, bias, initial_state, reset, silu)
+    return _CausalConv1dFn.apply(x, weight, bias, initial_state, reset, reset_state, silu)

@@ -4,6 +4,8 @@ Importing this module imports Triton; :func:`mamba_rl.kernels.ops.resolve_backen
 ImportError here as "no Triton backend". One family per file:
 
 - :mod:`~mamba_rl.kernels.triton_scan`: the selective scan, forward and backward;
+- :mod:`~mamba_rl.kernels.triton_scan_restart`: what the restart states (``reset_state``) add
+  to it, by linearity;
 - :mod:`~mamba_rl.kernels.triton_conv`: the causal conv, forward and backward;
 - :mod:`~mamba_rl.kernels.triton_step`: the single rollout step (conv, SSM, the fused mixer step).
 """

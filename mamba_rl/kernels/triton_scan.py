@@ -254,9 +254,11 @@ def _load_states(ptrs, m_n):
 
 @triton.jit
 def _decay(dt, A2, keep, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
-    """``a = exp2(dt A2)`` ``[N, BD]``, zero where ``keep`` ``[1, 1]`` is off. The reset enters the
-    exponent as ``-inf`` (``exp2(-inf) = +0``; ``+ 0`` leaves it bit for bit): one select per step
-    and an FFMA per state instead of an FMUL and a select per state."""
+    """``a = exp2(dt A2)`` ``[N, BD]``, zero where ``keep`` ``[1, 1]`` is off: what the adjoint,
+    whose values are finite, is carried back through. The reset enters the exponent as ``-inf``
+    (``exp2(-inf) = +0``; ``+ 0`` leaves it bit for bit): one select per step and an FFMA per state
+    instead of an FMUL and a select per state. States are cut at a reset by a select on the state
+    instead (``0 * NaN`` is NaN)."""
     if HAS_RESET:
         return _exp2(dt * A2 + tl.where(keep, 0.0, float("-inf")), PTX)
     else:
@@ -344,8 +346,10 @@ def _step(h, A2, draw, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_u_t, s_B_t, s_
     t_in = tl.minimum(t, L - 1)
     Bv = _load_states(p_B + t_in * s_B_t, m_n)
     Cv = _load_states(p_C + t_in * s_C_t, m_n)
-    keep = _keep(p_reset, t, m_t, s_r_t, HAS_RESET)
-    h = _decay(dt, A2, keep, HAS_RESET, PTX) * h + (dt * u) * Bv
+    if HAS_RESET:
+        # a select, not a zero decay: a non-finite state before a reset must not survive it
+        h = tl.where(_keep(p_reset, t, m_t, s_r_t, HAS_RESET), h, 0.0)
+    h = _exp2(dt * A2, PTX) * h + (dt * u) * Bv
     return h, dt, u, Cv
 
 
@@ -356,8 +360,9 @@ def _adjoint_inputs(draw, p_u, p_z, p_dy, p_B, p_C, p_reset, t, m_ch, m_n, L, s_
     """What the backward needs of step ``t`` (its raw ``delta (+ bias)`` is ``draw``): the step size
     ``dt``, ``u``, the gradient reaching
     ``C_t h_t`` (``dy'``, through the ``z`` gate), the factor that turns ``C_t h_t + D u_t`` into
-    ``dz`` (``zg``), ``softplus'`` of the raw step (``sg``), the decay ``a_t`` ``[N, BD]``, ``B_t``,
-    ``C_t`` ``[N, 1]`` and the channels' mask ``[1, BD]`` (all zero past the end)."""
+    ``dz`` (``zg``), ``softplus'`` of the raw step (``sg``), the decay ``a_t`` ``[N, BD]`` (zero at a
+    reset), ``B_t``, ``C_t`` ``[N, 1]``, the channels' mask ``[1, BD]`` (all zero past the end) and
+    whether the step carries the state on (``keep`` ``[1, 1]``, False at a reset)."""
     m_t = t < L
     m = m_ch & m_t
     dt = _step_size(draw, m, SOFTPLUS, FAST)
@@ -366,7 +371,8 @@ def _adjoint_inputs(draw, p_u, p_z, p_dy, p_B, p_C, p_reset, t, m_ch, m_n, L, s_
     t_in = tl.minimum(t, L - 1)
     Bv = _load_states(p_B + t_in * s_B_t, m_n)
     Cv = _load_states(p_C + t_in * s_C_t, m_n)
-    a = _decay(dt, A2, _keep(p_reset, t, m_t, s_r_t, HAS_RESET), HAS_RESET, PTX)
+    keep = _keep(p_reset, t, m_t, s_r_t, HAS_RESET)
+    a = _decay(dt, A2, keep, HAS_RESET, PTX)
     dyp = dy
     zg = dy
     if HAS_Z:
@@ -377,7 +383,7 @@ def _adjoint_inputs(draw, p_u, p_z, p_dy, p_B, p_C, p_reset, t, m_ch, m_n, L, s_
     sg = dt
     if SOFTPLUS:
         sg = _sigmoid_fast(draw, FAST)
-    return dt, u, dyp, zg, sg, a, Bv, Cv, m
+    return dt, u, dyp, zg, sg, a, Bv, Cv, m, keep
 
 
 @triton.jit
@@ -752,7 +758,9 @@ def _scan_carry_kernel(p_loc, p_P, p_x, nd, n_x, r_first, REVERSE: tl.constexpr,
         x = tl.load(p_x, mask=m, other=0.0)
     for k in range(n_loc):
         r = n_loc - 1 - k if REVERSE else k
-        x = tl.load(p_loc + r * nd, mask=m, other=0.0) + tl.load(p_P + r * nd, mask=m, other=0.0) * x
+        P = tl.load(p_P + r * nd, mask=m, other=0.0)
+        # a range with a reset carries nothing through (P = 0): a select, since 0 * NaN is NaN
+        x = tl.load(p_loc + r * nd, mask=m, other=0.0) + tl.where(P == 0.0, 0.0, P * x)
         if REVERSE:
             tl.store(p_x + (r + r_first) * nd, x, mask=m)
         else:
@@ -873,16 +881,20 @@ def _scan_bwd_kernel(
                 draw0 = _raw_delta(p_delta, t0, m_ch & (t0 < L), s_dt_t, bias, HAS_BIAS)
                 if BLOCK_T == 2:
                     draw1 = _raw_delta(p_delta, t0 + 1, m_ch & (t0 + 1 < L), s_dt_t, bias, HAS_BIAS)
-            dt0, u0, dyp0, zg0, sg0, a0, B0, C0, m0 = _adjoint_inputs(
+            dt0, u0, dyp0, zg0, sg0, a0, B0, C0, m0, keep0 = _adjoint_inputs(
                 draw0, p_u, p_z, p_dy, p_B, p_C, p_reset, t0, m_ch, m_n, L, s_u_t, s_z_t, s_dy_t,
                 s_B_t, s_C_t, s_r_t, A2, HAS_Z, SOFTPLUS, HAS_RESET, PTX, FAST)
+            if HAS_RESET:  # a select: a non-finite state before a reset must not reach its gradients
+                hp = tl.where(keep0, hp, 0.0)
             ah0 = a0 * hp
             if BLOCK_T == 2:
                 t1 = t0 + 1
-                dt1, u1, dyp1, zg1, sg1, a1, B1, C1, m1 = _adjoint_inputs(
+                dt1, u1, dyp1, zg1, sg1, a1, B1, C1, m1, keep1 = _adjoint_inputs(
                     draw1, p_u, p_z, p_dy, p_B, p_C, p_reset, t1, m_ch, m_n, L, s_u_t, s_z_t, s_dy_t,
                     s_B_t, s_C_t, s_r_t, A2, HAS_Z, SOFTPLUS, HAS_RESET, PTX, FAST)
                 h0 = ah0 + (dt0 * u0) * B0
+                if HAS_RESET:
+                    h0 = tl.where(keep1, h0, 0.0)
                 ah1 = a1 * h0
                 q, dA, du1, ddt1, dz1, dD, dbias = _adjoint_step(
                     p_dBC, t1, L, q, ah1, a1, A2, dt1, u1, dyp1, zg1, sg1, B1, C1, m1, Dv, dA, dD, dbias, nn,
@@ -1268,16 +1280,26 @@ def selective_scan_triton(
     delta_softplus: bool = False,
     h0: torch.Tensor | None = None,
     reset: torch.Tensor | None = None,
+    reset_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fused selective scan; same contract as :func:`mamba_rl.kernels.naive.selective_scan_ref`.
 
     Shapes: ``u, delta, z`` ``[b, d, L]`` (any strides; time or channels should be contiguous:
     the ``[b, L, d]``-transposed views a mixer makes need no copy, and are the fast layout);
     ``A`` ``[d, n]`` real; ``B, C`` ``[b, n, L]`` (copied to ``[b, L, n]`` memory unless they are
-    already); ``D, delta_bias`` ``[d]``; ``h0`` ``[b, d, n]``; ``reset`` ``[b, L]`` bool. Any float
-    dtype in, fp32 state and accumulation. Returns ``y`` ``[b, d, L]`` in ``u``'s dtype and
-    ``h_last`` ``[b, d, n]`` fp32; differentiable in every float input, ``h0`` included, with
-    deterministic gradients. Saved for backward: the inputs and the fp32 states every
-    ``ck_steps`` steps (``SCAN_CONFIG``).
+    already); ``D, delta_bias`` ``[d]``; ``h0`` ``[b, d, n]``; ``reset`` ``[b, L]`` bool;
+    ``reset_state`` ``[R, d, n]``, the states entering the ``R = reset.sum()`` reset steps in
+    ``reset.nonzero()`` order (None: zeros; added by linearity,
+    :mod:`~mamba_rl.kernels.triton_scan_restart`). Any float dtype in, fp32 state and
+    accumulation. Returns ``y`` ``[b, d, L]`` in ``u``'s dtype and ``h_last`` ``[b, d, n]`` fp32;
+    differentiable in every float input, ``h0`` and ``reset_state`` included, with deterministic
+    gradients. Saved for backward: the inputs and the fp32 states every ``ck_steps`` steps
+    (``SCAN_CONFIG``).
     """
-    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, reset, delta_softplus)
+    y, h_last = _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, h0, reset, delta_softplus)
+    if reset_state is None or reset_state.shape[0] == 0:
+        return y, h_last
+    # imported here: the restart kernels use this module's math helpers
+    from mamba_rl.kernels.triton_scan_restart import add_restart_states
+
+    return add_restart_states(y, h_last, delta, A, C, z, delta_bias, delta_softplus, reset, reset_state)

@@ -42,15 +42,17 @@ def _conv_window_step(p_s, p_o, s_k, s_ok, p_w, p_bias, b_x, b_keep, o_k, m_k, m
     """One causal-conv step of a ``[BE, BK]`` tile (envs x channels ``o_k``): ``p_s`` / ``p_o``
     point at each element's window in the input / output state (its ``W - 1`` past inputs at
     strides ``s_k`` / ``s_ok``, oldest first), ``b_x`` is the new input and ``b_keep`` ``[BE, 1]``
-    zeroes the window of reset envs. Shifts ``b_x`` into the output window and returns the conv
-    output before any activation, fp32 ``[BE, BK]``. ``p_o`` may be ``p_s``: a tile smaller than
+    (bool) is off for reset envs, whose window is taken as zero: a select, so that a non-finite
+    input before a reset does not survive it. Shifts ``b_x`` into the output window and returns
+    the conv output before any activation, fp32 ``[BE, BK]``. ``p_o`` may be ``p_s``: a tile smaller than
     the program is held by threads of several warps, so every thread reads its window, then a
     barrier, then the shifted window is stored."""
     o_w = tl.arange(0, BLOCK_W)
     m_w = o_w < W - 1
     # [BE, BK, BW]
     b_s = tl.load(p_s[:, :, None] + o_w[None, None, :] * s_k, mask=m_ek[:, :, None] & m_w[None, None, :],
-                  other=0.0) * b_keep[:, :, None]
+                  other=0.0)
+    b_s = tl.where(b_keep[:, :, None], b_s, 0.0)
     b_w = tl.load(p_w + o_k[:, None] * W + o_w[None, :], mask=m_k[:, None] & m_w[None, :], other=0.0)
     b_y = tl.sum(b_s.to(tl.float32) * b_w.to(tl.float32)[None, :, :], axis=2)
     b_y += tl.load(p_w + o_k * W + (W - 1), mask=m_k, other=0.0).to(tl.float32)[None, :] * b_x
@@ -81,9 +83,9 @@ def _conv_step_kernel(
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
     m_d = o_d < d
     b_x = tl.load(p_x + i_b * s_x_b + o_d * s_x_d, mask=m_d, other=0.0).to(tl.float32)[None, :]
-    b_keep = tl.full([1, 1], 1.0, dtype=tl.float32)
+    b_keep = tl.full([1, 1], 1, dtype=tl.int1)
     if HAS_RESET:
-        b_keep = tl.where(tl.load(p_reset + i_b + tl.zeros([1, 1], dtype=tl.int32)) != 0, 0.0, 1.0)
+        b_keep = tl.load(p_reset + i_b + tl.zeros([1, 1], dtype=tl.int32)) == 0
     p_s = (p_state + i_b * s_s_b + o_d * s_s_d)[None, :]
     p_o = (p_state_out + i_b * s_o_b + o_d * s_o_d)[None, :]
     b_y = _conv_window_step(p_s, p_o, s_s_k, s_o_k, p_w, p_bias, b_x, b_keep, o_d, m_d, m_d[None, :],
@@ -409,7 +411,7 @@ def _mixer_step_kernel(
     b_r = tl.zeros([BLOCK_E], dtype=tl.int1)
     if HAS_RESET:
         b_r = tl.load(p_reset + o_e, mask=m_e, other=0) != 0
-    b_keep = tl.where(b_r, 0.0, 1.0)
+    b_keep = ~b_r
     b_xdbl = tl.zeros([BLOCK_E, BLOCK_J], dtype=tl.float32)
     for i_k in range(tl.cdiv(d, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)

@@ -48,8 +48,8 @@ def check_against_reference(inputs, reset, dtype, activation="silu", seed=1):
     assert y.dtype == dtype and state.dtype == dtype
     assert_rel_close("y", y, y_ref, dtype)
     assert_rel_close("final_state", state, s_ref, dtype)
-    for name in GRAD_NAMES:
-        if inputs[name] is not None:
+    for name in (*GRAD_NAMES, "reset_state"):
+        if inputs.get(name) is not None:
             assert g_tri[name] is not None and g_tri[name].dtype == inputs[name].dtype, name
             assert_rel_close(f"d{name}", g_tri[name], g_ref[name], dtype)
 
@@ -134,6 +134,57 @@ def test_conv_gradient_through_one_output_only(used, device, bwd_two_pass):
         assert_rel_close(f"d{k}", grads["triton"][k], grads["ref"][k], torch.float32)
 
 
+def with_reset_states(inputs, reset, seed=2):
+    """``inputs`` plus ``reset_state`` ``[R, d, w - 1]``: a random history entering every reset."""
+    g = torch.Generator().manual_seed(seed)
+    d, width = inputs["weight"].shape
+    history = torch.randn(int(reset.sum()), d, width - 1, generator=g)
+    return dict(inputs, reset_state=history.to(inputs["x"].dtype).to(inputs["x"].device))
+
+
+# (b, d, L, width, reset): resets at t=0, in a run, at t=L-1 and a row without any (``runs``);
+# sequences shorter than the window; a reset at every step; two time tiles (32 and 64 steps) with
+# the final state straddling them
+RESTART_CASES = [
+    (2, 5, 63, 4, "runs"),
+    (2, 5, 2, 4, "t0"),
+    (2, 5, 2, 4, "last"),
+    (2, 5, 63, 4, "everywhere"),
+    (2, 5, 63, 3, "several"),
+    (2, 5, 65, 4, "several"),
+]
+
+
+@pytest.mark.parametrize("case", RESTART_CASES, ids=[f"B{c[0]}-T{c[2]}-D{c[1]}-W{c[3]}-{c[4]}"
+                                                     for c in RESTART_CASES])
+def test_conv_restarts_from_reset_state_like_the_reference(case, device, bwd_two_pass):
+    """With ``reset_state`` the window entering each reset step is that reset's history: the
+    reference's outputs, final state and every gradient, ``reset_state``'s included."""
+    b, d, L, width, reset = case
+    inputs, reset_mask = make_inputs(b, d, L, width, torch.float32, reset=reset, device=device)
+    check_against_reference(with_reset_states(inputs, reset_mask), reset_mask, torch.float32)
+
+
+def test_conv_restarts_from_reset_state_half(device):
+    inputs, reset_mask = make_inputs(2, 5, 63, 4, torch.bfloat16, reset="runs", device=device)
+    check_against_reference(with_reset_states(inputs, reset_mask), reset_mask, torch.bfloat16)
+
+
+def test_conv_reset_state_of_width_one_has_no_history(device):
+    """A window of one input keeps no history: ``reset_state`` ``[R, d, 0]`` changes nothing and
+    gets an empty gradient."""
+    inputs, reset_mask = make_inputs(2, 5, 20, 1, torch.float32, device=device)
+    inputs = with_reset_states(inputs, reset_mask)
+    history = inputs["reset_state"].requires_grad_(True)
+    assert history.shape == (int(reset_mask.sum()), 5, 0)
+    y, final_state = causal_conv1d_triton(**inputs, reset=reset_mask, activation="silu")
+    y_ref, _ = naive.causal_conv1d_ref(**inputs, reset=reset_mask, activation="silu")
+    assert_rel_close("y", y, y_ref, torch.float32)
+    assert final_state.shape == (2, 5, 0)
+    y.sum().backward()
+    assert history.grad is None or history.grad.shape == history.shape
+
+
 def test_conv_empty_sequence_keeps_the_initial_state(device):
     inputs, _ = make_inputs(2, 5, 0, 4, torch.float32, reset="none", device=device)
     check_against_reference(inputs, None, torch.float32)
@@ -166,6 +217,7 @@ def test_conv_rejects_unknown_activation(device):
 
 def test_dispatcher_routes_to_triton(device):
     inputs, reset_mask = make_inputs(1, 3, 9, 4, torch.float32, device=device)
+    inputs = with_reset_states(inputs, reset_mask)
     y_ops, s_ops = ops.causal_conv1d(**inputs, reset=reset_mask, activation="silu", backend="triton")
     y_tri, s_tri = causal_conv1d_triton(**inputs, reset=reset_mask, activation="silu")
     assert torch.equal(y_ops, y_tri) and torch.equal(s_ops, s_tri)
@@ -178,3 +230,39 @@ def test_conv_matches_reference_realistic(b, d, L, dtype):
     inputs, reset_mask = make_inputs(b, d, L, 4, dtype, device="cuda")
     reset_mask |= torch.rand(b, L, device="cuda") < 0.005
     check_against_reference(inputs, reset_mask, dtype)
+
+
+def test_conv_nonfinite_values_before_a_reset_do_not_survive_it(device, bwd_two_pass):
+    """A NaN input inside the window of the reset step, an inf input and an inf initial state
+    before a reset: the outputs and the ``dx`` that no bad value reaches (the outputs from the
+    reset on, and the inputs whose outputs are those), the final state and ``d initial_state`` are
+    finite and the reference's; the outputs the bad values reach before the reset are not."""
+    inputs, _ = make_inputs(2, 5, 63, 4, torch.float32, reset="none")
+    reset = torch.zeros(2, 63, dtype=torch.bool)
+    reset[0, 5] = reset[1, 0] = reset[1, 41] = True
+    inputs["x"][0, :, 3] = float("nan")
+    inputs["x"][1, :, 40] = float("inf")
+    inputs["initial_state"][1] = float("inf")
+    # [b, L]: the steps no bad value reaches
+    clean = torch.ones(2, 63, dtype=torch.bool)
+    clean[0, 3:5] = clean[1, 40:41] = False
+    # the inputs whose outputs (the next W - 1 steps up to a reset) no bad value reaches
+    clean_dx = clean.clone()
+    clean_dx[0, 0:5] = clean_dx[1, 37:41] = False
+    inputs = {k: None if v is None else v.to(device) for k, v in inputs.items()}
+    reset, clean, clean_dx = reset.to(device), clean.to(device), clean_dx.to(device)
+    g = torch.Generator().manual_seed(1)
+    dy = torch.randn(2, 5, 63, generator=g, dtype=torch.float64).to(device)
+    dstate = torch.randn(2, 5, 3, generator=g, dtype=torch.float64).to(device)
+    ref_inputs = {k: None if v is None else v.double() for k, v in inputs.items()}
+    y_ref, s_ref, g_ref = run_and_grad(naive.causal_conv1d_ref, ref_inputs, reset, "silu", dy, dstate)
+    y, state, g_tri = run_and_grad(causal_conv1d_triton, inputs, reset, "silu", dy, dstate)
+
+    def at(t, mask):  # [b, c, L] -> the values at the steps of mask [b, L], [steps, c]
+        return t.transpose(1, 2)[mask]
+
+    assert not torch.isfinite(y[~clean.unsqueeze(1).expand_as(y)]).any()
+    assert_rel_close("y", at(y, clean), at(y_ref, clean), torch.float32)
+    assert_rel_close("final_state", state, s_ref, torch.float32)
+    assert_rel_close("dx", at(g_tri["x"], clean_dx), at(g_ref["x"], clean_dx), torch.float32)
+    assert_rel_close("dinitial_state", g_tri["initial_state"], g_ref["initial_state"], torch.float32)

@@ -13,6 +13,7 @@ pytest.importorskip("triton")
 
 from mamba_rl.kernels import naive, ops, triton_scan  # noqa: E402
 from mamba_rl.kernels.triton_scan import selective_scan_triton  # noqa: E402
+from mamba_rl.kernels.triton_scan_restart import add_restart_states  # noqa: E402
 
 # Long sequences run with longer chunks: the interpreter's cost is per chunk, and the kernels are
 # the same code whatever the tile sizes. Several checkpoint segments are exercised on purpose.
@@ -48,6 +49,9 @@ def make_reset(kind: str, b: int, L: int, generator: torch.Generator) -> torch.T
         reset |= torch.rand(b, L, generator=generator) < 0.02
     elif kind == "everywhere":
         reset[:] = True
+    elif kind == "runs":
+        # resets at t=0, in a run of three, and at t=L-1 in the first row; none in the last
+        reset[0, [0, 1, 2, L // 2, L - 1]] = True
     else:
         raise ValueError(kind)
     return reset
@@ -84,6 +88,14 @@ def run_and_grad(fn, inputs, reset, softplus, dy, dh):
     return y, h_last, grads
 
 
+def with_reset_states(inputs, reset, seed=2):
+    """``inputs`` plus ``reset_state`` ``[R, d, n]``: a random restart state for every reset."""
+    g = torch.Generator().manual_seed(seed)
+    d, n = inputs["A"].shape
+    reset_state = torch.randn(int(reset.sum()), d, n, generator=g).to(inputs["u"].device)
+    return dict(inputs, reset_state=reset_state)
+
+
 def check_against_reference(inputs, reset, dtype, softplus=True, seed=1):
     g = torch.Generator().manual_seed(seed)
     b, d, L = inputs["u"].shape
@@ -98,8 +110,8 @@ def check_against_reference(inputs, reset, dtype, softplus=True, seed=1):
     assert y.dtype == dtype and h_last.dtype == torch.float32
     assert_rel_close("y", y, y_ref, dtype)
     assert_rel_close("h_last", h_last, h_ref, dtype)
-    for name in GRAD_NAMES:
-        if inputs[name] is None:
+    for name in (*GRAD_NAMES, "reset_state"):
+        if inputs.get(name) is None:
             continue
         assert g_tri[name] is not None, f"no gradient for {name}"
         assert g_tri[name].dtype == inputs[name].dtype, f"d{name} dtype {g_tri[name].dtype}"
@@ -345,9 +357,84 @@ def test_scan_chunks_with_carried_state_equal_whole(device, scan_config):
 
 def test_dispatcher_routes_to_triton(device):
     inputs, reset_mask = make_inputs(1, 2, 16, 9, torch.float32, device=device)
+    inputs = with_reset_states(inputs, reset_mask)
     y_ops, h_ops = ops.selective_scan(**inputs, delta_softplus=True, reset=reset_mask, backend="triton")
     y_tri, h_tri = selective_scan_triton(**inputs, delta_softplus=True, reset=reset_mask)
     assert torch.equal(y_ops, y_tri) and torch.equal(h_ops, h_tri)
+
+
+# (b, d, n, L, reset, dtype): resets at t=0, in a run, at t=L-1 and a row without any (``runs``);
+# random ones (``several``) in a half dtype
+RESTART_CASES = [
+    (2, 5, 16, 63, "runs", torch.float32),
+    (2, 4, 16, 63, "several", torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("case", RESTART_CASES, ids=[f"B{c[0]}-T{c[3]}-D{c[1]}-{c[4]}-{str(c[5])[6:]}"
+                                                     for c in RESTART_CASES])
+def test_scan_restarts_from_reset_state_like_the_reference(case, device):
+    """With ``reset_state`` each reset step starts from its restart state: the reference's outputs,
+    final state and every gradient, ``reset_state``'s and ``h0``'s included."""
+    b, d, n, L, reset, dtype = case
+    inputs, reset_mask = make_inputs(b, d, n, L, dtype, reset=reset, device=device)
+    check_against_reference(with_reset_states(inputs, reset_mask), reset_mask, dtype)
+
+
+def _restart_part_reference(inputs, reset, softplus, dy, dh):
+    """What ``reset_state`` adds to the reference's outputs and gradients (the scan is linear in its
+    states): the scan with the restart states minus the one that restarts from zero (the gradient
+    of ``reset_state`` is the first one's)."""
+    ref_inputs = {k: None if v is None else v.double() for k, v in inputs.items()}
+    with_rs = run_and_grad(naive.selective_scan_ref, ref_inputs, reset, softplus, dy, dh)
+    zero = dict(ref_inputs, reset_state=torch.zeros_like(ref_inputs["reset_state"]))
+    without = run_and_grad(naive.selective_scan_ref, zero, reset, softplus, dy, dh)
+    grads = {k: None if v is None else v - without[2][k] for k, v in with_rs[2].items()}
+    grads["reset_state"] = with_rs[2]["reset_state"]
+    return with_rs[0] - without[0], with_rs[1] - without[1], grads
+
+
+# (d, n, L, reset, options): one step; masked channels over two programs and padded states; no
+# gate, bias or softplus; a restart at every step
+RESTART_PART_CASES = [
+    (4, 16, 1, "t0", {}),
+    (33, 3, 20, "several", {}),
+    (4, 16, 20, "several", {"z": False, "bias": False, "softplus": False}),
+    (4, 16, 20, "everywhere", {}),
+]
+
+
+@pytest.mark.parametrize("case", RESTART_PART_CASES,
+                         ids=[f"B2-T{c[2]}-N{c[1]}-D{c[0]}-{c[3]}" + "".join(f"-no{k}" for k in c[4])
+                              for c in RESTART_PART_CASES])
+def test_restart_part_adds_what_reset_state_adds_to_the_reference(case, device):
+    """The restart kernels alone (:func:`add_restart_states` on zero outputs) against the
+    reference's difference with and without restart states: outputs, final state, the gradients
+    of ``delta, A, C, z, delta_bias, reset_state``, and ``dy``, ``dh`` passed through."""
+    d, n, L, reset, opts = case
+    softplus = opts.pop("softplus", True)
+    inputs, reset_mask = make_inputs(2, d, n, L, torch.float32, reset=reset, device=device, **opts)
+    if not softplus:
+        inputs["delta"] = inputs["delta"].abs() * 0.3
+    inputs = with_reset_states(inputs, reset_mask)
+    g = torch.Generator().manual_seed(3)
+    dy = torch.randn(2, d, L, generator=g, dtype=torch.float64).to(device)
+    dh = torch.randn(2, d, n, generator=g, dtype=torch.float64).to(device)
+    y_ref, h_ref, g_ref = _restart_part_reference(inputs, reset_mask, softplus, dy, dh)
+
+    names = ("delta", "A", "C", "z", "delta_bias", "reset_state")
+    leaves = {k: None if inputs[k] is None else inputs[k].detach().clone().requires_grad_(True) for k in names}
+    y0 = torch.zeros(2, d, L, device=device, requires_grad=True)
+    h0 = torch.zeros(2, d, n, device=device, requires_grad=True)
+    y, h_last = add_restart_states(y0, h0, leaves["delta"], leaves["A"], leaves["C"], leaves["z"],
+                                   leaves["delta_bias"], softplus, reset_mask, leaves["reset_state"])
+    ((y.double() * dy).sum() + (h_last.double() * dh).sum()).backward()
+    assert_rel_close("y", y, y_ref, torch.float32)
+    assert_rel_close("h_last", h_last, h_ref, torch.float32)
+    assert torch.equal(y0.grad, dy.float()) and torch.equal(h0.grad, dh.float())
+    for name in names:
+        if leaves[name] is not None:
+            assert_rel_close(f"d{name}", leaves[name].grad, g_ref[name], torch.float32)
 
 
 @pytest.mark.gpu
@@ -405,3 +492,44 @@ def test_fast_softplus_and_sigmoid_stay_within_a_few_ulp_of_torch(monkeypatch):
         normal = ref >= 2.0 ** -125
         assert (err[normal] / ref[normal]).max() < 5e-6
         assert torch.where(normal, 0.0, err).max() < 2.0 ** -125
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["zero-restart", "reset_state"])
+def test_scan_nonfinite_values_before_a_reset_do_not_survive_it(restart, device, monkeypatch):
+    """A NaN input, an inf input and an inf ``h0`` before a reset (``0 * NaN`` is NaN: the kernels
+    must select, not multiply by a zero decay): outputs and per-step gradients from the reset on,
+    the final state, ``dh0`` and ``d reset_state`` are finite and the reference's; the outputs
+    between the bad value and the reset are NaN in both. Time ranges of 16 steps, so that the bad
+    state also crosses the chaining of ranges."""
+    for key, value in {"ck_steps": 4, "fwd_ranges": 4, "bwd_ranges": 4, "local_ranges": 8}.items():
+        monkeypatch.setitem(triton_scan.SCAN_CONFIG, key, value)
+    inputs, _ = make_inputs(2, 4, 16, 63, torch.float32, reset="none")
+    reset = torch.zeros(2, 63, dtype=torch.bool)
+    reset[0, 20] = reset[1, 0] = reset[1, 40] = True
+    inputs["u"][0, :, 3] = float("nan")
+    inputs["u"][1, :, 30] = float("inf")
+    inputs["h0"][1] = float("inf")
+    # [b, L]: the steps no bad value reaches
+    clean = torch.ones(2, 63, dtype=torch.bool)
+    clean[0, 3:20] = clean[1, 30:40] = False
+    if restart:
+        inputs = with_reset_states(inputs, reset)
+    inputs = {k: None if v is None else v.to(device) for k, v in inputs.items()}
+    reset, clean = reset.to(device), clean.to(device)
+    g = torch.Generator().manual_seed(1)
+    dy = torch.randn(2, 4, 63, generator=g, dtype=torch.float64).to(device)
+    dh = torch.randn(2, 4, 16, generator=g, dtype=torch.float64).to(device)
+    ref_inputs = {k: None if v is None else v.double() for k, v in inputs.items()}
+    y_ref, h_ref, g_ref = run_and_grad(naive.selective_scan_ref, ref_inputs, reset, True, dy, dh)
+    y, h_last, g_tri = run_and_grad(selective_scan_triton, inputs, reset, True, dy, dh)
+
+    def at_clean(t):  # [b, c, L] -> the clean steps' values, [steps, c]
+        return t.transpose(1, 2)[clean]
+
+    assert torch.isnan(y[0, :, 3:20]).all() and torch.isnan(y_ref[0, :, 3:20]).all()
+    assert_rel_close("y", at_clean(y), at_clean(y_ref), torch.float32)
+    assert_rel_close("h_last", h_last, h_ref, torch.float32)
+    for name in ("u", "delta", "z", "B", "C"):
+        assert_rel_close(f"d{name}", at_clean(g_tri[name]), at_clean(g_ref[name]), torch.float32)
+    for name in ("h0", "reset_state") if restart else ("h0",):
+        assert_rel_close(f"d{name}", g_tri[name], g_ref[name], torch.float32)

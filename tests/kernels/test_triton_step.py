@@ -181,6 +181,50 @@ def test_fused_mixer_step_equals_mixer_step_over_several_steps(device, mixer_ste
         assert_rel_close(f"ssm[{step}]", ssm_buf, state.ssm, torch.float32)
 
 
+@torch.no_grad()
+def test_steps_clear_nonfinite_states_at_a_reset(device):
+    """NaN and inf conv windows and SSM states of reset envs do not survive the reset (selects, not
+    products with a keep mask: ``NaN * 0`` is NaN): the conv step, the SSM step and the fused mixer
+    step give exactly what they give from zero states, and leave the other envs (one with a NaN
+    state and no reset) as they were."""
+    bad = torch.tensor([float("nan"), 0.0, float("inf"), float("nan"), 0.0], device=device)
+    for kind in ("conv", "ssm", "mixer"):
+        if kind == "conv":
+            inputs, reset = conv_step_inputs(5, 37, 4, torch.float32, device=device)
+            name, step = "conv_state", causal_conv1d_step_triton
+        elif kind == "ssm":
+            inputs, reset = ssm_step_inputs(5, 12, 16, torch.float32, device=device)
+            name, step = "h", selective_state_step_triton
+        # reset [5]: envs 0 and 2 (NaN and inf states) restart; env 3 keeps its NaN state
+        if kind != "mixer":
+            kwargs = {"activation": "silu"} if kind == "conv" else {"delta_softplus": True}
+            poisoned = dict(inputs, **{name: inputs[name] + bad.view(-1, 1, 1)})
+            zeroed = dict(inputs, **{name: torch.where(reset.view(-1, 1, 1), 0.0, poisoned[name])})
+            y_bad, state_bad = step(**poisoned, reset=reset, **kwargs)
+            y_zero, state_zero = step(**zeroed, reset=reset, **kwargs)
+        else:
+            mixer = _mixer(16, device)
+            reset = torch.tensor([True, False, True, False, False], device=device)
+            g = _gen(7)
+            x = torch.randn(5, 16, generator=g).to(device)
+            conv = torch.randn(5, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device) + bad.view(-1, 1, 1)
+            ssm = torch.randn(5, mixer.d_inner, mixer.d_state, generator=g).to(device) + bad.view(-1, 1, 1)
+            outs = []
+            for c, h in ((conv, ssm), (torch.where(reset.view(-1, 1, 1), 0.0, conv),
+                                       torch.where(reset.view(-1, 1, 1), 0.0, ssm))):
+                c, h = c.clone(), h.clone()
+                out = torch.empty(5, mixer.d_inner, device=device)
+                workspace = MixerStepWorkspace(5, mixer.dt_rank, mixer.d_state, device)
+                outs.append((_fused_step(mixer, x, c, h, reset, out, workspace), c, h))
+            (y_bad, conv_bad, ssm_bad), (y_zero, conv_zero, ssm_zero) = outs
+            assert torch.equal(conv_bad[[0, 2]], conv_zero[[0, 2]]), kind
+            state_bad, state_zero = ssm_bad, ssm_zero
+        assert torch.isfinite(y_bad[[0, 2]]).all() and torch.isfinite(state_bad[[0, 2]]).all(), kind
+        assert torch.equal(y_bad[[0, 1, 2, 4]], y_zero[[0, 1, 2, 4]]), kind
+        assert torch.equal(state_bad[[0, 1, 2, 4]], state_zero[[0, 1, 2, 4]]), kind
+        assert torch.isnan(y_bad[3]).all() and torch.isnan(y_zero[3]).all(), kind
+
+
 def test_fused_mixer_step_rejects_wrong_state_dtype(device):
     mixer = _mixer(16, device)
     N = 2
