@@ -29,6 +29,7 @@ stages; every input, ``h0`` and ``reset_state`` included, receives its gradient.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -48,6 +49,120 @@ def _to_chunks(t: torch.Tensor, num_chunks: int, chunk_size: int) -> torch.Tenso
     padded = t.new_zeros(b, k, num_chunks * chunk_size)
     padded[..., :L] = t
     return padded.view(b, k, num_chunks, chunk_size).permute(3, 0, 2, 1).contiguous()
+
+
+class _Resets(NamedTuple):
+    """Where the resets are, in the chunked layout ``[Q, b, nc]`` (``nc`` chunks of ``Q`` steps)."""
+
+    step: torch.Tensor
+    """``[Q, b, nc, 1, 1]`` bool: an episode starts at this step (the state entering it is cut)."""
+    after: torch.Tensor
+    """``[Q, b, nc, 1, 1]`` bool: at or after the chunk's first reset (its entering state no longer reaches)."""
+    cols: list[bool]
+    """Per step of a chunk: some chunk has a reset there (the others skip the select)."""
+    chunks: list[bool]
+    """Per chunk: it holds a reset somewhere."""
+
+    @classmethod
+    def of(cls, reset: torch.Tensor, num_chunks: int, chunk_size: int) -> _Resets:
+        # [Q, b, nc]
+        step = _to_chunks(reset[:, None, :], num_chunks, chunk_size)[..., 0]
+        after = torch.cummax(step.to(torch.uint8), dim=0).values.bool()
+        return cls(step[..., None, None], after[..., None, None], step.flatten(1).any(1).tolist(),
+                   after[-1].any(0).tolist())
+
+
+class _CutScan(torch.autograd.Function):
+    """``h_t = a_t h'_{t-1} + x_t``, ``y_t = <h_t, C_t>`` over chunks, with a hand-written backward.
+
+    ``h'_{t-1}`` is zero at a reset step (a select), ``h0`` at ``t = 0``. Inputs in the chunked
+    layout: ``a, x`` ``[Q, b, nc, d, n]``, ``C`` ``[Q, b, nc, n]``, ``h0`` ``[b, d, n]``, ``resets``
+    a :class:`_Resets` or None. Returns ``y [Q, b, nc, d]`` and the state after the last step.
+
+    The backward runs the same two-level scan in reverse on the state gradient
+    ``g_t = C_t dy_t + a'_{t+1} g_{t+1}`` (``a'`` cut at resets) and keeps four full-size tensors
+    (``a``, the states, and in the backward ``g`` and the reverse decay products) instead of the
+    dozen that autograd would save and create for the same stages.
+    """
+
+    @staticmethod
+    def forward(ctx, a, x, C, h0, resets):
+        Q, b, num_chunks = a.shape[:3]
+        # stage 1: the recurrence inside every chunk at once, each chunk from a zero state
+        states = torch.empty_like(x)
+        states[0] = x[0]
+        for q in range(1, Q):
+            prev = states[q - 1]
+            if resets is not None and resets.cols[q]:
+                prev = prev.masked_fill(resets.step[q], 0.0)
+            torch.addcmul(x[q], a[q], prev, out=states[q])
+        # stage 2: the state entering each chunk; carry[q] = a_0 * ... * a_q of the chunk, <= 1,
+        # zero from the chunk's first reset on
+        carry = torch.cumprod(a, dim=0)
+        if resets is not None:
+            carry.masked_fill_(resets.after, 0.0)
+        h = h0
+        entering = []
+        for c in range(num_chunks):
+            entering.append(h)
+            if resets is not None and resets.chunks[c]:
+                h = h.masked_fill(resets.after[-1, :, c], 0.0)
+            h = torch.addcmul(states[-1, :, c], carry[-1, :, c], h)
+        # [b, nc, d, n]
+        entering = torch.stack(entering, dim=1)
+        # stage 3: every state; a zero carry must not meet a non-finite entering state (0 * inf)
+        if resets is not None and not bool(torch.isfinite(entering).all()):
+            carried = carry * entering
+            states += carried.masked_fill_(resets.after, 0.0)
+        else:
+            states.addcmul_(carry, entering)
+        # [Q, b, nc, d]
+        y = torch.matmul(states, C[..., None]).squeeze(-1)
+        ctx.save_for_backward(a, states, C, entering)
+        ctx.resets = resets
+        return y, h
+
+    @staticmethod
+    def backward(ctx, dy, dh):
+        a, states, C, entering = ctx.saved_tensors
+        resets = ctx.resets
+        Q, b, num_chunks = a.shape[:3]
+        # [Q, b, nc, d, n]: the direct gradient of each state, then (in place) the total one
+        grad = dy[..., None] * C[..., None, :]
+        grad[-1, :, -1] += dh
+        # reverse stage 1: inside every chunk, as if nothing came from later chunks; and
+        # rest[q] = a'_{q+1} * ... * a'_{Q-1}, how much of the gradient entering the chunk's end reaches q
+        rest = torch.empty_like(a)
+        rest[-1] = 1.0
+        for q in range(Q - 2, -1, -1):
+            nxt = grad[q + 1]
+            torch.mul(rest[q + 1], a[q + 1], out=rest[q])
+            if resets is not None and resets.cols[q + 1]:
+                nxt = nxt.masked_fill(resets.step[q + 1], 0.0)
+                rest[q].masked_fill_(resets.step[q + 1], 0.0)
+            grad[q].addcmul_(a[q + 1], nxt)
+        # reverse stage 2: the gradient entering each chunk's end from the chunks after it
+        arriving = torch.zeros_like(dh)
+        chunk_starts_reset = [False] * num_chunks if resets is None else resets.step[0].flatten(1).any(0).tolist()
+        from_later = [None] * num_chunks
+        for c in range(num_chunks - 1, -1, -1):
+            from_later[c] = arriving
+            at_start = torch.addcmul(grad[0, :, c], rest[0, :, c], arriving)
+            arriving = a[0, :, c] * at_start
+            if chunk_starts_reset[c]:
+                arriving = arriving.masked_fill(resets.step[0, :, c], 0.0)
+        # reverse stage 3: every state's gradient
+        grad.addcmul_(rest, torch.stack(from_later, dim=1))
+        del rest
+        # d/da_t = g_t * h'_{t-1}: the previous state, the entering one at a chunk's first step
+        grad_a = torch.empty_like(a)
+        torch.mul(grad[1:], states[:-1], out=grad_a[1:])
+        torch.mul(grad[0], entering, out=grad_a[0])
+        if resets is not None:
+            grad_a.masked_fill_(resets.step, 0.0)
+        # [Q, b, nc, n]
+        grad_C = torch.matmul(states.transpose(-1, -2), dy[..., None]).squeeze(-1)
+        return grad_a, grad, grad_C, arriving, None
 
 
 def selective_scan_chunked(
@@ -97,53 +212,16 @@ def selective_scan_chunked(
     decay = torch.exp(log_decay)
     x = du_q[..., None] * B_q[..., None, :]
 
-    has_reset = reset is not None and bool(reset.any())
-    if has_reset:
-        # [Q, b, nc]: True from the first reset of the chunk on (the entering state no longer reaches)
-        reset_q = _to_chunks(reset[:, None, :], num_chunks, Q)[..., 0]
-        after_reset = torch.cummax(reset_q.to(torch.uint8), dim=0).values.bool()
-        # host lists: which step columns / chunks hold a reset, so that clean ones skip the select
-        reset_cols = reset_q.flatten(1).any(1).tolist()
-        chunk_cut = after_reset[-1].any(0).tolist()
-        if reset_state is not None and reset_state.shape[0] > 0:
-            # the restart state enters as an input at its reset step; rows in [b, L] row-major order
-            rows, times = reset.nonzero(as_tuple=True)
-            index = (times % Q, rows, times // Q)
-            x = x.index_put(index, decay[index] * reset_state.to(dtype), accumulate=True)
-
-    # stage 1: the recurrence inside every chunk at once, each chunk from a zero state. unbind,
-    # not x[q]: the gradient of Q indexings would be Q full-size zero tensors, of unbind one stack
-    x_steps, decay_steps = x.unbind(0), decay.unbind(0)
-    local = [x_steps[0]]
-    for q in range(1, Q):
-        prev = local[-1]
-        if has_reset and reset_cols[q]:
-            prev = torch.where(reset_q[q, :, :, None, None], 0.0, prev)
-        local.append(torch.addcmul(x_steps[q], decay_steps[q], prev))
-    local_end = local[-1].unbind(1)
-    # [Q, b, nc, d, n]
-    local = torch.stack(local)
-
-    # stage 2: the state entering each chunk; carry[q] = a_0 * ... * a_q of the chunk, <= 1
-    carry = torch.exp(torch.cumsum(log_decay, dim=0))
-    carry_end = carry[-1].unbind(1)
-    h = u_c.new_zeros(b, d, n) if h0 is None else h0.to(dtype)
-    entering = []
-    for c in range(num_chunks):
-        entering.append(h)
-        if has_reset and chunk_cut[c]:
-            h = torch.where(after_reset[-1, :, c, None, None], 0.0, h)
-        h = torch.addcmul(local_end[c], carry_end[c], h)
-
-    # stage 3: every state, then y_t = <h_t, C_t>
-    # [1, b, nc, d, n]
-    entering = torch.stack(entering, dim=1)[None]
-    if has_reset:
-        # [Q, b, nc, d, n]; zero (selected, not multiplied) from the chunk's first reset on
-        entering = torch.where(after_reset[..., None, None], 0.0, entering)
-    states = torch.addcmul(local, carry, entering)
+    resets = _Resets.of(reset, num_chunks, Q) if reset is not None and bool(reset.any()) else None
+    if resets is not None and reset_state is not None and reset_state.shape[0] > 0:
+        # the restart state enters as an input at its reset step; rows in [b, L] row-major order
+        rows, times = reset.nonzero(as_tuple=True)
+        index = (times % Q, rows, times // Q)
+        x = x.index_put(index, decay[index] * reset_state.to(dtype), accumulate=True)
+    if h0 is None:
+        h0 = u_c.new_zeros(b, d, n)
+    y, h = _CutScan.apply(decay, x, C_q, h0.to(dtype), resets)
     # [Q, b, nc, d] -> [b, d, L]
-    y = torch.matmul(states, C_q[..., None]).squeeze(-1)
     y = y.permute(1, 3, 2, 0).reshape(b, d, num_chunks * Q)[..., :L]
     if D is not None:
         y = y + D.to(dtype)[:, None] * u_c
