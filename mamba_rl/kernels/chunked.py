@@ -35,20 +35,30 @@ import torch
 
 from mamba_rl.kernels.naive import _compute_dtype, _discretize_delta, selective_scan_ref
 
-__all__ = ["selective_scan_chunked", "default_chunk_size"]
+__all__ = ["selective_scan_chunked", "default_sizes"]
 
 
-def default_chunk_size(seqlen: int) -> int:
-    """``Q ~ sqrt(L)``: the Python iterations ``Q + L / Q`` are fewest there (8 for ``L <= 64``)."""
-    return max(8, math.ceil(math.sqrt(seqlen)))
+SEGMENT_ELEMENTS = 1 << 19
+"""Elements of one segment's ``[S, b, d, n]`` tensors (2 MB in float32), so that they stay in the
+CPU's caches between the stages; tensors of tens of megabytes are fresh pages from the OS at
+every allocation, whose page faults cost more than the arithmetic."""
+
+
+def default_sizes(batch: int, d: int, n: int, seqlen: int) -> tuple[int, int]:
+    """``(chunk_size Q, segment_size S)``: ``S`` steps of ``[b, d, n]`` fill :data:`SEGMENT_ELEMENTS`,
+    ``Q`` the power of two at or above ``sqrt(S)``, near where the Python iterations per segment,
+    ``Q + S / Q``, are fewest."""
+    segment = max(1, min(seqlen, SEGMENT_ELEMENTS // max(1, batch * d * n)))
+    chunk = 1 << math.ceil(math.log2(math.sqrt(segment)))
+    return chunk, segment
 
 
 def _to_chunks(t: torch.Tensor, num_chunks: int, chunk_size: int) -> torch.Tensor:
     """``[b, k, L]`` -> ``[Q, b, num_chunks, k]`` contiguous, zero-padded at the end to ``num_chunks * Q``."""
     b, k, L = t.shape
-    padded = t.new_zeros(b, k, num_chunks * chunk_size)
-    padded[..., :L] = t
-    return padded.view(b, k, num_chunks, chunk_size).permute(3, 0, 2, 1).contiguous()
+    if L < num_chunks * chunk_size:
+        t = torch.cat([t, t.new_zeros(b, k, num_chunks * chunk_size - L)], dim=-1)
+    return t.view(b, k, num_chunks, chunk_size).permute(3, 0, 2, 1).contiguous()
 
 
 class _Resets(NamedTuple):
@@ -179,52 +189,96 @@ def selective_scan_chunked(
     reset: torch.Tensor | None = None,
     reset_state: torch.Tensor | None = None,
     chunk_size: int | None = None,
+    segment_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The selective scan of :func:`~mamba_rl.kernels.naive.selective_scan_ref`, chunked.
 
     Same arguments, semantics and returns (``y [b, d, L]`` in ``u``'s dtype, ``h_last [b, d, n]``
-    in at least float32), plus ``chunk_size``: steps per chunk, ``Q`` (None:
-    :func:`default_chunk_size`). Reads ``reset`` on the host once (which chunks hold a reset).
+    in at least float32), plus:
+
+    Args:
+        chunk_size: steps per chunk, ``Q`` (None: :func:`default_sizes`).
+        segment_size: steps per segment: the sequence is scanned one segment after the other,
+            each segment's state entering the next, so that the ``[S, b, d, n]`` tensors of one
+            segment stay a few megabytes (None: :func:`default_sizes`). Rounded up to a multiple
+            of ``chunk_size``.
+
+    Reads ``reset`` on the host (which chunks hold a reset).
     """
     b, d, L = u.shape
     n = A.shape[-1]
-    if chunk_size is None:
-        chunk_size = default_chunk_size(L)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    default_q, default_s = default_sizes(b, d, n, L)
+    chunk_size = default_q if chunk_size is None else chunk_size
+    segment_size = default_s if segment_size is None else segment_size
+    for name, value in (("chunk_size", chunk_size), ("segment_size", segment_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
     if L == 0:
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset, reset_state)
     dtype = _compute_dtype(u.dtype)
     Q = min(chunk_size, L)
-    num_chunks = -(-L // Q)
+    S = min(-(-segment_size // Q) * Q, -(-L // Q) * Q)
     u_c = u.to(dtype)
+    A_c = A.to(dtype)
+    B_c = B.to(dtype)
+    C_c = C.to(dtype)
     delta = _discretize_delta(delta, delta_bias, delta_softplus, dtype)
-
-    # padded steps have delta = 0 and B = 0: decay 1, input 0, so the state passes through them
-    # [Q, b, nc, d]
-    delta_q = _to_chunks(delta, num_chunks, Q)
-    du_q = _to_chunks(delta * u_c, num_chunks, Q)
-    # [Q, b, nc, n]
-    B_q = _to_chunks(B.to(dtype), num_chunks, Q)
-    C_q = _to_chunks(C.to(dtype), num_chunks, Q)
-    # [Q, b, nc, d, n]
-    log_decay = delta_q[..., None] * A.to(dtype)
-    decay = torch.exp(log_decay)
-    x = du_q[..., None] * B_q[..., None, :]
-
-    resets = _Resets.of(reset, num_chunks, Q) if reset is not None and bool(reset.any()) else None
-    if resets is not None and reset_state is not None and reset_state.shape[0] > 0:
-        # the restart state enters as an input at its reset step; rows in [b, L] row-major order
-        rows, times = reset.nonzero(as_tuple=True)
-        index = (times % Q, rows, times // Q)
-        x = x.index_put(index, decay[index] * reset_state.to(dtype), accumulate=True)
-    if h0 is None:
-        h0 = u_c.new_zeros(b, d, n)
-    y, h = _CutScan.apply(decay, x, C_q, h0.to(dtype), resets)
-    # [Q, b, nc, d] -> [b, d, L]
-    y = y.permute(1, 3, 2, 0).reshape(b, d, num_chunks * Q)[..., :L]
+    du = delta * u_c
+    if reset is not None and not bool(reset.any()):
+        reset = None
+    restart_times = None
+    if reset is not None and reset_state is not None and reset_state.shape[0] > 0:
+        reset_state = reset_state.to(dtype)
+        # [R]: the time of each restart row ([b, L] row-major order, which a segment keeps)
+        restart_times = reset.nonzero(as_tuple=True)[1]
+    h = u_c.new_zeros(b, d, n) if h0 is None else h0.to(dtype)
+    # split, not a slice per segment: the gradient of each slice would be a zero-filled [b, d, L]
+    segments = zip(*(t.split(S, dim=-1) for t in (delta, du, B_c, C_c)))
+    ys = []
+    for start, (delta_s, du_s, B_s, C_s) in zip(range(0, L, S), segments):
+        stop = min(start + S, L)
+        seg_reset = None if reset is None else reset[:, start:stop]
+        seg_restarts = None
+        if restart_times is not None:
+            seg_restarts = reset_state[(restart_times >= start) & (restart_times < stop)]
+        y, h = _scan_segment(delta_s, du_s, A_c, B_s, C_s, h, seg_reset, seg_restarts, Q)
+        ys.append(y)
+    # [b, d, L]
+    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
     if D is not None:
         y = y + D.to(dtype)[:, None] * u_c
     if z is not None:
         y = y * torch.nn.functional.silu(z.to(dtype))
     return y.to(u.dtype), h
+
+
+def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size):
+    """``y [b, d, L]`` (before ``D`` and the gate) and the last state of one segment, ``L <= Q * nc``.
+
+    ``delta, du = delta * u`` ``[b, d, L]``, ``B, C`` ``[b, n, L]``, ``h0`` ``[b, d, n]``,
+    ``restarts`` the rows of ``reset_state`` for this segment's resets (None: zeros).
+    """
+    b, d, L = du.shape
+    Q = min(chunk_size, L)
+    num_chunks = -(-L // Q)
+    # padded steps have delta = 0 and B = 0: decay 1, input 0, so the state passes through them
+    # [Q, b, nc, d]
+    delta_q = _to_chunks(delta, num_chunks, Q)
+    du_q = _to_chunks(du, num_chunks, Q)
+    # [Q, b, nc, n]
+    B_q = _to_chunks(B, num_chunks, Q)
+    C_q = _to_chunks(C, num_chunks, Q)
+    # [Q, b, nc, d, n]
+    decay = torch.exp(delta_q[..., None] * A)
+    x = du_q[..., None] * B_q[..., None, :]
+    resets = None
+    if reset is not None and bool(reset.any()):
+        resets = _Resets.of(reset, num_chunks, Q)
+        if restarts is not None and restarts.shape[0] > 0:
+            # the restart state enters as an input at its reset step; rows in [b, L] row-major order
+            rows, times = reset.nonzero(as_tuple=True)
+            index = (times % Q, rows, times // Q)
+            x = x.index_put(index, decay[index] * restarts, accumulate=True)
+    y, h = _CutScan.apply(decay, x, C_q, h0, resets)
+    # [Q, b, nc, d] -> [b, d, L]
+    return y.permute(1, 3, 2, 0).reshape(b, d, num_chunks * Q)[..., :L], h
