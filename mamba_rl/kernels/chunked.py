@@ -72,6 +72,8 @@ class _Resets(NamedTuple):
     """Per step of a chunk: some chunk has a reset there (the others skip the select)."""
     chunks: list[bool]
     """Per chunk: it holds a reset somewhere."""
+    index: tuple[torch.Tensor, ...]
+    """``(q, b, chunk)`` of every reset step."""
 
     @classmethod
     def of(cls, reset: torch.Tensor, num_chunks: int, chunk_size: int) -> _Resets:
@@ -79,33 +81,41 @@ class _Resets(NamedTuple):
         step = _to_chunks(reset[:, None, :], num_chunks, chunk_size)[..., 0]
         after = torch.cummax(step.to(torch.uint8), dim=0).values.bool()
         return cls(step[..., None, None], after[..., None, None], step.flatten(1).any(1).tolist(),
-                   after[-1].any(0).tolist())
+                   after[-1].any(0).tolist(), step.nonzero(as_tuple=True))
 
 
-class _CutScan(torch.autograd.Function):
-    """``h_t = a_t h'_{t-1} + x_t``, ``y_t = <h_t, C_t>`` over chunks, with a hand-written backward.
+class _ChunkScan(torch.autograd.Function):
+    """The scan of one segment in the chunked layout, with a hand-written backward.
 
-    ``h'_{t-1}`` is zero at a reset step (a select), ``h0`` at ``t = 0``. Inputs in the chunked
-    layout: ``a, x`` ``[Q, b, nc, d, n]``, ``C`` ``[Q, b, nc, n]``, ``h0`` ``[b, d, n]``, ``resets``
-    a :class:`_Resets` or None. Returns ``y [Q, b, nc, d]`` and the state after the last step.
+    ``h_t = a_t h'_{t-1} + x_t`` with ``a_t = exp(delta_t * A)``, ``x_t = (delta_t u_t) B_t``;
+    ``y_t = <h_t, C_t>``. ``h'_{t-1}`` is ``h0`` at ``t = 0`` and, at a reset step, its row of
+    ``restarts`` (zero without them). Inputs: ``delta, du`` ``[Q, b, nc, d]``, ``A`` ``[d, n]``,
+    ``B, C`` ``[Q, b, nc, n]``, ``h0`` ``[b, d, n]``, ``restarts`` ``[R, d, n]`` or None,
+    ``resets`` a :class:`_Resets` or None, ``restart_index`` the ``(q, b, chunk)`` of each
+    restart row. Returns ``y [Q, b, nc, d]`` and the state after the last step.
 
     The backward runs the same two-level scan in reverse on the state gradient
-    ``g_t = C_t dy_t + a'_{t+1} g_{t+1}`` (``a'`` cut at resets) and keeps four full-size tensors
-    (``a``, the states, and in the backward ``g`` and the reverse decay products) instead of the
-    dozen that autograd would save and create for the same stages.
+    ``g_t = C_t dy_t + a'_{t+1} g_{t+1}`` (``a'`` cut at resets) and reduces the gradients of
+    ``delta, du, A, B, C`` from it with matrix products; it keeps two full-size tensors (``a``
+    and the states) where autograd would keep and create about a dozen.
     """
 
     @staticmethod
-    def forward(ctx, a, x, C, h0, resets):
-        Q, b, num_chunks = a.shape[:3]
+    def forward(ctx, delta, du, A, B, C, h0, restarts, resets, restart_index):
+        Q, b, num_chunks = delta.shape[:3]
+        # [Q, b, nc, d, n]
+        a = torch.mul(delta[..., None], A).exp_()
+        # the inputs x, then (in place) the local states, then the states
+        states = torch.mul(du[..., None], B[..., None, :])
+        if restarts is not None:
+            # the restart state enters as an input at its reset step: x += a * restart
+            states.index_put_(restart_index, a[restart_index] * restarts, accumulate=True)
         # stage 1: the recurrence inside every chunk at once, each chunk from a zero state
-        states = torch.empty_like(x)
-        states[0] = x[0]
         for q in range(1, Q):
             prev = states[q - 1]
             if resets is not None and resets.cols[q]:
                 prev = prev.masked_fill(resets.step[q], 0.0)
-            torch.addcmul(x[q], a[q], prev, out=states[q])
+            states[q].addcmul_(a[q], prev)
         # stage 2: the state entering each chunk; carry[q] = a_0 * ... * a_q of the chunk, <= 1,
         # zero from the chunk's first reset on
         carry = torch.cumprod(a, dim=0)
@@ -126,22 +136,26 @@ class _CutScan(torch.autograd.Function):
             states += carried.masked_fill_(resets.after, 0.0)
         else:
             states.addcmul_(carry, entering)
-        # [Q, b, nc, d]
-        y = torch.matmul(states, C[..., None]).squeeze(-1)
-        ctx.save_for_backward(a, states, C, entering)
-        ctx.resets = resets
+        del carry
+        # [Q, b, nc, d]; bmm on [M, d, n] views (matmul of a transposed 5-d tensor copies it)
+        d, n = A.shape
+        y = torch.bmm(states.view(-1, d, n), C.reshape(-1, n, 1)).view(delta.shape)
+        ctx.save_for_backward(a, states, delta, du, A, B, C, entering, restarts)
+        ctx.resets, ctx.restart_index = resets, restart_index
         return y, h
 
     @staticmethod
     def backward(ctx, dy, dh):
-        a, states, C, entering = ctx.saved_tensors
-        resets = ctx.resets
+        a, states, delta, du, A, B, C, entering, restarts = ctx.saved_tensors
+        resets, restart_index = ctx.resets, ctx.restart_index
         Q, b, num_chunks = a.shape[:3]
+        # dy arrives in y's permuted layout; the outer product would inherit it
+        dy = dy.contiguous()
         # [Q, b, nc, d, n]: the direct gradient of each state, then (in place) the total one
         grad = dy[..., None] * C[..., None, :]
         grad[-1, :, -1] += dh
         # reverse stage 1: inside every chunk, as if nothing came from later chunks; and
-        # rest[q] = a'_{q+1} * ... * a'_{Q-1}, how much of the gradient entering the chunk's end reaches q
+        # rest[q] = a'_{q+1} * ... * a'_{Q-1}, how much of the gradient at the chunk's end reaches q
         rest = torch.empty_like(a)
         rest[-1] = 1.0
         for q in range(Q - 2, -1, -1):
@@ -151,28 +165,43 @@ class _CutScan(torch.autograd.Function):
                 nxt = nxt.masked_fill(resets.step[q + 1], 0.0)
                 rest[q].masked_fill_(resets.step[q + 1], 0.0)
             grad[q].addcmul_(a[q + 1], nxt)
-        # reverse stage 2: the gradient entering each chunk's end from the chunks after it
+        # reverse stage 2: the gradient reaching each chunk's end from the chunks after it
         arriving = torch.zeros_like(dh)
-        chunk_starts_reset = [False] * num_chunks if resets is None else resets.step[0].flatten(1).any(0).tolist()
+        starts_reset = [False] * num_chunks if resets is None else resets.step[0].flatten(1).any(0).tolist()
         from_later = [None] * num_chunks
         for c in range(num_chunks - 1, -1, -1):
             from_later[c] = arriving
             at_start = torch.addcmul(grad[0, :, c], rest[0, :, c], arriving)
             arriving = a[0, :, c] * at_start
-            if chunk_starts_reset[c]:
+            if starts_reset[c]:
                 arriving = arriving.masked_fill(resets.step[0, :, c], 0.0)
-        # reverse stage 3: every state's gradient
+        # reverse stage 3: every state's gradient g
         grad.addcmul_(rest, torch.stack(from_later, dim=1))
         del rest
-        # d/da_t = g_t * h'_{t-1}: the previous state, the entering one at a chunk's first step
-        grad_a = torch.empty_like(a)
-        torch.mul(grad[1:], states[:-1], out=grad_a[1:])
-        torch.mul(grad[0], entering, out=grad_a[0])
+        # d/da_t = g_t * h'_{t-1}: the previous state, the entering one at a chunk's first step,
+        # the restart row (or zero) at a reset
+        grad_log_a = torch.empty_like(a)
+        torch.mul(grad[1:], states[:-1], out=grad_log_a[1:])
+        torch.mul(grad[0], entering, out=grad_log_a[0])
+        grad_restarts = None
         if resets is not None:
-            grad_a.masked_fill_(resets.step, 0.0)
-        # [Q, b, nc, n]
-        grad_C = torch.matmul(states.transpose(-1, -2), dy[..., None]).squeeze(-1)
-        return grad_a, grad, grad_C, arriving, None
+            grad_log_a[resets.index] = 0.0
+        if restarts is not None:
+            grad_at_restart = grad[restart_index]
+            grad_restarts = a[restart_index] * grad_at_restart
+            grad_log_a.index_put_(restart_index, grad_at_restart * restarts)
+        # d/d(delta * A) = d/da * a
+        grad_log_a.mul_(a)
+        # [d, n] = sum over steps of delta[m, d] * grad_log_a[m, d, n]: a product batched over d
+        # that reads grad_log_a in place (einsum would copy it into a [d, n, m] layout)
+        d, n = A.shape
+        grad_A = torch.bmm(delta.reshape(-1, d).t().contiguous().unsqueeze(1), grad_log_a.view(-1, d, n).transpose(0, 1)).squeeze(1)
+        grad_delta = grad_log_a.mul_(A).sum(-1)
+        # [Q, b, nc, d], [Q, b, nc, n], [Q, b, nc, n]
+        grad_du = torch.bmm(grad.view(-1, d, n), B.reshape(-1, n, 1)).view(du.shape)
+        grad_B = torch.bmm(du.reshape(-1, 1, d), grad.view(-1, d, n)).view(B.shape)
+        grad_C = torch.bmm(states.view(-1, d, n).transpose(1, 2), dy.reshape(-1, d, 1)).view(C.shape)
+        return grad_delta, grad_du, grad_A, grad_B, grad_C, arriving, grad_restarts, None, None
 
 
 def selective_scan_chunked(
@@ -268,17 +297,17 @@ def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size):
     # [Q, b, nc, n]
     B_q = _to_chunks(B, num_chunks, Q)
     C_q = _to_chunks(C, num_chunks, Q)
-    # [Q, b, nc, d, n]
-    decay = torch.exp(delta_q[..., None] * A)
-    x = du_q[..., None] * B_q[..., None, :]
-    resets = None
+    resets, restart_index = None, None
     if reset is not None and bool(reset.any()):
         resets = _Resets.of(reset, num_chunks, Q)
         if restarts is not None and restarts.shape[0] > 0:
-            # the restart state enters as an input at its reset step; rows in [b, L] row-major order
+            # rows in [b, L] row-major order, as reset.nonzero() lists them
             rows, times = reset.nonzero(as_tuple=True)
-            index = (times % Q, rows, times // Q)
-            x = x.index_put(index, decay[index] * restarts, accumulate=True)
-    y, h = _CutScan.apply(decay, x, C_q, h0, resets)
+            restart_index = (times % Q, rows, times // Q)
+        else:
+            restarts = None
+    else:
+        restarts = None
+    y, h = _ChunkScan.apply(delta_q, du_q, A, B_q, C_q, h0, restarts, resets, restart_index)
     # [Q, b, nc, d] -> [b, d, L]
     return y.permute(1, 3, 2, 0).reshape(b, d, num_chunks * Q)[..., :L], h
