@@ -22,7 +22,7 @@ def make_inputs(b, d, n, L, dtype=torch.float64, seed=0, with_h0=True, with_rese
     reset[0, [0, L - 1]] = True
     reset[0, L // 2] = True
     if b > 2:
-        reset[2, [L // 3, L // 3 + 1, (2 * L) // 3]] = True
+        reset[2, [min(t, L - 1) for t in (L // 3, L // 3 + 1, (2 * L) // 3)]] = True
     if b > 3:
         reset[3:] = torch.rand(b - 3, L, generator=g) < 0.1
     R = int(reset.sum())
@@ -39,8 +39,9 @@ def run_with_grads(scan, inputs, seed=1):
     leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if k in GRAD_NAMES and v is not None}
     y, h = scan(**{**inputs, **leaves})
     g = torch.Generator().manual_seed(seed)
-    gy = torch.randn(y.shape, generator=g, dtype=y.dtype)
-    gh = torch.randn(h.shape, generator=g, dtype=h.dtype)
+    # drawn in float64 whatever the dtype, so that every dtype gets the same weights
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
+    gh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h.dtype)
     grads = torch.autograd.grad((y * gy).sum() + (h * gh).sum(), list(leaves.values()))
     return y.detach(), h.detach(), dict(zip(leaves, grads))
 
@@ -61,15 +62,18 @@ def assert_scans_agree(actual, expected, dtype=None):
 def test_chunked_equals_reference_with_every_gradient(L, with_h0, with_reset_state):
     inputs = make_inputs(4, 5, 3, L, with_h0=with_h0, with_reset_state=with_reset_state)
     expected = run_with_grads(selective_scan_ref, inputs)
-    actual = run_with_grads(lambda **k: selective_scan_chunked(**k, chunk_size=CHUNK), inputs)
+    # segments of 3 chunks: the state and the restart rows cross segment boundaries too
+    actual = run_with_grads(lambda **k: selective_scan_chunked(**k, chunk_size=CHUNK, segment_size=3 * CHUNK), inputs)
     assert_scans_agree(actual, expected)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 2, 7, 200, None], ids=lambda q: f"Q{q}")
-def test_chunked_does_not_depend_on_the_chunk_size(chunk_size):
+@pytest.mark.parametrize("chunk_size,segment_size", [(1, 1), (2, 5), (7, 7), (4, 20), (200, 200), (None, None)],
+                         ids=lambda v: str(v))
+def test_chunked_does_not_depend_on_chunk_or_segment_size(chunk_size, segment_size):
     inputs = make_inputs(4, 3, 2, 50)
     expected = run_with_grads(selective_scan_ref, inputs)
-    actual = run_with_grads(lambda **k: selective_scan_chunked(**k, chunk_size=chunk_size), inputs)
+    actual = run_with_grads(
+        lambda **k: selective_scan_chunked(**k, chunk_size=chunk_size, segment_size=segment_size), inputs)
     assert_scans_agree(actual, expected)
 
 
@@ -142,13 +146,18 @@ def test_ops_auto_picks_chunked_on_cpu_and_it_equals_torch():
         assert_close(h, h_ref)
 
 
-def test_chunk_size_must_be_a_positive_int():
+def test_chunk_and_segment_size_must_be_positive_ints():
     inputs = make_inputs(1, 2, 2, 5)
     with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
         selective_scan_chunked(**inputs, chunk_size=0)
+    with pytest.raises(ValueError, match="segment_size must be a positive int, got 2.5"):
+        selective_scan_chunked(**inputs, segment_size=2.5)
 
 
-def test_default_chunk_size_grows_as_the_square_root_of_the_length():
-    assert chunked.default_chunk_size(1) == 8
-    assert chunked.default_chunk_size(64) == 8
-    assert chunked.default_chunk_size(1024) == 32
+def test_default_sizes_fill_the_segment_budget_with_square_root_chunks():
+    # the Mamba trunk of d_model 64 (d_inner 128, d_state 16) at batch 8: 32 steps of 2 MB
+    assert chunked.default_sizes(8, 128, 16, 1024) == (8, 32)
+    assert chunked.default_sizes(8, 128, 16, 10) == (4, 10)
+    assert chunked.default_sizes(2, 5, 3, 200) == (16, 200)
+    # a state larger than the budget: one step per segment
+    assert chunked.default_sizes(512, 256, 16, 100) == (1, 1)
