@@ -9,8 +9,9 @@ case once (so that load from other processes falls on all cases alike) and the m
   recurrent mode on a ``[B, T]`` TensorDict;
 - ``mamba_torch`` / ``mamba_chunked``: ``MambaModule.sequence`` with the scan backend ``"torch"``
   (the reference, a Python loop over T) or ``"chunked"`` (what ``"auto"`` picks on the CPU);
-- ``scan_torch``, ``scan_chunked_Q*``, ``conv``: the trunk's scan alone (``[B, d_inner, T]``,
-  ``d_state``) and its conv alone, to show where the trunk's time goes, with a chunk-size sweep.
+- ``scan_torch``, ``scan_chunked_default``, ``conv``: the trunk's scan alone (``[B, d_inner, T]``,
+  ``d_state``) and its conv alone, to show where the trunk's time goes;
+- ``scan_chunked_Q{chunk}_S{segment}``: the chunk-size and segment-size sweep of the scan.
 
 Each case's loss is the sum of its outputs (and, for the scan, of the final state). ``is_init``
 is True at about 1% of the steps (and at t = 0 of row 0). Times are wall-clock milliseconds and
@@ -154,7 +155,8 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--input-size", type=int, default=6)
     parser.add_argument("--reset-prob", type=float, default=0.01)
-    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128])
+    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--segment-sizes", type=int, nargs="+", default=[16, 32, 64, 256])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -182,16 +184,19 @@ def main() -> None:
             "scan_torch": scan_case(scan, naive.selective_scan_ref),
             "conv": conv_case(mamba, args.batch, steps, reset, generator),
         }
+        default_q, default_s = chunked.default_sizes(args.batch, mamba.d_inner, mamba.d_state, steps)
+        cases["scan_chunked_default"] = scan_case(scan, chunked.selective_scan_chunked)
         for q in args.chunk_sizes:
-            if q <= steps:
-                cases[f"scan_chunked_Q{q}"] = scan_case(scan, chunked.selective_scan_chunked, chunk_size=q)
-        default_q = chunked.default_chunk_size(steps)
+            for seg in args.segment_sizes:
+                if q <= seg <= steps:
+                    cases[f"scan_chunked_Q{q}_S{seg}"] = scan_case(
+                        scan, chunked.selective_scan_chunked, chunk_size=q, segment_size=seg)
         times = time_cases(cases, args.repeats)
         saved = {name: round(saved_megabytes(cases[name]), 2)
-                 for name in ("gru", "mamba_torch", "mamba_chunked", "scan_torch", f"scan_chunked_Q{default_q}")
-                 if name in cases}
+                 for name in ("gru", "mamba_torch", "mamba_chunked", "scan_torch", "scan_chunked_default")}
         gru_ms = times["gru"]["wall_ms"]
-        run = {"steps": steps, "resets": int(reset.sum()), "default_chunk_size": default_q, "check_max_abs": diffs,
+        run = {"steps": steps, "resets": int(reset.sum()), "default_chunk_size": default_q,
+               "default_segment_size": default_s, "check_max_abs": diffs,
                "times": times, "saved_mb": saved,
                "ratio_wall_to_gru": {k: round(v["wall_ms"] / gru_ms, 3) for k, v in times.items()},
                "ratio_cpu_to_gru": {k: round(v["cpu_ms"] / times["gru"]["cpu_ms"], 3) for k, v in times.items()}}

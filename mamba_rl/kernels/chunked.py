@@ -1,29 +1,36 @@
 """A vectorised PyTorch selective scan for the CPU: a two-level scan over chunks of the sequence.
 
 The reference (:func:`~mamba_rl.kernels.naive.selective_scan_ref`) runs one Python iteration per
-time step, so on a CPU its time is the per-op cost of ``~10 L`` small tensor ops (and as many
-autograd nodes). Here the sequence is cut into ``L / Q`` chunks of ``Q`` steps and the
-recurrence ``h_t = a_t h_{t-1} + x_t`` is computed in three vectorised stages:
+time step, so on a CPU its time is the fixed cost of ``~25 L`` small tensor ops and autograd
+nodes (forward and backward) on ``[b, d, n]`` states. Here the sequence is cut into chunks of
+``Q`` steps and the recurrence ``h_t = a_t h'_{t-1} + x_t`` (``a_t = exp(delta_t A)``,
+``x_t = delta_t u_t B_t``) is computed in three vectorised stages:
 
 1. local states: the recurrence inside every chunk at once, each chunk starting from zero
    (``Q`` Python iterations, each over all chunks);
 2. chunk carries: the state entering each chunk, from the previous chunk's local end state and
-   its total decay (``L / Q`` iterations over ``[b, d, n]``);
+   its total decay (one iteration per chunk, over ``[b, d, n]``);
 3. every state: the local state plus the entering state times the decay accumulated since the
-   chunk start, ``exp(cumsum(delta * A))``, a closed form of cumulative log-decays that are
-   ``<= 0`` for ``A <= 0`` (no exponential of a large positive number).
+   chunk start, ``cumprod(a)`` over the chunk: products of decays in ``(0, 1]`` for ``A <= 0``,
+   which underflow to zero and never overflow (no exponential of a positive number anywhere).
+
+The gradient is the same two-level scan run backwards on the state gradient
+``g_t = C_t dy_t + a_{t+1} g_{t+1}``, written by hand (:class:`_ChunkScan`), so that autograd
+keeps two full-size tensors per segment instead of a dozen. The chunks are grouped in segments
+of a few megabytes scanned one after the other (the state of one entering the next): the
+``[S, b, d, n]`` tensors of a segment stay in the CPU's caches, where the tensors of a whole
+long sequence would be fresh pages from the OS at every allocation.
 
 A reset cuts the recurrence where it happens: the restart state enters as an extra input at the
-reset step (``x_t += a_t * reset_state[k]``), and every quantity that would carry a state across
-the reset (stage 1's previous local state, stage 2's entering state, stage 3's carried term) is
-replaced by zero through a select before it is multiplied, so that a non-finite value before a
-reset reaches nothing after it, neither the outputs nor the gradients of later steps.
+reset step (``x_t += a_t * reset_state[k]``), and every quantity that would carry a state (or a
+state gradient) across the reset is replaced by zero through a select before it is multiplied,
+so that a non-finite value before a reset reaches nothing after it, neither the outputs nor the
+gradients of later steps.
 
 The decay of a Mamba-1 scan is per ``(d, n)``, so the fully closed form inside a chunk (the
 ``[Q, Q]`` matrix of decays between every pair of steps, as Mamba-2's SSD uses) would be a
-``[b, d, n, Q, Q]`` tensor per chunk: ``Q`` times the work of stage 1. Stage 1's loop does the
-same in ``Q`` vectorised steps with ``O(b d n L)`` work. Plain autograd differentiates all
-stages; every input, ``h0`` and ``reset_state`` included, receives its gradient.
+``[b, d, n, Q, Q]`` tensor per chunk: ``Q`` times the work of stage 1, which does the same in
+``Q`` vectorised steps with ``O(b d n L)`` work.
 """
 
 from __future__ import annotations
