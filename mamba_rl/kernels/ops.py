@@ -3,7 +3,11 @@
 ``backend``:
 - ``"torch"``: the readable PyTorch reference in :mod:`mamba_rl.kernels.naive` (any device);
 - ``"triton"``: fused Triton kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``), when present;
-- ``"auto"``: Triton on CUDA tensors when the Triton kernels import, else PyTorch.
+- ``"chunked"``: the scan by chunks in vectorised PyTorch (:mod:`mamba_rl.kernels.chunked`, any
+  device, made for the CPU, where the reference's loop over time is bound by per-op costs); the
+  conv and the single steps as ``"torch"``;
+- ``"auto"``: Triton on CUDA tensors when the Triton kernels import, ``"chunked"`` on CPU
+  tensors, else PyTorch.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import importlib
 
 import torch
 
-from mamba_rl.kernels import naive
+from mamba_rl.kernels import chunked, naive
 
 __all__ = [
     "BACKENDS",
@@ -23,7 +27,7 @@ __all__ = [
     "causal_conv1d_step",
 ]
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "triton", "chunked")
 
 
 def _triton_module():
@@ -39,7 +43,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and _triton_module() is not None else "torch"
+        if device.type == "cuda" and _triton_module() is not None:
+            return "triton"
+        return "chunked" if device.type == "cpu" else "torch"
     if backend == "triton" and _triton_module() is None:
         raise RuntimeError("backend='triton' needs the Triton kernels (pip install triton)")
     return backend
@@ -136,7 +142,7 @@ def selective_scan(
         h0: ``[b, d, n]`` state entering step 0 (zero when None); receives gradients.
         reset: ``[b, L]`` bool; True at ``t`` makes the state entering step ``t`` the restart
             state (zero without ``reset_state``).
-        backend: ``"auto" | "torch" | "triton"``.
+        backend: ``"auto" | "torch" | "triton" | "chunked"``.
         reset_state: ``[R, d, n]``, the states entering the ``R = reset.sum()`` reset steps in
             ``reset.nonzero()`` order (``stored[reset]`` for a per-step ``stored``); receives
             gradients. None: zeros. See :mod:`mamba_rl.kernels.naive`.
@@ -147,6 +153,10 @@ def selective_scan(
     _check_scan_args(u, delta, A, B, C, D, z, delta_bias, h0, reset)
     _check_reset_state(reset, reset_state, (u.shape[1], A.shape[1]), "d, n")
     _check_device("u", u, reset_state=reset_state)
+    if resolve_backend(backend, u.device) == "chunked":
+        return chunked.selective_scan_chunked(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset, reset_state
+        )
     if resolve_backend(backend, u.device) == "triton":
         return _triton_module().selective_scan_triton(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset, reset_state

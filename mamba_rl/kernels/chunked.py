@@ -1,0 +1,320 @@
+"""A vectorised PyTorch selective scan for the CPU: a two-level scan over chunks of the sequence.
+
+The reference (:func:`~mamba_rl.kernels.naive.selective_scan_ref`) runs one Python iteration per
+time step, so on a CPU its time is the fixed cost of ``~25 L`` small tensor ops and autograd
+nodes (forward and backward) on ``[b, d, n]`` states. Here the sequence is cut into chunks of
+``Q`` steps and the recurrence ``h_t = a_t h'_{t-1} + x_t`` (``a_t = exp(delta_t A)``,
+``x_t = delta_t u_t B_t``) is computed in three vectorised stages:
+
+1. local states: the recurrence inside every chunk at once, each chunk starting from zero
+   (``Q`` Python iterations, each over all chunks);
+2. chunk carries: the state entering each chunk, from the previous chunk's local end state and
+   its total decay (one iteration per chunk, over ``[b, d, n]``);
+3. every state: the local state plus the entering state times the decay accumulated since the
+   chunk start, ``cumprod(a)`` over the chunk: products of decays in ``(0, 1]`` for ``A <= 0``,
+   which underflow to zero and never overflow (no exponential of a positive number anywhere).
+
+The gradient is the same two-level scan run backwards on the state gradient
+``g_t = C_t dy_t + a_{t+1} g_{t+1}``, written by hand (:class:`_ChunkScan`), so that autograd
+keeps two full-size tensors per segment instead of a dozen. The chunks are grouped in segments
+of a few megabytes scanned one after the other (the state of one entering the next): the
+``[S, b, d, n]`` tensors of a segment stay in the CPU's caches, where the tensors of a whole
+long sequence would be fresh pages from the OS at every allocation.
+
+A reset cuts the recurrence where it happens: the restart state enters as an extra input at the
+reset step (``x_t += a_t * reset_state[k]``), and every quantity that would carry a state (or a
+state gradient) across the reset is replaced by zero through a select before it is multiplied,
+so that a non-finite value before a reset reaches nothing after it, neither the outputs nor the
+gradients of later steps.
+
+The decay of a Mamba-1 scan is per ``(d, n)``, so the fully closed form inside a chunk (the
+``[Q, Q]`` matrix of decays between every pair of steps, as Mamba-2's SSD uses) would be a
+``[b, d, n, Q, Q]`` tensor per chunk: ``Q`` times the work of stage 1, which does the same in
+``Q`` vectorised steps with ``O(b d n L)`` work.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from mamba_rl.kernels.naive import _compute_dtype, _discretize_delta, selective_scan_ref
+
+__all__ = ["selective_scan_chunked", "default_sizes"]
+
+
+SEGMENT_ELEMENTS = 1 << 19
+"""Elements of one segment's ``[S, b, d, n]`` tensors (2 MB in float32), so that they stay in the
+CPU's caches between the stages; tensors of tens of megabytes are fresh pages from the OS at
+every allocation, whose page faults cost more than the arithmetic."""
+
+
+def default_sizes(batch: int, d: int, n: int, seqlen: int) -> tuple[int, int]:
+    """``(chunk_size Q, segment_size S)``: ``S`` steps of ``[b, d, n]`` fill :data:`SEGMENT_ELEMENTS`,
+    ``Q`` the power of two at or above ``sqrt(S)``, near where the Python iterations per segment,
+    ``Q + S / Q``, are fewest."""
+    segment = max(1, min(seqlen, SEGMENT_ELEMENTS // max(1, batch * d * n)))
+    chunk = 1 << math.ceil(math.log2(math.sqrt(segment)))
+    return chunk, segment
+
+
+def _to_chunks(t: torch.Tensor, num_chunks: int, chunk_size: int) -> torch.Tensor:
+    """``[b, k, L]`` -> ``[Q, b, num_chunks, k]`` contiguous, zero-padded at the end to ``num_chunks * Q``."""
+    b, k, L = t.shape
+    if L < num_chunks * chunk_size:
+        t = torch.cat([t, t.new_zeros(b, k, num_chunks * chunk_size - L)], dim=-1)
+    return t.view(b, k, num_chunks, chunk_size).permute(3, 0, 2, 1).contiguous()
+
+
+class _Resets(NamedTuple):
+    """Where the resets are, in the chunked layout ``[Q, b, nc]`` (``nc`` chunks of ``Q`` steps)."""
+
+    step: torch.Tensor
+    """``[Q, b, nc, 1, 1]`` bool: an episode starts at this step (the state entering it is cut)."""
+    after: torch.Tensor
+    """``[Q, b, nc, 1, 1]`` bool: at or after the chunk's first reset (its entering state no longer reaches)."""
+    cols: list[bool]
+    """Per step of a chunk: some chunk has a reset there (the others skip the select)."""
+    chunks: list[bool]
+    """Per chunk: it holds a reset somewhere."""
+    index: tuple[torch.Tensor, ...]
+    """``(q, b, chunk)`` of every reset step."""
+
+    @classmethod
+    def of(cls, reset: torch.Tensor, num_chunks: int, chunk_size: int) -> _Resets:
+        # [Q, b, nc]
+        step = _to_chunks(reset[:, None, :], num_chunks, chunk_size)[..., 0]
+        after = torch.cummax(step.to(torch.uint8), dim=0).values.bool()
+        return cls(step[..., None, None], after[..., None, None], step.flatten(1).any(1).tolist(),
+                   after[-1].any(0).tolist(), step.nonzero(as_tuple=True))
+
+
+class _ChunkScan(torch.autograd.Function):
+    """The scan of one segment in the chunked layout, with a hand-written backward.
+
+    ``h_t = a_t h'_{t-1} + x_t`` with ``a_t = exp(delta_t * A)``, ``x_t = (delta_t u_t) B_t``;
+    ``y_t = <h_t, C_t>``. ``h'_{t-1}`` is ``h0`` at ``t = 0`` and, at a reset step, its row of
+    ``restarts`` (zero without them). Inputs: ``delta, du`` ``[Q, b, nc, d]``, ``A`` ``[d, n]``,
+    ``B, C`` ``[Q, b, nc, n]``, ``h0`` ``[b, d, n]``, ``restarts`` ``[R, d, n]`` or None,
+    ``resets`` a :class:`_Resets` or None, ``restart_index`` the ``(q, b, chunk)`` of each
+    restart row. Returns ``y [Q, b, nc, d]`` and the state after the last step.
+
+    The backward runs the same two-level scan in reverse on the state gradient
+    ``g_t = C_t dy_t + a'_{t+1} g_{t+1}`` (``a'`` cut at resets) and reduces the gradients of
+    ``delta, du, A, B, C`` from it with matrix products; it keeps two full-size tensors (``a``
+    and the states) where autograd would keep and create about a dozen.
+    """
+
+    @staticmethod
+    def forward(ctx, delta, du, A, B, C, h0, restarts, resets, restart_index):
+        Q, b, num_chunks = delta.shape[:3]
+        # [Q, b, nc, d, n]
+        a = torch.mul(delta[..., None], A).exp_()
+        # the inputs x, then (in place) the local states, then the states
+        states = torch.mul(du[..., None], B[..., None, :])
+        if restarts is not None:
+            # the restart state enters as an input at its reset step: x += a * restart
+            states.index_put_(restart_index, a[restart_index] * restarts, accumulate=True)
+        # stage 1: the recurrence inside every chunk at once, each chunk from a zero state
+        for q in range(1, Q):
+            prev = states[q - 1]
+            if resets is not None and resets.cols[q]:
+                prev = prev.masked_fill(resets.step[q], 0.0)
+            states[q].addcmul_(a[q], prev)
+        # stage 2: the state entering each chunk; carry[q] = a_0 * ... * a_q of the chunk, <= 1,
+        # zero from the chunk's first reset on
+        carry = torch.cumprod(a, dim=0)
+        if resets is not None:
+            carry.masked_fill_(resets.after, 0.0)
+        h = h0
+        entering = []
+        for c in range(num_chunks):
+            entering.append(h)
+            if resets is not None and resets.chunks[c]:
+                h = h.masked_fill(resets.after[-1, :, c], 0.0)
+            h = torch.addcmul(states[-1, :, c], carry[-1, :, c], h)
+        # [b, nc, d, n]
+        entering = torch.stack(entering, dim=1)
+        # stage 3: every state; a zero carry must not meet a non-finite entering state (0 * inf)
+        if resets is not None and not bool(torch.isfinite(entering).all()):
+            carried = carry * entering
+            states += carried.masked_fill_(resets.after, 0.0)
+        else:
+            states.addcmul_(carry, entering)
+        del carry
+        # [Q, b, nc, d]; bmm on [M, d, n] views (matmul of a transposed 5-d tensor copies it)
+        d, n = A.shape
+        y = torch.bmm(states.view(-1, d, n), C.reshape(-1, n, 1)).view(delta.shape)
+        ctx.save_for_backward(a, states, delta, du, A, B, C, entering, restarts)
+        ctx.resets, ctx.restart_index = resets, restart_index
+        return y, h
+
+    @staticmethod
+    def backward(ctx, dy, dh):
+        a, states, delta, du, A, B, C, entering, restarts = ctx.saved_tensors
+        resets, restart_index = ctx.resets, ctx.restart_index
+        Q, b, num_chunks = a.shape[:3]
+        # dy arrives in y's permuted layout; the outer product would inherit it
+        dy = dy.contiguous()
+        # [Q, b, nc, d, n]: the direct gradient of each state, then (in place) the total one
+        grad = dy[..., None] * C[..., None, :]
+        grad[-1, :, -1] += dh
+        # reverse stage 1: inside every chunk, as if nothing came from later chunks; and
+        # rest[q] = a'_{q+1} * ... * a'_{Q-1}, how much of the gradient at the chunk's end reaches q
+        rest = torch.empty_like(a)
+        rest[-1] = 1.0
+        for q in range(Q - 2, -1, -1):
+            nxt = grad[q + 1]
+            torch.mul(rest[q + 1], a[q + 1], out=rest[q])
+            if resets is not None and resets.cols[q + 1]:
+                nxt = nxt.masked_fill(resets.step[q + 1], 0.0)
+                rest[q].masked_fill_(resets.step[q + 1], 0.0)
+            grad[q].addcmul_(a[q + 1], nxt)
+        # reverse stage 2: the gradient reaching each chunk's end from the chunks after it
+        arriving = torch.zeros_like(dh)
+        starts_reset = [False] * num_chunks if resets is None else resets.step[0].flatten(1).any(0).tolist()
+        from_later = [None] * num_chunks
+        for c in range(num_chunks - 1, -1, -1):
+            from_later[c] = arriving
+            at_start = torch.addcmul(grad[0, :, c], rest[0, :, c], arriving)
+            arriving = a[0, :, c] * at_start
+            if starts_reset[c]:
+                arriving = arriving.masked_fill(resets.step[0, :, c], 0.0)
+        # reverse stage 3: every state's gradient g
+        grad.addcmul_(rest, torch.stack(from_later, dim=1))
+        del rest
+        # d/da_t = g_t * h'_{t-1}: the previous state, the entering one at a chunk's first step,
+        # the restart row (or zero) at a reset
+        grad_log_a = torch.empty_like(a)
+        torch.mul(grad[1:], states[:-1], out=grad_log_a[1:])
+        torch.mul(grad[0], entering, out=grad_log_a[0])
+        grad_restarts = None
+        if resets is not None:
+            grad_log_a[resets.index] = 0.0
+        if restarts is not None:
+            grad_at_restart = grad[restart_index]
+            grad_restarts = a[restart_index] * grad_at_restart
+            grad_log_a.index_put_(restart_index, grad_at_restart * restarts)
+        # d/d(delta * A) = d/da * a
+        grad_log_a.mul_(a)
+        # [d, n] = sum over steps of delta[m, d] * grad_log_a[m, d, n]: a product batched over d
+        # that reads grad_log_a in place (einsum would copy it into a [d, n, m] layout)
+        d, n = A.shape
+        grad_A = torch.bmm(delta.reshape(-1, d).t().contiguous().unsqueeze(1), grad_log_a.view(-1, d, n).transpose(0, 1)).squeeze(1)
+        grad_delta = grad_log_a.mul_(A).sum(-1)
+        # [Q, b, nc, d], [Q, b, nc, n], [Q, b, nc, n]
+        grad_du = torch.bmm(grad.view(-1, d, n), B.reshape(-1, n, 1)).view(du.shape)
+        grad_B = torch.bmm(du.reshape(-1, 1, d), grad.view(-1, d, n)).view(B.shape)
+        grad_C = torch.bmm(states.view(-1, d, n).transpose(1, 2), dy.reshape(-1, d, 1)).view(C.shape)
+        return grad_delta, grad_du, grad_A, grad_B, grad_C, arriving, grad_restarts, None, None
+
+
+def selective_scan_chunked(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    h0: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+    reset_state: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    segment_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The selective scan of :func:`~mamba_rl.kernels.naive.selective_scan_ref`, chunked.
+
+    Same arguments, semantics and returns (``y [b, d, L]`` in ``u``'s dtype, ``h_last [b, d, n]``
+    in at least float32), plus:
+
+    Args:
+        chunk_size: steps per chunk, ``Q`` (None: :func:`default_sizes`).
+        segment_size: steps per segment: the sequence is scanned one segment after the other,
+            each segment's state entering the next, so that the ``[S, b, d, n]`` tensors of one
+            segment stay a few megabytes (None: :func:`default_sizes`). Rounded up to a multiple
+            of ``chunk_size``.
+
+    Reads ``reset`` on the host (which chunks hold a reset).
+    """
+    b, d, L = u.shape
+    n = A.shape[-1]
+    default_q, default_s = default_sizes(b, d, n, L)
+    chunk_size = default_q if chunk_size is None else chunk_size
+    segment_size = default_s if segment_size is None else segment_size
+    for name, value in (("chunk_size", chunk_size), ("segment_size", segment_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if L == 0:
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset, reset_state)
+    dtype = _compute_dtype(u.dtype)
+    Q = min(chunk_size, L)
+    S = min(-(-segment_size // Q) * Q, -(-L // Q) * Q)
+    u_c = u.to(dtype)
+    A_c = A.to(dtype)
+    B_c = B.to(dtype)
+    C_c = C.to(dtype)
+    delta = _discretize_delta(delta, delta_bias, delta_softplus, dtype)
+    du = delta * u_c
+    if reset is not None and not bool(reset.any()):
+        reset = None
+    restart_times = None
+    if reset is not None and reset_state is not None and reset_state.shape[0] > 0:
+        reset_state = reset_state.to(dtype)
+        # [R]: the time of each restart row ([b, L] row-major order, which a segment keeps)
+        restart_times = reset.nonzero(as_tuple=True)[1]
+    h = u_c.new_zeros(b, d, n) if h0 is None else h0.to(dtype)
+    # split, not a slice per segment: the gradient of each slice would be a zero-filled [b, d, L]
+    segments = zip(*(t.split(S, dim=-1) for t in (delta, du, B_c, C_c)))
+    ys = []
+    for start, (delta_s, du_s, B_s, C_s) in zip(range(0, L, S), segments):
+        stop = min(start + S, L)
+        seg_reset = None if reset is None else reset[:, start:stop]
+        seg_restarts = None
+        if restart_times is not None:
+            seg_restarts = reset_state[(restart_times >= start) & (restart_times < stop)]
+        y, h = _scan_segment(delta_s, du_s, A_c, B_s, C_s, h, seg_reset, seg_restarts, Q)
+        ys.append(y)
+    # [b, d, L]
+    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
+    if D is not None:
+        y = y + D.to(dtype)[:, None] * u_c
+    if z is not None:
+        y = y * torch.nn.functional.silu(z.to(dtype))
+    return y.to(u.dtype), h
+
+
+def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size):
+    """``y [b, d, L]`` (before ``D`` and the gate) and the last state of one segment, ``L <= Q * nc``.
+
+    ``delta, du = delta * u`` ``[b, d, L]``, ``B, C`` ``[b, n, L]``, ``h0`` ``[b, d, n]``,
+    ``restarts`` the rows of ``reset_state`` for this segment's resets (None: zeros).
+    """
+    b, d, L = du.shape
+    Q = min(chunk_size, L)
+    num_chunks = -(-L // Q)
+    # padded steps have delta = 0 and B = 0: decay 1, input 0, so the state passes through them
+    # [Q, b, nc, d]
+    delta_q = _to_chunks(delta, num_chunks, Q)
+    du_q = _to_chunks(du, num_chunks, Q)
+    # [Q, b, nc, n]
+    B_q = _to_chunks(B, num_chunks, Q)
+    C_q = _to_chunks(C, num_chunks, Q)
+    resets, restart_index = None, None
+    if reset is not None and bool(reset.any()):
+        resets = _Resets.of(reset, num_chunks, Q)
+        if restarts is not None and restarts.shape[0] > 0:
+            # rows in [b, L] row-major order, as reset.nonzero() lists them
+            rows, times = reset.nonzero(as_tuple=True)
+            restart_index = (times % Q, rows, times // Q)
+        else:
+            restarts = None
+    else:
+        restarts = None
+    y, h = _ChunkScan.apply(delta_q, du_q, A, B_q, C_q, h0, restarts, resets, restart_index)
+    # [Q, b, nc, d] -> [b, d, L]
+    return y.permute(1, 3, 2, 0).reshape(b, d, num_chunks * Q)[..., :L], h
