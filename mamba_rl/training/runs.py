@@ -19,14 +19,17 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 from mamba_rl.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
 
-__all__ = ["RESUME_MUTABLE_KEYS", "RunDirLocked", "RunLock", "GracefulStop", "check_resume_config",
+__all__ = ["RESUME_MUTABLE_KEYS", "RunDirLocked", "RunLock", "GracefulStop", "SignalsRaise", "check_resume_config",
            "check_resume_overrides"]
 
 LOCK_NAME = ".lock"
+# some network filesystems have no flock
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 # how long a resumed run goes on, what it evaluates and logs, and where it runs: never what it computes
 RESUME_MUTABLE_KEYS = frozenset({
@@ -70,6 +73,10 @@ class RunLock:
                         f"{self.run_dir} is in use by another run ({owner or 'owner unknown'}); wait for it to "
                         "end, or choose another run directory"
                     ) from None
+                if err.errno in _NO_FLOCK:
+                    warnings.warn(f"cannot lock {self.run_dir} ({err.strerror}: the filesystem has no flock); "
+                                  "running without a lock, so make sure no other run uses this directory")
+                    return self
                 raise
             # the file may have been removed by its releasing owner between our open and flock
             try:
