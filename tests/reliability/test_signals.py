@@ -32,24 +32,25 @@ def _wait_for_rows(process, run_dir, rows: int, timeout: float = 180.0) -> None:
 def test_kill_9_at_random_points_then_resume_loses_no_row_and_is_bit_identical(tmp_path):
     rng = random.Random(23)
     run = tmp_path / "run"
-    args = tiny_overrides(num_updates=8)
+    updates = 30
+    args = tiny_overrides(num_updates=updates)
     stale_lock_seen = False
     for _ in range(2):
         resume = (run / "checkpoint.pt").exists()
         process = train_process(["--resume", str(run)] if resume else [*args, "--run-dir", str(run)])
-        done = max(progress_updates(run) or [0])
-        _wait_for_rows(process, run, done + rng.randint(1, 2))
-        time.sleep(rng.uniform(0.0, 0.3))
+        # kill during the next few updates, at a random moment inside one
+        _wait_for_rows(process, run, max(progress_updates(run) or [0]) + rng.randint(1, 3))
+        time.sleep(rng.uniform(0.0, 0.1))
         process.send_signal(signal.SIGKILL)
         _, err = process.communicate(timeout=60)
-        assert process.returncode == -signal.SIGKILL
+        assert process.returncode == -signal.SIGKILL, err
         stale_lock_seen |= "taking it over" in err
         if (run / "checkpoint.pt").exists():
             load_checkpoint(run / "checkpoint.pt")
     assert stale_lock_seen, "the second process must take over the lock the killed one left"
-    resumed = train(tiny_config(num_updates=8), run, resume=(run / "checkpoint.pt").exists(), verbose=False)
-    full = train(tiny_config(num_updates=8), tmp_path / "full", verbose=False)
-    assert progress_updates(run) == list(range(1, 9))
+    resumed = train(tiny_config(num_updates=updates), run, resume=(run / "checkpoint.pt").exists(), verbose=False)
+    full = train(tiny_config(num_updates=updates), tmp_path / "full", verbose=False)
+    assert progress_updates(run) == list(range(1, updates + 1))
     assert_same_params(policy_params(full.run_dir), policy_params(resumed.run_dir))
 
 
