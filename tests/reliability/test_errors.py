@@ -2,8 +2,6 @@
 divergence and a wall-clock stop say plainly what happened and what to do."""
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch

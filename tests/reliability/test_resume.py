@@ -7,7 +7,7 @@ from mamba_rl.config import ConfigError
 from mamba_rl.training import train
 from mamba_rl.training.runs import RESUME_MUTABLE_KEYS
 
-from .conftest import assert_same_params, policy_params, progress_updates, snapshot, tiny_config, tiny_overrides
+from .conftest import assert_same_params, policy_params, progress_updates, snapshot, tiny_config
 
 
 @pytest.fixture
