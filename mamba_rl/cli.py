@@ -5,19 +5,27 @@
     python train.py --config configs/h1000_gpu.yaml --controllers mamba gru --horizons 1000 5000 \\
         --seeds 0 1 2 --sweep-dir runs/sweep        # a grid: results.md, results.csv, a PNG
     python train.py --list-keys                    # every config key with its documentation
+
+A user's mistake (a bad key or value, a damaged checkpoint, a run directory in use, a full disk)
+prints one ``error:`` line, exit status 2 for a bad configuration and 1 otherwise;
+``MAMBA_RL_TRACEBACK=1`` shows the traceback instead. A run stopped by ``max_wall_time_s`` before
+``num_updates`` exits with status 3, an interrupted one (SIGINT, SIGTERM) with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-import yaml
-
-from mamba_rl.config import ConfigError, field_docs, load_config
+from mamba_rl.config import ConfigError, field_docs, load_config, parse_override
 
 __all__ = ["main", "build_parser"]
+
+EXIT_CODES = {"completed": 0, "target_reached": 0, "time_limit": 3, "interrupted": 130}
+# options that choose what a new run is; a resume takes all of that from its run directory
+NEW_RUN_OPTIONS = ("config", "run_dir", "controllers", "horizons", "seeds", "sweep_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,30 +49,48 @@ def main(argv=None) -> int:
         for key, doc in field_docs().items():
             print(f"{key}: {doc}")
         return 0
+    from mamba_rl.io import CheckpointError
+    from mamba_rl.training.runs import RunDirLocked
+    from mamba_rl.training.trainer import TrainingDiverged
+
     try:
         return _run(args)
     except ConfigError as err:
+        if os.environ.get("MAMBA_RL_TRACEBACK") == "1":
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except (CheckpointError, RunDirLocked, TrainingDiverged, OSError, ValueError) as err:
+        if os.environ.get("MAMBA_RL_TRACEBACK") == "1":
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return 130
 
 
 def _run(args) -> int:
     from mamba_rl.training.trainer import train
 
     if args.resume is not None:
+        from mamba_rl.training.runs import check_resume_overrides
+
+        given = [f"--{name.replace('_', '-')}" for name in NEW_RUN_OPTIONS if getattr(args, name) is not None]
+        if given:
+            raise ConfigError(f"--resume takes the run's config and directory from {args.resume}; it cannot be "
+                              f"combined with {', '.join(given)}")
         run_dir = Path(args.resume)
         saved = run_dir / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume {run_dir}: no config.yaml there (not a run directory)")
-        extra = yaml.safe_load(saved.read_text())
-        cfg = load_config(None, args.overrides, extra=extra)
-        result = train(cfg, run_dir, resume=True)
-        return 0 if result.status != "interrupted" else 130
+        check_resume_overrides([parse_override(text)[0] for text in args.overrides])
+        cfg = load_config(saved, args.overrides)
+        return EXIT_CODES[train(cfg, run_dir, resume=True).status]
     cfg = load_config(args.config, args.overrides)
     sweep = any(v is not None for v in (args.controllers, args.horizons, args.seeds))
     if not sweep:
-        result = train(cfg, args.run_dir)
-        return 0 if result.status != "interrupted" else 130
+        return EXIT_CODES[train(cfg, args.run_dir).status]
     from mamba_rl.training.sweep import run_sweep
 
     out_dir = Path(args.sweep_dir or Path(cfg.run_root) / "sweep")

@@ -22,7 +22,7 @@ from typing import Literal, Optional, Union
 import yaml
 
 __all__ = ["TrainConfig", "ConfigError", "load_config", "apply_overrides", "parse_override", "field_docs",
-           "config_to_dict", "config_from_dict"]
+           "config_to_dict", "config_from_dict", "check_machine"]
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -272,8 +272,52 @@ def validate(cfg: TrainConfig) -> None:
         )
     if any(h < 1 for h in cfg.eval_horizons):
         raise ConfigError(f"eval_horizons must be ints >= 1, got {cfg.eval_horizons}")
-    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
-        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {cfg.device!r}")
+    if not (cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device)):
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N a GPU index), got {cfg.device!r}")
+    if cfg.learning_rate > MAX_LEARNING_RATE:
+        raise ConfigError(f"learning_rate must be in (0, {MAX_LEARNING_RATE}] (Adam's step size), got {cfg.learning_rate!r}")
+    _check_dt_init(cfg)
+
+
+# Adam moves each parameter by about learning_rate per step: above 1 the first update wrecks the policy
+MAX_LEARNING_RATE = 1.0
+
+
+def _check_dt_init(cfg: TrainConfig) -> None:
+    """The initial Mamba step sizes lie in ``[dt_init_floor or dt_min, dt_max]``; their inverse
+    softplus (the ``dt_proj`` bias) must be finite in float32, else every output is NaN."""
+    import torch
+
+    floor = cfg.dt_min if cfg.dt_init_floor is None else cfg.dt_init_floor
+    for name, value in (("dt_init_floor" if cfg.dt_init_floor is not None else "dt_min", floor), ("dt_max", cfg.dt_max)):
+        dt = torch.tensor(value, dtype=torch.float32)
+        if not bool((dt + torch.log(-torch.expm1(-dt))).isfinite()):
+            raise ConfigError(
+                f"{name} must give a finite initial step in float32 (about 1e-44 <= value <= 1e38), got {value!r}"
+            )
+
+
+def check_machine(cfg: TrainConfig) -> None:
+    """The checks of ``cfg`` against this machine, made before a run touches its directory:
+    a CUDA device that exists, and Triton kernels only where they run (a CUDA device, or the
+    Triton interpreter with ``TRITON_INTERPRET=1``)."""
+    import os
+
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cfg.device.startswith("cuda"):
+        if not cuda:
+            raise ConfigError(f"device={cfg.device!r} but CUDA is not available on this machine; use 'cpu' or 'auto'")
+        index = int(cfg.device.split(":")[1]) if ":" in cfg.device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device={cfg.device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    on_cuda = cuda and cfg.device != "cpu"
+    name = "mamba_backend" if cfg.controller == "mamba" else "gru_backend"
+    if getattr(cfg, name) == "triton" and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        where = "no CUDA on this machine" if not cuda else "device='cpu'"
+        other = "'auto' or 'torch'" if name == "mamba_backend" else "'pad', 'scan' or 'auto'"
+        raise ConfigError(f"{name}='triton' needs a CUDA device ({where}); use {other}")
 
 
 def _type_name(tp) -> str:

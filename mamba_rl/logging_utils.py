@@ -28,9 +28,39 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import warnings
 from pathlib import Path
 
-__all__ = ["RunLogger", "hparams_markdown"]
+__all__ = ["RunLogger", "hparams_markdown", "read_progress"]
+
+
+def read_progress(path: str | Path) -> tuple[list[str] | None, list[dict]]:
+    """``(fields, rows)`` of a ``progress.csv``: the rows whose ``update`` and ``global_step`` parse
+    and that have exactly one value per field; any other line is skipped with a warning."""
+    path = Path(path)
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        lines = list(reader)
+    if not header or "update" not in header or "global_step" not in header:
+        if header or lines:
+            warnings.warn(f"{path} has no valid header (update, global_step, ...); its rows are dropped")
+        return None, []
+    rows, bad = [], []
+    for number, values in enumerate(lines, start=2):
+        row = dict(zip(header, values))
+        try:
+            if len(values) != len(header):
+                raise ValueError
+            int(float(row["update"])), int(float(row["global_step"]))
+        except ValueError:
+            bad.append(number)
+            continue
+        rows.append(row)
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} line(s) that do not parse as a row (line {', '.join(map(str, bad[:5]))})")
+    return header, rows
 
 
 def hparams_markdown(config: dict) -> str:
@@ -45,33 +75,41 @@ class RunLogger:
     Args:
         run_dir: the run directory (event files and ``progress.csv`` go there).
         tensorboard: write TensorBoard event files.
-        purge_step: on resume, the step of the checkpoint: TensorBoard drops later points left by
-            the interrupted run, so the curves continue without overlap.
+        resume_step: on resume, the global step of the checkpoint the run continues from. Points
+            the interrupted run logged after it are dropped (TensorBoard's ``purge_step`` one step
+            later; the rows of ``progress.csv``), those up to it are kept, so after any number of
+            resumes each logged update appears exactly once. None (a fresh run) drops every point
+            an earlier attempt left in ``run_dir`` without a checkpoint. Lines of ``progress.csv``
+            that do not parse (a torn last line, garbage) are dropped with a warning.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool = True, purge_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, tensorboard: bool = True, resume_step: int | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
+            # TensorBoard drops the points of earlier event files at steps >= purge_step
+            purge_step = resume_step + 1 if resume_step is not None else None
+            if resume_step is None and any(self.run_dir.glob("events.out.tfevents.*")):
+                purge_step = 0
             self.writer = SummaryWriter(str(self.run_dir), purge_step=purge_step)
         self.csv_path = self.run_dir / "progress.csv"
         self._fields: list[str] | None = None
         if self.csv_path.exists():
-            with open(self.csv_path, newline="") as handle:
-                rows = list(csv.DictReader(handle))
-            self._fields = list(rows[0].keys()) if rows else None
-            if purge_step is not None and rows:
-                # drop rows the interrupted run wrote after its last checkpoint
-                kept = [row for row in rows if int(float(row["global_step"])) < purge_step]
-                self._rewrite(kept)
+            self._fields, rows = read_progress(self.csv_path)
+            keep = -1 if resume_step is None else resume_step
+            if self._fields is not None:
+                self._rewrite([row for row in rows if int(float(row["global_step"])) <= keep])
 
     def _rewrite(self, rows) -> None:
-        with open(self.csv_path, "w", newline="") as handle:
+        """Replace ``progress.csv`` atomically (a crash leaves the old file or the new one)."""
+        tmp = self.csv_path.with_name(f".{self.csv_path.name}.tmp")
+        with open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=self._fields)
             writer.writeheader()
             writer.writerows(rows)
+        os.replace(tmp, self.csv_path)
 
     def hparams(self, config: dict) -> None:
         if self.writer is not None:

@@ -4,6 +4,8 @@
 - :class:`RolloutCollector` / :class:`Rollout` (:mod:`mamba_rl.training.rollout`).
 - :func:`compute_gae`, :func:`replay`, :func:`ppo_loss` (:mod:`mamba_rl.training.ppo`).
 - :func:`run_sweep` (:mod:`mamba_rl.training.sweep`): a controllers x horizons x seeds grid.
+- :mod:`mamba_rl.training.runs`: the run-directory lock, the keys a resume may change, stopping on
+  SIGINT/SIGTERM.
 """
 
 from mamba_rl.training.ppo import compute_gae, ppo_loss, replay

@@ -3,16 +3,27 @@
 Writes into ``out_dir``: one run directory per cell, ``results.csv`` and ``results.md`` (one row
 per run, then mean and spread per controller and horizon) and ``accuracy_vs_horizon.png``
 (greedy evaluation accuracy against horizon, one line per controller, min..max over seeds shaded).
+
+A sweep adds rows and never drops them: the rows of earlier sweeps into the same ``out_dir`` stay
+in the tables (one row per run directory). A cell whose run directory already holds a finished
+run of the same config is not trained again; one holding a checkpoint of an unfinished run
+(interrupted, stopped by ``max_wall_time_s``) or of a run that may go on (a larger
+``num_updates``, other evaluation settings: the keys a resume may change) is resumed; one holding
+a run that differs in any other key is an error.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import statistics
+import sys
 from pathlib import Path
 
-from mamba_rl.config import TrainConfig
+from mamba_rl.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
+from mamba_rl.io import CHECKPOINT_NAME
+from mamba_rl.training.runs import RESUME_MUTABLE_KEYS
 
 __all__ = ["run_sweep", "cell_horizon", "write_tables", "plot_accuracy"]
 
@@ -43,7 +54,7 @@ def run_sweep(base: TrainConfig, controllers, horizons, seeds, out_dir: str | Pa
     from mamba_rl.training.trainer import train
 
     out_dir = Path(out_dir)
-    rows = []
+    rows = read_rows(out_dir / "results.csv")
     for horizon in horizons:
         train_delays = cell_horizon(base.horizon, horizon)
         top = train_delays[1] if isinstance(train_delays, list) else train_delays
@@ -52,16 +63,68 @@ def run_sweep(base: TrainConfig, controllers, horizons, seeds, out_dir: str | Pa
             for seed in seeds:
                 cfg = dataclasses.replace(base, controller=controller, horizon=train_delays, seed=seed)
                 run_dir = out_dir / f"{controller}__h{delays}__s{seed}"
-                result = train(cfg, run_dir, verbose=verbose)
-                metrics = result.metrics
+                metrics = _finished_metrics(cfg, run_dir)
+                if metrics is None:
+                    resume = (run_dir / CHECKPOINT_NAME).exists()
+                    metrics = train(cfg, run_dir, resume=resume, verbose=verbose).metrics
+                elif verbose:
+                    print(f"{run_dir} already holds this finished run: its metrics are reused", file=sys.stderr)
+                rows = [row for row in rows if row["run_dir"] != str(run_dir)]
                 rows.append({
                     "controller": controller, "horizon": top, "train_delays": delays, "seed": seed,
-                    "status": result.status,
+                    "status": metrics["status"],
                     **{k: metrics.get(k) for k in COLUMNS[5:-1]}, "run_dir": str(run_dir),
                 })
                 write_tables(rows, out_dir)
     plot_accuracy(rows, out_dir / "accuracy_vs_horizon.png")
     return rows
+
+
+def _finished_metrics(cfg: TrainConfig, run_dir: Path) -> dict | None:
+    """The metrics of a finished run of exactly ``cfg`` in ``run_dir``; None when there is none.
+
+    Raises:
+        ConfigError: ``run_dir`` holds a run that differs from ``cfg`` outside the keys a resume
+            may change.
+    """
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    saved = config_to_dict(config_from_dict(metrics["config"], where=str(path)))
+    given = config_to_dict(cfg)
+    changed = [key for key in given if saved[key] != given[key]]
+    fixed = [key for key in changed if key not in RESUME_MUTABLE_KEYS]
+    if fixed:
+        raise ConfigError(
+            f"{run_dir} already holds a run with a different {', '.join(fixed)}; choose another --sweep-dir"
+        )
+    return metrics if not changed and metrics["status"] in ("completed", "target_reached") else None
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """The rows of an earlier sweep's ``results.csv`` (none when it does not exist), numbers as numbers."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("run_dir")]
+    for row in rows:
+        for key in COLUMNS:
+            if key not in ("controller", "train_delays", "status", "run_dir"):
+                row[key] = _number(row.get(key))
+    return rows
+
+
+def _number(text):
+    if text in (None, ""):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _summary(rows: list[dict]) -> list[dict]:

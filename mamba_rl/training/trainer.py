@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,23 +20,18 @@ from typing import Callable
 import torch
 import yaml
 
-from mamba_rl.config import TrainConfig, config_to_dict
+from mamba_rl.config import TrainConfig, check_machine, config_to_dict
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.evaluate import build_policy, evaluate_horizons, format_table, resolve_device
-from mamba_rl.io import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from mamba_rl.io import CHECKPOINT_NAME, find_checkpoint, load_checkpoint, save_checkpoint
 from mamba_rl.logging_utils import RunLogger
 from mamba_rl.policies import count_parameters
 from mamba_rl.training.ppo import compute_gae, explained_variance, ppo_loss, replay
 from mamba_rl.training.rollout import RolloutCollector
+from mamba_rl.training.runs import RESUME_MUTABLE_KEYS, GracefulStop, RunLock, SignalsRaise, check_resume_config
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_device", "new_run_dir", "run_name"]
-
-# keys a resumed run may change: how long it runs and what it logs, not what it computes
-RESUME_MUTABLE_KEYS = frozenset({
-    "num_updates", "max_wall_time_s", "target_accuracy", "target_window", "checkpoint_interval", "log_interval",
-    "eval_episodes", "eval_horizons", "eval_num_envs", "tensorboard", "progress_bar", "device", "num_threads",
-    "cuda_graph", "compile_env", "run_root", "state_figure_interval",
-})
+__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_device", "new_run_dir", "run_name",
+           "RESUME_MUTABLE_KEYS"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -49,7 +42,8 @@ class TrainingDiverged(RuntimeError):
 class TrainResult:
     run_dir: Path
     status: str
-    """``"completed"``, ``"target_reached"``, ``"time_limit"`` or ``"interrupted"``."""
+    """``"completed"``, ``"target_reached"``, ``"time_limit"`` (stopped by ``max_wall_time_s`` before
+    ``num_updates``: not finished) or ``"interrupted"`` (SIGINT or SIGTERM)."""
     metrics: dict
 
 
@@ -75,30 +69,6 @@ def _learning_rate(cfg: TrainConfig, update: int) -> float:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class _GracefulInterrupt:
-    """First Ctrl-C: finish the current update, save a checkpoint, stop. Second: abort at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def _handler(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nCtrl-C: finishing this update, then saving a checkpoint (Ctrl-C again to abort now)",
-              file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
 
 
 def ppo_update(policy, optimizer, rollout, advantages, returns, cfg: TrainConfig, generator: torch.Generator) -> dict:
@@ -195,21 +165,33 @@ def train(
     Raises:
         TrainingDiverged: a loss or the gradient norm became NaN or inf (the last good
             checkpoint stays in the run directory).
+        RunDirLocked: another live process owns ``run_dir`` (:class:`~mamba_rl.training.runs.RunLock`).
+        ConfigError: ``cfg`` does not fit this machine, or (on resume) differs from the run's
+            saved config outside :data:`RESUME_MUTABLE_KEYS`. Nothing in ``run_dir`` changes
+            until the checkpoint has loaded into the policy built from a compatible config.
+        CheckpointError: the checkpoint is missing, damaged or holds non-finite parameters.
     """
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    check_machine(cfg)
+    if resume:
+        find_checkpoint(run_dir)
+    with RunLock(run_dir):
+        return _train(cfg, run_dir, resume, callback, verbose)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: bool) -> TrainResult:
     # --- setup -------------------------------------------------------------------------------
     device = resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
     checkpoint_path = run_dir / CHECKPOINT_NAME
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(checkpoint_path, map_location=device)
+        check_resume_config(checkpoint["config"], cfg, str(checkpoint_path))
     elif checkpoint_path.exists():
         raise FileExistsError(f"{run_dir} already holds a run (checkpoint.pt); pass --resume {run_dir} to continue "
                               "it, or choose another run directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     torch.manual_seed(cfg.seed)
     params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=cfg.env_horizon, num_distractors=cfg.num_distractors,
@@ -229,6 +211,8 @@ def train(
         generator.set_state(checkpoint["minibatch_generator"].cpu())
         start_update, global_step = checkpoint["update"], checkpoint["global_step"]
         train_time_s, history = checkpoint["train_time_s"], list(checkpoint["history"])
+    # the checkpoint has loaded: only now may the run directory change
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     if verbose:
         trunk = "shared trunk" if cfg.shared_trunk else "separate trunks"
         print(f"{cfg.controller} policy ({trunk}) on {device}: {counts['total']:,} parameters "
@@ -237,7 +221,7 @@ def train(
         if resume:
             print(f"resuming at update {start_update} (global step {global_step:,})")
 
-    logger = RunLogger(run_dir, cfg.tensorboard, purge_step=global_step if resume else None)
+    logger = RunLogger(run_dir, cfg.tensorboard, resume_step=global_step if resume else None)
     if not resume:
         logger.hparams(config_to_dict(cfg))
         logger.text("parameters", json.dumps(counts))
@@ -258,7 +242,7 @@ def train(
     session_start = time.perf_counter()
     last_saved = start_update
     try:
-        with _GracefulInterrupt() as interrupt:
+        with GracefulStop() as interrupt:
             while update < cfg.num_updates:
                 lr = _learning_rate(cfg, update)
                 for group in optimizer.param_groups:
@@ -294,13 +278,7 @@ def train(
                 train_time_s += rollout_s + update_s
                 losses = {k: v for k, v in values.items() if k.startswith("losses/")}
                 if not all(math.isfinite(v) for v in losses.values()):
-                    bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not math.isfinite(v))
-                    where = (f"the last good checkpoint is {checkpoint_path} (update {last_saved})"
-                             if checkpoint_path.exists() else "no checkpoint had been saved yet")
-                    raise TrainingDiverged(
-                        f"non-finite loss at update {update} ({bad}); training stopped and {where}. Lower "
-                        f"learning_rate or max_grad_norm, then resume with --resume {run_dir} --set ..."
-                    )
+                    raise TrainingDiverged(_diverged_message(losses, update, checkpoint_path, last_saved))
                 if values["train/episodes"] == 0:
                     values["train/accuracy"] = values["train/episode_return"] = None
                 sps = cfg.steps_per_update / (rollout_s + update_s)
@@ -334,7 +312,8 @@ def train(
                 if interrupt.requested:
                     status = "interrupted"
                     break
-                if cfg.max_wall_time_s is not None and time.perf_counter() - session_start >= cfg.max_wall_time_s:
+                if (cfg.max_wall_time_s is not None and update < cfg.num_updates
+                        and time.perf_counter() - session_start >= cfg.max_wall_time_s):
                     status = "time_limit"
                     break
                 recent = [h["accuracy"] for h in history[-cfg.target_window:]]
@@ -351,27 +330,56 @@ def train(
             progress.close()
         logger.flush()
 
-    save(update)
-
-    # --- final evaluation --------------------------------------------------------------------
+    # --- final checkpoint and evaluation (a signal here still leaves metrics.json) -----------
     evaluation = {}
-    if status != "interrupted" and cfg.eval_episodes > 0:
-        horizons = [cfg.horizon_range[1], *[h for h in cfg.eval_horizons if h != cfg.horizon_range[1]]]
-        policy.eval()
-        evaluation = evaluate_horizons(policy, cfg, horizons, cfg.eval_episodes, num_envs=cfg.eval_num_envs,
-                                       device=device, cuda_graph=cfg.cuda_graph)
-        for horizon, entry in evaluation.items():
-            for mode in ("greedy", "sampled"):
-                logger.tensorboard_scalars({f"eval/accuracy_{mode}_h{horizon}": entry[mode]["accuracy"]}, global_step)
-        if verbose:
-            print(format_table(evaluation, cfg.horizon_range[1]))
+    try:
+        with SignalsRaise():
+            save(update)
+            if status != "interrupted" and cfg.eval_episodes > 0:
+                horizons = [cfg.horizon_range[1], *[h for h in cfg.eval_horizons if h != cfg.horizon_range[1]]]
+                policy.eval()
+                evaluation = evaluate_horizons(policy, cfg, horizons, cfg.eval_episodes, num_envs=cfg.eval_num_envs,
+                                               device=device, cuda_graph=cfg.cuda_graph)
+                for horizon, entry in evaluation.items():
+                    for mode in ("greedy", "sampled"):
+                        logger.tensorboard_scalars({f"eval/accuracy_{mode}_h{horizon}": entry[mode]["accuracy"]},
+                                                   global_step)
+                if verbose:
+                    print(format_table(evaluation, cfg.horizon_range[1]))
+    except KeyboardInterrupt:
+        status, evaluation = "interrupted", {}
+        print("\ninterrupted during the final checkpoint or evaluation: metrics.json has no evaluation",
+              file=sys.stderr, flush=True)
     logger.close()
     metrics = _write_metrics(run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation,
                              device)
     if verbose:
-        print(f"{status} after {update} updates ({global_step:,} steps, {train_time_s:.0f} s of training); "
-              f"metrics in {run_dir / 'metrics.json'}")
+        print(_final_message(cfg, status, update, global_step, train_time_s, run_dir),
+              file=sys.stderr if status in ("time_limit", "interrupted") else sys.stdout)
     return TrainResult(run_dir, status, metrics)
+
+
+def _diverged_message(losses: dict, update: int, checkpoint_path: Path, last_saved: int) -> str:
+    bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not math.isfinite(v))
+    if checkpoint_path.exists():
+        where = (f"the last good checkpoint is {checkpoint_path} (update {last_saved}); resuming it would repeat "
+                 "the same updates, so")
+    else:
+        where = "no checkpoint had been saved yet, so"
+    return (f"non-finite loss at update {update} ({bad}); training stopped and {where} start a new run with a "
+            "lower learning_rate or max_grad_norm (--set learning_rate=...)")
+
+
+def _final_message(cfg: TrainConfig, status: str, update: int, global_step: int, train_time_s: float,
+                   run_dir: Path) -> str:
+    done = f"after {update} of {cfg.num_updates} updates ({global_step:,} steps, {train_time_s:.0f} s of training)"
+    metrics = f"metrics in {run_dir / 'metrics.json'}"
+    if status == "time_limit":
+        return (f"NOT FINISHED: stopped by max_wall_time_s={cfg.max_wall_time_s:g} {done}; {metrics}. Continue "
+                f"with: python train.py --resume {run_dir} --set max_wall_time_s=null")
+    if status == "interrupted":
+        return f"interrupted {done}; continue with: python train.py --resume {run_dir}; {metrics}"
+    return f"{status} {done}; {metrics}"
 
 
 def _write_metrics(run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation, device,

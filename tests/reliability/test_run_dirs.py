@@ -1,0 +1,60 @@
+"""A run directory has one owner at a time; sweeps add rows and never drop them."""
+
+import csv
+
+import pytest
+
+from mamba_rl import cli
+from mamba_rl.training import run_sweep, train
+from mamba_rl.training.runs import RunDirLocked, RunLock
+
+from .conftest import progress_updates, tiny_config, tiny_overrides
+
+
+def test_a_second_run_into_a_locked_run_directory_fails_and_writes_nothing(tmp_path, capsys):
+    # regression: two runs into one directory both exited 0 with their progress.csv rows interleaved
+    run = tmp_path / "run"
+    with RunLock(run):
+        with pytest.raises(RunDirLocked, match=f"{run} is in use by another run \\(pid "):
+            train(tiny_config(), run, verbose=False)
+        assert cli.main([*tiny_overrides(), "--run-dir", str(run)]) == 1
+        assert "error: " in capsys.readouterr().err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert not (run / ".lock").exists()
+    train(tiny_config(num_updates=1), run, verbose=False)
+    assert progress_updates(run) == [1]
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over_with_a_message(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    # what a killed owner leaves: the file with its pid, no flock held (the kernel dropped it)
+    (run / ".lock").write_text("pid 999999 on somehost\n")
+    train(tiny_config(num_updates=1), run, verbose=False)
+    assert "pid 999999 on somehost" in capsys.readouterr().err
+    assert not (run / ".lock").exists()
+
+
+def _rows(sweep_dir):
+    with open(sweep_dir / "results.csv", newline="") as handle:
+        return [(row["controller"], row["horizon"], row["seed"]) for row in csv.DictReader(handle)]
+
+
+def test_a_second_sweep_into_the_same_directory_adds_rows(tmp_path, capsys):
+    # regression: the second sweep's results.csv/results.md replaced the first one's
+    base = tiny_config(num_updates=1, eval_episodes=4, eval_num_envs=4)
+    run_sweep(base, ["mamba"], [3], [0], tmp_path, verbose=False)
+    run_sweep(base, ["mamba"], [4], [0], tmp_path, verbose=False)
+    assert _rows(tmp_path) == [("mamba", "3", "0"), ("mamba", "4", "0")]
+    # the same cell again: its finished run is reused, its row kept once
+    before = (tmp_path / "mamba__h1-3__s0" / "checkpoint.pt").read_bytes()
+    run_sweep(base, ["mamba"], [3], [0], tmp_path, verbose=True)
+    assert "reused" in capsys.readouterr().err
+    assert (tmp_path / "mamba__h1-3__s0" / "checkpoint.pt").read_bytes() == before
+    assert sorted(_rows(tmp_path)) == [("mamba", "3", "0"), ("mamba", "4", "0")]
+    assert (tmp_path / "results.md").read_text().count("| mamba |") == 4
+    # a cell whose run went on for fewer updates than asked is resumed, not trained again
+    run_sweep(tiny_config(num_updates=2, eval_episodes=4, eval_num_envs=4), ["mamba"], [4], [0], tmp_path,
+              verbose=False)
+    assert progress_updates(tmp_path / "mamba__h1-4__s0") == [1, 2]
+    assert len(_rows(tmp_path)) == 2
