@@ -4,7 +4,8 @@ A replay row ``[T]`` holds several episodes: ``reset[b, t]`` True starts one at 
 cannot restart inside one cuDNN sequence, so each row is cut into its episodes and all episodes
 of all rows run as one ``PackedSequence``: sorted by length, longest first, with no padding. The
 packed order is computed by index arithmetic on the device (no per-episode tensors, no
-TensorDict), and the inputs and outputs move in and out of it with one gather each.
+TensorDict), and the inputs and outputs move in and out of it with one gather each (their
+gradients are gathers too).
 
 - the first episode of row ``b`` starts from ``hidden[b]`` (zero if ``reset[b, 0]``), with
   gradient into it; every later one starts from zero;
@@ -100,6 +101,21 @@ def pack_episodes(reset: torch.Tensor) -> PackedEpisodes:
     )
 
 
+class _PermuteRows(torch.autograd.Function):
+    """``src[perm]`` for a permutation ``perm`` of the rows, whose gradient is the gather
+    ``grad[inverse]``: no scatter-add, deterministic."""
+
+    @staticmethod
+    def forward(ctx, src: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return src.index_select(0, perm)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
 def _check(gru: nn.GRU, x: torch.Tensor, hidden: torch.Tensor, reset: torch.Tensor) -> None:
     if not isinstance(gru, nn.GRU):
         raise TypeError(f"gru must be a torch.nn.GRU, got {type(gru).__name__}")
@@ -153,9 +169,9 @@ def gru_replay(
     # [L, N, H]: the row's state for its first episode, zero for the others
     hx = torch.where(packed.is_first[None, :, None], h0[:, packed.row], 0.0).contiguous()
     # [sum of lengths = B*T, F]
-    data = x.reshape(batch * steps, features)[packed.perm]
+    data = _PermuteRows.apply(x.reshape(batch * steps, features), packed.perm, packed.index)
     out, h_n = gru(PackedSequence(data, packed.batch_sizes), hx)
-    out = out.data[packed.index].view(batch, steps, -1)
+    out = _PermuteRows.apply(out.data, packed.index, packed.perm).view(batch, steps, -1)
     # [B, L, H]
     return out, h_n[:, packed.last].transpose(0, 1)
 
