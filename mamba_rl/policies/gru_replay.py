@@ -161,6 +161,7 @@ def gru_replay(
     (torch.Size([4, 10, 8]), torch.Size([4, 2, 8]))
     """
     _check(gru, x, hidden, reset)
+    reset = reset.to(torch.bool)
     if packed is None:
         packed = pack_episodes(reset)
     batch, steps, features = x.shape
@@ -184,6 +185,7 @@ def gru_replay_ref(
     Slow (``T`` calls) and plain; the tests hold :func:`gru_replay` and ``GRUTrunk.sequence`` to it.
     """
     _check(gru, x, hidden, reset)
+    reset = reset.to(torch.bool)
     # [L, B, H]
     h = hidden.transpose(0, 1)
     outs = []

@@ -66,8 +66,8 @@ def _grads(run, module: nn.Module, x, hidden, reset, seed=1):
     module.zero_grad()
     out, final = run(x, hidden, reset)
     generator = torch.Generator().manual_seed(seed)
-    w_out = torch.randn(out.shape, generator=generator, dtype=out.dtype)
-    w_final = torch.randn(final.shape, generator=generator, dtype=final.dtype)
+    w_out = torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)
+    w_final = torch.randn(final.shape, generator=generator, dtype=final.dtype).to(final.device)
     ((out * w_out).sum() + (final * w_final).sum()).backward()
     params = {name: p.grad.clone() for name, p in module.named_parameters()}
     return out.detach(), final.detach(), x.grad, hidden.grad, params
@@ -172,3 +172,26 @@ def test_replay_rejects_bidirectional_gru():
     gru = nn.GRU(INPUT, HIDDEN, 1, batch_first=True, bidirectional=True)
     with pytest.raises(ValueError, match="unidirectional"):
         gru_replay(gru, torch.randn(2, 3, INPUT), torch.randn(2, 1, HIDDEN), torch.zeros(2, 3, dtype=torch.bool))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layers", [1, 2])
+def test_replay_on_cuda_equals_gru_trunk_sequence_pad_backend(layers):
+    """cuDNN's packed kernels (the training path) against the pad backend, TF32 off."""
+    torch.manual_seed(0)
+    trunk = GRUTrunk(INPUT, HIDDEN, layers, recurrent_backend="pad", device="cuda")
+    x, hidden, reset = _inputs(6, 40, layers, "several", torch.float32)
+    x, hidden, reset = x.cuda(), hidden.cuda(), reset.cuda()
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        expected = _grads(lambda x, h, r: (lambda o, s: (o, s["hidden"]))(*trunk.sequence(x, {"hidden": h}, r)),
+                          trunk, x, hidden, reset)
+        actual = _grads(lambda x, h, r: gru_replay(trunk.core.gru, x, h, r), trunk, x, hidden, reset)
+    _assert_same(actual, expected, torch.float32)
+
+
+def test_replay_accepts_integer_resets():
+    gru = nn.GRU(INPUT, HIDDEN, 1, batch_first=True)
+    x, hidden, reset = _inputs(4, 13, 1, "several", torch.float32)
+    out, final = gru_replay(gru, x, hidden, reset.to(torch.uint8))
+    out_bool, final_bool = gru_replay(gru, x, hidden, reset)
+    assert torch.equal(out, out_bool) and torch.equal(final, final_bool)
