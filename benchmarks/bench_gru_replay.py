@@ -17,7 +17,8 @@ script writes its JSON and exits non-zero otherwise.
 Cases: ``issue`` (B=64, T=1024, F=H=128, resets at 0.5% of steps) and ``h1000`` (the trainer's
 replay at configs/h1000_gpu.yaml: 1024 envs in 2 minibatches so B=512, T=1002, F=6, H=128,
 episodes of ``delay + 2`` steps with ``delay`` log-uniform in 1..1000, rows starting mid-episode).
-On the CPU the cases are smaller (``cpu``: B=64, T=256, F=6, H=128, delays in 1..250).
+On the CPU the cases are smaller (``cpu``: B=64, T=256, F=6, H=128, delays in 1..250); ``smoke``
+(B=4, T=32) runs in seconds anywhere.
 
     python benchmarks/bench_gru_replay.py --out benchmarks/results/gru_replay_H100.json
     python benchmarks/bench_gru_replay.py --device cpu --threads 2 --out /tmp/gru_replay_cpu.json
@@ -49,6 +50,8 @@ CASES = {
     "h1000_2layers": (512, 1002, 6, 128, 2, "episodes:1:1000"),
     "cpu": (64, 256, 6, 128, 1, "episodes:1:250"),
     "cpu_2layers": (64, 256, 6, 128, 2, "episodes:1:250"),
+    # seconds on any device: checks the script itself
+    "smoke": (4, 32, 6, 16, 2, "episodes:1:20"),
 }
 CHECK_TOL = 1e-4
 
@@ -174,9 +177,9 @@ def run_case(name: str, device: torch.device, backends: list[str], warmup: int, 
         reference = results(packed_run)
     rows = []
     for backend in backends:
-        run = runs[backend] if backend in runs else trunk_run(backend)
         row = dict(case=name, backend=backend, device=str(device), dtype="float32", shapes=shapes)
         try:
+            run = runs[backend] if backend in runs else trunk_run(backend)
             if backend != "cudnn_no_resets":
                 with fp32_exact():
                     got = results(run)
