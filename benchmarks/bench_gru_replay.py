@@ -2,8 +2,10 @@
 
 Backends (forward + backward of ``out`` and the final state, fp32, one device):
 
-- ``packed``: :func:`mamba_rl.policies.gru_replay.gru_replay`, one cuDNN call over the episodes
-  packed by length;
+- ``packed``: :func:`mamba_rl.policies.gru_replay.gru_replay` ``(method="packed")``, one cuDNN
+  call over the episodes packed by length;
+- ``loop``: ``gru_replay(method="loop")``, the GRU equations stepped over the rows (the CPU's
+  choice; on CUDA ~10 small kernels a step);
 - ``pad``: ``GRUTrunk.sequence`` through TorchRL's ``GRUModule(recurrent_backend="pad")``;
 - ``triton`` (CUDA) and ``scan`` (``--with-scan``, slow): TorchRL's other reset-aware backends,
   through ``GRUTrunk.sequence`` on the same weights;
@@ -145,15 +147,19 @@ def run_case(name: str, device: torch.device, backends: list[str], warmup: int, 
             return out, state["hidden"], trunk
         return run
 
-    def packed_run():
-        out, final = gru_replay(gru, x, h0, reset)
-        return out, final, trunks["pad"]
+    def replay_run(method):
+        def run():
+            out, final = gru_replay(gru, x, h0, reset, method=method)
+            return out, final, trunks["pad"]
+        return run
+
+    packed_run = replay_run("packed")
 
     def no_resets_run():
         out, final = gru(x, h0.transpose(0, 1).contiguous())
         return out, final.transpose(0, 1), trunks["pad"]
 
-    runs = {"packed": packed_run, "cudnn_no_resets": no_resets_run}
+    runs = {"packed": packed_run, "loop": replay_run("loop"), "cudnn_no_resets": no_resets_run}
 
     def fwd_bwd(run):
         out, final, module = run()
@@ -234,7 +240,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cases = args.cases or (["issue", "h1000", "h1000_2layers"] if device.type == "cuda" else ["cpu", "cpu_2layers"])
     repeats = args.repeats or (10 if device.type == "cuda" else 3)
-    backends = ["packed", "pad"]
+    backends = ["packed", "loop", "pad"]
     if device.type == "cuda":
         backends.append("triton")
     if args.with_scan:
@@ -260,6 +266,8 @@ def main() -> None:
         ms = {r["backend"]: r["ms"] for r in rows if r["case"] == name and "ms" in r}
         if "pad" in ms and "packed" in ms:
             summary[f"{name}: pad / packed"] = ms["pad"] / ms["packed"]
+        if "pad" in ms and "loop" in ms:
+            summary[f"{name}: pad / loop"] = ms["pad"] / ms["loop"]
         if "cudnn_no_resets" in ms and "packed" in ms:
             summary[f"{name}: packed / cudnn_no_resets"] = ms["packed"] / ms["cudnn_no_resets"]
     for key, value in summary.items():

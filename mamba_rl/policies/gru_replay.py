@@ -1,5 +1,7 @@
 """The GRU trunk's training replay with resets inside rows: cuDNN over the episodes, packed.
 
+On CUDA (``method="packed"``, the default there):
+
 A replay row ``[T]`` holds several episodes: ``reset[b, t]`` True starts one at ``t``. A GRU
 cannot restart inside one cuDNN sequence, so each row is cut into its episodes and all episodes
 of all rows run as one ``PackedSequence``: sorted by length, longest first, with no padding. The
@@ -19,6 +21,10 @@ recurrent-mode input carries the row's state at ``t = 0`` and zeros elsewhere (w
 Cost: two device-to-host copies per call (the number of episodes, and the packed batch sizes
 that cuDNN reads on the host), about ``max episode length`` recurrent steps, and gathers of
 ``[B*T, F]`` and ``[B*T, H]``.
+
+On the CPU (``method="loop"``, the default there) the same numbers come from the GRU equations
+stepped over the rows with the state zeroed at resets: PyTorch's CPU packed GRU has a backward
+quadratic in ``T`` (see :func:`gru_replay`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-__all__ = ["PackedEpisodes", "pack_episodes", "gru_replay", "gru_replay_ref"]
+__all__ = ["REPLAY_METHODS", "PackedEpisodes", "pack_episodes", "gru_replay", "gru_replay_ref"]
 
 
 @dataclass
@@ -131,22 +137,32 @@ def _check(gru: nn.GRU, x: torch.Tensor, hidden: torch.Tensor, reset: torch.Tens
         raise ValueError(f"hidden must be [B, num_layers, H] = {expected}, got shape {tuple(hidden.shape)}")
 
 
+REPLAY_METHODS = ("auto", "packed", "loop")
+
+
 def gru_replay(
     gru: nn.GRU,
     x: torch.Tensor,
     hidden: torch.Tensor,
     reset: torch.Tensor,
     packed: PackedEpisodes | None = None,
+    method: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``gru`` over ``x`` with episodes restarting at ``reset``, as one packed cuDNN call.
+    """Run ``gru`` over ``x`` with episodes restarting at ``reset``.
 
     Args:
-        gru: a unidirectional ``nn.GRU`` (``batch_first`` either way: packed data has no batch dim).
+        gru: a unidirectional ``nn.GRU`` (``batch_first`` either way: neither method reads it).
         x: ``[B, T, F]`` inputs.
         hidden: ``[B, num_layers, H]``, the state entering ``t = 0``.
         reset: ``[B, T]`` bool; True at ``t`` zeroes the state entering ``t``.
         packed: ``pack_episodes(reset)``, to share one layout between GRUs replaying the same
             rows (separate actor and critic trunks); computed here when None.
+        method: ``"packed"``: one ``nn.GRU`` call over the episodes packed by length (cuDNN's
+            packed kernels on CUDA). ``"loop"``: the GRU equations step by step over the rows,
+            the state zeroed at resets, input projections in one matrix product per layer; on
+            the CPU this is the fast one: PyTorch's CPU packed GRU slices a ``[B*T, 3H]`` tensor
+            per step, whose backward zero-fills the whole tensor each step (``T`` times).
+            ``"auto"``: ``"packed"`` on CUDA, ``"loop"`` elsewhere.
 
     Returns:
         ``(out [B, T, H], final [B, num_layers, H])``: the top layer's hidden state after each
@@ -161,7 +177,13 @@ def gru_replay(
     (torch.Size([4, 10, 8]), torch.Size([4, 2, 8]))
     """
     _check(gru, x, hidden, reset)
+    if method not in REPLAY_METHODS:
+        raise ValueError(f"method must be one of {REPLAY_METHODS}, got {method!r}")
+    if method == "auto":
+        method = "packed" if x.is_cuda else "loop"
     reset = reset.to(torch.bool)
+    if method == "loop":
+        return _gru_loop(gru, x, hidden, reset)
     if packed is None:
         packed = pack_episodes(reset)
     batch, steps, features = x.shape
@@ -175,6 +197,35 @@ def gru_replay(
     out = _PermuteRows.apply(out.data, packed.index, packed.perm).view(batch, steps, -1)
     # [B, L, H]
     return out, h_n[:, packed.last].transpose(0, 1)
+
+
+def _gru_loop(gru: nn.GRU, x: torch.Tensor, hidden: torch.Tensor, reset: torch.Tensor):
+    """``gru_replay(method="loop")``: the ``nn.GRU`` equations, one step at a time over the rows."""
+    layer_in = x
+    finals = []
+    for layer in range(gru.num_layers):
+        w_ih, w_hh = getattr(gru, f"weight_ih_l{layer}"), getattr(gru, f"weight_hh_l{layer}")
+        b_ih, b_hh = getattr(gru, f"bias_ih_l{layer}", None), getattr(gru, f"bias_hh_l{layer}", None)
+        # [B, T, 3H]: every step's input projection in one product
+        gates_in = nn.functional.linear(layer_in, w_ih, b_ih)
+        h = hidden[:, layer]
+        outs = []
+        # unbind/stack rather than slicing: a slice's backward zero-fills the whole tensor
+        for t, gate_in in enumerate(gates_in.unbind(1)):
+            h = torch.where(reset[:, t, None], 0.0, h)
+            gate_h = nn.functional.linear(h, w_hh, b_hh)
+            i_r, i_z, i_n = gate_in.chunk(3, dim=-1)
+            h_r, h_z, h_n = gate_h.chunk(3, dim=-1)
+            r = torch.sigmoid(i_r + h_r)
+            z = torch.sigmoid(i_z + h_z)
+            n = torch.tanh(i_n + r * h_n)
+            h = (1 - z) * n + z * h
+            outs.append(h)
+        finals.append(h)
+        layer_in = torch.stack(outs, 1)
+        if layer < gru.num_layers - 1 and gru.dropout and gru.training:
+            layer_in = nn.functional.dropout(layer_in, gru.dropout, training=True)
+    return layer_in, torch.stack(finals, 1)
 
 
 def gru_replay_ref(

@@ -1,15 +1,19 @@
-"""``gru_replay`` (packed cuDNN over the episodes) against ``GRUTrunk.sequence`` (TorchRL's pad
-backend) and the per-step reference: outputs, final states and every gradient."""
+"""``gru_replay``, both methods (packed episodes; the step loop over rows), against
+``GRUTrunk.sequence`` (TorchRL's pad backend) and the per-step reference: outputs, final states
+and every gradient."""
+
+import re
 
 import pytest
 import torch
 from torch import nn
 
-from mamba_rl.policies.gru_replay import gru_replay, gru_replay_ref, pack_episodes
+from mamba_rl.policies.gru_replay import REPLAY_METHODS, gru_replay, gru_replay_ref, pack_episodes
 from mamba_rl.policies.trunks import GRUTrunk
 from tests.conftest import assert_close
 
 INPUT, HIDDEN = 5, 6
+METHODS = ("packed", "loop")
 
 
 def _reset(kind: str, batch: int, steps: int, generator: torch.Generator) -> torch.Tensor:
@@ -73,13 +77,13 @@ def _grads(run, module: nn.Module, x, hidden, reset, seed=1):
     return out.detach(), final.detach(), x.grad, hidden.grad, params
 
 
-def _assert_same(actual, expected, dtype):
+def _assert_same(actual, expected, dtype, method):
     names = ("out", "final", "grad x", "grad hidden")
     for name, a, e in zip(names, actual[:4], expected[:4]):
-        assert_close(a, e, dtype, msg=f"{name} differs")
+        assert_close(a, e, dtype, msg=f"{method}: {name} differs")
     assert actual[4].keys() == expected[4].keys()
     for name in expected[4]:
-        assert_close(actual[4][name], expected[4][name], dtype, msg=f"grad {name} differs")
+        assert_close(actual[4][name], expected[4][name], dtype, msg=f"{method}: grad {name} differs")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
@@ -91,8 +95,9 @@ def test_replay_equals_gru_trunk_sequence_pad_backend(case, dtype):
     x, hidden, reset = _inputs(batch, steps, layers, kind, dtype)
     expected = _grads(lambda x, h, r: (lambda o, s: (o, s["hidden"]))(*trunk.sequence(x, {"hidden": h}, r)),
                       trunk, x, hidden, reset)
-    actual = _grads(lambda x, h, r: gru_replay(trunk.core.gru, x, h, r), trunk, x, hidden, reset)
-    _assert_same(actual, expected, dtype)
+    for method in METHODS:
+        actual = _grads(lambda x, h, r: gru_replay(trunk.core.gru, x, h, r, method=method), trunk, x, hidden, reset)
+        _assert_same(actual, expected, dtype, method)
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
@@ -103,18 +108,20 @@ def test_replay_equals_per_step_reference(case, batch_first):
     gru = nn.GRU(INPUT, HIDDEN, layers, batch_first=batch_first).double()
     x, hidden, reset = _inputs(batch, steps, layers, kind, torch.float64)
     expected = _grads(lambda x, h, r: gru_replay_ref(gru, x, h, r), gru, x, hidden, reset)
-    actual = _grads(lambda x, h, r: gru_replay(gru, x, h, r), gru, x, hidden, reset)
-    _assert_same(actual, expected, torch.float64)
+    for method in METHODS:
+        actual = _grads(lambda x, h, r: gru_replay(gru, x, h, r, method=method), gru, x, hidden, reset)
+        _assert_same(actual, expected, torch.float64, method)
 
 
-def test_replay_gradcheck_inputs_and_hidden():
+@pytest.mark.parametrize("method", METHODS)
+def test_replay_gradcheck_inputs_and_hidden(method):
     torch.manual_seed(0)
     gru = nn.GRU(2, 3, 2, batch_first=True).double()
     x, hidden = torch.randn(3, 5, 2, dtype=torch.float64), torch.randn(3, 2, 3, dtype=torch.float64)
     reset = torch.tensor([[0, 0, 1, 0, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
     x.requires_grad_(True)
     hidden.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x, h: gru_replay(gru, x, h, reset), (x, hidden))
+    assert torch.autograd.gradcheck(lambda x, h: gru_replay(gru, x, h, reset, method=method), (x, hidden))
 
 
 def test_pack_episodes_layout_by_hand():
@@ -133,24 +140,25 @@ def test_pack_episodes_layout_by_hand():
     assert packed.perm[packed.index].tolist() == list(range(10))
 
 
-def test_nothing_before_a_reset_reaches_the_steps_after_it():
+@pytest.mark.parametrize("method", METHODS)
+def test_nothing_before_a_reset_reaches_the_steps_after_it(method):
     gru = nn.GRU(INPUT, HIDDEN, 2, batch_first=True)
     x, hidden = torch.randn(2, 9, INPUT), torch.randn(2, 2, HIDDEN)
     reset = torch.zeros(2, 9, dtype=torch.bool)
     reset[0, 4] = True
     x[0, :4] = float("nan")
-    out, final = gru_replay(gru, x, hidden, reset)
+    out, final = gru_replay(gru, x, hidden, reset, method=method)
     assert out[0, :4].isnan().all()
     assert out[0, 4:].isfinite().all() and final.isfinite().all()
-    expected, _ = gru_replay(gru, x[:1, 4:], torch.zeros(1, 2, HIDDEN), torch.zeros(1, 5, dtype=torch.bool))
+    expected, _ = gru_replay_ref(gru, x[:1, 4:], torch.zeros(1, 2, HIDDEN), torch.zeros(1, 5, dtype=torch.bool))
     assert_close(out[:1, 4:], expected)
 
 
 def test_shared_layout_equals_own_layout():
     gru = nn.GRU(INPUT, HIDDEN, 1, batch_first=True)
     x, hidden, reset = _inputs(4, 13, 1, "several", torch.float32)
-    out, final = gru_replay(gru, x, hidden, reset, packed=pack_episodes(reset))
-    out_own, final_own = gru_replay(gru, x, hidden, reset)
+    out, final = gru_replay(gru, x, hidden, reset, packed=pack_episodes(reset), method="packed")
+    out_own, final_own = gru_replay(gru, x, hidden, reset, method="packed")
     assert torch.equal(out, out_own) and torch.equal(final, final_own)
 
 
@@ -186,12 +194,39 @@ def test_replay_on_cuda_equals_gru_trunk_sequence_pad_backend(layers):
         expected = _grads(lambda x, h, r: (lambda o, s: (o, s["hidden"]))(*trunk.sequence(x, {"hidden": h}, r)),
                           trunk, x, hidden, reset)
         actual = _grads(lambda x, h, r: gru_replay(trunk.core.gru, x, h, r), trunk, x, hidden, reset)
-    _assert_same(actual, expected, torch.float32)
+    _assert_same(actual, expected, torch.float32, "auto (packed on CUDA)")
 
 
-def test_replay_accepts_integer_resets():
+@pytest.mark.parametrize("method", METHODS)
+def test_replay_accepts_integer_resets(method):
     gru = nn.GRU(INPUT, HIDDEN, 1, batch_first=True)
     x, hidden, reset = _inputs(4, 13, 1, "several", torch.float32)
-    out, final = gru_replay(gru, x, hidden, reset.to(torch.uint8))
-    out_bool, final_bool = gru_replay(gru, x, hidden, reset)
+    out, final = gru_replay(gru, x, hidden, reset.to(torch.uint8), method=method)
+    out_bool, final_bool = gru_replay(gru, x, hidden, reset, method=method)
     assert torch.equal(out, out_bool) and torch.equal(final, final_bool)
+
+
+def test_replay_rejects_unknown_method():
+    gru = nn.GRU(INPUT, HIDDEN, 1, batch_first=True)
+    with pytest.raises(ValueError, match=re.escape(f"method must be one of {REPLAY_METHODS}")):
+        gru_replay(gru, torch.randn(2, 3, INPUT), torch.randn(2, 1, HIDDEN), torch.zeros(2, 3, dtype=torch.bool),
+                   method="cudnn")
+
+
+def test_loop_backward_is_linear_in_steps_not_quadratic():
+    """The loop's backward runs no per-step zero fill of a ``[B, T, ...]`` tensor (what made the
+    CPU packed GRU's backward quadratic in T): its autograd graph has O(T) nodes, none of them a
+    slice of the whole sequence."""
+    gru = nn.GRU(INPUT, HIDDEN, 1, batch_first=True)
+    x, hidden, reset = _inputs(2, 17, 1, "several", torch.float32)
+    out, _ = gru_replay(gru, x.requires_grad_(True), hidden, reset, method="loop")
+    seen, stack, names = set(), [out.grad_fn], []
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.append(type(fn).__name__)
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    assert not [n for n in names if n.startswith("Slice")], "a slice of the sequence in the loop's graph"
+    assert sum(n.startswith("Unbind") for n in names) == 1
