@@ -230,3 +230,12 @@ def test_loop_backward_is_linear_in_steps_not_quadratic():
         stack.extend(next_fn for next_fn, _ in fn.next_functions)
     assert not [n for n in names if n.startswith("Slice")], "a slice of the sequence in the loop's graph"
     assert sum(n.startswith("Unbind") for n in names) == 1
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import mamba_rl.policies.gru_replay as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
