@@ -230,8 +230,11 @@ def main() -> None:
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=None,
                         help="default: issue, h1000, h1000_2layers on CUDA; cpu, cpu_2layers on the CPU")
     parser.add_argument("--with-scan", action="store_true", help="also TorchRL's scan backend (slow)")
+    parser.add_argument("--backends", nargs="+", default=None,
+                        choices=["packed", "loop", "pad", "triton", "scan", "cudnn_no_resets"],
+                        help="only these (packed is always the reference of the check)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on the CPU")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before the timed ones")
     parser.add_argument("--repeats", type=int, default=None, help="default: 10 on CUDA, 3 on the CPU")
     args = parser.parse_args()
 
@@ -246,6 +249,8 @@ def main() -> None:
     if args.with_scan:
         backends.append("scan")
     backends.append("cudnn_no_resets")
+    if args.backends:
+        backends = args.backends
 
     meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
                 torch=torch.__version__, threads=torch.get_num_threads(), warmup=args.warmup, repeats=repeats,
