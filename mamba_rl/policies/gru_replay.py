@@ -1,24 +1,23 @@
 """The GRU trunk's training replay with resets inside rows: cuDNN over the episodes, packed.
 
-On CUDA (``method="packed"``, the default there):
-
-A replay row ``[T]`` holds several episodes: ``reset[b, t]`` True starts one at ``t``. A GRU
-cannot restart inside one cuDNN sequence, so each row is cut into its episodes and all episodes
-of all rows run as one ``PackedSequence``: sorted by length, longest first, with no padding. The
-packed order is computed by index arithmetic on the device (no per-episode tensors, no
-TensorDict), and the inputs and outputs move in and out of it with one gather each (their
-gradients are gathers too).
+A replay row ``[T]`` holds several episodes: ``reset[b, t]`` True starts one at ``t``. On CUDA
+(``method="packed"``, the default there) each row is cut into its episodes, since a GRU cannot
+restart inside one cuDNN sequence, and all episodes of all rows run as one ``PackedSequence``:
+sorted by length, longest first, with no padding. The packed order is computed by index
+arithmetic on the device (no per-episode tensors, no TensorDict), and the inputs and outputs
+move in and out of it with one gather each (their gradients are gathers too). Semantics, for
+both methods:
 
 - the first episode of row ``b`` starts from ``hidden[b]`` (zero if ``reset[b, 0]``), with
   gradient into it; every later one starts from zero;
 - the output at ``t`` is the top layer's hidden state after step ``t``;
 - the final state of row ``b`` is the hidden state after its last episode's last step, ``t = T-1``.
 
-This is exactly what ``torchrl.modules.GRUModule(recurrent_backend="pad")`` computes when its
+This is what ``torchrl.modules.GRUModule(recurrent_backend="pad")`` computes when its
 recurrent-mode input carries the row's state at ``t = 0`` and zeros elsewhere (what
 ``GRUTrunk.sequence`` passes), through the same ``nn.GRU`` call on the same weights.
 
-Cost: two device-to-host copies per call (the number of episodes, and the packed batch sizes
+Cost of ``"packed"``: two device-to-host copies per call (the number of episodes, and the packed batch sizes
 that cuDNN reads on the host), about ``max episode length`` recurrent steps, and gathers of
 ``[B*T, F]`` and ``[B*T, H]``.
 
