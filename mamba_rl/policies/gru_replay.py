@@ -17,9 +17,9 @@ This is what ``torchrl.modules.GRUModule(recurrent_backend="pad")`` computes whe
 recurrent-mode input carries the row's state at ``t = 0`` and zeros elsewhere (what
 ``GRUTrunk.sequence`` passes), through the same ``nn.GRU`` call on the same weights.
 
-Cost of ``"packed"``: two device-to-host copies per call (the number of episodes, and the packed batch sizes
-that cuDNN reads on the host), about ``max episode length`` recurrent steps, and gathers of
-``[B*T, F]`` and ``[B*T, H]``.
+Cost of ``"packed"``: two device-to-host copies per call (the number of episodes, and the packed
+batch sizes that cuDNN reads on the host), about ``max episode length`` recurrent steps, and
+gathers of ``[B*T, F]`` and ``[B*T, H]``.
 
 On the CPU (``method="loop"``, the default there) the same numbers come from the GRU equations
 stepped over the rows with the state zeroed at resets: PyTorch's CPU packed GRU has a backward
