@@ -197,11 +197,13 @@ def run_case(name: str, device: torch.device, backends: list[str], warmup: int, 
                     row["check_failed"] = f"pad and packed differ by more than {CHECK_TOL}: {errors}"
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+                start_bytes = torch.cuda.memory_allocated(device)
             times = time_ms(lambda: fwd_bwd(run), device, warmup, repeats)
             row["ms"] = statistics.median(times)
             row["ms_all"] = [round(t, 3) for t in times]
             if device.type == "cuda":
-                row["peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+                # above what was allocated before the timed calls (inputs, the check's tensors)
+                row["peak_gb"] = (torch.cuda.max_memory_allocated(device) - start_bytes) / 1e9
         except Exception as e:  # a backend that cannot run here is recorded, not fatal
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         rows.append(row)
@@ -219,7 +221,7 @@ def print_row(row: dict) -> None:
     ms = f"{row['ms']:9.2f}" if "ms" in row else "        -"
     err = f"{row['max_rel_error_vs_packed']:.1e}" if "max_rel_error_vs_packed" in row else "-"
     peak = f"{row['peak_gb']:6.2f}" if "peak_gb" in row else "     -"
-    print(f"{row['case']:<14} {desc:<34} {row['backend']:<20} {ms} ms  peak {peak} GB  err {err:<8}"
+    print(f"{row['case']:<14} {desc:<34} {row['backend']:<20} {ms} ms  +peak {peak} GB  err {err:<8}"
           f" {row.get('error', '')}{row.get('check_failed', '')}", flush=True)
 
 
