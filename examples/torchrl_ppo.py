@@ -153,7 +153,7 @@ def train(args: argparse.Namespace) -> dict:
     buffer = ReplayBuffer(storage=LazyTensorStorage(args.num_envs), sampler=SamplerWithoutReplacement(),
                           batch_size=rows)
 
-    curve, episode_returns, frames, start = [], [], 0, time.perf_counter()
+    curve, episode_returns, frames, start, result = [], [], 0, time.perf_counter(), None
     for data in collector:
         # data: [num_envs, T]
         frames += data.numel()
@@ -176,12 +176,21 @@ def train(args: argparse.Namespace) -> dict:
         curve.append({"frames": frames, "mean_return": mean, "episodes": int(done.sum())})
         print(f"{args.trunk} {args.env} frames {frames:>7d}  return {mean:8.3f}  episodes {int(done.sum()):3d}  "
               f"{time.perf_counter() - start:6.1f} s", flush=True)
+        # written every batch, so that a run stopped early keeps its curve
+        result = summarize(args, frames, episode_returns, curve, time.perf_counter() - start)
     collector.shutdown()
+    return result
+
+
+def summarize(args: argparse.Namespace, frames: int, episode_returns, curve, seconds: float) -> dict:
+    """The run's record; ``final_return`` is the mean return of the episodes that ended in the last
+    10% of the frames so far (all episodes when none did). Written to ``--json`` when given."""
     tail = [r for f, r in episode_returns if f > 0.9 * frames] or [r for _, r in episode_returns]
     result = {
         "env": args.env, "trunk": args.trunk, "seed": args.seed, "frames": frames,
+        "complete": frames >= args.total_frames,
         "final_return": float(np.mean(tail)) if tail else float("nan"),
-        "seconds": time.perf_counter() - start, "curve": curve,
+        "seconds": seconds, "curve": curve,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     if args.json is not None:

@@ -2,8 +2,8 @@
 
     python examples/torchrl_ppo_grid.py --out results/torchrl_ppo_grid --workers 16
 
-Each run writes ``<out>/<env>__<trunk>__<seed>.json`` (runs whose file exists are skipped, so an
-interrupted grid resumes); the table ``<out>/table.md`` has one row per env and one column per
+Each run writes ``<out>/<env>__<trunk>__<seed>.json`` after every batch (runs whose file says
+``complete`` are skipped, so an interrupted grid resumes); the table ``<out>/table.md`` has one row per env and one column per
 trunk: the mean over seeds of each run's final return (the episodes ending in its last 10% of
 frames) +- their standard deviation, and the seed count.
 """
@@ -29,7 +29,7 @@ SCRIPT = Path(__file__).with_name("torchrl_ppo.py")
 
 def run_one(out: Path, env: str, trunk: str, seed: int, frames: int, extra: list[str]) -> Path:
     path = out / f"{env}__{trunk}__{seed}.json"
-    if path.exists():
+    if path.exists() and json.loads(path.read_text()).get("complete"):
         return path
     log = path.with_suffix(".log")
     cmd = [sys.executable, str(SCRIPT), "--env", env, "--trunk", trunk, "--seed", str(seed),
@@ -44,6 +44,8 @@ def table(out: Path, envs, trunks) -> str:
     frames: dict[str, int] = {}
     for path in sorted(out.glob("*.json")):
         result = json.loads(path.read_text())
+        if not result.get("complete"):
+            continue
         results.setdefault((result["env"], result["trunk"]), []).append(result["final_return"])
         frames[result["env"]] = result["frames"]
     lines = ["| env | frames | " + " | ".join(trunks) + " |", "| --- | --- |" + " --- |" * len(trunks)]

@@ -40,3 +40,17 @@ def test_example_one_hots_a_discrete_popgym_observation():
     # Discrete(4) cards, one-hot, float32
     assert obs.shape == (2, 4) and obs.dtype.is_floating_point and (obs.sum(-1) == 1).all()
     env.close()
+
+
+def test_grid_table_reports_mean_and_spread_over_complete_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("torchrl_ppo_grid", SCRIPT.with_name("torchrl_ppo_grid.py"))
+    grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(grid)
+    runs = [("gru", 0, 0.5, True), ("gru", 1, 0.7, True), ("mamba", 0, 0.9, True), ("mamba", 1, -5.0, False)]
+    for trunk, seed, score, complete in runs:
+        record = {"env": "E", "trunk": trunk, "seed": seed, "frames": 100, "final_return": score,
+                  "complete": complete}
+        (tmp_path / f"E__{trunk}__{seed}.json").write_text(json.dumps(record))
+    text = grid.table(tmp_path, ["E"], ["gru", "mamba"])
+    # the incomplete mamba run is left out
+    assert "| E | 100 | 0.600 +- 0.141 (n=2) | 0.900 +- 0.000 (n=1) |" in text
