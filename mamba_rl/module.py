@@ -461,9 +461,17 @@ class MambaModule(TensorDictModuleBase):
         reset = self._read_is_init(rows)
         # [B, T, num_layers, ...] each, or None
         stored = self._read_states(rows, rows.batch_size, x.device)
-        if self.write_next_state or _is_vmapped(x, reset, *(stored or ())):
-            # stepping needs no data-dependent shapes, which torch.vmap (GAE's default) cannot batch
-            out, states = self._stepped(x, reset, stored)
+        vmapped = _is_vmapped(x, reset, *(stored or ()))
+        if self.write_next_state or vmapped:
+            # stepping needs no data-dependent shapes, which torch.vmap (GAE's default) cannot batch;
+            # under vmap the PyTorch kernels run, as Triton kernels cannot take batched tensors
+            backend = self.backend
+            if vmapped:
+                self.backend = "torch"
+            try:
+                out, states = self._stepped(x, reset, stored)
+            finally:
+                self.backend = backend
             if self.write_next_state:
                 td.set(self.out_keys[1], states.ssm.reshape(*shape, *states.ssm.shape[2:]))
                 td.set(self.out_keys[2], states.conv.reshape(*shape, *states.conv.shape[2:]))
