@@ -541,7 +541,7 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
     shapes = dict(envs=num_envs, d_model=d_model, d_inner=2 * d_model, d_state=16, d_conv=4, layers=1,
                   input_size=input_size, reset_rate=0.01)
     torch.manual_seed(0)
-    module = MambaModule(input_size, d_model, 1, backend="torch", device=DEV)
+    module = MambaModule(input_size, d_model, 1, in_key="observation", out_key="features", backend="torch", device=DEV)
     block = module.layers[0]
     mixer = block.mixer
     d, n = mixer.d_inner, mixer.d_state

@@ -57,6 +57,16 @@ class MambaMixer(nn.Module):
         dt_scale: scale of that init.
         dt_init_floor: lower clamp of the initial step sizes; must not exceed ``dt_min``.
         conv_bias: bias in the conv (default True). bias: biases in in/out projections (default False).
+        start_marker: give ``in_proj`` a bias whose conv-input half is initialised U(-1, 1)
+            (default False). Every input to the conv then carries this learned offset, except the
+            history a restart begins from: the conv window tells the first ``d_conv - 1`` steps
+            of an episode from the rest through the state alone, so the SSM's input-dependent
+            gates can write the first observation differently. ``bias=True`` adds it too, with
+            ``nn.Linear``'s small init.
+        bc_init_scale: multiplies the initial rows of ``x_proj`` that produce ``B`` and ``C``
+            (default 1). A cue written into the SSM state reaches the output scaled by
+            ``dt * |B| * |C|``; at mamba-ssm's init that is about 1e-4 of the features, too small
+            for a policy gradient to find under its noise.
         backend: ``"auto" | "torch" | "triton"``, see :mod:`mamba_rl.kernels.ops`.
         device, dtype: of the parameters.
 
@@ -83,6 +93,8 @@ class MambaMixer(nn.Module):
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
+        start_marker: bool = False,
+        bc_init_scale: float = 1.0,
         backend: str = "auto",
         device=None,
         dtype=None,
@@ -107,6 +119,8 @@ class MambaMixer(nn.Module):
             )
         if dt_init not in ("random", "constant"):
             raise ValueError(f"dt_init must be 'random' or 'constant', got {dt_init!r}")
+        if not (isinstance(bc_init_scale, (int, float)) and bc_init_scale > 0):
+            raise ValueError(f"bc_init_scale must be a positive float, got {bc_init_scale!r}")
         if backend not in ops.BACKENDS:
             raise ValueError(f"backend must be one of {ops.BACKENDS}, got {backend!r}")
         factory = {"device": device, "dtype": dtype}
@@ -118,12 +132,19 @@ class MambaMixer(nn.Module):
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
         self.backend = backend
 
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias or start_marker, **factory)
+        if start_marker:
+            with torch.no_grad():
+                nn.init.uniform_(self.in_proj.bias[: self.d_inner], -1.0, 1.0)
         self.conv1d = nn.Conv1d(
             self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
             padding=d_conv - 1, bias=conv_bias, **factory,
         )
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        if bc_init_scale != 1.0:
+            with torch.no_grad():
+                # rows [dt_rank:] of x_proj produce B and C
+                self.x_proj.weight[self.dt_rank:] *= bc_init_scale
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
 
         dt_init_std = self.dt_rank**-0.5 * dt_scale
@@ -152,12 +173,15 @@ class MambaMixer(nn.Module):
     # --- state -------------------------------------------------------------------------------
 
     def zero_state(self, batch_shape=(), device=None, dtype=None) -> MixerState:
-        """A zero state for any batch shape: conv ``[*batch, d_inner, d_conv - 1]``, ssm fp32."""
+        """A zero state for any batch shape: conv ``[*batch, d_inner, d_conv - 1]``, ssm
+        ``[*batch, d_inner, d_state]`` in at least float32."""
         batch_shape = torch.Size(batch_shape)
         device = self.A_log.device if device is None else device
         dtype = self.conv1d.weight.dtype if dtype is None else dtype
         conv = torch.zeros(*batch_shape, self.d_inner, self.d_conv - 1, device=device, dtype=dtype)
-        ssm = torch.zeros(*batch_shape, self.d_inner, self.d_state, device=device, dtype=torch.float32)
+        # the SSM state is kept in at least float32 (float64 parameters give a float64 state)
+        ssm_dtype = torch.promote_types(self.conv1d.weight.dtype, torch.float32)
+        ssm = torch.zeros(*batch_shape, self.d_inner, self.d_state, device=device, dtype=ssm_dtype)
         return MixerState(conv, ssm)
 
     def _check_state(self, state: MixerState, batch: int) -> None:
@@ -199,6 +223,7 @@ class MambaMixer(nn.Module):
         x: torch.Tensor,
         state: MixerState | None = None,
         reset: torch.Tensor | None = None,
+        reset_state: MixerState | None = None,
     ) -> tuple[torch.Tensor, MixerState]:
         """Sequence call.
 
@@ -206,7 +231,12 @@ class MambaMixer(nn.Module):
             x: ``[B, T, d_model]``.
             state: state entering ``t = 0`` (zero when None).
             reset: ``[B, T]`` bool; True at ``t``: an episode starts at ``t`` and the state
-                entering step ``t`` is zero.
+                entering step ``t`` is the restart state (zero without ``reset_state``),
+                whatever came before.
+            reset_state: the restart states, gathered at the ``R = reset.sum()`` reset
+                positions only (``stored[reset]`` for a per-step ``stored [B, T, ...]``): conv
+                ``[R, d_inner, d_conv - 1]``, ssm ``[R, d_inner, d_state]``. None: zeros.
+                Gradients flow into it, as into ``state``.
 
         Returns:
             ``y [B, T, d_model]`` and the state after step ``T - 1``.
@@ -219,6 +249,8 @@ class MambaMixer(nn.Module):
             raise ValueError(f"reset must have shape {[batch, seqlen]}, got {list(reset.shape)}")
         if reset is not None and reset.dtype != torch.bool:
             raise TypeError(f"reset must be a bool tensor, got dtype {reset.dtype}")
+        if reset_state is not None and reset is None:
+            raise ValueError("reset_state needs reset: it holds the states entering the reset steps")
         conv_state = None if state is None else state.conv
         h0 = None if state is None else state.ssm
 
@@ -228,12 +260,14 @@ class MambaMixer(nn.Module):
         x_conv, conv_last = ops.causal_conv1d(
             x_in, self.conv1d.weight.squeeze(1), self.conv1d.bias,
             initial_state=conv_state, reset=reset, activation="silu", backend=self.backend,
+            reset_state=None if reset_state is None else reset_state.conv,
         )
         delta, B, C = self._ssm_params(x_conv.transpose(1, 2))
         y, h_last = ops.selective_scan(
             x_conv, delta.transpose(1, 2), self.A, B.transpose(1, 2), C.transpose(1, 2),
             D=_at_least_fp32(self.D), z=z, delta_bias=_at_least_fp32(self.dt_proj.bias), delta_softplus=True,
             h0=h0, reset=reset, backend=self.backend,
+            reset_state=None if reset_state is None else reset_state.ssm,
         )
         out = self.out_proj(y.transpose(1, 2))
         return out, MixerState(conv_last, h_last)

@@ -197,3 +197,35 @@ def test_bad_inputs_name_the_argument():
         mixer(torch.randn(2, 3, 8), bad_state)
     with pytest.raises(ValueError, match="reset must have shape"):
         mixer(torch.randn(2, 3, 8), reset=torch.zeros(2, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("start_marker", [False, True], ids=["plain", "start_marker"])
+def test_sequence_with_restart_states_equals_steps_that_restart_from_them(start_marker):
+    torch.manual_seed(0)
+    mixer = MambaMixer(8, d_state=4, backend="torch", start_marker=start_marker, dtype=torch.float64)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 7, 8, generator=g, dtype=torch.float64)
+    reset = torch.zeros(2, 7, dtype=torch.bool)
+    reset[0, [0, 4]] = True
+    reset[1, 6] = True
+    zero = mixer.zero_state((3,), dtype=torch.float64)
+    restart = MixerState(torch.randn(zero.conv.shape, generator=g, dtype=torch.float64).requires_grad_(),
+                         torch.randn(zero.ssm.shape, generator=g, dtype=torch.float64).requires_grad_())
+    y, final = mixer(x, None, reset, restart)
+    state, ys, row = mixer.zero_state((2,), dtype=torch.float64), [], 0
+    for t in range(7):
+        conv, ssm = list(state.conv.unbind(0)), list(state.ssm.unbind(0))
+        for b in range(2):
+            if reset[b, t]:
+                conv[b], ssm[b] = restart.conv[row], restart.ssm[row]
+                row += 1
+        step_y, state = mixer.step(x[:, t], MixerState(torch.stack(conv), torch.stack(ssm)))
+        ys.append(step_y)
+    assert_close(y, torch.stack(ys, 1))
+    assert_close(final.ssm, state.ssm)
+    assert_close(final.conv, state.conv)
+    grads = torch.autograd.grad(y.sum(), restart)
+    expected = torch.autograd.grad(torch.stack(ys, 1).sum(), restart)
+    for got, want in zip(grads, expected):
+        assert_close(got, want)
+        assert got.abs().sum() > 0

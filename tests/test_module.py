@@ -145,26 +145,77 @@ def test_primer_follows_the_env_device():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_no_information_crosses_a_reset_even_with_noise_in_stored_state(device):
+def test_recurrent_mode_restarts_from_the_state_stored_at_each_is_init_step(device):
+    # TorchRL's rule (GRUModule, LSTMModule, and GAE on the "next" TensorDict): an is_init step
+    # inside a row restarts from the state stored at that step; nothing from before reaches past it
     module = make_module(device)
     td = sequence_td((2,), 10, [0, 6], device)
     dtype = td["obs"].dtype
-    td["recurrent_state_ssm"] = torch.randn(2, 10, 2, 16, 4, dtype=dtype, device=device) * 100
-    td["recurrent_state_conv"] = torch.randn(2, 10, 2, 16, 3, dtype=dtype, device=device) * 100
+    td["recurrent_state_ssm"] = torch.randn(2, 10, 2, 16, 4, dtype=dtype, device=device)
+    td["recurrent_state_conv"] = torch.randn(2, 10, 2, 16, 3, dtype=dtype, device=device)
     with set_recurrent_mode(True):
         out = module(td.clone())["feat"]
         changed = td.clone()
         changed["obs"][:, :6] = torch.randn(2, 6, 5, dtype=dtype, device=device)
-        changed["recurrent_state_ssm"].normal_()
+        changed["recurrent_state_ssm"][:, :6].normal_()
+        changed["recurrent_state_conv"][:, 7:].normal_()
         out_changed = module(changed)["feat"]
-        fresh = module(sequence_td((2,), 10, [0, 6], device)[:, 6:].clone())["feat"]
+        # the tail alone, entering from the state stored at step 6
+        tail = module(td[:, 6:].clone())["feat"]
     assert_close_on(device, out[:, 6:], out_changed[:, 6:])
-    assert_close_on(device, out[:, 6:], fresh)
-    # step mode: the stored state of a starting env is ignored
+    assert_close_on(device, out[:, 6:], tail)
+    # the stored state at the reset slot is the restart state: it changes what follows
+    with set_recurrent_mode(True):
+        moved = td.clone()
+        moved["recurrent_state_ssm"][:, 6] += 1.0
+        assert (module(moved)["feat"][:, 6:] - out[:, 6:]).abs().max() > 1e-3
+    # step mode: the stored state of a starting env is ignored (as GRUModule: zeroed at is_init)
     step = td[:, 6].clone()
     noisy = module(step.clone())["feat"]
     step.exclude("recurrent_state_ssm", "recurrent_state_conv", inplace=True)
     assert_close_on(device, noisy, module(step)["feat"])
+
+
+def test_recurrent_mode_gradients_reach_the_states_stored_at_resets():
+    module = make_module()
+    td = sequence_td((2,), 8, [0, 5])
+    ssm = torch.randn(2, 8, 2, 16, 4, dtype=torch.float64, requires_grad=True)
+    conv = torch.randn(2, 8, 2, 16, 3, dtype=torch.float64, requires_grad=True)
+    td["recurrent_state_ssm"], td["recurrent_state_conv"] = ssm, conv
+    with set_recurrent_mode(True):
+        module(td)["feat"].sum().backward()
+    for grad in (ssm.grad, conv.grad):
+        touched = grad.flatten(2).abs().sum(-1) > 0
+        # only the states entering t = 0 and the reset at t = 5 are read
+        assert touched[:, [0, 5]].all() and not touched[:, [1, 2, 3, 4, 6, 7]].any()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_a_reset_clears_non_finite_inputs_and_states_before_it(bad):
+    # regression: a non-finite observation or state before a reset must not survive the reset,
+    # on the sequence path nor the step path, and must not reach other environments
+    module = make_module()
+    td = sequence_td((3,), 9, [0, 5])
+    x, reset = td["obs"].clone(), td["is_init"].squeeze(-1)
+    x[0, 2] = bad
+    state = module.zero_state((3,))
+    state.ssm[0] = bad
+    state.conv[0] = bad
+    out, final = module.sequence(x, state, reset)
+    stepped, carry = [], state
+    for t in range(9):
+        y, carry = module.step(x[:, t], carry, reset[:, t])
+        stepped.append(y)
+    stepped = torch.stack(stepped, 1)
+    assert not torch.isfinite(out[0, :5]).all()
+    assert torch.isfinite(out[0, 5:]).all() and torch.isfinite(out[1:]).all()
+    assert torch.isfinite(final.ssm).all() and torch.isfinite(final.conv).all()
+    assert_close(stepped[:, 5:], out[:, 5:])
+    assert_close(stepped[1:], out[1:])
+    assert_close(carry.ssm, final.ssm)
+    assert_close(carry.conv, final.conv)
+    clean = module.sequence(x[:, 5:], None, reset[:, 5:])[0]
+    assert_close(out[:, 5:], clean)
 
 
 def test_ppo_loss_and_gae_run_and_reach_every_parameter():
@@ -251,6 +302,6 @@ def test_bad_inputs_and_constructor_values_name_the_argument():
     with pytest.raises(ValueError, match="input_size must be a positive int, got -3"):
         MambaModule(-3, 8)
     with pytest.raises(ValueError, match="out_keys must name the state entries"):
-        MambaModule(5, 8, out_keys=["x", ("next", "a"), ("next", "b")])
+        MambaModule(5, 8, in_key="x", out_keys=["x", ("next", "a"), ("next", "b")])
     with pytest.raises(ValueError, match="norm must be 'rmsnorm' or 'layernorm', got 'batchnorm'"):
-        MambaModule(5, 8, norm="batchnorm")
+        MambaModule(5, 8, in_key="x", out_key="y", norm="batchnorm")

@@ -20,7 +20,8 @@ through an injected state are what steering and chunked training need).
 
     >>> from mamba_rl import MambaModule
     >>> from mamba_rl.lab import check_equivalence
-    >>> report = check_equivalence(MambaModule(input_size=4, d_model=16, num_layers=2), steps=20, backends=["torch"])
+    >>> report = check_equivalence(MambaModule(input_size=4, hidden_size=16, num_layers=2, in_key="obs",
+    ...                                       out_key="features"), steps=20, backends=["torch"])
     >>> report.ok
     True
 
@@ -211,10 +212,13 @@ def _run_td_step(module, x, state, reset):
 
 def _run_td_recurrent(module, x, state, reset):
     batch, steps = x.shape[:2]
-    # the state entering each row is read at t = 0; the entries at later steps are not read
+    # recurrent mode enters each row from the state stored at t = 0 and restarts at every reset
+    # from the state stored there: zero where the tensor API restarts from zero
     ssm = torch.zeros(batch, steps, *state.ssm.shape[1:], dtype=state.ssm.dtype, device=x.device)
     conv = torch.zeros(batch, steps, *state.conv.shape[1:], dtype=state.conv.dtype, device=x.device)
-    ssm[:, 0], conv[:, 0] = state.ssm, state.conv
+    first = reset[:, 0, None, None, None]
+    ssm[:, 0] = torch.where(first, torch.zeros_like(state.ssm), state.ssm)
+    conv[:, 0] = torch.where(first, torch.zeros_like(state.conv), state.conv)
     td = TensorDict({module.in_keys[0]: x, module.ssm_key: ssm, module.conv_key: conv,
                      module.in_keys[3]: reset[..., None]}, batch_size=[batch, steps], device=x.device)
     with set_recurrent_mode(True):
@@ -402,7 +406,8 @@ def main(argv=None) -> int:
     else:
         torch.manual_seed(args.seed)
         module = MambaModule(args.input_size, args.d_model, args.num_layers, d_state=args.d_state, d_conv=args.d_conv,
-                             expand=args.expand, device=device, dtype=_DTYPES[args.dtype or "float32"])
+                             expand=args.expand, in_key="observation", out_key="features", device=device,
+                             dtype=_DTYPES[args.dtype or "float32"])
     try:
         report = check_equivalence(module, batch=args.batch, steps=args.steps, chunk_size=args.chunk,
                                    reset_prob=args.reset_prob, backends=args.backends, grad=not args.no_grad,

@@ -91,7 +91,9 @@ def module_config(module: MambaModule) -> dict:
         "expand": mixer.expand,
         "dt_rank": mixer.dt_rank,
         "conv_bias": mixer.conv1d.bias is not None,
-        "bias": mixer.in_proj.bias is not None,
+        "bias": mixer.out_proj.bias is not None,
+        # in_proj's bias without out_proj's is the start marker (a layout the other options do not give)
+        "start_marker": mixer.in_proj.bias is not None and mixer.out_proj.bias is None,
         "norm": norm,
         "in_keys": [list(k) if isinstance(k, tuple) else k for k in module.in_keys],
         "out_keys": [list(k) if isinstance(k, tuple) else k for k in module.out_keys],
@@ -172,6 +174,8 @@ def _load_lab_payload(payload: dict, path: Path, device) -> tuple[StatePolicy, D
         )
     config = dict(payload["module"])
     config["in_keys"], config["out_keys"] = _keys(config["in_keys"]), _keys(config["out_keys"])
+    # files that do not name it hold a module without the start marker
+    config.setdefault("start_marker", False)
     module = MambaModule(**config, backend="auto", device=device)
     module.load_state_dict(payload["module_state"])
     head = nn.Linear(payload["head"]["in_features"], payload["head"]["out_features"], device=device)

@@ -3,7 +3,7 @@
     >>> import torch
     >>> from mamba_rl import MambaModule
     >>> from mamba_rl.lab import trace
-    >>> module = MambaModule(input_size=3, d_model=8, num_layers=2)
+    >>> module = MambaModule(input_size=3, hidden_size=8, num_layers=2, in_key="obs", out_key="features")
     >>> x = torch.randn(4, 10, 3)                                  # [B, T, input_size]
     >>> tr = trace(module, x)
     >>> tr.ssm.shape, tr.conv.shape, tr.out.shape                  # [T + 1, B, L, ...], [T, B, d_model]
@@ -168,19 +168,29 @@ def _layers_step(module: MambaModule, x, state: MambaState, reset):
 
 
 def _inputs_from_tensordict(module: MambaModule, td: TensorDictBase):
-    """``(x [B, T, F], reset [B, T], state at t = 0 or None)``, read as recurrent mode reads them."""
+    """``(x [B, T, F], reset [B, T], state at t = 0 or None)``, read as recurrent mode reads them:
+    each row enters ``t = 0`` from the state stored there (is_init or not), and restarts at later
+    is_init steps from the state stored there, which the trace supports when it is zero."""
     if td.batch_dims not in (1, 2):
         raise ValueError(f"td must have batch_size [T] or [B, T], got {list(td.batch_size)}")
     rows = td.unsqueeze(0) if td.batch_dims == 1 else td
     x = rows.get(module.in_keys[0])
     is_init = rows.get(module.in_keys[3], None)
-    reset = None if is_init is None else is_init.reshape(rows.batch_size)
-    first = rows[:, 0]
-    ssm, conv = first.get(module.ssm_key, None), first.get(module.conv_key, None)
+    reset = None if is_init is None else is_init.reshape(rows.batch_size).clone()
+    ssm, conv = rows.get(module.ssm_key, None), rows.get(module.conv_key, None)
     state = None
     if ssm is not None or conv is not None:
-        zero = module.zero_state(first.batch_size, x.device)
-        state = MambaState(zero.ssm if ssm is None else ssm, zero.conv if conv is None else conv)
+        if reset is not None:
+            later = reset.clone()
+            later[:, 0] = False
+            if any(stored is not None and bool(stored[later].any()) for stored in (ssm, conv)):
+                raise ValueError("trace restarts from zero at is_init steps after t = 0, and this TensorDict "
+                                 "stores non-zero states there (recurrent mode restarts from them): trace "
+                                 "the rows cut at those steps")
+            # the stored state enters t = 0 whether or not an episode starts there
+            reset[:, 0] = False
+        zero = module.zero_state(rows.batch_size[:1], x.device)
+        state = MambaState(zero.ssm if ssm is None else ssm[:, 0], zero.conv if conv is None else conv[:, 0])
     return x, reset, state
 
 

@@ -389,8 +389,8 @@ def test_module_step_in_place_in_a_cuda_graph_matches_the_torch_backend():
     from mamba_rl.module import MambaState
 
     torch.manual_seed(0)
-    module = MambaModule(32, 128, 2, backend="triton", device="cuda")
-    reference = MambaModule(32, 128, 2, backend="torch", device="cuda")
+    module = MambaModule(32, 128, 2, in_key="obs", out_key="feat", backend="triton", device="cuda")
+    reference = MambaModule(32, 128, 2, in_key="obs", out_key="feat", backend="torch", device="cuda")
     reference.load_state_dict(module.state_dict())
     N = 4096
     g = torch.Generator(device="cuda").manual_seed(0)

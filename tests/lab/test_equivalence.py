@@ -13,7 +13,8 @@ from mamba_rl.mixer import MambaMixer
 
 def make_module(dtype=torch.float32, device="cpu"):
     torch.manual_seed(0)
-    return MambaModule(5, 16, num_layers=2, d_state=8, backend="torch", dtype=dtype, device=device)
+    return MambaModule(5, 16, num_layers=2, d_state=8, in_key="obs", out_key="feat", backend="torch", dtype=dtype,
+                       device=device)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
@@ -61,7 +62,8 @@ def test_step_that_works_on_a_stand_in_cache_is_caught(monkeypatch):
 def test_sequence_that_drops_the_initial_state_is_caught(monkeypatch):
     module = make_module()
     original = MambaMixer.forward
-    monkeypatch.setattr(MambaMixer, "forward", lambda self, x, state=None, reset=None: original(self, x, None, reset))
+    monkeypatch.setattr(MambaMixer, "forward", lambda self, x, state=None, reset=None, reset_state=None:
+                        original(self, x, None, reset, reset_state))
     report = check_equivalence(module, steps=30, chunk_size=7, backends=["torch"])
     rows = {row.path: row for row in report.rows}
     # the reference itself is now wrong: stepping (which reads the state) disagrees with it

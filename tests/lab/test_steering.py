@@ -75,7 +75,8 @@ def test_gradients_reach_an_injected_state():
     injected state impossible. The steering objective is differentiable in the change, through
     both paths, and the gradient is right (gradcheck, float64)."""
     torch.manual_seed(0)
-    module = MambaModule(4, 6, num_layers=2, d_state=3, backend="torch", dtype=torch.float64)
+    module = MambaModule(4, 6, num_layers=2, d_state=3, in_key="obs", out_key="feat", backend="torch",
+                         dtype=torch.float64)
     head = torch.nn.Linear(6, 3, dtype=torch.float64)
     policy = StatePolicy(module, head)
     obs = torch.randn(2, 5, 4, dtype=torch.float64)
@@ -93,7 +94,7 @@ def test_gradients_reach_an_injected_state():
 
 def test_steering_only_the_chosen_layers():
     torch.manual_seed(0)
-    module = MambaModule(4, 8, num_layers=2, d_state=4, backend="torch")
+    module = MambaModule(4, 8, num_layers=2, d_state=4, in_key="obs", out_key="feat", backend="torch")
     policy = StatePolicy(module, torch.nn.Linear(8, 4))
     obs = torch.randn(3, 4, 4)
     steered = steer_ssm_state(policy, module.zero_state((3,)), obs, torch.tensor([0, 1, 2]), layers=[1],
