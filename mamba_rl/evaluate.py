@@ -1,11 +1,14 @@
-"""Evaluate a trained policy: accuracy per horizon, greedy and sampled.
+"""Evaluate a trained policy: episode return and length with 95% intervals on any env; on the
+memory task also accuracy per horizon. Greedy and sampled.
 
-    mamba-rl-eval --checkpoint runs/<run>/checkpoint.pt [--horizons 50 100 200] [--episodes 1000]
-                  [--device cpu] [--json eval.json]
+    mamba-rl-eval --checkpoint runs/<run>/checkpoint.pt [--episodes 1000] [--device cpu] [--json eval.json]
+                  [--horizons 50 100 200]   # memory task: the horizons to evaluate
     python -m mamba_rl.evaluate ...  (the same)
 
 Accuracy is the fraction of episodes whose query-step answer was right. Evaluation episodes
 come from their own seed (``--seed``, default 12345), so they are not the training episodes.
+On Gymnasium envs episode ``i`` is reset with a seed made from ``(seed, i)`` and its sampled
+actions use noise hashed from ``(seed, i, step)``: the same episodes whatever ``--num-envs``.
 """
 
 from __future__ import annotations
@@ -29,23 +32,140 @@ from mamba_rl.envs import (
     delayed_memory_step,
 )
 from mamba_rl.io import CheckpointError, load_checkpoint
-from mamba_rl.policies import ActorCritic, make_actor_critic
+from mamba_rl.envs.adapters import BatchedEnv, EnvSpecError, episode_seed
+from mamba_rl.envs.delayed_memory import mix32
+from mamba_rl.policies import ActorCritic, build_policy, make_train_env
 from mamba_rl.training.rollout import capture_cuda_graph, sample_actions
 
-__all__ = ["evaluate_policy", "evaluate_horizons", "build_policy", "load_policy", "resolve_device", "main", "EVAL_SEED"]
+__all__ = ["evaluate_policy", "evaluate_horizons", "evaluate_env", "run_episodes", "build_policy", "load_policy",
+           "mean_ci95", "resolve_device", "main", "EVAL_SEED"]
 
 EVAL_SEED = 12345
 
 
-def build_policy(cfg: TrainConfig, device) -> ActorCritic:
-    """The actor-critic described by ``cfg`` (for the env of ``cfg``)."""
-    params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=cfg.env_horizon, num_distractors=cfg.num_distractors)
-    return make_actor_critic(
-        cfg.controller, params.obs_dim, params.num_actions, shared_trunk=cfg.shared_trunk, d_model=cfg.d_model,
-        num_layers=cfg.num_layers, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, dt_min=cfg.dt_min,
-        dt_max=cfg.dt_max, dt_init_floor=cfg.dt_init_floor, bc_init_scale=cfg.bc_init_scale, mamba_backend=cfg.mamba_backend,
-        gru_hidden_size=cfg.gru_hidden_size, gru_backend=cfg.gru_backend, head_hidden=cfg.head_hidden, device=device,
-    )
+def mean_ci95(values) -> tuple[float, float]:
+    """``(mean, half-width of its 95% normal interval)`` of a 1-d sequence; nan for an empty one,
+    0 half-width for one value."""
+    x = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if x.numel() == 0:
+        return float("nan"), float("nan")
+    half = 1.96 * float(x.std()) / x.numel() ** 0.5 if x.numel() > 1 else 0.0
+    return float(x.mean()), half
+
+
+def hashed_noise(key: int, episode: torch.Tensor, t: torch.Tensor, shape: tuple[int, ...], normal: bool) -> torch.Tensor:
+    """Noise ``[n, *shape]`` that depends only on ``(key, episode[i], t[i])``: uniform in [0, 1), or
+    standard normal (Box-Muller). ``episode`` and ``t`` are int64 ``[n]`` in ``0 .. 2**32 - 1``."""
+    count = 1
+    for d in shape:
+        count *= d
+    base = mix32(mix32(episode ^ key) ^ t)[:, None]
+    component = torch.arange(2 * count if normal else count, device=episode.device)
+    u = ((mix32(base ^ component).double() + 0.5) / 2**32).clamp(max=1 - 2**-24)
+    if normal:
+        u1, u2 = u[:, :count], u[:, count:]
+        z = (-2 * u1.log()).sqrt() * torch.cos(2 * torch.pi * u2)
+        return z.float().reshape(-1, *shape)
+    return u.float().reshape(-1, *shape)
+
+
+@torch.no_grad()
+def run_episodes(policy: ActorCritic, env: BatchedEnv, episodes: int, *, greedy: bool = True,
+                 seed: int = EVAL_SEED, progress: bool = False) -> dict:
+    """Play ``episodes`` episodes of ``env`` (its ``num_envs`` copies in parallel) with ``policy``.
+
+    Episode ``i`` is the ``i``-th to start (the first ``num_envs`` at the reset, then one per copy
+    that finishes, in copy order). On envs with per-episode seeding (Gymnasium ids) its reset
+    seed is :func:`~mamba_rl.envs.adapters.episode_seed` ``(seed, i)`` and its sampled actions use
+    noise hashed from ``(seed, i, step)``, so its outcome does not depend on ``num_envs``.
+
+    Returns ``{"episodes", "mean_return", "return_ci95", "mean_length", "length_ci95",
+    "success_rate"}`` (``*_ci95``: half-width of the 95% interval of the mean).
+    """
+    device = next(policy.parameters()).device
+    head = policy.action_dist
+    n = env.num_envs
+    started = 0
+    if hasattr(env, "episode_seeds"):
+        def seeds(count: int) -> list[int]:
+            nonlocal started
+            first, started = started, started + count
+            return [episode_seed(seed, first + k) for k in range(count)]
+
+        env.episode_seeds = seeds
+    state, obs, _ = env.reset(seed)
+    started = n
+    slot_episode = torch.arange(n, device=device)
+    t = torch.zeros(n, dtype=torch.int64, device=device)
+    ret = torch.zeros(n, dtype=torch.float64, device=device)
+    success = torch.zeros(n, dtype=torch.bool, device=device)
+    policy_state = policy.zero_state(n, device)
+    reset = torch.ones(n, dtype=torch.bool, device=device)
+    returns, lengths, successes = [float("nan")] * episodes, [0] * episodes, [False] * episodes
+    key = mix32(int(seed) & 0xFFFFFFFF)
+    finished = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=episodes, unit="episode", dynamic_ncols=True)
+    while finished < episodes:
+        params, _, _ = policy.step(obs.to(device), policy_state, reset, out_state=policy_state)
+        if greedy:
+            action = head.mode(params)
+        else:
+            noise = hashed_noise(key, slot_episode, t, head.noise_shape, normal=head.action_dtype.is_floating_point)
+            action, _ = head.sample(params, noise)
+        state, step = env.step(state, action)
+        ret += step.reward.to(device)
+        success |= step.success.to(device)
+        t += 1
+        done = (step.terminated | step.truncated).to(device)
+        if bool(done.any()):
+            index = done.nonzero().squeeze(-1)
+            for i, episode, r, length, s in zip(index.tolist(), slot_episode[index].tolist(), ret[index].tolist(),
+                                                t[index].tolist(), success[index].tolist()):
+                if episode < episodes:
+                    returns[episode], lengths[episode], successes[episode] = r, length, s
+                    finished += 1
+                    if bar is not None:
+                        bar.update(1)
+            slot_episode[index] = torch.arange(started, started + len(index), device=device)
+            started += len(index)
+            ret[index], t[index], success[index] = 0.0, 0, False
+        obs, reset = step.obs, done
+    if bar is not None:
+        bar.close()
+    mean_return, return_ci = mean_ci95(returns)
+    mean_length, length_ci = mean_ci95(lengths)
+    return {"episodes": episodes, "mean_return": mean_return, "return_ci95": return_ci, "mean_length": mean_length,
+            "length_ci95": length_ci, "success_rate": sum(successes) / episodes}
+
+
+def evaluate_env(policy: ActorCritic, cfg: TrainConfig, episodes: int, *, seed: int = EVAL_SEED, num_envs: int = 16,
+                 device=None, modes=("greedy", "sampled"), progress: bool = False) -> dict:
+    """``{mode: run_episodes(...)}`` on ``min(num_envs, episodes)`` copies of ``cfg.env``, plus ``"seconds"``."""
+    device = next(policy.parameters()).device if device is None else torch.device(device)
+    start = time.perf_counter()
+    results = {}
+    for mode in modes:
+        env = make_train_env(cfg, min(num_envs, episodes), device)
+        try:
+            results[mode] = run_episodes(policy, env, episodes, greedy=mode == "greedy", seed=seed, progress=progress)
+        finally:
+            env.close()
+    results["seconds"] = time.perf_counter() - start
+    return results
+
+
+def format_return_table(results: dict, env: str) -> str:
+    lines = ["| env | mode | mean return (95% CI) | mean length (95% CI) | episodes |", "|---|---|---:|---:|---:|"]
+    for mode in ("greedy", "sampled"):
+        if mode in results:
+            r = results[mode]
+            lines.append(f"| {env} | {mode} | {r['mean_return']:.3f} +- {r['return_ci95']:.3f} | "
+                         f"{r['mean_length']:.1f} +- {r['length_ci95']:.1f} | {r['episodes']} |")
+    return "\n".join(lines)
 
 
 def load_policy(path, device="cpu") -> tuple[ActorCritic, TrainConfig, dict]:
@@ -142,23 +262,25 @@ def evaluate_policy(
     Greedy: the argmax action; sampled: drawn from the policy with ``seed``'s generator. On CUDA
     (``cuda_graph``) each step is replayed from a CUDA graph; the numbers are those of the eager loop.
 
-    Returns ``{"accuracy", "episodes", "successes", "mean_return"}``.
+    Returns ``{"accuracy", "episodes", "successes", "mean_return", "return_ci95"}``.
     """
     device = next(policy.parameters()).device if device is None else torch.device(device)
     generator = torch.Generator(device)
     generator.manual_seed(seed)
-    successes, total_return, done_episodes, batch_index = 0, 0.0, 0, 0
+    successes, returns, done_episodes, batch_index = 0, [], 0, 0
     while done_episodes < episodes:
         n = min(num_envs, episodes - done_episodes)
         # one seed per batch, so that batches are different episodes
         batch = _EpisodeBatch(policy, params, n, seed + batch_index, greedy, device)
         batch.run(generator, cuda_graph)
         successes += int(batch.successes.sum())
-        total_return += float(batch.returns.sum())
+        returns.append(batch.returns.double())
         done_episodes += n
         batch_index += 1
+    returns = torch.cat(returns).cpu()
+    _, return_ci = mean_ci95(returns)
     return {"accuracy": successes / episodes, "episodes": episodes, "successes": successes,
-            "mean_return": total_return / episodes}
+            "mean_return": float(returns.sum()) / episodes, "return_ci95": return_ci}
 
 
 def evaluate_horizons(policy, cfg: TrainConfig, horizons, episodes: int, *, seed: int = EVAL_SEED,
@@ -207,14 +329,15 @@ def resolve_device(name: str, arg: str = "device") -> torch.device:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="mamba-rl-eval", description="Accuracy per horizon of a trained policy, "
-                                     "greedy and sampled.")
+    parser = argparse.ArgumentParser(prog="mamba-rl-eval", description="Episode return and length of a trained "
+                                     "policy (and accuracy per horizon on the memory task), greedy and sampled.")
     parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     parser.add_argument("--horizons", type=int, nargs="+", default=None,
                         help="horizons to evaluate (default: the trained one, half of it, 2x and 4x)")
     parser.add_argument("--episodes", type=int, default=1000, help="episodes per horizon and mode (default 1000)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--num-envs", type=int, default=1000, help="episodes run in parallel (default 1000)")
+    parser.add_argument("--num-envs", type=int, default=None,
+                        help="episodes run in parallel (default: 1000 on the memory task, else 16)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"seed of the evaluation episodes (default {EVAL_SEED})")
     parser.add_argument("--modes", nargs="+", choices=("greedy", "sampled"), default=["greedy", "sampled"])
     parser.add_argument("--no-cuda-graph", action="store_true",
@@ -226,7 +349,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
-    if args.num_envs < 1:
+    if args.num_envs is not None and args.num_envs < 1:
         parser.error(f"--num-envs must be >= 1, got {args.num_envs}")
     if args.horizons is not None and min(args.horizons) < 1:
         parser.error(f"--horizons must be ints >= 1, got {args.horizons}")
@@ -236,6 +359,29 @@ def main(argv=None) -> int:
     except (CheckpointError, ValueError) as err:
         print(f"mamba-rl-eval: error: {err}", file=sys.stderr)
         return 2
+    if not cfg.is_memory_task:
+        if args.horizons or args.plot_states:
+            print(f"mamba-rl-eval: error: --horizons and --plot-states are for the memory task; this run trained on "
+                  f"{cfg.env!r}", file=sys.stderr)
+            return 2
+        print(f"{args.checkpoint}: {cfg.controller} policy trained on {cfg.env} for {checkpoint.get('update', '?')} "
+              f"updates; {args.episodes} episodes per mode on {device}")
+        try:
+            results = evaluate_env(policy, cfg, args.episodes, seed=args.seed, num_envs=args.num_envs or 16,
+                                   device=device, modes=tuple(args.modes), progress=True)
+        except EnvSpecError as err:
+            print(f"mamba-rl-eval: error: {err}", file=sys.stderr)
+            return 2
+        print(format_return_table(results, cfg.env))
+        if args.json:
+            out = {"checkpoint": str(args.checkpoint), "controller": cfg.controller, "env": cfg.env,
+                   "env_kwargs": cfg.env_kwargs, "update": checkpoint.get("update"), "device": str(device),
+                   "seed": args.seed, "results": results}
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(out, indent=2))
+            print(f"wrote {args.json}")
+        return 0
+    args.num_envs = args.num_envs or 1000
     if args.plot_states and cfg.controller != "mamba":
         print(f"mamba-rl-eval: error: --plot-states needs a Mamba policy, got {cfg.controller!r}", file=sys.stderr)
         return 2
