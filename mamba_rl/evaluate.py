@@ -85,11 +85,13 @@ def run_episodes(policy: ActorCritic, env: BatchedEnv, episodes: int, *, greedy:
     device = next(policy.parameters()).device
     head = policy.action_dist
     n = env.num_envs
-    started = 0
     if hasattr(env, "episode_seeds"):
+        # the env starts episodes in the order this loop numbers them: copies in index order
+        seeded = 0
+
         def seeds(count: int) -> list[int]:
-            nonlocal started
-            first, started = started, started + count
+            nonlocal seeded
+            first, seeded = seeded, seeded + count
             return [episode_seed(seed, first + k) for k in range(count)]
 
         env.episode_seeds = seeds

@@ -301,3 +301,89 @@ def test_trainer_logs_a_state_picture_to_tensorboard_now_and_then(tmp_path):
     events.Reload()
     images = events.Images("states/summary")
     assert len(images) == 1 and len(images[0].encoded_image_string) > 1000
+
+
+@pytest.mark.parametrize("end", ["terminate", "truncate"])
+def test_time_limit_truncation_bootstraps_from_the_final_observation_and_termination_does_not(end):
+    from mamba_rl.policies import make_train_env
+    from tests.envs.test_adapters import ID  # registers the hand-made Countdown env
+
+    torch.manual_seed(0)
+    cfg = small_config(env=ID, env_kwargs={"length": 3, "end": end}, policy_mask_key=None)
+    env = make_train_env(cfg, 2, "cpu")
+    policy = build_policy(cfg, "cpu", env)
+    # 4 steps: the episode's 3 steps, the 3rd ending it, then the first step of the next one
+    collector = RolloutCollector(policy, env, 2, 4, 1, 0, torch.device("cpu"), cuda_graph=False)
+    rollout = collector.collect()
+    env.close()
+    assert rollout.done[:, 2].all() and rollout.terminated[:, 2].all() == (end == "terminate")
+    gamma = 0.5
+    adv, _ = compute_gae(rollout.reward, rollout.value, rollout.done, rollout.bootstrap_value, gamma, 0.0,
+                         rollout.terminated, rollout.final_value)
+    # V(final observation [1, 1] | the episode's history), from the sequence path
+    obs = torch.tensor([[0.0, 1.0], [1 / 3, 1.0], [2 / 3, 1.0], [1.0, 1.0]]).expand(2, 4, 2)
+    reset = torch.tensor([[True, False, False, False]] * 2)
+    with torch.no_grad():
+        _, values, _ = policy.sequence(obs, policy.zero_state(2), reset)
+    final_value = values[:, 3]
+    next_value = final_value if end == "truncate" else torch.zeros(2)
+    torch.testing.assert_close(adv[:, 2], 1.0 + gamma * next_value - rollout.value[:, 2])
+    # TD(0) inside the episode: the next step's value
+    torch.testing.assert_close(adv[:, :2], 1.0 + gamma * rollout.value[:, 1:3] - rollout.value[:, :2])
+    if end == "truncate":
+        assert final_value.abs().min() > 1e-4
+        torch.testing.assert_close(rollout.final_value[:, 2], final_value)
+
+
+def test_gaussian_head_log_prob_matches_torch_normal_and_actions_reach_a_box_env():
+    from mamba_rl.policies import GaussianHead
+
+    head = GaussianHead(2)
+    with torch.no_grad():
+        head.log_std.copy_(torch.tensor([-0.5, 0.3]))
+    mean, noise = torch.randn(5, 2), torch.randn(5, 2)
+    action, log_prob = head.sample(mean, noise)
+    normal = torch.distributions.Normal(mean, head.log_std.exp())
+    torch.testing.assert_close(log_prob, normal.log_prob(action).sum(-1))
+    got, entropy = head.log_prob_entropy(mean, action)
+    torch.testing.assert_close(got, log_prob)
+    torch.testing.assert_close(entropy, normal.entropy().sum(-1))
+
+
+@pytest.mark.parametrize("controller", ["mamba", "gru"])
+def test_train_on_popgym_runs_checkpoints_and_reports_returns(controller, tmp_path):
+    pytest.importorskip("popgym")
+    result = train(small_config(env="popgym-RepeatFirstEasy-v0", controller=controller, num_envs=4, chunk_len=32,
+                                num_updates=2, eval_episodes=4, eval_num_envs=2), tmp_path / "run", verbose=False)
+    metrics = result.metrics
+    assert metrics["env"] == "popgym-RepeatFirstEasy-v0" and metrics["train_return_max"] is not None
+    assert -1.0 - 1e-5 <= metrics["eval_return_greedy"] <= 1.0 + 1e-5 and metrics["eval_return_greedy_ci95"] >= 0
+    assert eval_main(["--checkpoint", str(result.run_dir), "--episodes", "3", "--device", "cpu"]) == 0
+
+
+def test_box_actions_collect_and_replay_to_the_same_log_probs():
+    torch.manual_seed(0)
+    from mamba_rl.policies import GaussianHead, make_train_env
+
+    cfg = small_config(env="Pendulum-v1", controller="gru", gru_hidden_size=16)
+    env = make_train_env(cfg, 2, "cpu")
+    policy = build_policy(cfg, "cpu", env)
+    assert isinstance(policy.action_dist, GaussianHead)
+    rollout = RolloutCollector(policy, env, 2, 8, 1, 0, torch.device("cpu"), cuda_graph=False).collect()
+    env.close()
+    assert rollout.action.shape == (2, 8, 1) and rollout.action.dtype == torch.float32
+    logits, _ = replay(policy, rollout, torch.arange(2))
+    log_prob, _ = policy.action_dist.log_prob_entropy(logits, rollout.action)
+    torch.testing.assert_close(log_prob, rollout.log_prob, atol=1e-5, rtol=1e-5)
+
+
+def test_evaluation_episodes_do_not_depend_on_num_envs():
+    from mamba_rl.evaluate import evaluate_env
+
+    torch.manual_seed(0)
+    cfg = small_config(env="CartPole-v1", controller="gru", gru_hidden_size=16)
+    policy = build_policy(cfg, "cpu")
+    results = [evaluate_env(policy, cfg, 7, num_envs=n, seed=3) for n in (1, 3)]
+    for mode in ("greedy", "sampled"):
+        a, b = results[0][mode], results[1][mode]
+        assert a["mean_return"] == pytest.approx(b["mean_return"]) and a["return_ci95"] == pytest.approx(b["return_ci95"])
