@@ -4,6 +4,9 @@
     python train.py --resume runs/<run>            # continue the same run from its checkpoint
     python train.py --config configs/h1000_gpu.yaml --controllers mamba gru --horizons 1000 5000 \\
         --seeds 0 1 2 --sweep-dir runs/sweep        # a grid: results.md, results.csv, a PNG
+    python train.py --env CartPole-v1 [--set env_kwargs.KEY=VALUE ...]   # any Gymnasium id or TorchRL factory
+    python train.py --config configs/popgym_repeat_first_easy.yaml --controllers mamba gru --seeds 0 1 2 \
+        --sweep-dir runs/popgym_rfe                # an env's controllers x seeds grid: results.md, results.csv
     python train.py --list-keys                    # every config key with its documentation
 """
 
@@ -16,13 +19,17 @@ from pathlib import Path
 import yaml
 
 from mamba_rl.config import ConfigError, field_docs, load_config
+from mamba_rl.envs.adapters import EnvSpecError
 
 __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="train.py", description="PPO on the delayed multi-bit memory task.")
+    parser = argparse.ArgumentParser(prog="train.py", description="PPO for Mamba or GRU policies on the delayed "
+                                     "memory task, any Gymnasium id or a TorchRL env.")
     parser.add_argument("--config", default=None, help="YAML preset (configs/*.yaml); defaults otherwise")
+    parser.add_argument("--env", default=None, help="the env (same as --set env=ID): a Gymnasium id such as "
+                        "CartPole-v1 or popgym-RepeatFirstEasy-v0, or a TorchRL factory package.module:function")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (repeatable), e.g. --set horizon=1000")
     parser.add_argument("--run-dir", default=None, help="run directory (default: a new one under run_root)")
@@ -60,11 +67,18 @@ def _run(args) -> int:
         cfg = load_config(None, args.overrides, extra=extra)
         result = train(cfg, run_dir, resume=True)
         return 0 if result.status != "interrupted" else 130
-    cfg = load_config(args.config, args.overrides)
+    overrides = ([f"env={args.env}"] if args.env is not None else []) + list(args.overrides)
+    cfg = load_config(args.config, overrides)
     sweep = any(v is not None for v in (args.controllers, args.horizons, args.seeds))
-    if not sweep:
-        result = train(cfg, args.run_dir)
-        return 0 if result.status != "interrupted" else 130
+    try:
+        if not sweep:
+            result = train(cfg, args.run_dir)
+            return 0 if result.status != "interrupted" else 130
+        if not cfg.is_memory_task:
+            return _env_sweep(cfg, args)
+    except EnvSpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     from mamba_rl.training.sweep import run_sweep
 
     out_dir = Path(args.sweep_dir or Path(cfg.run_root) / "sweep")
@@ -72,6 +86,18 @@ def _run(args) -> int:
                      args.seeds or [cfg.seed], out_dir)
     print((out_dir / "results.md").read_text())
     print(f"{len(rows)} runs; table {out_dir / 'results.md'}, plot {out_dir / 'accuracy_vs_horizon.png'}")
+    return 0
+
+
+def _env_sweep(cfg, args) -> int:
+    from mamba_rl.training.env_sweep import run_env_sweep
+
+    if args.horizons is not None:
+        raise ConfigError(f"--horizons sweeps the memory task's delay; env {cfg.env!r} has none")
+    out_dir = Path(args.sweep_dir or Path(cfg.run_root) / "sweep")
+    rows = run_env_sweep(cfg, args.controllers or [cfg.controller], args.seeds or [cfg.seed], out_dir)
+    print((out_dir / "results.md").read_text())
+    print(f"{len(rows)} runs; table {out_dir / 'results.md'}")
     return 0
 
 

@@ -35,7 +35,8 @@ from mamba_rl.io import CheckpointError, load_checkpoint
 from mamba_rl.envs.adapters import BatchedEnv, EnvSpecError, episode_seed
 from mamba_rl.envs.delayed_memory import mix32
 from mamba_rl.policies import ActorCritic, build_policy, make_train_env
-from mamba_rl.training.rollout import capture_cuda_graph, sample_actions
+from mamba_rl.cuda_graph import capture_cuda_graph
+from mamba_rl.policies.heads import sample_actions
 
 __all__ = ["evaluate_policy", "evaluate_horizons", "evaluate_env", "run_episodes", "build_policy", "load_policy",
            "mean_ci95", "resolve_device", "main", "EVAL_SEED"]

@@ -51,16 +51,12 @@ from mamba_rl.envs.delayed_memory import (
     delayed_memory_step,
     mix32,
 )
-from mamba_rl.envs.spaces import UnsupportedSpaceError, check_action_space, flat_size, flatten_observation
+from mamba_rl.envs.spaces import EnvSpecError, UnsupportedSpaceError, check_action_space, flat_size, flatten_observation
 
 __all__ = ["BatchedEnv", "DelayedMemoryTask", "EnvSpecError", "EnvStep", "GymVectorEnv", "MEMORY_ENV_ID",
            "TorchRLBatchedEnv", "episode_seed", "make_env"]
 
 MEMORY_ENV_ID = "mamba_rl/DelayedMemory-v0"
-
-
-class EnvSpecError(ValueError):
-    """An env id, its kwargs, or what its reset/step returned is not what the trainer can use."""
 
 
 class EnvStep(NamedTuple):

@@ -13,14 +13,18 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-__all__ = ["ACTION_SPACES", "OBSERVATION_SPACES", "UnsupportedSpaceError", "check_action_space", "flat_size",
+__all__ = ["ACTION_SPACES", "OBSERVATION_SPACES", "EnvSpecError", "UnsupportedSpaceError", "check_action_space", "flat_size",
            "flatten_observation"]
 
 OBSERVATION_SPACES = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict/Tuple of those"
 ACTION_SPACES = "Discrete, MultiDiscrete (start 0), and Box with finite bounds"
 
 
-class UnsupportedSpaceError(ValueError):
+class EnvSpecError(ValueError):
+    """An env id, its kwargs, its spaces, or what its reset/step returned is not what the trainer can use."""
+
+
+class UnsupportedSpaceError(EnvSpecError):
     """An observation or action space the trainer cannot flatten or act in."""
 
 
