@@ -33,7 +33,7 @@ from mamba_rl.envs import (
 )
 from mamba_rl.io import CheckpointError, load_checkpoint
 from mamba_rl.envs.adapters import BatchedEnv, EnvSpecError, episode_seed
-from mamba_rl.envs.delayed_memory import mix32
+from mamba_rl.envs.delayed_memory import _seed_key, mix32
 from mamba_rl.policies import ActorCritic, build_policy, make_train_env
 from mamba_rl.cuda_graph import capture_cuda_graph
 from mamba_rl.policies.heads import sample_actions
@@ -184,31 +184,43 @@ def load_policy(path, device="cpu") -> tuple[ActorCritic, TrainConfig, dict]:
     return policy, cfg, checkpoint
 
 
-# sampled mode: steps of uniform numbers drawn at a time ([NOISE_STEPS, n] floats), outside the graph
-NOISE_STEPS = 1024
+# episodes of at least this many steps show a progress bar (with an estimate of the time left)
+PROGRESS_STEPS = 100_000
+
+
+def _episode_streams(first_episode: int, n: int, seed: int, device) -> torch.Tensor:
+    """The memory task's per-env hash streams of episodes ``first_episode .. first_episode + n - 1``
+    of an evaluation seeded ``seed``: what :func:`~mamba_rl.envs.delayed_memory_init` gives env
+    ``i`` of one batch holding every episode."""
+    return mix32((first_episode + torch.arange(n, dtype=torch.int64, device=device)) ^ _seed_key(seed))
 
 
 class _EpisodeBatch:
-    """``n`` evaluation episodes stepped together. Every tensor is updated in place, so that on
-    CUDA one step is captured in a CUDA graph and replayed (a step is then one launch instead of
-    ~100 kernels queued from Python).
+    """``n`` evaluation episodes, numbered ``first_episode ..``, stepped together. Every tensor is
+    updated in place, so that on CUDA one step is captured in a CUDA graph and replayed (a step is
+    then one launch instead of ~100 kernels queued from Python).
 
     ``obs``, ``state`` (the policy's, stepped in place), ``reset`` (True before the first step),
-    ``env`` (its fields), ``successes`` and ``returns`` per episode ``[n]``, and in sampled mode
-    ``noise [NOISE_STEPS, n]`` with ``t`` the step's row in it. Without autoreset a finished env
-    stays terminal: reward 0, success False.
+    ``env`` (its fields), ``successes`` and ``returns`` per episode ``[n]``, and ``t`` the step.
+    Episode ``i``'s env draws from the stream of ``(seed, i)`` and, sampled, its actions from noise
+    hashed from ``(seed, i, t)``: the episode is the same whatever batch it runs in. Without
+    autoreset a finished env stays terminal: reward 0, success False.
     """
 
-    def __init__(self, policy, params: DelayedMemoryParams, n: int, seed: int, greedy: bool, device):
-        self.policy, self.params = policy, params
-        env = delayed_memory_reset(delayed_memory_init(n, params, seed, device), None, params)
+    def __init__(self, policy, params: DelayedMemoryParams, n: int, seed: int, greedy: bool, device,
+                 first_episode: int = 0):
+        self.policy, self.params, self.greedy = policy, params, greedy
+        env = delayed_memory_init(n, params, seed, device)
+        env = env._replace(stream=_episode_streams(first_episode, n, seed, device))
+        env = delayed_memory_reset(env, None, params)
         self.env = DelayedMemoryState(*(field.clone() for field in env))
         self.obs = delayed_memory_observe(env, params)[0].clone()
         self.state = policy.zero_state(n, device)
         self.reset = torch.ones(n, dtype=torch.bool, device=device)
         self.successes = torch.zeros(n, dtype=torch.int64, device=device)
         self.returns = torch.zeros(n, device=device)
-        self.noise = None if greedy else torch.zeros(min(NOISE_STEPS, params.max_episode_steps), n, device=device)
+        self.episode = first_episode + torch.arange(n, dtype=torch.int64, device=device)
+        self.key = mix32(int(seed) & 0xFFFFFFFF)
         self.t = torch.zeros(1, dtype=torch.int64, device=device)
 
     def tensors(self) -> list[torch.Tensor]:
@@ -217,10 +229,10 @@ class _EpisodeBatch:
 
     def step(self) -> None:
         logits, _, _ = self.policy.step(self.obs, self.state, self.reset, out_state=self.state)
-        if self.noise is None:
+        if self.greedy:
             action = logits.argmax(-1)
         else:
-            action = sample_actions(logits, self.noise.index_select(0, self.t).squeeze(0))
+            action = sample_actions(logits, hashed_noise(self.key, self.episode, self.t, (), normal=False))
         env, obs, reward, _, _, success = delayed_memory_step(self.env, action, self.params)
         for static, new in zip(self.env, env):
             static.copy_(new)
@@ -230,18 +242,21 @@ class _EpisodeBatch:
         self.reset.zero_()
         self.t.add_(1)
 
-    def run(self, generator: torch.Generator, cuda_graph: bool) -> None:
-        """Play the episodes to the end (``max_episode_steps`` steps)."""
+    def run(self, cuda_graph: bool) -> None:
+        """Play the episodes to the end (``max_episode_steps`` steps); a progress bar from
+        ``PROGRESS_STEPS`` steps on."""
         graph = None
         if cuda_graph and self.obs.device.type == "cuda":
             try:
                 graph = capture_cuda_graph(self.step, self.tensors())
             except Exception as err:  # a capture failure must not stop an evaluation: eager is correct
                 warnings.warn(f"CUDA graph capture of the evaluation step failed ({err!r}); running eagerly")
-        for i in range(self.params.max_episode_steps):
-            if self.noise is not None and i % self.noise.shape[0] == 0:
-                self.noise.uniform_(generator=generator)
-                self.t.zero_()
+        steps = range(self.params.max_episode_steps)
+        if self.params.max_episode_steps >= PROGRESS_STEPS:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc=f"{len(self.episode)} episodes", unit="step", dynamic_ncols=True)
+        for _ in steps:
             if graph is not None:
                 graph.replay()
             else:
@@ -262,24 +277,22 @@ def evaluate_policy(
 ) -> dict:
     """Play ``episodes`` episodes (``num_envs`` at a time) and count the right answers.
 
-    Greedy: the argmax action; sampled: drawn from the policy with ``seed``'s generator. On CUDA
-    (``cuda_graph``) each step is replayed from a CUDA graph; the numbers are those of the eager loop.
+    Greedy: the argmax action; sampled: drawn from the policy with noise hashed from ``(seed,
+    episode, step)``. Episode ``i`` is the same whatever ``num_envs`` (see :class:`_EpisodeBatch`).
+    On CUDA (``cuda_graph``) each step is replayed from a CUDA graph; the numbers are those of
+    the eager loop.
 
     Returns ``{"accuracy", "episodes", "successes", "mean_return", "return_ci95"}``.
     """
     device = next(policy.parameters()).device if device is None else torch.device(device)
-    generator = torch.Generator(device)
-    generator.manual_seed(seed)
-    successes, returns, done_episodes, batch_index = 0, [], 0, 0
+    successes, returns, done_episodes = 0, [], 0
     while done_episodes < episodes:
         n = min(num_envs, episodes - done_episodes)
-        # one seed per batch, so that batches are different episodes
-        batch = _EpisodeBatch(policy, params, n, seed + batch_index, greedy, device)
-        batch.run(generator, cuda_graph)
+        batch = _EpisodeBatch(policy, params, n, seed, greedy, device, first_episode=done_episodes)
+        batch.run(cuda_graph)
         successes += int(batch.successes.sum())
         returns.append(batch.returns.double())
         done_episodes += n
-        batch_index += 1
     returns = torch.cat(returns).cpu()
     _, return_ci = mean_ci95(returns)
     return {"accuracy": successes / episodes, "episodes": episodes, "successes": successes,

@@ -135,25 +135,31 @@ def test_compiled_storage_in_a_cuda_graph_collects_what_eager_collection_does():
                 assert torch.equal(a, b), field
 
 
-def _plain_episodes(policy, params, n, seed, generator=None, noise_steps=None):
+def _plain_episodes(policy, params, n, seed, greedy, first_episode=0):
     """What an evaluation batch computes, written as a plain loop: per-episode successes and
-    returns and the final recurrent state (greedy without ``generator``, else sampled from
-    uniforms drawn ``noise_steps`` steps at a time)."""
+    returns and the final recurrent state, for episodes ``first_episode ..`` (greedy, or sampled
+    from noise hashed from (seed, episode, step))."""
     from mamba_rl.envs import delayed_memory_init, delayed_memory_observe, delayed_memory_reset, delayed_memory_step
+    from mamba_rl.envs.delayed_memory import _seed_key, mix32
+    from mamba_rl.evaluate import hashed_noise
     from mamba_rl.training.rollout import sample_actions
 
-    env = delayed_memory_reset(delayed_memory_init(n, params, seed, "cpu"), None, params)
+    env = delayed_memory_init(first_episode + n, params, seed, "cpu")
+    # episode i is env i of one batch holding every episode
+    env = env._replace(**{f: getattr(env, f)[first_episode:] for f in env._fields})
+    assert torch.equal(env.stream, mix32((first_episode + torch.arange(n)) ^ _seed_key(seed)))
+    env = delayed_memory_reset(env, None, params)
     obs, _ = delayed_memory_observe(env, params)
     state, reset = policy.zero_state(n, "cpu"), torch.ones(n, dtype=torch.bool)
     successes, returns = torch.zeros(n, dtype=torch.int64), torch.zeros(n)
+    episode = first_episode + torch.arange(n)
     for step in range(params.max_episode_steps):
         logits, _, state = policy.step(obs, state, reset)
-        if generator is None:
+        if greedy:
             action = logits.argmax(-1)
         else:
-            if step % noise_steps == 0:
-                noise = torch.rand(min(noise_steps, params.max_episode_steps), n, generator=generator)
-            action = sample_actions(logits, noise[step % noise_steps])
+            noise = hashed_noise(mix32(seed), episode, torch.full((n,), step), (), normal=False)
+            action = sample_actions(logits, noise)
         env, obs, reward, _, _, success = delayed_memory_step(env, action, params)
         successes += success
         returns += reward
@@ -162,29 +168,35 @@ def _plain_episodes(policy, params, n, seed, generator=None, noise_steps=None):
 
 
 @pytest.mark.parametrize("mode", ["greedy", "sampled"])
-def test_evaluation_batch_steps_as_a_plain_loop_does(mode, monkeypatch):
+def test_evaluation_batch_steps_as_a_plain_loop_does(mode):
     from mamba_rl import evaluate
 
-    monkeypatch.setattr(evaluate, "NOISE_STEPS", 4)  # several draws per episode
     torch.manual_seed(0)
     policy = build_policy(small_config(), "cpu").eval()
     params = DelayedMemoryParams(num_bits=2, horizon=(3, 9))
     greedy = mode == "greedy"
-    batch = evaluate._EpisodeBatch(policy, params, 6, 5, greedy, torch.device("cpu"))
+    batch = evaluate._EpisodeBatch(policy, params, 6, 5, greedy, torch.device("cpu"), first_episode=2)
     with torch.no_grad():
-        batch.run(torch.Generator().manual_seed(7), cuda_graph=False)
-        successes, returns, state = _plain_episodes(policy, params, 6, 5, None if greedy else
-                                                    torch.Generator().manual_seed(7), 4)
+        batch.run(cuda_graph=False)
+        successes, returns, state = _plain_episodes(policy, params, 6, 5, greedy, first_episode=2)
     assert torch.equal(batch.successes, successes) and torch.equal(batch.returns, returns)
     for name in state:
         assert torch.equal(batch.state[name], state[name]), name
-    # evaluate_policy: batches of num_envs episodes, each batch from its own seed
-    result = evaluate.evaluate_policy(policy, params, 10, greedy=greedy, seed=5, num_envs=4)
-    generator = None if greedy else torch.Generator().manual_seed(5)
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sampled"])
+def test_memory_evaluation_does_not_depend_on_num_envs(mode):
+    from mamba_rl.evaluate import evaluate_policy
+
+    torch.manual_seed(0)
+    policy = build_policy(small_config(), "cpu").eval()
+    params = DelayedMemoryParams(num_bits=2, horizon=(3, 9))
+    results = [evaluate_policy(policy, params, 10, greedy=mode == "greedy", seed=5, num_envs=n) for n in (10, 4, 1)]
     with torch.no_grad():
-        expected = [_plain_episodes(policy, params, n, 5 + i, generator, 4) for i, n in enumerate((4, 4, 2))]
-    assert result["successes"] == sum(int(e[0].sum()) for e in expected)
-    assert result["mean_return"] == pytest.approx(sum(float(e[1].sum()) for e in expected) / 10, abs=1e-6)
+        successes, returns, _ = _plain_episodes(policy, params, 10, 5, mode == "greedy")
+    for result in results:
+        assert result["successes"] == int(successes.sum())
+        assert result["mean_return"] == pytest.approx(float(returns.sum()) / 10, abs=1e-6)
 
 
 @pytest.mark.gpu
