@@ -8,7 +8,8 @@
 - :func:`count_parameters`: parameters per part, printed at the start of training.
 - :mod:`mamba_rl.policies.heads`: the action distributions (categorical, multi-discrete,
   Gaussian) and :func:`make_action_head` from a Gymnasium action space.
-- :func:`build_policy`: the actor-critic a ``TrainConfig`` describes, sized from its env.
+- :func:`build_policy`: the actor-critic a ``TrainConfig`` describes, sized from its env;
+  :func:`load_policy` the one a trainer checkpoint holds.
 """
 
 from mamba_rl.policies.actor_critic import (
@@ -18,7 +19,7 @@ from mamba_rl.policies.actor_critic import (
     count_parameters,
     make_actor_critic,
 )
-from mamba_rl.policies.build import build_policy, make_train_env, memory_params
+from mamba_rl.policies.build import build_policy, load_policy, make_train_env, memory_params
 from mamba_rl.policies.heads import (
     ActionHead,
     CategoricalHead,
@@ -34,6 +35,7 @@ __all__ = [
     "GaussianHead",
     "MultiDiscreteHead",
     "build_policy",
+    "load_policy",
     "make_action_head",
     "make_train_env",
     "memory_params",

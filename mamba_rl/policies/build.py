@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from mamba_rl.config import TrainConfig
+from mamba_rl.config import TrainConfig, config_from_dict
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.envs.adapters import BatchedEnv, make_env
+from mamba_rl.io import CheckpointError, load_checkpoint
 from mamba_rl.policies.actor_critic import ActorCritic, make_actor_critic
 
-__all__ = ["build_policy", "make_train_env", "memory_params"]
+__all__ = ["build_policy", "load_policy", "make_train_env", "memory_params"]
 
 
 def memory_params(cfg: TrainConfig, horizon=None) -> DelayedMemoryParams:
@@ -41,3 +42,16 @@ def build_policy(cfg: TrainConfig, device, env: BatchedEnv | None = None) -> Act
         mamba_backend=cfg.mamba_backend, gru_hidden_size=cfg.gru_hidden_size, gru_backend=cfg.gru_backend,
         head_hidden=cfg.head_hidden, device=device,
     )
+
+
+def load_policy(path, device="cpu") -> tuple[ActorCritic, TrainConfig, dict]:
+    """``(policy, config, checkpoint)`` from a checkpoint file or run directory."""
+    checkpoint = load_checkpoint(path, map_location=device)
+    try:
+        cfg = config_from_dict(checkpoint["config"], where=f"{path} (config)")
+        policy = build_policy(cfg, device)
+        policy.load_state_dict(checkpoint["policy"])
+    except (ValueError, RuntimeError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: the checkpoint's config or parameters do not build a policy: {err}") from err
+    policy.eval()
+    return policy, cfg, checkpoint

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from mamba_rl.config import TrainConfig, config_to_dict
-from mamba_rl.evaluate import evaluate_env, evaluate_horizons, format_return_table, format_table, resolve_device
+from mamba_rl.training.evaluate import evaluate_env, evaluate_horizons, format_return_table, format_table, resolve_device
 from mamba_rl.io import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mamba_rl.logging_utils import RunLogger
 from mamba_rl.policies import build_policy, count_parameters, make_train_env, memory_params
