@@ -405,3 +405,21 @@ def test_evaluation_episodes_do_not_depend_on_num_envs():
     for mode in ("greedy", "sampled"):
         a, b = results[0][mode], results[1][mode]
         assert a["mean_return"] == pytest.approx(b["mean_return"]) and a["return_ci95"] == pytest.approx(b["return_ci95"])
+
+
+def test_env_kwargs_are_set_one_key_at_a_time():
+    cfg = load_config(None, ["env=CartPole-v1", "env_kwargs.sutton_barto_reward=true", "env_kwargs.render_mode=null"])
+    assert cfg.env_kwargs == {"sutton_barto_reward": True, "render_mode": None} and not cfg.is_memory_task
+    assert cfg.resolved_chunk_len == 128
+
+
+def test_cli_unknown_env_id_names_the_closest_ids(tmp_path, capsys):
+    assert cli.main(["--env", "CartPole-v9", "--run-dir", str(tmp_path / "run"), "--set", "device=cpu"]) == 2
+    assert "closest registered ids: CartPole-v1" in capsys.readouterr().err
+
+
+def test_resume_on_a_host_env_goes_on_from_the_checkpoint(tmp_path):
+    cfg = dict(env="CartPole-v1", controller="gru", gru_hidden_size=16, num_envs=2, chunk_len=8, num_minibatches=1)
+    train(small_config(num_updates=1, **cfg), tmp_path / "run", verbose=False)
+    resumed = train(small_config(num_updates=2, **cfg), tmp_path / "run", resume=True, verbose=False)
+    assert resumed.metrics["updates"] == 2 and resumed.metrics["global_step"] == 2 * 2 * 8

@@ -345,7 +345,10 @@ class TorchRLBatchedEnv:
             raise EnvSpecError(f"env factory {factory!r}: expected one action key, got {env.action_keys}")
         self.action_key = env.action_keys[0]
         action_spec = env.full_action_spec[self.action_key]
-        self._one_hot_action = type(action_spec).__name__ in ("OneHot", "MultiOneHot")
+        self._one_hot_action = type(action_spec).__name__ == "OneHot"
+        if type(action_spec).__name__ == "MultiOneHot":
+            raise UnsupportedSpaceError(f"env factory {factory!r}: MultiOneHot actions are not supported; use "
+                                        "MultiCategorical, OneHot, Categorical or bounded float actions")
         self._action_spec = action_spec
         self.action_space = check_action_space(_spec_to_space(action_spec[0], "action"))
         self.obs_dim = sum(flat_size(space) for space in leaves.values())
@@ -377,8 +380,7 @@ class TorchRLBatchedEnv:
     def step(self, state, action):
         td = self._td
         if self._one_hot_action:
-            action = self._action_spec.encode(action.to(self.env.device)) if action.dim() > 1 else \
-                torch.nn.functional.one_hot(action, int(self.action_space.n)).to(self._action_spec.dtype)
+            action = torch.nn.functional.one_hot(action, int(self.action_space.n))
         elif isinstance(self.action_space, spaces.Box):
             low = torch.as_tensor(self.action_space.low, device=action.device)
             high = torch.as_tensor(self.action_space.high, device=action.device)
