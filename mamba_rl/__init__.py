@@ -3,9 +3,11 @@
 from mamba_rl import envs as envs  # registers the Gymnasium ids
 from mamba_rl import kernels as kernels
 from mamba_rl import state as state
+from mamba_rl.config import TrainConfig
 from mamba_rl.lab import check_equivalence, trace
 from mamba_rl.mixer import MambaMixer, MixerState
 from mamba_rl.module import MambaModule, MambaState
+from mamba_rl.training import train
 
 __version__ = "0.1.0"
 
@@ -14,6 +16,8 @@ __all__ = [
     "MixerState",
     "MambaModule",
     "MambaState",
+    "TrainConfig",
+    "train",
     "check_equivalence",
     "trace",
     "envs",

@@ -4,6 +4,9 @@
     python train.py --resume runs/<run>            # continue the same run from its checkpoint
     python train.py --config configs/h1000_gpu.yaml --controllers mamba gru --horizons 1000 5000 \\
         --seeds 0 1 2 --sweep-dir runs/sweep        # a grid: results.md, results.csv, a PNG
+    python train.py --env CartPole-v1 [--set env_kwargs.KEY=VALUE ...]   # any Gymnasium id or TorchRL factory
+    python train.py --config configs/popgym_repeat_first_easy.yaml --controllers mamba gru --seeds 0 1 2 \\
+        --sweep-dir runs/popgym_rfe                # an env's controllers x seeds grid: results.md, results.csv
     python train.py --list-keys                    # every config key with its documentation
 
 A user's mistake (a bad key or value, a damaged checkpoint, a run directory in use, a full disk)
@@ -20,17 +23,21 @@ import sys
 from pathlib import Path
 
 from mamba_rl.config import ConfigError, field_docs, load_config, parse_override
+from mamba_rl.envs.adapters import EnvSpecError
 
 __all__ = ["main", "build_parser"]
 
 EXIT_CODES = {"completed": 0, "target_reached": 0, "time_limit": 3, "interrupted": 130}
 # options that choose what a new run is; a resume takes all of that from its run directory
-NEW_RUN_OPTIONS = ("config", "run_dir", "controllers", "horizons", "seeds", "sweep_dir")
+NEW_RUN_OPTIONS = ("config", "env", "run_dir", "controllers", "horizons", "seeds", "sweep_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="train.py", description="PPO on the delayed multi-bit memory task.")
+    parser = argparse.ArgumentParser(prog="train.py", description="PPO for Mamba or GRU policies on the delayed "
+                                     "memory task, any Gymnasium id or a TorchRL env.")
     parser.add_argument("--config", default=None, help="YAML preset (configs/*.yaml); defaults otherwise")
+    parser.add_argument("--env", default=None, help="the env (same as --set env=ID): a Gymnasium id such as "
+                        "CartPole-v1 or popgym-RepeatFirstEasy-v0, or a TorchRL factory package.module:function")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config key (repeatable), e.g. --set horizon=1000")
     parser.add_argument("--run-dir", default=None, help="run directory (default: a new one under run_root)")
@@ -55,7 +62,7 @@ def main(argv=None) -> int:
 
     try:
         return _run(args)
-    except ConfigError as err:
+    except (ConfigError, EnvSpecError) as err:
         if os.environ.get("MAMBA_RL_TRACEBACK") == "1":
             raise
         print(f"error: {err}", file=sys.stderr)
@@ -87,10 +94,13 @@ def _run(args) -> int:
         check_resume_overrides([parse_override(text)[0] for text in args.overrides])
         cfg = load_config(saved, args.overrides)
         return EXIT_CODES[train(cfg, run_dir, resume=True).status]
-    cfg = load_config(args.config, args.overrides)
+    overrides = ([f"env={args.env}"] if args.env is not None else []) + list(args.overrides)
+    cfg = load_config(args.config, overrides)
     sweep = any(v is not None for v in (args.controllers, args.horizons, args.seeds))
     if not sweep:
         return EXIT_CODES[train(cfg, args.run_dir).status]
+    if not cfg.is_memory_task:
+        return _env_sweep(cfg, args)
     from mamba_rl.training.sweep import run_sweep
 
     out_dir = Path(args.sweep_dir or Path(cfg.run_root) / "sweep")
@@ -98,6 +108,18 @@ def _run(args) -> int:
                      args.seeds or [cfg.seed], out_dir)
     print((out_dir / "results.md").read_text())
     print(f"{len(rows)} runs; table {out_dir / 'results.md'}, plot {out_dir / 'accuracy_vs_horizon.png'}")
+    return 0
+
+
+def _env_sweep(cfg, args) -> int:
+    from mamba_rl.training.env_sweep import run_env_sweep
+
+    if args.horizons is not None:
+        raise ConfigError(f"--horizons sweeps the memory task's delay; env {cfg.env!r} has none")
+    out_dir = Path(args.sweep_dir or Path(cfg.run_root) / "sweep")
+    rows = run_env_sweep(cfg, args.controllers or [cfg.controller], args.seeds or [cfg.seed], out_dir)
+    print((out_dir / "results.md").read_text())
+    print(f"{len(rows)} runs; table {out_dir / 'results.md'}")
     return 0
 
 

@@ -21,9 +21,14 @@ from typing import Literal, Optional, Union
 
 import yaml
 
+from mamba_rl.envs.adapters import MEMORY_ENV_ID
+
 __all__ = ["TrainConfig", "ConfigError", "load_config", "apply_overrides", "parse_override", "field_docs",
            "config_to_dict", "config_from_dict", "check_machine"]
 
+
+# chunk_len="auto" on envs other than the memory task
+DEFAULT_CHUNK_LEN = 128
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -34,7 +39,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """PPO with GAE on the delayed multi-bit memory task, Mamba or GRU policy."""
+    """PPO with GAE for a Mamba or GRU policy on any environment (the delayed memory task by default)."""
 
     # --- run ---------------------------------------------------------------------------------
     exp_name: str = "mamba_rl"
@@ -49,6 +54,16 @@ class TrainConfig:
     """``torch.set_num_threads`` on CPU; 0 leaves torch's default."""
 
     # --- environment -------------------------------------------------------------------------
+    env: str = "mamba_rl/DelayedMemory-v0"
+    """The environment: ``"mamba_rl/DelayedMemory-v0"`` (the memory task, set by the keys below),
+    any Gymnasium id (``"CartPole-v1"``, ``"popgym-RepeatFirstEasy-v0"``), or a TorchRL env
+    factory ``"package.module:function"`` called as ``function(num_envs=..., device=..., **env_kwargs)``."""
+    env_kwargs: dict = field(default_factory=dict)
+    """Keyword arguments for the env's constructor (Gymnasium ids and TorchRL factories);
+    ``--set env_kwargs.KEY=VALUE`` sets one."""
+    vectorization: Literal["sync", "async"] = "sync"
+    """How a Gymnasium id's ``num_envs`` copies run: ``"sync"`` (one process) or ``"async"`` (one
+    process per copy, for envs whose step costs more than the inter-process round trip)."""
     num_bits: int = 4
     """Bits to remember (1..16); the policy chooses among ``2**num_bits`` answers."""
     horizon: Union[int, list[int]] = 50
@@ -102,7 +117,8 @@ class TrainConfig:
     # --- rollouts ----------------------------------------------------------------------------
     chunk_len: Union[int, Literal["auto"]] = "auto"
     """Steps per chunk (T). A stored chunk is replayed from its stored start state. ``"auto"``:
-    ``max horizon + 2``, one whole episode, so that truncated backprop still reaches the cue."""
+    on the memory task ``max horizon + 2``, one whole episode, so that truncated backprop still
+    reaches the cue; on other envs 128."""
     chunks_per_rollout: int = 1
     """Chunks collected per update; a rollout is ``chunk_len * chunks_per_rollout`` steps per env."""
     backprop: Literal["chunk", "episode"] = "chunk"
@@ -151,8 +167,8 @@ class TrainConfig:
     policy_mask_key: Optional[Literal["decision"]] = "decision"
     """Steps whose action carries policy weight: ``"decision"`` (the env's scored steps) weights
     the policy and entropy losses and the advantage statistics by that mask, so the many delay
-    steps, whose action changes nothing, do not drown the one that matters. None = plain PPO
-    (every step weighs the same)."""
+    steps, whose action changes nothing, do not drown the one that matters. Envs that mark no
+    steps mark every step, which is plain PPO. None = plain PPO (every step weighs the same)."""
 
     # --- logging, checkpoints, stopping ------------------------------------------------------
     log_interval: int = 1
@@ -197,7 +213,14 @@ class TrainConfig:
     @property
     def resolved_chunk_len(self) -> int:
         """``chunk_len`` with ``"auto"`` resolved to ``max horizon + 2``."""
-        return self.horizon_range[1] + 2 if self.chunk_len == "auto" else self.chunk_len
+        if self.chunk_len != "auto":
+            return self.chunk_len
+        return self.horizon_range[1] + 2 if self.is_memory_task else DEFAULT_CHUNK_LEN
+
+    @property
+    def is_memory_task(self) -> bool:
+        """Whether ``env`` is the delayed memory task (its keys, accuracy and horizon sweeps apply)."""
+        return self.env == MEMORY_ENV_ID
 
     @property
     def rollout_len(self) -> int:
@@ -353,6 +376,10 @@ def _coerce(name: str, value, tp):
         if not isinstance(value, list):
             raise ConfigError(f"{name} must be {_type_name(tp)}, got {value!r}")
         return [_coerce(name, item, typing.get_args(tp)[0]) for item in value]
+    if tp is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+        raise ConfigError(f"{name} must be a mapping of str keys, got {value!r}")
     if tp is type(None):
         if value is None:
             return None
@@ -439,6 +466,10 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     values = dict(values)
     for text in overrides:
         key, value = parse_override(text)
+        if key.startswith("env_kwargs."):
+            # --set env_kwargs.KEY=VALUE sets one keyword argument
+            values["env_kwargs"] = {**values.get("env_kwargs", {}), key[len("env_kwargs."):]: value}
+            continue
         _unknown([key], f"--set {text}")
         values[key] = value
     return _floats_from_strings(values)

@@ -1,271 +1,29 @@
-"""Evaluate a trained policy: accuracy per horizon, greedy and sampled.
+"""``mamba-rl-eval`` / ``python -m mamba_rl.evaluate``: evaluate a trained policy (see
+:mod:`mamba_rl.training.evaluate`, where the evaluation lives; its names are re-exported here)."""
 
-    mamba-rl-eval --checkpoint runs/<run>/checkpoint.pt [--horizons 50 100 200] [--episodes 1000]
-                  [--device cpu] [--json eval.json]
-    python -m mamba_rl.evaluate ...  (the same)
-
-Accuracy is the fraction of episodes whose query-step answer was right. Evaluation episodes
-come from their own seed (``--seed``, default 12345), so they are not the training episodes.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
 import sys
-import time
-import warnings
-from pathlib import Path
 
-import torch
-
-from mamba_rl.config import TrainConfig, config_from_dict
-from mamba_rl.envs import (
-    DelayedMemoryParams,
-    DelayedMemoryState,
-    delayed_memory_init,
-    delayed_memory_observe,
-    delayed_memory_reset,
-    delayed_memory_step,
+from mamba_rl.training.evaluate import (
+    EVAL_SEED,
+    _EpisodeBatch,
+    build_policy,
+    default_horizons,
+    evaluate_env,
+    evaluate_horizons,
+    evaluate_policy,
+    format_return_table,
+    format_table,
+    hashed_noise,
+    load_policy,
+    main,
+    mean_ci95,
+    resolve_device,
+    run_episodes,
 )
-from mamba_rl.io import CheckpointError, load_checkpoint
-from mamba_rl.policies import ActorCritic, make_actor_critic
-from mamba_rl.training.rollout import capture_cuda_graph, sample_actions
 
-__all__ = ["evaluate_policy", "evaluate_horizons", "build_policy", "load_policy", "resolve_device", "main", "EVAL_SEED"]
-
-EVAL_SEED = 12345
-
-
-def build_policy(cfg: TrainConfig, device) -> ActorCritic:
-    """The actor-critic described by ``cfg`` (for the env of ``cfg``)."""
-    params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=cfg.env_horizon, num_distractors=cfg.num_distractors)
-    return make_actor_critic(
-        cfg.controller, params.obs_dim, params.num_actions, shared_trunk=cfg.shared_trunk, d_model=cfg.d_model,
-        num_layers=cfg.num_layers, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, dt_min=cfg.dt_min,
-        dt_max=cfg.dt_max, dt_init_floor=cfg.dt_init_floor, bc_init_scale=cfg.bc_init_scale, mamba_backend=cfg.mamba_backend,
-        gru_hidden_size=cfg.gru_hidden_size, gru_backend=cfg.gru_backend, head_hidden=cfg.head_hidden, device=device,
-    )
-
-
-def load_policy(path, device="cpu") -> tuple[ActorCritic, TrainConfig, dict]:
-    """``(policy, config, checkpoint)`` from a checkpoint file or run directory."""
-    checkpoint = load_checkpoint(path, map_location=device)
-    try:
-        cfg = config_from_dict(checkpoint["config"], where=f"{path} (config)")
-        policy = build_policy(cfg, device)
-        policy.load_state_dict(checkpoint["policy"])
-    except (ValueError, RuntimeError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{path}: the checkpoint's config or parameters do not build a policy: {err}") from err
-    policy.eval()
-    return policy, cfg, checkpoint
-
-
-# sampled mode: steps of uniform numbers drawn at a time ([NOISE_STEPS, n] floats), outside the graph
-NOISE_STEPS = 1024
-
-
-class _EpisodeBatch:
-    """``n`` evaluation episodes stepped together. Every tensor is updated in place, so that on
-    CUDA one step is captured in a CUDA graph and replayed (a step is then one launch instead of
-    ~100 kernels queued from Python).
-
-    ``obs``, ``state`` (the policy's, stepped in place), ``reset`` (True before the first step),
-    ``env`` (its fields), ``successes`` and ``returns`` per episode ``[n]``, and in sampled mode
-    ``noise [NOISE_STEPS, n]`` with ``t`` the step's row in it. Without autoreset a finished env
-    stays terminal: reward 0, success False.
-    """
-
-    def __init__(self, policy, params: DelayedMemoryParams, n: int, seed: int, greedy: bool, device):
-        self.policy, self.params = policy, params
-        env = delayed_memory_reset(delayed_memory_init(n, params, seed, device), None, params)
-        self.env = DelayedMemoryState(*(field.clone() for field in env))
-        self.obs = delayed_memory_observe(env, params)[0].clone()
-        self.state = policy.zero_state(n, device)
-        self.reset = torch.ones(n, dtype=torch.bool, device=device)
-        self.successes = torch.zeros(n, dtype=torch.int64, device=device)
-        self.returns = torch.zeros(n, device=device)
-        self.noise = None if greedy else torch.zeros(min(NOISE_STEPS, params.max_episode_steps), n, device=device)
-        self.t = torch.zeros(1, dtype=torch.int64, device=device)
-
-    def tensors(self) -> list[torch.Tensor]:
-        """Every tensor :meth:`step` writes."""
-        return [self.obs, *self.state.values(), self.reset, *self.env, self.successes, self.returns, self.t]
-
-    def step(self) -> None:
-        logits, _, _ = self.policy.step(self.obs, self.state, self.reset, out_state=self.state)
-        if self.noise is None:
-            action = logits.argmax(-1)
-        else:
-            action = sample_actions(logits, self.noise.index_select(0, self.t).squeeze(0))
-        env, obs, reward, _, _, success = delayed_memory_step(self.env, action, self.params)
-        for static, new in zip(self.env, env):
-            static.copy_(new)
-        self.obs.copy_(obs)
-        self.successes += success
-        self.returns += reward
-        self.reset.zero_()
-        self.t.add_(1)
-
-    def run(self, generator: torch.Generator, cuda_graph: bool) -> None:
-        """Play the episodes to the end (``max_episode_steps`` steps)."""
-        graph = None
-        if cuda_graph and self.obs.device.type == "cuda":
-            try:
-                graph = capture_cuda_graph(self.step, self.tensors())
-            except Exception as err:  # a capture failure must not stop an evaluation: eager is correct
-                warnings.warn(f"CUDA graph capture of the evaluation step failed ({err!r}); running eagerly")
-        for i in range(self.params.max_episode_steps):
-            if self.noise is not None and i % self.noise.shape[0] == 0:
-                self.noise.uniform_(generator=generator)
-                self.t.zero_()
-            if graph is not None:
-                graph.replay()
-            else:
-                self.step()
-
-
-@torch.no_grad()
-def evaluate_policy(
-    policy: ActorCritic,
-    params: DelayedMemoryParams,
-    episodes: int,
-    *,
-    greedy: bool = True,
-    seed: int = EVAL_SEED,
-    num_envs: int = 1000,
-    device=None,
-    cuda_graph: bool = True,
-) -> dict:
-    """Play ``episodes`` episodes (``num_envs`` at a time) and count the right answers.
-
-    Greedy: the argmax action; sampled: drawn from the policy with ``seed``'s generator. On CUDA
-    (``cuda_graph``) each step is replayed from a CUDA graph; the numbers are those of the eager loop.
-
-    Returns ``{"accuracy", "episodes", "successes", "mean_return"}``.
-    """
-    device = next(policy.parameters()).device if device is None else torch.device(device)
-    generator = torch.Generator(device)
-    generator.manual_seed(seed)
-    successes, total_return, done_episodes, batch_index = 0, 0.0, 0, 0
-    while done_episodes < episodes:
-        n = min(num_envs, episodes - done_episodes)
-        # one seed per batch, so that batches are different episodes
-        batch = _EpisodeBatch(policy, params, n, seed + batch_index, greedy, device)
-        batch.run(generator, cuda_graph)
-        successes += int(batch.successes.sum())
-        total_return += float(batch.returns.sum())
-        done_episodes += n
-        batch_index += 1
-    return {"accuracy": successes / episodes, "episodes": episodes, "successes": successes,
-            "mean_return": total_return / episodes}
-
-
-def evaluate_horizons(policy, cfg: TrainConfig, horizons, episodes: int, *, seed: int = EVAL_SEED,
-                      num_envs: int = 1000, device=None, modes=("greedy", "sampled"), cuda_graph: bool = True) -> dict:
-    """``{horizon: {"greedy": {...}, "sampled": {...}, "seconds": s}}`` for each horizon."""
-    results = {}
-    for horizon in horizons:
-        params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=horizon, num_distractors=cfg.num_distractors,
-                                     wrong_penalty=cfg.wrong_penalty)
-        start = time.perf_counter()
-        entry = {}
-        for mode in modes:
-            entry[mode] = evaluate_policy(policy, params, episodes, greedy=mode == "greedy", seed=seed,
-                                          num_envs=num_envs, device=device, cuda_graph=cuda_graph)
-        entry["seconds"] = time.perf_counter() - start
-        results[str(horizon) if not isinstance(horizon, str) else horizon] = entry
-    return results
-
-
-def default_horizons(cfg: TrainConfig) -> list[int]:
-    """The trained horizon (the top of a range), half of it and 2x, 4x: does the memory generalise?"""
-    trained = cfg.horizon_range[1]
-    return sorted({max(1, trained // 2), trained, 2 * trained, 4 * trained} | set(cfg.eval_horizons))
-
-
-def format_table(results: dict, trained_horizon) -> str:
-    lines = ["| horizon | greedy accuracy | sampled accuracy | episodes |", "|---:|---:|---:|---:|"]
-    for horizon, entry in results.items():
-        mark = " (trained)" if str(horizon) == str(trained_horizon) else ""
-        greedy = entry.get("greedy", {}).get("accuracy", float("nan"))
-        sampled = entry.get("sampled", {}).get("accuracy", float("nan"))
-        episodes = (entry.get("greedy") or entry.get("sampled"))["episodes"]
-        lines.append(f"| {horizon}{mark} | {greedy:.3f} | {sampled:.3f} | {episodes} |")
-    return "\n".join(lines)
-
-
-def resolve_device(name: str, arg: str = "device") -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a device;
-    ``arg`` names the setting in the error when CUDA is asked for and missing."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"{arg}={name!r} but CUDA is not available on this machine; use cpu or auto")
-    return device
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="mamba-rl-eval", description="Accuracy per horizon of a trained policy, "
-                                     "greedy and sampled.")
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
-    parser.add_argument("--horizons", type=int, nargs="+", default=None,
-                        help="horizons to evaluate (default: the trained one, half of it, 2x and 4x)")
-    parser.add_argument("--episodes", type=int, default=1000, help="episodes per horizon and mode (default 1000)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--num-envs", type=int, default=1000, help="episodes run in parallel (default 1000)")
-    parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"seed of the evaluation episodes (default {EVAL_SEED})")
-    parser.add_argument("--modes", nargs="+", choices=("greedy", "sampled"), default=["greedy", "sampled"])
-    parser.add_argument("--no-cuda-graph", action="store_true",
-                        help="on CUDA, queue every step's kernels from Python instead of replaying a CUDA graph")
-    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    parser.add_argument("--plot-states", default=None, metavar="DIR",
-                        help="also write pictures of the recurrent state, correct vs wrong answers, for each horizon "
-                             "to DIR/horizon_<h>/ (Mamba policies; see docs/STATE_LAB.md)")
-    args = parser.parse_args(argv)
-    if args.episodes < 1:
-        parser.error(f"--episodes must be >= 1, got {args.episodes}")
-    if args.num_envs < 1:
-        parser.error(f"--num-envs must be >= 1, got {args.num_envs}")
-    if args.horizons is not None and min(args.horizons) < 1:
-        parser.error(f"--horizons must be ints >= 1, got {args.horizons}")
-    try:
-        device = resolve_device(args.device, "--device")
-        policy, cfg, checkpoint = load_policy(args.checkpoint, device)
-    except (CheckpointError, ValueError) as err:
-        print(f"mamba-rl-eval: error: {err}", file=sys.stderr)
-        return 2
-    if args.plot_states and cfg.controller != "mamba":
-        print(f"mamba-rl-eval: error: --plot-states needs a Mamba policy, got {cfg.controller!r}", file=sys.stderr)
-        return 2
-    horizons = args.horizons or default_horizons(cfg)
-    print(f"{args.checkpoint}: {cfg.controller} policy trained on horizon {cfg.horizon} for "
-          f"{checkpoint.get('update', '?')} updates; {args.episodes} episodes per horizon on {device}")
-    results = evaluate_horizons(policy, cfg, horizons, args.episodes, seed=args.seed, num_envs=args.num_envs,
-                                device=device, modes=tuple(args.modes), cuda_graph=not args.no_cuda_graph)
-    print(format_table(results, cfg.horizon_range[1]))
-    if args.plot_states:
-        from mamba_rl.lab.plots import write_state_report
-
-        for horizon in horizons:
-            params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=horizon, num_distractors=cfg.num_distractors,
-                                         wrong_penalty=cfg.wrong_penalty)
-            out_dir = Path(args.plot_states) / f"horizon_{horizon}"
-            # at most about 250 kept states per episode, whatever the horizon
-            report = write_state_report(policy, params, out_dir, seed=args.seed, device=device,
-                                        stride=max(1, horizon // 250))
-            print(f"state pictures, horizon {horizon} ({report['correct']} correct, {report['wrong']} wrong of "
-                  f"{report['episodes']} episodes): {out_dir}")
-    if args.json:
-        out = {"checkpoint": str(args.checkpoint), "controller": cfg.controller, "trained_horizon": cfg.horizon,
-               "num_bits": cfg.num_bits, "update": checkpoint.get("update"), "device": str(device),
-               "seed": args.seed, "results": results}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=2))
-        print(f"wrote {args.json}")
-    return 0
-
+__all__ = ["EVAL_SEED", "build_policy", "default_horizons", "evaluate_env", "evaluate_horizons", "evaluate_policy",
+           "format_return_table", "format_table", "hashed_noise", "load_policy", "main", "mean_ci95",
+           "resolve_device", "run_episodes", "_EpisodeBatch"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -135,25 +135,31 @@ def test_compiled_storage_in_a_cuda_graph_collects_what_eager_collection_does():
                 assert torch.equal(a, b), field
 
 
-def _plain_episodes(policy, params, n, seed, generator=None, noise_steps=None):
+def _plain_episodes(policy, params, n, seed, greedy, first_episode=0):
     """What an evaluation batch computes, written as a plain loop: per-episode successes and
-    returns and the final recurrent state (greedy without ``generator``, else sampled from
-    uniforms drawn ``noise_steps`` steps at a time)."""
+    returns and the final recurrent state, for episodes ``first_episode ..`` (greedy, or sampled
+    from noise hashed from (seed, episode, step))."""
     from mamba_rl.envs import delayed_memory_init, delayed_memory_observe, delayed_memory_reset, delayed_memory_step
+    from mamba_rl.envs.delayed_memory import _seed_key, mix32
+    from mamba_rl.evaluate import hashed_noise
     from mamba_rl.training.rollout import sample_actions
 
-    env = delayed_memory_reset(delayed_memory_init(n, params, seed, "cpu"), None, params)
+    env = delayed_memory_init(first_episode + n, params, seed, "cpu")
+    # episode i is env i of one batch holding every episode
+    env = env._replace(**{f: getattr(env, f)[first_episode:] for f in env._fields})
+    assert torch.equal(env.stream, mix32((first_episode + torch.arange(n)) ^ _seed_key(seed)))
+    env = delayed_memory_reset(env, None, params)
     obs, _ = delayed_memory_observe(env, params)
     state, reset = policy.zero_state(n, "cpu"), torch.ones(n, dtype=torch.bool)
     successes, returns = torch.zeros(n, dtype=torch.int64), torch.zeros(n)
+    episode = first_episode + torch.arange(n)
     for step in range(params.max_episode_steps):
         logits, _, state = policy.step(obs, state, reset)
-        if generator is None:
+        if greedy:
             action = logits.argmax(-1)
         else:
-            if step % noise_steps == 0:
-                noise = torch.rand(min(noise_steps, params.max_episode_steps), n, generator=generator)
-            action = sample_actions(logits, noise[step % noise_steps])
+            noise = hashed_noise(mix32(seed), episode, torch.full((n,), step), (), normal=False)
+            action = sample_actions(logits, noise)
         env, obs, reward, _, _, success = delayed_memory_step(env, action, params)
         successes += success
         returns += reward
@@ -162,29 +168,35 @@ def _plain_episodes(policy, params, n, seed, generator=None, noise_steps=None):
 
 
 @pytest.mark.parametrize("mode", ["greedy", "sampled"])
-def test_evaluation_batch_steps_as_a_plain_loop_does(mode, monkeypatch):
+def test_evaluation_batch_steps_as_a_plain_loop_does(mode):
     from mamba_rl import evaluate
 
-    monkeypatch.setattr(evaluate, "NOISE_STEPS", 4)  # several draws per episode
     torch.manual_seed(0)
     policy = build_policy(small_config(), "cpu").eval()
     params = DelayedMemoryParams(num_bits=2, horizon=(3, 9))
     greedy = mode == "greedy"
-    batch = evaluate._EpisodeBatch(policy, params, 6, 5, greedy, torch.device("cpu"))
+    batch = evaluate._EpisodeBatch(policy, params, 6, 5, greedy, torch.device("cpu"), first_episode=2)
     with torch.no_grad():
-        batch.run(torch.Generator().manual_seed(7), cuda_graph=False)
-        successes, returns, state = _plain_episodes(policy, params, 6, 5, None if greedy else
-                                                    torch.Generator().manual_seed(7), 4)
+        batch.run(cuda_graph=False)
+        successes, returns, state = _plain_episodes(policy, params, 6, 5, greedy, first_episode=2)
     assert torch.equal(batch.successes, successes) and torch.equal(batch.returns, returns)
     for name in state:
         assert torch.equal(batch.state[name], state[name]), name
-    # evaluate_policy: batches of num_envs episodes, each batch from its own seed
-    result = evaluate.evaluate_policy(policy, params, 10, greedy=greedy, seed=5, num_envs=4)
-    generator = None if greedy else torch.Generator().manual_seed(5)
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sampled"])
+def test_memory_evaluation_does_not_depend_on_num_envs(mode):
+    from mamba_rl.evaluate import evaluate_policy
+
+    torch.manual_seed(0)
+    policy = build_policy(small_config(), "cpu").eval()
+    params = DelayedMemoryParams(num_bits=2, horizon=(3, 9))
+    results = [evaluate_policy(policy, params, 10, greedy=mode == "greedy", seed=5, num_envs=n) for n in (10, 4, 1)]
     with torch.no_grad():
-        expected = [_plain_episodes(policy, params, n, 5 + i, generator, 4) for i, n in enumerate((4, 4, 2))]
-    assert result["successes"] == sum(int(e[0].sum()) for e in expected)
-    assert result["mean_return"] == pytest.approx(sum(float(e[1].sum()) for e in expected) / 10, abs=1e-6)
+        successes, returns, _ = _plain_episodes(policy, params, 10, 5, mode == "greedy")
+    for result in results:
+        assert result["successes"] == int(successes.sum())
+        assert result["mean_return"] == pytest.approx(float(returns.sum()) / 10, abs=1e-6)
 
 
 @pytest.mark.gpu
@@ -233,11 +245,17 @@ def test_resume_continues_the_identical_run(tmp_path, device):
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_each_preset_shape_runs_on_cpu(preset, tmp_path):
+    env = load_config(preset).env
+    if env.startswith("popgym"):
+        pytest.importorskip("popgym")
+    # the memory task at a short delay; other envs for a few short chunks and episodes
+    shrink = (["--set", "horizon=5", "--set", "eval_horizons=[3]", "--set", "eval_episodes=8"]
+              if load_config(preset).is_memory_task else
+              ["--set", "chunk_len=8", "--set", "num_minibatches=2", "--set", "eval_episodes=2"])
     code = cli.main([
         "--config", str(preset), "--run-dir", str(tmp_path / "run"), "--set", "device=cpu",
-        "--set", "num_envs=4", "--set", "num_updates=1", "--set", "eval_episodes=8", "--set", "eval_num_envs=8",
-        "--set", "horizon=5", "--set", "eval_horizons=[3]", "--set", "progress_bar=false",
-        "--set", "max_wall_time_s=null", "--set", "target_accuracy=null",
+        "--set", "num_envs=4", "--set", "num_updates=1", "--set", "eval_num_envs=8",
+        "--set", "progress_bar=false", "--set", "max_wall_time_s=null", "--set", "target_accuracy=null", *shrink,
     ])
     assert code == 0
     assert (tmp_path / "run" / "metrics.json").stat().st_size > 0
@@ -301,3 +319,107 @@ def test_trainer_logs_a_state_picture_to_tensorboard_now_and_then(tmp_path):
     events.Reload()
     images = events.Images("states/summary")
     assert len(images) == 1 and len(images[0].encoded_image_string) > 1000
+
+
+@pytest.mark.parametrize("end", ["terminate", "truncate"])
+def test_time_limit_truncation_bootstraps_from_the_final_observation_and_termination_does_not(end):
+    from mamba_rl.policies import make_train_env
+    from tests.envs.test_adapters import ID  # registers the hand-made Countdown env
+
+    torch.manual_seed(0)
+    cfg = small_config(env=ID, env_kwargs={"length": 3, "end": end}, policy_mask_key=None)
+    env = make_train_env(cfg, 2, "cpu")
+    policy = build_policy(cfg, "cpu", env)
+    # 4 steps: the episode's 3 steps, the 3rd ending it, then the first step of the next one
+    collector = RolloutCollector(policy, env, 2, 4, 1, 0, torch.device("cpu"), cuda_graph=False)
+    rollout = collector.collect()
+    env.close()
+    assert rollout.done[:, 2].all() and rollout.terminated[:, 2].all() == (end == "terminate")
+    gamma = 0.5
+    adv, _ = compute_gae(rollout.reward, rollout.value, rollout.done, rollout.bootstrap_value, gamma, 0.0,
+                         rollout.terminated, rollout.final_value)
+    # V(final observation [1, 1] | the episode's history), from the sequence path
+    obs = torch.tensor([[0.0, 1.0], [1 / 3, 1.0], [2 / 3, 1.0], [1.0, 1.0]]).expand(2, 4, 2)
+    reset = torch.tensor([[True, False, False, False]] * 2)
+    with torch.no_grad():
+        _, values, _ = policy.sequence(obs, policy.zero_state(2), reset)
+    final_value = values[:, 3]
+    next_value = final_value if end == "truncate" else torch.zeros(2)
+    torch.testing.assert_close(adv[:, 2], 1.0 + gamma * next_value - rollout.value[:, 2])
+    # TD(0) inside the episode: the next step's value
+    torch.testing.assert_close(adv[:, :2], 1.0 + gamma * rollout.value[:, 1:3] - rollout.value[:, :2])
+    if end == "truncate":
+        assert final_value.abs().min() > 1e-4
+        torch.testing.assert_close(rollout.final_value[:, 2], final_value)
+
+
+def test_gaussian_head_log_prob_matches_torch_normal_and_actions_reach_a_box_env():
+    from mamba_rl.policies import GaussianHead
+
+    head = GaussianHead(2)
+    with torch.no_grad():
+        head.log_std.copy_(torch.tensor([-0.5, 0.3]))
+    mean, noise = torch.randn(5, 2), torch.randn(5, 2)
+    action, log_prob = head.sample(mean, noise)
+    normal = torch.distributions.Normal(mean, head.log_std.exp())
+    torch.testing.assert_close(log_prob, normal.log_prob(action).sum(-1))
+    got, entropy = head.log_prob_entropy(mean, action)
+    torch.testing.assert_close(got, log_prob)
+    torch.testing.assert_close(entropy, normal.entropy().sum(-1))
+
+
+@pytest.mark.parametrize("controller", ["mamba", "gru"])
+def test_train_on_popgym_runs_checkpoints_and_reports_returns(controller, tmp_path):
+    pytest.importorskip("popgym")
+    result = train(small_config(env="popgym-RepeatFirstEasy-v0", controller=controller, num_envs=4, chunk_len=32,
+                                num_updates=2, eval_episodes=4, eval_num_envs=2), tmp_path / "run", verbose=False)
+    metrics = result.metrics
+    assert metrics["env"] == "popgym-RepeatFirstEasy-v0" and metrics["train_return_max"] is not None
+    assert -1.0 - 1e-5 <= metrics["eval_return_greedy"] <= 1.0 + 1e-5 and metrics["eval_return_greedy_ci95"] >= 0
+    assert eval_main(["--checkpoint", str(result.run_dir), "--episodes", "3", "--device", "cpu"]) == 0
+
+
+def test_box_actions_collect_and_replay_to_the_same_log_probs():
+    torch.manual_seed(0)
+    from mamba_rl.policies import GaussianHead, make_train_env
+
+    cfg = small_config(env="Pendulum-v1", controller="gru", gru_hidden_size=16)
+    env = make_train_env(cfg, 2, "cpu")
+    policy = build_policy(cfg, "cpu", env)
+    assert isinstance(policy.action_dist, GaussianHead)
+    rollout = RolloutCollector(policy, env, 2, 8, 1, 0, torch.device("cpu"), cuda_graph=False).collect()
+    env.close()
+    assert rollout.action.shape == (2, 8, 1) and rollout.action.dtype == torch.float32
+    logits, _ = replay(policy, rollout, torch.arange(2))
+    log_prob, _ = policy.action_dist.log_prob_entropy(logits, rollout.action)
+    torch.testing.assert_close(log_prob, rollout.log_prob, atol=1e-5, rtol=1e-5)
+
+
+def test_evaluation_episodes_do_not_depend_on_num_envs():
+    from mamba_rl.evaluate import evaluate_env
+
+    torch.manual_seed(0)
+    cfg = small_config(env="CartPole-v1", controller="gru", gru_hidden_size=16)
+    policy = build_policy(cfg, "cpu")
+    results = [evaluate_env(policy, cfg, 7, num_envs=n, seed=3) for n in (1, 3)]
+    for mode in ("greedy", "sampled"):
+        a, b = results[0][mode], results[1][mode]
+        assert a["mean_return"] == pytest.approx(b["mean_return"]) and a["return_ci95"] == pytest.approx(b["return_ci95"])
+
+
+def test_env_kwargs_are_set_one_key_at_a_time():
+    cfg = load_config(None, ["env=CartPole-v1", "env_kwargs.sutton_barto_reward=true", "env_kwargs.render_mode=null"])
+    assert cfg.env_kwargs == {"sutton_barto_reward": True, "render_mode": None} and not cfg.is_memory_task
+    assert cfg.resolved_chunk_len == 128
+
+
+def test_cli_unknown_env_id_names_the_closest_ids(tmp_path, capsys):
+    assert cli.main(["--env", "CartPole-v9", "--run-dir", str(tmp_path / "run"), "--set", "device=cpu"]) == 2
+    assert "closest registered ids: CartPole-v1" in capsys.readouterr().err
+
+
+def test_resume_on_a_host_env_goes_on_from_the_checkpoint(tmp_path):
+    cfg = dict(env="CartPole-v1", controller="gru", gru_hidden_size=16, num_envs=2, chunk_len=8, num_minibatches=1)
+    train(small_config(num_updates=1, **cfg), tmp_path / "run", verbose=False)
+    resumed = train(small_config(num_updates=2, **cfg), tmp_path / "run", resume=True, verbose=False)
+    assert resumed.metrics["updates"] == 2 and resumed.metrics["global_step"] == 2 * 2 * 8

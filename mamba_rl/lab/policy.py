@@ -156,10 +156,8 @@ def load_policy(path: str | os.PathLike, device="cpu") -> tuple[StatePolicy, Del
             raise ValueError(f"{path} is not a readable torch file: {err}") from err
         if isinstance(payload, dict) and payload.get("format") == LAB_POLICY_FORMAT:
             return _load_lab_payload(payload, path, device)
-    try:
-        from mamba_rl.evaluate import load_policy as load_trainer_policy
-    except ImportError as err:
-        raise ValueError(f"{path} is not a lab policy file and the trainer's loader is unavailable: {err}") from err
+    from mamba_rl.policies import load_policy as load_trainer_policy
+
     policy, cfg, checkpoint = load_trainer_policy(path, device)
     params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=cfg.env_horizon, num_distractors=cfg.num_distractors,
                                  wrong_penalty=cfg.wrong_penalty, horizon_sampling=cfg.horizon_sampling)

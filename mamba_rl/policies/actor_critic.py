@@ -1,4 +1,5 @@
-"""Recurrent actor-critic: a Mamba or GRU trunk (shared or one per head), a categorical actor and a value head."""
+"""Recurrent actor-critic: a Mamba or GRU trunk (shared or one per head), an actor head with the
+action space's distribution (:mod:`mamba_rl.policies.heads`) and a value head."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.modules import ActorValueOperator, ProbabilisticActor, ValueOperator
 
+from mamba_rl.policies.heads import ActionHead, CategoricalHead, make_action_head
 from mamba_rl.policies.trunks import GRU_BACKENDS, GRUTrunk, MambaTrunk
 
 __all__ = ["ActorCritic", "TorchRLActorCritic", "CONTROLLERS", "make_actor_critic", "count_parameters"]
@@ -36,17 +38,19 @@ class TorchRLActorCritic(NamedTuple):
 
 
 class ActorCritic(nn.Module):
-    """A recurrent actor-critic over a discrete action space.
+    """A recurrent actor-critic.
 
-    Layers: trunk (``MambaTrunk`` or ``GRUTrunk``) -> ``actor_head`` (logits over
-    ``num_actions``) and ``value_head`` (one value). With ``shared_trunk`` one trunk feeds both
+    Layers: trunk (``MambaTrunk`` or ``GRUTrunk``) -> ``actor_head`` (the distribution's
+    parameters, ``action_dist.num_outputs`` of them: logits for a discrete space, the mean for a
+    box) and ``value_head`` (one value). ``action_dist`` (an
+    :class:`~mamba_rl.policies.heads.ActionHead`) samples, scores and picks actions. With ``shared_trunk`` one trunk feeds both
     heads; otherwise the critic has its own trunk and its own recurrent state.
 
     Tensor API (what the trainer uses; no TensorDict per step):
 
     - :meth:`zero_state` ``(B) -> state``: a dict of ``[B, ...]`` tensors (keys prefixed
       ``"actor."`` / ``"critic."``).
-    - :meth:`step` ``(obs [B, F], state, reset [B] bool, out_state=None) -> (logits [B, A], value [B],
+    - :meth:`step` ``(obs [B, F], state, reset [B] bool, out_state=None) -> (params [B, A], value [B],
       state)``: pure, or writing the new state into ``out_state`` (``out_state=state``: in place).
     - :meth:`sequence` ``(obs [B, T, F], state, reset [B, T]) -> (logits [B, T, A], value [B, T],
       final state)``: ``state`` enters ``t = 0``; ``reset[:, t]`` zeroes the state entering ``t``;
@@ -58,14 +62,16 @@ class ActorCritic(nn.Module):
     Build one with :func:`make_actor_critic`.
     """
 
-    def __init__(self, actor_trunk: nn.Module, critic_trunk: nn.Module | None, num_actions: int,
+    def __init__(self, actor_trunk: nn.Module, critic_trunk: nn.Module | None, action_dist: ActionHead | int,
                  head_hidden: int = 0) -> None:
         super().__init__()
         self.actor_trunk = actor_trunk
         self.critic_trunk = critic_trunk
-        self.num_actions = num_actions
+        # an int is a number of categories
+        self.action_dist = CategoricalHead(action_dist) if isinstance(action_dist, int) else action_dist
+        self.num_actions = self.action_dist.num_outputs
         self.controller = actor_trunk.kind
-        self.actor_head = _head(actor_trunk.out_features, num_actions, head_hidden, out_std=0.01)
+        self.actor_head = _head(actor_trunk.out_features, self.num_actions, head_hidden, out_std=0.01)
         critic_features = (critic_trunk or actor_trunk).out_features
         self.value_head = _head(critic_features, 1, head_hidden, out_std=1.0)
 
@@ -131,6 +137,8 @@ class ActorCritic(nn.Module):
                 critic_core,
                 ValueOperator(self.value_head, in_keys=["critic_features"], out_keys=["state_value"]),
             )
+        if not isinstance(self.action_dist, CategoricalHead):
+            raise NotImplementedError(f"to_torchrl supports categorical actions, got {type(self.action_dist).__name__}")
         actor = ProbabilisticActor(
             actor_module, in_keys=["logits"], out_keys=["action"],
             distribution_class=torch.distributions.Categorical, return_log_prob=True,
@@ -162,8 +170,9 @@ def _orthogonal(layer: nn.Linear, std: float) -> nn.Linear:
 def make_actor_critic(
     controller: str,
     obs_dim: int,
-    num_actions: int,
+    num_actions: int | None = None,
     *,
+    action_space=None,
     shared_trunk: bool = True,
     d_model: int = 64,
     num_layers: int = 1,
@@ -185,7 +194,9 @@ def make_actor_critic(
     Args:
         controller: ``"mamba"`` (a :class:`~mamba_rl.MambaModule` trunk) or ``"gru"``
             (``torchrl.modules.GRUModule``).
-        obs_dim, num_actions: the env's observation size and number of actions.
+        obs_dim, num_actions: the env's observation size and number of (categorical) actions.
+        action_space: a Gymnasium action space instead of ``num_actions`` (``Discrete``,
+            ``MultiDiscrete`` or a bounded ``Box``): the head follows it.
         shared_trunk: one trunk for both heads (True) or one per head.
         d_model, num_layers, d_state, d_conv, expand, dt_min, dt_max, dt_init_floor,
             bc_init_scale, mamba_backend: the Mamba trunk (``num_layers`` also sets the GRU's layers).
@@ -221,7 +232,11 @@ def make_actor_critic(
 
     actor_trunk = trunk("recurrent_state_" if shared_trunk else "actor_state_", "features")
     critic_trunk = None if shared_trunk else trunk("critic_state_", "critic_features")
-    return ActorCritic(actor_trunk, critic_trunk, num_actions, head_hidden).to(device)
+    if (num_actions is None) == (action_space is None):
+        raise ValueError(f"pass one of num_actions or action_space, got num_actions={num_actions!r} and "
+                         f"action_space={action_space!r}")
+    action_dist = make_action_head(action_space) if action_space is not None else CategoricalHead(num_actions)
+    return ActorCritic(actor_trunk, critic_trunk, action_dist, head_hidden).to(device)
 
 
 def count_parameters(policy: ActorCritic) -> dict[str, int]:

@@ -19,24 +19,33 @@ import torch
 from torch.utils.checkpoint import checkpoint
 from torchrl.objectives.value.functional import generalized_advantage_estimate
 
+from mamba_rl.policies.heads import ActionHead, CategoricalHead
 from mamba_rl.training.rollout import Rollout
 
 __all__ = ["compute_gae", "replay", "ppo_loss", "PPOLossOutput", "weighted_mean", "explained_variance"]
 
 
-def compute_gae(reward, value, done, bootstrap_value, gamma: float, gae_lambda: float):
+def compute_gae(reward, value, done, bootstrap_value, gamma: float, gae_lambda: float, terminated=None,
+                final_value=None):
     """GAE over ``[N, S]`` tensors (TorchRL's ``generalized_advantage_estimate``).
 
     ``value[:, t]`` is V(obs_t); the value of the observation after step ``t`` is
-    ``value[:, t + 1]``, or ``bootstrap_value`` after the last step; it counts only where the
-    episode did not end (``done`` is termination: the task never truncates).
+    ``value[:, t + 1]``, or ``bootstrap_value`` after the last step. ``done`` (the episode ended)
+    cuts the lambda-trace. Truncation is not termination: where the episode was truncated
+    (``done`` and not ``terminated``) the next value is ``final_value``, the value of the
+    episode's final observation; where it terminated the next value counts zero.
+    ``terminated=None`` means every end is a termination.
 
     Returns ``(advantages, returns)``, both ``[N, S]``.
     """
     next_value = torch.cat([value[:, 1:], bootstrap_value[:, None]], dim=1)
-    done = done[..., None]
+    if terminated is None:
+        terminated = done
+    elif final_value is not None:
+        next_value = torch.where(done & ~terminated, final_value, next_value)
     advantage, value_target = generalized_advantage_estimate(
-        gamma, gae_lambda, value[..., None], next_value[..., None], reward[..., None], done, done, time_dim=-2
+        gamma, gae_lambda, value[..., None], next_value[..., None], reward[..., None], done[..., None],
+        terminated[..., None], time_dim=-2
     )
     return advantage.squeeze(-1), value_target.squeeze(-1)
 
@@ -95,6 +104,9 @@ def replay(policy, rollout: Rollout, env_idx: torch.Tensor, backprop: str = "chu
     return torch.cat(all_logits, 1), torch.cat(all_values, 1)
 
 
+_CATEGORICAL = CategoricalHead(1)
+
+
 @dataclass
 class PPOLossOutput:
     loss: torch.Tensor
@@ -120,19 +132,19 @@ def ppo_loss(
     vf_coef: float = 0.5,
     norm_adv: bool = True,
     clip_vloss: bool = False,
+    action_dist: ActionHead | None = None,
 ) -> PPOLossOutput:
     """Clipped PPO loss (CleanRL's ``ppo_atari_lstm`` terms), each policy term a ``weight``-ed mean.
 
-    Shapes: ``logits [*, A]``; every other tensor ``[*]``. ``weight`` (0/1 floats, or None for
+    Shapes: ``logits [*, A]`` (the parameters of ``action_dist``, a categorical head when None);
+    ``action [*, *action_shape]``; every other tensor ``[*]``. ``weight`` (0/1 floats, or None for
     all ones) weights the policy loss, the entropy, the advantage normalisation statistics,
     approx-KL and the clip fraction; the value loss is a plain mean over every step.
 
     ``loss = policy - ent_coef * entropy + vf_coef * value`` with
     ``policy = mean_w(max(-A r, -A clip(r, 1 - c, 1 + c)))``, ``value = 0.5 mean((V - R)^2)``.
     """
-    log_probs = torch.log_softmax(logits.float(), dim=-1)
-    new_log_prob = log_probs.gather(-1, action[..., None]).squeeze(-1)
-    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    new_log_prob, entropy = (action_dist or _CATEGORICAL).log_prob_entropy(logits, action)
     log_ratio = new_log_prob - old_log_prob
     ratio = log_ratio.exp()
     if norm_adv:

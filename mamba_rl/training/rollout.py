@@ -1,21 +1,26 @@
-"""Rollout collection on the env's functional core with the policy's tensor API.
+"""Rollout collection: any :class:`~mamba_rl.envs.adapters.BatchedEnv` stepped with the policy's tensor API.
 
 Why not ``torchrl.collectors.Collector``: per step it builds and copies TensorDicts, runs the
 env's spec checks and ``step_mdp``, and keeps every recurrent state of every step; here a step is
-the policy's ``step`` on plain tensors, the env's pure ``delayed_memory_step`` (same-step
-autoreset) and a handful of ``index_copy_`` into preallocated buffers. On CUDA that whole step
-(policy, sampling, env, storage) is captured once in a CUDA graph and replayed, one launch per
-step. ``benchmarks/bench_train_collect.py`` measures both ways (numbers in docs/TRAINING.md).
+the policy's ``step`` on plain tensors, the env's ``step`` (same-step autoreset) and a handful of
+``index_copy_`` into preallocated buffers. For a device-resident env (``env.device_resident``,
+the memory task is one) on CUDA that whole step (policy, sampling, env, storage) is captured
+once in a CUDA graph and replayed, one launch per step. ``benchmarks/bench_train_collect.py``
+measures both ways (numbers in docs/TRAINING.md). Host envs (Gymnasium vector envs, TorchRL
+envs) run the same step eagerly.
 
-Everything after the policy and the sampling can be ``torch.compile``'d (``compile_env``; the
-trainer does so on CUDA): the env step's ~95 small tensor ops and the ~45 that store the
-step and move the carry on become a few fused kernels, bit for bit the same
-(``benchmarks/bench_env.py`` checks the env step alone and times it: at 4,096 envs on an H100 its
-benchmark step, the env step with hashed actions, takes ~166 us inside a CUDA graph, compiled ~6
-us). It compiles when the collector is made, and is checked there against the eager version.
+For a device-resident env, everything after the policy and the sampling can be
+``torch.compile``'d (``compile_env``; the trainer does so on CUDA): the memory task's env step's
+~95 small tensor ops and the ~45 that store the step and move the carry on become a few fused
+kernels, bit for bit the same (``benchmarks/bench_env.py`` checks the env step alone and times
+it: at 4,096 envs on an H100 its benchmark step, the env step with hashed actions, takes ~166 us
+inside a CUDA graph, compiled ~6 us). It compiles when the collector is made, and is checked there
+against the eager version.
 
-What is stored per step: observation, action, log-prob, value, reward, done, is_init, decision
-and success. The recurrent state is stored only at the start of each chunk: at H = 20,000 the
+What is stored per step: observation, action, log-prob, value, reward, done, is_init, decision,
+success, and the return and length of episodes that end; for envs that can truncate also
+``terminated`` and the value of the final observation of truncated episodes (the GAE bootstraps
+from it). The recurrent state is stored only at the start of each chunk: at H = 20,000 the
 per-step SSM states of a rollout would be tens of GB.
 """
 
@@ -26,14 +31,10 @@ from dataclasses import dataclass
 
 import torch
 
-from mamba_rl.envs import (
-    DelayedMemoryParams,
-    DelayedMemoryState,
-    delayed_memory_init,
-    delayed_memory_observe,
-    delayed_memory_reset,
-    delayed_memory_step,
-)
+from mamba_rl.cuda_graph import capture_cuda_graph
+from mamba_rl.envs import DelayedMemoryParams
+from mamba_rl.envs.adapters import BatchedEnv, DelayedMemoryTask
+from mamba_rl.policies.heads import sample_actions
 
 __all__ = ["Rollout", "RolloutCollector", "capture_cuda_graph", "sample_actions"]
 
@@ -47,18 +48,23 @@ class Rollout:
 
     Attributes:
         obs: ``[N, S, obs_dim]`` float32, the observation the action was taken on.
-        action: ``[N, S]`` int64.
+        action: ``[N, S, *action_shape]`` (int64 categories, float32 for a box).
         log_prob: ``[N, S]`` log-probability of ``action`` under the collecting policy.
         value: ``[N, S]`` value estimate at collection.
         reward: ``[N, S]`` reward of the step.
-        done: ``[N, S]`` bool, the step ended its episode (terminated; the task never truncates).
+        done: ``[N, S]`` bool, the step ended its episode (terminated or truncated).
         is_init: ``[N, S]`` bool, the step is the first of an episode (the state entering it is zero).
         decision: ``[N, S]`` bool, the step's action is scored (the env's ``"decision"``).
         success: ``[N, S]`` bool, the step was scored and right.
         episode_return: ``[N, S]`` the return of the episode that ended at the step (0 elsewhere).
+        episode_length: ``[N, S]`` int64, the length of the episode that ended at the step (0 elsewhere).
         chunk_states: recurrent state entering each chunk, ``{name: [K, N, ...]}`` (detached).
         bootstrap_value: ``[N]`` value of the observation after the last step.
         chunk_len: ``T``.
+        terminated: ``[N, S]`` bool, the episode ended in a terminal state (``done`` for envs
+            that never truncate).
+        final_value: ``[N, S]`` value of the final observation where the episode was truncated
+            (0 elsewhere); None for envs that never truncate.
     """
 
     obs: torch.Tensor
@@ -71,93 +77,83 @@ class Rollout:
     decision: torch.Tensor
     success: torch.Tensor
     episode_return: torch.Tensor
+    episode_length: torch.Tensor
     chunk_states: dict[str, torch.Tensor]
     bootstrap_value: torch.Tensor
     chunk_len: int
+    terminated: torch.Tensor | None = None
+    final_value: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.terminated is None:
+            self.terminated = self.done
 
     @property
     def num_chunks(self) -> int:
         return self.obs.shape[1] // self.chunk_len
 
 
-def sample_actions(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-    """Categorical samples by inverse CDF: ``logits [B, A]``, ``uniform [B]`` in [0, 1) -> ``[B]`` int64.
-
-    One uniform number per sample and no host synchronisation, so it can be captured in a CUDA
-    graph and replayed from a saved generator state (resumed runs draw the same actions).
-    """
-    cdf = torch.softmax(logits.float(), dim=-1).cumsum(-1)
-    return (cdf < uniform[:, None]).sum(-1).clamp_(max=logits.shape[-1] - 1)
-
-
-def capture_cuda_graph(step, tensors: list[torch.Tensor], warmup: int = 3) -> torch.cuda.CUDAGraph:
-    """A CUDA graph of ``step()``, a step that updates ``tensors`` in place (it must read and write
-    only tensors that stay where they are). ``warmup`` steps run first on a side stream, since lazy
-    initialisations (Triton compiles, cuBLAS handles) cannot happen during a capture; ``tensors``
-    are then restored to what they held before (the step's other writes are not undone)."""
-    snapshot = [t.clone() for t in tensors]
-    device = tensors[0].device
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream), torch.no_grad():
-        for _ in range(warmup):
-            step()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph):
-        step()
-    for t, saved in zip(tensors, snapshot):
-        t.copy_(saved)
-    return graph
-
-
 class RolloutCollector:
-    """Runs ``num_envs`` environments with ``policy``, ``num_chunks`` chunks of ``chunk_len`` steps per call.
+    """Runs ``env`` (``num_envs`` copies) with ``policy``, ``num_chunks`` chunks of ``chunk_len`` steps per call.
 
     The env state, the current observation and the recurrent state carry over from one
     :meth:`collect` to the next, so episodes run on across chunks and updates.
 
     Args:
-        policy: an :class:`~mamba_rl.policies.ActorCritic`.
-        params: the task.
-        num_envs: ``N``.
+        policy: an :class:`~mamba_rl.policies.ActorCritic` whose ``action_dist`` fits the env's actions.
+        env: a :class:`~mamba_rl.envs.adapters.BatchedEnv` (or :class:`~mamba_rl.envs.DelayedMemoryParams`,
+            the memory task with those parameters).
+        num_envs: ``N`` (the env's ``num_envs``).
         chunk_len: ``T``.
         num_chunks: ``K``.
         seed: seeds the environments and the action-sampling generator.
         device: where everything runs.
-        cuda_graph: capture the step in a CUDA graph (CUDA only; falls back to eager with a
-            warning when capture fails).
-        compile_env: ``torch.compile`` the env step and the storage after it (see the module
-            docstring). It is compiled here and checked against the eager version on copies of the
-            carry; a failure or a difference falls back to the eager version with a warning.
+        cuda_graph: capture the step in a CUDA graph (CUDA and device-resident envs only; falls
+            back to eager with a warning when capture fails).
+        compile_env: ``torch.compile`` the env step and the storage after it (device-resident
+            envs; see the module docstring). It is compiled here and checked against the eager
+            version on copies of the carry; a failure or a difference falls back to the eager
+            version with a warning.
     """
 
-    def __init__(self, policy, params: DelayedMemoryParams, num_envs: int, chunk_len: int, num_chunks: int,
-                 seed: int, device: torch.device, cuda_graph: bool = True, compile_env: bool = False) -> None:
+    def __init__(self, policy, env: BatchedEnv | DelayedMemoryParams, num_envs: int, chunk_len: int,
+                 num_chunks: int, seed: int, device: torch.device, cuda_graph: bool = True,
+                 compile_env: bool = False) -> None:
+        self.device = torch.device(device)
+        if isinstance(env, DelayedMemoryParams):
+            env = DelayedMemoryTask(env, num_envs, self.device)
+        if env.num_envs != num_envs:
+            raise ValueError(f"num_envs must match the env's num_envs={env.num_envs}, got {num_envs}")
         self.policy = policy
-        self.params = params
+        self.env = env
+        self.action_dist = policy.action_dist
         self.num_envs = num_envs
         self.chunk_len = chunk_len
         self.num_chunks = num_chunks
-        self.device = torch.device(device)
+        self.seed = seed
         steps = chunk_len * num_chunks
-        env_state = delayed_memory_reset(delayed_memory_init(num_envs, params, seed, self.device), None, params)
-        obs, decision = delayed_memory_observe(env_state, params)
+        env_state, obs, decision = env.reset(seed)
+        self._env_state_names = list(env_state)
+        n = num_envs
         # what carries from step to step; updated in place so that a CUDA graph can replay the step
         self.carry: dict[str, torch.Tensor] = {
-            "obs": obs,
-            "decision": decision,
-            "is_init": torch.ones(num_envs, dtype=torch.bool, device=self.device),
-            "episode_return": torch.zeros(num_envs, device=self.device),
-            **{f"env.{name}": value.clone() for name, value in env_state._asdict().items()},
-            **{f"policy.{name}": value for name, value in policy.zero_state(num_envs, self.device).items()},
+            "obs": obs.clone(),
+            "decision": decision.clone(),
+            "is_init": torch.ones(n, dtype=torch.bool, device=self.device),
+            "episode_return": torch.zeros(n, device=self.device),
+            "episode_length": torch.zeros(n, dtype=torch.int64, device=self.device),
+            **{f"env.{name}": value for name, value in env_state.items()},
+            **{f"policy.{name}": value for name, value in policy.zero_state(n, self.device).items()},
         }
+        if env.can_truncate:
+            self.carry["final_obs"] = obs.clone()
+            self.carry["truncated"] = torch.zeros(n, dtype=torch.bool, device=self.device)
         self.generator = torch.Generator(self.device)
         self.generator.manual_seed(seed)
-        n = num_envs
+        head = self.action_dist
         self.buffers = {
-            "obs": torch.zeros(n, steps, params.obs_dim, device=self.device),
-            "action": torch.zeros(n, steps, dtype=torch.int64, device=self.device),
+            "obs": torch.zeros(n, steps, env.obs_dim, device=self.device),
+            "action": torch.zeros(n, steps, *head.action_shape, dtype=head.action_dtype, device=self.device),
             "log_prob": torch.zeros(n, steps, device=self.device),
             "value": torch.zeros(n, steps, device=self.device),
             "reward": torch.zeros(n, steps, device=self.device),
@@ -166,7 +162,11 @@ class RolloutCollector:
             "decision": torch.zeros(n, steps, dtype=torch.bool, device=self.device),
             "success": torch.zeros(n, steps, dtype=torch.bool, device=self.device),
             "episode_return": torch.zeros(n, steps, device=self.device),
+            "episode_length": torch.zeros(n, steps, dtype=torch.int64, device=self.device),
         }
+        if env.can_truncate:
+            self.buffers["terminated"] = torch.zeros(n, steps, dtype=torch.bool, device=self.device)
+            self.buffers["final_value"] = torch.zeros(n, steps, device=self.device)
         # the carry split once (the same tensors): the policy's state, and what the step after
         # the policy reads and writes
         self._policy_carry = {name[len("policy."):]: v for name, v in self.carry.items() if name.startswith("policy.")}
@@ -175,12 +175,14 @@ class RolloutCollector:
             name: torch.zeros(num_chunks, *value.shape, dtype=value.dtype, device=self.device)
             for name, value in self._policy_carry.items()
         }
-        # uniform numbers for the sampling of a whole rollout, drawn before it
-        self.noise = torch.zeros(n, steps, device=self.device)
+        # sampling noise for a whole rollout, drawn before it
+        self.noise = torch.zeros(n, steps, *head.noise_shape, device=self.device)
         # step index inside the rollout, a tensor so that the captured step reads it
         self.t = torch.zeros(1, dtype=torch.int64, device=self.device)
-        self.use_cuda_graph = bool(cuda_graph) and self.device.type == "cuda"
+        self._no_reset = torch.zeros(n, dtype=torch.bool, device=self.device)
+        self.use_cuda_graph = bool(cuda_graph) and self.device.type == "cuda" and env.device_resident
         self._graph = None
+        compile_env = compile_env and env.device_resident
         self._env_and_store = self._compiled_env_and_store() if compile_env else self._eager_env_and_store
         # whether the env step (and the storage after it) runs compiled
         self.env_compiled = self._env_and_store != self._eager_env_and_store
@@ -197,16 +199,30 @@ class RolloutCollector:
                 "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
-        missing = set(self.carry) ^ set(state["carry"])
+        """Restore the carry and the sampling generator. A host env's own state cannot be saved:
+        its envs start new episodes (seeded from the restored generator), and the policy state
+        restarts with them."""
+        carry = dict(state["carry"])
+        # a carry saved without episode lengths (they only feed the logged statistics)
+        carry.setdefault("episode_length", torch.zeros_like(self.carry["episode_length"]))
+        missing = set(self.carry) ^ set(carry)
         if missing:
             raise ValueError(f"collector state does not match this policy/env: keys differ in {sorted(missing)}")
-        for name, value in state["carry"].items():
+        for name, value in carry.items():
             if value.shape != self.carry[name].shape:
                 raise ValueError(f"collector state {name!r} must have shape {list(self.carry[name].shape)}, "
                                  f"got {list(value.shape)} (different num_envs or model size?)")
             self.carry[name].copy_(value)
         # torch.load(map_location="cuda") moves the RNG state too; generators take a CPU ByteTensor
         self.generator.set_state(state["generator"].cpu())
+        if not self.env.device_resident:
+            seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator, device=self.device))
+            _, obs, decision = self.env.reset(seed)
+            self.carry["obs"].copy_(obs)
+            self.carry["decision"].copy_(decision)
+            self.carry["is_init"].fill_(True)
+            self.carry["episode_return"].zero_()
+            self.carry["episode_length"].zero_()
 
     # --- one step ----------------------------------------------------------------------------
 
@@ -215,35 +231,46 @@ class RolloutCollector:
         """The step after the policy: the env step (same-step autoreset), the step's data stored
         into ``buffers`` at ``t``, and ``carry``'s observation, flags, return and env state moved
         on; ``t`` advances. Only tensors in place: compiled, it is a few fused kernels."""
-        env_state = DelayedMemoryState(**{name: carry[f"env.{name}"] for name in DelayedMemoryState._fields})
-        env_state, next_obs, reward, done, next_decision, success = delayed_memory_step(
-            env_state, action, self.params, autoreset=True)
-        episode_return = carry["episode_return"] + reward
-        stored = {"obs": carry["obs"], "action": action, "log_prob": log_prob, "value": value, "reward": reward,
-                  "done": done, "is_init": carry["is_init"], "decision": carry["decision"], "success": success,
-                  "episode_return": torch.where(done, episode_return, 0.0)}
+        env_state, step = self.env.step({name: carry[f"env.{name}"] for name in self._env_state_names}, action)
+        done = step.terminated | step.truncated if self.env.can_truncate else step.terminated
+        episode_return = carry["episode_return"] + step.reward
+        episode_length = carry["episode_length"] + 1
+        stored = {"obs": carry["obs"], "action": action, "log_prob": log_prob, "value": value, "reward": step.reward,
+                  "done": done, "is_init": carry["is_init"], "decision": carry["decision"], "success": step.success,
+                  "episode_return": torch.where(done, episode_return, 0.0),
+                  "episode_length": torch.where(done, episode_length, 0)}
+        if self.env.can_truncate:
+            stored["terminated"] = step.terminated
+            carry["final_obs"].copy_(step.final_obs)
+            carry["truncated"].copy_(step.truncated)
         for name, tensor in stored.items():
             buffers[name].index_copy_(1, t, tensor.unsqueeze(1))
-        carry["obs"].copy_(next_obs)
-        carry["decision"].copy_(next_decision)
+        carry["obs"].copy_(step.obs)
+        carry["decision"].copy_(step.decision)
         # same-step autoreset: the next step is the first of a new episode where this one ended
         carry["is_init"].copy_(done)
         carry["episode_return"].copy_(torch.where(done, 0.0, episode_return))
-        for name, tensor in env_state._asdict().items():
+        carry["episode_length"].copy_(torch.where(done, 0, episode_length))
+        for name, tensor in env_state.items():
             carry[f"env.{name}"].copy_(tensor)
         t.add_(1)
 
     def _compiled_env_and_store(self):
         """:meth:`_eager_env_and_store` compiled, and checked now against the eager one on the
-        buffers (scratch until the first rollout) and copies of the carry, with every env at its
-        query step so that episodes end and restart; the eager one if that fails."""
+        buffers (scratch until the first rollout) and copies of the carry (with the env state the
+        env's ``check_state`` gives, if it has one: episodes that end and restart); the eager one
+        if that fails."""
         compiled = torch.compile(self._eager_env_and_store, **COMPILE_OPTIONS)
         # copies of what the step will be given (the same keys, so that it does not compile again)
-        carry = dict(self._env_carry, **{"env.t": self.carry["env.horizon"] + 1})  # every env at its query step
+        carry = dict(self._env_carry)
+        if hasattr(self.env, "check_state"):
+            env_state = self.env.check_state({name: carry[f"env.{name}"] for name in self._env_state_names})
+            carry.update({f"env.{name}": value for name, value in env_state.items()})
         try:
             with torch.no_grad():
-                action = torch.arange(self.num_envs, device=self.device) % self.params.num_actions
-                log_prob, value = torch.linspace(-3, 0, self.num_envs, device=self.device), -action.float()
+                action = self._check_action()
+                log_prob, value = torch.linspace(-3, 0, self.num_envs, device=self.device), -torch.arange(
+                    self.num_envs, device=self.device).float()
                 expected = ({k: v.clone() for k, v in carry.items()}, {k: v.clone() for k, v in self.buffers.items()},
                             self.t.clone())
                 got = ({k: v.clone() for k, v in carry.items()}, self.buffers, self.t)
@@ -262,15 +289,37 @@ class RolloutCollector:
                 buffer.zero_()
         return compiled
 
+    def _check_action(self) -> torch.Tensor:
+        """A spread of actions to check the compiled step with: category ``i % n`` for env ``i``,
+        or evenly spaced box actions."""
+        head, n = self.action_dist, self.num_envs
+        index = torch.arange(n, device=self.device)
+        if head.action_dtype == torch.int64:
+            nvec = getattr(head, "nvec", [head.num_outputs])
+            action = torch.stack([index % k for k in nvec], -1)
+            return action.reshape(n, *head.action_shape)
+        return torch.linspace(-1, 1, n, device=self.device)[:, None].expand(n, *head.action_shape).contiguous()
+
     def _step(self) -> None:
         """One step of every environment: reads and writes ``carry``, stores into ``buffers`` at ``t``."""
         carry = self.carry
         # the recurrent state steps in place, in carry (fused kernels on the Triton backend)
-        logits, value, _ = self.policy.step(carry["obs"], self.policy_state, carry["is_init"],
+        params, value, _ = self.policy.step(carry["obs"], self.policy_state, carry["is_init"],
                                             out_state=self.policy_state)
-        action = sample_actions(logits, self.noise.index_select(1, self.t).squeeze(1))
-        log_prob = torch.log_softmax(logits.float(), -1).gather(-1, action[:, None]).squeeze(-1)
+        action, log_prob = self.action_dist.sample(params, self.noise.index_select(1, self.t).squeeze(1))
         self._env_and_store(self._env_carry, self.buffers, self.t, action, log_prob, value.float())
+        if self.env.can_truncate:
+            self._store_final_value()
+
+    def _store_final_value(self) -> None:
+        """The value of each truncated episode's final observation, from the state after its last
+        step (the state the episode would have gone on with), stored at the step just taken."""
+        truncated = self.carry["truncated"]
+        # a host env already synchronised; skip the extra policy step when nothing was truncated
+        if not self.env.device_resident and not bool(truncated.any()):
+            return
+        _, final_value, _ = self.policy.step(self.carry["final_obs"], self.policy_state, self._no_reset)
+        self.buffers["final_value"].index_copy_(1, self.t - 1, torch.where(truncated, final_value.float(), 0.0)[:, None])
 
     def _run_step(self) -> None:
         if self.use_cuda_graph and self._graph is None:
@@ -290,8 +339,10 @@ class RolloutCollector:
     @torch.no_grad()
     def collect(self) -> Rollout:
         """Run ``K * T`` steps; returns the stored rollout (buffers reused by the next call: copy to keep)."""
-        self.noise.uniform_(generator=self.generator)
+        self.action_dist.draw_noise(self.noise, self.generator)
         self.t.zero_()
+        if "final_value" in self.buffers:
+            self.buffers["final_value"].zero_()
         for chunk in range(self.num_chunks):
             for name, value in self.policy_state.items():
                 self.chunk_states[name][chunk].copy_(value)
@@ -300,3 +351,6 @@ class RolloutCollector:
         _, bootstrap_value, _ = self.policy.step(self.carry["obs"], self.policy_state, self.carry["is_init"])
         return Rollout(**self.buffers, chunk_states=self.chunk_states, bootstrap_value=bootstrap_value.float(),
                        chunk_len=self.chunk_len)
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,4 +1,4 @@
-"""PPO with GAE for recurrent (Mamba or GRU) policies on the delayed multi-bit memory task.
+"""PPO with GAE for recurrent (Mamba or GRU) policies on any env (the delayed memory task by default).
 
 Reads top to bottom like CleanRL's ``ppo_atari_lstm.py``: set up, then per update: collect a
 rollout (chunks of ``T`` steps across ``N`` envs, the recurrent state carried across chunks and
@@ -21,11 +21,10 @@ import torch
 import yaml
 
 from mamba_rl.config import TrainConfig, check_machine, config_to_dict
-from mamba_rl.envs import DelayedMemoryParams
-from mamba_rl.evaluate import build_policy, evaluate_horizons, format_table, resolve_device
 from mamba_rl.io import CHECKPOINT_NAME, find_checkpoint, load_checkpoint, save_checkpoint
+from mamba_rl.training.evaluate import evaluate_env, evaluate_horizons, format_return_table, format_table, resolve_device
 from mamba_rl.logging_utils import RunLogger
-from mamba_rl.policies import count_parameters
+from mamba_rl.policies import build_policy, count_parameters, make_train_env, memory_params
 from mamba_rl.training.ppo import compute_gae, explained_variance, ppo_loss, replay
 from mamba_rl.training.rollout import RolloutCollector
 from mamba_rl.training.runs import RESUME_MUTABLE_KEYS, GracefulStop, RunLock, SignalsRaise, check_resume_config
@@ -48,6 +47,9 @@ class TrainResult:
 
 
 def run_name(cfg: TrainConfig) -> str:
+    if not cfg.is_memory_task:
+        env = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.env)
+        return f"{cfg.controller}__{env}__s{cfg.seed}"
     horizon = cfg.horizon if isinstance(cfg.horizon, int) else f"{cfg.horizon[0]}-{cfg.horizon[1]}"
     return f"{cfg.controller}__h{horizon}__s{cfg.seed}"
 
@@ -90,7 +92,7 @@ def ppo_update(policy, optimizer, rollout, advantages, returns, cfg: TrainConfig
                 logits, value, rollout.action[env_idx], rollout.log_prob[env_idx], rollout.value[env_idx],
                 advantages[env_idx], returns[env_idx], None if weight is None else weight[env_idx],
                 clip_coef=cfg.clip_coef, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, norm_adv=cfg.norm_adv,
-                clip_vloss=cfg.clip_vloss,
+                clip_vloss=cfg.clip_vloss, action_dist=policy.action_dist,
             )
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -126,6 +128,7 @@ def _checkpoint_payload(cfg, update, global_step, train_time_s, policy, optimize
 
 
 def _summary(history: list[dict], threshold: float = 0.9) -> dict:
+    episode_returns = [h["episode_return"] for h in history if h.get("episode_return") is not None]
     accuracies = [h["accuracy"] for h in history if h["accuracy"] is not None]
     first = next((h["update"] for h in history if h["accuracy"] is not None and h["accuracy"] >= threshold), None)
     # the first two updates include CUDA graph capture and kernel compilation
@@ -136,6 +139,9 @@ def _summary(history: list[dict], threshold: float = 0.9) -> dict:
         "train_accuracy_best": max(accuracies) if accuracies else None,
         "first_update_train_accuracy_ge_0.9": first,
         "sps_median": steady[len(steady) // 2] if steady else None,
+        # POPGym's MMER: the max over training of the mean episode return (per update)
+        "train_return_last": episode_returns[-1] if episode_returns else None,
+        "train_return_max": max(episode_returns) if episode_returns else None,
     }
 
 
@@ -194,12 +200,12 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                               "it, or choose another run directory")
 
     torch.manual_seed(cfg.seed)
-    params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=cfg.env_horizon, num_distractors=cfg.num_distractors,
-                                 wrong_penalty=cfg.wrong_penalty, horizon_sampling=cfg.horizon_sampling)
-    policy = build_policy(cfg, device)
+    params = memory_params(cfg) if cfg.is_memory_task else None
+    env = make_train_env(cfg, cfg.num_envs, device)
+    policy = build_policy(cfg, device, env)
     counts = count_parameters(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
-    collector = RolloutCollector(policy, params, cfg.num_envs, cfg.resolved_chunk_len, cfg.chunks_per_rollout,
+    collector = RolloutCollector(policy, env, cfg.num_envs, cfg.resolved_chunk_len, cfg.chunks_per_rollout,
                                  cfg.seed, device, cuda_graph=cfg.cuda_graph,
                                  compile_env=cfg.compile_env and device.type == "cuda")
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -215,7 +221,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     if verbose:
         trunk = "shared trunk" if cfg.shared_trunk else "separate trunks"
-        print(f"{cfg.controller} policy ({trunk}) on {device}: {counts['total']:,} parameters "
+        print(f"{cfg.env}, {cfg.num_envs} envs; {cfg.controller} policy ({trunk}) on {device}: {counts['total']:,} parameters "
               f"(trunks {counts['actor_trunk'] + counts['critic_trunk']:,}, actor head {counts['actor_head']:,}, "
               f"value head {counts['value_head']:,}); run dir {run_dir}")
         if resume:
@@ -258,13 +264,21 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                 start = time.perf_counter()
                 with torch.no_grad():
                     advantages, returns = compute_gae(rollout.reward, rollout.value, rollout.done,
-                                                      rollout.bootstrap_value, cfg.gamma, cfg.gae_lambda)
+                                                      rollout.bootstrap_value, cfg.gamma, cfg.gae_lambda,
+                                                      rollout.terminated, rollout.final_value)
                 stats = ppo_update(policy, optimizer, rollout, advantages, returns, cfg, generator)
                 with torch.no_grad():
                     episodes = rollout.done.sum()
                     stats["train/episodes"] = episodes.float()
                     stats["train/accuracy"] = rollout.success.sum() / episodes.clamp(min=1)
                     stats["train/episode_return"] = rollout.episode_return.sum() / episodes.clamp(min=1)
+                    stats["train/episode_length"] = rollout.episode_length.sum() / episodes.clamp(min=1)
+                    # 95% interval of the mean over the episodes that ended in this rollout
+                    ended = rollout.done.float()
+                    for name, per_step in (("return", rollout.episode_return), ("length", rollout.episode_length)):
+                        mean = stats[f"train/episode_{name}"]
+                        var = (ended * (per_step.float() - mean) ** 2).sum() / (episodes - 1).clamp(min=1)
+                        stats[f"train/episode_{name}_ci95"] = 1.96 * (var / episodes.clamp(min=1)).sqrt()
                     stats["train/explained_variance"] = explained_variance(rollout.value, returns)
                     for name, value in policy.state_norms(collector.policy_state).items():
                         stats[f"state/{name}"] = value.float()
@@ -280,10 +294,14 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise TrainingDiverged(_diverged_message(losses, update, checkpoint_path, last_saved))
                 if values["train/episodes"] == 0:
-                    values["train/accuracy"] = values["train/episode_return"] = None
+                    for name in ("accuracy", "episode_return", "episode_length", "episode_return_ci95",
+                                 "episode_length_ci95"):
+                        values[f"train/{name}"] = None
+                if not cfg.is_memory_task:
+                    values["train/accuracy"] = None
                 sps = cfg.steps_per_update / (rollout_s + update_s)
                 history.append({"update": update, "global_step": global_step, "accuracy": values["train/accuracy"],
-                                "sps": sps, "time_s": train_time_s})
+                                "episode_return": values["train/episode_return"], "sps": sps, "time_s": train_time_s})
                 scalars = {**values, "train/learning_rate": lr, "time/sps": sps, "time/rollout_s": rollout_s,
                            "time/update_s": update_s, "time/rollout_sps": cfg.steps_per_update / rollout_s}
                 if device.type == "cuda":
@@ -292,11 +310,13 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                 if update % cfg.log_interval == 0 or update == cfg.num_updates:
                     logger.scalars(scalars, global_step, update)
                 if progress is not None:
-                    acc = values["train/accuracy"]
-                    progress.set_postfix_str(f"acc={acc if acc is None else round(acc, 3)} sps={sps:,.0f}")
+                    acc, ret = values["train/accuracy"], values["train/episode_return"]
+                    shown = (f"acc={acc if acc is None else round(acc, 3)}" if cfg.is_memory_task
+                             else f"return={ret if ret is None else round(ret, 3)}")
+                    progress.set_postfix_str(f"{shown} sps={sps:,.0f}")
                     progress.update(1)
                 if (cfg.state_figure_interval and update % cfg.state_figure_interval == 0
-                        and cfg.controller == "mamba" and logger.writer is not None):
+                        and cfg.controller == "mamba" and cfg.is_memory_task and logger.writer is not None):
                     from mamba_rl.lab import state_figure
 
                     stride = max(1, cfg.horizon_range[1] // 250)
@@ -322,6 +342,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                     status = "target_reached"
                     break
     except TrainingDiverged as err:
+        collector.close()
         _write_metrics(run_dir, cfg, "diverged", update, global_step, train_time_s, history, counts, {}, device,
                        error=str(err))
         raise
@@ -335,17 +356,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
     try:
         with SignalsRaise():
             save(update)
+            collector.close()
             if status != "interrupted" and cfg.eval_episodes > 0:
-                horizons = [cfg.horizon_range[1], *[h for h in cfg.eval_horizons if h != cfg.horizon_range[1]]]
                 policy.eval()
-                evaluation = evaluate_horizons(policy, cfg, horizons, cfg.eval_episodes, num_envs=cfg.eval_num_envs,
-                                               device=device, cuda_graph=cfg.cuda_graph)
-                for horizon, entry in evaluation.items():
-                    for mode in ("greedy", "sampled"):
-                        logger.tensorboard_scalars({f"eval/accuracy_{mode}_h{horizon}": entry[mode]["accuracy"]},
-                                                   global_step)
-                if verbose:
-                    print(format_table(evaluation, cfg.horizon_range[1]))
+                evaluation = _final_evaluation(cfg, policy, logger, global_step, device, verbose)
     except KeyboardInterrupt:
         status, evaluation = "interrupted", {}
         print("\ninterrupted during the final checkpoint or evaluation: metrics.json has no evaluation",
@@ -382,12 +396,48 @@ def _final_message(cfg: TrainConfig, status: str, update: int, global_step: int,
     return f"{status} {done}; {metrics}"
 
 
+def _eval_returns(cfg, evaluation: dict) -> dict:
+    """Mean episode return and its 95% interval of the final evaluation, greedy and sampled (on the
+    memory task at the trained horizon)."""
+    entry = evaluation.get(str(cfg.horizon_range[1]), {}) if cfg.is_memory_task else evaluation
+    out = {}
+    for mode in ("greedy", "sampled"):
+        result = entry.get(mode, {})
+        out[f"eval_return_{mode}"] = result.get("mean_return")
+        out[f"eval_return_{mode}_ci95"] = result.get("return_ci95")
+    return out
+
+
+def _final_evaluation(cfg: TrainConfig, policy, logger: RunLogger, global_step: int, device: torch.device,
+                      verbose: bool) -> dict:
+    """Mean episode return on any env; accuracy per horizon on the memory task. Logged and printed."""
+    if not cfg.is_memory_task:
+        evaluation = evaluate_env(policy, cfg, cfg.eval_episodes, num_envs=min(cfg.eval_num_envs, cfg.num_envs),
+                                  device=device)
+        for mode in ("greedy", "sampled"):
+            logger.tensorboard_scalars({f"eval/episode_return_{mode}": evaluation[mode]["mean_return"],
+                                        f"eval/episode_length_{mode}": evaluation[mode]["mean_length"]}, global_step)
+        if verbose:
+            print(format_return_table(evaluation, cfg.env))
+        return evaluation
+    horizons = [cfg.horizon_range[1], *[h for h in cfg.eval_horizons if h != cfg.horizon_range[1]]]
+    evaluation = evaluate_horizons(policy, cfg, horizons, cfg.eval_episodes, num_envs=cfg.eval_num_envs,
+                                   device=device, cuda_graph=cfg.cuda_graph)
+    for horizon, entry in evaluation.items():
+        for mode in ("greedy", "sampled"):
+            logger.tensorboard_scalars({f"eval/accuracy_{mode}_h{horizon}": entry[mode]["accuracy"]}, global_step)
+    if verbose:
+        print(format_table(evaluation, cfg.horizon_range[1]))
+    return evaluation
+
+
 def _write_metrics(run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation, device,
                    error=None) -> dict:
     trained = str(cfg.horizon_range[1])
     metrics = {
         "status": status,
         "controller": cfg.controller,
+        "env": cfg.env,
         "horizon": cfg.horizon,
         "num_bits": cfg.num_bits,
         "seed": cfg.seed,
@@ -401,6 +451,7 @@ def _write_metrics(run_dir, cfg, status, update, global_step, train_time_s, hist
         **_summary(history),
         "eval_accuracy_greedy": evaluation.get(trained, {}).get("greedy", {}).get("accuracy"),
         "eval_accuracy_sampled": evaluation.get(trained, {}).get("sampled", {}).get("accuracy"),
+        **_eval_returns(cfg, evaluation),
         "evaluation": evaluation,
         "config": config_to_dict(cfg),
     }

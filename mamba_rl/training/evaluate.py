@@ -1,0 +1,422 @@
+"""Evaluate a trained policy: episode return and length with 95% intervals on any env; on the
+memory task also accuracy per horizon. Greedy and sampled.
+
+    mamba-rl-eval --checkpoint runs/<run>/checkpoint.pt [--episodes 1000] [--device cpu] [--json eval.json]
+                  [--horizons 50 100 200]   # memory task: the horizons to evaluate
+    python -m mamba_rl.evaluate ...  (the same; mamba_rl.evaluate is the command, this module the code)
+
+Accuracy is the fraction of episodes whose query-step answer was right. Evaluation episodes
+come from their own seed (``--seed``, default 12345), so they are not the training episodes.
+On Gymnasium envs episode ``i`` is reset with a seed made from ``(seed, i)`` and its sampled
+actions use noise hashed from ``(seed, i, step)``: the same episodes whatever ``--num-envs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from mamba_rl.config import TrainConfig
+from mamba_rl.envs import (
+    DelayedMemoryParams,
+    DelayedMemoryState,
+    delayed_memory_init,
+    delayed_memory_observe,
+    delayed_memory_reset,
+    delayed_memory_step,
+)
+from mamba_rl.io import CheckpointError
+from mamba_rl.envs.adapters import BatchedEnv, EnvSpecError, episode_seed
+from mamba_rl.envs.delayed_memory import _seed_key, mix32
+from mamba_rl.policies import ActorCritic, build_policy, load_policy, make_train_env
+from mamba_rl.cuda_graph import capture_cuda_graph
+from mamba_rl.policies.heads import sample_actions
+
+__all__ = ["evaluate_policy", "evaluate_horizons", "evaluate_env", "run_episodes", "build_policy", "load_policy",
+           "mean_ci95", "resolve_device", "main", "EVAL_SEED"]
+
+EVAL_SEED = 12345
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """``(mean, half-width of its 95% normal interval)`` of a 1-d sequence; nan for an empty one,
+    0 half-width for one value."""
+    x = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if x.numel() == 0:
+        return float("nan"), float("nan")
+    half = 1.96 * float(x.std()) / x.numel() ** 0.5 if x.numel() > 1 else 0.0
+    return float(x.mean()), half
+
+
+def hashed_noise(key: int, episode: torch.Tensor, t: torch.Tensor, shape: tuple[int, ...], normal: bool) -> torch.Tensor:
+    """Noise ``[n, *shape]`` that depends only on ``(key, episode[i], t[i])``: uniform in [0, 1), or
+    standard normal (Box-Muller). ``episode`` and ``t`` are int64 ``[n]`` in ``0 .. 2**32 - 1``."""
+    count = 1
+    for d in shape:
+        count *= d
+    base = mix32(mix32(episode ^ key) ^ t)[:, None]
+    component = torch.arange(2 * count if normal else count, device=episode.device)
+    u = ((mix32(base ^ component).double() + 0.5) / 2**32).clamp(max=1 - 2**-24)
+    if normal:
+        u1, u2 = u[:, :count], u[:, count:]
+        z = (-2 * u1.log()).sqrt() * torch.cos(2 * torch.pi * u2)
+        return z.float().reshape(-1, *shape)
+    return u.float().reshape(-1, *shape)
+
+
+@torch.no_grad()
+def run_episodes(policy: ActorCritic, env: BatchedEnv, episodes: int, *, greedy: bool = True,
+                 seed: int = EVAL_SEED, progress: bool = False) -> dict:
+    """Play ``episodes`` episodes of ``env`` (its ``num_envs`` copies in parallel) with ``policy``.
+
+    Episode ``i`` is the ``i``-th to start (the first ``num_envs`` at the reset, then one per copy
+    that finishes, in copy order). On envs with per-episode seeding (Gymnasium ids) its reset
+    seed is :func:`~mamba_rl.envs.adapters.episode_seed` ``(seed, i)`` and its sampled actions use
+    noise hashed from ``(seed, i, step)``, so its outcome does not depend on ``num_envs``.
+
+    Returns ``{"episodes", "mean_return", "return_ci95", "mean_length", "length_ci95",
+    "success_rate"}`` (``*_ci95``: half-width of the 95% interval of the mean).
+    """
+    device = next(policy.parameters()).device
+    head = policy.action_dist
+    n = env.num_envs
+    if hasattr(env, "episode_seeds"):
+        # the env starts episodes in the order this loop numbers them: copies in index order
+        seeded = 0
+
+        def seeds(count: int) -> list[int]:
+            nonlocal seeded
+            first, seeded = seeded, seeded + count
+            return [episode_seed(seed, first + k) for k in range(count)]
+
+        env.episode_seeds = seeds
+    state, obs, _ = env.reset(seed)
+    started = n
+    slot_episode = torch.arange(n, device=device)
+    t = torch.zeros(n, dtype=torch.int64, device=device)
+    ret = torch.zeros(n, dtype=torch.float64, device=device)
+    success = torch.zeros(n, dtype=torch.bool, device=device)
+    policy_state = policy.zero_state(n, device)
+    reset = torch.ones(n, dtype=torch.bool, device=device)
+    returns, lengths, successes = [float("nan")] * episodes, [0] * episodes, [False] * episodes
+    key = mix32(int(seed) & 0xFFFFFFFF)
+    finished = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=episodes, unit="episode", dynamic_ncols=True)
+    while finished < episodes:
+        params, _, _ = policy.step(obs.to(device), policy_state, reset, out_state=policy_state)
+        if greedy:
+            action = head.mode(params)
+        else:
+            noise = hashed_noise(key, slot_episode, t, head.noise_shape, normal=head.action_dtype.is_floating_point)
+            action, _ = head.sample(params, noise)
+        state, step = env.step(state, action)
+        ret += step.reward.to(device)
+        success |= step.success.to(device)
+        t += 1
+        done = (step.terminated | step.truncated).to(device)
+        if bool(done.any()):
+            index = done.nonzero().squeeze(-1)
+            for i, episode, r, length, s in zip(index.tolist(), slot_episode[index].tolist(), ret[index].tolist(),
+                                                t[index].tolist(), success[index].tolist()):
+                if episode < episodes:
+                    returns[episode], lengths[episode], successes[episode] = r, length, s
+                    finished += 1
+                    if bar is not None:
+                        bar.update(1)
+            slot_episode[index] = torch.arange(started, started + len(index), device=device)
+            started += len(index)
+            ret[index], t[index], success[index] = 0.0, 0, False
+        obs, reset = step.obs, done
+    if bar is not None:
+        bar.close()
+    mean_return, return_ci = mean_ci95(returns)
+    mean_length, length_ci = mean_ci95(lengths)
+    return {"episodes": episodes, "mean_return": mean_return, "return_ci95": return_ci, "mean_length": mean_length,
+            "length_ci95": length_ci, "success_rate": sum(successes) / episodes}
+
+
+def evaluate_env(policy: ActorCritic, cfg: TrainConfig, episodes: int, *, seed: int = EVAL_SEED, num_envs: int = 16,
+                 device=None, modes=("greedy", "sampled"), progress: bool = False) -> dict:
+    """``{mode: run_episodes(...)}`` on ``min(num_envs, episodes)`` copies of ``cfg.env``, plus ``"seconds"``."""
+    device = next(policy.parameters()).device if device is None else torch.device(device)
+    start = time.perf_counter()
+    results = {}
+    for mode in modes:
+        env = make_train_env(cfg, min(num_envs, episodes), device)
+        try:
+            results[mode] = run_episodes(policy, env, episodes, greedy=mode == "greedy", seed=seed, progress=progress)
+        finally:
+            env.close()
+    results["seconds"] = time.perf_counter() - start
+    return results
+
+
+def format_return_table(results: dict, env: str) -> str:
+    lines = ["| env | mode | mean return (95% CI) | mean length (95% CI) | episodes |", "|---|---|---:|---:|---:|"]
+    for mode in ("greedy", "sampled"):
+        if mode in results:
+            r = results[mode]
+            lines.append(f"| {env} | {mode} | {r['mean_return']:.3f} +- {r['return_ci95']:.3f} | "
+                         f"{r['mean_length']:.1f} +- {r['length_ci95']:.1f} | {r['episodes']} |")
+    return "\n".join(lines)
+
+
+
+
+# episodes of at least this many steps show a progress bar (with an estimate of the time left)
+PROGRESS_STEPS = 100_000
+
+
+def _episode_streams(first_episode: int, n: int, seed: int, device) -> torch.Tensor:
+    """The memory task's per-env hash streams of episodes ``first_episode .. first_episode + n - 1``
+    of an evaluation seeded ``seed``: what :func:`~mamba_rl.envs.delayed_memory_init` gives env
+    ``i`` of one batch holding every episode."""
+    return mix32((first_episode + torch.arange(n, dtype=torch.int64, device=device)) ^ _seed_key(seed))
+
+
+class _EpisodeBatch:
+    """``n`` evaluation episodes, numbered ``first_episode ..``, stepped together. Every tensor is
+    updated in place, so that on CUDA one step is captured in a CUDA graph and replayed (a step is
+    then one launch instead of ~100 kernels queued from Python).
+
+    ``obs``, ``state`` (the policy's, stepped in place), ``reset`` (True before the first step),
+    ``env`` (its fields), ``successes`` and ``returns`` per episode ``[n]``, and ``t`` the step.
+    Episode ``i``'s env draws from the stream of ``(seed, i)`` and, sampled, its actions from noise
+    hashed from ``(seed, i, t)``: the episode is the same whatever batch it runs in. Without
+    autoreset a finished env stays terminal: reward 0, success False.
+    """
+
+    def __init__(self, policy, params: DelayedMemoryParams, n: int, seed: int, greedy: bool, device,
+                 first_episode: int = 0):
+        self.policy, self.params, self.greedy = policy, params, greedy
+        env = delayed_memory_init(n, params, seed, device)
+        env = env._replace(stream=_episode_streams(first_episode, n, seed, device))
+        env = delayed_memory_reset(env, None, params)
+        self.env = DelayedMemoryState(*(field.clone() for field in env))
+        self.obs = delayed_memory_observe(env, params)[0].clone()
+        self.state = policy.zero_state(n, device)
+        self.reset = torch.ones(n, dtype=torch.bool, device=device)
+        self.successes = torch.zeros(n, dtype=torch.int64, device=device)
+        self.returns = torch.zeros(n, device=device)
+        self.episode = first_episode + torch.arange(n, dtype=torch.int64, device=device)
+        self.key = mix32(int(seed) & 0xFFFFFFFF)
+        self.t = torch.zeros(1, dtype=torch.int64, device=device)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor :meth:`step` writes."""
+        return [self.obs, *self.state.values(), self.reset, *self.env, self.successes, self.returns, self.t]
+
+    def step(self) -> None:
+        logits, _, _ = self.policy.step(self.obs, self.state, self.reset, out_state=self.state)
+        if self.greedy:
+            action = logits.argmax(-1)
+        else:
+            action = sample_actions(logits, hashed_noise(self.key, self.episode, self.t, (), normal=False))
+        env, obs, reward, _, _, success = delayed_memory_step(self.env, action, self.params)
+        for static, new in zip(self.env, env):
+            static.copy_(new)
+        self.obs.copy_(obs)
+        self.successes += success
+        self.returns += reward
+        self.reset.zero_()
+        self.t.add_(1)
+
+    def run(self, cuda_graph: bool) -> None:
+        """Play the episodes to the end (``max_episode_steps`` steps); a progress bar from
+        ``PROGRESS_STEPS`` steps on."""
+        graph = None
+        if cuda_graph and self.obs.device.type == "cuda":
+            try:
+                graph = capture_cuda_graph(self.step, self.tensors())
+            except Exception as err:  # a capture failure must not stop an evaluation: eager is correct
+                warnings.warn(f"CUDA graph capture of the evaluation step failed ({err!r}); running eagerly")
+        steps = range(self.params.max_episode_steps)
+        if self.params.max_episode_steps >= PROGRESS_STEPS:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc=f"{len(self.episode)} episodes", unit="step", dynamic_ncols=True)
+        for _ in steps:
+            if graph is not None:
+                graph.replay()
+            else:
+                self.step()
+
+
+@torch.no_grad()
+def evaluate_policy(
+    policy: ActorCritic,
+    params: DelayedMemoryParams,
+    episodes: int,
+    *,
+    greedy: bool = True,
+    seed: int = EVAL_SEED,
+    num_envs: int = 1000,
+    device=None,
+    cuda_graph: bool = True,
+) -> dict:
+    """Play ``episodes`` episodes (``num_envs`` at a time) and count the right answers.
+
+    Greedy: the argmax action; sampled: drawn from the policy with noise hashed from ``(seed,
+    episode, step)``. Episode ``i`` is the same whatever ``num_envs`` (see :class:`_EpisodeBatch`).
+    On CUDA (``cuda_graph``) each step is replayed from a CUDA graph; the numbers are those of
+    the eager loop.
+
+    Returns ``{"accuracy", "episodes", "successes", "mean_return", "return_ci95"}``.
+    """
+    device = next(policy.parameters()).device if device is None else torch.device(device)
+    successes, returns, done_episodes = 0, [], 0
+    while done_episodes < episodes:
+        n = min(num_envs, episodes - done_episodes)
+        batch = _EpisodeBatch(policy, params, n, seed, greedy, device, first_episode=done_episodes)
+        batch.run(cuda_graph)
+        successes += int(batch.successes.sum())
+        returns.append(batch.returns.double())
+        done_episodes += n
+    returns = torch.cat(returns).cpu()
+    _, return_ci = mean_ci95(returns)
+    return {"accuracy": successes / episodes, "episodes": episodes, "successes": successes,
+            "mean_return": float(returns.sum()) / episodes, "return_ci95": return_ci}
+
+
+def evaluate_horizons(policy, cfg: TrainConfig, horizons, episodes: int, *, seed: int = EVAL_SEED,
+                      num_envs: int = 1000, device=None, modes=("greedy", "sampled"), cuda_graph: bool = True) -> dict:
+    """``{horizon: {"greedy": {...}, "sampled": {...}, "seconds": s}}`` for each horizon."""
+    results = {}
+    for horizon in horizons:
+        params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=horizon, num_distractors=cfg.num_distractors,
+                                     wrong_penalty=cfg.wrong_penalty)
+        start = time.perf_counter()
+        entry = {}
+        for mode in modes:
+            entry[mode] = evaluate_policy(policy, params, episodes, greedy=mode == "greedy", seed=seed,
+                                          num_envs=num_envs, device=device, cuda_graph=cuda_graph)
+        entry["seconds"] = time.perf_counter() - start
+        results[str(horizon) if not isinstance(horizon, str) else horizon] = entry
+    return results
+
+
+def default_horizons(cfg: TrainConfig) -> list[int]:
+    """The trained horizon (the top of a range), half of it and 2x, 4x: does the memory generalise?"""
+    trained = cfg.horizon_range[1]
+    return sorted({max(1, trained // 2), trained, 2 * trained, 4 * trained} | set(cfg.eval_horizons))
+
+
+def format_table(results: dict, trained_horizon) -> str:
+    lines = ["| horizon | greedy accuracy | sampled accuracy | episodes |", "|---:|---:|---:|---:|"]
+    for horizon, entry in results.items():
+        mark = " (trained)" if str(horizon) == str(trained_horizon) else ""
+        greedy = entry.get("greedy", {}).get("accuracy", float("nan"))
+        sampled = entry.get("sampled", {}).get("accuracy", float("nan"))
+        episodes = (entry.get("greedy") or entry.get("sampled"))["episodes"]
+        lines.append(f"| {horizon}{mark} | {greedy:.3f} | {sampled:.3f} | {episodes} |")
+    return "\n".join(lines)
+
+
+def resolve_device(name: str, arg: str = "device") -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a device;
+    ``arg`` names the setting in the error when CUDA is asked for and missing."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{arg}={name!r} but CUDA is not available on this machine; use cpu or auto")
+    return device
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="mamba-rl-eval", description="Episode return and length of a trained "
+                                     "policy (and accuracy per horizon on the memory task), greedy and sampled.")
+    parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
+    parser.add_argument("--horizons", type=int, nargs="+", default=None,
+                        help="horizons to evaluate (default: the trained one, half of it, 2x and 4x)")
+    parser.add_argument("--episodes", type=int, default=1000, help="episodes per horizon and mode (default 1000)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--num-envs", type=int, default=None,
+                        help="episodes run in parallel (default: 1000 on the memory task, else 16)")
+    parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"seed of the evaluation episodes (default {EVAL_SEED})")
+    parser.add_argument("--modes", nargs="+", choices=("greedy", "sampled"), default=["greedy", "sampled"])
+    parser.add_argument("--no-cuda-graph", action="store_true",
+                        help="on CUDA, queue every step's kernels from Python instead of replaying a CUDA graph")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--plot-states", default=None, metavar="DIR",
+                        help="also write pictures of the recurrent state, correct vs wrong answers, for each horizon "
+                             "to DIR/horizon_<h>/ (Mamba policies; see docs/STATE_LAB.md)")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    if args.num_envs is not None and args.num_envs < 1:
+        parser.error(f"--num-envs must be >= 1, got {args.num_envs}")
+    if args.horizons is not None and min(args.horizons) < 1:
+        parser.error(f"--horizons must be ints >= 1, got {args.horizons}")
+    try:
+        device = resolve_device(args.device, "--device")
+        policy, cfg, checkpoint = load_policy(args.checkpoint, device)
+    except (CheckpointError, ValueError) as err:
+        print(f"mamba-rl-eval: error: {err}", file=sys.stderr)
+        return 2
+    if not cfg.is_memory_task:
+        if args.horizons or args.plot_states:
+            print(f"mamba-rl-eval: error: --horizons and --plot-states are for the memory task; this run trained on "
+                  f"{cfg.env!r}", file=sys.stderr)
+            return 2
+        print(f"{args.checkpoint}: {cfg.controller} policy trained on {cfg.env} for {checkpoint.get('update', '?')} "
+              f"updates; {args.episodes} episodes per mode on {device}")
+        try:
+            results = evaluate_env(policy, cfg, args.episodes, seed=args.seed, num_envs=args.num_envs or 16,
+                                   device=device, modes=tuple(args.modes), progress=True)
+        except EnvSpecError as err:
+            print(f"mamba-rl-eval: error: {err}", file=sys.stderr)
+            return 2
+        print(format_return_table(results, cfg.env))
+        if args.json:
+            out = {"checkpoint": str(args.checkpoint), "controller": cfg.controller, "env": cfg.env,
+                   "env_kwargs": cfg.env_kwargs, "update": checkpoint.get("update"), "device": str(device),
+                   "seed": args.seed, "results": results}
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(out, indent=2))
+            print(f"wrote {args.json}")
+        return 0
+    args.num_envs = args.num_envs or 1000
+    if args.plot_states and cfg.controller != "mamba":
+        print(f"mamba-rl-eval: error: --plot-states needs a Mamba policy, got {cfg.controller!r}", file=sys.stderr)
+        return 2
+    horizons = args.horizons or default_horizons(cfg)
+    print(f"{args.checkpoint}: {cfg.controller} policy trained on horizon {cfg.horizon} for "
+          f"{checkpoint.get('update', '?')} updates; {args.episodes} episodes per horizon on {device}")
+    results = evaluate_horizons(policy, cfg, horizons, args.episodes, seed=args.seed, num_envs=args.num_envs,
+                                device=device, modes=tuple(args.modes), cuda_graph=not args.no_cuda_graph)
+    print(format_table(results, cfg.horizon_range[1]))
+    if args.plot_states:
+        from mamba_rl.lab.plots import write_state_report
+
+        for horizon in horizons:
+            params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=horizon, num_distractors=cfg.num_distractors,
+                                         wrong_penalty=cfg.wrong_penalty)
+            out_dir = Path(args.plot_states) / f"horizon_{horizon}"
+            # at most about 250 kept states per episode, whatever the horizon
+            report = write_state_report(policy, params, out_dir, seed=args.seed, device=device,
+                                        stride=max(1, horizon // 250))
+            print(f"state pictures, horizon {horizon} ({report['correct']} correct, {report['wrong']} wrong of "
+                  f"{report['episodes']} episodes): {out_dir}")
+    if args.json:
+        out = {"checkpoint": str(args.checkpoint), "controller": cfg.controller, "trained_horizon": cfg.horizon,
+               "num_bits": cfg.num_bits, "update": checkpoint.get("update"), "device": str(device),
+               "seed": args.seed, "results": results}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
