@@ -104,13 +104,19 @@ class TrainConfig:
     """Scale of the initial ``x_proj`` weights that make Mamba's ``B`` and ``C``: mamba-ssm's init
     passes a remembered cue to the output at ~1e-4 of the features, too faint for the policy
     gradient; 10 makes it ~1e-3, as in a fresh GRU (see docs/TRAINING.md)."""
-    mamba_backend: Literal["auto", "torch", "triton"] = "auto"
-    """Scan/conv kernels: ``"auto"`` is Triton on CUDA when available, else PyTorch."""
+    mamba_backend: Literal["auto", "torch", "triton", "chunked"] = "auto"
+    """Scan/conv kernels: ``"auto"`` is Triton on CUDA when available, the chunked PyTorch scan on
+    the CPU (``"torch"`` is the step-by-step reference)."""
+    start_marker: bool = False
+    """Mamba: a learned offset on every conv input, which marks an episode's first ``d_conv - 1``
+    steps through the state (for tasks whose observations do not mark the first step, such as
+    POPGym's RepeatFirst; see docs/TORCHRL_DROPIN.md)."""
     gru_hidden_size: int = 128
     """GRU width (features out of the trunk)."""
-    gru_backend: Literal["pad", "scan", "triton", "auto"] = "pad"
-    """GRUModule's ``recurrent_backend`` for training replays; ``"pad"`` (cuDNN over trajectories
-    split at resets) is TorchRL's fastest reset-aware backend on CUDA."""
+    gru_backend: Literal["packed", "pad", "scan", "triton", "auto"] = "packed"
+    """GRU training replays: ``"packed"`` is one cuDNN call over the episodes packed by length on
+    CUDA (the GRU equations stepped over the rows on the CPU); the others are GRUModule's
+    ``recurrent_backend`` values. All give the same numbers."""
     head_hidden: int = 0
     """Width of a tanh hidden layer in the actor and value heads; 0 = linear heads."""
 
@@ -339,7 +345,7 @@ def check_machine(cfg: TrainConfig) -> None:
     name = "mamba_backend" if cfg.controller == "mamba" else "gru_backend"
     if getattr(cfg, name) == "triton" and not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         where = "no CUDA on this machine" if not cuda else "device='cpu'"
-        other = "'auto' or 'torch'" if name == "mamba_backend" else "'pad', 'scan' or 'auto'"
+        other = "'auto', 'chunked' or 'torch'" if name == "mamba_backend" else "'packed', 'pad', 'scan' or 'auto'"
         raise ConfigError(f"{name}='triton' needs a CUDA device ({where}); use {other}")
 
 

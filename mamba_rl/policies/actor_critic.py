@@ -183,9 +183,10 @@ def make_actor_critic(
     dt_max: float = 0.1,
     dt_init_floor: float | None = None,
     bc_init_scale: float = 1.0,
+    start_marker: bool = False,
     mamba_backend: str = "auto",
     gru_hidden_size: int = 128,
-    gru_backend: str = "pad",
+    gru_backend: str = "packed",
     head_hidden: int = 0,
     device=None,
 ) -> ActorCritic:
@@ -199,8 +200,9 @@ def make_actor_critic(
             ``MultiDiscrete`` or a bounded ``Box``): the head follows it.
         shared_trunk: one trunk for both heads (True) or one per head.
         d_model, num_layers, d_state, d_conv, expand, dt_min, dt_max, dt_init_floor,
-            bc_init_scale, mamba_backend: the Mamba trunk (``num_layers`` also sets the GRU's layers).
-        gru_hidden_size, gru_backend: the GRU trunk (``gru_backend``: GRUModule's
+            bc_init_scale, start_marker, mamba_backend: the Mamba trunk (``num_layers`` also sets
+            the GRU's layers).
+        gru_hidden_size, gru_backend: the GRU trunk (``gru_backend``: :class:`GRUTrunk`'s
             ``recurrent_backend``).
         head_hidden: width of a tanh hidden layer in each head; 0 = linear heads.
         device: of the parameters.
@@ -224,7 +226,7 @@ def make_actor_critic(
             return MambaTrunk(
                 obs_dim, d_model, num_layers, d_state=d_state, d_conv=d_conv, expand=expand,
                 dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, bc_init_scale=bc_init_scale,
-                backend=mamba_backend,
+                start_marker=start_marker, backend=mamba_backend,
                 out_key=out_key, state_prefix=prefix, device=device,
             )
         return GRUTrunk(obs_dim, gru_hidden_size, num_layers, recurrent_backend=gru_backend,

@@ -22,10 +22,11 @@ from torch import nn
 from torchrl.modules import GRUModule, set_recurrent_mode
 
 from mamba_rl.module import MambaModule, MambaState
+from mamba_rl.policies.gru_replay import gru_replay
 
 __all__ = ["MambaTrunk", "GRUTrunk", "GRU_BACKENDS"]
 
-GRU_BACKENDS = ("pad", "scan", "triton", "auto")
+GRU_BACKENDS = ("packed", "pad", "scan", "triton", "auto")
 
 
 def _key(prefix: str, name: str) -> str:
@@ -45,6 +46,10 @@ class MambaTrunk(nn.Module):
             ``dt * |B| * |C|``, about 1e-4 of the features at the query step: the policy
             gradient cannot find it under the noise. A scale of 10 makes that about 1e-3, as
             large as in a freshly initialised GRU (docs/TRAINING.md).
+        start_marker: the module's learned offset on every conv input, which marks an episode's
+            first ``d_conv - 1`` steps through the state (:class:`~mamba_rl.MambaModule`).
+            Otherwise the module is mamba-ssm's layout and init (``preset="mamba_ssm"``) with the
+            options above.
         in_key, out_key: TensorDict keys of the TorchRL face (``.core``).
         state_prefix: prefix of the state keys in TensorDicts (``"recurrent_state_"`` gives
             ``"recurrent_state_ssm"`` / ``"recurrent_state_conv"``); separate actor and critic
@@ -66,6 +71,7 @@ class MambaTrunk(nn.Module):
         dt_max: float = 0.1,
         dt_init_floor: float | None = None,
         bc_init_scale: float = 1.0,
+        start_marker: bool = False,
         backend: str = "auto",
         in_key: str = "observation",
         out_key: str = "features",
@@ -79,7 +85,7 @@ class MambaTrunk(nn.Module):
             dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_min if dt_init_floor is None else dt_init_floor,
             in_keys=[in_key, ssm_key, conv_key, "is_init"],
             out_keys=[out_key, ("next", ssm_key), ("next", conv_key)],
-            backend=backend, device=device,
+            backend=backend, device=device, preset="mamba_ssm", start_marker=start_marker,
         )
         self.out_features = d_model
         if bc_init_scale != 1.0:
@@ -113,15 +119,18 @@ class GRUTrunk(nn.Module):
 
     ``step`` runs the GRU cell from the module's own weights (two matrix products and the
     gates, the exact ``nn.GRU`` equations): unlike a cuDNN call it can be captured in a CUDA
-    graph. ``sequence`` calls the ``GRUModule`` itself in recurrent mode with ``recurrent_backend``
-    (default ``"pad"``: cuDNN over the trajectories split at resets, TorchRL's fastest
-    reset-aware backend on CUDA, see docs/TRAINING.md).
+    graph. ``sequence`` with ``recurrent_backend="packed"`` (default) replays the rows through
+    :func:`~mamba_rl.policies.gru_replay.gru_replay` on the module's own ``nn.GRU``: one cuDNN
+    call over the episodes packed by length on CUDA, the GRU equations stepped over the rows on
+    the CPU (benchmarks/NOTES_gru.md); the other backends call the ``GRUModule`` itself in
+    recurrent mode. Every backend gives the same numbers (tests/policies/test_gru_replay.py).
 
     Args:
         input_size: observation features.
         hidden_size: GRU width, the size of the features out.
         num_layers: stacked GRU layers.
-        recurrent_backend: ``"pad" | "scan" | "triton" | "auto"``, passed to ``GRUModule``.
+        recurrent_backend: ``"packed"``, or one of ``GRUModule``'s: ``"pad" | "scan" | "triton" |
+            "auto"`` (the TorchRL face ``.core`` uses ``"pad"`` when this is ``"packed"``).
         in_key, out_key, state_prefix: TensorDict keys of the TorchRL face; the hidden state is
             ``state_prefix + "hidden"``.
     """
@@ -134,7 +143,7 @@ class GRUTrunk(nn.Module):
         hidden_size: int,
         num_layers: int = 1,
         *,
-        recurrent_backend: str = "pad",
+        recurrent_backend: str = "packed",
         in_key: str = "observation",
         out_key: str = "features",
         state_prefix: str = "recurrent_state_",
@@ -147,8 +156,9 @@ class GRUTrunk(nn.Module):
         self.core = GRUModule(
             input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
             in_keys=[in_key, hidden_key, "is_init"], out_keys=[out_key, ("next", hidden_key)],
-            recurrent_backend=recurrent_backend, device=device,
+            recurrent_backend="pad" if recurrent_backend == "packed" else recurrent_backend, device=device,
         )
+        self.recurrent_backend = recurrent_backend
         self.in_key, self.out_key, self.hidden_key = in_key, out_key, hidden_key
         self.num_layers = num_layers
         self.hidden_size = hidden_size
@@ -183,6 +193,9 @@ class GRUTrunk(nn.Module):
         return layer_in, {"hidden": new_hidden}
 
     def sequence(self, x, state, reset):
+        if self.recurrent_backend == "packed":
+            out, hidden = gru_replay(self.core.gru, x, state["hidden"], reset)
+            return out, {"hidden": hidden}
         batch, steps = reset.shape
         h0 = torch.where(reset[:, 0, None, None], 0.0, state["hidden"])
         # GRUModule reads the state entering each trajectory at its first step; every later

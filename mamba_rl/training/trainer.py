@@ -22,9 +22,9 @@ import yaml
 
 from mamba_rl.config import TrainConfig, check_machine, config_to_dict
 from mamba_rl.io import CHECKPOINT_NAME, find_checkpoint, load_checkpoint, save_checkpoint
-from mamba_rl.training.evaluate import evaluate_env, evaluate_horizons, format_return_table, format_table, resolve_device
 from mamba_rl.logging_utils import RunLogger
 from mamba_rl.policies import build_policy, count_parameters, make_train_env, memory_params
+from mamba_rl.training.evaluate import evaluate_env, evaluate_horizons, format_return_table, format_table, resolve_device
 from mamba_rl.training.ppo import compute_gae, explained_variance, ppo_loss, replay
 from mamba_rl.training.rollout import RolloutCollector
 from mamba_rl.training.runs import RESUME_MUTABLE_KEYS, GracefulStop, RunLock, SignalsRaise, check_resume_config
