@@ -296,6 +296,10 @@ class MambaModule(TensorDictModuleBase):
     def _check_x(self, x: torch.Tensor, ndim: int) -> None:
         if not x.is_floating_point():
             raise TypeError(f"{self.in_keys[0]!r} must be a floating-point tensor, got dtype {x.dtype}")
+        dtype = self.input_proj.weight.dtype
+        if x.dtype != dtype:
+            raise TypeError(f"{self.in_keys[0]!r} must have the module's dtype {dtype}, got {x.dtype}; cast the "
+                            f"input (e.g. torchrl's DTypeCastTransform) or the module (module.to({x.dtype}))")
         if x.dim() != ndim or x.shape[-1] != self.input_size:
             layout = "[B, input_size]" if ndim == 2 else "[B, T, input_size]"
             raise ValueError(
@@ -456,6 +460,9 @@ class MambaModule(TensorDictModuleBase):
         if td.batch_dims == 0:
             raise ValueError("in recurrent mode the TensorDict needs a time dimension, got batch_size=[]")
         shape = td.batch_size
+        if 0 in shape:
+            raise ValueError(f"in recurrent mode the TensorDict needs at least one row and one step, got "
+                             f"batch_size={list(shape)}")
         rows = td.unsqueeze(0) if td.batch_dims == 1 else td.reshape(-1, shape[-1])
         x = rows.get(self.in_keys[0])
         reset = self._read_is_init(rows)

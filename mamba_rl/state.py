@@ -55,6 +55,9 @@ def get_state(module: MambaModule, td: TensorDictBase, next_: bool = False) -> T
 
 def set_state(module: MambaModule, td: TensorDictBase, state: TensorDictBase) -> TensorDictBase:
     """Write ``state`` into ``td`` (in place, returned) as the state the next call will read."""
+    missing = [key for key in (module.ssm_key, module.conv_key) if state.get(key, None) is None]
+    if missing:
+        raise KeyError(f"state must hold {[module.ssm_key, module.conv_key]}, missing {missing}")
     for key in (module.ssm_key, module.conv_key):
         td.set(key, state.get(key))
     return td
@@ -101,6 +104,13 @@ def from_tensors(module: MambaModule, state: MambaState, batch_size=None) -> Ten
     """Wrap :class:`MambaState` tensors as a state TensorDict of ``batch_size`` (default ``[B]``)."""
     batch_size = torch.Size(state.ssm.shape[:1] if batch_size is None else batch_size)
     per_env = module.state_shapes
+    for name, tensor, key in (("ssm", state.ssm, module.ssm_key), ("conv", state.conv, module.conv_key)):
+        # [B, ...] or already [*batch_size, ...]
+        per = tuple(per_env[key])
+        fits = tensor.numel() == batch_size.numel() * per_env[key].numel()
+        if tuple(tensor.shape[tensor.dim() - len(per):]) != per or not fits:
+            raise ValueError(f"state.{name} must have shape [B={batch_size.numel()} (batch_size "
+                             f"{list(batch_size)}), {', '.join(map(str, per))}], got {list(tensor.shape)}")
     return TensorDict(
         {
             module.ssm_key: state.ssm.reshape(*batch_size, *per_env[module.ssm_key]),

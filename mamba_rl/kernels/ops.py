@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import torch
 
@@ -48,6 +49,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         return "chunked" if device.type == "cpu" else "torch"
     if backend == "triton" and _triton_module() is None:
         raise RuntimeError("backend='triton' needs the Triton kernels (pip install triton)")
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(f"backend='triton' needs CUDA tensors, got tensors on {device}; use backend='auto' "
+                           "(or TRITON_INTERPRET=1 to run the Triton kernels on the CPU, slowly)")
     return backend
 
 
