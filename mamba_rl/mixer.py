@@ -110,8 +110,10 @@ class MambaMixer(nn.Module):
             _check_positive_int("dt_rank", dt_rank)
         if not (isinstance(dt_min, (int, float)) and dt_min > 0):
             raise ValueError(f"dt_min must be a positive float, got {dt_min!r}")
-        if not (isinstance(dt_max, (int, float)) and dt_max >= dt_min):
-            raise ValueError(f"dt_max must be a float >= dt_min={dt_min}, got {dt_max!r}")
+        if not (isinstance(dt_max, (int, float)) and math.isfinite(dt_max) and dt_max >= dt_min):
+            raise ValueError(f"dt_max must be a finite float >= dt_min={dt_min}, got {dt_max!r}")
+        if not (isinstance(dt_scale, (int, float)) and math.isfinite(dt_scale) and dt_scale > 0):
+            raise ValueError(f"dt_scale must be a finite float > 0, got {dt_scale!r}")
         if not (isinstance(dt_init_floor, (int, float)) and 0 < dt_init_floor <= dt_min):
             raise ValueError(
                 f"dt_init_floor must be in (0, dt_min={dt_min}] (a larger floor would silently "
@@ -159,6 +161,10 @@ class MambaMixer(nn.Module):
             ).clamp(min=dt_init_floor)
             # inverse of softplus, so that softplus(dt_proj.bias) == dt
             inv_dt = dt + torch.log(-torch.expm1(-dt))
+            if not torch.isfinite(inv_dt).all():
+                raise ValueError(f"dt_min={dt_min}, dt_max={dt_max}, dt_init_floor={dt_init_floor} give a non-finite "
+                                 f"initial step size in {self.dt_proj.bias.dtype} (inverse softplus of "
+                                 f"{dt.min().item():.3g}); raise dt_min and dt_init_floor")
             self.dt_proj.bias.copy_(inv_dt)
         self.dt_proj.bias._no_reinit = True
 

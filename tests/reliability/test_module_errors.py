@@ -61,3 +61,18 @@ def test_triton_backend_on_cpu_tensors_says_what_to_use(monkeypatch):
     with pytest.raises(RuntimeError, match="backend='triton' needs CUDA tensors, got tensors on cpu; use "
                                            "backend='auto'"):
         module(step)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"dt_max": float("inf")}, "dt_max must be a finite float >= dt_min"),
+    ({"dt_scale": 0.0}, "dt_scale must be a finite float > 0, got 0.0"),
+    ({"dt_scale": float("nan")}, "dt_scale must be a finite float > 0, got nan"),
+], ids=["dt_max-inf", "dt_scale-0", "dt_scale-nan"])
+def test_step_size_init_that_would_be_non_finite_is_refused(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        MambaModule(3, 8, in_key="obs", out_key="feat", **kwargs)
+
+
+def test_tiny_dt_min_still_gives_finite_parameters():
+    module = MambaModule(3, 8, in_key="obs", out_key="feat", dt_min=1e-6, dt_init_floor=1e-6)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
