@@ -12,14 +12,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 from mamba_rl.config import TrainConfig
+from mamba_rl.io import CHECKPOINT_NAME
 from mamba_rl.policies import make_train_env
 from mamba_rl.policies.heads import make_action_head
+from mamba_rl.training.sweep import finished_metrics, read_rows
 
 __all__ = ["measure_env_sps", "run_env_sweep", "write_env_tables"]
 
@@ -50,7 +53,12 @@ def measure_env_sps(cfg: TrainConfig, steps: int = 200) -> float:
 
 
 def run_env_sweep(base: TrainConfig, controllers, seeds, out_dir: str | Path, verbose: bool = True) -> list[dict]:
-    """Train every (controller, seed) cell on ``base.env``; return one row per run."""
+    """Train every (controller, seed) cell on ``base.env``; return one row per run.
+
+    As the memory task's sweep does: rows of an earlier sweep into ``out_dir`` are kept, a cell whose
+    run finished with the same config is reused, an unfinished one (a checkpoint, no final metrics)
+    is resumed, and a cell holding a run of another config is an error.
+    """
     from mamba_rl.training.trainer import train
 
     out_dir = Path(out_dir)
@@ -58,14 +66,19 @@ def run_env_sweep(base: TrainConfig, controllers, seeds, out_dir: str | Path, ve
     if verbose:
         print(f"{base.env}: {env_sps:,.0f} env-steps/s with random actions ({base.num_envs} envs, "
               f"{base.vectorization} vectorization)")
-    rows = []
+    rows = read_rows(out_dir / "results.csv")
     for controller in controllers:
         for seed in seeds:
             cfg = dataclasses.replace(base, controller=controller, seed=seed)
             run_dir = out_dir / f"{controller}__s{seed}"
-            result = train(cfg, run_dir, verbose=verbose)
-            metrics = result.metrics
-            rows.append({"env": base.env, "controller": controller, "seed": seed, "status": result.status,
+            metrics = finished_metrics(cfg, run_dir)
+            if metrics is None:
+                resume = (run_dir / CHECKPOINT_NAME).exists()
+                metrics = train(cfg, run_dir, resume=resume, verbose=verbose).metrics
+            elif verbose:
+                print(f"{run_dir} already holds this finished run: its metrics are reused", file=sys.stderr)
+            rows = [row for row in rows if row["run_dir"] != str(run_dir)]
+            rows.append({"env": base.env, "controller": controller, "seed": seed, "status": metrics["status"],
                          "updates": metrics.get("updates"), **{k: metrics.get(k) for k in COLUMNS[5:-1]},
                          "run_dir": str(run_dir)})
             write_env_tables(rows, out_dir, env_sps)

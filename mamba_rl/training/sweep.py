@@ -63,7 +63,7 @@ def run_sweep(base: TrainConfig, controllers, horizons, seeds, out_dir: str | Pa
             for seed in seeds:
                 cfg = dataclasses.replace(base, controller=controller, horizon=train_delays, seed=seed)
                 run_dir = out_dir / f"{controller}__h{delays}__s{seed}"
-                metrics = _finished_metrics(cfg, run_dir)
+                metrics = finished_metrics(cfg, run_dir)
                 if metrics is None:
                     resume = (run_dir / CHECKPOINT_NAME).exists()
                     metrics = train(cfg, run_dir, resume=resume, verbose=verbose).metrics
@@ -80,7 +80,7 @@ def run_sweep(base: TrainConfig, controllers, horizons, seeds, out_dir: str | Pa
     return rows
 
 
-def _finished_metrics(cfg: TrainConfig, run_dir: Path) -> dict | None:
+def finished_metrics(cfg: TrainConfig, run_dir: Path) -> dict | None:
     """The metrics of a finished run of exactly ``cfg`` in ``run_dir``; None when there is none.
 
     Raises:
@@ -102,7 +102,7 @@ def _finished_metrics(cfg: TrainConfig, run_dir: Path) -> dict | None:
     return metrics if not changed and metrics["status"] in ("completed", "target_reached") else None
 
 
-def read_rows(path: str | Path) -> list[dict]:
+def read_rows(path: str | Path, text_keys=("controller", "train_delays", "status", "run_dir", "env")) -> list[dict]:
     """The rows of an earlier sweep's ``results.csv`` (none when it does not exist), numbers as numbers."""
     path = Path(path)
     if not path.is_file():
@@ -110,8 +110,8 @@ def read_rows(path: str | Path) -> list[dict]:
     with open(path, newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("run_dir")]
     for row in rows:
-        for key in COLUMNS:
-            if key not in ("controller", "train_delays", "status", "run_dir"):
+        for key in row:
+            if key not in text_keys:
                 row[key] = _number(row.get(key))
     return rows
 

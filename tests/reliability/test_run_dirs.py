@@ -58,3 +58,23 @@ def test_a_second_sweep_into_the_same_directory_adds_rows(tmp_path, capsys):
               verbose=False)
     assert progress_updates(tmp_path / "mamba__h1-4__s0") == [1, 2]
     assert len(_rows(tmp_path)) == 2
+
+
+def test_a_second_env_sweep_into_the_same_directory_adds_rows_and_reuses_finished_runs(tmp_path, capsys):
+    # regression: the env sweep rewrote results.csv with only its own rows and refused a finished cell
+    from mamba_rl.config import TrainConfig
+    from mamba_rl.training.env_sweep import run_env_sweep
+
+    base = TrainConfig(env="CartPole-v1", controller="gru", gru_hidden_size=8, num_envs=2, chunk_len=8,
+                       num_minibatches=1, device="cpu", num_updates=1, eval_episodes=2, eval_num_envs=2,
+                       progress_bar=False, tensorboard=False)
+    run_env_sweep(base, ["gru"], [0], tmp_path, verbose=False)
+    run_env_sweep(base, ["gru"], [1], tmp_path, verbose=False)
+    with open(tmp_path / "results.csv", newline="") as handle:
+        assert [(row["controller"], row["seed"]) for row in csv.DictReader(handle)] == [("gru", "0"), ("gru", "1")]
+    before = (tmp_path / "gru__s0" / "checkpoint.pt").read_bytes()
+    run_env_sweep(base, ["gru"], [0], tmp_path, verbose=True)
+    assert "reused" in capsys.readouterr().err
+    assert (tmp_path / "gru__s0" / "checkpoint.pt").read_bytes() == before
+    with open(tmp_path / "results.csv", newline="") as handle:
+        assert sorted(row["seed"] for row in csv.DictReader(handle)) == ["0", "1"]
