@@ -165,9 +165,10 @@ def test_conv_restarts_from_reset_state_like_the_reference(case, device, bwd_two
     check_against_reference(with_reset_states(inputs, reset_mask), reset_mask, torch.float32)
 
 
-def test_conv_restarts_from_reset_state_half(device):
-    inputs, reset_mask = make_inputs(2, 5, 63, 4, torch.bfloat16, reset="runs", device=device)
-    check_against_reference(with_reset_states(inputs, reset_mask), reset_mask, torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_conv_restarts_from_reset_state_half(dtype, device):
+    inputs, reset_mask = make_inputs(2, 5, 63, 4, dtype, reset="runs", device=device)
+    check_against_reference(with_reset_states(inputs, reset_mask), reset_mask, dtype)
 
 
 def test_conv_reset_state_of_width_one_has_no_history(device):
