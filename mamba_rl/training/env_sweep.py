@@ -9,7 +9,6 @@ the trainer reaches.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import statistics
 import sys
@@ -22,7 +21,7 @@ from mamba_rl.config import TrainConfig
 from mamba_rl.io import CHECKPOINT_NAME
 from mamba_rl.policies import make_train_env
 from mamba_rl.policies.heads import make_action_head
-from mamba_rl.training.sweep import finished_metrics, read_rows
+from mamba_rl.training.sweep import finished_metrics, read_rows, write_run_rows
 
 __all__ = ["measure_env_sps", "run_env_sweep", "write_env_tables"]
 
@@ -91,15 +90,7 @@ def _spread(values: list[float]) -> tuple[float, float]:
 
 def write_env_tables(rows: list[dict], out_dir: str | Path, env_sps: float | None = None) -> None:
     """``results.csv`` (every run) and ``results.md`` (every run, then mean +- std over seeds per controller)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| " + " | ".join(COLUMNS[:-1]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
-    for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in COLUMNS[:-1]) + " |")
+    lines = write_run_rows(rows, out_dir, COLUMNS)
     lines += ["", "| env | controller | seeds | MMER (mean +- std) | greedy eval return | trainer steps/s | "
               "wall-clock s (mean) |", "|---|---|---:|---:|---:|---:|---:|"]
     for controller in dict.fromkeys(row["controller"] for row in rows):
@@ -113,10 +104,4 @@ def write_env_tables(rows: list[dict], out_dir: str | Path, env_sps: float | Non
                      f"{greedy[0]:.3f} +- {greedy[1]:.3f} | {sps:,.0f} | {wall:,.0f} |")
     if env_sps is not None:
         lines += ["", f"The env alone (random actions): {env_sps:,.0f} env-steps/s."]
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
-
-
-def _fmt(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
-    return "" if value is None else str(value)
+    (Path(out_dir) / "results.md").write_text("\n".join(lines) + "\n")

@@ -137,26 +137,33 @@ def _summary(rows: list[dict]) -> list[dict]:
     ]
 
 
-def write_tables(rows: list[dict], out_dir: str | Path) -> None:
-    """``results.csv`` (every run) and ``results.md`` (every run, then the per-cell summary)."""
+def write_run_rows(rows: list[dict], out_dir: str | Path, columns: list[str]) -> list[str]:
+    """Write ``results.csv`` (every run, ``columns``) into ``out_dir``; return the markdown table of
+    the runs (every column but the last, the run directory) for ``results.md``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "results.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(COLUMNS[:-1]) + " |", "|" + "---|" * (len(COLUMNS) - 1)]
+    lines = ["| " + " | ".join(columns[:-1]) + " |", "|" + "---|" * (len(columns) - 1)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in COLUMNS[:-1]) + " |")
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in columns[:-1]) + " |")
+    return lines
+
+
+def write_tables(rows: list[dict], out_dir: str | Path) -> None:
+    """``results.csv`` (every run) and ``results.md`` (every run, then the per-cell summary)."""
+    lines = write_run_rows(rows, out_dir, COLUMNS)
     lines += ["", "| controller | horizon | seeds | mean greedy accuracy | min | max |", "|---|---:|---:|---:|---:|---:|"]
     for s in _summary(rows):
         lines.append(f"| {s['controller']} | {s['horizon']} | {s['seeds']} | {s['mean']:.3f} | {s['min']:.3f} | {s['max']:.3f} |")
-    (out_dir / "results.md").write_text("\n".join(lines) + "\n")
+    (Path(out_dir) / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def _fmt(value) -> str:
     if isinstance(value, float):
-        return f"{value:.3f}" if value < 100 else f"{value:,.0f}"
+        return f"{value:.3f}" if abs(value) < 100 else f"{value:,.0f}"
     return "" if value is None else str(value)
 
 

@@ -168,28 +168,34 @@ def test_scan_bad_input_names_argument(kwargs, error, words):
 RESTART_RESETS = [(0, 0), (0, 6), (0, 7), (1, 16), (2, 3)]
 
 
-def _split_rows_scan(inp, h0, reset, reset_state):
-    """The scan run piece by piece: each row cut at its resets, each piece started from its restart
-    state (the rule stated directly, with no reset inside any call)."""
-    b, _, L = inp["u"].shape
+def _split_rows(run, initial, reset, reset_state):
+    """The rule stated directly: each row cut at its resets, each piece started from its restart
+    state, with no reset inside any call. ``run(row, start, stop, state) -> (y, state)`` runs one
+    piece of one row from ``state`` ``[1, ...]``; ``initial`` ``[b, ...]`` enters each row."""
+    b, L = reset.shape
     rows = iter(reset_state)
     ys, finals = [], []
     for row in range(b):
         starts = [0] + [t for t in range(L) if reset[row, t] and t > 0]
-        state = h0[row : row + 1]
-        if reset[row, 0]:
-            state = next(rows)[None]
+        state = next(rows)[None] if reset[row, 0] else initial[row : row + 1]
         pieces = []
         for start, stop in zip(starts, starts[1:] + [L]):
             if start > 0:
                 state = next(rows)[None]
-            piece = {k: (v[row : row + 1, ..., start:stop] if torch.is_tensor(v) and v.dim() == 3 else v)
-                     for k, v in inp.items()}
-            y, state = selective_scan(**piece, h0=state, backend="torch")
+            y, state = run(row, start, stop, state)
             pieces.append(y)
         ys.append(torch.cat(pieces, -1))
         finals.append(state)
     return torch.cat(ys), torch.cat(finals)
+
+
+def _split_rows_scan(inp, h0, reset, reset_state):
+    def run(row, start, stop, state):
+        piece = {k: (v[row : row + 1, ..., start:stop] if torch.is_tensor(v) and v.dim() == 3 else v)
+                 for k, v in inp.items()}
+        return selective_scan(**piece, h0=state, backend="torch")
+
+    return _split_rows(run, h0, reset, reset_state)
 
 
 def test_scan_restarts_from_reset_state_equals_split_rows():
@@ -228,24 +234,11 @@ def test_scan_nonfinite_before_a_reset_does_not_leak_after_it():
 
 
 def _split_rows_conv(x, weight, bias, initial_state, reset, reset_state):
-    b, _, L = x.shape
-    rows = iter(reset_state)
-    ys, finals = [], []
-    for row in range(b):
-        starts = [0] + [t for t in range(L) if reset[row, t] and t > 0]
-        state = initial_state[row : row + 1]
-        if reset[row, 0]:
-            state = next(rows)[None]
-        pieces = []
-        for start, stop in zip(starts, starts[1:] + [L]):
-            if start > 0:
-                state = next(rows)[None]
-            y, state = causal_conv1d(x[row : row + 1, :, start:stop], weight, bias, initial_state=state,
-                                     activation="silu", backend="torch")
-            pieces.append(y)
-        ys.append(torch.cat(pieces, -1))
-        finals.append(state)
-    return torch.cat(ys), torch.cat(finals)
+    def run(row, start, stop, state):
+        return causal_conv1d(x[row : row + 1, :, start:stop], weight, bias, initial_state=state,
+                             activation="silu", backend="torch")
+
+    return _split_rows(run, initial_state, reset, reset_state)
 
 
 @pytest.mark.parametrize("width", [1, 2, 4])
