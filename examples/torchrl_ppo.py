@@ -21,6 +21,7 @@ these and writes a table.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import time
 from pathlib import Path
@@ -65,10 +66,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-grad-norm", type=float, default=0.5)
     parser.add_argument("--mamba-preset", choices=("rl", "mamba_ssm"), default="rl",
                         help="MambaModule's preset: 'rl' (its default) or mamba-ssm's layout and init")
+    parser.add_argument("--mamba-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="another MambaModule keyword, e.g. bc_init_scale=10 (a Python literal; repeatable)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="write the curve and the final score here")
     args = parser.parse_args(argv)
+    args.mamba_options = {}
+    for text in args.mamba_option:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            parser.error(f"--mamba-option expects KEY=VALUE, got {text!r}")
+        try:
+            args.mamba_options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parser.error(f"--mamba-option {key}: {value!r} is not a Python literal")
     if args.num_envs % args.minibatches:
         parser.error(f"--num-envs ({args.num_envs}) must be a multiple of --minibatches ({args.minibatches})")
     return args
@@ -91,14 +103,15 @@ def make_env(env_id: str, num_envs: int, seed: int) -> TransformedEnv:
     return env
 
 
-def make_trunk(kind: str, input_size: int, hidden: int, num_layers: int, mamba_preset: str):
+def make_trunk(kind: str, input_size: int, hidden: int, num_layers: int, mamba_preset: str,
+               mamba_options: dict | None = None):
     """The one line that differs between the three runs: a TorchRL recurrent module."""
     keys = {"in_key": "observation", "out_key": "features"}
     if kind == "gru":
         return GRUModule(input_size, hidden, num_layers, **keys)
     if kind == "lstm":
         return LSTMModule(input_size, hidden, num_layers, **keys)
-    return MambaModule(input_size, hidden, num_layers, preset=mamba_preset, **keys)
+    return MambaModule(input_size, hidden, num_layers, preset=mamba_preset, **keys, **(mamba_options or {}))
 
 
 def make_actor_critic(env, trunk, hidden: int):
@@ -138,7 +151,7 @@ def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     env = make_env(args.env, args.num_envs, args.seed)
     obs_size = env.observation_spec["observation"].shape[-1]
-    trunk = make_trunk(args.trunk, obs_size, args.hidden, args.num_layers, args.mamba_preset)
+    trunk = make_trunk(args.trunk, obs_size, args.hidden, args.num_layers, args.mamba_preset, args.mamba_options)
     actor, critic = make_actor_critic(env, trunk, args.hidden)
     env.append_transform(get_primers_from_module(actor))
     check_env_specs(env, seed=args.seed)
@@ -177,18 +190,20 @@ def train(args: argparse.Namespace) -> dict:
         print(f"{args.trunk} {args.env} frames {frames:>7d}  return {mean:8.3f}  episodes {int(done.sum()):3d}  "
               f"{time.perf_counter() - start:6.1f} s", flush=True)
         # written every batch, so that a run stopped early keeps its curve
-        result = summarize(args, frames, episode_returns, curve, time.perf_counter() - start)
+        summarize(args, frames, episode_returns, curve, time.perf_counter() - start, complete=False)
     collector.shutdown()
-    return result
+    # the collector rounds total_frames to whole batches, which may be fewer frames than asked
+    return summarize(args, frames, episode_returns, curve, time.perf_counter() - start, complete=True)
 
 
-def summarize(args: argparse.Namespace, frames: int, episode_returns, curve, seconds: float) -> dict:
+def summarize(args: argparse.Namespace, frames: int, episode_returns, curve, seconds: float,
+              complete: bool) -> dict:
     """The run's record; ``final_return`` is the mean return of the episodes that ended in the last
     10% of the frames so far (all episodes when none did). Written to ``--json`` when given."""
     tail = [r for f, r in episode_returns if f > 0.9 * frames] or [r for _, r in episode_returns]
     result = {
         "env": args.env, "trunk": args.trunk, "seed": args.seed, "frames": frames,
-        "complete": frames >= args.total_frames,
+        "complete": complete,
         "final_return": float(np.mean(tail)) if tail else float("nan"),
         "seconds": seconds, "curve": curve,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
