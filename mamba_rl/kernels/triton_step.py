@@ -23,7 +23,8 @@ import triton.language as tl
 
 from mamba_rl.kernels.triton_host import next_pow2
 from mamba_rl.kernels.triton_launch import DirectLauncher
-from mamba_rl.kernels.triton_scan import _softplus, selective_scan_triton
+from mamba_rl.kernels.triton_math import _softplus
+from mamba_rl.kernels.triton_scan import selective_scan_triton
 
 __all__ = [
     "causal_conv1d_step_triton",
