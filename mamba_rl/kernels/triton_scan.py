@@ -252,7 +252,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             _FWD_LOCAL[(groups, b, n_loc)](
                 u, delta, A_log2e, B, bias_, r_, loc[0], loc[1],
                 L, d, n, piece_segs * ck_steps,
-                *u.stride(), *delta.stride(), *B.stride(), *r_strides,
+                u.stride(), delta.stride(), B.stride(), r_strides,
                 N=N, BLOCK_T=LOCAL_BLOCK_T, BD=block_d, EVEN_D=d % block_d == 0, **flags, num_warps=1,
             )
             _chain_ranges(loc, h_in, n_pieces, n_loc, reverse=False)
@@ -263,7 +263,7 @@ class _SelectiveScanFn(torch.autograd.Function):
                 u, delta, A_log2e, B, C, u if D is None else D, z_, bias_, r_,
                 y, h_ckpt, h_in, h_end,
                 L, d, n, n_chunks_fwd, range_segs, pieces_per_range, n_pieces,
-                *u.stride(), *delta.stride(), *z_.stride(), *B.stride(), *C.stride(), *y.stride(), *r_strides,
+                u.stride(), delta.stride(), z_.stride(), B.stride(), C.stride(), y.stride(), r_strides,
                 N=N, BLOCK_T=fwd_block_t, BD=block_d, SEG_CHUNKS=ck_steps // fwd_block_t,
                 HAS_D=D is not None, HAS_Z=z is not None, EVEN_D=d % block_d == 0,
                 **flags, num_warps=1, **_maxnreg(FWD_MAXNREG),
@@ -325,7 +325,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             _BWD_LOCAL[(groups, b, n_loc)](
                 delta, A_log2e, C, z_, bias_, r_, dy, loc[0], loc[1],
                 L, d, n, pieces_per_range, piece_segs * seg_steps,
-                *delta.stride(), *z_.stride(), *C.stride(), *dy.stride(), *r_strides,
+                delta.stride(), z_.stride(), C.stride(), dy.stride(), r_strides,
                 N=N, BLOCK_T=LOCAL_BLOCK_T, BD=block_d, EVEN_D=d % block_d == 0, **flags, num_warps=1,
             )
             _chain_ranges(loc, q_in, n_pieces, pieces_per_range, reverse=True)
@@ -335,8 +335,8 @@ class _SelectiveScanFn(torch.autograd.Function):
                 r_, h_ckpt, h_chunks, dy, q_in,
                 du, ddelta, dz_, dBC, part, dh,
                 L, d, n, n_chunks, range_segs, pieces_per_range, n_pieces,
-                *u.stride(), *delta.stride(), *z_.stride(), *B.stride(), *C.stride(), *dy.stride(),
-                *du.stride(), *ddelta.stride(), *dz_.stride(), *r_strides,
+                u.stride(), delta.stride(), z_.stride(), B.stride(), C.stride(), dy.stride(),
+                du.stride(), ddelta.stride(), dz_.stride(), r_strides,
                 N=N, BD=block_d, EVEN_D=d % block_d == 0, SEG_CHUNKS=seg_chunks, HAS_D=D is not None, **flags,
                 LANE_SUM_ASM=_lane_sum_asm(block_d, N), num_warps=1,
             )

@@ -167,11 +167,7 @@ def _store_grads(p_du, p_ddelta, p_dz, t, s_du_t, s_ddt_t, s_dz_t, du, ddt, dz, 
 def _scan_bwd_local_kernel(
     p_delta, p_A_log2e, p_C, p_z, p_bias, p_reset, p_dy, p_loc, p_P,
     L, d, n, r_first, range_steps,
-    s_dt_b, s_dt_d, s_dt_t,
-    s_z_b, s_z_d, s_z_t,
-    s_C_b, s_C_n, s_C_t,
-    s_dy_b, s_dy_d, s_dy_t,
-    s_r_b, s_r_t,
+    s_dt, s_z, s_C, s_dy, s_r,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr,
     EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
@@ -180,7 +176,13 @@ def _scan_bwd_local_kernel(
     of the adjoint, alone: the gradient ``q`` it sends to the state entering it when none comes in
     from its right end (``loc``), and the factor ``P = prod_t a_t`` by which what does come in is
     carried through it (``[b, ranges, N, d]`` each). The adjoint ``q_{t-1} = a_t (C_t dy'_t +
-    q_t)`` needs no state ``h``, only ``delta``, ``C``, ``dy`` and ``z``."""
+    q_t)`` needs no state ``h``, only ``delta``, ``C``, ``dy`` and ``z``. ``s_*``: each stream's
+    strides (batch, channel or state, step); the resets' (batch, step)."""
+    s_dt_b, s_dt_d, s_dt_t = s_dt
+    s_z_b, s_z_d, s_z_t = s_z
+    s_C_b, s_C_n, s_C_t = s_C
+    s_dy_b, s_dy_d, s_dy_t = s_dy
+    s_r_b, s_r_t = s_r
     i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A_log2e, bias = _local_setup(
         p_A_log2e, p_bias, d, n, N, BD, HAS_BIAS, EVEN_D)
     if EVEN_N:  # no padded states: B and C load unmasked
@@ -236,16 +238,7 @@ def _scan_bwd_kernel(
     p_u, p_delta, p_A_log2e, p_B, p_C, p_D, p_z, p_bias, p_reset, p_h_ckpt, p_h_chunks, p_dy, p_q_in,
     p_du, p_ddelta, p_dz, p_dBC, p_part, p_dh,
     L, d, n, n_chunks, range_segs, pieces_per_range, n_pieces,
-    s_u_b, s_u_d, s_u_t,
-    s_dt_b, s_dt_d, s_dt_t,
-    s_z_b, s_z_d, s_z_t,
-    s_B_b, s_B_n, s_B_t,
-    s_C_b, s_C_n, s_C_t,
-    s_dy_b, s_dy_d, s_dy_t,
-    s_du_b, s_du_d, s_du_t,
-    s_ddt_b, s_ddt_d, s_ddt_t,
-    s_dz_b, s_dz_d, s_dz_t,
-    s_r_b, s_r_t,
+    s_u, s_dt, s_z, s_B, s_C, s_dy, s_du, s_ddt, s_dz, s_r,
     N: tl.constexpr, BD: tl.constexpr, SEG_CHUNKS: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
@@ -259,6 +252,17 @@ def _scan_bwd_kernel(
     (read back from the segment's scratch ``p_h_chunks``) and takes the second's state as
     ``a_t h_{t-1} + dt_t u_t B_t``."""
     BLOCK_T: tl.constexpr = 2
+    # each stream's strides: (batch, channel or state, step); the resets' (batch, step)
+    s_u_b, s_u_d, s_u_t = s_u
+    s_dt_b, s_dt_d, s_dt_t = s_dt
+    s_z_b, s_z_d, s_z_t = s_z
+    s_B_b, s_B_n, s_B_t = s_B
+    s_C_b, s_C_n, s_C_t = s_C
+    s_dy_b, s_dy_d, s_dy_t = s_dy
+    s_du_b, s_du_d, s_du_t = s_du
+    s_ddt_b, s_ddt_d, s_ddt_t = s_ddt
+    s_dz_b, s_dz_d, s_dz_t = s_dz
+    s_r_b, s_r_t = s_r
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
     i_r = tl.program_id(2)

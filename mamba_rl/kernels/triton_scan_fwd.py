@@ -29,10 +29,7 @@ from mamba_rl.kernels.triton_scan_common import (
 def _scan_fwd_local_kernel(
     p_u, p_delta, p_A_log2e, p_B, p_bias, p_reset, p_loc, p_P,
     L, d, n, range_steps,
-    s_u_b, s_u_d, s_u_t,
-    s_dt_b, s_dt_d, s_dt_t,
-    s_B_b, s_B_n, s_B_t,
-    s_r_b, s_r_t,
+    s_u, s_dt, s_B, s_r,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr,
     HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
     PTX: tl.constexpr, FAST: tl.constexpr,
@@ -40,7 +37,12 @@ def _scan_fwd_local_kernel(
     """Time range ``r = program_id(2)`` (steps ``[r R, (r + 1) R)``, ``R = range_steps``) of the
     recurrence, alone: the state it ends in from a zero state (``loc``) and the factor ``P = prod_t
     a_t`` by which the state entering it is carried to its end (``[b, ranges, N, d]`` each). Each
-    chunk's deltas are loaded a chunk ahead (:func:`_chunk_deltas`)."""
+    chunk's deltas are loaded a chunk ahead (:func:`_chunk_deltas`). ``s_*``: each stream's strides
+    (batch, channel or state, step); the resets' (batch, step)."""
+    s_u_b, s_u_d, s_u_t = s_u
+    s_dt_b, s_dt_d, s_dt_t = s_dt
+    s_B_b, s_B_n, s_B_t = s_B
+    s_r_b, s_r_t = s_r
     i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A_log2e, bias = _local_setup(
         p_A_log2e, p_bias, d, n, N, BD, HAS_BIAS, EVEN_D)
     if EVEN_N:  # no padded states: B and C load unmasked
@@ -75,20 +77,22 @@ def _scan_fwd_kernel(
     p_u, p_delta, p_A_log2e, p_B, p_C, p_D, p_z, p_bias, p_reset,
     p_y, p_h_ckpt, p_h_in, p_h_end,
     L, d, n, n_chunks, range_segs, pieces_per_range, n_pieces,
-    s_u_b, s_u_d, s_u_t,
-    s_dt_b, s_dt_d, s_dt_t,
-    s_z_b, s_z_d, s_z_t,
-    s_B_b, s_B_n, s_B_t,
-    s_C_b, s_C_n, s_C_t,
-    s_y_b, s_y_d, s_y_t,
-    s_r_b, s_r_t,
+    s_u, s_dt, s_z, s_B, s_C, s_y, s_r,
     N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr, SEG_CHUNKS: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
 ):
     """Time range ``program_id(2)`` of the scan from the state entering it (``p_h_in``): writes
     ``y``, the state entering every ``SEG_CHUNKS``-th chunk (``p_h_ckpt``, for the backward) and
-    the state the range ends in (``p_h_end``)."""
+    the state the range ends in (``p_h_end``). ``s_*``: each stream's strides (batch, channel or
+    state, step); the resets' (batch, step)."""
+    s_u_b, s_u_d, s_u_t = s_u
+    s_dt_b, s_dt_d, s_dt_t = s_dt
+    s_z_b, s_z_d, s_z_t = s_z
+    s_B_b, s_B_n, s_B_t = s_B
+    s_C_b, s_C_n, s_C_t = s_C
+    s_y_b, s_y_d, s_y_t = s_y
+    s_r_b, s_r_t = s_r
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
     i_r = tl.program_id(2)

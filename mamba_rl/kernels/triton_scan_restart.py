@@ -73,18 +73,19 @@ def _is_reset(p_reset, t, s_r_t):
 def _restart_fwd_kernel(
     p_delta, p_A_log2e, p_C, p_z, p_bias, p_reset, p_rs, p_first, p_row0, p_y, p_hin, p_hout,
     L, d, n,
-    s_dt_b, s_dt_d, s_dt_t,
-    s_C_b, s_C_n, s_C_t,
-    s_z_b, s_z_d, s_z_t,
-    s_r_b, s_r_t,
-    s_rs_k, s_rs_d, s_rs_n,
-    s_y_b, s_y_d, s_y_t,
-    s_hi_b, s_hi_d, s_hi_n,
+    s_dt, s_C, s_z, s_r, s_rs, s_y, s_hi,
     N: tl.constexpr, BD: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
 ):
     """Adds ``silu(z_t) <g_t, C_t>`` to ``y`` in place from the row's first reset on, and writes
-    ``h_out = h_in + g_{L-1}`` ``[b, d, n]``."""
+    ``h_out = h_in + g_{L-1}`` ``[b, d, n]``. ``s_*``: each tensor's strides, in its dims' order."""
+    s_dt_b, s_dt_d, s_dt_t = s_dt
+    s_C_b, s_C_n, s_C_t = s_C
+    s_z_b, s_z_d, s_z_t = s_z
+    s_r_b, s_r_t = s_r
+    s_rs_k, s_rs_d, s_rs_n = s_rs
+    s_y_b, s_y_d, s_y_t = s_y
+    s_hi_b, s_hi_d, s_hi_n = s_hi
     i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k = _restart_setup(p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
     p_delta += i_b * s_dt_b + ch * s_dt_d
     p_C += i_b * s_C_b + nn * s_C_n
@@ -118,19 +119,21 @@ def _restart_bwd_kernel(
     p_delta, p_A_log2e, p_C, p_z, p_bias, p_reset, p_rs, p_first, p_row0, p_dy, p_dh, p_S,
     p_ddelta, p_dz, p_dC, p_dA, p_dbias, p_drs,
     L, d, n,
-    s_dt_b, s_dt_d, s_dt_t,
-    s_C_b, s_C_n, s_C_t,
-    s_z_b, s_z_d, s_z_t,
-    s_r_b, s_r_t,
-    s_rs_k, s_rs_d, s_rs_n,
-    s_dy_b, s_dy_d, s_dy_t,
-    s_dh_b, s_dh_d, s_dh_n,
+    s_dt, s_C, s_z, s_r, s_rs, s_dy, s_dh,
     N: tl.constexpr, BD: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
 ):
     """The restart term's gradients: ``ddelta``, ``dz`` ``[b, L, d]`` (contiguous, written from the
     row's first reset on), ``dC`` partial sums ``[d / BD, b, L, N]``, ``dA`` and ``d(delta_bias)``
-    per row ``[b, N, d]`` / ``[b, d]``, and ``d reset_state`` ``[R, d, n]`` (contiguous)."""
+    per row ``[b, N, d]`` / ``[b, d]``, and ``d reset_state`` ``[R, d, n]`` (contiguous).
+    ``s_*``: each tensor's strides, in its dims' order."""
+    s_dt_b, s_dt_d, s_dt_t = s_dt
+    s_C_b, s_C_n, s_C_t = s_C
+    s_z_b, s_z_d, s_z_t = s_z
+    s_r_b, s_r_t = s_r
+    s_rs_k, s_rs_d, s_rs_n = s_rs
+    s_dy_b, s_dy_d, s_dy_t = s_dy
+    s_dh_b, s_dh_d, s_dh_n = s_dh
     i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k = _restart_setup(p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
     p_delta += i_b * s_dt_b + ch * s_dt_d
     p_C += i_b * s_C_b + nn * s_C_n
@@ -226,8 +229,8 @@ class _RestartFn(torch.autograd.Function):
             delta, A_log2e, C, z_, delta if delta_bias is None else delta_bias, reset_u8, reset_state, first, row0,
             y, h_last, h_out,
             L, d, n,
-            *delta.stride(), *C.stride(), *z_.stride(), *reset_u8.stride(), *reset_state.stride(), *y.stride(),
-            *h_last.stride(),
+            delta.stride(), C.stride(), z_.stride(), reset_u8.stride(), reset_state.stride(), y.stride(),
+            h_last.stride(),
             N=N, BD=BD, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
             PTX=not interpreted(), FAST=not interpreted(), num_warps=1,
         )
@@ -261,8 +264,8 @@ class _RestartFn(torch.autograd.Function):
             dy, dh, S,
             ddelta, ddelta if dz is None else dz, dC, dA, dbias, drs,
             L, d, n,
-            *delta.stride(), *C.stride(), *z_.stride(), *reset_u8.stride(), *reset_state.stride(), *dy.stride(),
-            *dh.stride(),
+            delta.stride(), C.stride(), z_.stride(), reset_u8.stride(), reset_state.stride(), dy.stride(),
+            dh.stride(),
             N=N, BD=BD, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
             PTX=not interpreted(), FAST=not interpreted(), num_warps=1,
         )
