@@ -18,17 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import bench_scan  # noqa: E402
-from mamba_rl.kernels import triton_scan  # noqa: E402
-from mamba_rl.kernels.triton_scan import selective_scan_triton  # noqa: E402
+# bench_scan.py sits beside this script (its folder is on sys.path when run as a script)
+import bench_scan
+from mamba_rl.kernels import triton_scan
+from mamba_rl.kernels.triton_scan import selective_scan_triton
 
 
 def main() -> None:

@@ -227,8 +227,10 @@ def compare(path_a: str, path_b: str) -> int:
     with open(path_b) as f:
         b = json.load(f)["cases"]
     differ = 0
-    for case in sorted(set(a) | set(b)):
-        la, lb = a.get(case, []), b.get(case, [])
+    for case in sorted(set(a) ^ set(b)):
+        print(f"{case}: only in {path_a if case in a else path_b}")
+    for case in sorted(set(a) & set(b)):
+        la, lb = a[case], b[case]
         print(f"{case}: {len(la)} / {len(lb)} kernels")
         for i in range(max(len(la), len(lb))):
             x = la[i] if i < len(la) else None

@@ -429,7 +429,7 @@ def _mixer_step_kernel(
 
 _MIXER_STEP = DirectLauncher(_mixer_step_kernel)
 
-# Tile sizes of the fused mixer step, tuned by hand (benchmarks/bench_scan.py --policy-step; no
+# Tile sizes of the fused mixer step, tuned by hand (benchmarks/bench_scan.py step --sweep; no
 # autotuning: the kernel overwrites the states): envs per program, channels per conv/x_proj loop
 # step, channels per SSM tile, warps. From 16 envs a program, x_proj runs on tl.dot (fp32, ieee).
 STEP_CONFIG = {
