@@ -208,15 +208,18 @@ def _restart_grad(p_w, p_reset, rs, p_dyp, p_dfin, p_drs, o_d, m_d, s, L, d, s_p
 def _conv_fwd_kernel(
     p_x, p_w, p_bias, p_init, p_reset, p_rs, p_ridx, p_y, p_fin,
     L, d,
-    s_x_b, s_x_d, s_x_t,
-    s_i_b, s_i_d, s_i_t,
-    s_y_b, s_y_d, s_y_t,
-    s_r_b,
-    s_rs_k, s_rs_d, s_rs_j,
+    s_x, s_i, s_y, s_r_b, s_rs,
     W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
+    """The conv's outputs ``y`` of a ``[BLOCK_D, BLOCK_T]`` tile and, from the last time tile, the
+    final state. ``s_*``: each tensor's strides, in its dims' order (``s_r_b``: the resets' batch
+    stride)."""
+    s_x_b, s_x_d, s_x_t = s_x
+    s_i_b, s_i_d, s_i_t = s_i
+    s_y_b, s_y_d, s_y_t = s_y
+    s_rs_k, s_rs_d, s_rs_j = s_rs
     i_t, i_d = tl.program_id(0), tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -283,12 +286,7 @@ def _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_
 def _conv_bwd_dyp_kernel(
     p_x, p_w, p_bias, p_init, p_reset, p_rs, p_ridx, p_dy, p_dyp, p_dw, p_dbias,
     L, d, n_tblocks, range_tiles,
-    s_x_b, s_x_d, s_x_t,
-    s_i_b, s_i_d, s_i_t,
-    s_dy_b, s_dy_d, s_dy_t,
-    s_p_b, s_p_d, s_p_t,
-    s_r_b,
-    s_rs_k, s_rs_d, s_rs_j,
+    s_x, s_i, s_dy, s_p, s_r_b, s_rs,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr,
     HAS_RS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -297,7 +295,13 @@ def _conv_bwd_dyp_kernel(
     ``p_dyp``, and their sums of the dweight and dbias terms, one partial row
     per (batch, range): the terms add up in registers over the tiles, and are summed over the
     tile's lanes once at the end. The first tile, the only one that reads the initial state
-    (``BLOCK_T >= W - 1``), runs before the loop."""
+    (``BLOCK_T >= W - 1``), runs before the loop. ``s_*``: each tensor's strides, in its dims'
+    order (``s_r_b``: the resets' batch stride)."""
+    s_x_b, s_x_d, s_x_t = s_x
+    s_i_b, s_i_d, s_i_t = s_i
+    s_dy_b, s_dy_d, s_dy_t = s_dy
+    s_p_b, s_p_d, s_p_t = s_p
+    s_rs_k, s_rs_d, s_rs_j = s_rs
     i_r, i_d = tl.program_id(0), tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -333,17 +337,18 @@ def _conv_bwd_dyp_kernel(
 def _conv_bwd_dx_kernel(
     p_w, p_reset, p_rs, p_ridx, p_dfin, p_dyp, p_dx, p_dinit, p_drs,
     L, d,
-    s_df_b, s_df_d, s_df_k,
-    s_p_b, s_p_d, s_p_t,
-    s_dx_b, s_dx_d, s_dx_t,
-    s_r_b,
-    s_rs_k, s_rs_d, s_rs_j,
+    s_df, s_p, s_dx, s_r_b, s_rs,
     W: tl.constexpr, WP: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr,
     HAS_DFIN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """``dx`` of a tile from ``dy'`` (``p_dyp``, written by the first pass), with the final
     state's gradient, ``d reset_state`` at the tile's resets and ``d initial_state`` from the
-    first tile."""
+    first tile. ``s_*``: each tensor's strides, in its dims' order (``s_r_b``: the resets' batch
+    stride)."""
+    s_df_b, s_df_d, s_df_k = s_df
+    s_p_b, s_p_d, s_p_t = s_p
+    s_dx_b, s_dx_d, s_dx_t = s_dx
+    s_rs_k, s_rs_d, s_rs_j = s_rs
     i_t, i_d = tl.program_id(0), tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -441,8 +446,8 @@ class _CausalConv1dFn(torch.autograd.Function):
             block_d, block_t = _blocks("fwd", d, L, width)
             _CONV_FWD[(triton.cdiv(L, block_t), triton.cdiv(d, block_d), b)](
                 x, weight, weight if bias is None else bias, init_, r_, rs_, r_ if ridx is None else ridx, y, final,
-                L, d, *x.stride(), *init_.stride(), *y.stride(),
-                0 if reset_u8 is None else reset_u8.stride(0), *rs_.stride(),
+                L, d, x.stride(), init_.stride(), y.stride(),
+                0 if reset_u8 is None else reset_u8.stride(0), rs_.stride(),
                 W=width, WP=_tail_block(width), HAS_BIAS=bias is not None, HAS_INIT=init is not None,
                 HAS_RESET=reset is not None, HAS_RS=ridx is not None, SILU=silu, BLOCK_D=block_d,
                 BLOCK_T=block_t, num_warps=CONV_CONFIG["fwd_warps"],
@@ -490,7 +495,7 @@ class _CausalConv1dFn(torch.autograd.Function):
             x, weight, weight if bias is None else bias, init_, r_, rs_, ridx_, dy, dyp, dw,
             dw if dbias is None else dbias,
             L, d, n_tblocks, range_tiles,
-            *x.stride(), *init_.stride(), *dy.stride(), *dyp.stride(), r_stride, *rs_.stride(),
+            x.stride(), init_.stride(), dy.stride(), dyp.stride(), r_stride, rs_.stride(),
             W=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None,
             HAS_RS=ridx is not None, SILU=ctx.silu, BLOCK_D=block_d, BLOCK_T=block_t,
             num_warps=CONV_CONFIG["bwd_warps"],
@@ -498,7 +503,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         _CONV_BWD_DX[(n_tblocks, n_dgroups, b)](
             weight, r_, rs_, ridx_, df_, dyp, dx, dx if dinit is None else dinit, dx if ridx is None else drs,
             L, d,
-            *df_.stride(), *dyp.stride(), *dx.stride(), r_stride, *rs_.stride(),
+            df_.stride(), dyp.stride(), dx.stride(), r_stride, rs_.stride(),
             W=width, WP=_tail_block(width), HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None,
             HAS_RS=ridx is not None, HAS_DFIN=dfinal is not None, BLOCK_D=block_d, BLOCK_T=block_t,
             num_warps=CONV_CONFIG["bwd_warps"],
