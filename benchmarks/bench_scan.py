@@ -661,7 +661,8 @@ def bench_policy_step(bench, num_envs=4096, d_model=128, input_size=32):
         for backend in ("torch", "triton"):
             module.backend = backend
             y_b, s_b = module.step(x, state0, reset)
-            check = {"y": rel_err(y_b, y_ref), "ssm": rel_err(s_b.ssm, s_ref.ssm), "conv": rel_err(s_b.conv, s_ref.conv)}
+            check = {"y": rel_err(y_b, y_ref), "ssm": rel_err(s_b.ssm, s_ref.ssm),
+                     "conv": rel_err(s_b.conv, s_ref.conv)}
             if not max(check.values()) <= 1e-4:
                 raise AssertionError(f"MambaModule.step {backend} differs from the torch step: {check}")
             state = type(state0)(state0.ssm.clone(), state0.conv.clone())

@@ -36,7 +36,8 @@ def main() -> None:
     overrides = json.loads(args.config)
     unknown = sorted(set(overrides) - set(triton_scan.SCAN_CONFIG))
     if unknown:
-        raise SystemExit(f"--config: unknown SCAN_CONFIG keys {unknown}; expected some of {sorted(triton_scan.SCAN_CONFIG)}")
+        raise SystemExit(f"--config: unknown SCAN_CONFIG keys {unknown}; "
+                         f"expected some of {sorted(triton_scan.SCAN_CONFIG)}")
     triton_scan.SCAN_CONFIG.update(overrides)
     if args.T < 1 or args.calls < 1:
         raise SystemExit(f"--T and --calls must be >= 1, got {args.T} and {args.calls}")

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mamba_rl.kernels.triton_host import empty_same_order, next_pow2
+from mamba_rl.kernels.triton_host import empty_same_order, is_silu, next_pow2
 from mamba_rl.kernels.triton_launch import DirectLauncher
 
 __all__ = ["causal_conv1d_triton", "CONV_CONFIG"]
@@ -398,14 +398,6 @@ CONV_CONFIG = {
 }
 
 
-def _check_activation(activation: str | None) -> bool:
-    if activation is None:
-        return False
-    if activation in ("silu", "swish"):
-        return True
-    raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
-
-
 def _tail_block(width: int) -> int:
     """Power-of-two tile width that holds the ``width - 1`` times of a conv state."""
     return max(2, next_pow2(width - 1))
@@ -537,5 +529,5 @@ def causal_conv1d_triton(
     zeros). Returns ``(y [b, d, L], final_state [b, d, w - 1])``, both differentiable in ``x``,
     ``weight``, ``bias``, ``initial_state`` and ``reset_state``.
     """
-    silu = _check_activation(activation)
+    silu = is_silu(activation)
     return _CausalConv1dFn.apply(x, weight, bias, initial_state, reset, reset_state, silu)

@@ -1,8 +1,8 @@
 """The restart states' part of the Triton selective scan (``reset_state``), forward and backward.
 
 The scan is linear in its states, so with restart states it is the scan that restarts from zero
-(:mod:`~mamba_rl.kernels.triton_scan`, the same kernels as without restart states) plus the zero-input scan ``g`` started from the
-restart states::
+(:mod:`~mamba_rl.kernels.triton_scan`, the same kernels as without restart states) plus the
+zero-input scan ``g`` started from the restart states::
 
     g = reset_state[k]  if reset[:, t], its k-th reset (g = 0 before a row's first reset)
     g = exp(delta_t A) g
@@ -86,7 +86,8 @@ def _restart_fwd_kernel(
     s_rs_k, s_rs_d, s_rs_n = s_rs
     s_y_b, s_y_d, s_y_t = s_y
     s_hi_b, s_hi_d, s_hi_n = s_hi
-    i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k = _restart_setup(p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
+    i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k = _restart_setup(
+        p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
     p_delta += i_b * s_dt_b + ch * s_dt_d
     p_C += i_b * s_C_b + nn * s_C_n
     p_z += i_b * s_z_b + ch * s_z_d
@@ -134,7 +135,8 @@ def _restart_bwd_kernel(
     s_rs_k, s_rs_d, s_rs_n = s_rs
     s_dy_b, s_dy_d, s_dy_t = s_dy
     s_dh_b, s_dh_d, s_dh_n = s_dh
-    i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k = _restart_setup(p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
+    i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k = _restart_setup(
+        p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
     p_delta += i_b * s_dt_b + ch * s_dt_d
     p_C += i_b * s_C_b + nn * s_C_n
     p_z += i_b * s_z_b + ch * s_z_d

@@ -455,7 +455,7 @@ def test_fast_softplus_and_sigmoid_stay_within_a_few_ulp_of_torch(monkeypatch):
     # relative error where the true value is a normal float (with a factor 2 of margin: the rounded
     # exponent may land below -126); below that the approximations flush to zero (ftz). The bound:
     # the fp32 product x log2(e) is off by up to half an ulp of ~125 (2^-18) near |x| = 87, ~3e-6
-    # relative in exp(-|x|) (tl.exp does the same); the old lg2.approx log1p was off by 0.6
+    # relative in exp(-|x|) (tl.exp does the same); a log1p from lg2.approx would be off by 0.6
     for got, ref in ((sp, sp_ref), (sg, sg_ref)):
         err = (got.double() - ref).abs()
         normal = ref >= 2.0 ** -125
