@@ -111,11 +111,11 @@ def _scan_inputs(b, d, n, L, dtype, *, channels_last=True, reset=True, reset_sta
     return leaves, mask
 
 
-def case_scan(dtype, channels_last, reset, reset_state):
+def case_scan(dtype, channels_last, reset, reset_state, d=256, n=16):
     from mamba_rl.kernels.triton_scan import selective_scan_triton
 
     def run():
-        inputs, mask = _scan_inputs(2, 256, 16, 1024, dtype, channels_last=channels_last, reset=reset,
+        inputs, mask = _scan_inputs(2, d, n, 1024, dtype, channels_last=channels_last, reset=reset,
                                     reset_state=reset_state)
         y, h = selective_scan_triton(**inputs, delta_softplus=True, reset=mask)
         torch.autograd.backward((y, h), (torch.ones_like(y), torch.ones_like(h)))
@@ -168,6 +168,8 @@ CASES = {
     "scan-fp32-channels_last-reset": case_scan(torch.float32, True, True, False),
     "scan-fp32-channels_last-reset_state": case_scan(torch.float32, True, True, True),
     "scan-bf16-time_major-no_reset": case_scan(torch.bfloat16, False, False, False),
+    # channels that do not fill the last program, padded states
+    "scan-fp32-channels_last-reset-D80-N6": case_scan(torch.float32, True, True, False, d=80, n=6),
     "conv-fp32-channels_last-reset": case_conv(torch.float32, True, False),
     "conv-bf16-channels_last-reset_state": case_conv(torch.bfloat16, True, True),
     "step-fp32": case_step(),
