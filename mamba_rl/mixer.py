@@ -74,8 +74,8 @@ class MambaMixer(nn.Module):
 
     - :meth:`forward` ``(x [B, T, d_model], state=None, reset=None [B, T]) -> (y [B, T, d_model], state)``
     - :meth:`step` ``(x [B, d_model], state, reset=None [B], out_state=None) -> (y [B, d_model], state)``:
-      pure, or in place with ``out_state=state``; fused into two Triton kernels when no gradient is
-      needed.
+      pure, or in place with ``out_state=state``; one fused Triton kernel between ``in_proj`` and
+      ``out_proj`` when no gradient is needed.
     - :meth:`zero_state` ``(batch_shape) -> MixerState``.
     """
 

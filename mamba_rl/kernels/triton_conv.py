@@ -17,10 +17,9 @@ buffer), and adds up the ``dweight`` and ``dbias`` terms in registers, one parti
 the ``W`` later times of each input for ``dx``, adds the final state's gradient to the last
 ``W - 1`` inputs, writes ``d initial_state`` from the first time tile and, at each reset step,
 the gradient of the history entering it (from the ``dy'`` of the ``W - 1`` outputs that read it
-and the final state's gradient). Without ``reset_state`` those code paths are compiled out. With
-``CONV_CONFIG["bwd_two_pass"] = False`` no ``dy'`` is stored and the second kernel recomputes it
-at every shift (``W * W`` inputs and ``W`` sigmoids per output, no buffer), as the backward did
-before.
+and the final state's gradient). Without ``reset_state`` those code paths are compiled out. Storing
+``dy'`` costs ``2 b d L`` fp32 of traffic and saves the ``W * W`` input loads and ``W`` sigmoids
+per output that recomputing it at every shift would take (``benchmarks/NOTES_scan.md``).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mamba_rl.kernels.triton_host import next_pow2, time_major_like
+from mamba_rl.kernels.triton_host import empty_same_order, is_silu, next_pow2
 from mamba_rl.kernels.triton_launch import DirectLauncher
 
 __all__ = ["causal_conv1d_triton", "CONV_CONFIG"]
@@ -151,57 +150,30 @@ def _final_grad(p_dfin, p_reset, o_d, m_d, s, L, s_df_d, s_df_k, W: tl.constexpr
 
 
 @triton.jit
-def _conv_dx(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, s, L, init_here,
-             s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-             W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-             HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr, SILU: tl.constexpr, DYP_IN: tl.constexpr):
-    """``dx_s = sum_j w[W-1-j] dy'_{s+j}`` over outputs with no reset in ``(s, s+j]``: ``[BD, BT]``.
-    ``dy'`` is read from ``p_dyp`` (``DYP_IN``, written by
-    the first pass) or recomputed at every shift (``W`` inputs and a sigmoid per shift)."""
+def _conv_dx(p_w, p_reset, p_dyp, o_d, m_d, s, L, s_p_d, s_p_t, W: tl.constexpr, HAS_RESET: tl.constexpr):
+    """``dx_s = sum_j w[W-1-j] dy'_{s+j}`` over outputs with no reset in ``(s, s+j]``: ``[BD, BT]``,
+    ``dy'`` read from ``p_dyp`` (written by the first pass)."""
     b_dx = tl.zeros([o_d.shape[0], s.shape[0]], dtype=tl.float32)
     b_valid = s >= -W
     for j in tl.static_range(W):
         if HAS_RESET and j > 0:
             b_valid = b_valid & _not_reset(p_reset, s + j, L)
         b_w = tl.load(p_w + o_d * W + (W - 1 - j), mask=m_d, other=0.0).to(tl.float32)
-        if DYP_IN:
-            m_t = (s + j >= 0) & (s + j < L)
-            b_dyp = tl.load(p_dyp + o_d[:, None] * s_p_d + (s + j)[None, :] * s_p_t,
-                            mask=m_d[:, None] & m_t[None, :], other=0.0)
-        else:
-            b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, o_d, m_d, s + j, L, init_here,
-                              s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
-                              W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU)
-            # no output before time 0: zero, also where the initial state makes its recomputed
-            # pre-activation non-finite (0 * silu'(inf) is NaN)
-            b_dyp = tl.where((s + j >= 0)[None, :], b_dyp, 0.0)
+        b_dyp = _dyp_at(p_dyp, o_d, m_d, s + j, L, s_p_d, s_p_t)
         b_dx += b_w[:, None] * tl.where(b_valid[None, :], b_dyp, 0.0)
     return b_dx
 
 
 @triton.jit
-def _dyp_at(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, t, L, init_here,
-            s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-            W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-            HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr, SILU: tl.constexpr, DYP_IN: tl.constexpr):
-    """``dy'`` at outputs ``t`` ``[BT]`` (zero outside ``[0, L)``): read from ``p_dyp``
-    (``DYP_IN``) or recomputed."""
-    if DYP_IN:
-        m_t = (t >= 0) & (t < L)
-        b_dyp = tl.load(p_dyp + o_d[:, None] * s_p_d + t[None, :] * s_p_t,
-                        mask=m_d[:, None] & m_t[None, :], other=0.0)
-    else:
-        b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, o_d, m_d, t, L, init_here,
-                          s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
-                          W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU)
-    return b_dyp
+def _dyp_at(p_dyp, o_d, m_d, t, L, s_p_d, s_p_t):
+    """``dy'`` at outputs ``t`` ``[BT]`` (zero outside ``[0, L)``), as the first pass wrote it."""
+    m_t = (t >= 0) & (t < L)
+    return tl.load(p_dyp + o_d[:, None] * s_p_d + t[None, :] * s_p_t, mask=m_d[:, None] & m_t[None, :], other=0.0)
 
 
 @triton.jit
-def _restart_grad(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, p_dfin, p_drs, o_d, m_d, s, L, d,
-                  s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t, s_df_d, s_df_k,
-                  W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, SILU: tl.constexpr,
-                  HAS_DFIN: tl.constexpr, DYP_IN: tl.constexpr):
+def _restart_grad(p_w, p_reset, rs, p_dyp, p_dfin, p_drs, o_d, m_d, s, L, d, s_p_d, s_p_t, s_df_d, s_df_k,
+                  W: tl.constexpr, HAS_DFIN: tl.constexpr):
     """At each reset ``s`` ``[BT]`` of the tile (its row ``k`` in ``reset_state``), the gradient of
     the history entering it, ``d reset_state[k, :, m]`` (``[R, d, W - 1]``, contiguous): slot ``m``
     stands for time ``s - (W - 1) + m``, read by outputs ``s + i``, ``i <= m``, through weight ``m -
@@ -216,9 +188,7 @@ def _restart_grad(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, p_dfin, p_
     for i in tl.static_range(W - 1):
         if i > 0:
             b_valid = b_valid & _not_reset(p_reset, s + i, L)
-        b_dyp = _dyp_at(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, s + i, L, True,
-                        s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                        W, HAS_BIAS, HAS_INIT, True, True, SILU, DYP_IN)
+        b_dyp = _dyp_at(p_dyp, o_d, m_d, s + i, L, s_p_d, s_p_t)
         dyps = dyps + (tl.where(b_valid[None, :], b_dyp, 0.0),)
     for m in tl.static_range(W - 1):
         b_g = tl.zeros([o_d.shape[0], s.shape[0]], dtype=tl.float32)
@@ -238,15 +208,18 @@ def _restart_grad(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, p_dfin, p_
 def _conv_fwd_kernel(
     p_x, p_w, p_bias, p_init, p_reset, p_rs, p_ridx, p_y, p_fin,
     L, d,
-    s_x_b, s_x_d, s_x_t,
-    s_i_b, s_i_d, s_i_t,
-    s_y_b, s_y_d, s_y_t,
-    s_r_b,
-    s_rs_k, s_rs_d, s_rs_j,
+    s_x, s_i, s_y, s_r_b, s_rs,
     W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
+    """The conv's outputs ``y`` of a ``[BLOCK_D, BLOCK_T]`` tile and, from the last time tile, the
+    final state. ``s_*``: each tensor's strides, in its dims' order (``s_r_b``: the resets' batch
+    stride)."""
+    s_x_b, s_x_d, s_x_t = s_x
+    s_i_b, s_i_d, s_i_t = s_i
+    s_y_b, s_y_d, s_y_t = s_y
+    s_rs_k, s_rs_d, s_rs_j = s_rs
     i_t, i_d = tl.program_id(0), tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -283,15 +256,14 @@ def _conv_fwd_kernel(
 def _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_d, m_d, i_t, L,
               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
               W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr,
-              HAS_RS: tl.constexpr, SILU: tl.constexpr, STORE_DYP: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Time tile ``i_t``: its ``dy'`` (stored with ``STORE_DYP``), added with its dweight terms to
+              HAS_RS: tl.constexpr, SILU: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Time tile ``i_t``: its ``dy'`` (stored for the second pass), added with its dweight terms to
     the running ``[BD, BT]`` sums ``b_dw`` (a tuple, one per weight) and ``b_db``."""
     o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
     m_t = o_t < L
     b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, o_d, m_d, o_t, L, HAS_INIT,
                       s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU)
-    if STORE_DYP:
-        tl.store(p_dyp + o_d[:, None] * s_p_d + o_t[None, :] * s_p_t, b_dyp, mask=m_d[:, None] & m_t[None, :])
+    tl.store(p_dyp + o_d[:, None] * s_p_d + o_t[None, :] * s_p_t, b_dyp, mask=m_d[:, None] & m_t[None, :])
     b_valid = m_t
     b_last = o_t
     terms = ()
@@ -314,21 +286,22 @@ def _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_
 def _conv_bwd_dyp_kernel(
     p_x, p_w, p_bias, p_init, p_reset, p_rs, p_ridx, p_dy, p_dyp, p_dw, p_dbias,
     L, d, n_tblocks, range_tiles,
-    s_x_b, s_x_d, s_x_t,
-    s_i_b, s_i_d, s_i_t,
-    s_dy_b, s_dy_d, s_dy_t,
-    s_p_b, s_p_d, s_p_t,
-    s_r_b,
-    s_rs_k, s_rs_d, s_rs_j,
+    s_x, s_i, s_dy, s_p, s_r_b, s_rs,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr,
-    HAS_RS: tl.constexpr, SILU: tl.constexpr, STORE_DYP: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_RS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
     """``dy'`` (the gradient at the pre-activation) of ``range_tiles`` time tiles, written to
-    ``p_dyp`` with ``STORE_DYP``, and their sums of the dweight and dbias terms, one partial row
+    ``p_dyp``, and their sums of the dweight and dbias terms, one partial row
     per (batch, range): the terms add up in registers over the tiles, and are summed over the
     tile's lanes once at the end. The first tile, the only one that reads the initial state
-    (``BLOCK_T >= W - 1``), runs before the loop."""
+    (``BLOCK_T >= W - 1``), runs before the loop. ``s_*``: each tensor's strides, in its dims'
+    order (``s_r_b``: the resets' batch stride)."""
+    s_x_b, s_x_d, s_x_t = s_x
+    s_i_b, s_i_d, s_i_t = s_i
+    s_dy_b, s_dy_d, s_dy_t = s_dy
+    s_p_b, s_p_d, s_p_t = s_p
+    s_rs_k, s_rs_d, s_rs_j = s_rs
     i_r, i_d = tl.program_id(0), tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -347,12 +320,12 @@ def _conv_bwd_dyp_kernel(
     if t_lo == 0:
         b_dw, b_db = _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_d, m_d, 0, L,
                                s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                               W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU, STORE_DYP, BLOCK_T)
+                               W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU, BLOCK_T)
         t_lo = 1
     for i_t in range(t_lo, tl.minimum((i_r + 1) * range_tiles, n_tblocks)):
         b_dw, b_db = _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_d, m_d, i_t, L,
                                s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                               W, HAS_BIAS, False, HAS_RESET, HAS_RS, SILU, STORE_DYP, BLOCK_T)
+                               W, HAS_BIAS, False, HAS_RESET, HAS_RS, SILU, BLOCK_T)
     p_dw += ((i_b * tl.num_programs(0) + i_r) * d + o_d) * W
     for j in tl.static_range(W):
         tl.store(p_dw + (W - 1 - j), tl.sum(b_dw[j], axis=1), mask=m_d)
@@ -362,58 +335,45 @@ def _conv_bwd_dyp_kernel(
 
 @triton.jit
 def _conv_bwd_dx_kernel(
-    p_x, p_w, p_bias, p_init, p_reset, p_rs, p_ridx, p_dy, p_dfin, p_dyp, p_dx, p_dinit, p_drs,
+    p_w, p_reset, p_rs, p_ridx, p_dfin, p_dyp, p_dx, p_dinit, p_drs,
     L, d,
-    s_x_b, s_x_d, s_x_t,
-    s_i_b, s_i_d, s_i_t,
-    s_dy_b, s_dy_d, s_dy_t,
-    s_df_b, s_df_d, s_df_k,
-    s_p_b, s_p_d, s_p_t,
-    s_dx_b, s_dx_d, s_dx_t,
-    s_r_b,
-    s_rs_k, s_rs_d, s_rs_j,
-    W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr, SILU: tl.constexpr, HAS_DFIN: tl.constexpr,
-    DYP_IN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    s_df, s_p, s_dx, s_r_b, s_rs,
+    W: tl.constexpr, WP: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr,
+    HAS_DFIN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """``dx`` of a tile, with the final state's gradient, and ``d initial_state`` from the first
-    tile; ``dy'`` read from ``p_dyp`` (``DYP_IN``) or recomputed at each of the ``W`` shifts."""
+    """``dx`` of a tile from ``dy'`` (``p_dyp``, written by the first pass), with the final
+    state's gradient, ``d reset_state`` at the tile's resets and ``d initial_state`` from the
+    first tile. ``s_*``: each tensor's strides, in its dims' order (``s_r_b``: the resets' batch
+    stride)."""
+    s_df_b, s_df_d, s_df_k = s_df
+    s_p_b, s_p_d, s_p_t = s_p
+    s_dx_b, s_dx_d, s_dx_t = s_dx
+    s_rs_k, s_rs_d, s_rs_j = s_rs
     i_t, i_d = tl.program_id(0), tl.program_id(1)
     i_b = tl.program_id(2).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
     o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
     m_d = o_d < d
     m_t = o_t < L
-    p_x += i_b * s_x_b
-    p_init += i_b * s_i_b
     p_reset += i_b * s_r_b
-    p_dy += i_b * s_dy_b
     p_dfin += i_b * s_df_b
     p_dyp += i_b * s_p_b
     rs = (p_rs, p_ridx + i_b * L, s_rs_k, s_rs_d, s_rs_j)
-    # the tiles whose outputs' inputs reach back before time 0 (dx at s needs dy' at s .. s+W-1,
-    # whose inputs start at s)
-    init_here = i_t * BLOCK_T < W - 1
-    b_dx = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, o_t, L, init_here,
-                    s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                    W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU, DYP_IN)
+    b_dx = _conv_dx(p_w, p_reset, p_dyp, o_d, m_d, o_t, L, s_p_d, s_p_t, W, HAS_RESET)
     if HAS_DFIN:  # the tiles that hold some of the last W - 1 inputs
         if (i_t + 1) * BLOCK_T > L - W + 1:
             b_dx += _final_grad(p_dfin, p_reset, o_d, m_d, o_t, L, s_df_d, s_df_k, W, HAS_RESET)
     tl.store(p_dx + i_b * s_dx_b + o_d[:, None] * s_dx_d + o_t[None, :] * s_dx_t,
              b_dx.to(p_dx.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
     if HAS_RS:
-        _restart_grad(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, p_dfin, p_drs, o_d, m_d, o_t, L, d,
-                      s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t, s_df_d, s_df_k,
-                      W, HAS_BIAS, HAS_INIT, SILU, HAS_DFIN, DYP_IN)
+        _restart_grad(p_w, p_reset, rs, p_dyp, p_dfin, p_drs, o_d, m_d, o_t, L, d, s_p_d, s_p_t, s_df_d, s_df_k,
+                      W, HAS_DFIN)
     # the first time tile also gives the initial state's gradient (times -W+1 .. -1)
     if HAS_INIT:
         if i_t == 0:
             o_s = tl.arange(0, WP) - (W - 1)
             m_s = o_s < 0
-            b_dinit = _conv_dx(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, o_d, m_d, o_s, L, True,
-                               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                               W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU, DYP_IN)
+            b_dinit = _conv_dx(p_w, p_reset, p_dyp, o_d, m_d, o_s, L, s_p_d, s_p_t, W, HAS_RESET)
             if HAS_DFIN:  # a sequence shorter than W - 1 leaves some of them in the final state
                 b_dinit += _final_grad(p_dfin, p_reset, o_d, m_d, o_s, L, s_df_d, s_df_k, W, HAS_RESET)
             tl.store(p_dinit + (i_b * d + o_d[:, None]) * (W - 1) + (o_s + W - 1)[None, :],
@@ -424,30 +384,18 @@ def _conv_bwd_dx_kernel(
 _CONV_FWD, _CONV_BWD_DYP, _CONV_BWD_DX = (DirectLauncher(k) for k in (
     _conv_fwd_kernel, _conv_bwd_dyp_kernel, _conv_bwd_dx_kernel))
 
-# Tile sizes, tuned by hand (benchmarks/bench_scan.py --sweep). bwd_two_pass: the backward writes
-# dy' (the gradient at the pre-activation, fp32) once per output and reads it back for dx (an
-# extra b * d * L fp32 buffer); False recomputes dy' at each of the W shifts of every output
-# (W * W inputs and W sigmoids per output), which needs smaller tiles to stay out of local memory.
-# bwd_range_tiles: time tiles per program of the dy' / dweight kernel (its dweight terms are summed
-# over the tile's lanes once per program).
+# Tile sizes, set by hand from H100 sweeps (no autotuning). bwd_range_tiles: time tiles per
+# program of the dy' / dweight kernel (its dweight terms are summed over the tile's lanes once per
+# program).
 CONV_CONFIG = {
     "fwd_block_d": 16,
     "fwd_block_t": 64,
     "fwd_warps": 4,
-    "bwd_two_pass": True,
     "bwd_range_tiles": 32,
     "bwd_block_d": 16,
     "bwd_block_t": 32,
     "bwd_warps": 4,
 }
-
-
-def _check_activation(activation: str | None) -> bool:
-    if activation is None:
-        return False
-    if activation in ("silu", "swish"):
-        return True
-    raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
 
 
 def _tail_block(width: int) -> int:
@@ -481,7 +429,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         init = None if initial_state is None else initial_state.contiguous()
         reset_u8 = None if reset is None else reset.contiguous().view(torch.uint8)
         ridx = _restart_rows(reset, reset_state, width)
-        y = time_major_like(x)
+        y = empty_same_order(x)
         init_ = x if init is None else init
         r_ = x if reset_u8 is None else reset_u8
         rs_ = x if ridx is None else reset_state
@@ -490,8 +438,8 @@ class _CausalConv1dFn(torch.autograd.Function):
             block_d, block_t = _blocks("fwd", d, L, width)
             _CONV_FWD[(triton.cdiv(L, block_t), triton.cdiv(d, block_d), b)](
                 x, weight, weight if bias is None else bias, init_, r_, rs_, r_ if ridx is None else ridx, y, final,
-                L, d, *x.stride(), *init_.stride(), *y.stride(),
-                0 if reset_u8 is None else reset_u8.stride(0), *rs_.stride(),
+                L, d, x.stride(), init_.stride(), y.stride(),
+                0 if reset_u8 is None else reset_u8.stride(0), rs_.stride(),
                 W=width, WP=_tail_block(width), HAS_BIAS=bias is not None, HAS_INIT=init is not None,
                 HAS_RESET=reset is not None, HAS_RS=ridx is not None, SILU=silu, BLOCK_D=block_d,
                 BLOCK_T=block_t, num_warps=CONV_CONFIG["fwd_warps"],
@@ -518,40 +466,39 @@ class _CausalConv1dFn(torch.autograd.Function):
                     None if drs is None else drs.to(reset_state.dtype), None)
         if dy is None:
             dy = x.new_zeros(()).expand(b, d, L)
-        two_pass = CONV_CONFIG["bwd_two_pass"]
         block_d, block_t = _blocks("bwd", d, L, width)
         n_tblocks = triton.cdiv(L, block_t)
         range_tiles = CONV_CONFIG["bwd_range_tiles"]
         n_ranges = triton.cdiv(n_tblocks, range_tiles)
-        dx = time_major_like(x)
+        dx = empty_same_order(x)
         dinit = None if init is None else torch.empty(b, d, width - 1, device=x.device, dtype=init.dtype)
         # per (batch, time range) partial sums of dweight and dbias, added up below (deterministic)
         dw = torch.empty(b * n_ranges, d, width, device=x.device, dtype=torch.float32)
         dbias = None if bias is None else torch.empty(b * n_ranges, d, device=x.device, dtype=torch.float32)
-        # dy' (fp32) between the two kernels; unused when the dx kernel recomputes it
-        dyp = time_major_like(x, torch.float32) if two_pass else x
+        # dy' (fp32) between the two kernels
+        dyp = empty_same_order(x, torch.float32)
         init_ = x if init is None else init
         r_ = x if reset_u8 is None else reset_u8
         rs_, ridx_ = (x, r_) if ridx is None else (reset_state, ridx)
         df_ = x if dfinal is None else dfinal
-        shared = dict(W=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None,
-                      HAS_RS=ridx is not None, SILU=ctx.silu, BLOCK_D=block_d, BLOCK_T=block_t,
-                      num_warps=CONV_CONFIG["bwd_warps"])
         r_stride = 0 if reset_u8 is None else reset_u8.stride(0)
-        _CONV_BWD_DYP[(n_ranges, triton.cdiv(d, block_d), b)](
+        n_dgroups = triton.cdiv(d, block_d)
+        _CONV_BWD_DYP[(n_ranges, n_dgroups, b)](
             x, weight, weight if bias is None else bias, init_, r_, rs_, ridx_, dy, dyp, dw,
             dw if dbias is None else dbias,
             L, d, n_tblocks, range_tiles,
-            *x.stride(), *init_.stride(), *dy.stride(), *dyp.stride(), r_stride, *rs_.stride(),
-            STORE_DYP=two_pass, **shared,
+            x.stride(), init_.stride(), dy.stride(), dyp.stride(), r_stride, rs_.stride(),
+            W=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None,
+            HAS_RS=ridx is not None, SILU=ctx.silu, BLOCK_D=block_d, BLOCK_T=block_t,
+            num_warps=CONV_CONFIG["bwd_warps"],
         )
-        _CONV_BWD_DX[(n_tblocks, triton.cdiv(d, block_d), b)](
-            x, weight, weight if bias is None else bias, init_, r_, rs_, ridx_, dy, df_, dyp, dx,
-            dx if dinit is None else dinit, dx if ridx is None else drs,
+        _CONV_BWD_DX[(n_tblocks, n_dgroups, b)](
+            weight, r_, rs_, ridx_, df_, dyp, dx, dx if dinit is None else dinit, dx if ridx is None else drs,
             L, d,
-            *x.stride(), *init_.stride(), *dy.stride(), *df_.stride(), *dyp.stride(), *dx.stride(), r_stride,
-            *rs_.stride(),
-            WP=_tail_block(width), HAS_DFIN=dfinal is not None, DYP_IN=two_pass, **shared,
+            df_.stride(), dyp.stride(), dx.stride(), r_stride, rs_.stride(),
+            W=width, WP=_tail_block(width), HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None,
+            HAS_RS=ridx is not None, HAS_DFIN=dfinal is not None, BLOCK_D=block_d, BLOCK_T=block_t,
+            num_warps=CONV_CONFIG["bwd_warps"],
         )
         return (
             dx,
@@ -582,5 +529,5 @@ def causal_conv1d_triton(
     zeros). Returns ``(y [b, d, L], final_state [b, d, w - 1])``, both differentiable in ``x``,
     ``weight``, ``bias``, ``initial_state`` and ``reset_state``.
     """
-    silu = _check_activation(activation)
+    silu = is_silu(activation)
     return _CausalConv1dFn.apply(x, weight, bias, initial_state, reset, reset_state, silu)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["next_pow2", "time_major_like"]
+__all__ = ["empty_same_order", "is_silu", "next_pow2"]
 
 
 def next_pow2(x: int) -> int:
@@ -12,8 +12,19 @@ def next_pow2(x: int) -> int:
     return 1 << max(0, (int(x) - 1).bit_length())
 
 
-def time_major_like(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Empty ``[b, c, L]`` with ``t``'s memory order: channels innermost if ``t``'s are."""
+def is_silu(activation: str | None) -> bool:
+    """Whether ``activation`` (None, ``"silu"`` or ``"swish"``) asks for a silu after the conv."""
+    if activation is None:
+        return False
+    if activation in ("silu", "swish"):
+        return True
+    raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
+def empty_same_order(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An empty tensor shaped like ``t`` ``[b, c, L]`` in ``t``'s memory order: channels innermost
+    (``[b, L, c]`` memory) if ``t``'s are, else time innermost. Outputs and gradients written in
+    their input's order keep the kernels' stores as coalesced as its loads."""
     dtype = t.dtype if dtype is None else dtype
     b, c, L = t.shape
     if t.stride(1) == 1 and c > 1:

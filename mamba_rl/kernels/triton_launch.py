@@ -2,7 +2,7 @@
 
 ``kernel[grid](*args)`` binds and specialises every argument on every call before it looks up the
 compiled binary; with the ~60 arguments of a scan kernel that is most of a launch's host time, and
-at T=1024 the scan's forward+backward is bound by the host (``bench_scan.py --host-profile``).
+at T=1024 the scan's forward+backward is bound by the host (``bench_scan.py scan --host-profile``).
 :class:`DirectLauncher` keys the binary itself on what Triton specialises on, so a call with other
 shapes, strides, alignments or dtypes still gets (or compiles) the right one:
 
@@ -44,13 +44,15 @@ def _specialisation(args: tuple) -> tuple:
         cls = a.__class__
         if cls is int:
             key.append((a == 1, a % 16 == 0, _I32_MIN <= a <= _I32_MAX))
+        elif cls is tuple:
+            key.append(_specialisation(a))
         elif isinstance(a, torch.Tensor):
             key.append((a.dtype, a.data_ptr() % 16 == 0))
         elif a is None or cls is bool or cls is float:
             key.append((cls, a) if cls is not float else cls)
         else:
             raise TypeError(f"DirectLauncher: runtime argument of type {cls.__name__} not supported "
-                            f"(expected a tensor, int, float, bool or None)")
+                            f"(expected a tensor, int, float, bool, None or a tuple of them)")
     return tuple(key)
 
 

@@ -1,8 +1,8 @@
 """The restart states' part of the Triton selective scan (``reset_state``), forward and backward.
 
 The scan is linear in its states, so with restart states it is the scan that restarts from zero
-(:mod:`~mamba_rl.kernels.triton_scan`, unchanged) plus the zero-input scan ``g`` started from the
-restart states::
+(:mod:`~mamba_rl.kernels.triton_scan`, the same kernels as without restart states) plus the
+zero-input scan ``g`` started from the restart states::
 
     g = reset_state[k]  if reset[:, t], its k-th reset (g = 0 before a row's first reset)
     g = exp(delta_t A) g
@@ -29,13 +29,13 @@ import triton.language as tl
 
 from mamba_rl.kernels.triton_host import next_pow2
 from mamba_rl.kernels.triton_launch import DirectLauncher, interpreted
-from mamba_rl.kernels.triton_scan import LOG2E, _exp2, _fast_math, _sigmoid_fast, _softplus_fast
+from mamba_rl.kernels.triton_math import LOG2E, _exp2, _sigmoid_fast, _softplus_fast
 
 __all__ = ["add_restart_states"]
 
 
 @triton.jit
-def _restart_setup(p_A2, p_bias, p_first, p_row0, d, n, N: tl.constexpr, BD: tl.constexpr,
+def _restart_setup(p_A_log2e, p_bias, p_first, p_row0, d, n, N: tl.constexpr, BD: tl.constexpr,
                    HAS_BIAS: tl.constexpr):
     """A program's batch row, channels ``[1, BD]``, states ``[N, 1]``, their masks, ``A log2(e)``
     ``[N, BD]``, ``delta_bias`` ``[1, BD]``, the row's first reset step (``L`` if none) and the
@@ -45,21 +45,21 @@ def _restart_setup(p_A2, p_bias, p_first, p_row0, d, n, N: tl.constexpr, BD: tl.
     nn = tl.arange(0, N)[:, None]
     m_ch = ch < d
     m_s = m_ch & (nn < n)
-    A2 = tl.load(p_A2 + nn * d + ch, mask=m_ch, other=0.0)
+    A_log2e = tl.load(p_A_log2e + nn * d + ch, mask=m_ch, other=0.0)
     bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
     # [1, 1] int64, as the reset flags it counts
     row0 = tl.zeros([1, 1], tl.int64) + tl.load(p_row0 + i_b)
-    return i_b, ch, nn, m_ch, m_s, A2, bias, tl.load(p_first + i_b), row0
+    return i_b, ch, nn, m_ch, m_s, A_log2e, bias, tl.load(p_first + i_b), row0
 
 
 @triton.jit
 def _restart_step_size(p_delta, t, m_ch, s_dt_t, bias, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
     """Step ``t``'s raw ``delta (+ bias)`` and step size ``[1, BD]`` (as the scan computes them)."""
-    draw = tl.load(p_delta + t * s_dt_t, mask=m_ch, other=0.0).to(tl.float32) + bias
-    dt = draw
+    raw_dt = tl.load(p_delta + t * s_dt_t, mask=m_ch, other=0.0).to(tl.float32) + bias
+    dt = raw_dt
     if SOFTPLUS:
-        dt = _softplus_fast(draw, FAST)
-    return draw, tl.where(m_ch, dt, 0.0)
+        dt = _softplus_fast(raw_dt, FAST)
+    return raw_dt, tl.where(m_ch, dt, 0.0)
 
 
 @triton.jit
@@ -71,21 +71,23 @@ def _is_reset(p_reset, t, s_r_t):
 
 @triton.jit
 def _restart_fwd_kernel(
-    p_delta, p_A2, p_C, p_z, p_bias, p_reset, p_rs, p_first, p_row0, p_y, p_hin, p_hout,
+    p_delta, p_A_log2e, p_C, p_z, p_bias, p_reset, p_rs, p_first, p_row0, p_y, p_hin, p_hout,
     L, d, n,
-    s_dt_b, s_dt_d, s_dt_t,
-    s_C_b, s_C_n, s_C_t,
-    s_z_b, s_z_d, s_z_t,
-    s_r_b, s_r_t,
-    s_rs_k, s_rs_d, s_rs_n,
-    s_y_b, s_y_d, s_y_t,
-    s_hi_b, s_hi_d, s_hi_n,
+    s_dt, s_C, s_z, s_r, s_rs, s_y, s_hi,
     N: tl.constexpr, BD: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
 ):
     """Adds ``silu(z_t) <g_t, C_t>`` to ``y`` in place from the row's first reset on, and writes
-    ``h_out = h_in + g_{L-1}`` ``[b, d, n]``."""
-    i_b, ch, nn, m_ch, m_s, A2, bias, t_first, k = _restart_setup(p_A2, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
+    ``h_out = h_in + g_{L-1}`` ``[b, d, n]``. ``s_*``: each tensor's strides, in its dims' order."""
+    s_dt_b, s_dt_d, s_dt_t = s_dt
+    s_C_b, s_C_n, s_C_t = s_C
+    s_z_b, s_z_d, s_z_t = s_z
+    s_r_b, s_r_t = s_r
+    s_rs_k, s_rs_d, s_rs_n = s_rs
+    s_y_b, s_y_d, s_y_t = s_y
+    s_hi_b, s_hi_d, s_hi_n = s_hi
+    i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k = _restart_setup(
+        p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
     p_delta += i_b * s_dt_b + ch * s_dt_d
     p_C += i_b * s_C_b + nn * s_C_n
     p_z += i_b * s_z_b + ch * s_z_d
@@ -101,7 +103,7 @@ def _restart_fwd_kernel(
         k += is_reset.to(tl.int64)
         # a select, so that nothing from before the reset survives it
         g = tl.where(is_reset, tl.load(p_rs + k * s_rs_k, mask=m_s & is_reset, other=0.0).to(tl.float32), g)
-        g = _exp2(dt * A2, PTX) * g
+        g = _exp2(dt * A_log2e, PTX) * g
         Cv = tl.load(p_C + t * s_C_t, mask=nn < n, other=0.0).to(tl.float32)
         yg = tl.sum(g * Cv, axis=0, keep_dims=True)
         if HAS_Z:
@@ -115,23 +117,26 @@ def _restart_fwd_kernel(
 
 @triton.jit
 def _restart_bwd_kernel(
-    p_delta, p_A2, p_C, p_z, p_bias, p_reset, p_rs, p_first, p_row0, p_dy, p_dh, p_S,
+    p_delta, p_A_log2e, p_C, p_z, p_bias, p_reset, p_rs, p_first, p_row0, p_dy, p_dh, p_S,
     p_ddelta, p_dz, p_dC, p_dA, p_dbias, p_drs,
     L, d, n,
-    s_dt_b, s_dt_d, s_dt_t,
-    s_C_b, s_C_n, s_C_t,
-    s_z_b, s_z_d, s_z_t,
-    s_r_b, s_r_t,
-    s_rs_k, s_rs_d, s_rs_n,
-    s_dy_b, s_dy_d, s_dy_t,
-    s_dh_b, s_dh_d, s_dh_n,
+    s_dt, s_C, s_z, s_r, s_rs, s_dy, s_dh,
     N: tl.constexpr, BD: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
 ):
     """The restart term's gradients: ``ddelta``, ``dz`` ``[b, L, d]`` (contiguous, written from the
     row's first reset on), ``dC`` partial sums ``[d / BD, b, L, N]``, ``dA`` and ``d(delta_bias)``
-    per row ``[b, N, d]`` / ``[b, d]``, and ``d reset_state`` ``[R, d, n]`` (contiguous)."""
-    i_b, ch, nn, m_ch, m_s, A2, bias, t_first, k = _restart_setup(p_A2, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
+    per row ``[b, N, d]`` / ``[b, d]``, and ``d reset_state`` ``[R, d, n]`` (contiguous).
+    ``s_*``: each tensor's strides, in its dims' order."""
+    s_dt_b, s_dt_d, s_dt_t = s_dt
+    s_C_b, s_C_n, s_C_t = s_C
+    s_z_b, s_z_d, s_z_t = s_z
+    s_r_b, s_r_t = s_r
+    s_rs_k, s_rs_d, s_rs_n = s_rs
+    s_dy_b, s_dy_d, s_dy_t = s_dy
+    s_dh_b, s_dh_d, s_dh_n = s_dh
+    i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k = _restart_setup(
+        p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
     p_delta += i_b * s_dt_b + ch * s_dt_d
     p_C += i_b * s_C_b + nn * s_C_n
     p_z += i_b * s_z_b + ch * s_z_d
@@ -161,9 +166,9 @@ def _restart_bwd_kernel(
     for i in range(L - t_first):
         # [1, 1]: the step (the loop above leaves its own t behind)
         tt = tl.full([1, 1], 0, tl.int32) + (L - 1 - i)
-        draw, dt = _restart_step_size(p_delta, tt, m_ch, s_dt_t, bias, SOFTPLUS, FAST)
+        raw_dt, dt = _restart_step_size(p_delta, tt, m_ch, s_dt_t, bias, SOFTPLUS, FAST)
         S = tl.load(p_S + tt * d, mask=m_ch, other=0.0)
-        g = _exp2(S * A2, PTX) * r
+        g = _exp2(S * A_log2e, PTX) * r
         Cv = tl.load(p_C + tt * s_C_t, mask=nn < n, other=0.0).to(tl.float32)
         dy = tl.load(p_dy + tt * s_dy_t, mask=m_ch, other=0.0).to(tl.float32)
         dyp = dy
@@ -177,13 +182,13 @@ def _restart_bwd_kernel(
         q += Cv * dyp
         w = q * g
         dA += w * dt
-        ddt = tl.sum(w * A2, axis=0, keep_dims=True) * 0.6931471805599453
+        ddt = tl.sum(w * A_log2e, axis=0, keep_dims=True) * 0.6931471805599453
         if SOFTPLUS:
-            ddt = ddt * _sigmoid_fast(draw, FAST)
+            ddt = ddt * _sigmoid_fast(raw_dt, FAST)
         ddt = tl.where(m_ch, ddt, 0.0)
         dbias += ddt
         tl.store(p_ddelta + p_out + tt * d, ddt, mask=m_ch)
-        a = _exp2(dt * A2, PTX)
+        a = _exp2(dt * A_log2e, PTX)
         is_reset = _is_reset(p_reset, tt, s_r_t)
         # at the k-th reset: g_t = a_t reset_state[k], and nothing flows on to step tt - 1
         tl.store(p_drs + k * d * n + ch * n + nn, a * q, mask=m_s & is_reset)
@@ -214,8 +219,8 @@ class _RestartFn(torch.autograd.Function):
         n = A.shape[1]
         N = next_pow2(n)
         # [N, d]: A log2(e), zero rows past n
-        A2 = torch.zeros(N, d, device=A.device, dtype=torch.float32)
-        torch.mul(A.t(), LOG2E, out=A2[:n])
+        A_log2e = torch.zeros(N, d, device=A.device, dtype=torch.float32)
+        torch.mul(A.t(), LOG2E, out=A_log2e[:n])
         reset_u8 = reset.contiguous().view(torch.uint8)
         first, row0 = _row_starts(reset)
         y = y.clone()
@@ -223,15 +228,15 @@ class _RestartFn(torch.autograd.Function):
         z_ = delta if z is None else z
         BD = min(32, next_pow2(d))
         _RESTART_FWD[(triton.cdiv(d, BD), b)](
-            delta, A2, C, z_, delta if delta_bias is None else delta_bias, reset_u8, reset_state, first, row0,
+            delta, A_log2e, C, z_, delta if delta_bias is None else delta_bias, reset_u8, reset_state, first, row0,
             y, h_last, h_out,
             L, d, n,
-            *delta.stride(), *C.stride(), *z_.stride(), *reset_u8.stride(), *reset_state.stride(), *y.stride(),
-            *h_last.stride(),
+            delta.stride(), C.stride(), z_.stride(), reset_u8.stride(), reset_state.stride(), y.stride(),
+            h_last.stride(),
             N=N, BD=BD, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            PTX=not interpreted(), FAST=_fast_math(), num_warps=1,
+            PTX=not interpreted(), FAST=not interpreted(), num_warps=1,
         )
-        ctx.save_for_backward(delta, A2, C, z, delta_bias, reset_u8, reset_state, first, row0)
+        ctx.save_for_backward(delta, A_log2e, C, z, delta_bias, reset_u8, reset_state, first, row0)
         ctx.delta_softplus = bool(delta_softplus)
         ctx.n = n
         ctx.dtypes = (delta.dtype, A.dtype, C.dtype, None if z is None else z.dtype,
@@ -240,9 +245,9 @@ class _RestartFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dh):
-        delta, A2, C, z, delta_bias, reset_u8, reset_state, first, row0 = ctx.saved_tensors
+        delta, A_log2e, C, z, delta_bias, reset_u8, reset_state, first, row0 = ctx.saved_tensors
         b, d, L = delta.shape
-        N, n = A2.shape[0], ctx.n
+        N, n = A_log2e.shape[0], ctx.n
         dy = torch.zeros_like(delta) if dy is None else dy
         dh = torch.zeros(b, d, n, device=delta.device, dtype=torch.float32) if dh is None else dh
         BD = min(32, next_pow2(d))
@@ -257,14 +262,14 @@ class _RestartFn(torch.autograd.Function):
         drs = torch.zeros(reset_state.shape, device=delta.device, dtype=torch.float32)
         z_ = delta if z is None else z
         _RESTART_BWD[(groups, b)](
-            delta, A2, C, z_, delta if delta_bias is None else delta_bias, reset_u8, reset_state, first, row0,
+            delta, A_log2e, C, z_, delta if delta_bias is None else delta_bias, reset_u8, reset_state, first, row0,
             dy, dh, S,
             ddelta, ddelta if dz is None else dz, dC, dA, dbias, drs,
             L, d, n,
-            *delta.stride(), *C.stride(), *z_.stride(), *reset_u8.stride(), *reset_state.stride(), *dy.stride(),
-            *dh.stride(),
+            delta.stride(), C.stride(), z_.stride(), reset_u8.stride(), reset_state.stride(), dy.stride(),
+            dh.stride(),
             N=N, BD=BD, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-            PTX=not interpreted(), FAST=_fast_math(), num_warps=1,
+            PTX=not interpreted(), FAST=not interpreted(), num_warps=1,
         )
         delta_dtype, A_dtype, C_dtype, z_dtype, bias_dtype = ctx.dtypes
         return (

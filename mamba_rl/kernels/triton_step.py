@@ -21,9 +21,10 @@ import torch
 import triton
 import triton.language as tl
 
-from mamba_rl.kernels.triton_host import next_pow2
+from mamba_rl.kernels.triton_host import is_silu, next_pow2
 from mamba_rl.kernels.triton_launch import DirectLauncher
-from mamba_rl.kernels.triton_scan import _softplus, selective_scan_triton
+from mamba_rl.kernels.triton_math import _softplus
+from mamba_rl.kernels.triton_scan import selective_scan_triton
 
 __all__ = [
     "causal_conv1d_step_triton",
@@ -70,14 +71,15 @@ def _conv_window_step(p_s, p_o, s_k, s_ok, p_w, p_bias, b_x, b_keep, o_k, m_k, m
 def _conv_step_kernel(
     p_x, p_state, p_state_out, p_w, p_bias, p_reset, p_y,
     d,
-    s_x_b, s_x_d,
-    s_s_b, s_s_d, s_s_k,
-    s_o_b, s_o_d, s_o_k,
-    s_y_b, s_y_d,
+    s_x, s_s, s_o, s_y,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr, SILU: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    # one env (a [1, BD] tile of channels)
+    # one env (a [1, BD] tile of channels); s_*: each tensor's strides, in its dims' order
+    s_x_b, s_x_d = s_x
+    s_s_b, s_s_d, s_s_k = s_s
+    s_o_b, s_o_d, s_o_k = s_o
+    s_y_b, s_y_d = s_y
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -99,17 +101,19 @@ def _conv_step_kernel(
 def _ssm_step_kernel(
     p_h, p_h_out, p_x, p_delta, p_A, p_B, p_C, p_D, p_z, p_bias, p_reset, p_y,
     d, n,
-    s_h_b, s_h_d, s_h_n,
-    s_o_b, s_o_d, s_o_n,
-    s_x_b, s_x_d,
-    s_dt_b, s_dt_d,
-    s_B_b, s_B_n,
-    s_C_b, s_C_n,
-    s_z_b, s_z_d,
-    s_y_b, s_y_d,
+    s_h, s_o, s_x, s_dt, s_B, s_C, s_z, s_y,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # s_*: each tensor's strides, in its dims' order
+    s_h_b, s_h_d, s_h_n = s_h
+    s_o_b, s_o_d, s_o_n = s_o
+    s_x_b, s_x_d = s_x
+    s_dt_b, s_dt_d = s_dt
+    s_B_b, s_B_n = s_B
+    s_C_b, s_C_n = s_C
+    s_z_b, s_z_d = s_z
+    s_y_b, s_y_d = s_y
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
     o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -163,14 +167,6 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _silu_flag(activation: str | None) -> bool:
-    if activation is None:
-        return False
-    if activation in ("silu", "swish"):
-        return True
-    raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
-
-
 def _launch_conv_step(x, conv_state, state_out, weight, bias, activation, reset, y):
     b, d = x.shape
     width = weight.shape[-1]
@@ -180,9 +176,9 @@ def _launch_conv_step(x, conv_state, state_out, weight, bias, activation, reset,
     r_ = x if reset is None else _reset_u8(reset)
     _CONV_STEP[(triton.cdiv(d, block_d), b)](
         x, conv_state, state_out, weight, weight if bias is None else bias, r_, y,
-        d, *x.stride(), *conv_state.stride(), *state_out.stride(), *y.stride(),
+        d, x.stride(), conv_state.stride(), state_out.stride(), y.stride(),
         W=width, HAS_BIAS=bias is not None, HAS_RESET=reset is not None,
-        SILU=_silu_flag(activation), BLOCK_D=block_d, BLOCK_W=max(2, next_pow2(width - 1)), num_warps=4,
+        SILU=is_silu(activation), BLOCK_D=block_d, BLOCK_W=max(2, next_pow2(width - 1)), num_warps=4,
     )
 
 
@@ -200,7 +196,7 @@ def causal_conv1d_step_triton(
     ``reset`` ``[b]`` bool. Returns ``(y [b, d], new_conv_state [b, d, w - 1])``. When a gradient
     is needed, runs the sequence kernel on one step (differentiable) instead.
     """
-    _silu_flag(activation)
+    is_silu(activation)
     if _needs_grad(x, conv_state, weight, bias):
         from mamba_rl.kernels.triton_conv import causal_conv1d_triton
 
@@ -243,8 +239,8 @@ def _launch_ssm_step(h, h_out, x, delta, A, B, C, D, z, delta_bias, delta_softpl
     _SSM_STEP[(triton.cdiv(d, block_d), b)](
         h, h_out, x, delta, A, B, C, x if D is None else D, z_, x if delta_bias is None else delta_bias,
         r_, y, d, n,
-        *h.stride(), *h_out.stride(), *x.stride(), *delta.stride(), *B.stride(), *C.stride(),
-        *z_.stride(), *y.stride(),
+        h.stride(), h_out.stride(), x.stride(), delta.stride(), B.stride(), C.stride(),
+        z_.stride(), y.stride(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus), HAS_RESET=reset is not None,
         BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
@@ -428,7 +424,7 @@ def _mixer_step_kernel(
 
 _MIXER_STEP = DirectLauncher(_mixer_step_kernel)
 
-# Tile sizes of the fused mixer step, tuned by hand (benchmarks/bench_scan.py --policy-step; no
+# Tile sizes of the fused mixer step, tuned by hand (benchmarks/bench_scan.py step --sweep; no
 # autotuning: the kernel overwrites the states): envs per program, channels per conv/x_proj loop
 # step, channels per SSM tile, warps. From 16 envs a program, x_proj runs on tl.dot (fp32, ieee).
 STEP_CONFIG = {

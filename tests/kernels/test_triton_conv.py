@@ -78,24 +78,15 @@ def case_id(case):
     return f"B{b}-T{L}-D{d}-W{width}-reset_{reset}{off}"
 
 
-@pytest.fixture(params=[True, False], ids=["two-pass", "one-pass"])
-def bwd_two_pass(request):
-    """Run the backward both ways: dy' written once and read back, or recomputed per shift."""
-    saved = CONV_CONFIG["bwd_two_pass"]
-    CONV_CONFIG["bwd_two_pass"] = request.param
-    yield request.param
-    CONV_CONFIG["bwd_two_pass"] = saved
-
-
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
-def test_conv_matches_reference_fp32(case, device, bwd_two_pass):
+def test_conv_matches_reference_fp32(case, device):
     b, d, L, width, reset, opts = case
     inputs, reset_mask = make_inputs(b, d, L, width, torch.float32, reset=reset, device=device, **opts)
     check_against_reference(inputs, reset_mask, torch.float32)
 
 
 @pytest.mark.parametrize("L", [31, 32, 33, 64, 65, 66], ids=lambda L: f"T{L}")
-def test_conv_final_state_across_time_tiles(L, device, bwd_two_pass):
+def test_conv_final_state_across_time_tiles(L, device):
     """The last W - 1 inputs may straddle two time tiles (32 and 64 steps wide): the final state
     and its gradient must come out whole, with a reset just before the end."""
     inputs, reset_mask = make_inputs(2, 5, L, 4, torch.float32, reset="none", device=device)
@@ -106,7 +97,7 @@ def test_conv_final_state_across_time_tiles(L, device, bwd_two_pass):
 
 
 @pytest.mark.parametrize("range_tiles", [1, 3])
-def test_conv_weight_gradient_over_uneven_time_ranges(range_tiles, device, bwd_two_pass, monkeypatch):
+def test_conv_weight_gradient_over_uneven_time_ranges(range_tiles, device, monkeypatch):
     """The dy' / dweight kernel walks ``bwd_range_tiles`` time tiles per program: 7 tiles in ranges
     of 1, or of 3, 3 and 1, give the same gradients."""
     monkeypatch.setitem(CONV_CONFIG, "bwd_range_tiles", range_tiles)
@@ -115,7 +106,7 @@ def test_conv_weight_gradient_over_uneven_time_ranges(range_tiles, device, bwd_t
 
 
 @pytest.mark.parametrize("used", ["y", "final_state"])
-def test_conv_gradient_through_one_output_only(used, device, bwd_two_pass):
+def test_conv_gradient_through_one_output_only(used, device):
     """Backward through ``y`` alone or the final state alone (the other's gradient is None)."""
     inputs, reset_mask = make_inputs(2, 5, 40, 4, torch.float32, device=device)
     grads = {}
@@ -157,7 +148,7 @@ RESTART_CASES = [
 
 @pytest.mark.parametrize("case", RESTART_CASES, ids=[f"B{c[0]}-T{c[2]}-D{c[1]}-W{c[3]}-{c[4]}"
                                                      for c in RESTART_CASES])
-def test_conv_restarts_from_reset_state_like_the_reference(case, device, bwd_two_pass):
+def test_conv_restarts_from_reset_state_like_the_reference(case, device):
     """With ``reset_state`` the window entering each reset step is that reset's history: the
     reference's outputs, final state and every gradient, ``reset_state``'s included."""
     b, d, L, width, reset = case
@@ -235,7 +226,7 @@ def test_conv_matches_reference_realistic(b, d, L, dtype):
 
 # the interpreter computes on NaN and inf with numpy, which warns
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
-def test_conv_nonfinite_values_before_a_reset_do_not_survive_it(device, bwd_two_pass):
+def test_conv_nonfinite_values_before_a_reset_do_not_survive_it(device):
     """A NaN input inside the window of the reset step, an inf input and an inf initial state
     before a reset: the outputs and the ``dx`` that no bad value reaches (the outputs from the
     reset on, and the inputs whose outputs are those), the final state and ``d initial_state`` are

@@ -54,17 +54,20 @@ def test_second_call_goes_to_the_binary_with_constexprs_in_signature_order(direc
 
 
 @pytest.mark.parametrize("change", ["int_divisibility", "int_one", "int_width", "dtype", "alignment",
-                                    "constexpr", "option"])
+                                    "constexpr", "option", "tuple_element"])
 def test_what_triton_specialises_on_picks_another_binary(direct, change):
     kernel = _FakeKernel()
     launch = DirectLauncher(kernel)
     x = torch.zeros(16)
-    args, kwargs = [x, 32, 3], dict(BLOCK=16, FLAG=False, num_warps=1)
+    # s: a tuple of strides, specialised element by element as Triton does
+    args, kwargs = [x, 32, (3, 1)], dict(BLOCK=16, FLAG=False, num_warps=1)
     launch[(1,)](*args, **kwargs)
-    if change == "int_divisibility":
+    if change == "tuple_element":
+        args[2] = (3, 16)
+    elif change == "int_divisibility":
         args[1] = 33
     elif change == "int_one":
-        args[2] = 1
+        args[1] = 1
     elif change == "int_width":
         args[1] = 2**32
     elif change == "dtype":

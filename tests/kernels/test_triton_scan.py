@@ -11,7 +11,7 @@ from tests.kernels.conftest import assert_rel_close
 
 pytest.importorskip("triton")
 
-from mamba_rl.kernels import naive, ops, triton_scan  # noqa: E402
+from mamba_rl.kernels import naive, ops, triton_math, triton_scan, triton_scan_bwd  # noqa: E402
 from mamba_rl.kernels.triton_scan import selective_scan_triton  # noqa: E402
 from mamba_rl.kernels.triton_scan_restart import add_restart_states  # noqa: E402
 
@@ -207,49 +207,18 @@ def test_scan_in_parallel_time_ranges(name, reset, device, monkeypatch):
     check_against_reference(inputs, reset_mask, torch.float32)
 
 
-# Backward variants (SCAN_CONFIG), each with odd checkpoint segments (5 steps, 13 of them at T=63)
-# and uneven time ranges both ways. The cache policies and the L2 discard change no number (the
-# discard and the L2 prefetch are inline PTX, skipped in the interpreter); one-step chunks change
-# the code.
-BACKWARD_VARIANTS = {
-    # every step's entering state read back from the segment's scratch instead of rerunning a
-    # chunk's first step
-    "one-step-chunks": {"bwd_chunk_steps": 1},
-    "scratch-policies": {"bwd_hseg_keep": False, "bwd_out_evict_first": False, "bwd_hseg_cg": True,
-                         "bwd_hseg_discard": True},
-    # every loop loads each chunk's deltas a chunk ahead (the default does in two of the five), with
-    # four-step forward chunks; then none does, with local pieces of 8-step chunks (too long to
-    # load ahead: those loops fall back to loading at the use)
-    "pipe-all": {"pipe_delta": triton_scan.PIPE_PARTS, "fwd_block_t": 4, "ck_steps": 8},
-    "pipe-none-local8": {"pipe_delta": (), "local_block_t": 8},
-}
-
-
+# Odd checkpoint segments (5 steps, rounded up to 6: 11 of them at T=63, the last one partial),
+# one-step forward chunks and uneven time ranges both ways.
 @pytest.mark.parametrize("reset", ["several", "everywhere", "last"])
 @pytest.mark.parametrize("L", [1, 63], ids=["T1", "T63"])
-@pytest.mark.parametrize("variant", list(BACKWARD_VARIANTS))
-def test_scan_backward_variants(variant, L, reset, device, monkeypatch):
-    """Each backward variant gives the reference gradients, on the GPU too."""
-    config = {"ck_steps": 5, "fwd_block_t": 1, "fwd_ranges": 3, "bwd_ranges": 3, "local_ranges": 8,
-              **BACKWARD_VARIANTS[variant]}
+def test_scan_odd_segments_in_uneven_ranges(L, reset, device, monkeypatch):
+    """The backward over odd checkpoint segments and uneven time ranges gives the reference
+    gradients, on the GPU too."""
+    config = {"ck_steps": 5, "fwd_block_t": 1, "fwd_ranges": 3, "bwd_ranges": 3, "local_ranges": 8}
     for key, value in config.items():
         monkeypatch.setitem(triton_scan.SCAN_CONFIG, key, value)
     inputs, reset_mask = make_inputs(2, 4, 16, L, torch.float32, reset=reset, device=device)
     check_against_reference(inputs, reset_mask, torch.float32)
-
-
-def test_backward_chunk_steps_must_be_one_or_two(monkeypatch):
-    monkeypatch.setitem(triton_scan.SCAN_CONFIG, "bwd_chunk_steps", 4)
-    inputs, _ = make_inputs(1, 4, 2, 8, torch.float32, reset="none")
-    with pytest.raises(ValueError, match=r"bwd_chunk_steps'\] must be one of \(1, 2\), got 4"):
-        selective_scan_triton(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"])
-
-
-def test_pipe_delta_names_known_loops(monkeypatch):
-    monkeypatch.setitem(triton_scan.SCAN_CONFIG, "pipe_delta", ("fwd", "bwd_adjiont"))
-    inputs, _ = make_inputs(1, 4, 2, 8, torch.float32, reset="none")
-    with pytest.raises(ValueError, match=r"pipe_delta'\] must name loops among .*got \['bwd_adjiont'\]"):
-        selective_scan_triton(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"])
 
 
 def test_time_ranges_only_for_channels_last_streams():
@@ -261,7 +230,7 @@ def test_time_ranges_only_for_channels_last_streams():
     assert triton_scan._ranges_for("bwd_ranges", u_cl, u) == 1
 
 def _run_warp_ptx(asm: str, n_out: int, inputs: torch.Tensor) -> torch.Tensor:
-    """Execute the PTX subset that :func:`triton_scan._reduce_scatter_asm` emits on 32 simulated
+    """Execute the PTX subset that :func:`triton_scan_bwd.lane_sum_asm` emits on 32 simulated
     lanes in lockstep (``inputs`` ``[32, n_in]`` are operands ``$n_out ..``); returns the outputs
     ``[32, n_out]``."""
     regs = [dict() for _ in range(32)]
@@ -310,7 +279,7 @@ def _run_warp_ptx(asm: str, n_out: int, inputs: torch.Tensor) -> torch.Tensor:
 def test_reduce_scatter_ptx_sums_each_value_over_the_lanes(n_state):
     """The backward's dB / dC lane sums (inline PTX, GPU only): simulated here on 32 lanes, lane
     ``l`` must hold the sum over lanes of values ``j + l V / 32`` (``V = 2 n_state``)."""
-    asm, constraints = triton_scan._reduce_scatter_asm(n_state)
+    asm, constraints = triton_scan_bwd.lane_sum_asm(n_state)
     v = 2 * n_state
     assert constraints.split(",") == ["=f"] * n_state + ["f"] * v
     assert asm.count("shfl.sync") == v - max(1, v // 32) + max(0, 5 - (v.bit_length() - 1))
@@ -472,8 +441,8 @@ def test_fast_softplus_and_sigmoid_stay_within_a_few_ulp_of_torch(monkeypatch):
     def apply(p_x, p_sp, p_sg, n, BLOCK: tl.constexpr):
         o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         x = tl.load(p_x + o, mask=o < n)
-        tl.store(p_sp + o, triton_scan._softplus_fast(x, True), mask=o < n)
-        tl.store(p_sg + o, triton_scan._sigmoid_fast(x, True), mask=o < n)
+        tl.store(p_sp + o, triton_math._softplus_fast(x, True), mask=o < n)
+        tl.store(p_sg + o, triton_math._sigmoid_fast(x, True), mask=o < n)
 
     # every regime: exp(-|x|) rounding 1 + y to 1, small and large |x|, the sigmoid's saturation
     x = torch.cat([torch.linspace(-120, 120, 200001, device="cuda"),
@@ -486,7 +455,7 @@ def test_fast_softplus_and_sigmoid_stay_within_a_few_ulp_of_torch(monkeypatch):
     # relative error where the true value is a normal float (with a factor 2 of margin: the rounded
     # exponent may land below -126); below that the approximations flush to zero (ftz). The bound:
     # the fp32 product x log2(e) is off by up to half an ulp of ~125 (2^-18) near |x| = 87, ~3e-6
-    # relative in exp(-|x|) (tl.exp does the same); the old lg2.approx log1p was off by 0.6
+    # relative in exp(-|x|) (tl.exp does the same); a log1p from lg2.approx would be off by 0.6
     for got, ref in ((sp, sp_ref), (sg, sg_ref)):
         err = (got.double() - ref).abs()
         normal = ref >= 2.0 ** -125
