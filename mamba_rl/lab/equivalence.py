@@ -44,7 +44,8 @@ from tensordict import TensorDict
 from torchrl.modules import set_recurrent_mode
 
 from mamba_rl.kernels.ops import BACKENDS, resolve_backend
-from mamba_rl.module import MambaModule, MambaState
+from mamba_rl.module import MambaModule
+from mamba_rl.state import MambaState
 
 __all__ = ["EquivalenceRow", "EquivalenceReport", "TOLERANCE", "available_backends", "check_equivalence", "main"]
 
