@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase, dispatch
@@ -194,9 +192,9 @@ class MambaModule(TensorDictModuleBase):
 
     @backend.setter
     def backend(self, value: str) -> None:
-        self.config = dataclasses.replace(self.config, backend=value)
         for block in self.layers:
-            block.mixer.config = self.config
+            block.mixer.backend = value
+        self.config = self.layers[0].mixer.config
 
     @property
     def ssm_key(self) -> NestedKey:
