@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mamba_rl.policies.gru_replay import gru_replay, pack_episodes  # noqa: E402
-from mamba_rl.policies.trunks import GRUTrunk  # noqa: E402
+from mamba_rl.policies.trunks import GRUState, GRUTrunk  # noqa: E402
 
 # name: (B, T, F, H, num_layers, resets) with resets "rate:<p>" or "episodes:<low>:<high>"
 CASES = {
@@ -143,8 +143,8 @@ def run_case(name: str, device: torch.device, backends: list[str], warmup: int, 
         trunk = trunks[backend]
 
         def run():
-            out, state = trunk.sequence(x, {"hidden": h0}, reset)
-            return out, state["hidden"], trunk
+            out, state = trunk.sequence(x, GRUState(h0), reset)
+            return out, state.hidden, trunk
         return run
 
     def replay_run(method):

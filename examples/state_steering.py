@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from mamba_rl.lab import load_policy, rollout_with_ssm_delta, steer_ssm_state, trace
-from mamba_rl.module import MambaState
+from mamba_rl.state import MambaState
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "tests" / "lab" / "data" / "memory_policy.pt"
 

@@ -5,15 +5,16 @@ from mamba_rl import kernels as kernels
 from mamba_rl import state as state
 from mamba_rl.config import TrainConfig
 from mamba_rl.lab import check_equivalence, trace
-from mamba_rl.mixer import MambaMixer, MixerState
-from mamba_rl.module import MambaModule, MambaState
+from mamba_rl.mixer import MambaConfig, MambaMixer
+from mamba_rl.module import MambaModule
+from mamba_rl.state import MambaState
 from mamba_rl.training import train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "MambaConfig",
     "MambaMixer",
-    "MixerState",
     "MambaModule",
     "MambaState",
     "TrainConfig",

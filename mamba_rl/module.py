@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase, dispatch
@@ -11,45 +9,26 @@ from tensordict.utils import NestedKey, unravel_key_list
 from torch import nn
 from torchrl.modules.tensordict_module.rnn import recurrent_mode as _recurrent_mode
 
-from mamba_rl.mixer import MambaMixer, MixerState
+from mamba_rl.mixer import PRESETS, MambaConfig, MambaMixer, config_from
+from mamba_rl.state import MambaState
 
-__all__ = ["MambaModule", "MambaState", "PRESETS"]
-
-
-class MambaState(NamedTuple):
-    """The recurrent state of every layer, stacked.
-
-    Attributes:
-        ssm: ``[*, num_layers, d_inner, d_state]`` float32.
-        conv: ``[*, num_layers, d_inner, d_conv - 1]`` in the parameters' dtype.
-    """
-
-    ssm: torch.Tensor
-    conv: torch.Tensor
+__all__ = ["MambaModule", "MambaConfig", "MambaState", "PRESETS"]
 
 
 class _Block(nn.Module):
     """Pre-norm residual block: ``h + mixer(norm(h))``."""
 
-    def __init__(self, d_model: int, norm: str, mixer_kwargs: dict, factory: dict) -> None:
+    def __init__(self, config: MambaConfig, factory: dict) -> None:
         super().__init__()
-        self.norm = _make_norm(norm, d_model, factory)
-        self.mixer = MambaMixer(d_model, **mixer_kwargs, **factory)
+        self.norm = _make_norm(config.norm, config.d_model, factory)
+        self.mixer = MambaMixer(config=config, **factory)
 
 
 def _make_norm(norm: str, d_model: int, factory: dict) -> nn.Module:
     if norm == "rmsnorm":
         return nn.RMSNorm(d_model, eps=1e-5, **factory)
-    if norm == "layernorm":
-        return nn.LayerNorm(d_model, eps=1e-5, **factory)
-    raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {norm!r}")
+    return nn.LayerNorm(d_model, eps=1e-5, **factory)
 
-
-# the options each preset sets when the argument is left at None
-PRESETS = {
-    "rl": {"dt_min": 1e-4, "dt_init_floor": 1e-4, "bc_init_scale": 30.0, "start_marker": True},
-    "mamba_ssm": {"dt_min": 1e-3, "dt_init_floor": 1e-4, "bc_init_scale": 1.0, "start_marker": False},
-}
 
 # GRUModule arguments with no Mamba meaning, and what to use instead
 _UNSUPPORTED = {
@@ -74,19 +53,17 @@ class MambaModule(TensorDictModuleBase):
         hidden_size: output feature size (the model width, ``d_model``; that name is accepted too).
         num_layers: number of mixer blocks (default 1).
         bias: biases in the mixers' in/out projections (default False, as mamba-ssm).
-        preset: ``"rl"`` (default) or ``"mamba_ssm"``: the values of the options below left at
-            None. ``"mamba_ssm"`` is mamba-ssm's exact layout and init (for loading its weights
-            and comparing); ``"rl"`` is what learns memory tasks from a policy gradient:
-            ``start_marker=True``, ``bc_init_scale=30``, ``dt_min=dt_init_floor=1e-4``.
-        start_marker: a learned offset on every conv input, absent from the history a restart
-            begins from, so that the first steps of an episode look different to the SSM's gates
-            (see :class:`MambaMixer`). It is read from the state, never from ``is_init``: a
-            TensorDict's ``is_init`` also marks where TorchRL's value estimators splice in a stored
-            state in the middle of an episode.
-        bc_init_scale, dt_min, dt_init_floor: init options, see :class:`MambaMixer`.
-        d_state, d_conv, expand, dt_rank, dt_max, dt_init, dt_scale, conv_bias: mixer options, see
-            :class:`MambaMixer` (mamba-ssm's defaults).
-        norm: ``"rmsnorm"`` (default) or ``"layernorm"``.
+        config: a :class:`~mamba_rl.mixer.MambaConfig` with every Mamba option; then none of them
+            is passed as an argument (``hidden_size``, when given, must equal ``config.d_model``).
+        **options: instead of ``config``, any of its fields (``d_state``, ``expand``, ``dt_min``,
+            ``norm``, ``backend``...: see :class:`~mamba_rl.mixer.MambaConfig`), with its defaults.
+            ``preset`` (``"rl"``, the default, or ``"mamba_ssm"``) picks the values of
+            ``dt_min``, ``dt_init_floor``, ``bc_init_scale`` and ``start_marker`` left unset:
+            ``"mamba_ssm"`` is mamba-ssm's exact layout and init (for loading its weights and
+            comparing); ``"rl"`` is what learns memory tasks from a policy gradient:
+            ``start_marker=True``, ``bc_init_scale=30``, ``dt_min=dt_init_floor=1e-4``. The start
+            marker is a learned offset on every conv input, absent from the history a restart
+            begins from, so that the first steps of an episode look different to the SSM's gates.
         in_key / in_keys: as GRUModule, one of them is required. ``in_key`` gives
             ``[in_key, "recurrent_state_ssm", "recurrent_state_conv", "is_init"]``; ``in_keys`` is
             ``[in_key, ssm_key, conv_key]`` (``"is_init"`` appended) or with the is-init key last.
@@ -96,7 +73,6 @@ class MambaModule(TensorDictModuleBase):
         default_recurrent_mode: the mode outside any ``set_recurrent_mode`` context (default False).
         write_next_state: in recurrent mode also write ``("next", state)`` at every step (default
             False: per-step SSM states take ``d_state`` times the memory of the activations).
-        backend: ``"auto" | "torch" | "triton"`` for the scan and conv kernels.
         device, dtype: of the parameters. The SSM state is kept in at least float32 (float64
             parameters, float64 state); the conv state is in the parameters' dtype.
 
@@ -146,38 +122,24 @@ class MambaModule(TensorDictModuleBase):
         self,
         input_size: int,
         hidden_size: int | None = None,
-        num_layers: int = 1,
-        bias: bool = False,
+        num_layers: int | None = None,
+        bias: bool | None = None,
         batch_first: bool = True,
         dropout: float = 0,
         bidirectional: bool = False,
         python_based: bool = False,
         recurrent_backend: str | None = None,
         *,
-        d_model: int | None = None,
-        preset: str = "rl",
-        start_marker: bool | None = None,
-        bc_init_scale: float | None = None,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        dt_rank: int | str = "auto",
-        dt_min: float | None = None,
-        dt_max: float = 0.1,
-        dt_init: str = "random",
-        dt_scale: float = 1.0,
-        dt_init_floor: float | None = None,
-        conv_bias: bool = True,
-        norm: str = "rmsnorm",
+        config: MambaConfig | None = None,
         in_key: NestedKey | None = None,
         in_keys: list[NestedKey] | None = None,
         out_key: NestedKey | None = None,
         out_keys: list[NestedKey] | None = None,
         default_recurrent_mode: bool | None = None,
         write_next_state: bool = False,
-        backend: str = "auto",
         device=None,
         dtype=None,
+        **options,
     ) -> None:
         super().__init__()
         given = {"batch_first": batch_first, "dropout": dropout, "bidirectional": bidirectional,
@@ -186,37 +148,31 @@ class MambaModule(TensorDictModuleBase):
             default, instead = _UNSUPPORTED[name]
             if value != default:
                 raise ValueError(f"{name}={value!r} is a GRUModule option MambaModule does not have: {instead}")
+        d_model = options.pop("d_model", None)
         if hidden_size is not None and d_model is not None:
             raise ValueError(f"pass hidden_size or d_model (the same width), not both: got {hidden_size} and {d_model}")
         hidden_size = d_model if hidden_size is None else hidden_size
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
-        chosen = {"dt_min": dt_min, "dt_init_floor": dt_init_floor, "bc_init_scale": bc_init_scale,
-                  "start_marker": start_marker}
-        init = {name: PRESETS[preset][name] if value is None else value for name, value in chosen.items()}
-        if dt_min is not None and dt_init_floor is None:
-            # an explicit dt_min below the preset's floor keeps its own value
-            init["dt_init_floor"] = min(init["dt_init_floor"], dt_min)
+        if config is not None and hidden_size is not None:
+            if hidden_size != config.d_model:
+                raise ValueError(f"hidden_size={hidden_size} differs from config.d_model={config.d_model}: pass one")
+            hidden_size = None
+        elif config is None and hidden_size is None:
+            raise ValueError("hidden_size must be a positive int, got None (pass hidden_size, d_model or a config)")
+        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+            raise ValueError(f"input_size must be a positive int, got {input_size!r}")
+        config = config_from(config, "MambaModule", d_model=hidden_size, num_layers=num_layers, bias=bias, **options)
         self.in_keys, self.out_keys = _resolve_keys(in_key, in_keys, out_key, out_keys)
-        self.preset = preset
+        self.config = config
         self.write_next_state = bool(write_next_state)
         self._recurrent_mode = default_recurrent_mode
         factory = {"device": device, "dtype": dtype}
-        mixer_kwargs = dict(
-            d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, dt_max=dt_max, dt_init=dt_init,
-            dt_scale=dt_scale, conv_bias=conv_bias, bias=bias, backend=backend, **init,
-        )
         self.input_size = input_size
-        self.d_model = hidden_size
-        self.num_layers = num_layers
-        self.input_proj = nn.Linear(input_size, hidden_size, **factory)
-        self.layers = nn.ModuleList(_Block(hidden_size, norm, mixer_kwargs, factory) for _ in range(num_layers))
-        self.norm_f = _make_norm(norm, hidden_size, factory)
-        mixer = self.layers[0].mixer
-        self.d_inner, self.d_state, self.d_conv = mixer.d_inner, mixer.d_state, mixer.d_conv
+        self.d_model = config.d_model
+        self.num_layers = config.num_layers
+        self.input_proj = nn.Linear(input_size, config.d_model, **factory)
+        self.layers = nn.ModuleList(_Block(config, factory) for _ in range(config.num_layers))
+        self.norm_f = _make_norm(config.norm, config.d_model, factory)
+        self.d_inner, self.d_state, self.d_conv = config.d_inner, config.d_state, config.d_conv
 
     # --- configuration -----------------------------------------------------------------------
 
@@ -226,14 +182,19 @@ class MambaModule(TensorDictModuleBase):
         return self.d_model
 
     @property
+    def preset(self) -> str:
+        return self.config.preset
+
+    @property
     def backend(self) -> str:
-        return self.layers[0].mixer.backend
+        """The scan and conv kernels of every layer (``config.backend``); settable."""
+        return self.config.backend
 
     @backend.setter
     def backend(self, value: str) -> None:
-        value = _validated_backend(value)
         for block in self.layers:
             block.mixer.backend = value
+        self.config = self.layers[0].mixer.config
 
     @property
     def ssm_key(self) -> NestedKey:
@@ -337,18 +298,17 @@ class MambaModule(TensorDictModuleBase):
         if out_state is not None:
             self._check_state(out_state, x.shape[0])
         h = self.input_proj(x)
-        ssm, conv = [], []
+        layer_states = []
         for i, block in enumerate(self.layers):
             # out_state only when asked for, so that MambaMixer.step(x, state, reset) overrides still work
-            layer_out = {} if out_state is None else {"out_state": MixerState(out_state.conv[:, i], out_state.ssm[:, i])}
-            y, layer_state = block.mixer.step(block.norm(h), MixerState(state.conv[:, i], state.ssm[:, i]), reset,
-                                              **layer_out)
+            layer_out = {} if out_state is None else {"out_state": out_state.layer(i)}
+            y, layer_state = block.mixer.step(block.norm(h), state.layer(i), reset, **layer_out)
             h = h + y
-            ssm.append(layer_state.ssm)
-            conv.append(layer_state.conv)
+            layer_states.append(layer_state)
         if out_state is None:
             # one layer: a view, not a copy
-            out_state = MambaState(*(t[0].unsqueeze(1) if len(t) == 1 else torch.stack(t, 1) for t in (ssm, conv)))
+            single = len(layer_states) == 1
+            out_state = layer_states[0].map(lambda t: t.unsqueeze(1)) if single else MambaState.stack(layer_states)
         return self.norm_f(h), out_state
 
     def sequence(
@@ -375,15 +335,14 @@ class MambaModule(TensorDictModuleBase):
                 raise ValueError("reset_state needs reset: it holds the states entering the reset steps")
             self._check_state(reset_state, reset_state.ssm.shape[0], "reset_state")
         h = self.input_proj(x)
-        ssm, conv = [], []
+        final = []
         for i, block in enumerate(self.layers):
-            layer_state = None if state is None else MixerState(state.conv[:, i], state.ssm[:, i])
-            restart = None if reset_state is None else MixerState(reset_state.conv[:, i], reset_state.ssm[:, i])
+            layer_state = None if state is None else state.layer(i)
+            restart = None if reset_state is None else reset_state.layer(i)
             y, layer_state = block.mixer(block.norm(h), layer_state, reset, restart)
             h = h + y
-            ssm.append(layer_state.ssm)
-            conv.append(layer_state.conv)
-        return self.norm_f(h), MambaState(torch.stack(ssm, 1), torch.stack(conv, 1))
+            final.append(layer_state)
+        return self.norm_f(h), MambaState.stack(final)
 
     # --- TensorDict API ------------------------------------------------------------------------
 
@@ -485,9 +444,9 @@ class MambaModule(TensorDictModuleBase):
         else:
             state = reset_state = None
             if stored is not None:
-                state = MambaState(stored.ssm[:, 0], stored.conv[:, 0])
+                state = stored.map(lambda t: t[:, 0])
                 # [R, num_layers, ...]: the states stored at the is_init steps, where each restarts
-                reset_state = MambaState(stored.ssm[reset], stored.conv[reset])
+                reset_state = stored.map(lambda t: t[reset])
             out, _ = self.sequence(x, state, reset, reset_state)
         td.set(self.out_keys[0], out.reshape(*shape, self.d_model))
         return td
@@ -497,8 +456,7 @@ class MambaModule(TensorDictModuleBase):
         per-step states ``[B, T, ...]`` (None: zeros). Returns the outputs and the state after every
         step, ``[B, T, ...]`` each; equal to :meth:`sequence` with the states gathered at resets."""
         batch, steps = reset.shape
-        state = self.zero_state((batch,), x.device) if stored is None else MambaState(stored.ssm[:, 0],
-                                                                                        stored.conv[:, 0])
+        state = self.zero_state((batch,), x.device) if stored is None else stored.map(lambda t: t[:, 0])
         outs, ssm, conv = [], [], []
         for t in range(steps):
             if stored is None:
@@ -518,14 +476,6 @@ class MambaModule(TensorDictModuleBase):
 def _is_vmapped(*tensors: torch.Tensor) -> bool:
     """Whether any tensor is batched by an enclosing ``torch.vmap``."""
     return any(torch._C._functorch.is_batchedtensor(t) for t in tensors)
-
-
-def _validated_backend(value: str) -> str:
-    from mamba_rl.kernels.ops import BACKENDS
-
-    if value not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
-    return value
 
 
 def _resolve_keys(in_key, in_keys, out_key, out_keys):

@@ -1,29 +1,39 @@
-"""Save, restore, migrate and inspect the recurrent state of a :class:`MambaModule`.
+"""The recurrent state of Mamba: one type, :class:`MambaState` ``(ssm, conv)``, and its TensorDict face.
 
-The state of every layer lives in one :class:`~tensordict.TensorDict` with batch shape = the
-environments' batch shape and two entries (default keys)::
+:class:`MambaState` is what the mixer, :class:`~mamba_rl.MambaModule` and the policy trunks take
+and return: one layer's state ``ssm [*, d_inner, d_state]``, ``conv [*, d_inner, d_conv - 1]``
+in the mixer, every layer's stacked on a ``num_layers`` dimension in the module
+(``[*, num_layers, d_inner, ...]``).
+
+In a TensorDict (the module's in and out keys) the state of every layer lives in two entries
+(default keys), with batch shape = the environments' batch shape::
 
     "recurrent_state_ssm"   [*batch, num_layers, d_inner, d_state]   float32
     "recurrent_state_conv"  [*batch, num_layers, d_inner, d_conv - 1]
 
-Most operations are TensorDict's own and are used directly: ``state.clone()``,
-``state.to("cuda")``, ``state.to(torch.float64)``, ``state[mask]``, ``state.unbind(0)``,
-``torch.stack``/``torch.cat`` of states. This module adds what TensorDict does not know: which
-keys form the state, masked zeroing, per-layer views, and atomic save/load.
+:func:`to_tensors` and :func:`from_tensors` convert between the two. Most operations on the
+TensorDict are TensorDict's own and are used directly: ``state.clone()``, ``state.to("cuda")``,
+``state.to(torch.float64)``, ``state[mask]``, ``state.unbind(0)``, ``torch.stack``/``torch.cat``
+of states. This module adds what TensorDict does not know: which keys form the state, masked
+zeroing, per-layer views, and atomic save/load.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from tensordict import TensorDict, TensorDictBase
 
 from mamba_rl.io import atomic_save
-from mamba_rl.module import MambaModule, MambaState
+
+if TYPE_CHECKING:
+    from mamba_rl.module import MambaModule
 
 __all__ = [
+    "MambaState",
     "zero_state",
     "get_state",
     "set_state",
@@ -35,6 +45,34 @@ __all__ = [
     "save_state",
     "load_state",
 ]
+
+
+class MambaState(NamedTuple):
+    """The recurrent state of a Mamba layer, or of a stack of them.
+
+    Attributes:
+        ssm: the SSM state, ``[*, d_inner, d_state]`` for one layer, ``[*, num_layers, d_inner,
+            d_state]`` for a stack; in at least float32.
+        conv: the last ``d_conv - 1`` conv inputs, ``[*, d_inner, d_conv - 1]`` or ``[*,
+            num_layers, d_inner, d_conv - 1]``; in the parameters' dtype.
+    """
+
+    ssm: torch.Tensor
+    conv: torch.Tensor
+
+    def map(self, fn) -> MambaState:
+        """``fn`` applied to both tensors (``state.map(torch.clone)``, ``state.map(lambda t: t[mask])``)."""
+        return MambaState(fn(self.ssm), fn(self.conv))
+
+    def layer(self, index: int) -> MambaState:
+        """Layer ``index`` of a stacked state ``[B, num_layers, ...]``: views ``[B, ...]``."""
+        return MambaState(self.ssm[:, index], self.conv[:, index])
+
+    @staticmethod
+    def stack(layers) -> MambaState:
+        """Per-layer states ``[B, ...]`` stacked into ``[B, num_layers, ...]``."""
+        layers = list(layers)
+        return MambaState(torch.stack([s.ssm for s in layers], 1), torch.stack([s.conv for s in layers], 1))
 
 
 def zero_state(module: MambaModule, batch_size=(), device=None) -> TensorDict:

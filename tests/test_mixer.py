@@ -1,12 +1,13 @@
 """MambaMixer: mamba-ssm compatibility, the three entry points agree, state is pure and differentiable."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mamba_rl import MambaMixer, MixerState
+from mamba_rl import MambaConfig, MambaMixer, MambaState
 from tests.conftest import assert_close
 
 # (name, shape) of mamba_ssm.modules.mamba_simple.Mamba(d_model=16) with its defaults
@@ -96,7 +97,7 @@ def test_step_loop_equals_sequence_with_resets(steps):
     mixer = MambaMixer(8, d_state=4, dtype=torch.float64, backend="torch")
     x = torch.randn(3, steps, 8, dtype=torch.float64)
     reset = random_reset(3, steps, steps)
-    state = MixerState(torch.randn(3, 16, 3, dtype=torch.float64), torch.randn(3, 16, 4, dtype=torch.float64))
+    state = MambaState(conv=torch.randn(3, 16, 3, dtype=torch.float64), ssm=torch.randn(3, 16, 4, dtype=torch.float64))
     y_seq, final = mixer(x, state, reset)
     for t in range(steps):
         y_t, state = mixer.step(x[:, t], state, reset[:, t])
@@ -132,10 +133,10 @@ def test_chunked_sequence_with_carried_state_equals_whole(cuts):
 def test_step_does_not_mutate_state_and_is_differentiable():
     mixer = MambaMixer(8, d_state=4)
     state = mixer.zero_state((2,))
-    state = MixerState(state.conv.normal_(), state.ssm.normal_())
-    snapshot = MixerState(state.conv.clone(), state.ssm.clone())
+    state = MambaState(conv=state.conv.normal_(), ssm=state.ssm.normal_())
+    snapshot = MambaState(conv=state.conv.clone(), ssm=state.ssm.clone())
     ssm = state.ssm.clone().requires_grad_()
-    y, new = mixer.step(torch.randn(2, 8), MixerState(state.conv, ssm))
+    y, new = mixer.step(torch.randn(2, 8), MambaState(conv=state.conv, ssm=ssm))
     assert torch.equal(state.conv, snapshot.conv) and torch.equal(state.ssm, snapshot.ssm)
     (y.sum() + new.ssm.sum()).backward()
     assert ssm.grad is not None and ssm.grad.abs().sum() > 0
@@ -151,7 +152,7 @@ def test_gradients_into_initial_state_match_finite_differences():
     ssm0 = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
 
     def f(conv0, ssm0):
-        y, final = mixer(x, MixerState(conv0, ssm0), reset)
+        y, final = mixer(x, MambaState(conv=conv0, ssm=ssm0), reset)
         return y, final.conv, final.ssm
 
     assert torch.autograd.gradcheck(f, (conv0, ssm0))
@@ -171,7 +172,7 @@ def test_small_dt_values_are_accepted_and_used():
         (dict(d_conv=1), ["d_conv", "1"]),
         (dict(dt_min=0.0), ["dt_min", "0.0"]),
         (dict(dt_min=0.1, dt_max=0.01), ["dt_max", "0.01"]),
-        (dict(dt_min=1e-6), ["dt_init_floor", "0.0001"]),
+        (dict(dt_min=1e-6, dt_init_floor=1e-4), ["dt_init_floor", "0.0001"]),
         (dict(dt_init="uniform"), ["dt_init", "uniform"]),
         (dict(backend="cuda"), ["backend", "cuda"]),
         (dict(dt_rank=2.5), ["dt_rank", "2.5"]),
@@ -192,7 +193,7 @@ def test_bad_inputs_name_the_argument():
         mixer(torch.randn(2, 3, 7))
     with pytest.raises(TypeError, match="x must be a floating-point tensor, got dtype torch.int64"):
         mixer(torch.ones(2, 3, 8, dtype=torch.long))
-    bad_state = MixerState(torch.zeros(2, 16, 3), torch.zeros(2, 16, 5))
+    bad_state = MambaState(conv=torch.zeros(2, 16, 3), ssm=torch.zeros(2, 16, 5))
     with pytest.raises(ValueError, match=r"ssm_state must have shape \[2, 16, 4\], got \[2, 16, 5\]"):
         mixer(torch.randn(2, 3, 8), bad_state)
     with pytest.raises(ValueError, match="reset must have shape"):
@@ -209,8 +210,8 @@ def test_sequence_with_restart_states_equals_steps_that_restart_from_them(start_
     reset[0, [0, 4]] = True
     reset[1, 6] = True
     zero = mixer.zero_state((3,), dtype=torch.float64)
-    restart = MixerState(torch.randn(zero.conv.shape, generator=g, dtype=torch.float64).requires_grad_(),
-                         torch.randn(zero.ssm.shape, generator=g, dtype=torch.float64).requires_grad_())
+    restart = MambaState(conv=torch.randn(zero.conv.shape, generator=g, dtype=torch.float64).requires_grad_(),
+                         ssm=torch.randn(zero.ssm.shape, generator=g, dtype=torch.float64).requires_grad_())
     y, final = mixer(x, None, reset, restart)
     state, ys, row = mixer.zero_state((2,), dtype=torch.float64), [], 0
     for t in range(7):
@@ -219,7 +220,7 @@ def test_sequence_with_restart_states_equals_steps_that_restart_from_them(start_
             if reset[b, t]:
                 conv[b], ssm[b] = restart.conv[row], restart.ssm[row]
                 row += 1
-        step_y, state = mixer.step(x[:, t], MixerState(torch.stack(conv), torch.stack(ssm)))
+        step_y, state = mixer.step(x[:, t], MambaState(conv=torch.stack(conv), ssm=torch.stack(ssm)))
         ys.append(step_y)
     assert_close(y, torch.stack(ys, 1))
     assert_close(final.ssm, state.ssm)
@@ -229,3 +230,52 @@ def test_sequence_with_restart_states_equals_steps_that_restart_from_them(start_
     for got, want in zip(grads, expected):
         assert_close(got, want)
         assert got.abs().sum() > 0
+
+
+def test_presets_fill_only_the_config_fields_left_unset():
+    assert astuple_init(MambaConfig()) == (1e-4, 1e-4, 30.0, True)
+    assert astuple_init(MambaConfig(preset="mamba_ssm")) == (1e-3, 1e-4, 1.0, False)
+    # a dt_min below the preset's floor lowers the floor with it; an explicit value wins over the preset
+    assert astuple_init(MambaConfig(preset="mamba_ssm", dt_min=1e-6, start_marker=True)) == (1e-6, 1e-6, 1.0, True)
+    made = MambaConfig(preset="mamba_ssm")
+    assert dataclasses.replace(made, backend="torch").bc_init_scale == made.bc_init_scale
+    assert MambaMixer(16).config == MambaConfig(d_model=16, preset="mamba_ssm")
+
+
+def astuple_init(config):
+    return (config.dt_min, config.dt_init_floor, config.bc_init_scale, config.start_marker)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(preset="ssm"), "preset must be one of ['rl', 'mamba_ssm'], got 'ssm'"),
+    (dict(num_layers=0), "num_layers must be a positive int, got 0"),
+    (dict(expand=True), "expand must be a positive int, got True"),
+    (dict(bc_init_scale=0.0), "bc_init_scale must be a finite float > 0, got 0.0"),
+    (dict(start_marker="yes"), "start_marker must be a bool, got 'yes'"),
+    (dict(norm="batchnorm"), "norm must be 'rmsnorm' or 'layernorm', got 'batchnorm'"),
+    (dict(dt_min=1e-50), "dt_min must give a finite initial step in float32"),
+    (dict(dt_min=1e-3, dt_init_floor=1e-50), "dt_init_floor must give a finite initial step in float32"),
+    (dict(dt_max=1e39), "dt_max must give a finite initial step in float32"),
+], ids=lambda v: "-".join(map(str, v)) if isinstance(v, dict) else "")
+def test_bad_config_values_name_the_field_expected_and_got(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        MambaConfig(**kwargs)
+    assert message in str(info.value)
+
+
+def test_a_mixer_takes_a_config_or_keywords_not_both():
+    config = MambaConfig(d_model=8, d_state=4, preset="mamba_ssm")
+    torch.manual_seed(0)
+    from_config = MambaMixer(config=config)
+    torch.manual_seed(0)
+    from_keywords = MambaMixer(8, d_state=4)
+    for (name, a), (_, b) in zip(from_config.state_dict().items(), from_keywords.state_dict().items()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match=r"not both: got config and \['d_state'\]"):
+        MambaMixer(config=config, d_state=8)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['d_stat'\]"):
+        MambaMixer(8, d_stat=4)
+    from_config.backend = "torch"
+    assert from_config.config.backend == "torch"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        from_config.backend = "cuda"

@@ -12,8 +12,8 @@ from torchrl.modules.utils import get_primers_from_module
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE
 
-from mamba_rl import MambaModule
-from mamba_rl.module import MambaState
+from mamba_rl import MambaConfig, MambaModule
+from mamba_rl.state import MambaState
 from tests.conftest import assert_close
 from tests.toy_env import RandomEndEnv
 
@@ -305,3 +305,43 @@ def test_bad_inputs_and_constructor_values_name_the_argument():
         MambaModule(5, 8, in_key="x", out_keys=["x", ("next", "a"), ("next", "b")])
     with pytest.raises(ValueError, match="norm must be 'rmsnorm' or 'layernorm', got 'batchnorm'"):
         MambaModule(5, 8, in_key="x", out_key="y", norm="batchnorm")
+
+
+def test_module_from_a_config_equals_the_module_from_its_keywords():
+    config = MambaConfig(d_model=8, num_layers=2, d_state=4, preset="mamba_ssm", norm="layernorm")
+    keys = {"in_key": "obs", "out_key": "feat"}
+    torch.manual_seed(0)
+    from_config = MambaModule(5, config=config, **keys)
+    torch.manual_seed(0)
+    from_keywords = MambaModule(5, 8, 2, d_state=4, preset="mamba_ssm", norm="layernorm", **keys)
+    assert from_config.config == from_keywords.config == config
+    assert from_config.state_dict().keys() == from_keywords.state_dict().keys()
+    for name, value in from_config.state_dict().items():
+        assert torch.equal(value, from_keywords.state_dict()[name]), name
+    assert all(block.mixer.config == config for block in from_config.layers)
+    from_config.backend = "torch"
+    assert all(block.mixer.backend == "torch" for block in from_config.layers)
+    with pytest.raises(ValueError, match="hidden_size=16 differs from config.d_model=8"):
+        MambaModule(5, 16, config=config, **keys)
+    with pytest.raises(ValueError, match=r"not both: got config and \['num_layers'\]"):
+        MambaModule(5, 8, 3, config=config, **keys)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['dstate'\]"):
+        MambaModule(5, 8, dstate=4, **keys)
+
+
+def test_the_state_is_one_type_with_ssm_first_from_mixer_to_policy():
+    from mamba_rl.policies import make_actor_critic
+
+    module = MambaModule(3, 8, num_layers=2, d_state=4, in_key="obs", out_key="feat", backend="torch")
+    stacked = module.zero_state((5,))
+    layer = module.layers[0].mixer.zero_state((5,))
+    assert type(stacked) is type(layer) is MambaState and MambaState._fields == ("ssm", "conv")
+    assert stacked.layer(1).ssm.shape == layer.ssm.shape == (5, 16, 4)
+    assert stacked.layer(1).conv.shape == layer.conv.shape == (5, 16, 3)
+    again = MambaState.stack([stacked.layer(0), stacked.layer(1)])
+    assert torch.equal(again.ssm, stacked.ssm) and torch.equal(again.conv, stacked.conv)
+    _, after = module.step(torch.randn(5, 3), stacked, torch.zeros(5, dtype=torch.bool))
+    assert type(after) is MambaState
+    policy = make_actor_critic("mamba", 3, 4, d_model=8, shared_trunk=False, backend="torch")
+    assert type(policy.actor_trunk.zero_state(2)) is MambaState
+    assert list(policy.zero_state(2)) == ["actor.ssm", "actor.conv", "critic.ssm", "critic.conv"]

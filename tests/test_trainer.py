@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mamba_rl import cli
+from mamba_rl import MambaConfig, cli
 from mamba_rl.config import ConfigError, TrainConfig, load_config
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.evaluate import build_policy
@@ -300,6 +300,14 @@ def test_unknown_config_key_lists_the_valid_ones(capsys):
     assert "horizn" in err and "valid keys" in err and "horizon" in err
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("configs/nope.yaml")
+
+
+def test_the_trainers_mamba_keys_build_the_mamba_config_with_its_defaults_and_checks():
+    assert TrainConfig().mamba_config() == MambaConfig(preset="mamba_ssm")
+    cfg = load_config(None, ["mamba_preset=rl", "d_model=16", "mamba_backend=torch", "dt_min=1e-6"])
+    assert cfg.mamba_config() == MambaConfig(d_model=16, backend="torch", dt_min=1e-6)
+    with pytest.raises(ConfigError, match="dt_init_floor must be in"):
+        load_config(None, ["dt_min=1e-3", "dt_init_floor=1e-2"])
 
 
 def test_eval_cli_errors_on_missing_and_corrupt_checkpoints(tmp_path, capsys):

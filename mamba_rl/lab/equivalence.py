@@ -44,7 +44,9 @@ from tensordict import TensorDict
 from torchrl.modules import set_recurrent_mode
 
 from mamba_rl.kernels.ops import BACKENDS, resolve_backend
-from mamba_rl.module import MambaModule, MambaState
+from mamba_rl.mixer import MambaConfig
+from mamba_rl.module import MambaModule
+from mamba_rl.state import MambaState
 
 __all__ = ["EquivalenceRow", "EquivalenceReport", "TOLERANCE", "available_backends", "check_equivalence", "main"]
 
@@ -361,11 +363,11 @@ def main(argv=None) -> int:
                     "backend, for a fresh random MambaModule or the trunk of a checkpoint. Exit status 1 if not.")
     parser.add_argument("--checkpoint", default=None, help="trainer checkpoint (file or run dir) or lab policy file")
     parser.add_argument("--input-size", type=int, default=6)
-    parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--d-model", type=int, default=MambaConfig.d_model)
     parser.add_argument("--num-layers", type=int, default=2)
-    parser.add_argument("--d-state", type=int, default=16)
-    parser.add_argument("--d-conv", type=int, default=4)
-    parser.add_argument("--expand", type=int, default=2)
+    parser.add_argument("--d-state", type=int, default=MambaConfig.d_state)
+    parser.add_argument("--d-conv", type=int, default=MambaConfig.d_conv)
+    parser.add_argument("--expand", type=int, default=MambaConfig.expand)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=7, help="chunk length of the chunked path (default 7)")

@@ -80,21 +80,19 @@ def module_config(module: MambaModule) -> dict:
     Initialisation-only options (``dt_min``, ``dt_max``...) are left out: the parameters that
     are loaded afterwards carry them.
     """
-    mixer = module.layers[0].mixer
-    norm = "layernorm" if isinstance(module.norm_f, nn.LayerNorm) else "rmsnorm"
+    config = module.config
     return {
         "input_size": module.input_size,
-        "d_model": module.d_model,
-        "num_layers": module.num_layers,
-        "d_state": module.d_state,
-        "d_conv": module.d_conv,
-        "expand": mixer.expand,
-        "dt_rank": mixer.dt_rank,
-        "conv_bias": mixer.conv1d.bias is not None,
-        "bias": mixer.out_proj.bias is not None,
-        # in_proj's bias without out_proj's is the start marker (a layout the other options do not give)
-        "start_marker": mixer.in_proj.bias is not None and mixer.out_proj.bias is None,
-        "norm": norm,
+        "d_model": config.d_model,
+        "num_layers": config.num_layers,
+        "d_state": config.d_state,
+        "d_conv": config.d_conv,
+        "expand": config.expand,
+        "dt_rank": config.resolved_dt_rank,
+        "conv_bias": config.conv_bias,
+        "bias": config.bias,
+        "start_marker": config.start_marker,
+        "norm": config.norm,
         "in_keys": [list(k) if isinstance(k, tuple) else k for k in module.in_keys],
         "out_keys": [list(k) if isinstance(k, tuple) else k for k in module.out_keys],
     }

@@ -37,7 +37,7 @@ from torch import nn
 from mamba_rl.envs import DelayedMemoryParams, delayed_memory_init, delayed_memory_observe, delayed_memory_reset, \
     delayed_memory_step
 from mamba_rl.lab.policy import as_state_policy
-from mamba_rl.module import MambaState
+from mamba_rl.state import MambaState
 
 __all__ = ["RolloutResult", "SteeringResult", "rollout_with_ssm_delta", "steer_ssm_state", "steered_logits"]
 

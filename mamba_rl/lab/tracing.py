@@ -32,8 +32,8 @@ from dataclasses import dataclass, fields
 import torch
 from tensordict import TensorDictBase
 
-from mamba_rl.mixer import MixerState
-from mamba_rl.module import MambaModule, MambaState
+from mamba_rl.module import MambaModule
+from mamba_rl.state import MambaState
 
 __all__ = ["StateTrace", "LayerTrace", "trace", "recorded_steps"]
 
@@ -143,28 +143,26 @@ def recorded_steps(num_steps: int, stride: int = 1, window: tuple[int, int] | No
 def _layers_sequence(module: MambaModule, x, state: MambaState, reset):
     """:meth:`MambaModule.sequence`, keeping each block's residual stream."""
     h = module.input_proj(x)
-    streams, ssm, conv = [], [], []
+    streams, final = [], []
     for i, block in enumerate(module.layers):
-        y, layer_state = block.mixer(block.norm(h), MixerState(state.conv[:, i], state.ssm[:, i]), reset)
+        y, layer_state = block.mixer(block.norm(h), state.layer(i), reset)
         h = h + y
         streams.append(h)
-        ssm.append(layer_state.ssm)
-        conv.append(layer_state.conv)
+        final.append(layer_state)
     # [B, T, L, d_model]
-    return module.norm_f(h), torch.stack(streams, 2), MambaState(torch.stack(ssm, 1), torch.stack(conv, 1))
+    return module.norm_f(h), torch.stack(streams, 2), MambaState.stack(final)
 
 
 def _layers_step(module: MambaModule, x, state: MambaState, reset):
     """:meth:`MambaModule.step`, keeping each block's residual stream."""
     h = module.input_proj(x)
-    streams, ssm, conv = [], [], []
+    streams, final = [], []
     for i, block in enumerate(module.layers):
-        y, layer_state = block.mixer.step(block.norm(h), MixerState(state.conv[:, i], state.ssm[:, i]), reset)
+        y, layer_state = block.mixer.step(block.norm(h), state.layer(i), reset)
         h = h + y
         streams.append(h)
-        ssm.append(layer_state.ssm)
-        conv.append(layer_state.conv)
-    return module.norm_f(h), torch.stack(streams, 1), MambaState(torch.stack(ssm, 1), torch.stack(conv, 1))
+        final.append(layer_state)
+    return module.norm_f(h), torch.stack(streams, 1), MambaState.stack(final)
 
 
 def _inputs_from_tensordict(module: MambaModule, td: TensorDictBase):

@@ -10,6 +10,7 @@ from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.modules import ActorValueOperator, ProbabilisticActor, ValueOperator
 
+from mamba_rl.mixer import MambaConfig, config_from
 from mamba_rl.policies.heads import ActionHead, CategoricalHead, make_action_head
 from mamba_rl.policies.trunks import GRU_BACKENDS, GRUTrunk, MambaTrunk
 
@@ -17,6 +18,7 @@ __all__ = ["ActorCritic", "TorchRLActorCritic", "CONTROLLERS", "make_actor_criti
 
 CONTROLLERS = ("mamba", "gru")
 
+# the states of the trunks as named tensors, "actor." / "critic." + the trunk state's field names
 PolicyState = dict[str, torch.Tensor]
 
 
@@ -48,8 +50,9 @@ class ActorCritic(nn.Module):
 
     Tensor API (what the trainer uses; no TensorDict per step):
 
-    - :meth:`zero_state` ``(B) -> state``: a dict of ``[B, ...]`` tensors (keys prefixed
-      ``"actor."`` / ``"critic."``).
+    - :meth:`zero_state` ``(B) -> state``: a dict of ``[B, ...]`` tensors, each trunk's state
+      (:class:`~mamba_rl.state.MambaState` or :class:`~mamba_rl.policies.trunks.GRUState`) by
+      field name, prefixed ``"actor."`` / ``"critic."`` (``"actor.ssm"``, ``"actor.conv"``).
     - :meth:`step` ``(obs [B, F], state, reset [B] bool, out_state=None) -> (params [B, A], value [B],
       state)``: pure, or writing the new state into ``out_state`` (``out_state=state``: in place).
     - :meth:`sequence` ``(obs [B, T, F], state, reset [B, T]) -> (logits [B, T, A], value [B, T],
@@ -87,20 +90,21 @@ class ActorCritic(nn.Module):
     def zero_state(self, batch_size: int, device=None) -> PolicyState:
         """Zero recurrent state for ``batch_size`` environments."""
         return {prefix + name: value for prefix, trunk in self._trunks()
-                for name, value in trunk.zero_state(batch_size, device).items()}
+                for name, value in trunk.zero_state(batch_size, device)._asdict().items()}
 
     @staticmethod
-    def _split(state: PolicyState, prefix: str) -> PolicyState:
-        return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    def _split(state: PolicyState, prefix: str, trunk: nn.Module):
+        """The state of ``trunk`` (its ``state_type``) from the entries of ``state`` under ``prefix``."""
+        return trunk.state_type(**{key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)})
 
     def _run(self, method: str, obs, state, reset, **kwargs):
         new_state = {}
         features = {}
         for prefix, trunk in self._trunks():
-            trunk_kwargs = {k: None if v is None else self._split(v, prefix) for k, v in kwargs.items()}
-            out, trunk_state = getattr(trunk, method)(obs, self._split(state, prefix), reset, **trunk_kwargs)
+            trunk_kwargs = {k: None if v is None else self._split(v, prefix, trunk) for k, v in kwargs.items()}
+            out, trunk_state = getattr(trunk, method)(obs, self._split(state, prefix, trunk), reset, **trunk_kwargs)
             features[prefix] = out
-            new_state.update({prefix + name: value for name, value in trunk_state.items()})
+            new_state.update({prefix + name: value for name, value in trunk_state._asdict().items()})
         logits = self.actor_head(features["actor."])
         value = self.value_head(features.get("critic.", features["actor."])).squeeze(-1)
         return logits, value, new_state
@@ -117,7 +121,7 @@ class ActorCritic(nn.Module):
     def state_norms(self, state: PolicyState) -> dict[str, torch.Tensor]:
         """Norms of the recurrent state (for logging), ``{"actor/ssm_norm": ..., ...}``."""
         return {f"{prefix[:-1]}/{name}": value for prefix, trunk in self._trunks()
-                for name, value in trunk.state_norms(self._split(state, prefix)).items()}
+                for name, value in trunk.state_norms(self._split(state, prefix, trunk)).items()}
 
     def to_torchrl(self) -> TorchRLActorCritic:
         """TorchRL modules over the same parameters (see :class:`TorchRLActorCritic`)."""
@@ -174,21 +178,12 @@ def make_actor_critic(
     *,
     action_space=None,
     shared_trunk: bool = True,
-    d_model: int = 64,
-    num_layers: int = 1,
-    d_state: int = 16,
-    d_conv: int = 4,
-    expand: int = 2,
-    dt_min: float = 1e-3,
-    dt_max: float = 0.1,
-    dt_init_floor: float | None = None,
-    bc_init_scale: float = 1.0,
-    start_marker: bool = False,
-    mamba_backend: str = "auto",
+    mamba: MambaConfig | None = None,
     gru_hidden_size: int = 128,
     gru_backend: str = "packed",
     head_hidden: int = 0,
     device=None,
+    **mamba_options,
 ) -> ActorCritic:
     """Build the actor-critic for ``controller="mamba"`` or ``"gru"`` (same heads for both).
 
@@ -199,9 +194,11 @@ def make_actor_critic(
         action_space: a Gymnasium action space instead of ``num_actions`` (``Discrete``,
             ``MultiDiscrete`` or a bounded ``Box``): the head follows it.
         shared_trunk: one trunk for both heads (True) or one per head.
-        d_model, num_layers, d_state, d_conv, expand, dt_min, dt_max, dt_init_floor,
-            bc_init_scale, start_marker, mamba_backend: the Mamba trunk (``num_layers`` also sets
-            the GRU's layers).
+        mamba: the Mamba trunk (:class:`~mamba_rl.mixer.MambaConfig`); its ``num_layers`` also
+            sets the GRU's layers.
+        **mamba_options: instead of ``mamba``, any of its fields (``d_model``, ``num_layers``,
+            ``d_state``, ``bc_init_scale``, ``backend``...), over the ``"mamba_ssm"`` preset as
+            :class:`~mamba_rl.config.TrainConfig`'s ``mamba_preset``.
         gru_hidden_size, gru_backend: the GRU trunk (``gru_backend``: :class:`GRUTrunk`'s
             ``recurrent_backend``).
         head_hidden: width of a tanh hidden layer in each head; 0 = linear heads.
@@ -220,16 +217,12 @@ def make_actor_critic(
         raise ValueError(f"controller must be one of {CONTROLLERS}, got {controller!r}")
     if gru_backend not in GRU_BACKENDS:
         raise ValueError(f"gru_backend must be one of {GRU_BACKENDS}, got {gru_backend!r}")
+    mamba = config_from(mamba, "make_actor_critic", {"preset": "mamba_ssm"}, **mamba_options)
 
     def trunk(prefix: str, out_key: str):
         if controller == "mamba":
-            return MambaTrunk(
-                obs_dim, d_model, num_layers, d_state=d_state, d_conv=d_conv, expand=expand,
-                dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor, bc_init_scale=bc_init_scale,
-                start_marker=start_marker, backend=mamba_backend,
-                out_key=out_key, state_prefix=prefix, device=device,
-            )
-        return GRUTrunk(obs_dim, gru_hidden_size, num_layers, recurrent_backend=gru_backend,
+            return MambaTrunk(obs_dim, mamba, out_key=out_key, state_prefix=prefix, device=device)
+        return GRUTrunk(obs_dim, gru_hidden_size, mamba.num_layers, recurrent_backend=gru_backend,
                         out_key=out_key, state_prefix=prefix, device=device)
 
     actor_trunk = trunk("recurrent_state_" if shared_trunk else "actor_state_", "features")

@@ -3,28 +3,35 @@
 Both trunks hold their TorchRL module as ``.core`` (the object a Collector or a loss module
 steps) and add the tensor-level calls the fast trainer uses:
 
-- ``zero_state(batch_size) -> dict[str, Tensor]``: every entry ``[B, ...]``;
+- ``zero_state(batch_size) -> state``: every tensor ``[B, ...]``;
 - ``step(x [B, F], state, reset [B], out_state=None) -> (features [B, D], state)``: pure, or
   writing the new state into ``out_state`` (which may be ``state``: a step in place);
 - ``sequence(x [B, T, F], state, reset [B, T]) -> (features [B, T, D], final state)``:
   ``state`` enters ``t = 0``, ``reset[:, t]`` zeroes the state entering ``t``; differentiable in
   ``state``.
 
-The state is a plain ``dict`` so that it can be indexed, stacked and saved without knowing the
-trunk: ``{"ssm", "conv"}`` for Mamba, ``{"hidden"}`` for the GRU.
+The state is a NamedTuple of ``[B, ...]`` tensors, the trunk's ``state_type``:
+:class:`~mamba_rl.state.MambaState` ``(ssm, conv)`` for Mamba, :class:`GRUState` ``(hidden)``
+for the GRU; ``state._asdict()`` and ``trunk.state_type(**tensors)`` convert it to and from
+named tensors, which is how :class:`~mamba_rl.policies.ActorCritic` keeps the states of its
+trunks.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from tensordict import TensorDict
 from torch import nn
 from torchrl.modules import GRUModule, set_recurrent_mode
 
-from mamba_rl.module import MambaModule, MambaState
+from mamba_rl.mixer import MambaConfig
+from mamba_rl.module import MambaModule
 from mamba_rl.policies.gru_replay import gru_replay
+from mamba_rl.state import MambaState
 
-__all__ = ["MambaTrunk", "GRUTrunk", "GRU_BACKENDS"]
+__all__ = ["MambaTrunk", "GRUTrunk", "GRUState", "GRU_BACKENDS"]
 
 GRU_BACKENDS = ("packed", "pad", "scan", "triton", "auto")
 
@@ -33,46 +40,38 @@ def _key(prefix: str, name: str) -> str:
     return f"{prefix}{name}"
 
 
+class GRUState(NamedTuple):
+    """The recurrent state of a :class:`GRUTrunk`.
+
+    Attributes:
+        hidden: ``[B, num_layers, hidden_size]``, GRUModule's layout of the hidden state in a TensorDict.
+    """
+
+    hidden: torch.Tensor
+
+
 class MambaTrunk(nn.Module):
     """A :class:`~mamba_rl.MambaModule` trunk.
 
     Args:
         input_size: observation features.
-        d_model: width, the size of the features out.
-        num_layers, d_state, d_conv, expand, dt_min, dt_max, dt_init_floor, backend: see
-            :class:`~mamba_rl.MambaModule`; ``dt_init_floor=None`` means ``dt_min``.
-        bc_init_scale: multiplies the initial weights of ``x_proj`` that produce ``B`` and ``C``.
-            At mamba-ssm's init a cue written into the SSM state reaches the output scaled by
-            ``dt * |B| * |C|``, about 1e-4 of the features at the query step: the policy
-            gradient cannot find it under the noise. A scale of 10 makes that about 1e-3, as
-            large as in a freshly initialised GRU (docs/TRAINING.md).
-        start_marker: the module's learned offset on every conv input, which marks an episode's
-            first ``d_conv - 1`` steps through the state (:class:`~mamba_rl.MambaModule`).
-            Otherwise the module is mamba-ssm's layout and init (``preset="mamba_ssm"``) with the
-            options above.
+        config: the Mamba stack (:class:`~mamba_rl.mixer.MambaConfig`); ``config.d_model`` is the
+            size of the features out.
         in_key, out_key: TensorDict keys of the TorchRL face (``.core``).
         state_prefix: prefix of the state keys in TensorDicts (``"recurrent_state_"`` gives
             ``"recurrent_state_ssm"`` / ``"recurrent_state_conv"``); separate actor and critic
             trunks need different prefixes.
+        device: of the parameters.
     """
 
     kind = "mamba"
+    state_type = MambaState
 
     def __init__(
         self,
         input_size: int,
-        d_model: int,
-        num_layers: int = 1,
+        config: MambaConfig,
         *,
-        d_state: int = 16,
-        d_conv: int = 4,
-        expand: int = 2,
-        dt_min: float = 1e-3,
-        dt_max: float = 0.1,
-        dt_init_floor: float | None = None,
-        bc_init_scale: float = 1.0,
-        start_marker: bool = False,
-        backend: str = "auto",
         in_key: str = "observation",
         out_key: str = "features",
         state_prefix: str = "recurrent_state_",
@@ -81,36 +80,24 @@ class MambaTrunk(nn.Module):
         super().__init__()
         ssm_key, conv_key = _key(state_prefix, "ssm"), _key(state_prefix, "conv")
         self.core = MambaModule(
-            input_size, d_model, num_layers, d_state=d_state, d_conv=d_conv, expand=expand,
-            dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_min if dt_init_floor is None else dt_init_floor,
-            in_keys=[in_key, ssm_key, conv_key, "is_init"],
-            out_keys=[out_key, ("next", ssm_key), ("next", conv_key)],
-            backend=backend, device=device, preset="mamba_ssm", start_marker=start_marker,
+            input_size, config=config, in_keys=[in_key, ssm_key, conv_key, "is_init"],
+            out_keys=[out_key, ("next", ssm_key), ("next", conv_key)], device=device,
         )
-        self.out_features = d_model
-        if bc_init_scale != 1.0:
-            with torch.no_grad():
-                for block in self.core.layers:
-                    # rows [dt_rank:] of x_proj produce B and C
-                    block.mixer.x_proj.weight[block.mixer.dt_rank:] *= bc_init_scale
+        self.out_features = config.d_model
 
-    def zero_state(self, batch_size: int, device=None) -> dict[str, torch.Tensor]:
-        state = self.core.zero_state((batch_size,), device)
-        return {"ssm": state.ssm, "conv": state.conv}
+    def zero_state(self, batch_size: int, device=None) -> MambaState:
+        return self.core.zero_state((batch_size,), device)
 
-    def step(self, x, state, reset, out_state=None):
-        out_state = None if out_state is None else MambaState(out_state["ssm"], out_state["conv"])
-        out, new = self.core.step(x, MambaState(state["ssm"], state["conv"]), reset, out_state)
-        return out, {"ssm": new.ssm, "conv": new.conv}
+    def step(self, x, state: MambaState, reset, out_state: MambaState | None = None):
+        return self.core.step(x, state, reset, out_state)
 
-    def sequence(self, x, state, reset):
-        out, new = self.core.sequence(x, MambaState(state["ssm"], state["conv"]), reset)
-        return out, {"ssm": new.ssm, "conv": new.conv}
+    def sequence(self, x, state: MambaState, reset):
+        return self.core.sequence(x, state, reset)
 
     @staticmethod
-    def state_norms(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def state_norms(state: MambaState) -> dict[str, torch.Tensor]:
         """Mean over environments of the L2 norm of each environment's SSM state (0-d tensors)."""
-        ssm = state["ssm"].flatten(1)
+        ssm = state.ssm.flatten(1)
         return {"ssm_norm": ssm.norm(dim=1).mean(), "ssm_max_abs": ssm.abs().amax()}
 
 
@@ -136,6 +123,7 @@ class GRUTrunk(nn.Module):
     """
 
     kind = "gru"
+    state_type = GRUState
 
     def __init__(
         self,
@@ -164,15 +152,13 @@ class GRUTrunk(nn.Module):
         self.hidden_size = hidden_size
         self.out_features = hidden_size
 
-    def zero_state(self, batch_size: int, device=None) -> dict[str, torch.Tensor]:
+    def zero_state(self, batch_size: int, device=None) -> GRUState:
         weight = self.core.gru.weight_hh_l0
         device = weight.device if device is None else device
-        # [B, num_layers, H]: GRUModule's layout of the hidden state in a TensorDict
-        return {"hidden": torch.zeros(batch_size, self.num_layers, self.hidden_size, device=device,
-                                      dtype=weight.dtype)}
+        return GRUState(torch.zeros(batch_size, self.num_layers, self.hidden_size, device=device, dtype=weight.dtype))
 
     def step(self, x, state, reset, out_state=None):
-        hidden = torch.where(reset[:, None, None], 0.0, state["hidden"])
+        hidden = torch.where(reset[:, None, None], 0.0, state.hidden)
         gru = self.core.gru
         layer_in, new_hidden = x, []
         for layer in range(self.num_layers):
@@ -189,15 +175,15 @@ class GRUTrunk(nn.Module):
             layer_in = h
         new_hidden = torch.stack(new_hidden, 1)
         if out_state is not None:
-            new_hidden = out_state["hidden"].copy_(new_hidden)
-        return layer_in, {"hidden": new_hidden}
+            new_hidden = out_state.hidden.copy_(new_hidden)
+        return layer_in, GRUState(new_hidden)
 
     def sequence(self, x, state, reset):
         if self.recurrent_backend == "packed":
-            out, hidden = gru_replay(self.core.gru, x, state["hidden"], reset)
-            return out, {"hidden": hidden}
+            out, hidden = gru_replay(self.core.gru, x, state.hidden, reset)
+            return out, GRUState(hidden)
         batch, steps = reset.shape
-        h0 = torch.where(reset[:, 0, None, None], 0.0, state["hidden"])
+        h0 = torch.where(reset[:, 0, None, None], 0.0, state.hidden)
         # GRUModule reads the state entering each trajectory at its first step; every later
         # trajectory of a row starts at a reset, from zero.
         hidden_in = torch.cat([h0[:, None], h0.new_zeros(batch, steps - 1, *h0.shape[1:])], 1)
@@ -209,10 +195,10 @@ class GRUTrunk(nn.Module):
             td = self.core(td)
         # [B, T, num_layers, H], non-zero at each trajectory's end, so at t = T - 1
         hidden_out = td.get(("next", self.hidden_key))
-        return td.get(self.out_key), {"hidden": hidden_out[:, -1]}
+        return td.get(self.out_key), GRUState(hidden_out[:, -1])
 
     @staticmethod
-    def state_norms(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def state_norms(state: GRUState) -> dict[str, torch.Tensor]:
         """Mean over environments of the L2 norm of each environment's hidden state."""
-        hidden = state["hidden"].flatten(1)
+        hidden = state.hidden.flatten(1)
         return {"hidden_norm": hidden.norm(dim=1).mean(), "hidden_max_abs": hidden.abs().amax()}

@@ -18,7 +18,8 @@ from mamba_rl.kernels.triton_step import (  # noqa: E402
     selective_state_step_inplace,
     selective_state_step_triton,
 )
-from mamba_rl.mixer import MambaMixer, MixerState  # noqa: E402
+from mamba_rl.mixer import MambaMixer  # noqa: E402
+from mamba_rl.state import MambaState  # noqa: E402
 
 
 def _gen(seed):
@@ -166,8 +167,8 @@ def test_fused_mixer_step_equals_mixer_step_over_several_steps(device, mixer_ste
     mixer = _mixer(32, device)
     N = 21
     g = _gen(5)
-    state = MixerState(torch.randn(N, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device),
-                       torch.randn(N, mixer.d_inner, mixer.d_state, generator=g).to(device))
+    state = MambaState(conv=torch.randn(N, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device),
+                       ssm=torch.randn(N, mixer.d_inner, mixer.d_state, generator=g).to(device))
     conv_buf, ssm_buf = state.conv.clone(), state.ssm.clone()
     out = torch.empty(N, mixer.d_inner, device=device)
     workspace = MixerStepWorkspace(N, mixer.dt_rank, mixer.d_state, device)
@@ -259,7 +260,7 @@ def test_fused_mixer_step_in_cuda_graph_equals_eager_at_4096_envs():
     reset = torch.rand(N, device="cuda", generator=g) < 0.01
     conv0 = torch.randn(N, mixer.d_inner, mixer.d_conv - 1, device="cuda", generator=g)
     ssm0 = torch.randn(N, mixer.d_inner, mixer.d_state, device="cuda", generator=g)
-    y_ref, state_ref = mixer.step(x, MixerState(conv0, ssm0), reset)
+    y_ref, state_ref = mixer.step(x, MambaState(conv=conv0, ssm=ssm0), reset)
 
     conv_buf, ssm_buf = conv0.clone(), ssm0.clone()
     out = torch.empty(N, mixer.d_inner, device="cuda")
@@ -308,7 +309,7 @@ def test_fused_mixer_step_writes_separate_outputs_and_leaves_its_inputs(device, 
                      MixerStepWorkspace(N, mixer.dt_rank, n, device))
     assert torch.equal(out_ip, out) and torch.equal(conv_ip, conv_out[:, 0]) and torch.equal(ssm_ip, ssm_out[:, 0])
     # and the unfused step's numbers
-    y_ref, state_ref = mixer.step(x, MixerState(conv_all[:, 1], ssm_all[:, 1]), reset)
+    y_ref, state_ref = mixer.step(x, MambaState(conv=conv_all[:, 1], ssm=ssm_all[:, 1]), reset)
     assert_rel_close("y", mixer.out_proj(out), y_ref, torch.float32)
     assert_rel_close("conv", conv_out[:, 0], state_ref.conv, torch.float32)
     assert_rel_close("ssm", ssm_out[:, 0], state_ref.ssm, torch.float32)
@@ -339,9 +340,9 @@ def test_mixer_step_without_grad_runs_the_fused_kernels(in_place, dtype, device,
     N = 7
     g = _gen(11)
     # conv state in the parameters' dtype, SSM state fp32
-    state_ref = MixerState(torch.randn(N, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device, dtype),
-                           torch.randn(N, mixer.d_inner, mixer.d_state, generator=g).to(device))
-    state = MixerState(state_ref.conv.clone(), state_ref.ssm.clone())
+    state_ref = MambaState(conv=torch.randn(N, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device, dtype),
+                           ssm=torch.randn(N, mixer.d_inner, mixer.d_state, generator=g).to(device))
+    state = MambaState(conv=state_ref.conv.clone(), ssm=state_ref.ssm.clone())
     for step in range(3):
         x = torch.randn(N, 32, generator=g).to(device, dtype)
         reset = (torch.rand(N, generator=g) < 0.3).to(device)

@@ -50,3 +50,21 @@ def test_eval_plot_states_refuses_a_gru_policy(tmp_path, capsys):
                           "--plot-states", str(tmp_path / "states")])
     assert code == 2
     assert "needs a Mamba policy" in capsys.readouterr().err
+
+
+def test_lab_policy_file_rebuilds_the_module_config_and_parameters(tmp_path):
+    from torch import nn
+
+    from mamba_rl import MambaModule
+    from mamba_rl.lab.policy import save_lab_policy
+
+    torch.manual_seed(0)
+    module = MambaModule(5, 8, 2, d_state=4, expand=3, norm="layernorm", bias=True, in_key="observation",
+                         out_key="features")
+    head = nn.Linear(8, 4)
+    path = save_lab_policy(tmp_path / "policy.pt", module, head)
+    loaded, _, _ = load_policy(path)
+    shape_fields = ("d_model", "num_layers", "d_state", "d_conv", "expand", "conv_bias", "bias", "start_marker", "norm")
+    assert all(getattr(loaded.module.config, f) == getattr(module.config, f) for f in shape_fields)
+    for name, value in module.state_dict().items():
+        assert torch.equal(loaded.module.state_dict()[name], value), name

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mamba_rl.policies.gru_replay import REPLAY_METHODS, gru_replay, gru_replay_ref, pack_episodes
-from mamba_rl.policies.trunks import GRUTrunk
+from mamba_rl.policies.trunks import GRUState, GRUTrunk
 from tests.conftest import assert_close
 
 INPUT, HIDDEN = 5, 6
@@ -93,7 +93,7 @@ def test_replay_equals_gru_trunk_sequence_pad_backend(case, dtype):
     torch.manual_seed(0)
     trunk = GRUTrunk(INPUT, HIDDEN, layers, recurrent_backend="pad").to(dtype)
     x, hidden, reset = _inputs(batch, steps, layers, kind, dtype)
-    expected = _grads(lambda x, h, r: (lambda o, s: (o, s["hidden"]))(*trunk.sequence(x, {"hidden": h}, r)),
+    expected = _grads(lambda x, h, r: (lambda o, s: (o, s.hidden))(*trunk.sequence(x, GRUState(h), r)),
                       trunk, x, hidden, reset)
     for method in METHODS:
         actual = _grads(lambda x, h, r: gru_replay(trunk.core.gru, x, h, r, method=method), trunk, x, hidden, reset)
@@ -191,7 +191,7 @@ def test_replay_on_cuda_equals_gru_trunk_sequence_pad_backend(layers):
     x, hidden, reset = _inputs(6, 40, layers, "several", torch.float32)
     x, hidden, reset = x.cuda(), hidden.cuda(), reset.cuda()
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        expected = _grads(lambda x, h, r: (lambda o, s: (o, s["hidden"]))(*trunk.sequence(x, {"hidden": h}, r)),
+        expected = _grads(lambda x, h, r: (lambda o, s: (o, s.hidden))(*trunk.sequence(x, GRUState(h), r)),
                           trunk, x, hidden, reset)
         actual = _grads(lambda x, h, r: gru_replay(trunk.core.gru, x, h, r), trunk, x, hidden, reset)
     _assert_same(actual, expected, torch.float32, "auto (packed on CUDA)")

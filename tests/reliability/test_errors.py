@@ -18,7 +18,7 @@ from .conftest import REPO, tiny_config, tiny_overrides
     ("device=cuda:abc", "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ("device=tpu", "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
     ("learning_rate=1e300", "learning_rate must be in (0, 1.0]"),
-    ("dt_max=.inf", "dt_max must be a finite number > 0, got inf"),
+    ("dt_max=.inf", "dt_max must be a finite float >= dt_min=0.001, got inf"),
     ("dt_min=1e-50", "dt_min must give a finite initial step in float32"),
     ("dt_init_floor=1e-50", "dt_init_floor must give a finite initial step in float32"),
     ("dt_max=1e39", "dt_max must give a finite initial step in float32"),
