@@ -217,8 +217,10 @@ class GymVectorEnv:
             self.vec = gymnasium.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
                                           vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED},
                                           **kwargs)
-        except TypeError as err:
-            raise EnvSpecError(f"env {env_id!r} rejected env_kwargs {kwargs}: {err}") from err
+        except (TypeError, ValueError, AssertionError) as err:
+            # a constructor refuses an unknown keyword (TypeError) or a bad value (ValueError, assert)
+            what = f"rejected env_kwargs {kwargs}" if kwargs else "could not be made (no env_kwargs given)"
+            raise EnvSpecError(f"env {env_id!r} {what}: {err}") from err
         self.env_id = env_id
         self.num_envs = num_envs
         self.device = torch.device(device)
@@ -319,12 +321,13 @@ class TorchRLBatchedEnv:
 
     def __init__(self, factory: str, num_envs: int, env_kwargs: dict | None = None, device="cpu") -> None:
         from torchrl.envs import EnvBase
+        from torchrl.envs.utils import check_env_specs
 
         fn = _import_factory(factory)
         kwargs = dict(env_kwargs or {})
         try:
             env = fn(num_envs=num_envs, device=device, **kwargs)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise EnvSpecError(f"env factory {factory!r} rejected its arguments (num_envs={num_envs}, device, "
                                f"env_kwargs {kwargs}): {err}") from err
         if not isinstance(env, EnvBase):
@@ -332,6 +335,12 @@ class TorchRLBatchedEnv:
         if tuple(env.batch_size) != (num_envs,):
             raise EnvSpecError(f"env factory {factory!r} must return an env with batch_size [{num_envs}], got "
                                f"{list(env.batch_size)}")
+        try:
+            # a short rollout whose every entry must fit the env's own specs
+            check_env_specs(env, seed=0)
+        except (AssertionError, ValueError, RuntimeError, KeyError) as err:
+            raise EnvSpecError(f"env factory {factory!r}: the env's reset/step output does not match its own "
+                               f"specs (torchrl.envs.utils.check_env_specs): {err}") from err
         self.env = env
         self.num_envs = num_envs
         self.device = torch.device(device)
