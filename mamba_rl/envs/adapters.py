@@ -45,6 +45,7 @@ from gymnasium import spaces
 from mamba_rl.envs.delayed_memory import (
     DelayedMemoryParams,
     DelayedMemoryState,
+    _seed_key,
     delayed_memory_init,
     delayed_memory_observe,
     delayed_memory_reset,
@@ -116,30 +117,45 @@ class DelayedMemoryTask:
     """The delayed memory task's functional core as a :class:`BatchedEnv` (device-resident, never truncates).
 
     The state is :class:`~mamba_rl.envs.DelayedMemoryState` as a dict; ``step`` is
-    :func:`~mamba_rl.envs.delayed_memory_step` with ``autoreset=True``.
+    :func:`~mamba_rl.envs.delayed_memory_step`.
+
+    Args:
+        params: the task.
+        num_envs: copies.
+        device: where the state lives.
+        autoreset: start the next episode where one ends (training); False plays one episode per
+            copy, a finished copy then staying terminal (reward 0, not scored: evaluation).
+        first_env: copy ``i`` draws from the stream of ``(seed, first_env + i)``, so that episode
+            ``k`` of an evaluation is the same whatever batch of copies plays it.
     """
 
     device_resident = True
     can_truncate = False
 
-    def __init__(self, params: DelayedMemoryParams, num_envs: int, device) -> None:
+    def __init__(self, params: DelayedMemoryParams, num_envs: int, device, *, autoreset: bool = True,
+                 first_env: int = 0) -> None:
         self.params = params
         self.num_envs = num_envs
         self.device = torch.device(device)
+        self.autoreset = autoreset
+        self.first_env = int(first_env)
         self.obs_dim = params.obs_dim
         self.observation_space = spaces.Box(0.0, 1.0, (params.obs_dim,), np.float32)
         self.action_space = spaces.Discrete(params.num_actions)
 
     def reset(self, seed: int):
-        state = delayed_memory_reset(delayed_memory_init(self.num_envs, self.params, seed, self.device), None,
-                                     self.params)
+        state = delayed_memory_init(self.num_envs, self.params, seed, self.device)
+        if self.first_env:
+            index = self.first_env + torch.arange(self.num_envs, dtype=torch.int64, device=self.device)
+            state = state._replace(stream=mix32(index ^ _seed_key(seed)))
+        state = delayed_memory_reset(state, None, self.params)
         obs, decision = delayed_memory_observe(state, self.params)
         return {name: value.clone() for name, value in state._asdict().items()}, obs, decision
 
     def step(self, state, action):
         env_state = DelayedMemoryState(**{name: state[name] for name in DelayedMemoryState._fields})
         env_state, obs, reward, done, decision, success = delayed_memory_step(env_state, action, self.params,
-                                                                              autoreset=True)
+                                                                              autoreset=self.autoreset)
         return env_state._asdict(), EnvStep(obs, reward, done, torch.zeros_like(done), None, decision, success)
 
     def check_state(self, state):
