@@ -122,7 +122,7 @@ class DelayedMemoryTask:
     Args:
         params: the task.
         num_envs: copies.
-        device: where the state lives.
+        device: where the state lives (None: the CPU).
         autoreset: start the next episode where one ends (training); False plays one episode per
             copy, a finished copy then staying terminal (reward 0, not scored: evaluation).
         first_env: copy ``i`` draws from the stream of ``(seed, first_env + i)``, so that episode
@@ -136,7 +136,7 @@ class DelayedMemoryTask:
                  first_env: int = 0) -> None:
         self.params = params
         self.num_envs = num_envs
-        self.device = torch.device(device)
+        self.device = torch.device("cpu" if device is None else device)
         self.autoreset = autoreset
         self.first_env = int(first_env)
         self.obs_dim = params.obs_dim
