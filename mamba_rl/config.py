@@ -207,6 +207,10 @@ class TrainConfig:
     """Entropy bonus coefficient."""
     vf_coef: float = 0.5
     """Value loss coefficient."""
+    reward_scale: float = 1.0
+    """Rewards are multiplied by this for the advantages and the value targets (the logged episode
+    returns are the env's own). Envs with large per-step rewards (Pendulum's reach -16) want value
+    targets near 1, which a freshly initialised value head reaches in a few updates."""
     max_grad_norm: float = 1.0
     """Gradient clipping (global norm)."""
     target_kl: Optional[float] = None
@@ -325,7 +329,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"state_figure_interval must be an int >= 0 (0 = never), got {cfg.state_figure_interval}")
     if cfg.chunk_len != "auto" and cfg.chunk_len < 1:
         raise ConfigError(f"chunk_len must be an int >= 1 or 'auto', got {cfg.chunk_len!r}")
-    for name in ("learning_rate", "adam_eps", "clip_coef", "max_grad_norm"):
+    for name in ("learning_rate", "adam_eps", "clip_coef", "max_grad_norm", "reward_scale"):
         _positive(cfg, name)
     for name in ("target_kl", "max_wall_time_s"):
         _positive(cfg, name, allow_none=True)

@@ -45,6 +45,7 @@ from gymnasium import spaces
 from mamba_rl.envs.delayed_memory import (
     DelayedMemoryParams,
     DelayedMemoryState,
+    _seed_key,
     delayed_memory_init,
     delayed_memory_observe,
     delayed_memory_reset,
@@ -116,30 +117,45 @@ class DelayedMemoryTask:
     """The delayed memory task's functional core as a :class:`BatchedEnv` (device-resident, never truncates).
 
     The state is :class:`~mamba_rl.envs.DelayedMemoryState` as a dict; ``step`` is
-    :func:`~mamba_rl.envs.delayed_memory_step` with ``autoreset=True``.
+    :func:`~mamba_rl.envs.delayed_memory_step`.
+
+    Args:
+        params: the task.
+        num_envs: copies.
+        device: where the state lives (None: the CPU).
+        autoreset: start the next episode where one ends (training); False plays one episode per
+            copy, a finished copy then staying terminal (reward 0, not scored: evaluation).
+        first_env: copy ``i`` draws from the stream of ``(seed, first_env + i)``, so that episode
+            ``k`` of an evaluation is the same whatever batch of copies plays it.
     """
 
     device_resident = True
     can_truncate = False
 
-    def __init__(self, params: DelayedMemoryParams, num_envs: int, device) -> None:
+    def __init__(self, params: DelayedMemoryParams, num_envs: int, device, *, autoreset: bool = True,
+                 first_env: int = 0) -> None:
         self.params = params
         self.num_envs = num_envs
-        self.device = torch.device(device)
+        self.device = torch.device("cpu" if device is None else device)
+        self.autoreset = autoreset
+        self.first_env = int(first_env)
         self.obs_dim = params.obs_dim
         self.observation_space = spaces.Box(0.0, 1.0, (params.obs_dim,), np.float32)
         self.action_space = spaces.Discrete(params.num_actions)
 
     def reset(self, seed: int):
-        state = delayed_memory_reset(delayed_memory_init(self.num_envs, self.params, seed, self.device), None,
-                                     self.params)
+        state = delayed_memory_init(self.num_envs, self.params, seed, self.device)
+        if self.first_env:
+            index = self.first_env + torch.arange(self.num_envs, dtype=torch.int64, device=self.device)
+            state = state._replace(stream=mix32(index ^ _seed_key(seed)))
+        state = delayed_memory_reset(state, None, self.params)
         obs, decision = delayed_memory_observe(state, self.params)
         return {name: value.clone() for name, value in state._asdict().items()}, obs, decision
 
     def step(self, state, action):
         env_state = DelayedMemoryState(**{name: state[name] for name in DelayedMemoryState._fields})
         env_state, obs, reward, done, decision, success = delayed_memory_step(env_state, action, self.params,
-                                                                              autoreset=True)
+                                                                              autoreset=self.autoreset)
         return env_state._asdict(), EnvStep(obs, reward, done, torch.zeros_like(done), None, decision, success)
 
     def check_state(self, state):
@@ -217,8 +233,10 @@ class GymVectorEnv:
             self.vec = gymnasium.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
                                           vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED},
                                           **kwargs)
-        except TypeError as err:
-            raise EnvSpecError(f"env {env_id!r} rejected env_kwargs {kwargs}: {err}") from err
+        except (TypeError, ValueError, AssertionError) as err:
+            # a constructor refuses an unknown keyword (TypeError) or a bad value (ValueError, assert)
+            what = f"rejected env_kwargs {kwargs}" if kwargs else "could not be made (no env_kwargs given)"
+            raise EnvSpecError(f"env {env_id!r} {what}: {err}") from err
         self.env_id = env_id
         self.num_envs = num_envs
         self.device = torch.device(device)
@@ -319,12 +337,13 @@ class TorchRLBatchedEnv:
 
     def __init__(self, factory: str, num_envs: int, env_kwargs: dict | None = None, device="cpu") -> None:
         from torchrl.envs import EnvBase
+        from torchrl.envs.utils import check_env_specs
 
         fn = _import_factory(factory)
         kwargs = dict(env_kwargs or {})
         try:
             env = fn(num_envs=num_envs, device=device, **kwargs)
-        except TypeError as err:
+        except (TypeError, ValueError) as err:
             raise EnvSpecError(f"env factory {factory!r} rejected its arguments (num_envs={num_envs}, device, "
                                f"env_kwargs {kwargs}): {err}") from err
         if not isinstance(env, EnvBase):
@@ -332,6 +351,12 @@ class TorchRLBatchedEnv:
         if tuple(env.batch_size) != (num_envs,):
             raise EnvSpecError(f"env factory {factory!r} must return an env with batch_size [{num_envs}], got "
                                f"{list(env.batch_size)}")
+        try:
+            # a short rollout whose every entry must fit the env's own specs
+            check_env_specs(env, seed=0)
+        except (AssertionError, ValueError, RuntimeError, KeyError) as err:
+            raise EnvSpecError(f"env factory {factory!r}: the env's reset/step output does not match its own "
+                               f"specs (torchrl.envs.utils.check_env_specs): {err}") from err
         self.env = env
         self.num_envs = num_envs
         self.device = torch.device(device)

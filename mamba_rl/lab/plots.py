@@ -37,13 +37,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from mamba_rl.envs import (
-    DelayedMemoryParams,
-    delayed_memory_init,
-    delayed_memory_observe,
-    delayed_memory_reset,
-    delayed_memory_step,
-)
+from mamba_rl.envs import DelayedMemoryParams
+from mamba_rl.envs.adapters import DelayedMemoryTask
 from mamba_rl.lab.policy import as_state_policy
 from mamba_rl.lab.tracing import StateTrace, trace
 
@@ -139,7 +134,8 @@ def play_episodes(
     if module.input_size != params.obs_dim:
         raise ValueError(f"the policy reads {module.input_size} features but the task has obs_dim={params.obs_dim}")
     num_steps = params.max_episode_steps
-    env = delayed_memory_reset(delayed_memory_init(episodes, params, seed, device), None, params)
+    task = DelayedMemoryTask(params, episodes, device, autoreset=False)
+    env, _, _ = task.reset(seed)
     observations, target, query_step = episode_observations(params, episodes, seed, device)
     reset = torch.zeros(episodes, num_steps, dtype=torch.bool, device=device)
     reset[:, 0] = True
@@ -155,10 +151,10 @@ def play_episodes(
     success = torch.zeros(episodes, dtype=torch.bool, device=device)
     answer = torch.full_like(target, -1)
     for t in range(num_steps):
-        scored = env.t == env.horizon + 1
+        scored = env["t"] == env["horizon"] + 1
         answer = torch.where(scored, actions[t], answer)
-        env, _, _, _, _, step_success = delayed_memory_step(env, actions[t], params)
-        success |= step_success
+        env, step = task.step(env, actions[t])
+        success |= step.success
     return Episodes(state_trace, observations, target, answer, success, query_step, params)
 
 
@@ -168,13 +164,14 @@ def episode_observations(params: DelayedMemoryParams, num_envs: int, seed: int, 
 
     The task's observations do not depend on the actions, so whole episodes can be made at once.
     """
-    env = delayed_memory_reset(delayed_memory_init(num_envs, params, seed, device), None, params)
-    target, query_step = env.target.clone(), env.horizon + 1
+    task = DelayedMemoryTask(params, num_envs, device, autoreset=False)
+    env, obs, _ = task.reset(seed)
+    target, query_step = env["target"].clone(), env["horizon"] + 1
     observations = []
     for _ in range(params.max_episode_steps):
-        obs, _ = delayed_memory_observe(env, params)
         observations.append(obs)
-        env = delayed_memory_step(env, torch.zeros_like(target), params).state
+        env, step = task.step(env, torch.zeros_like(target))
+        obs = step.obs
     return torch.stack(observations, 1), target, query_step
 
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mamba_rl.envs import DelayedMemoryParams, delayed_memory_init, delayed_memory_observe, delayed_memory_reset, \
-    delayed_memory_step
+from mamba_rl.envs import DelayedMemoryParams
+from mamba_rl.envs.adapters import DelayedMemoryTask
 from mamba_rl.lab.policy import as_state_policy
 from mamba_rl.state import MambaState
 
@@ -118,7 +118,8 @@ def rollout_with_ssm_delta(
     ``delta_ssm`` to the SSM state entering step ``at_step``.
 
     The loop is the one of :func:`mamba_rl.evaluate.evaluate_policy`: ``module.step`` on each
-    observation (reset at step 0), the head's argmax as the action, the env's functional step.
+    observation (reset at step 0), the head's argmax as the action, the memory task's adapter
+    stepped without autoreset (one episode per copy).
     """
     module, head = _policy_parts(policy)
     device = module.input_proj.weight.device
@@ -127,8 +128,9 @@ def rollout_with_ssm_delta(
         # at step 0 the episode's reset zeroes the state, change included
         raise ValueError(f"at_step must be an int in 1..{low + 1} (after the cue, up to the query step of the "
                          f"shortest episode), got {at_step!r}")
-    env = delayed_memory_reset(delayed_memory_init(num_envs, params, seed, device), None, params)
-    target, query_step = env.target.clone(), env.horizon + 1
+    task = DelayedMemoryTask(params, num_envs, device, autoreset=False)
+    env, obs, _ = task.reset(seed)
+    target, query_step = env["target"].clone(), env["horizon"] + 1
     if delta_ssm is not None and tuple(delta_ssm.shape) != (num_envs, *module.state_shapes[module.ssm_key]):
         raise ValueError(f"delta_ssm must have shape {[num_envs, *module.state_shapes[module.ssm_key]]}, "
                          f"got {list(delta_ssm.shape)}")
@@ -140,7 +142,6 @@ def rollout_with_ssm_delta(
     observations = []
     state_at_step = None
     for t in range(params.max_episode_steps):
-        obs, _ = delayed_memory_observe(env, params)
         observations.append(obs)
         if t == at_step:
             state_at_step = MambaState(state.ssm.clone(), state.conv.clone())
@@ -150,11 +151,12 @@ def rollout_with_ssm_delta(
         features, state = module.step(obs, state, reset)
         logits = head(features)
         action = logits.argmax(-1)
-        scored = env.t == env.horizon + 1
+        scored = env["t"] == env["horizon"] + 1
         answer = torch.where(scored, action, answer)
         logits_at_query = logits if logits_at_query is None else torch.where(scored[:, None], logits, logits_at_query)
-        env, _, _, _, _, step_success = delayed_memory_step(env, action, params)
-        success |= step_success
+        env, step = task.step(env, action)
+        obs = step.obs
+        success |= step.success
     return RolloutResult(answer, target, success, logits_at_query, torch.stack(observations, 1), query_step,
                          state_at_step, at_step)
 

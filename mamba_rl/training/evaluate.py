@@ -23,17 +23,10 @@ from pathlib import Path
 import torch
 
 from mamba_rl.config import TrainConfig
-from mamba_rl.envs import (
-    DelayedMemoryParams,
-    DelayedMemoryState,
-    delayed_memory_init,
-    delayed_memory_observe,
-    delayed_memory_reset,
-    delayed_memory_step,
-)
+from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.io import CheckpointError
-from mamba_rl.envs.adapters import BatchedEnv, EnvSpecError, episode_seed
-from mamba_rl.envs.delayed_memory import _seed_key, mix32
+from mamba_rl.envs.adapters import BatchedEnv, DelayedMemoryTask, EnvSpecError, episode_seed
+from mamba_rl.envs.delayed_memory import mix32
 from mamba_rl.policies import ActorCritic, build_policy, load_policy, make_train_env
 from mamba_rl.cuda_graph import capture_cuda_graph
 from mamba_rl.policies.heads import sample_actions
@@ -177,33 +170,25 @@ def format_return_table(results: dict, env: str) -> str:
 PROGRESS_STEPS = 100_000
 
 
-def _episode_streams(first_episode: int, n: int, seed: int, device) -> torch.Tensor:
-    """The memory task's per-env hash streams of episodes ``first_episode .. first_episode + n - 1``
-    of an evaluation seeded ``seed``: what :func:`~mamba_rl.envs.delayed_memory_init` gives env
-    ``i`` of one batch holding every episode."""
-    return mix32((first_episode + torch.arange(n, dtype=torch.int64, device=device)) ^ _seed_key(seed))
-
-
 class _EpisodeBatch:
     """``n`` evaluation episodes, numbered ``first_episode ..``, stepped together. Every tensor is
     updated in place, so that on CUDA one step is captured in a CUDA graph and replayed (a step is
     then one launch instead of ~100 kernels queued from Python).
 
     ``obs``, ``state`` (the policy's, stepped in place), ``reset`` (True before the first step),
-    ``env`` (its fields), ``successes`` and ``returns`` per episode ``[n]``, and ``t`` the step.
-    Episode ``i``'s env draws from the stream of ``(seed, i)`` and, sampled, its actions from noise
-    hashed from ``(seed, i, t)``: the episode is the same whatever batch it runs in. Without
-    autoreset a finished env stays terminal: reward 0, success False.
+    ``env`` (the state of ``task``, a :class:`~mamba_rl.envs.adapters.DelayedMemoryTask` without
+    autoreset), ``successes`` and ``returns`` per episode ``[n]``, and ``t`` the step. Episode
+    ``i``'s env draws from the stream of ``(seed, i)`` and, sampled, its actions from noise hashed
+    from ``(seed, i, t)``: the episode is the same whatever batch it runs in. A finished env stays
+    terminal: reward 0, success False.
     """
 
     def __init__(self, policy, params: DelayedMemoryParams, n: int, seed: int, greedy: bool, device,
                  first_episode: int = 0):
         self.policy, self.params, self.greedy = policy, params, greedy
-        env = delayed_memory_init(n, params, seed, device)
-        env = env._replace(stream=_episode_streams(first_episode, n, seed, device))
-        env = delayed_memory_reset(env, None, params)
-        self.env = DelayedMemoryState(*(field.clone() for field in env))
-        self.obs = delayed_memory_observe(env, params)[0].clone()
+        self.task = DelayedMemoryTask(params, n, device, autoreset=False, first_env=first_episode)
+        self.env, obs, _ = self.task.reset(seed)
+        self.obs = obs.clone()
         self.state = policy.zero_state(n, device)
         self.reset = torch.ones(n, dtype=torch.bool, device=device)
         self.successes = torch.zeros(n, dtype=torch.int64, device=device)
@@ -214,7 +199,7 @@ class _EpisodeBatch:
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor :meth:`step` writes."""
-        return [self.obs, *self.state.values(), self.reset, *self.env, self.successes, self.returns, self.t]
+        return [self.obs, *self.state.values(), self.reset, *self.env.values(), self.successes, self.returns, self.t]
 
     def step(self) -> None:
         logits, _, _ = self.policy.step(self.obs, self.state, self.reset, out_state=self.state)
@@ -222,12 +207,12 @@ class _EpisodeBatch:
             action = logits.argmax(-1)
         else:
             action = sample_actions(logits, hashed_noise(self.key, self.episode, self.t, (), normal=False))
-        env, obs, reward, _, _, success = delayed_memory_step(self.env, action, self.params)
-        for static, new in zip(self.env, env):
-            static.copy_(new)
-        self.obs.copy_(obs)
-        self.successes += success
-        self.returns += reward
+        env, step = self.task.step(self.env, action)
+        for name, value in env.items():
+            self.env[name].copy_(value)
+        self.obs.copy_(step.obs)
+        self.successes += step.success
+        self.returns += step.reward
         self.reset.zero_()
         self.t.add_(1)
 

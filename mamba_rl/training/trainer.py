@@ -30,7 +30,7 @@ from mamba_rl.training.rollout import RolloutCollector
 from mamba_rl.training.runs import RESUME_MUTABLE_KEYS, GracefulStop, RunLock, SignalsRaise, check_resume_config
 
 __all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_device", "new_run_dir", "run_name",
-           "RESUME_MUTABLE_KEYS"]
+           "rollout_advantages", "RESUME_MUTABLE_KEYS"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -71,6 +71,14 @@ def _learning_rate(cfg: TrainConfig, update: int) -> float:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def rollout_advantages(rollout, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(advantages, returns)`` ``[N, S]`` of ``rollout``: GAE on the rewards times ``cfg.reward_scale``
+    (the values the policy predicts are of the scaled returns)."""
+    return compute_gae(rollout.reward * cfg.reward_scale, rollout.value, rollout.done, rollout.bootstrap_value,
+                       cfg.gamma, cfg.gae_lambda, rollout.terminated, rollout.final_value)
 
 
 def ppo_update(policy, optimizer, rollout, advantages, returns, cfg: TrainConfig, generator: torch.Generator) -> dict:
@@ -262,10 +270,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
 
                 # advantages, then the PPO epochs
                 start = time.perf_counter()
-                with torch.no_grad():
-                    advantages, returns = compute_gae(rollout.reward, rollout.value, rollout.done,
-                                                      rollout.bootstrap_value, cfg.gamma, cfg.gae_lambda,
-                                                      rollout.terminated, rollout.final_value)
+                advantages, returns = rollout_advantages(rollout, cfg)
                 stats = ppo_update(policy, optimizer, rollout, advantages, returns, cfg, generator)
                 with torch.no_grad():
                     episodes = rollout.done.sum()

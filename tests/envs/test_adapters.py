@@ -130,3 +130,79 @@ def test_torchrl_adapter_steps_an_envbase_with_step_and_maybe_reset():
     assert [bool(e.any()) for e in ends] == [False, False, False, True] and bool(ends[-1].all())
     assert not torch.stack(rewards[:3]).any()
     env.close()
+
+
+class BadStep(Countdown):
+    """Countdown whose steps break its own spaces: an observation outside them (``bad="obs"``) or a NaN
+    reward (``bad="reward"``); its reset is fine."""
+
+    def __init__(self, bad="obs"):
+        super().__init__(length=3)
+        self.bad = bad
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if self.bad == "obs":
+            obs = obs + 5.0
+        return obs, float("nan") if self.bad == "reward" else reward, terminated, truncated, info
+
+
+class Picky(Countdown):
+    """Countdown whose constructor refuses a bad value (as many envs do, with a ValueError)."""
+
+    def __init__(self, length=3):
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length}")
+        super().__init__(length=length)
+
+
+for _name, _entry in (("BadStep", BadStep), ("Picky", Picky)):
+    if f"mamba_rl_test/{_name}-v0" not in gymnasium.registry:
+        gymnasium.register(f"mamba_rl_test/{_name}-v0", entry_point=_entry)
+
+
+def test_unsupported_observation_space_is_named_with_what_is_supported():
+    class TextObservations(Countdown):
+        observation_space = spaces.Text(5)
+
+    gymnasium.register("mamba_rl_test/TextObservations-v0", entry_point=TextObservations)
+    with pytest.raises(UnsupportedSpaceError, match=r"observation space Text\(.*supported: Box, Discrete"):
+        make_env("mamba_rl_test/TextObservations-v0", 2, "cpu")
+
+
+@pytest.mark.parametrize("bad, message", [("obs", "step returned an observation outside its observation space"),
+                                          ("reward", "step returned rewards .*expected 2 finite numbers")])
+def test_a_step_that_breaks_the_envs_own_spec_is_an_error(bad, message):
+    env = make_env("mamba_rl_test/BadStep-v0", 2, "cpu", env_kwargs={"bad": bad})
+    env.reset(0)
+    with pytest.raises(EnvSpecError, match=message):
+        env.step({}, torch.zeros(2, dtype=torch.int64))
+    env.close()
+
+
+def test_an_env_kwarg_value_the_env_refuses_is_named():
+    with pytest.raises(EnvSpecError, match=r"rejected env_kwargs \{'length': 0\}: length must be >= 1, got 0"):
+        make_env("mamba_rl_test/Picky-v0", 2, "cpu", env_kwargs={"length": 0})
+
+
+def broken_spec_factory(num_envs, device):
+    from mamba_rl.envs import DelayedMemoryEnv
+
+    class WideObservations(DelayedMemoryEnv):
+        """Its steps return one observation feature more than its observation spec holds."""
+
+        def _step(self, tensordict):
+            out = super()._step(tensordict)
+            return out.set("observation", torch.cat([out["observation"], out["observation"][:, :1]], -1))
+
+    return WideObservations(num_envs, num_bits=2, horizon=2, device=device, seed=0)
+
+
+def test_torchrl_env_kwargs_the_factory_rejects_are_named():
+    with pytest.raises(EnvSpecError, match=r"rejected its arguments .*env_kwargs \{'colour': 'red'\}"):
+        make_env(f"{__name__}:memory_factory", 2, "cpu", env_kwargs={"colour": "red"})
+
+
+def test_torchrl_env_whose_output_breaks_its_own_specs_is_an_error():
+    with pytest.raises(EnvSpecError, match="does not match its own specs"):
+        make_env(f"{__name__}:broken_spec_factory", 2, "cpu")
