@@ -48,8 +48,8 @@ def recall_config(**kwargs):
     return TrainConfig(**{**base, **kwargs})
 
 
-@pytest.mark.parametrize("controller, options", [("gru", {}), ("mamba", {"start_marker": True})],
-                         ids=["gru", "mamba-start_marker"])
+@pytest.mark.parametrize("controller, options", [("gru", {}), ("mamba", {"mamba_preset": "rl"})],
+                         ids=["gru", "mamba-rl"])
 def test_trainer_learns_to_recall_the_first_card(controller, options, tmp_path):
     cfg = recall_config(controller=controller, num_updates=16, env_kwargs={"lag": "first"}, **options)
     result = train(cfg, tmp_path / "run", verbose=False)
