@@ -35,7 +35,6 @@ import time
 import traceback
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -57,7 +56,8 @@ def write_json():
     from mamba_rl.kernels import triton_conv, triton_scan, triton_step
 
     payload = dict(META, copy_bandwidth_bytes_per_s=BANDWIDTH.get("copy_bytes_per_s"), peak_bandwidth_assumed=PEAK_BW,
-                   configs=dict(scan=triton_scan.SCAN_CONFIG, conv=triton_conv.CONV_CONFIG, step=triton_step.STEP_CONFIG),
+                   configs=dict(scan=triton_scan.SCAN_CONFIG, conv=triton_conv.CONV_CONFIG,
+                                step=triton_step.STEP_CONFIG),
                    seconds=time.time() - META["started"], results=RESULTS, sweep=SWEEP)
     with open(META["out"], "w") as f:
         json.dump(payload, f, indent=1)
@@ -606,7 +606,8 @@ def bench_policy_step(num_envs=4096, d_model=128, input_size=32):
         for backend in ("torch", "triton"):
             module.backend = backend
             y_b, s_b = module.step(x, state0, reset)
-            check = {"y": rel_err(y_b, y_ref), "ssm": rel_err(s_b.ssm, s_ref.ssm), "conv": rel_err(s_b.conv, s_ref.conv)}
+            check = {"y": rel_err(y_b, y_ref), "ssm": rel_err(s_b.ssm, s_ref.ssm),
+                     "conv": rel_err(s_b.conv, s_ref.conv)}
             if not max(check.values()) <= 1e-4:
                 raise AssertionError(f"MambaModule.step {backend} differs from the torch step: {check}")
             state = type(state0)(state0.ssm.clone(), state0.conv.clone())

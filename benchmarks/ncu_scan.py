@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_scan  # noqa: E402
+
 from mamba_rl.kernels import triton_scan  # noqa: E402
 from mamba_rl.kernels.triton_scan import selective_scan_triton  # noqa: E402
 
@@ -40,7 +41,8 @@ def main() -> None:
     overrides = json.loads(args.config)
     unknown = sorted(set(overrides) - set(triton_scan.SCAN_CONFIG))
     if unknown:
-        raise SystemExit(f"--config: unknown SCAN_CONFIG keys {unknown}; expected some of {sorted(triton_scan.SCAN_CONFIG)}")
+        raise SystemExit(f"--config: unknown SCAN_CONFIG keys {unknown}; "
+                         f"expected some of {sorted(triton_scan.SCAN_CONFIG)}")
     triton_scan.SCAN_CONFIG.update(overrides)
     if args.T < 1 or args.calls < 1:
         raise SystemExit(f"--T and --calls must be >= 1, got {args.T} and {args.calls}")

@@ -304,7 +304,8 @@ def validate(cfg: TrainConfig) -> None:
     if not (cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device)):
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N a GPU index), got {cfg.device!r}")
     if cfg.learning_rate > MAX_LEARNING_RATE:
-        raise ConfigError(f"learning_rate must be in (0, {MAX_LEARNING_RATE}] (Adam's step size), got {cfg.learning_rate!r}")
+        raise ConfigError(f"learning_rate must be in (0, {MAX_LEARNING_RATE}] (Adam's step size), "
+                          f"got {cfg.learning_rate!r}")
     _check_dt_init(cfg)
 
 
@@ -318,7 +319,8 @@ def _check_dt_init(cfg: TrainConfig) -> None:
     import torch
 
     floor = cfg.dt_min if cfg.dt_init_floor is None else cfg.dt_init_floor
-    for name, value in (("dt_init_floor" if cfg.dt_init_floor is not None else "dt_min", floor), ("dt_max", cfg.dt_max)):
+    floor_name = "dt_min" if cfg.dt_init_floor is None else "dt_init_floor"
+    for name, value in ((floor_name, floor), ("dt_max", cfg.dt_max)):
         dt = torch.tensor(value, dtype=torch.float32)
         if not bool((dt + torch.log(-torch.expm1(-dt))).isfinite()):
             raise ConfigError(

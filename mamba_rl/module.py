@@ -340,7 +340,9 @@ class MambaModule(TensorDictModuleBase):
         ssm, conv = [], []
         for i, block in enumerate(self.layers):
             # out_state only when asked for, so that MambaMixer.step(x, state, reset) overrides still work
-            layer_out = {} if out_state is None else {"out_state": MixerState(out_state.conv[:, i], out_state.ssm[:, i])}
+            layer_out = {}
+            if out_state is not None:
+                layer_out["out_state"] = MixerState(out_state.conv[:, i], out_state.ssm[:, i])
             y, layer_state = block.mixer.step(block.norm(h), MixerState(state.conv[:, i], state.ssm[:, i]), reset,
                                               **layer_out)
             h = h + y

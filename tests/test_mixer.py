@@ -1,6 +1,5 @@
 """MambaMixer: mamba-ssm compatibility, the three entry points agree, state is pure and differentiable."""
 
-import math
 
 import pytest
 import torch

@@ -17,7 +17,6 @@ from mamba_rl.module import MambaState
 from tests.conftest import assert_close
 from tests.toy_env import RandomEndEnv
 
-
 # CPU runs the float64 reference; CUDA runs float32 through backend="auto" (Triton when present)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 

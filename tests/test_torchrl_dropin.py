@@ -99,9 +99,11 @@ def test_keys_follow_gru_module_rules():
     mamba = MambaModule(5, 8, in_key="observation", out_key="features")
     assert mamba.in_keys[0] == gru.in_keys[0] and mamba.in_keys[-1] == gru.in_keys[-1] == "is_init"
     assert mamba.out_keys == ["features", ("next", "recurrent_state_ssm"), ("next", "recurrent_state_conv")]
-    listed = MambaModule(5, 8, in_keys=["obs", "s", ("nested", "c")], out_keys=["f", ("next", "s"), ("next", "nested", "c")])
+    listed = MambaModule(5, 8, in_keys=["obs", "s", ("nested", "c")],
+                         out_keys=["f", ("next", "s"), ("next", "nested", "c")])
     assert listed.in_keys == ["obs", "s", ("nested", "c"), "is_init"]
-    for kwargs in ({}, {"in_key": "obs"}, {"out_key": "f"}, {"in_key": "obs", "in_keys": ["obs", "s", "c"], "out_key": "f"}):
+    for kwargs in ({}, {"in_key": "obs"}, {"out_key": "f"},
+                   {"in_key": "obs", "in_keys": ["obs", "s", "c"], "out_key": "f"}):
         with pytest.raises(ValueError, match="pass exactly one of"):
             MambaModule(5, 8, **kwargs)
     with pytest.raises(ValueError, match=r"in_keys must be \[in_key, ssm_key, conv_key\]"):

@@ -61,7 +61,8 @@ import triton
 import triton.language as tl
 
 from mamba_rl.kernels.triton_host import next_pow2, time_major_like
-from mamba_rl.kernels.triton_launch import DirectLauncher, interpreted as _interpreted
+from mamba_rl.kernels.triton_launch import DirectLauncher
+from mamba_rl.kernels.triton_launch import interpreted as _interpreted
 
 __all__ = ["selective_scan_triton", "SCAN_CONFIG"]
 

@@ -34,8 +34,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mamba_rl.envs import DelayedMemoryParams, delayed_memory_init, delayed_memory_observe, delayed_memory_reset, \
-    delayed_memory_step
+from mamba_rl.envs import (
+    DelayedMemoryParams,
+    delayed_memory_init,
+    delayed_memory_observe,
+    delayed_memory_reset,
+    delayed_memory_step,
+)
 from mamba_rl.lab.policy import as_state_policy
 from mamba_rl.module import MambaState
 

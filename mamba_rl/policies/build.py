@@ -38,7 +38,8 @@ def build_policy(cfg: TrainConfig, device, env: BatchedEnv | None = None) -> Act
     return make_actor_critic(
         cfg.controller, obs_dim, action_space=action_space, shared_trunk=cfg.shared_trunk, d_model=cfg.d_model,
         num_layers=cfg.num_layers, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, dt_min=cfg.dt_min,
-        dt_max=cfg.dt_max, dt_init_floor=cfg.dt_init_floor, bc_init_scale=cfg.bc_init_scale, start_marker=cfg.start_marker,
+        dt_max=cfg.dt_max, dt_init_floor=cfg.dt_init_floor, bc_init_scale=cfg.bc_init_scale,
+        start_marker=cfg.start_marker,
         mamba_backend=cfg.mamba_backend, gru_hidden_size=cfg.gru_hidden_size, gru_backend=cfg.gru_backend,
         head_hidden=cfg.head_hidden, device=device,
     )
