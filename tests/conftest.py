@@ -2,6 +2,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test runs torch on one intra-op thread: the tensors here are tiny, so a second thread
+    only adds a synchronisation per op, which costs milliseconds when the other core is busy (a
+    second pytest worker, or another process). A test that sets threads (a preset's
+    ``num_threads``) does not leak them into the next."""
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
