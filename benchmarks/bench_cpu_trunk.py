@@ -119,7 +119,8 @@ def check(module: MambaModule, x: torch.Tensor, reset: torch.Tensor, scan: dict)
         results[backend] = (out.detach(), state.ssm.detach(), [p.grad.clone() for p in module.parameters()])
     ref, new = results["torch"], results["chunked"]
     diffs = {"trunk_out": (ref[0] - new[0]).abs().max().item(), "trunk_final_ssm": (ref[1] - new[1]).abs().max().item(),
-             "trunk_param_grads_rel": max(((a - b).norm() / a.norm().clamp_min(1e-30)).item() for a, b in zip(ref[2], new[2]))}
+             "trunk_param_grads_rel": max(((a - b).norm() / a.norm().clamp_min(1e-30)).item()
+                                          for a, b in zip(ref[2], new[2]))}
     y_ref, h_ref = naive.selective_scan_ref(**scan)
     y, h = chunked.selective_scan_chunked(**scan)
     diffs["scan_y"] = (y - y_ref).abs().max().item()

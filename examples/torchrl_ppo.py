@@ -36,8 +36,15 @@ from torchrl.data import Categorical, LazyTensorStorage, OneHot, ReplayBuffer
 from torchrl.data.replay_buffers import SamplerWithoutReplacement
 from torchrl.envs import Compose, GymWrapper, InitTracker, RewardSum, SerialEnv, StepCounter, TransformedEnv
 from torchrl.envs.utils import check_env_specs
-from torchrl.modules import MLP, GRUModule, LSTMModule, ProbabilisticActor, TanhNormal, ValueOperator, \
-    set_recurrent_mode
+from torchrl.modules import (
+    MLP,
+    GRUModule,
+    LSTMModule,
+    ProbabilisticActor,
+    TanhNormal,
+    ValueOperator,
+    set_recurrent_mode,
+)
 from torchrl.modules.utils import get_primers_from_module
 from torchrl.objectives import ClipPPOLoss
 from torchrl.objectives.value import GAE

@@ -3,8 +3,8 @@
     python examples/torchrl_ppo_grid.py --out results/torchrl_ppo_grid --workers 16
 
 Each run writes ``<out>/<env>__<trunk>__<seed>.json`` after every batch (runs whose file says
-``complete`` are skipped, so an interrupted grid resumes); the table ``<out>/table.md`` has one row per env and one column per
-trunk: the mean over seeds of each run's final return (the episodes ending in its last 10% of
+``complete`` are skipped, so an interrupted grid resumes); the table ``<out>/table.md`` has one row
+per env and one column per trunk: the mean over seeds of each run's final return (the episodes ending in its last 10% of
 frames) +- their standard deviation, and the seed count.
 """
 

@@ -142,7 +142,8 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path} is not a mamba-rl checkpoint: expected format {CHECKPOINT_FORMAT!r}, got {found!r}")
+        raise CheckpointError(f"{path} is not a mamba-rl checkpoint: expected format {CHECKPOINT_FORMAT!r}, "
+                              f"got {found!r}")
     if payload.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path} has checkpoint version {payload.get('version')!r}; this mamba-rl reads versions "

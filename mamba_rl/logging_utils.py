@@ -59,7 +59,8 @@ def read_progress(path: str | Path) -> tuple[list[str] | None, list[dict]]:
             continue
         rows.append(row)
     if bad:
-        warnings.warn(f"{path}: skipped {len(bad)} line(s) that do not parse as a row (line {', '.join(map(str, bad[:5]))})")
+        lines = ", ".join(map(str, bad[:5]))
+        warnings.warn(f"{path}: skipped {len(bad)} line(s) that do not parse as a row (line {lines})")
     return header, rows
 
 

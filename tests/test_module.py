@@ -14,9 +14,8 @@ from torchrl.objectives.value import GAE
 
 from mamba_rl import MambaConfig, MambaModule
 from mamba_rl.state import MambaState
-from tests.conftest import assert_close
+from tests.conftest import assert_close, step_through
 from tests.toy_env import RandomEndEnv
-
 
 # CPU runs the float64 reference; CUDA runs float32 through backend="auto" (Triton when present)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
@@ -56,12 +55,7 @@ def test_step_calls_equal_one_recurrent_call(batch_shape, resets, device):
     td = sequence_td(batch_shape, 10, resets, device)
     with set_recurrent_mode(True):
         expected = module(td.clone())["feat"]
-    carry = td[..., 0].clone()
-    for t in range(10):
-        step = td[..., t].clone()
-        if t > 0:
-            step.update(carry["next"].select("recurrent_state_ssm", "recurrent_state_conv"))
-        carry = module(step)
+    for t, carry in enumerate(step_through(module, td, 10)):
         assert_close_on(device, carry["feat"], expected[..., t, :])
 
 
@@ -71,12 +65,7 @@ def test_recurrent_mode_reads_stored_state_when_row_does_not_start_with_is_init(
     with set_recurrent_mode(True):
         whole = module(td.clone())["feat"]
     # state after 5 steps, by stepping
-    carry = None
-    for t in range(5):
-        step = td[:, t].clone()
-        if carry is not None:
-            step.update(carry["next"].select("recurrent_state_ssm", "recurrent_state_conv"))
-        carry = module(step)
+    *_, carry = step_through(module, td, 5)
     tail = td[:, 5:].clone()
     tail["recurrent_state_ssm"] = carry["next", "recurrent_state_ssm"].unsqueeze(1).expand(3, 7, 2, 16, 4).clone()
     tail["recurrent_state_conv"] = carry["next", "recurrent_state_conv"].unsqueeze(1).expand(3, 7, 2, 16, 3).clone()

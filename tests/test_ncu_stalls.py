@@ -10,7 +10,8 @@ _spec = importlib.util.spec_from_file_location("ncu_stalls", _PATH)
 ncu_stalls = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ncu_stalls)
 
-HEADER = '"Address","Source","Warp Stall Sampling (All Samples)","stall_long_sb","stall_wait","stall_long_sb (Not Issued)"'
+HEADER = ('"Address","Source","Warp Stall Sampling (All Samples)","stall_long_sb","stall_wait",'
+          '"stall_long_sb (Not Issued)"')
 CSV = "\n".join([
     '"Kernel Name","_k_a",',
     HEADER,

@@ -13,6 +13,7 @@ from torchrl.objectives.value import GAE
 from torchrl.objectives.value.functional import generalized_advantage_estimate
 
 from mamba_rl import MambaModule
+from tests.conftest import step_through
 from tests.toy_env import RandomEndEnv
 
 GAMMA, LMBDA = 0.9, 0.8
@@ -99,9 +100,11 @@ def test_keys_follow_gru_module_rules():
     mamba = MambaModule(5, 8, in_key="observation", out_key="features")
     assert mamba.in_keys[0] == gru.in_keys[0] and mamba.in_keys[-1] == gru.in_keys[-1] == "is_init"
     assert mamba.out_keys == ["features", ("next", "recurrent_state_ssm"), ("next", "recurrent_state_conv")]
-    listed = MambaModule(5, 8, in_keys=["obs", "s", ("nested", "c")], out_keys=["f", ("next", "s"), ("next", "nested", "c")])
+    listed = MambaModule(5, 8, in_keys=["obs", "s", ("nested", "c")],
+                         out_keys=["f", ("next", "s"), ("next", "nested", "c")])
     assert listed.in_keys == ["obs", "s", ("nested", "c"), "is_init"]
-    for kwargs in ({}, {"in_key": "obs"}, {"out_key": "f"}, {"in_key": "obs", "in_keys": ["obs", "s", "c"], "out_key": "f"}):
+    for kwargs in ({}, {"in_key": "obs"}, {"out_key": "f"},
+                   {"in_key": "obs", "in_keys": ["obs", "s", "c"], "out_key": "f"}):
         with pytest.raises(ValueError, match="pass exactly one of"):
             MambaModule(5, 8, **kwargs)
     with pytest.raises(ValueError, match=r"in_keys must be \[in_key, ssm_key, conv_key\]"):
@@ -161,12 +164,7 @@ def test_write_next_state_gives_the_state_after_every_step():
         replayed = plain(td.clone())
     torch.testing.assert_close(out["features"], replayed["features"], rtol=1e-5, atol=1e-5)
     assert ("next", "recurrent_state_ssm") not in replayed.keys(True)
-    carry = None
-    for t in range(6):
-        step = td[:, t].clone()
-        if carry is not None:
-            step.update(carry["next"].select("recurrent_state_ssm", "recurrent_state_conv"))
-        carry = module(step)
+    for t, carry in enumerate(step_through(module, td, 6)):
         for key in ("recurrent_state_ssm", "recurrent_state_conv"):
             torch.testing.assert_close(out["next", key][:, t], carry["next", key], rtol=1e-5, atol=1e-5)
 

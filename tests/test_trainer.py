@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mamba_rl import MambaConfig, cli
-from mamba_rl.config import ConfigError, TrainConfig, load_config
+from mamba_rl.config import ConfigError, TrainConfig, config_to_dict, load_config
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.evaluate import build_policy
 from mamba_rl.evaluate import main as eval_main
@@ -243,20 +243,41 @@ def test_resume_continues_the_identical_run(tmp_path, device):
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def shrunk_overrides(preset):
+    """``key=value`` overrides that keep a preset's shape (env, model, loss) and make its run tiny:
+    the memory task at a short delay; other envs for a few short chunks and episodes."""
+    shrink = (["horizon=5", "eval_horizons=[3]", "eval_episodes=8"] if load_config(preset).is_memory_task else
+              ["chunk_len=8", "num_minibatches=2", "eval_episodes=2"])
+    return ["device=cpu", "num_envs=4", "num_updates=1", "eval_num_envs=8", "progress_bar=false",
+            "max_wall_time_s=null", "target_accuracy=null", *shrink]
+
+
+def distinct_shapes(presets):
+    """One preset per distinct shrunk config: presets that differ only in values the shrinking
+    overrides (a delay range, its evaluation delays) or in their name train the same shape."""
+    shapes = {}
+    for preset in presets:
+        values = config_to_dict(load_config(preset, shrunk_overrides(preset)))
+        values.pop("exp_name")
+        shapes.setdefault(json.dumps(values, sort_keys=True, default=str), preset)
+    return list(shapes.values())
+
+
+def test_presets_that_train_the_same_shape_are_run_once():
+    shapes = distinct_shapes(PRESETS)
+    names = {preset.stem for preset in shapes}
+    # h5000/h10000/h20000 differ only in their delay range and evaluation delays
+    assert len(names & {"h5000_gpu", "h10000_gpu", "h20000_gpu"}) == 1
+    assert {"h1000_gpu", "quick_cpu", "cartpole", "pendulum", "popgym_repeat_first_easy"} <= names
+
+
+@pytest.mark.parametrize("preset", distinct_shapes(PRESETS), ids=lambda p: p.stem)
 def test_each_preset_shape_runs_on_cpu(preset, tmp_path):
     env = load_config(preset).env
     if env.startswith("popgym"):
         pytest.importorskip("popgym")
-    # the memory task at a short delay; other envs for a few short chunks and episodes
-    shrink = (["--set", "horizon=5", "--set", "eval_horizons=[3]", "--set", "eval_episodes=8"]
-              if load_config(preset).is_memory_task else
-              ["--set", "chunk_len=8", "--set", "num_minibatches=2", "--set", "eval_episodes=2"])
-    code = cli.main([
-        "--config", str(preset), "--run-dir", str(tmp_path / "run"), "--set", "device=cpu",
-        "--set", "num_envs=4", "--set", "num_updates=1", "--set", "eval_num_envs=8",
-        "--set", "progress_bar=false", "--set", "max_wall_time_s=null", "--set", "target_accuracy=null", *shrink,
-    ])
+    overrides = [arg for value in shrunk_overrides(preset) for arg in ("--set", value)]
+    code = cli.main(["--config", str(preset), "--run-dir", str(tmp_path / "run"), *overrides])
     assert code == 0
     assert (tmp_path / "run" / "metrics.json").stat().st_size > 0
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
@@ -412,7 +433,8 @@ def test_evaluation_episodes_do_not_depend_on_num_envs():
     results = [evaluate_env(policy, cfg, 7, num_envs=n, seed=3) for n in (1, 3)]
     for mode in ("greedy", "sampled"):
         a, b = results[0][mode], results[1][mode]
-        assert a["mean_return"] == pytest.approx(b["mean_return"]) and a["return_ci95"] == pytest.approx(b["return_ci95"])
+        assert a["mean_return"] == pytest.approx(b["mean_return"])
+        assert a["return_ci95"] == pytest.approx(b["return_ci95"])
 
 
 def test_env_kwargs_are_set_one_key_at_a_time():

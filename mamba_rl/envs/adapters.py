@@ -224,7 +224,9 @@ class GymVectorEnv:
         if env_id not in gymnasium.registry:
             close = difflib.get_close_matches(env_id, list(gymnasium.registry), n=5, cutoff=0.5)
             hint = f"; closest registered ids: {', '.join(close)}" if close else ""
-            popgym = " (POPGym ids need `pip install popgym` and `import popgym`)" if env_id.startswith("popgym") else ""
+            popgym = ""
+            if env_id.startswith("popgym"):
+                popgym = " (POPGym ids need `pip install popgym` and `import popgym`)"
             raise EnvSpecError(f"env {env_id!r} is not a registered Gymnasium id{hint}{popgym}")
         if vectorization not in ("sync", "async"):
             raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")

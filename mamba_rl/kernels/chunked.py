@@ -202,7 +202,8 @@ class _ChunkScan(torch.autograd.Function):
         # [d, n] = sum over steps of delta[m, d] * grad_log_a[m, d, n]: a product batched over d
         # that reads grad_log_a in place (einsum would copy it into a [d, n, m] layout)
         d, n = A.shape
-        grad_A = torch.bmm(delta.reshape(-1, d).t().contiguous().unsqueeze(1), grad_log_a.view(-1, d, n).transpose(0, 1)).squeeze(1)
+        grad_A = torch.bmm(delta.reshape(-1, d).t().contiguous().unsqueeze(1),
+                           grad_log_a.view(-1, d, n).transpose(0, 1)).squeeze(1)
         grad_delta = grad_log_a.mul_(A).sum(-1)
         # [Q, b, nc, d], [Q, b, nc, n], [Q, b, nc, n]
         grad_du = torch.bmm(grad.view(-1, d, n), B.reshape(-1, n, 1)).view(du.shape)

@@ -313,7 +313,7 @@ def _conv_bwd_dyp_kernel(
     p_dyp += i_b * s_p_b
     rs = (p_rs, p_ridx + i_b * L, s_rs_k, s_rs_d, s_rs_j)
     b_dw = ()
-    for j in tl.static_range(W):
+    for _ in tl.static_range(W):
         b_dw = b_dw + (tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32),)
     b_db = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
     t_lo = i_r * range_tiles

@@ -6,7 +6,8 @@
     >>> from mamba_rl.envs import DelayedMemoryParams
     >>> from mamba_rl.lab import StatePolicy, write_state_report
     >>> params = DelayedMemoryParams(num_bits=2, horizon=6)
-    >>> policy = StatePolicy(MambaModule(params.obs_dim, 16, in_key="observation", out_key="features"), nn.Linear(16, params.num_actions))
+    >>> policy = StatePolicy(MambaModule(params.obs_dim, 16, in_key="observation", out_key="features"),
+    ...                      nn.Linear(16, params.num_actions))
     >>> report = write_state_report(policy, params, tempfile.mkdtemp(), episodes=16)
     >>> sorted(report["files"])
     ['report.json', 'ssm_heatmap.png', 'state_norms.png', 'state_pca.png']

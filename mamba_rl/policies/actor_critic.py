@@ -45,8 +45,8 @@ class ActorCritic(nn.Module):
     Layers: trunk (``MambaTrunk`` or ``GRUTrunk``) -> ``actor_head`` (the distribution's
     parameters, ``action_dist.num_outputs`` of them: logits for a discrete space, the mean for a
     box) and ``value_head`` (one value). ``action_dist`` (an
-    :class:`~mamba_rl.policies.heads.ActionHead`) samples, scores and picks actions. With ``shared_trunk`` one trunk feeds both
-    heads; otherwise the critic has its own trunk and its own recurrent state.
+    :class:`~mamba_rl.policies.heads.ActionHead`) samples, scores and picks actions. With ``shared_trunk``
+    one trunk feeds both heads; otherwise the critic has its own trunk and its own recurrent state.
 
     Tensor API (what the trainer uses; no TensorDict per step):
 

@@ -163,7 +163,8 @@ class GRUTrunk(nn.Module):
         layer_in, new_hidden = x, []
         for layer in range(self.num_layers):
             h = hidden[:, layer]
-            gi = nn.functional.linear(layer_in, getattr(gru, f"weight_ih_l{layer}"), getattr(gru, f"bias_ih_l{layer}", None))
+            gi = nn.functional.linear(layer_in, getattr(gru, f"weight_ih_l{layer}"),
+                                      getattr(gru, f"bias_ih_l{layer}", None))
             gh = nn.functional.linear(h, getattr(gru, f"weight_hh_l{layer}"), getattr(gru, f"bias_hh_l{layer}", None))
             i_r, i_z, i_n = gi.chunk(3, dim=-1)
             h_r, h_z, h_n = gh.chunk(3, dim=-1)

@@ -95,7 +95,8 @@ def write_env_tables(rows: list[dict], out_dir: str | Path, env_sps: float | Non
               "wall-clock s (mean) |", "|---|---|---:|---:|---:|---:|---:|"]
     for controller in dict.fromkeys(row["controller"] for row in rows):
         cell = [row for row in rows if row["controller"] == controller]
-        mmer = _spread([row["train_return_max"] for row in cell if row["train_return_max"] is not None] or [float("nan")])
+        mmer = _spread([row["train_return_max"] for row in cell if row["train_return_max"] is not None]
+                       or [float("nan")])
         greedy = _spread([row["eval_return_greedy"] for row in cell if row["eval_return_greedy"] is not None]
                          or [float("nan")])
         sps = statistics.fmean(row["sps_median"] or 0.0 for row in cell)

@@ -319,7 +319,8 @@ class RolloutCollector:
         if not self.env.device_resident and not bool(truncated.any()):
             return
         _, final_value, _ = self.policy.step(self.carry["final_obs"], self.policy_state, self._no_reset)
-        self.buffers["final_value"].index_copy_(1, self.t - 1, torch.where(truncated, final_value.float(), 0.0)[:, None])
+        self.buffers["final_value"].index_copy_(1, self.t - 1,
+                                                torch.where(truncated, final_value.float(), 0.0)[:, None])
 
     def _run_step(self) -> None:
         if self.use_cuda_graph and self._graph is None:

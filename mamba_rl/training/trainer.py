@@ -24,7 +24,13 @@ from mamba_rl.config import TrainConfig, check_machine, config_to_dict
 from mamba_rl.io import CHECKPOINT_NAME, find_checkpoint, load_checkpoint, save_checkpoint
 from mamba_rl.logging_utils import RunLogger
 from mamba_rl.policies import build_policy, count_parameters, make_train_env, memory_params
-from mamba_rl.training.evaluate import evaluate_env, evaluate_horizons, format_return_table, format_table, resolve_device
+from mamba_rl.training.evaluate import (
+    evaluate_env,
+    evaluate_horizons,
+    format_return_table,
+    format_table,
+    resolve_device,
+)
 from mamba_rl.training.ppo import compute_gae, explained_variance, ppo_loss, replay
 from mamba_rl.training.rollout import RolloutCollector
 from mamba_rl.training.runs import RESUME_MUTABLE_KEYS, GracefulStop, RunLock, SignalsRaise, check_resume_config
@@ -229,9 +235,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     if verbose:
         trunk = "shared trunk" if cfg.shared_trunk else "separate trunks"
-        print(f"{cfg.env}, {cfg.num_envs} envs; {cfg.controller} policy ({trunk}) on {device}: {counts['total']:,} parameters "
-              f"(trunks {counts['actor_trunk'] + counts['critic_trunk']:,}, actor head {counts['actor_head']:,}, "
-              f"value head {counts['value_head']:,}); run dir {run_dir}")
+        print(f"{cfg.env}, {cfg.num_envs} envs; {cfg.controller} policy ({trunk}) on {device}: "
+              f"{counts['total']:,} parameters (trunks {counts['actor_trunk'] + counts['critic_trunk']:,}, "
+              f"actor head {counts['actor_head']:,}, value head {counts['value_head']:,}); run dir {run_dir}")
         if resume:
             print(f"resuming at update {start_update} (global step {global_step:,})")
 

@@ -317,7 +317,8 @@ def test_cuda_episodes_equal_cpu_episodes():
         ({"wrong_penalty": -1.0}, "wrong_penalty must be a finite number >= 0"),
         ({"wrong_penalty": math.nan}, "got nan"),
         ({"wrong_penalty": math.inf}, "got inf"),
-        ({"horizon_sampling": "loguniform"}, "horizon_sampling must be one of 'uniform', 'log_uniform', got 'loguniform'"),
+        ({"horizon_sampling": "loguniform"},
+         "horizon_sampling must be one of 'uniform', 'log_uniform', got 'loguniform'"),
     ],
     ids=lambda v: str(v) if isinstance(v, dict) else "",
 )

@@ -4,10 +4,10 @@ import doctest
 
 import pytest
 
-from mamba_rl.envs import delayed_memory, gym_env, torchrl_env
+from mamba_rl.envs import delayed_memory, torchrl_env
 
 
-@pytest.mark.parametrize("module", [delayed_memory, torchrl_env, gym_env], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [delayed_memory, torchrl_env], ids=lambda m: m.__name__)
 def test_docstring_examples_run_and_print_what_they_show(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0
+    assert result.attempted > 0 and result.failed == 0

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mamba_rl.kernels import causal_conv1d, selective_scan, selective_state_step, causal_conv1d_step
+from mamba_rl.kernels import causal_conv1d, causal_conv1d_step, selective_scan, selective_state_step
 from tests.conftest import assert_close
 
 
@@ -29,7 +29,8 @@ def test_scan_matches_closed_form_for_one_step():
     h0 = torch.randn(1, 2, 3, dtype=torch.float64)
     y, h = selective_scan(**inp, h0=h0, backend="torch")
     delta = F.softplus(inp["delta"][..., 0] + inp["delta_bias"])
-    h_expected = torch.exp(delta[..., None] * inp["A"]) * h0 + (delta * inp["u"][..., 0])[..., None] * inp["B"][:, None, :, 0]
+    h_expected = (torch.exp(delta[..., None] * inp["A"]) * h0
+                  + (delta * inp["u"][..., 0])[..., None] * inp["B"][:, None, :, 0])
     y_expected = (h_expected * inp["C"][:, None, :, 0]).sum(-1) + inp["D"] * inp["u"][..., 0]
     y_expected = y_expected * F.silu(inp["z"][..., 0])
     assert_close(h, h_expected)

@@ -108,7 +108,9 @@ def test_step_loop_equals_sequence_with_resets(device):
     delta = torch.randn(b, d, L, generator=g).to(device)
     A = -torch.rand(d, n, generator=g).to(device) - 0.1
     B, C = (torch.randn(b, n, L, generator=g).to(device) for _ in range(2))
-    D, z, dbias = torch.randn(d, generator=g).to(device), torch.randn(b, d, L, generator=g).to(device), torch.randn(d, generator=g).to(device)
+    D = torch.randn(d, generator=g).to(device)
+    z = torch.randn(b, d, L, generator=g).to(device)
+    dbias = torch.randn(d, generator=g).to(device)
     h0 = torch.randn(b, d, n, generator=g).to(device)
 
     xc_seq, conv_last = causal_conv1d_triton(x, weight, conv_bias, conv0, reset, "silu")

@@ -3,20 +3,10 @@
 from pathlib import Path
 
 import pytest
-import torch
 
 from mamba_rl.lab import load_policy
 
 FIXTURE = Path(__file__).parent / "data" / "memory_policy.pt"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # these tests run many tiny ops, which extra intra-op threads only slow down on a busy machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

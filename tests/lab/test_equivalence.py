@@ -7,7 +7,8 @@ import torch
 
 from mamba_rl import MambaModule
 from mamba_rl.lab import check_equivalence
-from mamba_rl.lab.equivalence import PATHS, main as equivalence_main
+from mamba_rl.lab.equivalence import PATHS
+from mamba_rl.lab.equivalence import main as equivalence_main
 from mamba_rl.mixer import MambaMixer
 
 

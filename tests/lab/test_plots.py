@@ -3,12 +3,13 @@
 import json
 from dataclasses import replace
 
-import pytest
 import torch
 from matplotlib.figure import Figure
 
+from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.lab import play_episodes, rollout_with_ssm_delta, state_figure, write_state_report
 from mamba_rl.lab.__main__ import main as lab_main
+from mamba_rl.policies import make_actor_critic
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PICTURES = ("ssm_heatmap.png", "state_norms.png", "state_pca.png")
@@ -79,11 +80,8 @@ def test_state_figure_is_a_figure_tensorboard_takes(memory_policy, tmp_path):
 
 
 def test_report_of_an_untrained_trainer_actor_critic(tmp_path):
-    policies = pytest.importorskip("mamba_rl.policies")
-    from mamba_rl.envs import DelayedMemoryParams
-
     params = DelayedMemoryParams(num_bits=2, horizon=5)
-    policy = policies.make_actor_critic("mamba", obs_dim=params.obs_dim, num_actions=params.num_actions,
+    policy = make_actor_critic("mamba", obs_dim=params.obs_dim, num_actions=params.num_actions,
                                         d_model=16, num_layers=2)
     report = write_state_report(policy, params, tmp_path, episodes=8)
     for name in PICTURES:

@@ -11,6 +11,7 @@ from mamba_rl import MambaModule
 from mamba_rl.lab import trace
 from mamba_rl.lab.tracing import recorded_steps
 from mamba_rl.module import MambaState
+from mamba_rl.policies import make_actor_critic
 from tests.conftest import assert_close
 
 
@@ -130,8 +131,7 @@ def test_trace_leaves_the_module_and_its_gradients_alone():
 
 
 def test_trace_accepts_a_trainer_actor_critic():
-    policies = pytest.importorskip("mamba_rl.policies")
-    policy = policies.make_actor_critic("mamba", obs_dim=5, num_actions=4, d_model=8)
+    policy = make_actor_critic("mamba", obs_dim=5, num_actions=4, d_model=8)
     tr = trace(policy, torch.randn(2, 6, 5))
     assert tr.ssm.shape[:3] == (7, 2, 1)
 

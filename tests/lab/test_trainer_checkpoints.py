@@ -1,13 +1,9 @@
 """The state lab on the trainer's checkpoints: loading, and ``mamba-rl-eval --plot-states`` (issue 6)."""
 
-import pytest
 import torch
 
-evaluate = pytest.importorskip("mamba_rl.evaluate")
-config = pytest.importorskip("mamba_rl.config")
-io = pytest.importorskip("mamba_rl.io")
-
-from mamba_rl.lab import StatePolicy, load_policy, trace  # noqa: E402
+from mamba_rl import config, evaluate, io
+from mamba_rl.lab import StatePolicy, load_policy, trace
 
 
 def write_checkpoint(tmp_path, controller="mamba"):

@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 
@@ -58,14 +57,6 @@ def assert_same_params(a: dict, b: dict) -> None:
 def snapshot(run_dir: Path) -> dict:
     """Every file of ``run_dir`` and its bytes."""
     return {p.name: p.read_bytes() for p in sorted(Path(run_dir).iterdir()) if p.is_file()}
-
-
-@pytest.fixture(autouse=True)
-def _keep_torch_threads():
-    # the tiny configs set num_threads=1 (one thread: the same numbers in this process and in a child)
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 __all__ = ["REPO", "TINY", "tiny_config", "tiny_overrides", "train_process", "progress_updates", "policy_params",

@@ -12,8 +12,7 @@ from mamba_rl.io import load_checkpoint
 from mamba_rl.training import train
 from mamba_rl.training import trainer as trainer_module
 
-from .conftest import (assert_same_params, policy_params, progress_updates, tiny_config, tiny_overrides,
-                       train_process)
+from .conftest import assert_same_params, policy_params, progress_updates, tiny_config, tiny_overrides, train_process
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
 
