@@ -19,10 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 # bench_scan.py sits beside this script (its folder is on sys.path when run as a script)
 import bench_scan
+import torch
+
 from mamba_rl.kernels import triton_scan
 from mamba_rl.kernels.triton_scan import selective_scan_triton
 

@@ -1,7 +1,6 @@
 """MambaMixer: mamba-ssm compatibility, the three entry points agree, state is pure and differentiable."""
 
 import dataclasses
-import math
 
 import pytest
 import torch

@@ -69,7 +69,8 @@ import torch
 import triton
 
 from mamba_rl.kernels.triton_host import empty_same_order, next_pow2
-from mamba_rl.kernels.triton_launch import DirectLauncher, interpreted as _interpreted
+from mamba_rl.kernels.triton_launch import DirectLauncher
+from mamba_rl.kernels.triton_launch import interpreted as _interpreted
 from mamba_rl.kernels.triton_math import LOG2E
 from mamba_rl.kernels.triton_scan_bwd import _scan_bwd_kernel, _scan_bwd_local_kernel, lane_sum_asm
 from mamba_rl.kernels.triton_scan_common import _scan_carry_kernel

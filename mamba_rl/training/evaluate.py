@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from mamba_rl.config import TrainConfig
+from mamba_rl.cuda_graph import capture_cuda_graph
 from mamba_rl.envs import DelayedMemoryParams
-from mamba_rl.io import CheckpointError
 from mamba_rl.envs.adapters import BatchedEnv, DelayedMemoryTask, EnvSpecError, episode_seed
 from mamba_rl.envs.delayed_memory import mix32
+from mamba_rl.io import CheckpointError
 from mamba_rl.policies import ActorCritic, build_policy, load_policy, make_train_env
-from mamba_rl.cuda_graph import capture_cuda_graph
 from mamba_rl.policies.heads import sample_actions
 
 __all__ = ["evaluate_policy", "evaluate_horizons", "evaluate_env", "run_episodes", "build_policy", "load_policy",

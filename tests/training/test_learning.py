@@ -4,7 +4,6 @@ wrong sign, a broken log-prob or a lost reset shows as a return that stays at ch
 from pathlib import Path
 
 import gymnasium
-import numpy as np
 import pytest
 from gymnasium import spaces
 
