@@ -67,7 +67,7 @@ CASES = [
     (2, 5, 63, 4, "several", {"bias": False, "init": False}),
     (2, 5, 63, 2, "several", {}),
     (2, 5, 63, 3, "several", {}),
-    (1, 3, 1000, 4, "several", {}),
+    (1, 3, 257, 4, "several", {}),
     (1, 2, 70, 36, "none", {}),  # a window wider than a time tile, reaching the initial state
 ]
 

@@ -129,7 +129,7 @@ CASES = [
     (2, 4, 16, 63, "none", {"h0": False}),
     (2, 3, 16, 63, "several", {"z": False, "D": False, "bias": False}),
     (2, 4, 16, 63, "several", {"z": False}),
-    (1, 2, 16, 1000, "several", {}),
+    (1, 2, 16, 257, "several", {}),
     (2, 4, 1, 63, "several", {}),
     (2, 4, 1, 63, "none", {"h0": False, "z": False, "D": False, "bias": False}),
     (1, 2, 64, 63, "several", {}),
