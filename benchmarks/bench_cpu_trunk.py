@@ -163,7 +163,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    mamba = MambaModule(args.input_size, args.d_model, num_layers=1)
+    mamba = MambaModule(args.input_size, args.d_model, num_layers=1, in_key="x", out_key="y")
     gru = GRUModule(input_size=args.input_size, hidden_size=args.d_model, in_keys=["x", "hidden", "is_init"],
                     out_keys=["y", ("next", "hidden")])
     report = {

@@ -111,7 +111,9 @@ def test_chunked_stays_finite_where_decays_underflow():
         assert_rel_close(name, a, e.double(), torch.float32)
 
 
-def test_chunked_nonfinite_before_a_reset_reaches_nothing_after_it():
+@pytest.mark.parametrize("chunk_size,segment_size", [(CHUNK, None), (40, 40), (8, 8)],
+                         ids=["chunks", "one-chunk", "one-chunk-segments"])
+def test_chunked_nonfinite_before_a_reset_reaches_nothing_after_it(chunk_size, segment_size):
     L = 40
     inputs = make_inputs(2, 5, 3, L, seed=5)
     reset = torch.zeros(2, L, dtype=torch.bool)
@@ -121,7 +123,7 @@ def test_chunked_nonfinite_before_a_reset_reaches_nothing_after_it():
     inputs["u"][0, :, 18] = float("nan")
     inputs["h0"][1] = float("inf")
     leaves = {k: inputs[k].clone().requires_grad_() for k in ("u", "delta", "B", "C", "z", "reset_state")}
-    y, h = selective_scan_chunked(**{**inputs, **leaves}, chunk_size=CHUNK)
+    y, h = selective_scan_chunked(**{**inputs, **leaves}, chunk_size=chunk_size, segment_size=segment_size)
     assert torch.isnan(y[0, :, 18:21]).all()
     assert torch.isfinite(y[0, :, 21:]).all() and torch.isfinite(y[1]).all() and torch.isfinite(h).all()
     # a loss on the outputs after the resets: every step after them gets a finite gradient
@@ -154,10 +156,12 @@ def test_chunk_and_segment_size_must_be_positive_ints():
         selective_scan_chunked(**inputs, segment_size=2.5)
 
 
-def test_default_sizes_fill_the_segment_budget_with_square_root_chunks():
-    # the Mamba trunk of d_model 64 (d_inner 128, d_state 16) at batch 8: 32 steps of 2 MB
-    assert chunked.default_sizes(8, 128, 16, 1024) == (8, 32)
-    assert chunked.default_sizes(8, 128, 16, 10) == (4, 10)
+def test_default_sizes_fill_the_segment_budget_with_one_chunk_or_square_root_chunks():
+    # the Mamba trunk of d_model 64 (d_inner 128, d_state 16) at batch 8: 32 steps of 2 MB, one chunk
+    assert chunked.default_sizes(8, 128, 16, 1024) == (32, 32)
+    assert chunked.default_sizes(8, 128, 16, 10) == (10, 10)
+    # small states (b * d * n below ONE_CHUNK_ELEMENTS): chunks of about sqrt(S) steps
+    assert chunked.default_sizes(1, 64, 16, 1024) == (32, 512)
     assert chunked.default_sizes(2, 5, 3, 200) == (16, 200)
     # a state larger than the budget: one step per segment
     assert chunked.default_sizes(512, 256, 16, 100) == (1, 1)
