@@ -55,14 +55,17 @@ from mamba_rl.kernels.naive import _compute_dtype, _discretize_delta, selective_
 __all__ = ["selective_scan_chunked", "default_sizes"]
 
 
-SEGMENT_ELEMENTS = 1 << 19
-"""Elements of one segment's ``[S, b, n, d]`` tensors (2 MB in float32), so that they stay in the
-CPU's caches between the passes over them; tensors of tens of megabytes are fresh pages from the
-OS at every allocation, whose page faults cost more than the arithmetic."""
+SEGMENT_ELEMENTS = 1 << 18
+"""Elements of one segment's ``[S, b, n, d]`` tensors (1 MB in float32), so that they stay in the
+CPU's caches between the passes over them, and that glibc's malloc serves them from memory the
+process already holds: a tensor of a few megabytes and more is often fresh pages from the OS,
+whose page faults cost more than the arithmetic (1 thread, the trunk's scan at ``[8, 128, 16]``,
+T=64: 2 MB segments fault ~1,900 pages per fwd+bwd and take 20% longer than 1 MB ones, which
+fault none; at T=1024 the two take the same time)."""
 
 ONE_CHUNK_ELEMENTS = 1 << 11
 """State elements per step (``b * d * n``) from which a segment is one chunk: the loop over its
-steps then costs less than the extra passes of stages 2 and 3 (1 thread, ``S = 2^19 / (b d n)``,
+steps then costs less than the extra passes of stages 2 and 3 (1 thread, T=1024, ``S = 2^19 / (b d n)``,
 fwd+bwd: one chunk 20% faster at ``b d n = 4096``, even at 2048, 15% slower at 1024 and 2x
 slower at 256 than ``Q = sqrt(S)``)."""
 

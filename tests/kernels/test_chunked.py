@@ -157,11 +157,11 @@ def test_chunk_and_segment_size_must_be_positive_ints():
 
 
 def test_default_sizes_fill_the_segment_budget_with_one_chunk_or_square_root_chunks():
-    # the Mamba trunk of d_model 64 (d_inner 128, d_state 16) at batch 8: 32 steps of 2 MB, one chunk
-    assert chunked.default_sizes(8, 128, 16, 1024) == (32, 32)
+    # the Mamba trunk of d_model 64 (d_inner 128, d_state 16) at batch 8: 16 steps of 1 MB, one chunk
+    assert chunked.default_sizes(8, 128, 16, 1024) == (16, 16)
     assert chunked.default_sizes(8, 128, 16, 10) == (10, 10)
     # small states (b * d * n below ONE_CHUNK_ELEMENTS): chunks of about sqrt(S) steps
-    assert chunked.default_sizes(1, 64, 16, 1024) == (32, 512)
+    assert chunked.default_sizes(1, 64, 16, 1024) == (16, 256)
     assert chunked.default_sizes(2, 5, 3, 200) == (16, 200)
     # a state larger than the budget: one step per segment
     assert chunked.default_sizes(512, 256, 16, 100) == (1, 1)
