@@ -50,9 +50,10 @@ from typing import NamedTuple
 
 import torch
 
+from mamba_rl.kernels import naive
 from mamba_rl.kernels.naive import _compute_dtype, _discretize_delta, selective_scan_ref
 
-__all__ = ["selective_scan_chunked", "default_sizes"]
+__all__ = ["selective_scan_chunked", "causal_conv1d_chunked", "default_sizes"]
 
 
 SEGMENT_ELEMENTS = 1 << 18
@@ -368,3 +369,82 @@ def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size):
     y, h = _ChunkScan.apply(delta_q, du_q, A, B_q, C_q, h0, restarts, resets, restart_index)
     # [Q, b, nc, d] -> [b, d, L]
     return y.permute(1, 3, 2, 0).reshape(b, d, num_chunks * Q)[..., :L], h
+
+
+def causal_conv1d_chunked(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+    activation: str | None = None,
+    reset_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The depthwise causal conv of :func:`~mamba_rl.kernels.naive.causal_conv1d_ref`, in ``w`` taps.
+
+    Same arguments, semantics and returns. The conv as if there were no resets is ``w``
+    multiply-adds over the whole sequence in a ``[b, L, d]`` layout; only the steps whose window
+    reaches back across a reset (at most ``w - 1`` after each) are recomputed, from windows built
+    of the inputs since the reset and the restart history (or zeros), and written over their
+    pre-activations: a select, so that an input before a reset reaches neither the outputs after
+    it nor their gradients. The reference instead selects every tap of every step, and gathers a
+    restart history for every step. ``y`` comes back as a ``[b, d, L]`` view of a ``[b, L, d]``
+    tensor (the layout the projection after the conv reads). Reads ``reset`` on the host.
+    """
+    b, d, L = x.shape
+    width = weight.shape[-1]
+    if L == 0 or width == 1:
+        return naive.causal_conv1d_ref(x, weight, bias, initial_state, reset, activation, reset_state)
+    if initial_state is None:
+        initial_state = x.new_zeros(b, d, width - 1)
+    # [b, w - 1 + L, d]; position p holds time p - (w - 1)
+    x_full = torch.cat([initial_state.to(x.dtype).transpose(1, 2), x.transpose(1, 2)], dim=1)
+    # [b, L, d]: tap j multiplies the input at t - (w - 1) + j
+    y = x_full[:, :L] * weight[:, 0]
+    for j in range(1, width):
+        y = y.addcmul(x_full[:, j : j + L], weight[:, j])
+    if bias is not None:
+        y = y + bias
+    state = x_full[:, L:].transpose(1, 2)
+    if reset is not None and bool(reset.any()):
+        t_idx = torch.arange(L, device=x.device)
+        # [b, L]: time of the last reset at or before t, or far before any window
+        last = torch.cummax(torch.where(reset, t_idx, torch.full_like(t_idx, -2 * width)), dim=-1).values
+        has_rows = reset_state is not None and reset_state.shape[0] > 0
+        # [b, L]: the reset_state row of that reset
+        rows = naive.reset_index(reset) if has_rows else None
+        history = reset_state.to(x.dtype) if has_rows else None
+        # the steps whose window reaches back across their last reset: [P] each
+        bi, ti = ((t_idx - last) < width - 1).nonzero(as_tuple=True)
+        times = ti[:, None] - (width - 1) + torch.arange(width, device=x.device)
+        k = None if rows is None else rows[bi, ti]
+        # [P, d, w] -> [P, d]
+        window = _seen(x_full, bi, times, last[bi, ti], k, history, width)
+        crossing = (window * weight).sum(-1)
+        if bias is not None:
+            crossing = crossing + bias
+        y = y.index_put((bi, ti), crossing)
+        # the state: the last w - 1 inputs as the step after the last one sees them
+        times = (L - (width - 1) + torch.arange(width - 1, device=x.device)).expand(b, -1)
+        state = _seen(x_full, torch.arange(b, device=x.device), times, last[:, -1],
+                      None if rows is None else rows[:, -1], history, width)
+    y = naive._apply_activation(y, activation)
+    return y.transpose(1, 2), state
+
+
+def _seen(x_full, batch, times, last, k, history, width):
+    """The inputs at ``times`` ``[P, m]`` of rows ``batch`` ``[P]`` as a step whose last reset is at
+    ``last`` ``[P]`` sees them, ``[P, d, m]``: from ``x_full`` ``[b, w - 1 + L, d]`` at and after
+    ``last``; before it, slot ``times - last + w - 1`` of the restart history ``history[k]``
+    (``[R, d, w - 1]``, None: zeros); zero before that. Selects, never multiplies."""
+    d = x_full.shape[-1]
+    # [P, m, d] -> [P, d, m]
+    inputs = x_full[batch[:, None], times + (width - 1)].transpose(1, 2)
+    after = (times >= last[:, None])[:, None, :]
+    out = torch.where(after, inputs, torch.zeros_like(inputs))
+    if history is None:
+        return out
+    slot = times - last[:, None] + (width - 1)
+    before = ((times < last[:, None]) & (slot >= 0))[:, None, :]
+    index = slot.clamp(0, width - 2)[:, None, :].expand(-1, d, -1)
+    return torch.where(before, history[k].gather(-1, index), out)
