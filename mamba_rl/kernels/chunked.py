@@ -319,8 +319,14 @@ def selective_scan_chunked(
         restart_times = reset.nonzero(as_tuple=True)[1]
     # [b, n, d]
     h = u_c.new_zeros(b, n, d) if h0 is None else h0.to(dtype).transpose(1, 2).contiguous()
+    # one chunk per segment: every segment's chunked layout [S, b, 1, k] is a slice of the
+    # time-major [L, b, k], made once for the whole sequence
+    one_chunk = Q == S
     # split, not a slice per segment: the gradient of each slice would be a zero-filled [b, d, L]
-    segments = zip(*(t.split(S, dim=-1) for t in (delta, du, B_c, C_c)))
+    if one_chunk:
+        segments = zip(*(t.permute(2, 0, 1).contiguous().unsqueeze(2).split(S) for t in (delta, du, B_c, C_c)))
+    else:
+        segments = zip(*(t.split(S, dim=-1) for t in (delta, du, B_c, C_c)))
     ys = []
     for start, (delta_s, du_s, B_s, C_s) in zip(range(0, L, S), segments):
         stop = min(start + S, L)
@@ -328,15 +334,37 @@ def selective_scan_chunked(
         seg_restarts = None
         if restart_times is not None:
             seg_restarts = reset_state[(restart_times >= start) & (restart_times < stop)]
-        y, h = _scan_segment(delta_s, du_s, A_c, B_s, C_s, h, seg_reset, seg_restarts, Q)
+        if one_chunk:
+            resets, seg_restarts, restart_index = _segment_resets(seg_reset, seg_restarts, 1, stop - start)
+            y, h = _ChunkScan.apply(delta_s, du_s, A_c, B_s, C_s, h, seg_restarts, resets, restart_index)
+        else:
+            y, h = _scan_segment(delta_s, du_s, A_c, B_s, C_s, h, seg_reset, seg_restarts, Q)
         ys.append(y)
-    # [b, d, L]
-    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
+    if one_chunk:
+        # [L, b, 1, d] -> [b, d, L]
+        y = (ys[0] if len(ys) == 1 else torch.cat(ys)).squeeze(2).permute(1, 2, 0)
+    else:
+        # [b, d, L]
+        y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
     if D is not None:
         y = y + D.to(dtype)[:, None] * u_c
     if z is not None:
         y = y * torch.nn.functional.silu(z.to(dtype))
     return y.to(u.dtype), h.transpose(1, 2)
+
+
+def _segment_resets(reset, restarts, num_chunks, chunk_size):
+    """``(resets, restarts, restart_index)`` of one segment's ``reset`` ``[b, L]``: a
+    :class:`_Resets` (None without a reset), ``restarts`` (None without a row) and the
+    ``(q, b, chunk)`` of each row."""
+    if reset is None or not bool(reset.any()):
+        return None, None, None
+    resets = _Resets.of(reset, num_chunks, chunk_size)
+    if restarts is None or restarts.shape[0] == 0:
+        return resets, None, None
+    # rows in [b, L] row-major order, as reset.nonzero() lists them
+    rows, times = reset.nonzero(as_tuple=True)
+    return resets, restarts, (times % chunk_size, rows, times // chunk_size)
 
 
 def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size):
@@ -355,17 +383,7 @@ def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size):
     # [Q, b, nc, n]
     B_q = _to_chunks(B, num_chunks, Q)
     C_q = _to_chunks(C, num_chunks, Q)
-    resets, restart_index = None, None
-    if reset is not None and bool(reset.any()):
-        resets = _Resets.of(reset, num_chunks, Q)
-        if restarts is not None and restarts.shape[0] > 0:
-            # rows in [b, L] row-major order, as reset.nonzero() lists them
-            rows, times = reset.nonzero(as_tuple=True)
-            restart_index = (times % Q, rows, times // Q)
-        else:
-            restarts = None
-    else:
-        restarts = None
+    resets, restarts, restart_index = _segment_resets(reset, restarts, num_chunks, Q)
     y, h = _ChunkScan.apply(delta_q, du_q, A, B_q, C_q, h0, restarts, resets, restart_index)
     # [Q, b, nc, d] -> [b, d, L]
     return y.permute(1, 3, 2, 0).reshape(b, d, num_chunks * Q)[..., :L], h
