@@ -13,9 +13,12 @@ all cases alike) and the median is kept:
   over T);
 - ``mamba_chunked_td``: ``MambaModule`` in recurrent mode on a TensorDict holding per-step
   states, as the GRU's (the drop-in comparison: the restart states are gathered from it);
-- ``scan_torch``, ``scan_chunked_default``, ``conv``: the trunk's scan alone (``[B, d_inner, T]``,
-  ``d_state``) and its conv alone, to show where the trunk's time goes;
-- ``scan_chunked_Q{chunk}_S{segment}``: the chunk-size and segment-size sweep of the scan.
+- ``scan_torch``, ``scan_chunked_default``, ``conv_torch``, ``conv_chunked``: the trunk's scan
+  alone (``[B, d_inner, T]``, ``d_state``) and its conv alone (reference and chunked backend), to
+  show where the trunk's time goes;
+- ``scan_chunked_Q{chunk}_S{segment}``: the chunk-size and segment-size sweep of the scan, with
+  ``--chunk-sizes`` (off by default: segments larger than the default's leave malloc holding
+  different memory, which changes the page faults of the other cases).
 
 Each case's loss is the sum of its outputs (and, for the scan, of the final state). ``is_init``
 is True at about 1% of the steps (and at t = 0 of row 0). Times are wall-clock milliseconds and
@@ -109,13 +112,14 @@ def scan_case(inputs: dict, scan, **kwargs):
     return run
 
 
-def conv_case(module: MambaModule, batch: int, steps: int, reset: torch.Tensor, generator: torch.Generator):
+def conv_case(module: MambaModule, batch: int, steps: int, reset: torch.Tensor, generator: torch.Generator,
+              backend: str):
     mixer = module.layers[0].mixer
     x = torch.randn(batch, module.d_inner, steps, generator=generator, requires_grad=True)
 
     def run():
         y, _ = ops.causal_conv1d(x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, reset=reset,
-                                 activation="silu", backend="torch")
+                                 activation="silu", backend=backend)
         y.sum().backward()
     return run
 
@@ -203,7 +207,8 @@ def bench_steps(args, mamba, gru, steps: int, generator: torch.Generator) -> dic
         "mamba_chunked_td": mamba_td_case(mamba, x, reset, "chunked"),
         "mamba_torch": mamba_case(mamba, x, reset, "torch"),
         "scan_torch": scan_case(scan, naive.selective_scan_ref),
-        "conv": conv_case(mamba, args.batch, steps, reset, generator),
+        "conv_torch": conv_case(mamba, args.batch, steps, reset, generator, "torch"),
+        "conv_chunked": conv_case(mamba, args.batch, steps, reset, generator, "chunked"),
     }
     default_q, default_s = chunked.default_sizes(args.batch, mamba.d_inner, mamba.d_state, steps)
     cases["scan_chunked_default"] = scan_case(scan, chunked.selective_scan_chunked)
@@ -231,8 +236,9 @@ def main() -> None:
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--input-size", type=int, default=6)
     parser.add_argument("--reset-prob", type=float, default=0.01)
-    parser.add_argument("--chunk-sizes", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--segment-sizes", type=int, nargs="+", default=[16, 32, 64])
+    # the sweep is off by default: its larger segments change what malloc holds for the other cases
+    parser.add_argument("--chunk-sizes", type=int, nargs="*", default=[])
+    parser.add_argument("--segment-sizes", type=int, nargs="*", default=[16, 32, 64])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="mallopt: glibc keeps freed memory instead of returning it to the OS")
@@ -264,11 +270,12 @@ def main() -> None:
                       f"x{run['ratio_wall_to_gru'][name]:.2f} of gru (cpu x{run['ratio_cpu_to_gru'][name]:.2f})  "
                       f"faults {t['minor_faults']}")
             print(f"  saved for backward (MB): {run['saved_mb']}")
-    report["load_average_at_end"] = os.getloadavg()
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
-            f.write("\n")
+            # after every run, so that a long one cut short keeps what was measured
+            report["load_average_at_end"] = os.getloadavg()
+            if args.out:
+                with open(args.out, "w") as f:
+                    json.dump(report, f, indent=1)
+                    f.write("\n")
 
 
 if __name__ == "__main__":
