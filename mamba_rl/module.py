@@ -373,7 +373,8 @@ class MambaModule(TensorDictModuleBase):
         if ssm is None and conv is None:
             return None
         flat = (batch_shape.numel(),)
-        zero = self.zero_state(flat, device)
+        # a zero state only for a missing entry: per-step [B * T, ...] states are megabytes
+        zero = self.zero_state(flat, device) if ssm is None or conv is None else None
         ssm = zero.ssm if ssm is None else ssm.reshape(*flat, *ssm.shape[td.batch_dims:])
         conv = zero.conv if conv is None else conv.reshape(*flat, *conv.shape[td.batch_dims:])
         self._check_state(MambaState(ssm, conv), flat[0])

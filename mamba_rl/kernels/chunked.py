@@ -9,17 +9,27 @@ nodes (forward and backward) on ``[b, d, n]`` states. Here the sequence is cut i
 1. local states: the recurrence inside every chunk at once, each chunk starting from zero
    (``Q`` Python iterations, each over all chunks);
 2. chunk carries: the state entering each chunk, from the previous chunk's local end state and
-   its total decay (one iteration per chunk, over ``[b, d, n]``);
+   its total decay (one iteration per chunk, over ``[b, n, d]``);
 3. every state: the local state plus the entering state times the decay accumulated since the
-   chunk start, ``cumprod(a)`` over the chunk: products of decays in ``(0, 1]`` for ``A <= 0``,
-   which underflow to zero and never overflow (no exponential of a positive number anywhere).
+   chunk start, the running product of ``a`` over the chunk: products of decays in ``(0, 1]``
+   for ``A <= 0``, which underflow to zero and never overflow (no exponential of a positive
+   number anywhere).
+
+Stages 2 and 3 trade ``Q + S / Q`` Python iterations per segment for about five more passes
+over its tensors. Where a step's state is large (``b * d * n`` from :data:`ONE_CHUNK_ELEMENTS`,
+e.g. a batch of 8 trunk rows of ``d_inner`` 128, ``d_state`` 16) those passes cost more than
+the iterations they save, and a segment is one chunk: stage 1 starts from the entering state
+and is the whole scan, forward and backward.
 
 The gradient is the same two-level scan run backwards on the state gradient
 ``g_t = C_t dy_t + a_{t+1} g_{t+1}``, written by hand (:class:`_ChunkScan`), so that autograd
 keeps two full-size tensors per segment instead of a dozen. The chunks are grouped in segments
 of a few megabytes scanned one after the other (the state of one entering the next): the
-``[S, b, d, n]`` tensors of a segment stay in the CPU's caches, where the tensors of a whole
-long sequence would be fresh pages from the OS at every allocation.
+``[S, b, n, d]`` tensors of a segment stay in the CPU's caches, where the tensors of a whole
+long sequence would be fresh pages from the OS at every allocation. States are laid out
+``[n, d]``, ``d`` innermost: the products with ``B, C`` over ``n`` are then ``[1, n] x [n, d]``
+matrix products and the sums over steps run along contiguous rows (with ``[d, n]`` states the
+same products take 3-5x longer on a CPU).
 
 A reset cuts the recurrence where it happens: the restart state enters as an extra input at the
 reset step (``x_t += a_t * reset_state[k]``), and every quantity that would carry a state (or a
@@ -40,22 +50,36 @@ from typing import NamedTuple
 
 import torch
 
+from mamba_rl.kernels import naive
 from mamba_rl.kernels.naive import _compute_dtype, _discretize_delta, selective_scan_ref
 
-__all__ = ["selective_scan_chunked", "default_sizes"]
+__all__ = ["selective_scan_chunked", "causal_conv1d_chunked", "default_sizes"]
 
 
-SEGMENT_ELEMENTS = 1 << 19
-"""Elements of one segment's ``[S, b, d, n]`` tensors (2 MB in float32), so that they stay in the
-CPU's caches between the stages; tensors of tens of megabytes are fresh pages from the OS at
-every allocation, whose page faults cost more than the arithmetic."""
+SEGMENT_ELEMENTS = 1 << 18
+"""Elements of one segment's ``[S, b, n, d]`` tensors (1 MB in float32), so that they stay in the
+CPU's caches between the passes over them, and that glibc's malloc serves them from memory the
+process already holds: a tensor of a few megabytes and more is often fresh pages from the OS,
+whose page faults cost more than the arithmetic (1 thread, the trunk's scan at ``[8, 128, 16]``,
+T=64: 2 MB segments fault ~1,900 pages per fwd+bwd and take 20% longer than 1 MB ones, which
+fault none; at T=1024 the two take the same time)."""
+
+ONE_CHUNK_ELEMENTS = 1 << 11
+"""State elements per step (``b * d * n``) from which a segment is one chunk: the loop over its
+steps then costs less than the extra passes of stages 2 and 3 (1 thread, T=1024, ``S = 2^19 / (b d n)``,
+fwd+bwd: one chunk 20% faster at ``b d n = 4096``, even at 2048, 15% slower at 1024 and 2x
+slower at 256 than ``Q = sqrt(S)``)."""
 
 
 def default_sizes(batch: int, d: int, n: int, seqlen: int) -> tuple[int, int]:
-    """``(chunk_size Q, segment_size S)``: ``S`` steps of ``[b, d, n]`` fill :data:`SEGMENT_ELEMENTS`,
-    ``Q`` the power of two at or above ``sqrt(S)``, near where the Python iterations per segment,
+    """``(chunk_size Q, segment_size S)``: ``S`` steps of ``[b, d, n]`` fill :data:`SEGMENT_ELEMENTS`;
+    ``Q = S`` (one chunk) from :data:`ONE_CHUNK_ELEMENTS` state elements per step, below that the
+    power of two at or above ``sqrt(S)``, near where the Python iterations per segment,
     ``Q + S / Q``, are fewest."""
-    segment = max(1, min(seqlen, SEGMENT_ELEMENTS // max(1, batch * d * n)))
+    step = max(1, batch * d * n)
+    segment = max(1, min(seqlen, SEGMENT_ELEMENTS // step))
+    if step >= ONE_CHUNK_ELEMENTS:
+        return segment, segment
     chunk = 1 << math.ceil(math.log2(math.sqrt(segment)))
     return chunk, segment
 
@@ -96,10 +120,10 @@ class _ChunkScan(torch.autograd.Function):
 
     ``h_t = a_t h'_{t-1} + x_t`` with ``a_t = exp(delta_t * A)``, ``x_t = (delta_t u_t) B_t``;
     ``y_t = <h_t, C_t>``. ``h'_{t-1}`` is ``h0`` at ``t = 0`` and, at a reset step, its row of
-    ``restarts`` (zero without them). Inputs: ``delta, du`` ``[Q, b, nc, d]``, ``A`` ``[d, n]``,
-    ``B, C`` ``[Q, b, nc, n]``, ``h0`` ``[b, d, n]``, ``restarts`` ``[R, d, n]`` or None,
-    ``resets`` a :class:`_Resets` or None, ``restart_index`` the ``(q, b, chunk)`` of each
-    restart row. Returns ``y [Q, b, nc, d]`` and the state after the last step.
+    ``restarts`` (zero without them). Inputs: ``delta, du`` ``[Q, b, nc, d]``, ``A`` ``[n, d]``
+    (transposed), ``B, C`` ``[Q, b, nc, n]``, ``h0`` ``[b, n, d]``, ``restarts`` ``[R, n, d]`` or
+    None, ``resets`` a :class:`_Resets` or None, ``restart_index`` the ``(q, b, chunk)`` of each
+    restart row. Returns ``y [Q, b, nc, d]`` and the state after the last step ``[b, n, d]``.
 
     The backward runs the same two-level scan in reverse on the state gradient
     ``g_t = C_t dy_t + a'_{t+1} g_{t+1}`` (``a'`` cut at resets) and reduces the gradients of
@@ -110,22 +134,33 @@ class _ChunkScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, delta, du, A, B, C, h0, restarts, resets, restart_index):
         Q, b, num_chunks = delta.shape[:3]
-        # [Q, b, nc, d, n]
-        a = torch.mul(delta[..., None], A).exp_()
+        # [Q, b, nc, n, d]
+        a = torch.mul(delta[..., None, :], A).exp_()
         # the inputs x, then (in place) the local states, then the states
-        states = torch.mul(du[..., None], B[..., None, :])
+        states = torch.mul(du[..., None, :], B[..., None])
         if restarts is not None:
             # the restart state enters as an input at its reset step: x += a * restart
             states.index_put_(restart_index, a[restart_index] * restarts, accumulate=True)
+        if num_chunks == 1:
+            # one chunk: h0 enters stage 1 directly, which is then the whole scan
+            # [b, 1, n, d]
+            entering = h0[:, None]
+            start = entering if resets is None or not resets.cols[0] else entering.masked_fill(resets.step[0], 0.0)
+            states[0].addcmul_(a[0], start)
         # stage 1: the recurrence inside every chunk at once, each chunk from a zero state
         for q in range(1, Q):
             prev = states[q - 1]
             if resets is not None and resets.cols[q]:
                 prev = prev.masked_fill(resets.step[q], 0.0)
             states[q].addcmul_(a[q], prev)
+        if num_chunks == 1:
+            return _ChunkScan._finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index)
         # stage 2: the state entering each chunk; carry[q] = a_0 * ... * a_q of the chunk, <= 1,
         # zero from the chunk's first reset on
-        carry = torch.cumprod(a, dim=0)
+        carry = torch.empty_like(a)
+        carry[0] = a[0]
+        for q in range(1, Q):
+            torch.mul(carry[q - 1], a[q], out=carry[q])
         if resets is not None:
             carry.masked_fill_(resets.after, 0.0)
         h = h0
@@ -135,7 +170,7 @@ class _ChunkScan(torch.autograd.Function):
             if resets is not None and resets.chunks[c]:
                 h = h.masked_fill(resets.after[-1, :, c], 0.0)
             h = torch.addcmul(states[-1, :, c], carry[-1, :, c], h)
-        # [b, nc, d, n]
+        # [b, nc, n, d]
         entering = torch.stack(entering, dim=1)
         # stage 3: every state; a zero carry must not meet a non-finite entering state (0 * inf)
         if resets is not None and not bool(torch.isfinite(entering).all()):
@@ -144,12 +179,17 @@ class _ChunkScan(torch.autograd.Function):
         else:
             states.addcmul_(carry, entering)
         del carry
-        # [Q, b, nc, d]; bmm on [M, d, n] views (matmul of a transposed 5-d tensor copies it)
-        d, n = A.shape
-        y = torch.bmm(states.view(-1, d, n), C.reshape(-1, n, 1)).view(delta.shape)
+        return _ChunkScan._finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index)
+
+    @staticmethod
+    def _finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index):
+        """``y`` from the states, what the backward needs saved, and the last state."""
+        # [Q, b, nc, d]: per step a [1, n] x [n, d] product (bmm on [M, n, d] views)
+        n, d = A.shape
+        y = torch.bmm(C.reshape(-1, 1, n), states.view(-1, n, d)).view(delta.shape)
         ctx.save_for_backward(a, states, delta, du, A, B, C, entering, restarts)
         ctx.resets, ctx.restart_index = resets, restart_index
-        return y, h
+        return y, states[-1, :, -1].clone()
 
     @staticmethod
     def backward(ctx, dy, dh):
@@ -158,33 +198,42 @@ class _ChunkScan(torch.autograd.Function):
         Q, b, num_chunks = a.shape[:3]
         # dy arrives in y's permuted layout; the outer product would inherit it
         dy = dy.contiguous()
-        # [Q, b, nc, d, n]: the direct gradient of each state, then (in place) the total one
-        grad = dy[..., None] * C[..., None, :]
+        # [Q, b, nc, n, d]: the direct gradient of each state, then (in place) the total one
+        grad = dy[..., None, :] * C[..., None]
         grad[-1, :, -1] += dh
         # reverse stage 1: inside every chunk, as if nothing came from later chunks; and
         # rest[q] = a'_{q+1} * ... * a'_{Q-1}, how much of the gradient at the chunk's end reaches q
-        rest = torch.empty_like(a)
-        rest[-1] = 1.0
+        # (one chunk: the gradient at its end is dh, and stage 1 is the whole reverse scan)
+        rest = None if num_chunks == 1 else torch.empty_like(a)
+        if rest is not None:
+            rest[-1] = 1.0
         for q in range(Q - 2, -1, -1):
             nxt = grad[q + 1]
-            torch.mul(rest[q + 1], a[q + 1], out=rest[q])
+            if rest is not None:
+                torch.mul(rest[q + 1], a[q + 1], out=rest[q])
             if resets is not None and resets.cols[q + 1]:
                 nxt = nxt.masked_fill(resets.step[q + 1], 0.0)
-                rest[q].masked_fill_(resets.step[q + 1], 0.0)
+                if rest is not None:
+                    rest[q].masked_fill_(resets.step[q + 1], 0.0)
             grad[q].addcmul_(a[q + 1], nxt)
-        # reverse stage 2: the gradient reaching each chunk's end from the chunks after it
-        arriving = torch.zeros_like(dh)
         starts_reset = [False] * num_chunks if resets is None else resets.step[0].flatten(1).any(0).tolist()
-        from_later = [None] * num_chunks
-        for c in range(num_chunks - 1, -1, -1):
-            from_later[c] = arriving
-            at_start = torch.addcmul(grad[0, :, c], rest[0, :, c], arriving)
-            arriving = a[0, :, c] * at_start
-            if starts_reset[c]:
-                arriving = arriving.masked_fill(resets.step[0, :, c], 0.0)
-        # reverse stage 3: every state's gradient g
-        grad.addcmul_(rest, torch.stack(from_later, dim=1))
-        del rest
+        if rest is None:
+            arriving = a[0, :, 0] * grad[0, :, 0]
+            if starts_reset[0]:
+                arriving = arriving.masked_fill(resets.step[0, :, 0], 0.0)
+        else:
+            # reverse stage 2: the gradient reaching each chunk's end from the chunks after it
+            arriving = torch.zeros_like(dh)
+            from_later = [None] * num_chunks
+            for c in range(num_chunks - 1, -1, -1):
+                from_later[c] = arriving
+                at_start = torch.addcmul(grad[0, :, c], rest[0, :, c], arriving)
+                arriving = a[0, :, c] * at_start
+                if starts_reset[c]:
+                    arriving = arriving.masked_fill(resets.step[0, :, c], 0.0)
+            # reverse stage 3: every state's gradient g
+            grad.addcmul_(rest, torch.stack(from_later, dim=1))
+            del rest
         # d/da_t = g_t * h'_{t-1}: the previous state, the entering one at a chunk's first step,
         # the restart row (or zero) at a reset
         grad_log_a = torch.empty_like(a)
@@ -199,16 +248,15 @@ class _ChunkScan(torch.autograd.Function):
             grad_log_a.index_put_(restart_index, grad_at_restart * restarts)
         # d/d(delta * A) = d/da * a
         grad_log_a.mul_(a)
-        # [d, n] = sum over steps of delta[m, d] * grad_log_a[m, d, n]: a product batched over d
-        # that reads grad_log_a in place (einsum would copy it into a [d, n, m] layout)
-        d, n = A.shape
-        grad_A = torch.bmm(delta.reshape(-1, d).t().contiguous().unsqueeze(1),
-                           grad_log_a.view(-1, d, n).transpose(0, 1)).squeeze(1)
-        grad_delta = grad_log_a.mul_(A).sum(-1)
-        # [Q, b, nc, d], [Q, b, nc, n], [Q, b, nc, n]
-        grad_du = torch.bmm(grad.view(-1, d, n), B.reshape(-1, n, 1)).view(du.shape)
-        grad_B = torch.bmm(du.reshape(-1, 1, d), grad.view(-1, d, n)).view(B.shape)
-        grad_C = torch.bmm(states.view(-1, d, n).transpose(1, 2), dy.reshape(-1, d, 1)).view(C.shape)
+        n, d = A.shape
+        # [n, d] = sum over steps of delta[m, d] * grad_log_a[m, n, d]
+        grad_A = (grad_log_a * delta[..., None, :]).view(-1, n, d).sum(0)
+        grad_delta = grad_log_a.mul_(A).sum(-2)
+        # [Q, b, nc, d], [Q, b, nc, n], [Q, b, nc, n]: per step [1, n] x [n, d] and [1, d] x [d, n]
+        # (a row vector on the left: MKL's batched [n, d] x [d, 1] products take ~10x longer)
+        grad_du = torch.bmm(B.reshape(-1, 1, n), grad.view(-1, n, d)).view(du.shape)
+        grad_B = torch.bmm(du.reshape(-1, 1, d), grad.view(-1, n, d).transpose(1, 2)).view(B.shape)
+        grad_C = torch.bmm(dy.reshape(-1, 1, d), states.view(-1, n, d).transpose(1, 2)).view(C.shape)
         return grad_delta, grad_du, grad_A, grad_B, grad_C, arriving, grad_restarts, None, None
 
 
@@ -236,7 +284,7 @@ def selective_scan_chunked(
     Args:
         chunk_size: steps per chunk, ``Q`` (None: :func:`default_sizes`).
         segment_size: steps per segment: the sequence is scanned one segment after the other,
-            each segment's state entering the next, so that the ``[S, b, d, n]`` tensors of one
+            each segment's state entering the next, so that the ``[S, b, n, d]`` tensors of one
             segment stay a few megabytes (None: :func:`default_sizes`). Rounded up to a multiple
             of ``chunk_size``.
 
@@ -256,7 +304,8 @@ def selective_scan_chunked(
     Q = min(chunk_size, L)
     S = min(-(-segment_size // Q) * Q, -(-L // Q) * Q)
     u_c = u.to(dtype)
-    A_c = A.to(dtype)
+    # the scan keeps states as [n, d] (d innermost), see _ChunkScan
+    A_c = A.to(dtype).t().contiguous()
     B_c = B.to(dtype)
     C_c = C.to(dtype)
     delta = _discretize_delta(delta, delta_bias, delta_softplus, dtype)
@@ -265,12 +314,19 @@ def selective_scan_chunked(
         reset = None
     restart_times = None
     if reset is not None and reset_state is not None and reset_state.shape[0] > 0:
-        reset_state = reset_state.to(dtype)
+        reset_state = reset_state.to(dtype).transpose(1, 2)
         # [R]: the time of each restart row ([b, L] row-major order, which a segment keeps)
         restart_times = reset.nonzero(as_tuple=True)[1]
-    h = u_c.new_zeros(b, d, n) if h0 is None else h0.to(dtype)
+    # [b, n, d]
+    h = u_c.new_zeros(b, n, d) if h0 is None else h0.to(dtype).transpose(1, 2).contiguous()
+    # one chunk per segment: every segment's chunked layout [S, b, 1, k] is a slice of the
+    # time-major [L, b, k], made once for the whole sequence
+    one_chunk = Q == S
     # split, not a slice per segment: the gradient of each slice would be a zero-filled [b, d, L]
-    segments = zip(*(t.split(S, dim=-1) for t in (delta, du, B_c, C_c)))
+    if one_chunk:
+        segments = zip(*(t.permute(2, 0, 1).contiguous().unsqueeze(2).split(S) for t in (delta, du, B_c, C_c)))
+    else:
+        segments = zip(*(t.split(S, dim=-1) for t in (delta, du, B_c, C_c)))
     ys = []
     for start, (delta_s, du_s, B_s, C_s) in zip(range(0, L, S), segments):
         stop = min(start + S, L)
@@ -278,21 +334,43 @@ def selective_scan_chunked(
         seg_restarts = None
         if restart_times is not None:
             seg_restarts = reset_state[(restart_times >= start) & (restart_times < stop)]
-        y, h = _scan_segment(delta_s, du_s, A_c, B_s, C_s, h, seg_reset, seg_restarts, Q)
+        if one_chunk:
+            resets, seg_restarts, restart_index = _segment_resets(seg_reset, seg_restarts, 1, stop - start)
+            y, h = _ChunkScan.apply(delta_s, du_s, A_c, B_s, C_s, h, seg_restarts, resets, restart_index)
+        else:
+            y, h = _scan_segment(delta_s, du_s, A_c, B_s, C_s, h, seg_reset, seg_restarts, Q)
         ys.append(y)
-    # [b, d, L]
-    y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
+    if one_chunk:
+        # [L, b, 1, d] -> [b, d, L]
+        y = (ys[0] if len(ys) == 1 else torch.cat(ys)).squeeze(2).permute(1, 2, 0)
+    else:
+        # [b, d, L]
+        y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
     if D is not None:
         y = y + D.to(dtype)[:, None] * u_c
     if z is not None:
         y = y * torch.nn.functional.silu(z.to(dtype))
-    return y.to(u.dtype), h
+    return y.to(u.dtype), h.transpose(1, 2)
+
+
+def _segment_resets(reset, restarts, num_chunks, chunk_size):
+    """``(resets, restarts, restart_index)`` of one segment's ``reset`` ``[b, L]``: a
+    :class:`_Resets` (None without a reset), ``restarts`` (None without a row) and the
+    ``(q, b, chunk)`` of each row."""
+    if reset is None or not bool(reset.any()):
+        return None, None, None
+    resets = _Resets.of(reset, num_chunks, chunk_size)
+    if restarts is None or restarts.shape[0] == 0:
+        return resets, None, None
+    # rows in [b, L] row-major order, as reset.nonzero() lists them
+    rows, times = reset.nonzero(as_tuple=True)
+    return resets, restarts, (times % chunk_size, rows, times // chunk_size)
 
 
 def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size):
     """``y [b, d, L]`` (before ``D`` and the gate) and the last state of one segment, ``L <= Q * nc``.
 
-    ``delta, du = delta * u`` ``[b, d, L]``, ``B, C`` ``[b, n, L]``, ``h0`` ``[b, d, n]``,
+    ``delta, du = delta * u`` ``[b, d, L]``, ``A`` ``[n, d]``, ``B, C`` ``[b, n, L]``, ``h0`` ``[b, n, d]``,
     ``restarts`` the rows of ``reset_state`` for this segment's resets (None: zeros).
     """
     b, d, L = du.shape
@@ -305,17 +383,86 @@ def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size):
     # [Q, b, nc, n]
     B_q = _to_chunks(B, num_chunks, Q)
     C_q = _to_chunks(C, num_chunks, Q)
-    resets, restart_index = None, None
-    if reset is not None and bool(reset.any()):
-        resets = _Resets.of(reset, num_chunks, Q)
-        if restarts is not None and restarts.shape[0] > 0:
-            # rows in [b, L] row-major order, as reset.nonzero() lists them
-            rows, times = reset.nonzero(as_tuple=True)
-            restart_index = (times % Q, rows, times // Q)
-        else:
-            restarts = None
-    else:
-        restarts = None
+    resets, restarts, restart_index = _segment_resets(reset, restarts, num_chunks, Q)
     y, h = _ChunkScan.apply(delta_q, du_q, A, B_q, C_q, h0, restarts, resets, restart_index)
     # [Q, b, nc, d] -> [b, d, L]
     return y.permute(1, 3, 2, 0).reshape(b, d, num_chunks * Q)[..., :L], h
+
+
+def causal_conv1d_chunked(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    initial_state: torch.Tensor | None = None,
+    reset: torch.Tensor | None = None,
+    activation: str | None = None,
+    reset_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The depthwise causal conv of :func:`~mamba_rl.kernels.naive.causal_conv1d_ref`, in ``w`` taps.
+
+    Same arguments, semantics and returns. The conv as if there were no resets is ``w``
+    multiply-adds over the whole sequence in a ``[b, L, d]`` layout; only the steps whose window
+    reaches back across a reset (at most ``w - 1`` after each) are recomputed, from windows built
+    of the inputs since the reset and the restart history (or zeros), and written over their
+    pre-activations: a select, so that an input before a reset reaches neither the outputs after
+    it nor their gradients. The reference instead selects every tap of every step, and gathers a
+    restart history for every step. ``y`` comes back as a ``[b, d, L]`` view of a ``[b, L, d]``
+    tensor (the layout the projection after the conv reads). Reads ``reset`` on the host.
+    """
+    b, d, L = x.shape
+    width = weight.shape[-1]
+    if L == 0 or width == 1:
+        return naive.causal_conv1d_ref(x, weight, bias, initial_state, reset, activation, reset_state)
+    if initial_state is None:
+        initial_state = x.new_zeros(b, d, width - 1)
+    # [b, w - 1 + L, d]; position p holds time p - (w - 1)
+    x_full = torch.cat([initial_state.to(x.dtype).transpose(1, 2), x.transpose(1, 2)], dim=1)
+    # [b, L, d]: tap j multiplies the input at t - (w - 1) + j
+    y = x_full[:, :L] * weight[:, 0]
+    for j in range(1, width):
+        y = y.addcmul(x_full[:, j : j + L], weight[:, j])
+    if bias is not None:
+        y = y + bias
+    state = x_full[:, L:].transpose(1, 2)
+    if reset is not None and bool(reset.any()):
+        t_idx = torch.arange(L, device=x.device)
+        # [b, L]: time of the last reset at or before t, or far before any window
+        last = torch.cummax(torch.where(reset, t_idx, torch.full_like(t_idx, -2 * width)), dim=-1).values
+        has_rows = reset_state is not None and reset_state.shape[0] > 0
+        # [b, L]: the reset_state row of that reset
+        rows = naive.reset_index(reset) if has_rows else None
+        history = reset_state.to(x.dtype) if has_rows else None
+        # the steps whose window reaches back across their last reset: [P] each
+        bi, ti = ((t_idx - last) < width - 1).nonzero(as_tuple=True)
+        times = ti[:, None] - (width - 1) + torch.arange(width, device=x.device)
+        k = None if rows is None else rows[bi, ti]
+        # [P, d, w] -> [P, d]
+        window = _seen(x_full, bi, times, last[bi, ti], k, history, width)
+        crossing = (window * weight).sum(-1)
+        if bias is not None:
+            crossing = crossing + bias
+        y = y.index_put((bi, ti), crossing)
+        # the state: the last w - 1 inputs as the step after the last one sees them
+        times = (L - (width - 1) + torch.arange(width - 1, device=x.device)).expand(b, -1)
+        state = _seen(x_full, torch.arange(b, device=x.device), times, last[:, -1],
+                      None if rows is None else rows[:, -1], history, width)
+    y = naive._apply_activation(y, activation)
+    return y.transpose(1, 2), state
+
+
+def _seen(x_full, batch, times, last, k, history, width):
+    """The inputs at ``times`` ``[P, m]`` of rows ``batch`` ``[P]`` as a step whose last reset is at
+    ``last`` ``[P]`` sees them, ``[P, d, m]``: from ``x_full`` ``[b, w - 1 + L, d]`` at and after
+    ``last``; before it, slot ``times - last + w - 1`` of the restart history ``history[k]``
+    (``[R, d, w - 1]``, None: zeros); zero before that. Selects, never multiplies."""
+    d = x_full.shape[-1]
+    # [P, m, d] -> [P, d, m]
+    inputs = x_full[batch[:, None], times + (width - 1)].transpose(1, 2)
+    after = (times >= last[:, None])[:, None, :]
+    out = torch.where(after, inputs, torch.zeros_like(inputs))
+    if history is None:
+        return out
+    slot = times - last[:, None] + (width - 1)
+    before = ((times < last[:, None]) & (slot >= 0))[:, None, :]
+    index = slot.clamp(0, width - 2)[:, None, :].expand(-1, d, -1)
+    return torch.where(before, history[k].gather(-1, index), out)

@@ -3,9 +3,9 @@
 ``backend``:
 - ``"torch"``: the readable PyTorch reference in :mod:`mamba_rl.kernels.naive` (any device);
 - ``"triton"``: fused Triton kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``), when present;
-- ``"chunked"``: the scan by chunks in vectorised PyTorch (:mod:`mamba_rl.kernels.chunked`, any
-  device, made for the CPU, where the reference's loop over time is bound by per-op costs); the
-  conv and the single steps as ``"torch"``;
+- ``"chunked"``: the scan by chunks and the conv by windows in vectorised PyTorch
+  (:mod:`mamba_rl.kernels.chunked`, any device, made for the CPU, where the reference's loop over
+  time and its per-tap ops are bound by per-op costs); the single steps as ``"torch"``;
 - ``"auto"``: Triton on CUDA tensors when the Triton kernels import, ``"chunked"`` on CPU
   tensors, else PyTorch.
 """
@@ -238,6 +238,8 @@ def causal_conv1d(
     _check_reset_state(reset, reset_state, (d, weight.shape[1] - 1), "d, width - 1")
     if resolve_backend(backend, x.device) == "triton":
         return _triton_module().causal_conv1d_triton(x, weight, bias, initial_state, reset, activation, reset_state)
+    if resolve_backend(backend, x.device) == "chunked":
+        return chunked.causal_conv1d_chunked(x, weight, bias, initial_state, reset, activation, reset_state)
     return naive.causal_conv1d_ref(x, weight, bias, initial_state, reset, activation, reset_state)
 
 

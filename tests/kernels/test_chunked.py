@@ -1,11 +1,11 @@
-"""The chunked scan against the reference: outputs, final state and every gradient."""
+"""The chunked scan and conv against the references: outputs, final state and every gradient."""
 
 import pytest
 import torch
 
 from mamba_rl.kernels import chunked, ops
-from mamba_rl.kernels.chunked import selective_scan_chunked
-from mamba_rl.kernels.naive import selective_scan_ref
+from mamba_rl.kernels.chunked import causal_conv1d_chunked, selective_scan_chunked
+from mamba_rl.kernels.naive import causal_conv1d_ref, selective_scan_ref
 from tests.conftest import assert_close
 from tests.kernels.conftest import assert_rel_close
 
@@ -111,7 +111,9 @@ def test_chunked_stays_finite_where_decays_underflow():
         assert_rel_close(name, a, e.double(), torch.float32)
 
 
-def test_chunked_nonfinite_before_a_reset_reaches_nothing_after_it():
+@pytest.mark.parametrize("chunk_size,segment_size", [(CHUNK, None), (40, 40), (8, 8)],
+                         ids=["chunks", "one-chunk", "one-chunk-segments"])
+def test_chunked_nonfinite_before_a_reset_reaches_nothing_after_it(chunk_size, segment_size):
     L = 40
     inputs = make_inputs(2, 5, 3, L, seed=5)
     reset = torch.zeros(2, L, dtype=torch.bool)
@@ -121,7 +123,7 @@ def test_chunked_nonfinite_before_a_reset_reaches_nothing_after_it():
     inputs["u"][0, :, 18] = float("nan")
     inputs["h0"][1] = float("inf")
     leaves = {k: inputs[k].clone().requires_grad_() for k in ("u", "delta", "B", "C", "z", "reset_state")}
-    y, h = selective_scan_chunked(**{**inputs, **leaves}, chunk_size=CHUNK)
+    y, h = selective_scan_chunked(**{**inputs, **leaves}, chunk_size=chunk_size, segment_size=segment_size)
     assert torch.isnan(y[0, :, 18:21]).all()
     assert torch.isfinite(y[0, :, 21:]).all() and torch.isfinite(y[1]).all() and torch.isfinite(h).all()
     # a loss on the outputs after the resets: every step after them gets a finite gradient
@@ -154,10 +156,113 @@ def test_chunk_and_segment_size_must_be_positive_ints():
         selective_scan_chunked(**inputs, segment_size=2.5)
 
 
-def test_default_sizes_fill_the_segment_budget_with_square_root_chunks():
-    # the Mamba trunk of d_model 64 (d_inner 128, d_state 16) at batch 8: 32 steps of 2 MB
-    assert chunked.default_sizes(8, 128, 16, 1024) == (8, 32)
-    assert chunked.default_sizes(8, 128, 16, 10) == (4, 10)
+def test_default_sizes_fill_the_segment_budget_with_one_chunk_or_square_root_chunks():
+    # the Mamba trunk of d_model 64 (d_inner 128, d_state 16) at batch 8: 16 steps of 1 MB, one chunk
+    assert chunked.default_sizes(8, 128, 16, 1024) == (16, 16)
+    assert chunked.default_sizes(8, 128, 16, 10) == (10, 10)
+    # small states (b * d * n below ONE_CHUNK_ELEMENTS): chunks of about sqrt(S) steps
+    assert chunked.default_sizes(1, 64, 16, 1024) == (16, 256)
     assert chunked.default_sizes(2, 5, 3, 200) == (16, 200)
     # a state larger than the budget: one step per segment
     assert chunked.default_sizes(512, 256, 16, 100) == (1, 1)
+
+
+CONV_GRAD_NAMES = ("x", "weight", "bias", "initial_state", "reset_state")
+
+
+def make_conv_inputs(b, d, L, width, seed=0, with_state=True, with_reset_state=True):
+    """Conv inputs with resets at t = 0, t = 1 and t = L - 1 (row 0), none (row 1), two resets
+    closer than the width (row 2) and random ones in later rows."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    reset = torch.zeros(b, L, dtype=torch.bool)
+    reset[0, [0, min(1, L - 1), L - 1]] = True
+    if b > 2:
+        reset[2, [min(t, L - 1) for t in (L // 3, L // 3 + 2)]] = True
+    if b > 3:
+        reset[3:] = torch.rand(b - 3, L, generator=g) < 0.2
+    R = int(reset.sum())
+    return dict(x=r(b, d, L), weight=r(d, width), bias=r(d), initial_state=r(b, d, width - 1) if with_state else None,
+                reset=reset, activation="silu", reset_state=r(R, d, width - 1) if with_reset_state else None)
+
+
+def conv_with_grads(conv, inputs, seed=1):
+    leaves = {k: v.clone().requires_grad_() for k, v in inputs.items() if k in CONV_GRAD_NAMES and v is not None}
+    y, state = conv(**{**inputs, **leaves})
+    g = torch.Generator().manual_seed(seed)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    gs = torch.randn(state.shape, generator=g, dtype=torch.float64)
+    grads = torch.autograd.grad((y * gy).sum() + (state * gs).sum(), list(leaves.values()))
+    return y.detach(), state.detach(), dict(zip(leaves, grads))
+
+
+@pytest.mark.parametrize("L", [1, 2, 5, 40], ids=lambda L: f"T{L}")
+@pytest.mark.parametrize("width", [2, 4])
+@pytest.mark.parametrize("with_state,with_reset_state", [(True, True), (False, False), (False, True)],
+                         ids=["state-restarts", "zeros", "restarts"])
+def test_chunked_conv_equals_reference_with_every_gradient(L, width, with_state, with_reset_state):
+    inputs = make_conv_inputs(5, 3, L, width, with_state=with_state, with_reset_state=with_reset_state)
+    y_ref, state_ref, grads_ref = conv_with_grads(causal_conv1d_ref, inputs)
+    y, state, grads = conv_with_grads(causal_conv1d_chunked, inputs)
+    assert_close(y, y_ref, msg="y")
+    assert_close(state, state_ref, msg="final state")
+    assert grads.keys() == grads_ref.keys()
+    for name in grads_ref:
+        assert_close(grads[name], grads_ref[name], msg=f"gradient of {name}")
+
+
+def test_chunked_conv_without_resets_bias_or_activation_equals_reference():
+    inputs = make_conv_inputs(2, 4, 9, 4, with_reset_state=False)
+    inputs.update(reset=None, bias=None, activation=None)
+    expected = conv_with_grads(causal_conv1d_ref, inputs)
+    y, state, grads = conv_with_grads(causal_conv1d_chunked, inputs)
+    assert_close(y, expected[0], msg="y")
+    assert_close(state, expected[1], msg="final state")
+    for name in expected[2]:
+        assert_close(grads[name], expected[2][name], msg=f"gradient of {name}")
+
+
+def test_chunked_conv_nonfinite_before_a_reset_reaches_nothing_after_it():
+    inputs = make_conv_inputs(2, 3, 12, 4, seed=2)
+    reset = torch.zeros(2, 12, dtype=torch.bool)
+    # row 0 restarts one step after a NaN input; row 1 at t = 0 after an infinite initial state
+    reset[0, 6] = reset[1, 0] = True
+    inputs.update(reset=reset, reset_state=torch.randn(2, 3, 3, dtype=torch.float64))
+    inputs["x"][0, :, 5] = float("nan")
+    inputs["initial_state"][1] = float("inf")
+    results = {}
+    for conv in (causal_conv1d_ref, causal_conv1d_chunked):
+        leaves = {k: inputs[k].clone().requires_grad_() for k in CONV_GRAD_NAMES}
+        y, state = conv(**{**inputs, **leaves})
+        grads = torch.autograd.grad(y[0, :, 6:].sum() + y[1].sum() + state.sum(), list(leaves.values()))
+        results[conv] = (y.detach(), state.detach(), dict(zip(leaves, grads)))
+    y, state, grads = results[causal_conv1d_chunked]
+    assert torch.isnan(y[0, :, 5]).all()
+    assert torch.isfinite(y[0, :, 6:]).all() and torch.isfinite(y[1]).all() and torch.isfinite(state).all()
+    # the steps at and after the resets, and the states restarted from, get finite gradients
+    assert torch.isfinite(grads["x"][0, :, 6:]).all() and torch.isfinite(grads["x"][1]).all()
+    assert torch.isfinite(grads["initial_state"]).all() and torch.isfinite(grads["reset_state"]).all()
+    # and every value, finite or not, is the reference's
+    y_ref, state_ref, grads_ref = results[causal_conv1d_ref]
+    torch.testing.assert_close(y, y_ref, equal_nan=True)
+    torch.testing.assert_close(state, state_ref, equal_nan=True)
+    for name in grads_ref:
+        torch.testing.assert_close(grads[name], grads_ref[name], equal_nan=True, msg=f"gradient of {name}")
+
+
+def test_ops_auto_and_chunked_run_the_chunked_conv_on_cpu(monkeypatch):
+    calls = []
+
+    def recording(*args):
+        calls.append(args)
+        return causal_conv1d_chunked(*args)
+
+    monkeypatch.setattr(chunked, "causal_conv1d_chunked", recording)
+    inputs = make_conv_inputs(4, 3, 10, 4)
+    y_ref, state_ref = ops.causal_conv1d(**inputs, backend="torch")
+    assert not calls
+    for backend in ("auto", "chunked"):
+        y, state = ops.causal_conv1d(**inputs, backend=backend)
+        assert_close(y, y_ref)
+        assert_close(state, state_ref)
+    assert len(calls) == 2
