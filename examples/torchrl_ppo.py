@@ -173,7 +173,7 @@ def train(args: argparse.Namespace) -> dict:
     buffer = ReplayBuffer(storage=LazyTensorStorage(args.num_envs), sampler=SamplerWithoutReplacement(),
                           batch_size=rows)
 
-    curve, episode_returns, frames, start, result = [], [], 0, time.perf_counter(), None
+    curve, episode_returns, frames, start = [], [], 0, time.perf_counter()
     for data in collector:
         # data: [num_envs, T]
         frames += data.numel()

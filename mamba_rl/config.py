@@ -351,7 +351,9 @@ def validate(cfg: TrainConfig) -> None:
     if not (cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device)):
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N a GPU index), got {cfg.device!r}")
     if cfg.learning_rate > MAX_LEARNING_RATE:
-        raise ConfigError(f"learning_rate must be in (0, {MAX_LEARNING_RATE}] (Adam's step size), got {cfg.learning_rate!r}")
+        raise ConfigError(
+            f"learning_rate must be in (0, {MAX_LEARNING_RATE}] (Adam's step size), got {cfg.learning_rate!r}"
+        )
     try:
         cfg.mamba_config()
     except ValueError as err:

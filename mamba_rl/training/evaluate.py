@@ -47,7 +47,9 @@ def mean_ci95(values) -> tuple[float, float]:
     return float(x.mean()), half
 
 
-def hashed_noise(key: int, episode: torch.Tensor, t: torch.Tensor, shape: tuple[int, ...], normal: bool) -> torch.Tensor:
+def hashed_noise(
+    key: int, episode: torch.Tensor, t: torch.Tensor, shape: tuple[int, ...], normal: bool
+) -> torch.Tensor:
     """Noise ``[n, *shape]`` that depends only on ``(key, episode[i], t[i])``: uniform in [0, 1), or
     standard normal (Box-Muller). ``episode`` and ``t`` are int64 ``[n]`` in ``0 .. 2**32 - 1``."""
     count = 1
@@ -119,8 +121,8 @@ def run_episodes(policy: ActorCritic, env: BatchedEnv, episodes: int, *, greedy:
         done = (step.terminated | step.truncated).to(device)
         if bool(done.any()):
             index = done.nonzero().squeeze(-1)
-            for i, episode, r, length, s in zip(index.tolist(), slot_episode[index].tolist(), ret[index].tolist(),
-                                                t[index].tolist(), success[index].tolist()):
+            for episode, r, length, s in zip(slot_episode[index].tolist(), ret[index].tolist(),
+                                             t[index].tolist(), success[index].tolist()):
                 if episode < episodes:
                     returns[episode], lengths[episode], successes[episode] = r, length, s
                     finished += 1
@@ -328,7 +330,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--num-envs", type=int, default=None,
                         help="episodes run in parallel (default: 1000 on the memory task, else 16)")
-    parser.add_argument("--seed", type=int, default=EVAL_SEED, help=f"seed of the evaluation episodes (default {EVAL_SEED})")
+    parser.add_argument("--seed", type=int, default=EVAL_SEED,
+                        help=f"seed of the evaluation episodes (default {EVAL_SEED})")
     parser.add_argument("--modes", nargs="+", choices=("greedy", "sampled"), default=["greedy", "sampled"])
     parser.add_argument("--no-cuda-graph", action="store_true",
                         help="on CUDA, queue every step's kernels from Python instead of replaying a CUDA graph")
