@@ -15,6 +15,7 @@ train-quick: setup
 # ruff's version is pinned in setup.cfg's dev extra, so every machine lints alike
 lint: setup
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 # CI's machine has 2 cores; most of the suite is single-threaded Python (the Triton interpreter),
 # so one pytest worker per core (pytest-xdist) about halves the wall time

@@ -62,6 +62,7 @@ def mamba_case(module: MambaModule, x: torch.Tensor, reset: torch.Tensor, backen
         module.backend = backend
         out, _ = module.sequence(x, None, reset)
         out.sum().backward()
+
     return run
 
 
@@ -73,11 +74,14 @@ def mamba_td_case(module: MambaModule, x: torch.Tensor, reset: torch.Tensor, bac
 
     def run():
         module.backend = backend
-        td = TensorDict({"x": x, module.ssm_key: states.ssm, module.conv_key: states.conv, "is_init": reset[..., None]},
-                        batch_size=[batch, steps])
+        td = TensorDict(
+            {"x": x, module.ssm_key: states.ssm, module.conv_key: states.conv, "is_init": reset[..., None]},
+            batch_size=[batch, steps],
+        )
         with set_recurrent_mode(True):
             out = module(td).get("y")
         out.sum().backward()
+
     return run
 
 
@@ -90,6 +94,7 @@ def gru_case(module: GRUModule, x: torch.Tensor, reset: torch.Tensor):
         with set_recurrent_mode(True):
             out = module(td).get("y")
         out.sum().backward()
+
     return run
 
 
@@ -98,9 +103,18 @@ def scan_inputs(module: MambaModule, batch: int, steps: int, reset: torch.Tensor
     d, n = module.d_inner, module.d_state
     r = lambda *s: torch.randn(*s, generator=generator)  # noqa: E731
     A = module.layers[0].mixer.A.detach()
-    return dict(u=r(batch, d, steps), delta=r(batch, d, steps) - 4.0, A=A, B=r(batch, n, steps),
-                C=r(batch, n, steps), D=r(d), z=r(batch, d, steps), delta_bias=r(d), delta_softplus=True,
-                reset=reset)
+    return dict(
+        u=r(batch, d, steps),
+        delta=r(batch, d, steps) - 4.0,
+        A=A,
+        B=r(batch, n, steps),
+        C=r(batch, n, steps),
+        D=r(d),
+        z=r(batch, d, steps),
+        delta_bias=r(d),
+        delta_softplus=True,
+        reset=reset,
+    )
 
 
 def scan_case(inputs: dict, scan, **kwargs):
@@ -109,18 +123,22 @@ def scan_case(inputs: dict, scan, **kwargs):
     def run():
         y, h = scan(**{**inputs, **leaves}, **kwargs)
         (y.sum() + h.sum()).backward()
+
     return run
 
 
-def conv_case(module: MambaModule, batch: int, steps: int, reset: torch.Tensor, generator: torch.Generator,
-              backend: str):
+def conv_case(
+    module: MambaModule, batch: int, steps: int, reset: torch.Tensor, generator: torch.Generator, backend: str
+):
     mixer = module.layers[0].mixer
     x = torch.randn(batch, module.d_inner, steps, generator=generator, requires_grad=True)
 
     def run():
-        y, _ = ops.causal_conv1d(x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, reset=reset,
-                                 activation="silu", backend=backend)
+        y, _ = ops.causal_conv1d(
+            x, mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, reset=reset, activation="silu", backend=backend
+        )
         y.sum().backward()
+
     return run
 
 
@@ -149,9 +167,13 @@ def check(module: MambaModule, x: torch.Tensor, reset: torch.Tensor, scan: dict)
         (out.sum() + state.ssm.sum()).backward()
         results[backend] = (out.detach(), state.ssm.detach(), [p.grad.clone() for p in module.parameters()])
     ref, new = results["torch"], results["chunked"]
-    diffs = {"trunk_out": (ref[0] - new[0]).abs().max().item(), "trunk_final_ssm": (ref[1] - new[1]).abs().max().item(),
-             "trunk_param_grads_rel": max(((a - b).norm() / a.norm().clamp_min(1e-30)).item()
-                                          for a, b in zip(ref[2], new[2]))}
+    diffs = {
+        "trunk_out": (ref[0] - new[0]).abs().max().item(),
+        "trunk_final_ssm": (ref[1] - new[1]).abs().max().item(),
+        "trunk_param_grads_rel": max(
+            ((a - b).norm() / a.norm().clamp_min(1e-30)).item() for a, b in zip(ref[2], new[2])
+        ),
+    }
     y_ref, h_ref = naive.selective_scan_ref(**scan)
     y, h = chunked.selective_scan_chunked(**scan)
     diffs["scan_y"] = (y - y_ref).abs().max().item()
@@ -177,9 +199,15 @@ def time_cases(cases: dict, repeats: int) -> dict:
             wall[name].append((time.perf_counter() - t0) * 1e3)
             cpu[name].append((time.process_time() - c0) * 1e3)
             faults[name].append(minor_faults() - f0)
-    return {name: {"wall_ms": round(statistics.median(wall[name]), 2), "cpu_ms": round(statistics.median(cpu[name]), 2),
-                   "minor_faults": int(statistics.median(faults[name])),
-                   "wall_ms_all": [round(v, 2) for v in wall[name]]} for name in cases}
+    return {
+        name: {
+            "wall_ms": round(statistics.median(wall[name]), 2),
+            "cpu_ms": round(statistics.median(cpu[name]), 2),
+            "minor_faults": int(statistics.median(faults[name])),
+            "wall_ms_all": [round(v, 2) for v in wall[name]],
+        }
+        for name in cases
+    }
 
 
 def keep_freed_memory() -> bool:
@@ -217,16 +245,26 @@ def bench_steps(args, mamba, gru, steps: int, generator: torch.Generator) -> dic
         for seg in args.segment_sizes:
             if q <= seg <= steps:
                 cases[f"scan_chunked_Q{q}_S{seg}"] = scan_case(
-                    scan, chunked.selective_scan_chunked, chunk_size=q, segment_size=seg)
+                    scan, chunked.selective_scan_chunked, chunk_size=q, segment_size=seg
+                )
     times = time_cases(cases, args.repeats)
-    saved = {name: round(saved_megabytes(cases[name]), 2)
-             for name in ("gru", "mamba_torch", "mamba_chunked", "scan_torch", "scan_chunked_default")}
+    saved = {
+        name: round(saved_megabytes(cases[name]), 2)
+        for name in ("gru", "mamba_torch", "mamba_chunked", "scan_torch", "scan_chunked_default")
+    }
     gru_t = times["gru"]
-    return {"threads": torch.get_num_threads(), "steps": steps, "resets": int(reset.sum()),
-            "default_chunk_size": default_q, "default_segment_size": default_s, "check_max_abs": diffs,
-            "times": times, "saved_mb": saved,
-            "ratio_wall_to_gru": {k: round(v["wall_ms"] / gru_t["wall_ms"], 3) for k, v in times.items()},
-            "ratio_cpu_to_gru": {k: round(v["cpu_ms"] / gru_t["cpu_ms"], 3) for k, v in times.items()}}
+    return {
+        "threads": torch.get_num_threads(),
+        "steps": steps,
+        "resets": int(reset.sum()),
+        "default_chunk_size": default_q,
+        "default_segment_size": default_s,
+        "check_max_abs": diffs,
+        "times": times,
+        "saved_mb": saved,
+        "ratio_wall_to_gru": {k: round(v["wall_ms"] / gru_t["wall_ms"], 3) for k, v in times.items()},
+        "ratio_cpu_to_gru": {k: round(v["cpu_ms"] / gru_t["cpu_ms"], 3) for k, v in times.items()},
+    }
 
 
 def main() -> None:
@@ -241,8 +279,11 @@ def main() -> None:
     parser.add_argument("--chunk-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--segment-sizes", type=int, nargs="*", default=[16, 32, 64])
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="mallopt: glibc keeps freed memory instead of returning it to the OS")
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="mallopt: glibc keeps freed memory instead of returning it to the OS",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     kept = keep_freed_memory() if args.keep_freed_memory else False
@@ -250,14 +291,28 @@ def main() -> None:
         raise RuntimeError("--keep-freed-memory needs glibc's mallopt, which did not accept the settings")
     torch.manual_seed(0)
     mamba = MambaModule(args.input_size, args.d_model, num_layers=1, in_key="x", out_key="y")
-    gru = GRUModule(input_size=args.input_size, hidden_size=args.d_model, in_keys=["x", "hidden", "is_init"],
-                    out_keys=["y", ("next", "hidden")])
+    gru = GRUModule(
+        input_size=args.input_size,
+        hidden_size=args.d_model,
+        in_keys=["x", "hidden", "is_init"],
+        out_keys=["y", ("next", "hidden")],
+    )
     report = {
-        "device": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-        "load_average_at_start": os.getloadavg(), "torch": torch.__version__, "dtype": "float32",
-        "batch": args.batch, "d_model": args.d_model, "input_size": args.input_size, "d_inner": mamba.d_inner,
-        "d_state": mamba.d_state, "num_layers": 1, "reset_prob": args.reset_prob, "repeats": args.repeats,
-        "keep_freed_memory": kept, "runs": [],
+        "device": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "torch": torch.__version__,
+        "dtype": "float32",
+        "batch": args.batch,
+        "d_model": args.d_model,
+        "input_size": args.input_size,
+        "d_inner": mamba.d_inner,
+        "d_state": mamba.d_state,
+        "num_layers": 1,
+        "reset_prob": args.reset_prob,
+        "repeats": args.repeats,
+        "keep_freed_memory": kept,
+        "runs": [],
     }
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -267,9 +322,11 @@ def main() -> None:
             report["runs"].append(run)
             print(f"threads={threads} T={steps}: checks {run['check_max_abs']}")
             for name, t in run["times"].items():
-                print(f"  {name:<22} wall {t['wall_ms']:9.2f} ms  cpu {t['cpu_ms']:9.2f} ms  "
-                      f"x{run['ratio_wall_to_gru'][name]:.2f} of gru (cpu x{run['ratio_cpu_to_gru'][name]:.2f})  "
-                      f"faults {t['minor_faults']}")
+                print(
+                    f"  {name:<22} wall {t['wall_ms']:9.2f} ms  cpu {t['cpu_ms']:9.2f} ms  "
+                    f"x{run['ratio_wall_to_gru'][name]:.2f} of gru (cpu x{run['ratio_cpu_to_gru'][name]:.2f})  "
+                    f"faults {t['minor_faults']}"
+                )
             print(f"  saved for backward (MB): {run['saved_mb']}")
             # after every run, so that a long one cut short keeps what was measured
             report["load_average_at_end"] = os.getloadavg()

@@ -241,9 +241,7 @@ def answer_policy(td):
 
 def check_torchrl_env(num_envs, params, device) -> None:
     """An answering policy earns exactly one reward per episode, at its end."""
-    env = DelayedMemoryEnv(
-        min(num_envs, 256), params.num_bits, (1, 5), params.num_distractors, device=device, seed=0
-    )
+    env = DelayedMemoryEnv(min(num_envs, 256), params.num_bits, (1, 5), params.num_distractors, device=device, seed=0)
     rollout = env.rollout(20, answer_policy, break_when_any_done=False)
     if not torch.equal(rollout["next", "reward"].bool(), rollout["next", "done"]):
         raise AssertionError("TorchRL env: rewards do not match episode ends")
@@ -277,9 +275,7 @@ def bench_torchrl(case, num_envs, params, device, args) -> dict:
 
     def one_step():
         td = holder[0]
-        td["action"] = torch.randint(
-            0, params.num_actions, (num_envs,), device=device, generator=gen
-        )
+        td["action"] = torch.randint(0, params.num_actions, (num_envs,), device=device, generator=gen)
         stepped, holder[0] = env.step_and_maybe_reset(td)
         done_count.add_(stepped["next", "done"].sum())
         steps[0] += 1
@@ -321,9 +317,7 @@ def device_name(device: torch.device) -> str:
 
 def git_commit() -> str | None:
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         # a copy of the tree without .git (the GPU machine): the caller may pass it
         return os.environ.get("GIT_COMMIT")
@@ -351,9 +345,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    params = DelayedMemoryParams(
-        num_bits=args.num_bits, horizon=args.horizon, num_distractors=args.num_distractors
-    )
+    params = DelayedMemoryParams(num_bits=args.num_bits, horizon=args.horizon, num_distractors=args.num_distractors)
     cases = args.cases
     if cases is None:
         # the first CPU compile builds C++ (about a minute per size on 2 cores), then is cached

@@ -132,8 +132,16 @@ def run_case(name: str, device: torch.device, backends: list[str], warmup: int, 
     d_out = torch.randn(batch, steps, hidden_size, device=device)
     d_final = torch.randn(batch, layers, hidden_size, device=device)
     num_episodes = int(reset[:, 1:].sum()) + batch
-    shapes = dict(B=batch, T=steps, F=features, H=hidden_size, num_layers=layers, resets=reset_spec,
-                  episodes=num_episodes, mean_episode_len=round(batch * steps / num_episodes, 1))
+    shapes = dict(
+        B=batch,
+        T=steps,
+        F=features,
+        H=hidden_size,
+        num_layers=layers,
+        resets=reset_spec,
+        episodes=num_episodes,
+        mean_episode_len=round(batch * steps / num_episodes, 1),
+    )
 
     def trunk_run(backend):
         if backend not in trunks:
@@ -145,12 +153,14 @@ def run_case(name: str, device: torch.device, backends: list[str], warmup: int, 
         def run():
             out, state = trunk.sequence(x, GRUState(h0), reset)
             return out, state.hidden, trunk
+
         return run
 
     def replay_run(method):
         def run():
             out, final = gru_replay(gru, x, h0, reset, method=method)
             return out, final, trunks["pad"]
+
         return run
 
     packed_run = replay_run("packed")
@@ -189,8 +199,10 @@ def run_case(name: str, device: torch.device, backends: list[str], warmup: int, 
             if backend != "cudnn_no_resets":
                 with fp32_exact():
                     got = results(run)
-                errors = {k: ((got[k] - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
-                          for k, ref in reference.items()}
+                errors = {
+                    k: ((got[k] - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
+                    for k, ref in reference.items()
+                }
                 row["max_rel_error_vs_packed"] = max(errors.values())
                 row["errors_vs_packed"] = errors
                 if backend == "pad" and not row["max_rel_error_vs_packed"] <= CHECK_TOL:
@@ -209,8 +221,11 @@ def run_case(name: str, device: torch.device, backends: list[str], warmup: int, 
         rows.append(row)
         print_row(row)
     layout_ms = time_ms(lambda: pack_episodes(reset), device, warmup, repeats)
-    rows.append(dict(case=name, backend="pack_episodes only", device=str(device), shapes=shapes,
-                     ms=statistics.median(layout_ms)))
+    rows.append(
+        dict(
+            case=name, backend="pack_episodes only", device=str(device), shapes=shapes, ms=statistics.median(layout_ms)
+        )
+    )
     print_row(rows[-1])
     return rows
 
@@ -221,20 +236,32 @@ def print_row(row: dict) -> None:
     ms = f"{row['ms']:9.2f}" if "ms" in row else "        -"
     err = f"{row['max_rel_error_vs_packed']:.1e}" if "max_rel_error_vs_packed" in row else "-"
     peak = f"{row['peak_gb']:6.2f}" if "peak_gb" in row else "     -"
-    print(f"{row['case']:<14} {desc:<34} {row['backend']:<20} {ms} ms  +peak {peak} GB  err {err:<8}"
-          f" {row.get('error', '')}{row.get('check_failed', '')}", flush=True)
+    print(
+        f"{row['case']:<14} {desc:<34} {row['backend']:<20} {ms} ms  +peak {peak} GB  err {err:<8}"
+        f" {row.get('error', '')}{row.get('check_failed', '')}",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="JSON output path")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=None,
-                        help="default: issue, h1000, h1000_2layers on CUDA; cpu, cpu_2layers on the CPU")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=sorted(CASES),
+        default=None,
+        help="default: issue, h1000, h1000_2layers on CUDA; cpu, cpu_2layers on the CPU",
+    )
     parser.add_argument("--with-scan", action="store_true", help="also TorchRL's scan backend (slow)")
-    parser.add_argument("--backends", nargs="+", default=None,
-                        choices=["packed", "loop", "pad", "triton", "scan", "cudnn_no_resets"],
-                        help="only these (packed is always the reference of the check)")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=None,
+        choices=["packed", "loop", "pad", "triton", "scan", "cudnn_no_resets"],
+        help="only these (packed is always the reference of the check)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on the CPU")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before the timed ones")
     parser.add_argument("--repeats", type=int, default=None, help="default: 10 on CUDA, 3 on the CPU")
@@ -254,13 +281,19 @@ def main() -> None:
     if args.backends:
         backends = args.backends
 
-    meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-                torch=torch.__version__, threads=torch.get_num_threads(), warmup=args.warmup, repeats=repeats,
-                cudnn=torch.backends.cudnn.version() if device.type == "cuda" else None,
-                cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
-                matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32)
+    meta = dict(
+        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        warmup=args.warmup,
+        repeats=repeats,
+        cudnn=torch.backends.cudnn.version() if device.type == "cuda" else None,
+        cudnn_allow_tf32=torch.backends.cudnn.allow_tf32,
+        matmul_allow_tf32=torch.backends.cuda.matmul.allow_tf32,
+    )
     try:
         import torchrl
+
         meta["torchrl"] = torchrl.__version__
     except ImportError:
         pass

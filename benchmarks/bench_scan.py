@@ -82,8 +82,9 @@ class Bench:
         if self.cuda:
             torch.cuda.synchronize()
 
-    def time_ms(self, fn, *, grad_to_none=None, rep_ms: float = 200, warmup_ms: float = 25,
-                reps: int | None = None) -> float:
+    def time_ms(
+        self, fn, *, grad_to_none=None, rep_ms: float = 200, warmup_ms: float = 25, reps: int | None = None
+    ) -> float:
         """Median milliseconds of ``fn`` over CUDA-event-timed calls, L2 flushed before each (a
         256 MB write, as ``triton.testing.do_bench``). The number of calls fills ``rep_ms``
         after ``warmup_ms`` of warm-up, from a 5-call estimate; ``reps`` fixes it instead (one
@@ -178,11 +179,38 @@ class Bench:
         ms = self.time_ms(lambda: b.copy_(a))
         self.copy_bytes_per_s = 2 * a.numel() * 4 / (ms * 1e-3)
 
-    def record(self, case, impl, *, dtype, shapes, ms=None, min_bytes=None, peak_gb=None, peak_over_inputs_gb=None,
-               peak_over_io_gb=None, saved_gb=None, check=None, note=None, error=None) -> dict:
-        row = dict(case=case, impl=impl, dtype=str(dtype).replace("torch.", ""), shapes=shapes, ms=ms,
-                   min_bytes=min_bytes, peak_gb=peak_gb, peak_over_inputs_gb=peak_over_inputs_gb,
-                   peak_over_io_gb=peak_over_io_gb, saved_gb=saved_gb, check=check, note=note, error=error)
+    def record(
+        self,
+        case,
+        impl,
+        *,
+        dtype,
+        shapes,
+        ms=None,
+        min_bytes=None,
+        peak_gb=None,
+        peak_over_inputs_gb=None,
+        peak_over_io_gb=None,
+        saved_gb=None,
+        check=None,
+        note=None,
+        error=None,
+    ) -> dict:
+        row = dict(
+            case=case,
+            impl=impl,
+            dtype=str(dtype).replace("torch.", ""),
+            shapes=shapes,
+            ms=ms,
+            min_bytes=min_bytes,
+            peak_gb=peak_gb,
+            peak_over_inputs_gb=peak_over_inputs_gb,
+            peak_over_io_gb=peak_over_io_gb,
+            saved_gb=saved_gb,
+            check=check,
+            note=note,
+            error=error,
+        )
         if ms is not None and min_bytes:
             row["bound_ms_3tbs"] = min_bytes / PEAK_BW * 1e3
             row["fraction_of_3tbs"] = min_bytes / (ms * 1e-3) / PEAK_BW
@@ -229,10 +257,15 @@ class Bench:
             return
         from mamba_rl.kernels import triton_conv, triton_scan, triton_step
 
-        payload = dict(self.meta, copy_bandwidth_bytes_per_s=self.copy_bytes_per_s, peak_bandwidth_assumed=PEAK_BW,
-                       configs=dict(scan=triton_scan.SCAN_CONFIG, conv=triton_conv.CONV_CONFIG,
-                                    step=triton_step.STEP_CONFIG),
-                       seconds=time.time() - self.meta["started"], results=self.results, sweep=self.sweep)
+        payload = dict(
+            self.meta,
+            copy_bandwidth_bytes_per_s=self.copy_bytes_per_s,
+            peak_bandwidth_assumed=PEAK_BW,
+            configs=dict(scan=triton_scan.SCAN_CONFIG, conv=triton_conv.CONV_CONFIG, step=triton_step.STEP_CONFIG),
+            seconds=time.time() - self.meta["started"],
+            results=self.results,
+            sweep=self.sweep,
+        )
         with open(self.out, "w") as f:
             json.dump(payload, f, indent=1)
 
@@ -328,8 +361,7 @@ def check_scan(bench, b, d, n, L, dtype, seed=11, layout="channels_last"):
     return errs
 
 
-def bench_scan(bench, L, dtype, *, b=64, d=256, n=16, with_reference=False, check_shape=None,
-               layout="channels_last"):
+def bench_scan(bench, L, dtype, *, b=64, d=256, n=16, with_reference=False, check_shape=None, layout="channels_last"):
     """The scan forward, and forward+backward: wall time, the kernels' device times, peak memory
     and what the forward saves for the backward (after a check against the reference)."""
     from mamba_rl.kernels.triton_scan import selective_scan_triton
@@ -362,16 +394,29 @@ def bench_scan(bench, L, dtype, *, b=64, d=256, n=16, with_reference=False, chec
     bench.time_ms(fwd, rep_ms=50)
     bench.time_ms(fwd_bwd, grad_to_none=leaves, rep_ms=50)
     es = torch.empty((), dtype=dtype).element_size()
-    bench.record(f"scan fwd T={L}", "triton", dtype=dtype, shapes=shapes, ms=bench.time_ms(fwd, rep_ms=100),
-                 min_bytes=(4 * b * d * L + 2 * b * n * L) * es + 2 * b * d * n * 4, check=errs)
+    bench.record(
+        f"scan fwd T={L}",
+        "triton",
+        dtype=dtype,
+        shapes=shapes,
+        ms=bench.time_ms(fwd, rep_ms=100),
+        min_bytes=(4 * b * d * L + 2 * b * n * L) * es + 2 * b * d * n * 4,
+        check=errs,
+    )
     ms = bench.time_ms(fwd_bwd, grad_to_none=leaves)
     if bench.cuda:
         # the GPU's share alone: at T=1024 the host's launches (Triton kernels, small torch ops,
         # autograd) take about as long as the kernels, so the wall time can include idle gaps
         kernels = bench.profile_kernels(fwd_bwd_fresh_grads)
-        bench.record(case, "triton, sum of kernel times (torch.profiler)", dtype=dtype, shapes=shapes,
-                     ms=sum(kernels.values()) / 1e3, min_bytes=min_bytes,
-                     note="; ".join(f"{k} {v:.0f} us" for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:8]))
+        bench.record(
+            case,
+            "triton, sum of kernel times (torch.profiler)",
+            dtype=dtype,
+            shapes=shapes,
+            ms=sum(kernels.values()) / 1e3,
+            min_bytes=min_bytes,
+            note="; ".join(f"{k} {v:.0f} us" for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:8]),
+        )
     peak, over = bench.peak_memory_gb(fwd_bwd_fresh_grads)
     for t in leaves:
         t.grad = None
@@ -387,11 +432,22 @@ def bench_scan(bench, L, dtype, *, b=64, d=256, n=16, with_reference=False, chec
         bench.sync()
         saved = (torch.cuda.memory_allocated() - before - y.numel() * y.element_size() - h.numel() * 4) / 1e9
         del y, h
-    bench.record(case, "triton", dtype=dtype, shapes=shapes, ms=ms, min_bytes=min_bytes, peak_gb=peak,
-                 peak_over_inputs_gb=over, peak_over_io_gb=over - io_gb if bench.cuda else None, saved_gb=saved,
-                 check=errs)
+    bench.record(
+        case,
+        "triton",
+        dtype=dtype,
+        shapes=shapes,
+        ms=ms,
+        min_bytes=min_bytes,
+        peak_gb=peak,
+        peak_over_inputs_gb=over,
+        peak_over_io_gb=over - io_gb if bench.cuda else None,
+        saved_gb=saved,
+        check=errs,
+    )
     if with_reference:
         with bench.guarded(case, "torch reference loop", dtype, shapes):
+
             def ref_fwd_bwd():
                 scan_fwd_bwd(naive.selective_scan_ref, inputs, reset, dy, dh)
 
@@ -399,8 +455,16 @@ def bench_scan(bench, L, dtype, *, b=64, d=256, n=16, with_reference=False, chec
             for t in leaves:
                 t.grad = None
             peak_ref, over_ref = bench.peak_memory_gb(ref_fwd_bwd)
-            bench.record(case, "torch reference loop", dtype=dtype, shapes=shapes, ms=ms_ref, min_bytes=min_bytes,
-                         peak_gb=peak_ref, peak_over_inputs_gb=over_ref)
+            bench.record(
+                case,
+                "torch reference loop",
+                dtype=dtype,
+                shapes=shapes,
+                ms=ms_ref,
+                min_bytes=min_bytes,
+                peak_gb=peak_ref,
+                peak_over_inputs_gb=over_ref,
+            )
 
 
 # --- the conv -------------------------------------------------------------------------------
@@ -484,14 +548,20 @@ def bench_conv_and_mixer_inner(bench, L, dtype, *, b=64, d=256, n=16, layout="ch
         torch.autograd.backward([y], [dy])
 
     ms = bench.time_ms(conv_fwd_bwd, grad_to_none=list(conv_in.values()))
-    bench.record(f"conv fwd+bwd T={L}", "triton", dtype=dtype, shapes=shapes, ms=ms,
-                 min_bytes=4 * b * d * L * es, check=errs)
+    bench.record(
+        f"conv fwd+bwd T={L}", "triton", dtype=dtype, shapes=shapes, ms=ms, min_bytes=4 * b * d * L * es, check=errs
+    )
     ms_f = bench.time_ms(lambda: causal_conv1d_triton(**conv_in, reset=reset, activation="silu"), rep_ms=100)
     bench.record(f"conv fwd T={L}", "triton", dtype=dtype, shapes=shapes, ms=ms_f, min_bytes=2 * b * d * L * es)
     if bench.cuda:  # (the interpreter's own tensor ops would be counted on the CPU)
         ops = count_torch_ops(conv_fwd_bwd)
-        bench.record(f"conv fwd+bwd T={L}", "triton: torch ops per call besides the kernels", dtype=dtype,
-                     shapes=shapes, note=f"{sum(ops.values())} ops: {ops}")
+        bench.record(
+            f"conv fwd+bwd T={L}",
+            "triton: torch ops per call besides the kernels",
+            dtype=dtype,
+            shapes=shapes,
+            note=f"{sum(ops.values())} ops: {ops}",
+        )
 
     inputs, _ = scan_inputs(b, d, n, L, dtype, device=dev, layout=layout)
     inputs.pop("u")
@@ -504,10 +574,15 @@ def bench_conv_and_mixer_inner(bench, L, dtype, *, b=64, d=256, n=16, layout="ch
         torch.autograd.backward([y, h], [dys, dh])
 
     leaves = [*conv_in.values(), *inputs.values()]
-    bench.record(f"conv+scan fwd+bwd T={L}", "triton (two kernels)", dtype=dtype,
-                 shapes=dict(shapes, d_state=n, h0=True), ms=bench.time_ms(conv_scan_fwd_bwd, grad_to_none=leaves),
-                 min_bytes=scan_min_bytes(b, d, n, L, dtype) + 2 * b * d * L * es,
-                 note="conv output written and re-read: +4 b*d*L bytes vs a fused kernel")
+    bench.record(
+        f"conv+scan fwd+bwd T={L}",
+        "triton (two kernels)",
+        dtype=dtype,
+        shapes=dict(shapes, d_state=n, h0=True),
+        ms=bench.time_ms(conv_scan_fwd_bwd, grad_to_none=leaves),
+        min_bytes=scan_min_bytes(b, d, n, L, dtype) + 2 * b * d * L * es,
+        note="conv output written and re-read: +4 b*d*L bytes vs a fused kernel",
+    )
 
 
 # --- the GRU baselines and mamba-ssm ---------------------------------------------------------
@@ -522,8 +597,9 @@ def bench_gru_module(bench, L, backend, *, b=64, hidden=128):
     shapes = dict(B=b, hidden=hidden, input=hidden, T=L, reset_rate=0.005, h0=True)
     impl = f"torchrl GRUModule ({backend})"
     with bench.guarded(case, impl, torch.float32, shapes):
-        gru = GRUModule(input_size=hidden, hidden_size=hidden, in_key="x", out_key="y",
-                        recurrent_backend=backend, device=dev)
+        gru = GRUModule(
+            input_size=hidden, hidden_size=hidden, in_key="x", out_key="y", recurrent_backend=backend, device=dev
+        )
         g = torch.Generator(device=dev).manual_seed(0)
         x = torch.randn(b, L, hidden, device=dev, generator=g).requires_grad_(True)
         h0 = torch.zeros(b, L, 1, hidden, device=dev)
@@ -559,8 +635,15 @@ def bench_cudnn_gru(bench, L, *, b=64, hidden=128):
 
         ms = bench.time_ms(fwd_bwd, grad_to_none=[x, h0], reps=3 if L > 5000 else None)
         peak, over = bench.peak_memory_gb(fwd_bwd)
-        bench.record(case, "cuDNN nn.GRU (no resets)", dtype=torch.float32, shapes=shapes, ms=ms, peak_gb=peak,
-                     peak_over_inputs_gb=over)
+        bench.record(
+            case,
+            "cuDNN nn.GRU (no resets)",
+            dtype=torch.float32,
+            shapes=shapes,
+            ms=ms,
+            peak_gb=peak,
+            peak_over_inputs_gb=over,
+        )
 
 
 def bench_mamba_ssm(bench, L, *, b=64, d=256, n=16):
@@ -568,21 +651,40 @@ def bench_mamba_ssm(bench, L, *, b=64, d=256, n=16):
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except Exception as e:
-        bench.record(f"scan fwd+bwd T={L}", "mamba-ssm selective_scan_fn", dtype=torch.float32, shapes=shapes,
-                     note=f"unavailable: {type(e).__name__}: {str(e)[:80]}")
+        bench.record(
+            f"scan fwd+bwd T={L}",
+            "mamba-ssm selective_scan_fn",
+            dtype=torch.float32,
+            shapes=shapes,
+            note=f"unavailable: {type(e).__name__}: {str(e)[:80]}",
+        )
         return
     inputs, _ = scan_inputs(b, d, n, L, torch.float32, device=bench.device)
     dy = torch.randn(b, d, L, device=bench.device)
 
     def fwd_bwd():
         # mamba-ssm's Mamba-1 scan has no resets; initial state unsupported in the fused path
-        y = selective_scan_fn(inputs["u"], inputs["delta"], inputs["A"], inputs["B"], inputs["C"],
-                              inputs["D"], inputs["z"], inputs["delta_bias"], delta_softplus=True)
+        y = selective_scan_fn(
+            inputs["u"],
+            inputs["delta"],
+            inputs["A"],
+            inputs["B"],
+            inputs["C"],
+            inputs["D"],
+            inputs["z"],
+            inputs["delta_bias"],
+            delta_softplus=True,
+        )
         y.backward(dy)
 
-    bench.record(f"scan fwd+bwd T={L}", "mamba-ssm selective_scan_fn (no resets, no h0)", dtype=torch.float32,
-                 shapes=shapes, ms=bench.time_ms(fwd_bwd, grad_to_none=list(inputs.values())),
-                 min_bytes=scan_min_bytes(b, d, n, L, torch.float32))
+    bench.record(
+        f"scan fwd+bwd T={L}",
+        "mamba-ssm selective_scan_fn (no resets, no h0)",
+        dtype=torch.float32,
+        shapes=shapes,
+        ms=bench.time_ms(fwd_bwd, grad_to_none=list(inputs.values())),
+        min_bytes=scan_min_bytes(b, d, n, L, torch.float32),
+    )
 
 
 # --- the rollout step -----------------------------------------------------------------------
@@ -596,8 +698,16 @@ def bench_policy_step(bench, num_envs=4096, d_model=128, input_size=32):
 
     dev = bench.device
     case = f"policy step {num_envs} envs" + ("" if d_model == 128 else f", d_model {d_model}")
-    shapes = dict(envs=num_envs, d_model=d_model, d_inner=2 * d_model, d_state=16, d_conv=4, layers=1,
-                  input_size=input_size, reset_rate=0.01)
+    shapes = dict(
+        envs=num_envs,
+        d_model=d_model,
+        d_inner=2 * d_model,
+        d_state=16,
+        d_conv=4,
+        layers=1,
+        input_size=input_size,
+        reset_rate=0.01,
+    )
     torch.manual_seed(0)
     module = MambaModule(input_size, d_model, 1, in_key="observation", out_key="features", backend="torch", device=dev)
     block = module.layers[0]
@@ -619,8 +729,21 @@ def bench_policy_step(bench, num_envs=4096, d_model=128, input_size=32):
         A = mixer.A.contiguous()
 
     def mixer_kernel(xz):
-        mamba_mixer_step(xz, conv, ssm, conv_w, mixer.conv1d.bias, mixer.x_proj.weight,
-                         mixer.dt_proj.weight, mixer.dt_proj.bias, A, mixer.D, reset, out, workspace)
+        mamba_mixer_step(
+            xz,
+            conv,
+            ssm,
+            conv_w,
+            mixer.conv1d.bias,
+            mixer.x_proj.weight,
+            mixer.dt_proj.weight,
+            mixer.dt_proj.bias,
+            A,
+            mixer.D,
+            reset,
+            out,
+            workspace,
+        )
 
     def fused_policy_step():
         h = module.input_proj(x)
@@ -630,8 +753,11 @@ def bench_policy_step(bench, num_envs=4096, d_model=128, input_size=32):
     with torch.no_grad():
         y_ref, s_ref = module.step(x, state0, reset)
         y_fused = fused_policy_step()
-        errs = {"y": rel_err(y_fused, y_ref), "ssm": rel_err(ssm, s_ref.ssm[:, 0]),
-                "conv": rel_err(conv, s_ref.conv[:, 0])}
+        errs = {
+            "y": rel_err(y_fused, y_ref),
+            "ssm": rel_err(ssm, s_ref.ssm[:, 0]),
+            "conv": rel_err(conv, s_ref.conv[:, 0]),
+        }
         if not max(errs.values()) <= 1e-4:
             raise AssertionError(f"fused policy step differs from MambaModule.step: {errs}")
         xz_static = mixer.in_proj(block.norm(module.input_proj(x)))
@@ -639,30 +765,58 @@ def bench_policy_step(bench, num_envs=4096, d_model=128, input_size=32):
         state_bytes = num_envs * d * (2 * n * 4 + 2 * 3 * 4)
         act_bytes = num_envs * d * 4 * 3 + num_envs * (mixer.dt_rank + 2 * n) * 4 * 2
         for kernel, us in bench.profile_kernels(lambda: mixer_kernel(xz_static)).items():
-            bench.record(case, f"kernel {kernel} (eager, torch.profiler)", dtype=torch.float32,
-                         shapes=shapes, ms=us / 1e3)
+            bench.record(
+                case, f"kernel {kernel} (eager, torch.profiler)", dtype=torch.float32, shapes=shapes, ms=us / 1e3
+            )
         state_copy = torch.empty_like(ssm)
-        bench.record(case, "torch copy of the fp32 SSM state (reference)", dtype=torch.float32,
-                     shapes=shapes, ms=bench.time_ms(lambda: state_copy.copy_(ssm), rep_ms=100),
-                     min_bytes=2 * ssm.numel() * 4,
-                     note="reading and writing the state alone: the floor of any step that updates it")
-        bench.record(case, "mixer step kernels only (graph)", dtype=torch.float32, shapes=shapes,
-                     ms=bench.graph_ms(lambda: mixer_kernel(xz_static)), min_bytes=state_bytes + act_bytes,
-                     check=errs, note="between in_proj and out_proj; states in place")
+        bench.record(
+            case,
+            "torch copy of the fp32 SSM state (reference)",
+            dtype=torch.float32,
+            shapes=shapes,
+            ms=bench.time_ms(lambda: state_copy.copy_(ssm), rep_ms=100),
+            min_bytes=2 * ssm.numel() * 4,
+            note="reading and writing the state alone: the floor of any step that updates it",
+        )
+        bench.record(
+            case,
+            "mixer step kernels only (graph)",
+            dtype=torch.float32,
+            shapes=shapes,
+            ms=bench.graph_ms(lambda: mixer_kernel(xz_static)),
+            min_bytes=state_bytes + act_bytes,
+            check=errs,
+            note="between in_proj and out_proj; states in place",
+        )
         for kernel, us in bench.profile_kernels(fused_policy_step).items():
-            bench.record(case, f"whole step: kernel {kernel} (eager, torch.profiler)", dtype=torch.float32,
-                         shapes=shapes, ms=us / 1e3)
+            bench.record(
+                case,
+                f"whole step: kernel {kernel} (eager, torch.profiler)",
+                dtype=torch.float32,
+                shapes=shapes,
+                ms=us / 1e3,
+            )
         policy_bytes = state_bytes + act_bytes + num_envs * (input_size + 2 * d_model + 2 * d + d + 2 * d_model) * 4
-        bench.record(case, "fused in-place step (graph)", dtype=torch.float32, shapes=shapes,
-                     ms=bench.graph_ms(fused_policy_step), min_bytes=policy_bytes, check=errs,
-                     note="input_proj, norm, in_proj, mixer kernel, out_proj, norm")
+        bench.record(
+            case,
+            "fused in-place step (graph)",
+            dtype=torch.float32,
+            shapes=shapes,
+            ms=bench.graph_ms(fused_policy_step),
+            min_bytes=policy_bytes,
+            check=errs,
+            note="input_proj, norm, in_proj, mixer kernel, out_proj, norm",
+        )
 
         # MambaModule.step without a gradient: on Triton each layer is the fused step above
         for backend in ("torch", "triton"):
             module.backend = backend
             y_b, s_b = module.step(x, state0, reset)
-            check = {"y": rel_err(y_b, y_ref), "ssm": rel_err(s_b.ssm, s_ref.ssm),
-                     "conv": rel_err(s_b.conv, s_ref.conv)}
+            check = {
+                "y": rel_err(y_b, y_ref),
+                "ssm": rel_err(s_b.ssm, s_ref.ssm),
+                "conv": rel_err(s_b.conv, s_ref.conv),
+            }
             if not max(check.values()) <= 1e-4:
                 raise AssertionError(f"MambaModule.step {backend} differs from the torch step: {check}")
             state = type(state0)(state0.ssm.clone(), state0.conv.clone())
@@ -676,14 +830,31 @@ def bench_policy_step(bench, num_envs=4096, d_model=128, input_size=32):
             def step_in_place():
                 return module.step(x, state, reset, out_state=state)[0]
 
-            for impl, fn, note in ((f"MambaModule.step {backend}", pure_step, "pure step + copy into the state"),
-                                   (f"MambaModule.step {backend} in place", step_in_place, "out_state=state")):
+            for impl, fn, note in (
+                (f"MambaModule.step {backend}", pure_step, "pure step + copy into the state"),
+                (f"MambaModule.step {backend} in place", step_in_place, "out_state=state"),
+            ):
                 with bench.guarded(case, f"{impl} (graph)", torch.float32, shapes):
-                    bench.record(case, f"{impl} (graph)", dtype=torch.float32, shapes=shapes, ms=bench.graph_ms(fn),
-                                 min_bytes=policy_bytes, check=check, note=note)
+                    bench.record(
+                        case,
+                        f"{impl} (graph)",
+                        dtype=torch.float32,
+                        shapes=shapes,
+                        ms=bench.graph_ms(fn),
+                        min_bytes=policy_bytes,
+                        check=check,
+                        note=note,
+                    )
                 with bench.guarded(case, f"{impl} (eager)", torch.float32, shapes):
-                    bench.record(case, f"{impl} (eager)", dtype=torch.float32, shapes=shapes,
-                                 ms=bench.time_ms(fn, rep_ms=100), min_bytes=policy_bytes, note=note)
+                    bench.record(
+                        case,
+                        f"{impl} (eager)",
+                        dtype=torch.float32,
+                        shapes=shapes,
+                        ms=bench.time_ms(fn, rep_ms=100),
+                        min_bytes=policy_bytes,
+                        note=note,
+                    )
         module.backend = "torch"
 
 
@@ -746,9 +917,14 @@ def sweep_variant(bench, kernel, L, name, overrides, fwd, fwd_bwd, leaves, check
     """Check one configuration variant, then time ``fwd`` and ``fwd_bwd`` and each kernel's share."""
     try:
         check()
-        row = dict(kernel=kernel, T=L, variant=name, overrides=overrides,
-                   fwd_ms=bench.time_ms(fwd, rep_ms=60), fwd_bwd_ms=bench.time_ms(fwd_bwd, grad_to_none=leaves,
-                                                                                  rep_ms=100))
+        row = dict(
+            kernel=kernel,
+            T=L,
+            variant=name,
+            overrides=overrides,
+            fwd_ms=bench.time_ms(fwd, rep_ms=60),
+            fwd_bwd_ms=bench.time_ms(fwd_bwd, grad_to_none=leaves, rep_ms=100),
+        )
 
         def fwd_bwd_fresh_grads():  # (accumulating into .grad would add an elementwise kernel)
             for t in leaves:
@@ -760,10 +936,11 @@ def sweep_variant(bench, kernel, L, name, overrides, fwd, fwd_bwd, leaves, check
             row["kernels_us"] = {k: round(v, 1) for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:8]}
     except Exception as e:
         row = dict(kernel=kernel, T=L, variant=name, overrides=overrides, error=f"{type(e).__name__}: {str(e)[:200]}")
-    line = (f"sweep {kernel} T={L:6d} {name:36s} "
-            + (f"fwd {row['fwd_ms']:8.3f} ms  fwd+bwd {row['fwd_bwd_ms']:8.3f} ms" if "error" not in row
-               else row["error"])
-            + "".join(f"\n    {k[:40]:40s} {v:9.1f} us" for k, v in row.get("kernels_us", {}).items()))
+    line = (
+        f"sweep {kernel} T={L:6d} {name:36s} "
+        + (f"fwd {row['fwd_ms']:8.3f} ms  fwd+bwd {row['fwd_bwd_ms']:8.3f} ms" if "error" not in row else row["error"])
+        + "".join(f"\n    {k[:40]:40s} {v:9.1f} us" for k, v in row.get("kernels_us", {}).items())
+    )
     bench.record_sweep(row, line)
 
 
@@ -778,10 +955,15 @@ def sweep_scan(bench, lengths, variants, *, b=64, d=256, n=16):
         for name, overrides in variants.items():
             with overridden(triton_scan.SCAN_CONFIG, overrides):
                 sweep_variant(
-                    bench, "scan", L, name, overrides,
+                    bench,
+                    "scan",
+                    L,
+                    name,
+                    overrides,
                     lambda: scan_call(triton_scan.selective_scan_triton, inputs, reset),
                     lambda: scan_fwd_bwd(triton_scan.selective_scan_triton, inputs, reset, dy, dh),
-                    list(inputs.values()), check=lambda: check_scan(bench, min(b, 4), d, n, min(L, 300), torch.float32),
+                    list(inputs.values()),
+                    check=lambda: check_scan(bench, min(b, 4), d, n, min(L, 300), torch.float32),
                 )
         del inputs, dy, dh
         if bench.cuda:
@@ -803,8 +985,17 @@ def sweep_conv(bench, L, variants, *, b=64, d=256, layout="channels_last"):
 
     for name, overrides in variants.items():
         with overridden(triton_conv.CONV_CONFIG, overrides):
-            sweep_variant(bench, "conv", L, f"{name} {layout}", overrides, fwd, fwd_bwd, list(conv_in.values()),
-                          check=lambda: check_conv(bench, min(b, 4), d, min(L, 300), torch.float32, layout=layout))
+            sweep_variant(
+                bench,
+                "conv",
+                L,
+                f"{name} {layout}",
+                overrides,
+                fwd,
+                fwd_bwd,
+                list(conv_in.values()),
+                check=lambda: check_conv(bench, min(b, 4), d, min(L, 300), torch.float32, layout=layout),
+            )
 
 
 def sweep_step(bench, variants, num_envs=4096, d_model=128):
@@ -843,8 +1034,11 @@ def sweep_step(bench, variants, num_envs=4096, d_model=128):
                 row.update(graph_us=1e3 * bench.graph_ms(lambda: one_step(conv_t, ssm_t)), check=check)
             except Exception as e:
                 row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
-        bench.record_sweep(row, f"sweep step {num_envs} envs d_model {d_model} {name:30s} "
-                           + (f"{row['graph_us']:8.1f} us" if "error" not in row else row["error"]))
+        bench.record_sweep(
+            row,
+            f"sweep step {num_envs} envs d_model {d_model} {name:30s} "
+            + (f"{row['graph_us']:8.1f} us" if "error" not in row else row["error"]),
+        )
 
 
 def report_kernels(bench):
@@ -859,8 +1053,7 @@ def report_kernels(bench):
     )
 
     rows = []
-    for module in (triton_scan_fwd, triton_scan_bwd, triton_scan_common, triton_scan_restart, triton_conv,
-                   triton_step):
+    for module in (triton_scan_fwd, triton_scan_bwd, triton_scan_common, triton_scan_restart, triton_conv, triton_step):
         for name in dir(module):
             fn = getattr(module, name)
             caches = getattr(fn, "device_caches", None)
@@ -868,15 +1061,30 @@ def report_kernels(bench):
                 continue
             for cache in caches.values():
                 for kernel in cache[0].values():
-                    consts = {k: v for k, v in getattr(kernel, "src", None).constants.items()
-                              if isinstance(k, str) and k.isupper()} if hasattr(kernel, "src") else {}
-                    rows.append(dict(kernel=name, n_regs=getattr(kernel, "n_regs", None),
-                                     n_spills=getattr(kernel, "n_spills", None),
-                                     num_warps=getattr(kernel.metadata, "num_warps", None), constants=str(consts)))
+                    consts = (
+                        {
+                            k: v
+                            for k, v in getattr(kernel, "src", None).constants.items()
+                            if isinstance(k, str) and k.isupper()
+                        }
+                        if hasattr(kernel, "src")
+                        else {}
+                    )
+                    rows.append(
+                        dict(
+                            kernel=name,
+                            n_regs=getattr(kernel, "n_regs", None),
+                            n_spills=getattr(kernel, "n_spills", None),
+                            num_warps=getattr(kernel.metadata, "num_warps", None),
+                            constants=str(consts),
+                        )
+                    )
     bench.meta["compiled_kernels"] = rows
     for row in rows:
-        print(f"compiled {row['kernel']:28s} regs {row['n_regs']} spills {row['n_spills']} warps {row['num_warps']} "
-              f"{row['constants'][:120]}")
+        print(
+            f"compiled {row['kernel']:28s} regs {row['n_regs']} spills {row['n_spills']} warps {row['num_warps']} "
+            f"{row['constants'][:120]}"
+        )
 
 
 # --- the host's share -----------------------------------------------------------------------
@@ -927,10 +1135,19 @@ def host_profile(bench, L=1024, b=64, d=256, n=16, calls=50):
         run(5)
         host, wall = host_ms(lambda: run(1))
         how = "direct launches" if direct else "JIT launches"
-        print(f"scan fwd+bwd T={L} ({how}): host {host:.3f} ms per call, wall {wall:.3f} ms per call "
-              f"({calls} calls queued)", flush=True)
-        bench.record(f"scan fwd+bwd T={L}", f"triton ({how}), host time per call (no sync)", dtype=torch.float32,
-                     shapes=shapes, ms=host, note=f"wall {wall:.3f} ms per call with {calls} calls queued")
+        print(
+            f"scan fwd+bwd T={L} ({how}): host {host:.3f} ms per call, wall {wall:.3f} ms per call "
+            f"({calls} calls queued)",
+            flush=True,
+        )
+        bench.record(
+            f"scan fwd+bwd T={L}",
+            f"triton ({how}), host time per call (no sync)",
+            dtype=torch.float32,
+            shapes=shapes,
+            ms=host,
+            note=f"wall {wall:.3f} ms per call with {calls} calls queued",
+        )
         report[f"fwd_bwd_host_ms_{'direct' if direct else 'jit'}"] = host
         report[f"fwd_bwd_wall_ms_{'direct' if direct else 'jit'}"] = wall
 
@@ -972,8 +1189,11 @@ def host_profile(bench, L=1024, b=64, d=256, n=16, calls=50):
         row["jit_us"] = 1e6 * row.pop("jit_s") / row["calls"]
         row["compiled_us"] = 1e3 * host_ms(lambda: kernel[grid](*full), k=200)[0] if bench.cuda else None
         row["args"] = len(full)
-        print(f"  launch {name:28s} {row['calls'] // calls} per call: JIT {row['jit_us']:6.1f} us, "
-              f"compiled binary {row['compiled_us']} us ({len(full)} arguments)", flush=True)
+        print(
+            f"  launch {name:28s} {row['calls'] // calls} per call: JIT {row['jit_us']:6.1f} us, "
+            f"compiled binary {row['compiled_us']} us ({len(full)} arguments)",
+            flush=True,
+        )
     report["launches"] = launches
     report["triton"] = triton.__version__
 
@@ -985,10 +1205,14 @@ def host_profile(bench, L=1024, b=64, d=256, n=16, calls=50):
         run(10)
         bench.sync()
     rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
-    report["torch_ops"] = [dict(name=e.key, calls=e.count // 10, self_cpu_us=e.self_cpu_time_total / 10)
-                           for e in rows[:30]]
-    kernels = [e for e in prof.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA
-               and e.device_time_total > 0]
+    report["torch_ops"] = [
+        dict(name=e.key, calls=e.count // 10, self_cpu_us=e.self_cpu_time_total / 10) for e in rows[:30]
+    ]
+    kernels = [
+        e
+        for e in prof.key_averages()
+        if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA and e.device_time_total > 0
+    ]
     report["gpu_kernels_per_call"] = sum(e.count for e in kernels) / 10
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
 
@@ -1002,8 +1226,9 @@ def host_profile(bench, L=1024, b=64, d=256, n=16, calls=50):
     report["cprofile_top25"] = buf.getvalue().splitlines()
     print(buf.getvalue(), flush=True)
     bench.meta["host_profile"] = report
-    print(json.dumps({k: v for k, v in report.items() if k not in ("cprofile_top25", "torch_ops")}, indent=1),
-          flush=True)
+    print(
+        json.dumps({k: v for k, v in report.items() if k not in ("cprofile_top25", "torch_ops")}, indent=1), flush=True
+    )
 
 
 # --- the commands ---------------------------------------------------------------------------
@@ -1019,8 +1244,11 @@ def run_scan(bench, sizes, args):
         return
     for i, L in enumerate(sizes.lengths):
         check_long = None if i == 0 else (*sizes.check_long, L)
-        for dtype, layout in ((torch.float32, "channels_last"), (torch.float32, "time_major"),
-                              (torch.bfloat16, "channels_last")):
+        for dtype, layout in (
+            (torch.float32, "channels_last"),
+            (torch.float32, "time_major"),
+            (torch.bfloat16, "channels_last"),
+        ):
             check_shape = check_long or ((min(sizes.b, 8), sizes.d, 16, L) if dtype != torch.float32 else None)
             with bench.guarded(f"scan fwd+bwd T={L}", "triton", dtype, {"layout": layout}):
                 bench_scan(bench, L, dtype, b=sizes.b, d=sizes.d, layout=layout, check_shape=check_shape)
@@ -1059,11 +1287,24 @@ def run_all(bench, sizes, args):
     for i, L in enumerate(sizes.lengths):
         short = i == 0
         with bench.guarded(f"scan fwd+bwd T={L}", "triton", torch.float32, {}):
-            bench_scan(bench, L, torch.float32, b=sizes.b, d=sizes.d, with_reference=short,
-                       check_shape=None if short else (*sizes.check_long, L))
+            bench_scan(
+                bench,
+                L,
+                torch.float32,
+                b=sizes.b,
+                d=sizes.d,
+                with_reference=short,
+                check_shape=None if short else (*sizes.check_long, L),
+            )
         with bench.guarded(f"scan fwd+bwd T={L}", "triton", torch.bfloat16, {}):
-            bench_scan(bench, L, torch.bfloat16, b=sizes.b, d=sizes.d,
-                       check_shape=(min(sizes.b, 8), sizes.d, 16, L) if short else (*sizes.check_long, L))
+            bench_scan(
+                bench,
+                L,
+                torch.bfloat16,
+                b=sizes.b,
+                d=sizes.d,
+                check_shape=(min(sizes.b, 8), sizes.d, 16, L) if short else (*sizes.check_long, L),
+            )
         with bench.guarded(f"conv fwd+bwd T={L}", "triton", torch.float32, {}):
             bench_conv_and_mixer_inner(bench, L, torch.float32, b=sizes.b, d=sizes.d)
         if short and bench.cuda:
@@ -1083,14 +1324,23 @@ def parse_args(argv=None):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<command>_<gpu>.json)")
     common.add_argument("--lengths", default=None, help="comma-separated sequence lengths (default 1024,20000)")
-    common.add_argument("--dry-run", action="store_true",
-                        help="tiny shapes on the CPU through TRITON_INTERPRET=1: checks the script, times nothing")
+    common.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="tiny shapes on the CPU through TRITON_INTERPRET=1: checks the script, times nothing",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     scan = commands.add_parser("scan", parents=[common], help="the scan: every dtype and layout, or named variants")
-    scan.add_argument("--variants", default=None,
-                      help=f"comma-separated SCAN_CONFIG variants to check and time, among {list(SCAN_VARIANTS)}")
-    scan.add_argument("--host-profile", action="store_true",
-                      help="the host's time per forward+backward at the first length, and a cProfile")
+    scan.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma-separated SCAN_CONFIG variants to check and time, among {list(SCAN_VARIANTS)}",
+    )
+    scan.add_argument(
+        "--host-profile",
+        action="store_true",
+        help="the host's time per forward+backward at the first length, and a cProfile",
+    )
     conv = commands.add_parser("conv", parents=[common], help="the conv and conv -> scan, both layouts")
     conv.add_argument("--sweep", action="store_true", help="first time the conv's tile variants")
     conv.add_argument("--variants", default=None, help=f"with --sweep, these among {list(CONV_VARIANTS)}")
@@ -1125,13 +1375,26 @@ def main(argv=None) -> None:
         device_name, sms = props.name, props.multi_processor_count
     else:
         device_name, sms = "cpu (dry run, TRITON_INTERPRET=1)", 0
-    print(f"device {device_name}, {sms} SMs, torch {torch.__version__}, triton {triton.__version__}, "
-          f"copy bandwidth {bench.copy_bytes_per_s / 1e12:.2f} TB/s", flush=True)
-    bench.out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                         f"{args.command}_{device_name.split(' (')[0].replace(' ', '_')}.json")
+    print(
+        f"device {device_name}, {sms} SMs, torch {torch.__version__}, triton {triton.__version__}, "
+        f"copy bandwidth {bench.copy_bytes_per_s / 1e12:.2f} TB/s",
+        flush=True,
+    )
+    bench.out = args.out or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)),
+        "results",
+        f"{args.command}_{device_name.split(' (')[0].replace(' ', '_')}.json",
+    )
     os.makedirs(os.path.dirname(os.path.abspath(bench.out)), exist_ok=True)
-    bench.meta.update(started=time.time(), device=device_name, sms=sms, torch=torch.__version__,
-                      triton=triton.__version__, python=platform.python_version(), command=" ".join(sys.argv))
+    bench.meta.update(
+        started=time.time(),
+        device=device_name,
+        sms=sms,
+        torch=torch.__version__,
+        triton=triton.__version__,
+        python=platform.python_version(),
+        command=" ".join(sys.argv),
+    )
     COMMANDS[args.command](bench, sizes, args)
     if bench.cuda:
         try:

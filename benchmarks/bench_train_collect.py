@@ -33,9 +33,14 @@ def _sync(device):
 def bench_torchrl(policy, device, num_envs, steps, horizon, repeats):
     env = DelayedMemoryEnv(num_envs, num_bits=4, horizon=horizon, device=device, seed=0, validate_actions=False)
     modules = policy.to_torchrl()
-    collector = Collector(env, modules.actor, frames_per_batch=num_envs * steps,
-                          total_frames=num_envs * steps * (repeats + 1), device=device,
-                          auto_register_policy_transforms=True)
+    collector = Collector(
+        env,
+        modules.actor,
+        frames_per_batch=num_envs * steps,
+        total_frames=num_envs * steps * (repeats + 1),
+        device=device,
+        auto_register_policy_transforms=True,
+    )
     times, first = [], None
     start = time.perf_counter()
     for batch in collector:
@@ -87,18 +92,28 @@ def main() -> None:
     for controller in ("mamba", "gru"):
         torch.manual_seed(0)
         policy = make_actor_critic(controller, 6, 16, d_model=64, gru_hidden_size=128, device=device)
-        row = {"controller": controller, "torchrl_collector_sps": bench_torchrl(
-            policy, device, num_envs, args.steps, args.horizon, args.repeats)}
+        row = {
+            "controller": controller,
+            "torchrl_collector_sps": bench_torchrl(policy, device, num_envs, args.steps, args.horizon, args.repeats),
+        }
         row["fast_eager_sps"] = bench_fast(policy, device, num_envs, args.steps, args.horizon, args.repeats, False)
         if device.type == "cuda":
-            row["fast_cuda_graph_sps"] = bench_fast(policy, device, num_envs, args.steps, args.horizon,
-                                                    args.repeats, True)
+            row["fast_cuda_graph_sps"] = bench_fast(
+                policy, device, num_envs, args.steps, args.horizon, args.repeats, True
+            )
         rows.append(row)
         print(row, flush=True)
-    info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "num_envs": num_envs,
-            "steps_per_batch": args.steps, "horizon": args.horizon, "dtype": "float32",
-            "policy": "d_model 64 (Mamba) / hidden 128 (GRU), shared trunk", "results": rows}
+    info = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "num_envs": num_envs,
+        "steps_per_batch": args.steps,
+        "horizon": args.horizon,
+        "dtype": "float32",
+        "policy": "d_model 64 (Mamba) / hidden 128 (GRU), shared trunk",
+        "results": rows,
+    }
     print("| controller | TorchRL Collector steps/s | RolloutCollector eager | RolloutCollector CUDA graph |")
     print("|---|---:|---:|---:|")
     for r in rows:

@@ -27,8 +27,13 @@ from pathlib import Path
 def run_cell(tree: Path, config: str, controller: str, updates: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "run"
-        overrides = [f"controller={controller}", f"num_updates={updates}", "eval_episodes=0",
-                     "state_figure_interval=0", *extra]
+        overrides = [
+            f"controller={controller}",
+            f"num_updates={updates}",
+            "eval_episodes=0",
+            "state_figure_interval=0",
+            *extra,
+        ]
         cmd = [sys.executable, "train.py", "--config", config, "--run-dir", str(run_dir)]
         cmd += [arg for kv in overrides for arg in ("--set", kv)]
         # the tree first, so that its mamba_rl is the one imported; the rest (installed wheels) kept
@@ -46,8 +51,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--controllers", nargs="+", default=["mamba", "gru"])
-    parser.add_argument("--trees", nargs="+", type=Path, default=[Path(".")],
-                        help="checkouts of the project to compare (each needs train.py and the config)")
+    parser.add_argument(
+        "--trees",
+        nargs="+",
+        type=Path,
+        default=[Path(".")],
+        help="checkouts of the project to compare (each needs train.py and the config)",
+    )
     parser.add_argument("--updates", type=int, default=8, help="num_updates per run (>= 3)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--set", nargs="*", default=[], dest="extra", help="more key=value overrides")
@@ -60,8 +70,11 @@ def main(argv=None) -> None:
         for controller in args.controllers:
             for tree in args.trees:
                 row = run_cell(tree.resolve(), args.config, controller, args.updates, args.extra)
-                print(f"{row['controller']:6s} {row['tree']}: {row['sps_median']:,.0f} env-steps/s "
-                      f"(process {row['wall_s']:.1f} s)", flush=True)
+                print(
+                    f"{row['controller']:6s} {row['tree']}: {row['sps_median']:,.0f} env-steps/s "
+                    f"(process {row['wall_s']:.1f} s)",
+                    flush=True,
+                )
                 rows.append(row)
     summary = {}
     for controller in args.controllers:
@@ -74,8 +87,15 @@ def main(argv=None) -> None:
     import torch
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    result = {"device": device, "torch": torch.__version__, "config": args.config, "updates": args.updates,
-              "overrides": args.extra, "runs": rows, "median_sps": summary}
+    result = {
+        "device": device,
+        "torch": torch.__version__,
+        "config": args.config,
+        "updates": args.updates,
+        "overrides": args.extra,
+        "runs": rows,
+        "median_sps": summary,
+    }
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

@@ -31,13 +31,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--T", type=int, default=4096, help="sequence length")
     parser.add_argument("--calls", type=int, default=3, help="forward+backward calls (the last is profiled)")
-    parser.add_argument("--config", default="{}", help='SCAN_CONFIG overrides as JSON, e.g. \'{"ck_steps": 16}\'')
+    parser.add_argument("--config", default="{}", help="SCAN_CONFIG overrides as JSON, e.g. '{\"ck_steps\": 16}'")
     args = parser.parse_args()
     overrides = json.loads(args.config)
     unknown = sorted(set(overrides) - set(triton_scan.SCAN_CONFIG))
     if unknown:
-        raise SystemExit(f"--config: unknown SCAN_CONFIG keys {unknown}; "
-                         f"expected some of {sorted(triton_scan.SCAN_CONFIG)}")
+        raise SystemExit(
+            f"--config: unknown SCAN_CONFIG keys {unknown}; expected some of {sorted(triton_scan.SCAN_CONFIG)}"
+        )
     triton_scan.SCAN_CONFIG.update(overrides)
     if args.T < 1 or args.calls < 1:
         raise SystemExit(f"--T and --calls must be >= 1, got {args.T} and {args.calls}")

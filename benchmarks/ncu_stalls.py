@@ -42,14 +42,18 @@ def summarise(name: str, header: list[str], rows: list[list[str]], top: int) -> 
             return 0.0
 
     reasons = [h for h in header if h.startswith("stall_") and "Not Issued" not in h]
-    per_reason = collections.Counter({h[len("stall_"):]: sum(value(r, h) for r in rows) for h in reasons})
+    per_reason = collections.Counter({h[len("stall_") :]: sum(value(r, h) for r in rows) for h in reasons})
     total = sum(value(r, SAMPLES) for r in rows) or 1.0
-    lines = [f"{name}: {int(total)} samples, {len(rows)} instructions",
-             "  " + " ".join(f"{k}={v / total:.1%}" for k, v in per_reason.most_common(10) if v)]
+    lines = [
+        f"{name}: {int(total)} samples, {len(rows)} instructions",
+        "  " + " ".join(f"{k}={v / total:.1%}" for k, v in per_reason.most_common(10) if v),
+    ]
     for r in sorted(rows, key=lambda r: -value(r, SAMPLES))[:top]:
         long_sb = value(r, "stall_long_sb") / total if "stall_long_sb" in col else 0.0
-        lines.append(f"  {r[col['Address']]}  {value(r, SAMPLES) / total:6.2%}  long_sb {long_sb:6.2%}  "
-                     f"{r[col['Source']].strip()}")
+        lines.append(
+            f"  {r[col['Address']]}  {value(r, SAMPLES) / total:6.2%}  long_sb {long_sb:6.2%}  "
+            f"{r[col['Source']].strip()}"
+        )
     return "\n".join(lines)
 
 

@@ -96,8 +96,11 @@ def plot_learning_curves(runs: list[dict], path: Path) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--runs", default=str(Path(__file__).parent / "results" / "training"),
-                        help="directory of run directories (default benchmarks/results/training)")
+    parser.add_argument(
+        "--runs",
+        default=str(Path(__file__).parent / "results" / "training"),
+        help="directory of run directories (default benchmarks/results/training)",
+    )
     parser.add_argument("--out", default=None, help="where the PNGs go (default: the --runs directory)")
     args = parser.parse_args(argv)
     root = Path(args.runs)

@@ -97,9 +97,17 @@ def _scan_inputs(b, d, n, L, dtype, *, channels_last=True, reset=True, reset_sta
         t = torch.randn(b, L, rows, generator=g).to(dtype).transpose(1, 2)
         return t if channels_last else t.contiguous()
 
-    inputs = dict(u=seq(d), delta=seq(d), A=-torch.rand(d, n, generator=g) - 0.5, B=seq(n), C=seq(n),
-                  D=torch.randn(d, generator=g), z=seq(d), delta_bias=torch.randn(d, generator=g),
-                  h0=torch.randn(b, d, n, generator=g))
+    inputs = dict(
+        u=seq(d),
+        delta=seq(d),
+        A=-torch.rand(d, n, generator=g) - 0.5,
+        B=seq(n),
+        C=seq(n),
+        D=torch.randn(d, generator=g),
+        z=seq(d),
+        delta_bias=torch.randn(d, generator=g),
+        h0=torch.randn(b, d, n, generator=g),
+    )
     mask = None
     if reset:
         mask = torch.zeros(b, L, dtype=torch.bool)
@@ -115,8 +123,9 @@ def case_scan(dtype, channels_last, reset, reset_state, d=256, n=16):
     from mamba_rl.kernels.triton_scan import selective_scan_triton
 
     def run():
-        inputs, mask = _scan_inputs(2, d, n, 1024, dtype, channels_last=channels_last, reset=reset,
-                                    reset_state=reset_state)
+        inputs, mask = _scan_inputs(
+            2, d, n, 1024, dtype, channels_last=channels_last, reset=reset, reset_state=reset_state
+        )
         y, h = selective_scan_triton(**inputs, delta_softplus=True, reset=mask)
         torch.autograd.backward((y, h), (torch.ones_like(y), torch.ones_like(h)))
 
@@ -158,8 +167,9 @@ def case_step():
         triton_step.causal_conv1d_step_inplace(x, conv_state, weight, r(d), "silu", reset)
         triton_step.selective_state_step_inplace(h, x, delta, A, B, C, r(d), z, r(d), True, reset)
         xz = r(envs, 2 * d)
-        triton_step.mamba_mixer_step(xz, conv_state, h, weight, r(d), r(R + 2 * n, d), r(d, R), r(d), A, r(d),
-                                     reset, torch.empty(envs, d))
+        triton_step.mamba_mixer_step(
+            xz, conv_state, h, weight, r(d), r(R + 2 * n, d), r(d, R), r(d), A, r(d), reset, torch.empty(envs, d)
+        )
 
     return run
 
@@ -207,18 +217,25 @@ def compile_all(capability: int, only: list[str] | None, dump: str | None = None
                     with open(f"{stem}.{ext}", "w") as f:
                         f.write(text)
             instructions = [line for line in sass.splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/|\s+[A-Z@]", line)]
-            launches.append(dict(
-                kernel=name, constexprs=constexprs, options=options,
-                registers=compiled.n_regs if hasattr(compiled, "n_regs") else None,
-                sass_instructions=len(instructions),
-                ptx_sha=hashlib.sha256(ptx.encode()).hexdigest()[:16],
-                sass_sha=hashlib.sha256(sass.encode()).hexdigest()[:16],
-            ))
+            launches.append(
+                dict(
+                    kernel=name,
+                    constexprs=constexprs,
+                    options=options,
+                    registers=compiled.n_regs if hasattr(compiled, "n_regs") else None,
+                    sass_instructions=len(instructions),
+                    ptx_sha=hashlib.sha256(ptx.encode()).hexdigest()[:16],
+                    sass_sha=hashlib.sha256(sass.encode()).hexdigest()[:16],
+                )
+            )
         out[case] = launches
         print(f"{case}: {len(launches)} kernels in {time.time() - start:.0f} s", file=sys.stderr)
         for launch in launches:
-            print(f"  {launch['kernel']:32s} sass {launch['sass_instructions']:6d}  ptx {launch['ptx_sha']}  "
-                  f"sass {launch['sass_sha']}", file=sys.stderr)
+            print(
+                f"  {launch['kernel']:32s} sass {launch['sass_instructions']:6d}  ptx {launch['ptx_sha']}  "
+                f"sass {launch['sass_sha']}",
+                file=sys.stderr,
+            )
     return out
 
 
@@ -267,8 +284,12 @@ def main() -> int:
     if args.dump:
         os.makedirs(args.dump, exist_ok=True)
     cases = compile_all(args.capability, args.cases, args.dump)
-    payload = dict(tree=os.path.dirname(os.path.dirname(os.path.abspath(mamba_rl.__file__))),
-                   capability=args.capability, triton=__import__("triton").__version__, cases=cases)
+    payload = dict(
+        tree=os.path.dirname(os.path.dirname(os.path.abspath(mamba_rl.__file__))),
+        capability=args.capability,
+        triton=__import__("triton").__version__,
+        cases=cases,
+    )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(payload, f, indent=1)

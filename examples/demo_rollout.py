@@ -29,11 +29,17 @@ def main() -> None:
     trunk = MambaModule(env.obs_dim, 32, num_layers=2, in_key="observation", out_key="features")
     head = TensorDictModule(nn.Linear(32, env.num_actions), in_keys=["features"], out_keys=["logits"])
     policy = ProbabilisticActor(
-        TensorDictSequential(trunk, head), in_keys=["logits"], out_keys=["action"],
-        distribution_class=torch.distributions.Categorical, return_log_prob=True,
+        TensorDictSequential(trunk, head),
+        in_keys=["logits"],
+        out_keys=["action"],
+        distribution_class=torch.distributions.Categorical,
+        return_log_prob=True,
     )
     collector = Collector(
-        env, policy, frames_per_batch=args.num_envs * args.steps, total_frames=2 * args.num_envs * args.steps,
+        env,
+        policy,
+        frames_per_batch=args.num_envs * args.steps,
+        total_frames=2 * args.num_envs * args.steps,
         auto_register_policy_transforms=True,
     )
     start = time.perf_counter()
@@ -50,8 +56,10 @@ def main() -> None:
         )
         assert diff <= 1e-5, "recurrent replay must reproduce the rollout"
     collector.shutdown()
-    print(f"state per env: ssm {list(trunk.state_shapes['recurrent_state_ssm'])}, "
-          f"conv {list(trunk.state_shapes['recurrent_state_conv'])}; {time.perf_counter() - start:.1f}s")
+    print(
+        f"state per env: ssm {list(trunk.state_shapes['recurrent_state_ssm'])}, "
+        f"conv {list(trunk.state_shapes['recurrent_state_conv'])}; {time.perf_counter() - start:.1f}s"
+    )
 
 
 if __name__ == "__main__":

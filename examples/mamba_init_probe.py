@@ -31,7 +31,7 @@ def probe(seeds: int = 5, **kwargs) -> tuple[float, float]:
         cue[:, 0] = torch.eye(4)
         cue.requires_grad_(True)
         out, _ = module.sequence(cue, None, reset)
-        grad, = torch.autograd.grad(out[:, 10].pow(2).sum(), cue)
+        (grad,) = torch.autograd.grad(out[:, 10].pow(2).sum(), cue)
         gain.append((grad[:, 0].norm() / grad[:, 10].norm()).item())
     return sum(contrast) / seeds, sum(gain) / seeds
 
@@ -39,8 +39,11 @@ def probe(seeds: int = 5, **kwargs) -> tuple[float, float]:
 def main() -> None:
     torch.set_num_threads(1)
     print("| preset | first-step contrast | memory gain |\n| --- | --- | --- |")
-    for name, kwargs in (("mamba_ssm", {"preset": "mamba_ssm"}), ("rl, start_marker=False", {"start_marker": False}),
-                         ("rl (default)", {})):
+    for name, kwargs in (
+        ("mamba_ssm", {"preset": "mamba_ssm"}),
+        ("rl, start_marker=False", {"start_marker": False}),
+        ("rl (default)", {}),
+    ):
         contrast, gain = probe(**kwargs)
         print(f"| {name} | {contrast:.3f} | {gain:.2e} |")
 

@@ -56,8 +56,11 @@ def plot_steering(policy, before, steered, at_step: int, path: str, max_lines: i
     ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.0f}%)")
     ax.set_ylabel(f"PC 2 ({100 * ratio[1]:.0f}%)")
     ax.grid(alpha=0.3)
-    ax.set_title(f"SSM state from step {at_step} to the query: unsteered (solid, colour = true code)\n"
-                 "steered (dashed, colour = chosen code); dot: start, star: state the query reads", fontsize=10)
+    ax.set_title(
+        f"SSM state from step {at_step} to the query: unsteered (solid, colour = true code)\n"
+        "steered (dashed, colour = chosen code); dot: start, star: state the query reads",
+        fontsize=10,
+    )
     fig.savefig(path, dpi=110)
 
 
@@ -66,11 +69,19 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     parser.add_argument("--num-envs", type=int, default=64)
     parser.add_argument("--horizon", type=int, default=None, help="delay of the episodes (default: the trained one)")
-    parser.add_argument("--at-step", type=int, default=None, help="step whose entering SSM state is changed "
-                        "(default: the middle of the delay)")
+    parser.add_argument(
+        "--at-step",
+        type=int,
+        default=None,
+        help="step whose entering SSM state is changed (default: the middle of the delay)",
+    )
     parser.add_argument("--code", type=int, default=None, help="the answer to steer to (default: target + 1)")
-    parser.add_argument("--path", choices=("step", "sequence"), default="step",
-                        help="code path the change is optimised through (default step: the rollout's own)")
+    parser.add_argument(
+        "--path",
+        choices=("step", "sequence"),
+        default="step",
+        help="code path the change is optimised through (default step: the rollout's own)",
+    )
     parser.add_argument("--margin", type=float, default=2.0, help="logit margin asked for (default 2)")
     parser.add_argument("--max-iterations", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
@@ -85,9 +96,11 @@ def main() -> None:
         params = replace(params, horizon=args.horizon)
     low = params.horizon_range[0]
     at_step = args.at_step if args.at_step is not None else low // 2 + 1
-    print(f"policy: {args.checkpoint} ({policy.module.num_layers} layer(s), d_model={policy.module.d_model}); "
-          f"task: {params.num_bits} bits, horizon {params.horizon}; changing the SSM state entering step {at_step} "
-          f"(cue at 0, query at {low + 1})")
+    print(
+        f"policy: {args.checkpoint} ({policy.module.num_layers} layer(s), d_model={policy.module.d_model}); "
+        f"task: {params.num_bits} bits, horizon {params.horizon}; changing the SSM state entering step {at_step} "
+        f"(cue at 0, query at {low + 1})"
+    )
 
     before = rollout_with_ssm_delta(policy, params, args.num_envs, args.seed, at_step)
     print(f"unsteered rollout: accuracy {before.success.float().mean():.3f} on the true codes")
@@ -99,21 +112,32 @@ def main() -> None:
         code = torch.full_like(before.target, args.code)
 
     start = time.perf_counter()
-    steered = steer_ssm_state(policy, before.state_at_step, before.observations[:, at_step:], code,
-                              query_index=before.query_step - at_step, path=args.path, margin=args.margin,
-                              max_iterations=args.max_iterations)
+    steered = steer_ssm_state(
+        policy,
+        before.state_at_step,
+        before.observations[:, at_step:],
+        code,
+        query_index=before.query_step - at_step,
+        path=args.path,
+        margin=args.margin,
+        max_iterations=args.max_iterations,
+    )
     seconds = time.perf_counter() - start
-    print(f"optimiser ({args.path} path): {steered.iterations} Adam steps in {seconds:.1f} s; promised answer = "
-          f"chosen code for {steered.success.float().mean():.3f} of the episodes; min margin "
-          f"{steered.margin.min():.2f}; |delta| / |state|: median {steered.relative_size.median():.2f}")
+    print(
+        f"optimiser ({args.path} path): {steered.iterations} Adam steps in {seconds:.1f} s; promised answer = "
+        f"chosen code for {steered.success.float().mean():.3f} of the episodes; min margin "
+        f"{steered.margin.min():.2f}; |delta| / |state|: median {steered.relative_size.median():.2f}"
+    )
 
     after = rollout_with_ssm_delta(policy, params, args.num_envs, args.seed, at_step, steered.delta_ssm)
     kept = (after.answer == steered.answer).float().mean()
     chosen = (after.answer == code).float().mean()
     logit_gap = (after.logits - steered.logits).abs().max()
-    print(f"steered rollout: answered the chosen code in {chosen:.3f} of the episodes; the promised answer in "
-          f"{kept:.3f}; max |rollout logits - promised logits| = {logit_gap:.2e}; env accuracy on the true codes "
-          f"now {after.success.float().mean():.3f}")
+    print(
+        f"steered rollout: answered the chosen code in {chosen:.3f} of the episodes; the promised answer in "
+        f"{kept:.3f}; max |rollout logits - promised logits| = {logit_gap:.2e}; env accuracy on the true codes "
+        f"now {after.success.float().mean():.3f}"
+    )
     if args.plot:
         plot_steering(policy, before, steered, at_step, args.plot)
         print(f"wrote {args.plot}")

@@ -71,10 +71,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clip", type=float, default=0.2)
     parser.add_argument("--entropy", type=float, default=0.01)
     parser.add_argument("--max-grad-norm", type=float, default=0.5)
-    parser.add_argument("--mamba-preset", choices=("rl", "mamba_ssm"), default="rl",
-                        help="MambaModule's preset: 'rl' (its default) or mamba-ssm's layout and init")
-    parser.add_argument("--mamba-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="another MambaModule keyword, e.g. bc_init_scale=10 (a Python literal; repeatable)")
+    parser.add_argument(
+        "--mamba-preset",
+        choices=("rl", "mamba_ssm"),
+        default="rl",
+        help="MambaModule's preset: 'rl' (its default) or mamba-ssm's layout and init",
+    )
+    parser.add_argument(
+        "--mamba-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another MambaModule keyword, e.g. bc_init_scale=10 (a Python literal; repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="write the curve and the final score here")
@@ -104,14 +113,16 @@ def make_gym_env(env_id: str) -> GymWrapper:
 
 
 def make_env(env_id: str, num_envs: int, seed: int) -> TransformedEnv:
-    env = TransformedEnv(SerialEnv(num_envs, lambda: make_gym_env(env_id)),
-                         Compose(InitTracker(), StepCounter(), RewardSum()))
+    env = TransformedEnv(
+        SerialEnv(num_envs, lambda: make_gym_env(env_id)), Compose(InitTracker(), StepCounter(), RewardSum())
+    )
     env.set_seed(seed)
     return env
 
 
-def make_trunk(kind: str, input_size: int, hidden: int, num_layers: int, mamba_preset: str,
-               mamba_options: dict | None = None):
+def make_trunk(
+    kind: str, input_size: int, hidden: int, num_layers: int, mamba_preset: str, mamba_options: dict | None = None
+):
     """The one line that differs between the three runs: a TorchRL recurrent module."""
     keys = {"in_key": "observation", "out_key": "features"}
     if kind == "gru":
@@ -126,29 +137,48 @@ def make_actor_critic(env, trunk, hidden: int):
     action_spec = env.full_action_spec_unbatched[env.action_key]
     if isinstance(action_spec, (Categorical, OneHot)):
         num_actions = action_spec.n if isinstance(action_spec, Categorical) else action_spec.shape[-1]
-        head = TensorDictModule(MLP(in_features=hidden, out_features=num_actions, num_cells=[hidden],
-                                    activation_class=nn.Tanh), in_keys=["features"], out_keys=["logits"])
-        dist_class = torch.distributions.Categorical if isinstance(action_spec, Categorical) \
+        head = TensorDictModule(
+            MLP(in_features=hidden, out_features=num_actions, num_cells=[hidden], activation_class=nn.Tanh),
+            in_keys=["features"],
+            out_keys=["logits"],
+        )
+        dist_class = (
+            torch.distributions.Categorical
+            if isinstance(action_spec, Categorical)
             else torch.distributions.OneHotCategorical
-        actor = ProbabilisticActor(TensorDictSequential(trunk, head), in_keys=["logits"], out_keys=["action"],
-                                   spec=action_spec, distribution_class=dist_class, return_log_prob=True)
+        )
+        actor = ProbabilisticActor(
+            TensorDictSequential(trunk, head),
+            in_keys=["logits"],
+            out_keys=["action"],
+            spec=action_spec,
+            distribution_class=dist_class,
+            return_log_prob=True,
+        )
     else:
         action_dim = action_spec.shape[-1]
         head = TensorDictModule(
-            nn.Sequential(MLP(in_features=hidden, out_features=2 * action_dim, num_cells=[hidden],
-                              activation_class=nn.Tanh), NormalParamExtractor()),
-            in_keys=["features"], out_keys=["loc", "scale"],
+            nn.Sequential(
+                MLP(in_features=hidden, out_features=2 * action_dim, num_cells=[hidden], activation_class=nn.Tanh),
+                NormalParamExtractor(),
+            ),
+            in_keys=["features"],
+            out_keys=["loc", "scale"],
         )
         actor = ProbabilisticActor(
-            TensorDictSequential(trunk, head), in_keys=["loc", "scale"], out_keys=["action"], spec=action_spec,
+            TensorDictSequential(trunk, head),
+            in_keys=["loc", "scale"],
+            out_keys=["action"],
+            spec=action_spec,
             distribution_class=TanhNormal,
             distribution_kwargs={"low": action_spec.space.low, "high": action_spec.space.high},
             return_log_prob=True,
         )
     critic = TensorDictSequential(
         trunk,
-        ValueOperator(MLP(in_features=hidden, out_features=1, num_cells=[hidden], activation_class=nn.Tanh),
-                      in_keys=["features"]),
+        ValueOperator(
+            MLP(in_features=hidden, out_features=1, num_cells=[hidden], activation_class=nn.Tanh), in_keys=["features"]
+        ),
     )
     return actor, critic
 
@@ -170,8 +200,9 @@ def train(args: argparse.Namespace) -> dict:
     loss_fn = ClipPPOLoss(actor, critic, clip_epsilon=args.clip, entropy_coeff=args.entropy)
     optim = torch.optim.Adam(loss_fn.parameters(), lr=args.lr)
     rows = args.num_envs // args.minibatches
-    buffer = ReplayBuffer(storage=LazyTensorStorage(args.num_envs), sampler=SamplerWithoutReplacement(),
-                          batch_size=rows)
+    buffer = ReplayBuffer(
+        storage=LazyTensorStorage(args.num_envs), sampler=SamplerWithoutReplacement(), batch_size=rows
+    )
 
     curve, episode_returns, frames, start = [], [], 0, time.perf_counter()
     for data in collector:
@@ -194,8 +225,11 @@ def train(args: argparse.Namespace) -> dict:
                 optim.step()
         mean = float(returns.mean()) if len(returns) else float("nan")
         curve.append({"frames": frames, "mean_return": mean, "episodes": int(done.sum())})
-        print(f"{args.trunk} {args.env} frames {frames:>7d}  return {mean:8.3f}  episodes {int(done.sum()):3d}  "
-              f"{time.perf_counter() - start:6.1f} s", flush=True)
+        print(
+            f"{args.trunk} {args.env} frames {frames:>7d}  return {mean:8.3f}  episodes {int(done.sum()):3d}  "
+            f"{time.perf_counter() - start:6.1f} s",
+            flush=True,
+        )
         # written every batch, so that a run stopped early keeps its curve
         summarize(args, frames, episode_returns, curve, time.perf_counter() - start, complete=False)
     collector.shutdown()
@@ -203,16 +237,19 @@ def train(args: argparse.Namespace) -> dict:
     return summarize(args, frames, episode_returns, curve, time.perf_counter() - start, complete=True)
 
 
-def summarize(args: argparse.Namespace, frames: int, episode_returns, curve, seconds: float,
-              complete: bool) -> dict:
+def summarize(args: argparse.Namespace, frames: int, episode_returns, curve, seconds: float, complete: bool) -> dict:
     """The run's record; ``final_return`` is the mean return of the episodes that ended in the last
     10% of the frames so far (all episodes when none did). Written to ``--json`` when given."""
     tail = [r for f, r in episode_returns if f > 0.9 * frames] or [r for _, r in episode_returns]
     result = {
-        "env": args.env, "trunk": args.trunk, "seed": args.seed, "frames": frames,
+        "env": args.env,
+        "trunk": args.trunk,
+        "seed": args.seed,
+        "frames": frames,
         "complete": complete,
         "final_return": float(np.mean(tail)) if tail else float("nan"),
-        "seconds": seconds, "curve": curve,
+        "seconds": seconds,
+        "curve": curve,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     if args.json is not None:

@@ -32,8 +32,21 @@ def run_one(out: Path, env: str, trunk: str, seed: int, frames: int, extra: list
     if path.exists() and json.loads(path.read_text()).get("complete"):
         return path
     log = path.with_suffix(".log")
-    cmd = [sys.executable, str(SCRIPT), "--env", env, "--trunk", trunk, "--seed", str(seed),
-           "--total-frames", str(frames), "--json", str(path), *extra]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--env",
+        env,
+        "--trunk",
+        trunk,
+        "--seed",
+        str(seed),
+        "--total-frames",
+        str(frames),
+        "--json",
+        str(path),
+        *extra,
+    ]
     with log.open("w") as handle:
         subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, check=True)
     return path

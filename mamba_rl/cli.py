@@ -33,13 +33,25 @@ NEW_RUN_OPTIONS = ("config", "env", "run_dir", "controllers", "horizons", "seeds
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="train.py", description="PPO for Mamba or GRU policies on the delayed "
-                                     "memory task, any Gymnasium id or a TorchRL env.")
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="PPO for Mamba or GRU policies on the delayed memory task, any Gymnasium id or a TorchRL env.",
+    )
     parser.add_argument("--config", default=None, help="YAML preset (configs/*.yaml); defaults otherwise")
-    parser.add_argument("--env", default=None, help="the env (same as --set env=ID): a Gymnasium id such as "
-                        "CartPole-v1 or popgym-RepeatFirstEasy-v0, or a TorchRL factory package.module:function")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key (repeatable), e.g. --set horizon=1000")
+    parser.add_argument(
+        "--env",
+        default=None,
+        help="the env (same as --set env=ID): a Gymnasium id such as "
+        "CartPole-v1 or popgym-RepeatFirstEasy-v0, or a TorchRL factory package.module:function",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable), e.g. --set horizon=1000",
+    )
     parser.add_argument("--run-dir", default=None, help="run directory (default: a new one under run_root)")
     parser.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     parser.add_argument("--controllers", nargs="+", choices=("mamba", "gru"), default=None, help="sweep: controllers")
@@ -85,8 +97,10 @@ def _run(args) -> int:
 
         given = [f"--{name.replace('_', '-')}" for name in NEW_RUN_OPTIONS if getattr(args, name) is not None]
         if given:
-            raise ConfigError(f"--resume takes the run's config and directory from {args.resume}; it cannot be "
-                              f"combined with {', '.join(given)}")
+            raise ConfigError(
+                f"--resume takes the run's config and directory from {args.resume}; it cannot be "
+                f"combined with {', '.join(given)}"
+            )
         run_dir = Path(args.resume)
         saved = run_dir / "config.yaml"
         if not saved.is_file():
@@ -104,8 +118,9 @@ def _run(args) -> int:
     from mamba_rl.training.sweep import run_sweep
 
     out_dir = Path(args.sweep_dir or Path(cfg.run_root) / "sweep")
-    rows = run_sweep(cfg, args.controllers or [cfg.controller], args.horizons or [cfg.horizon],
-                     args.seeds or [cfg.seed], out_dir)
+    rows = run_sweep(
+        cfg, args.controllers or [cfg.controller], args.horizons or [cfg.horizon], args.seeds or [cfg.seed], out_dir
+    )
     print((out_dir / "results.md").read_text())
     print(f"{len(rows)} runs; table {out_dir / 'results.md'}, plot {out_dir / 'accuracy_vs_horizon.png'}")
     return 0

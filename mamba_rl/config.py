@@ -42,13 +42,21 @@ import yaml
 from mamba_rl.envs.adapters import MEMORY_ENV_ID
 from mamba_rl.mixer import MambaConfig
 
-__all__ = ["TrainConfig", "ConfigError", "load_config", "apply_overrides", "parse_override", "field_docs",
-           "config_to_dict", "config_from_dict", "check_machine"]
+__all__ = [
+    "TrainConfig",
+    "ConfigError",
+    "load_config",
+    "apply_overrides",
+    "parse_override",
+    "field_docs",
+    "config_to_dict",
+    "config_from_dict",
+    "check_machine",
+]
 
 
 # chunk_len="auto" on envs other than the memory task
 DEFAULT_CHUNK_LEN = 128
-
 
 
 class _Loader(yaml.SafeLoader):
@@ -252,9 +260,17 @@ class TrainConfig:
     def mamba_config(self) -> MambaConfig:
         """The Mamba trunk these keys describe (raises ``ValueError`` naming a bad key)."""
         return MambaConfig(
-            d_model=self.d_model, num_layers=self.num_layers, d_state=self.d_state, d_conv=self.d_conv,
-            expand=self.expand, dt_min=self.dt_min, dt_max=self.dt_max, dt_init_floor=self.dt_init_floor,
-            bc_init_scale=self.bc_init_scale, start_marker=self.start_marker, preset=self.mamba_preset,
+            d_model=self.d_model,
+            num_layers=self.num_layers,
+            d_state=self.d_state,
+            d_conv=self.d_conv,
+            expand=self.expand,
+            dt_min=self.dt_min,
+            dt_max=self.dt_max,
+            dt_init_floor=self.dt_init_floor,
+            bc_init_scale=self.bc_init_scale,
+            start_marker=self.start_marker,
+            preset=self.mamba_preset,
             backend=self.mamba_backend,
         )
 
@@ -315,8 +331,18 @@ def validate(cfg: TrainConfig) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         setattr(cfg, f.name, _coerce(f.name, getattr(cfg, f.name), hints[f.name]))
-    for name in ("num_envs", "gru_hidden_size", "chunks_per_rollout", "num_updates", "update_epochs", "num_minibatches",
-                 "log_interval", "checkpoint_interval", "eval_num_envs", "target_window"):
+    for name in (
+        "num_envs",
+        "gru_hidden_size",
+        "chunks_per_rollout",
+        "num_updates",
+        "update_epochs",
+        "num_minibatches",
+        "log_interval",
+        "checkpoint_interval",
+        "eval_num_envs",
+        "target_window",
+    ):
         _positive_int(cfg, name)
     if not 1 <= cfg.num_bits <= 16:
         raise ConfigError(f"num_bits must be in 1..16, got {cfg.num_bits}")
@@ -498,7 +524,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
         key, value = parse_override(text)
         if key.startswith("env_kwargs."):
             # --set env_kwargs.KEY=VALUE sets one keyword argument
-            values["env_kwargs"] = {**values.get("env_kwargs", {}), key[len("env_kwargs."):]: value}
+            values["env_kwargs"] = {**values.get("env_kwargs", {}), key[len("env_kwargs.") :]: value}
             continue
         _unknown([key], f"--set {text}")
         values[key] = value

@@ -21,9 +21,23 @@ from mamba_rl.training.evaluate import (
     run_episodes,
 )
 
-__all__ = ["EVAL_SEED", "build_policy", "default_horizons", "evaluate_env", "evaluate_horizons", "evaluate_policy",
-           "format_return_table", "format_table", "hashed_noise", "load_policy", "main", "mean_ci95",
-           "resolve_device", "run_episodes", "_EpisodeBatch"]
+__all__ = [
+    "EVAL_SEED",
+    "build_policy",
+    "default_horizons",
+    "evaluate_env",
+    "evaluate_horizons",
+    "evaluate_policy",
+    "format_return_table",
+    "format_table",
+    "hashed_noise",
+    "load_policy",
+    "main",
+    "mean_ci95",
+    "resolve_device",
+    "run_episodes",
+    "_EpisodeBatch",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

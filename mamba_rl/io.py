@@ -20,8 +20,16 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CheckpointError", "atomic_save", "save_checkpoint",
-           "load_checkpoint", "find_checkpoint", "payload_digest"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "atomic_save",
+    "save_checkpoint",
+    "load_checkpoint",
+    "find_checkpoint",
+    "payload_digest",
+]
 
 CHECKPOINT_FORMAT = "mamba_rl.checkpoint"
 CHECKPOINT_VERSION = 2
@@ -142,8 +150,9 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {err}") from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path} is not a mamba-rl checkpoint: expected format {CHECKPOINT_FORMAT!r}, "
-                              f"got {found!r}")
+        raise CheckpointError(
+            f"{path} is not a mamba-rl checkpoint: expected format {CHECKPOINT_FORMAT!r}, got {found!r}"
+        )
     if payload.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path} has checkpoint version {payload.get('version')!r}; this mamba-rl reads versions "
@@ -159,8 +168,11 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
     for key in ("config", "policy"):
         if key not in payload:
             raise CheckpointError(f"{path} is missing {key!r}: not a complete mamba-rl checkpoint")
-    bad = [name for name, value in payload["policy"].items()
-           if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all())]
+    bad = [
+        name
+        for name, value in payload["policy"].items()
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all())
+    ]
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise CheckpointError(

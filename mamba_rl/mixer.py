@@ -146,8 +146,10 @@ def _validate(cfg: MambaConfig, floor_from: str) -> None:
     if not (_is_float(cfg.dt_scale) and cfg.dt_scale > 0):
         raise ValueError(f"dt_scale must be a finite float > 0, got {cfg.dt_scale!r}")
     if not (_is_float(cfg.dt_init_floor) and 0 < cfg.dt_init_floor <= cfg.dt_min):
-        raise ValueError(f"dt_init_floor must be in (0, dt_min={cfg.dt_min}] (a larger floor would silently "
-                         f"raise every initial step size), got {cfg.dt_init_floor!r}")
+        raise ValueError(
+            f"dt_init_floor must be in (0, dt_min={cfg.dt_min}] (a larger floor would silently "
+            f"raise every initial step size), got {cfg.dt_init_floor!r}"
+        )
     if cfg.dt_init not in ("random", "constant"):
         raise ValueError(f"dt_init must be 'random' or 'constant', got {cfg.dt_init!r}")
     if not (_is_float(cfg.bc_init_scale) and cfg.bc_init_scale > 0):
@@ -163,8 +165,10 @@ def _validate(cfg: MambaConfig, floor_from: str) -> None:
     for name, value in ((floor_from, cfg.dt_init_floor), ("dt_max", cfg.dt_max)):
         dt = torch.tensor(value, dtype=torch.float32)
         if not bool((dt + torch.log(-torch.expm1(-dt))).isfinite()):
-            raise ValueError(f"{name} must give a finite initial step in float32 (about 1e-44 <= value <= 1e38), "
-                             f"got {getattr(cfg, name)!r}")
+            raise ValueError(
+                f"{name} must give a finite initial step in float32 (about 1e-44 <= value <= 1e38), "
+                f"got {getattr(cfg, name)!r}"
+            )
 
 
 def config_from(config: MambaConfig | None, where: str, defaults: dict | None = None, **options) -> MambaConfig:
@@ -173,15 +177,18 @@ def config_from(config: MambaConfig | None, where: str, defaults: dict | None = 
     given = {name: value for name, value in options.items() if value is not None}
     unknown = sorted(set(given) - set(MambaConfig.field_names()))
     if unknown:
-        raise TypeError(f"{where} got unknown option(s) {unknown}; the Mamba options are MambaConfig's fields: "
-                        f"{', '.join(MambaConfig.field_names())}")
+        raise TypeError(
+            f"{where} got unknown option(s) {unknown}; the Mamba options are MambaConfig's fields: "
+            f"{', '.join(MambaConfig.field_names())}"
+        )
     if config is None:
         return MambaConfig(**{**(defaults or {}), **given})
     if not isinstance(config, MambaConfig):
         raise TypeError(f"config must be a MambaConfig, got {type(config).__name__}")
     if given:
-        raise ValueError(f"{where}: pass the Mamba options in config or as arguments, not both: got config and "
-                         f"{sorted(given)}")
+        raise ValueError(
+            f"{where}: pass the Mamba options in config or as arguments, not both: got config and {sorted(given)}"
+        )
     return config
 
 
@@ -213,15 +220,17 @@ class MambaMixer(nn.Module):
     d_state]`` (at least float32), conv ``[*, d_inner, d_conv - 1]`` (the parameters' dtype).
     """
 
-    def __init__(self, d_model: int | None = None, config: MambaConfig | None = None, *, device=None, dtype=None,
-                 **options) -> None:
+    def __init__(
+        self, d_model: int | None = None, config: MambaConfig | None = None, *, device=None, dtype=None, **options
+    ) -> None:
         super().__init__()
         if config is None and d_model is None:
             raise TypeError("MambaMixer needs d_model or a config")
         if config is not None and d_model is not None and d_model != config.d_model:
             raise ValueError(f"d_model={d_model} differs from config.d_model={config.d_model}: pass one of them")
-        config = config_from(config, "MambaMixer", {"preset": "mamba_ssm"},
-                             d_model=None if config is not None else d_model, **options)
+        config = config_from(
+            config, "MambaMixer", {"preset": "mamba_ssm"}, d_model=None if config is not None else d_model, **options
+        )
         self.config = config
         factory = {"device": device, "dtype": dtype}
         self.d_model = d_model = config.d_model
@@ -236,14 +245,19 @@ class MambaMixer(nn.Module):
             with torch.no_grad():
                 nn.init.uniform_(self.in_proj.bias[: self.d_inner], -1.0, 1.0)
         self.conv1d = nn.Conv1d(
-            self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
-            padding=d_conv - 1, bias=config.conv_bias, **factory,
+            self.d_inner,
+            self.d_inner,
+            kernel_size=d_conv,
+            groups=self.d_inner,
+            padding=d_conv - 1,
+            bias=config.conv_bias,
+            **factory,
         )
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
         if config.bc_init_scale != 1.0:
             with torch.no_grad():
                 # rows [dt_rank:] of x_proj produce B and C
-                self.x_proj.weight[self.dt_rank:] *= config.bc_init_scale
+                self.x_proj.weight[self.dt_rank :] *= config.bc_init_scale
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
 
         dt_min, dt_max, dt_init_floor = config.dt_min, config.dt_max, config.dt_init_floor
@@ -254,16 +268,17 @@ class MambaMixer(nn.Module):
             else:
                 nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
             dt = torch.exp(
-                torch.rand(self.d_inner, **factory) * (math.log(dt_max) - math.log(dt_min))
-                + math.log(dt_min)
+                torch.rand(self.d_inner, **factory) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
             ).clamp(min=dt_init_floor)
             # inverse of softplus, so that softplus(dt_proj.bias) == dt
             inv_dt = dt + torch.log(-torch.expm1(-dt))
             # MambaConfig checks this in float32; half-precision parameters can still overflow
             if not torch.isfinite(inv_dt).all():
-                raise ValueError(f"dt_min={dt_min}, dt_max={dt_max}, dt_init_floor={dt_init_floor} give a non-finite "
-                                 f"initial step size in {self.dt_proj.bias.dtype} (inverse softplus of "
-                                 f"{dt.min().item():.3g}); raise dt_min and dt_init_floor")
+                raise ValueError(
+                    f"dt_min={dt_min}, dt_max={dt_max}, dt_init_floor={dt_init_floor} give a non-finite "
+                    f"initial step size in {self.dt_proj.bias.dtype} (inverse softplus of "
+                    f"{dt.min().item():.3g}); raise dt_min and dt_init_floor"
+                )
             self.dt_proj.bias.copy_(inv_dt)
         self.dt_proj.bias._no_reinit = True
 
@@ -372,15 +387,29 @@ class MambaMixer(nn.Module):
         xz = self.in_proj(x).transpose(1, 2)
         x_in, z = xz.chunk(2, dim=1)
         x_conv, conv_last = ops.causal_conv1d(
-            x_in, self.conv1d.weight.squeeze(1), self.conv1d.bias,
-            initial_state=conv_state, reset=reset, activation="silu", backend=self.backend,
+            x_in,
+            self.conv1d.weight.squeeze(1),
+            self.conv1d.bias,
+            initial_state=conv_state,
+            reset=reset,
+            activation="silu",
+            backend=self.backend,
             reset_state=None if reset_state is None else reset_state.conv,
         )
         delta, B, C = self._ssm_params(x_conv.transpose(1, 2))
         y, h_last = ops.selective_scan(
-            x_conv, delta.transpose(1, 2), self.A, B.transpose(1, 2), C.transpose(1, 2),
-            D=_at_least_fp32(self.D), z=z, delta_bias=_at_least_fp32(self.dt_proj.bias), delta_softplus=True,
-            h0=h0, reset=reset, backend=self.backend,
+            x_conv,
+            delta.transpose(1, 2),
+            self.A,
+            B.transpose(1, 2),
+            C.transpose(1, 2),
+            D=_at_least_fp32(self.D),
+            z=z,
+            delta_bias=_at_least_fp32(self.dt_proj.bias),
+            delta_softplus=True,
+            h0=h0,
+            reset=reset,
+            backend=self.backend,
             reset_state=None if reset_state is None else reset_state.ssm,
         )
         out = self.out_proj(y.transpose(1, 2))
@@ -413,8 +442,9 @@ class MambaMixer(nn.Module):
         self._check_input(x, 2, "[B, d_model]")
         self._check_state(state, x.shape[0])
         if reset is not None and (tuple(reset.shape) != (x.shape[0],) or reset.dtype != torch.bool):
-            raise ValueError(f"reset must be a bool tensor of shape [{x.shape[0]}], got "
-                             f"{reset.dtype} {list(reset.shape)}")
+            raise ValueError(
+                f"reset must be a bool tensor of shape [{x.shape[0]}], got {reset.dtype} {list(reset.shape)}"
+            )
         if out_state is not None:
             self._check_state(out_state, x.shape[0])
         if self._fused_step_applies(x, state, out_state):
@@ -422,13 +452,27 @@ class MambaMixer(nn.Module):
         # [B, d_inner] each
         x_in, z = self.in_proj(x).chunk(2, dim=-1)
         x_conv, conv_new = ops.causal_conv1d_step(
-            x_in, state.conv, self.conv1d.weight.squeeze(1), self.conv1d.bias,
-            activation="silu", reset=reset, backend=self.backend,
+            x_in,
+            state.conv,
+            self.conv1d.weight.squeeze(1),
+            self.conv1d.bias,
+            activation="silu",
+            reset=reset,
+            backend=self.backend,
         )
         delta, B, C = self._ssm_params(x_conv)
         y, ssm_new = ops.selective_state_step(
-            state.ssm, x_conv, delta, self.A, B, C, D=_at_least_fp32(self.D), z=z,
-            delta_bias=_at_least_fp32(self.dt_proj.bias), delta_softplus=True, reset=reset,
+            state.ssm,
+            x_conv,
+            delta,
+            self.A,
+            B,
+            C,
+            D=_at_least_fp32(self.D),
+            z=z,
+            delta_bias=_at_least_fp32(self.dt_proj.bias),
+            delta_softplus=True,
+            reset=reset,
             backend=self.backend,
         )
         if out_state is not None:
@@ -440,8 +484,12 @@ class MambaMixer(nn.Module):
     def _fused_step_applies(self, x: torch.Tensor, state: MambaState, out_state: MambaState | None) -> bool:
         if ops.resolve_backend(self.backend, x.device) != "triton":
             return False
-        if torch.is_grad_enabled() and (x.requires_grad or state.conv.requires_grad or state.ssm.requires_grad
-                                        or any(p.requires_grad for p in self.parameters())):
+        if torch.is_grad_enabled() and (
+            x.requires_grad
+            or state.conv.requires_grad
+            or state.ssm.requires_grad
+            or any(p.requires_grad for p in self.parameters())
+        ):
             return False
         from mamba_rl.kernels.triton_step import fused_step_takes_ssm_state as takes
 
@@ -455,8 +503,19 @@ class MambaMixer(nn.Module):
             out_state = MambaState(torch.empty_like(state.ssm), torch.empty_like(state.conv))
         y = torch.empty(x.shape[0], self.d_inner, device=x.device, dtype=xz.dtype)
         mamba_mixer_step(
-            xz, state.conv, state.ssm, self.conv1d.weight.squeeze(1), self.conv1d.bias, self.x_proj.weight,
-            self.dt_proj.weight, self.dt_proj.bias, self.A, _at_least_fp32(self.D), reset, y,
-            conv_state_out=out_state.conv, ssm_state_out=out_state.ssm,
+            xz,
+            state.conv,
+            state.ssm,
+            self.conv1d.weight.squeeze(1),
+            self.conv1d.bias,
+            self.x_proj.weight,
+            self.dt_proj.weight,
+            self.dt_proj.bias,
+            self.A,
+            _at_least_fp32(self.D),
+            reset,
+            y,
+            conv_state_out=out_state.conv,
+            ssm_state_out=out_state.ssm,
         )
         return self.out_proj(y.to(x.dtype)), out_state

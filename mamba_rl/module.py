@@ -35,10 +35,14 @@ _UNSUPPORTED = {
     "dropout": (0, "MambaModule has no dropout between layers; put a dropout module on its output key"),
     "bidirectional": (False, "a recurrent policy is causal: MambaModule runs forward in time only"),
     "python_based": (False, "MambaModule's plain-PyTorch path is backend='torch'"),
-    "recurrent_backend": (None, "use backend='auto' | 'torch' | 'triton': MambaModule never splits or pads "
-                                "rows, resets run inside its scan"),
-    "batch_first": (True, "MambaModule's TensorDicts put time last in the batch shape, as GRUModule's with "
-                          "batch_first=True"),
+    "recurrent_backend": (
+        None,
+        "use backend='auto' | 'torch' | 'triton': MambaModule never splits or pads rows, resets run inside its scan",
+    ),
+    "batch_first": (
+        True,
+        "MambaModule's TensorDicts put time last in the batch shape, as GRUModule's with batch_first=True",
+    ),
 }
 
 
@@ -142,8 +146,13 @@ class MambaModule(TensorDictModuleBase):
         **options,
     ) -> None:
         super().__init__()
-        given = {"batch_first": batch_first, "dropout": dropout, "bidirectional": bidirectional,
-                 "python_based": python_based, "recurrent_backend": recurrent_backend}
+        given = {
+            "batch_first": batch_first,
+            "dropout": dropout,
+            "bidirectional": bidirectional,
+            "python_based": python_based,
+            "recurrent_backend": recurrent_backend,
+        }
         for name, value in given.items():
             default, instead = _UNSUPPORTED[name]
             if value != default:
@@ -259,13 +268,14 @@ class MambaModule(TensorDictModuleBase):
             raise TypeError(f"{self.in_keys[0]!r} must be a floating-point tensor, got dtype {x.dtype}")
         dtype = self.input_proj.weight.dtype
         if x.dtype != dtype:
-            raise TypeError(f"{self.in_keys[0]!r} must have the module's dtype {dtype}, got {x.dtype}; cast the "
-                            f"input (e.g. torchrl's DTypeCastTransform) or the module (module.to({x.dtype}))")
+            raise TypeError(
+                f"{self.in_keys[0]!r} must have the module's dtype {dtype}, got {x.dtype}; cast the "
+                f"input (e.g. torchrl's DTypeCastTransform) or the module (module.to({x.dtype}))"
+            )
         if x.dim() != ndim or x.shape[-1] != self.input_size:
             layout = "[B, input_size]" if ndim == 2 else "[B, T, input_size]"
             raise ValueError(
-                f"{self.in_keys[0]!r} must have shape {layout} with input_size={self.input_size}, "
-                f"got {list(x.shape)}"
+                f"{self.in_keys[0]!r} must have shape {layout} with input_size={self.input_size}, got {list(x.shape)}"
             )
 
     def _check_state(self, state: MambaState, batch: int, name: str = "") -> None:
@@ -375,8 +385,8 @@ class MambaModule(TensorDictModuleBase):
         flat = (batch_shape.numel(),)
         # a zero state only for a missing entry: per-step [B * T, ...] states are megabytes
         zero = self.zero_state(flat, device) if ssm is None or conv is None else None
-        ssm = zero.ssm if ssm is None else ssm.reshape(*flat, *ssm.shape[td.batch_dims:])
-        conv = zero.conv if conv is None else conv.reshape(*flat, *conv.shape[td.batch_dims:])
+        ssm = zero.ssm if ssm is None else ssm.reshape(*flat, *ssm.shape[td.batch_dims :])
+        conv = zero.conv if conv is None else conv.reshape(*flat, *conv.shape[td.batch_dims :])
         self._check_state(MambaState(ssm, conv), flat[0])
         return MambaState(ssm.reshape(*batch_shape, *ssm.shape[1:]), conv.reshape(*batch_shape, *conv.shape[1:]))
 
@@ -407,7 +417,7 @@ class MambaModule(TensorDictModuleBase):
         batch = flat.batch_size[0]
         if x.shape[: td.batch_dims] != shape:
             raise ValueError(f"{self.in_keys[0]!r} must start with the batch shape {list(shape)}, got {list(x.shape)}")
-        x = x.reshape(batch, *x.shape[td.batch_dims:])
+        x = x.reshape(batch, *x.shape[td.batch_dims :])
         reset = self._read_is_init(td).reshape(batch)
         state = self._read_states(td, torch.Size([batch]), x.device)
         out, new_state = self.step(x, state, reset)
@@ -421,8 +431,9 @@ class MambaModule(TensorDictModuleBase):
             raise ValueError("in recurrent mode the TensorDict needs a time dimension, got batch_size=[]")
         shape = td.batch_size
         if 0 in shape:
-            raise ValueError(f"in recurrent mode the TensorDict needs at least one row and one step, got "
-                             f"batch_size={list(shape)}")
+            raise ValueError(
+                f"in recurrent mode the TensorDict needs at least one row and one step, got batch_size={list(shape)}"
+            )
         rows = td.unsqueeze(0) if td.batch_dims == 1 else td.reshape(-1, shape[-1])
         x = rows.get(self.in_keys[0])
         reset = self._read_is_init(rows)
@@ -465,8 +476,9 @@ class MambaModule(TensorDictModuleBase):
             else:
                 # [B, 1, 1, 1]; a select, so that nothing from before the reset leaks past it
                 here = reset[:, t, None, None, None]
-                state = MambaState(torch.where(here, stored.ssm[:, t], state.ssm),
-                                   torch.where(here, stored.conv[:, t], state.conv))
+                state = MambaState(
+                    torch.where(here, stored.ssm[:, t], state.ssm), torch.where(here, stored.conv[:, t], state.conv)
+                )
                 out, state = self.step(x[:, t], state, None)
             outs.append(out)
             ssm.append(state.ssm)
@@ -482,19 +494,23 @@ def _is_vmapped(*tensors: torch.Tensor) -> bool:
 def _resolve_keys(in_key, in_keys, out_key, out_keys):
     """GRUModule's key rules, with two state entries instead of one."""
     if (in_key is None) == (in_keys is None):
-        raise ValueError(f"pass exactly one of in_key and in_keys (as GRUModule), got in_key={in_key!r} and "
-                         f"in_keys={in_keys!r}")
+        raise ValueError(
+            f"pass exactly one of in_key and in_keys (as GRUModule), got in_key={in_key!r} and in_keys={in_keys!r}"
+        )
     if (out_key is None) == (out_keys is None):
-        raise ValueError(f"pass exactly one of out_key and out_keys (as GRUModule), got out_key={out_key!r} and "
-                         f"out_keys={out_keys!r}")
+        raise ValueError(
+            f"pass exactly one of out_key and out_keys (as GRUModule), got out_key={out_key!r} and "
+            f"out_keys={out_keys!r}"
+        )
     if in_keys is None:
         in_keys = [in_key, "recurrent_state_ssm", "recurrent_state_conv"]
     in_keys = list(unravel_key_list(list(in_keys)))
     if len(in_keys) == 3:
         in_keys.append("is_init")
     if len(in_keys) != 4:
-        raise ValueError(f"in_keys must be [in_key, ssm_key, conv_key] or [in_key, ssm_key, conv_key, is_init_key], "
-                         f"got {in_keys}")
+        raise ValueError(
+            f"in_keys must be [in_key, ssm_key, conv_key] or [in_key, ssm_key, conv_key, is_init_key], got {in_keys}"
+        )
     if out_keys is None:
         out_keys = [out_key, ("next", *_as_tuple(in_keys[1])), ("next", *_as_tuple(in_keys[2]))]
     out_keys = list(unravel_key_list(list(out_keys)))

@@ -146,9 +146,11 @@ def from_tensors(module: MambaModule, state: MambaState, batch_size=None) -> Ten
         # [B, ...] or already [*batch_size, ...]
         per = tuple(per_env[key])
         fits = tensor.numel() == batch_size.numel() * per_env[key].numel()
-        if tuple(tensor.shape[tensor.dim() - len(per):]) != per or not fits:
-            raise ValueError(f"state.{name} must have shape [B={batch_size.numel()} (batch_size "
-                             f"{list(batch_size)}), {', '.join(map(str, per))}], got {list(tensor.shape)}")
+        if tuple(tensor.shape[tensor.dim() - len(per) :]) != per or not fits:
+            raise ValueError(
+                f"state.{name} must have shape [B={batch_size.numel()} (batch_size "
+                f"{list(batch_size)}), {', '.join(map(str, per))}], got {list(tensor.shape)}"
+            )
     return TensorDict(
         {
             module.ssm_key: state.ssm.reshape(*batch_size, *per_env[module.ssm_key]),

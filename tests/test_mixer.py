@@ -209,8 +209,10 @@ def test_sequence_with_restart_states_equals_steps_that_restart_from_them(start_
     reset[0, [0, 4]] = True
     reset[1, 6] = True
     zero = mixer.zero_state((3,), dtype=torch.float64)
-    restart = MambaState(conv=torch.randn(zero.conv.shape, generator=g, dtype=torch.float64).requires_grad_(),
-                         ssm=torch.randn(zero.ssm.shape, generator=g, dtype=torch.float64).requires_grad_())
+    restart = MambaState(
+        conv=torch.randn(zero.conv.shape, generator=g, dtype=torch.float64).requires_grad_(),
+        ssm=torch.randn(zero.ssm.shape, generator=g, dtype=torch.float64).requires_grad_(),
+    )
     y, final = mixer(x, None, reset, restart)
     state, ys, row = mixer.zero_state((2,), dtype=torch.float64), [], 0
     for t in range(7):
@@ -245,17 +247,21 @@ def astuple_init(config):
     return (config.dt_min, config.dt_init_floor, config.bc_init_scale, config.start_marker)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(preset="ssm"), "preset must be one of ['rl', 'mamba_ssm'], got 'ssm'"),
-    (dict(num_layers=0), "num_layers must be a positive int, got 0"),
-    (dict(expand=True), "expand must be a positive int, got True"),
-    (dict(bc_init_scale=0.0), "bc_init_scale must be a finite float > 0, got 0.0"),
-    (dict(start_marker="yes"), "start_marker must be a bool, got 'yes'"),
-    (dict(norm="batchnorm"), "norm must be 'rmsnorm' or 'layernorm', got 'batchnorm'"),
-    (dict(dt_min=1e-50), "dt_min must give a finite initial step in float32"),
-    (dict(dt_min=1e-3, dt_init_floor=1e-50), "dt_init_floor must give a finite initial step in float32"),
-    (dict(dt_max=1e39), "dt_max must give a finite initial step in float32"),
-], ids=lambda v: "-".join(map(str, v)) if isinstance(v, dict) else "")
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(preset="ssm"), "preset must be one of ['rl', 'mamba_ssm'], got 'ssm'"),
+        (dict(num_layers=0), "num_layers must be a positive int, got 0"),
+        (dict(expand=True), "expand must be a positive int, got True"),
+        (dict(bc_init_scale=0.0), "bc_init_scale must be a finite float > 0, got 0.0"),
+        (dict(start_marker="yes"), "start_marker must be a bool, got 'yes'"),
+        (dict(norm="batchnorm"), "norm must be 'rmsnorm' or 'layernorm', got 'batchnorm'"),
+        (dict(dt_min=1e-50), "dt_min must give a finite initial step in float32"),
+        (dict(dt_min=1e-3, dt_init_floor=1e-50), "dt_init_floor must give a finite initial step in float32"),
+        (dict(dt_max=1e39), "dt_max must give a finite initial step in float32"),
+    ],
+    ids=lambda v: "-".join(map(str, v)) if isinstance(v, dict) else "",
+)
 def test_bad_config_values_name_the_field_expected_and_got(kwargs, message):
     with pytest.raises(ValueError) as info:
         MambaConfig(**kwargs)

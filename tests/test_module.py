@@ -89,8 +89,11 @@ def make_collector_policy(device="cpu"):
     )
     head = TensorDictModule(nn.Linear(16, 3, device=device), in_keys=["features"], out_keys=["logits"])
     actor = ProbabilisticActor(
-        TensorDictSequential(module, head), in_keys=["logits"], out_keys=["action"],
-        distribution_class=torch.distributions.Categorical, return_log_prob=True,
+        TensorDictSequential(module, head),
+        in_keys=["logits"],
+        out_keys=["action"],
+        distribution_class=torch.distributions.Categorical,
+        return_log_prob=True,
     )
     return module, actor
 
@@ -106,7 +109,10 @@ def test_collector_batch_replays_in_recurrent_mode(registration, device):
         collector = Collector(env, actor, frames_per_batch=4 * 20, total_frames=3 * 4 * 20)
     else:
         collector = Collector(
-            RandomEndEnv(batch=4, p_end=0.15, device=device), actor, frames_per_batch=4 * 20, total_frames=3 * 4 * 20,
+            RandomEndEnv(batch=4, p_end=0.15, device=device),
+            actor,
+            frames_per_batch=4 * 20,
+            total_frames=3 * 4 * 20,
             auto_register_policy_transforms=True,
         )
     batches = [data.clone() for data in collector]
@@ -211,7 +217,10 @@ def test_ppo_loss_and_gae_run_and_reach_every_parameter():
     torch.manual_seed(0)
     module, actor = make_collector_policy()
     critic_trunk = MambaModule(
-        5, 16, d_state=8, backend="torch",
+        5,
+        16,
+        d_state=8,
+        backend="torch",
         in_keys=["observation", "critic_ssm", "critic_conv", "is_init"],
         out_keys=["critic_features", ("next", "critic_ssm"), ("next", "critic_conv")],
     )
@@ -242,8 +251,10 @@ def test_ppo_loss_and_gae_run_and_reach_every_parameter():
 def test_step_in_place_equals_the_pure_step(layers):
     module = make_module(num_layers=layers)
     g = torch.Generator().manual_seed(3)
-    state = MambaState(torch.randn(4, layers, 16, 4, generator=g, dtype=torch.float64),
-                       torch.randn(4, layers, 16, 3, generator=g, dtype=torch.float64))
+    state = MambaState(
+        torch.randn(4, layers, 16, 4, generator=g, dtype=torch.float64),
+        torch.randn(4, layers, 16, 3, generator=g, dtype=torch.float64),
+    )
     buffers = MambaState(state.ssm.clone(), state.conv.clone())
     for t in range(3):
         x = torch.randn(4, 5, generator=g, dtype=torch.float64)

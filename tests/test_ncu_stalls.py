@@ -10,18 +10,21 @@ _spec = importlib.util.spec_from_file_location("ncu_stalls", _PATH)
 ncu_stalls = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ncu_stalls)
 
-HEADER = ('"Address","Source","Warp Stall Sampling (All Samples)","stall_long_sb","stall_wait",'
-          '"stall_long_sb (Not Issued)"')
-CSV = "\n".join([
-    '"Kernel Name","_k_a",',
-    HEADER,
-    '"0x10","FADD R1, R1, R2","30","27","3","27"',
-    '"0x20","LDG.E R2, desc[UR4][R4.64]","10","0","10","0"',
-    '"0x30","MUFU.EX2 R3, R3","60","0","60","0"',
-    '"Kernel Name","_k_b",',
-    HEADER,
-    '"0x40","STS.128 [R3], R4","5","5","0","5"',
-])
+HEADER = (
+    '"Address","Source","Warp Stall Sampling (All Samples)","stall_long_sb","stall_wait","stall_long_sb (Not Issued)"'
+)
+CSV = "\n".join(
+    [
+        '"Kernel Name","_k_a",',
+        HEADER,
+        '"0x10","FADD R1, R1, R2","30","27","3","27"',
+        '"0x20","LDG.E R2, desc[UR4][R4.64]","10","0","10","0"',
+        '"0x30","MUFU.EX2 R3, R3","60","0","60","0"',
+        '"Kernel Name","_k_b",',
+        HEADER,
+        '"0x40","STS.128 [R3], R4","5","5","0","5"',
+    ]
+)
 
 
 def test_summary_shares_and_order(tmp_path, capsys):

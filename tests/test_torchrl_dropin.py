@@ -36,8 +36,9 @@ def collect(trunk, batches=2, steps=12):
     act = TensorDictModule(lambda v: (v[..., 0] > 0).long(), in_keys=["state_value"], out_keys=["action"])
     env = TransformedEnv(RandomEndEnv(batch=3, p_end=0.2, seed=1), InitTracker())
     env.append_transform(get_primers_from_module(critic))
-    collector = Collector(env, TensorDictSequential(critic, act), frames_per_batch=3 * steps,
-                          total_frames=batches * 3 * steps)
+    collector = Collector(
+        env, TensorDictSequential(critic, act), frames_per_batch=3 * steps, total_frames=batches * 3 * steps
+    )
     data = [d.clone() for d in collector]
     collector.shutdown()
     return critic, data
@@ -56,14 +57,24 @@ def stepped_advantage(critic, data):
         next_values.append(critic(following)["state_value"])
     value, next_value = torch.stack(values, 1), torch.stack(next_values, 1)
     return generalized_advantage_estimate(
-        GAMMA, LMBDA, value, next_value, data["next", "reward"], data["next", "done"], data["next", "terminated"],
+        GAMMA,
+        LMBDA,
+        value,
+        next_value,
+        data["next", "reward"],
+        data["next", "done"],
+        data["next", "terminated"],
     )[0]
 
 
 # GRUModule cannot run under torch.vmap in TorchRL 0.14 (neither backend), so GRU users set
 # deactivate_vmap=True; LSTMModule's scan backend and MambaModule run under it
-CASES = [(kind, mode) for kind in ("gru", "lstm", "mamba") for mode in ("vmap", "deactivate_vmap", "shifted")
-         if (kind, mode) != ("gru", "vmap")]
+CASES = [
+    (kind, mode)
+    for kind in ("gru", "lstm", "mamba")
+    for mode in ("vmap", "deactivate_vmap", "shifted")
+    if (kind, mode) != ("gru", "vmap")
+]
 
 
 @pytest.mark.parametrize(("kind", "mode"), CASES)
@@ -75,8 +86,13 @@ def test_gae_in_recurrent_mode_equals_the_critic_stepped_on_the_collected_states
     assert any(bool(b["is_init"][:, 1:].any()) for b in batches), "some resets must fall inside rows"
     for data in batches:
         expected = stepped_advantage(critic, data)
-        gae = GAE(gamma=GAMMA, lmbda=LMBDA, value_network=critic, shifted=mode == "shifted",
-                  deactivate_vmap=mode == "deactivate_vmap")
+        gae = GAE(
+            gamma=GAMMA,
+            lmbda=LMBDA,
+            value_network=critic,
+            shifted=mode == "shifted",
+            deactivate_vmap=mode == "deactivate_vmap",
+        )
         with torch.no_grad(), set_recurrent_mode(True):
             advantage = gae(data.exclude("state_value", "features"))["advantage"]
         torch.testing.assert_close(advantage, expected, rtol=1e-5, atol=1e-5)
@@ -100,11 +116,16 @@ def test_keys_follow_gru_module_rules():
     mamba = MambaModule(5, 8, in_key="observation", out_key="features")
     assert mamba.in_keys[0] == gru.in_keys[0] and mamba.in_keys[-1] == gru.in_keys[-1] == "is_init"
     assert mamba.out_keys == ["features", ("next", "recurrent_state_ssm"), ("next", "recurrent_state_conv")]
-    listed = MambaModule(5, 8, in_keys=["obs", "s", ("nested", "c")],
-                         out_keys=["f", ("next", "s"), ("next", "nested", "c")])
+    listed = MambaModule(
+        5, 8, in_keys=["obs", "s", ("nested", "c")], out_keys=["f", ("next", "s"), ("next", "nested", "c")]
+    )
     assert listed.in_keys == ["obs", "s", ("nested", "c"), "is_init"]
-    for kwargs in ({}, {"in_key": "obs"}, {"out_key": "f"},
-                   {"in_key": "obs", "in_keys": ["obs", "s", "c"], "out_key": "f"}):
+    for kwargs in (
+        {},
+        {"in_key": "obs"},
+        {"out_key": "f"},
+        {"in_key": "obs", "in_keys": ["obs", "s", "c"], "out_key": "f"},
+    ):
         with pytest.raises(ValueError, match="pass exactly one of"):
             MambaModule(5, 8, **kwargs)
     with pytest.raises(ValueError, match=r"in_keys must be \[in_key, ssm_key, conv_key\]"):
@@ -119,10 +140,19 @@ def test_hidden_size_names_the_output_width():
         MambaModule(5, 12, d_model=12, in_key="observation", out_key="features")
 
 
-@pytest.mark.parametrize("option", [{"dropout": 0.1}, {"bidirectional": True}, {"python_based": True},
-                                    {"recurrent_backend": "scan"}, {"batch_first": False}], ids=str)
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"dropout": 0.1},
+        {"bidirectional": True},
+        {"python_based": True},
+        {"recurrent_backend": "scan"},
+        {"batch_first": False},
+    ],
+    ids=str,
+)
 def test_gru_only_options_say_what_to_use_instead(option):
-    (name, value), = option.items()
+    ((name, value),) = option.items()
     with pytest.raises(ValueError, match=f"{name}={value!r} is a GRUModule option MambaModule does not have: "):
         MambaModule(5, 8, in_key="observation", out_key="features", **option)
 
@@ -189,10 +219,10 @@ def test_mamba_ssm_preset_is_mamba_ssm_layout_and_init():
     assert "layers.0.mixer.in_proj.bias" not in plain.state_dict()
     assert "layers.0.mixer.in_proj.bias" in rl.state_dict()
     # mamba-ssm: x_proj rows at nn.Linear's init; softplus(dt bias) in [dt_min, dt_max] = [1e-3, 0.1]
-    bound = mixer.d_inner ** -0.5
+    bound = mixer.d_inner**-0.5
     assert mixer.x_proj.weight.abs().max() <= bound
     dt = torch.nn.functional.softplus(mixer.dt_proj.bias)
     assert dt.min() >= 1e-3 * (1 - 1e-5) and dt.max() <= 0.1 * (1 + 1e-5)
-    assert rl_mixer.x_proj.weight[rl_mixer.dt_rank:].abs().max() > 10 * bound
+    assert rl_mixer.x_proj.weight[rl_mixer.dt_rank :].abs().max() > 10 * bound
     # an explicit option wins over the preset
     assert small(start_marker=False).state_dict().keys() == plain.state_dict().keys()

@@ -22,8 +22,28 @@ def load_script():
 def test_example_trains_a_few_batches_with_each_trunk(trunk, env, tmp_path):
     script = load_script()
     out = tmp_path / "run.json"
-    args = script.parse_args(["--env", env, "--trunk", trunk, "--hidden", "8", "--num-envs", "2", "--steps", "24",
-                              "--total-frames", "144", "--epochs", "1", "--minibatches", "2", "--json", str(out)])
+    args = script.parse_args(
+        [
+            "--env",
+            env,
+            "--trunk",
+            trunk,
+            "--hidden",
+            "8",
+            "--num-envs",
+            "2",
+            "--steps",
+            "24",
+            "--total-frames",
+            "144",
+            "--epochs",
+            "1",
+            "--minibatches",
+            "2",
+            "--json",
+            str(out),
+        ]
+    )
     result = script.train(args)
     assert result["frames"] == 144 and len(result["curve"]) == 3
     assert json.loads(out.read_text())["trunk"] == trunk
@@ -37,9 +57,30 @@ def test_example_run_is_complete_when_total_frames_is_not_a_whole_number_of_batc
     # asked: 159,744 of 160,000 in batches of 1,024); the grid skips only complete runs
     script = load_script()
     out = tmp_path / "run.json"
-    args = script.parse_args(["--env", "CartPole-v1", "--trunk", "mamba", "--hidden", "8", "--num-envs", "2",
-                              "--steps", "24", "--total-frames", "100", "--epochs", "1", "--minibatches", "2",
-                              "--json", str(out), "--mamba-option", "d_state=4"])
+    args = script.parse_args(
+        [
+            "--env",
+            "CartPole-v1",
+            "--trunk",
+            "mamba",
+            "--hidden",
+            "8",
+            "--num-envs",
+            "2",
+            "--steps",
+            "24",
+            "--total-frames",
+            "100",
+            "--epochs",
+            "1",
+            "--minibatches",
+            "2",
+            "--json",
+            str(out),
+            "--mamba-option",
+            "d_state=4",
+        ]
+    )
     result = script.train(args)
     assert result["frames"] % 48 == 0 and result["complete"]
     assert json.loads(out.read_text())["complete"]
@@ -68,8 +109,7 @@ def test_grid_table_reports_mean_and_spread_over_complete_runs(tmp_path):
     spec.loader.exec_module(grid)
     runs = [("gru", 0, 0.5, True), ("gru", 1, 0.7, True), ("mamba", 0, 0.9, True), ("mamba", 1, -5.0, False)]
     for trunk, seed, score, complete in runs:
-        record = {"env": "E", "trunk": trunk, "seed": seed, "frames": 100, "final_return": score,
-                  "complete": complete}
+        record = {"env": "E", "trunk": trunk, "seed": seed, "frames": 100, "final_return": score, "complete": complete}
         (tmp_path / f"E__{trunk}__{seed}.json").write_text(json.dumps(record))
     text = grid.table(tmp_path, ["E"], ["gru", "mamba"])
     # the incomplete mamba run is left out

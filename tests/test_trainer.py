@@ -34,8 +34,18 @@ def test_gae_matches_hand_computation():
 
 
 def small_config(**kwargs):
-    base = dict(num_bits=2, horizon=6, num_envs=8, d_model=16, device="cpu", num_updates=2, eval_episodes=0,
-                progress_bar=False, tensorboard=False, checkpoint_interval=1)
+    base = dict(
+        num_bits=2,
+        horizon=6,
+        num_envs=8,
+        d_model=16,
+        device="cpu",
+        num_updates=2,
+        eval_episodes=0,
+        progress_bar=False,
+        tensorboard=False,
+        checkpoint_interval=1,
+    )
     return TrainConfig(**{**base, **kwargs})
 
 
@@ -56,16 +66,25 @@ def test_replay_from_stored_chunk_states_reproduces_collection_log_probs(control
     torch.testing.assert_close(value, rollout.value, atol=1e-5, rtol=1e-5)
 
 
-ROLLOUT_FIELDS = ("obs", "action", "log_prob", "value", "reward", "done", "is_init", "decision", "success",
-                  "episode_return")
+ROLLOUT_FIELDS = (
+    "obs",
+    "action",
+    "log_prob",
+    "value",
+    "reward",
+    "done",
+    "is_init",
+    "decision",
+    "success",
+    "episode_return",
+)
 
 
 def _two_rollouts(**collector_kwargs):
     torch.manual_seed(0)
     policy = build_policy(small_config(), "cpu")
     params = DelayedMemoryParams(num_bits=2, horizon=(3, 9))
-    collector = RolloutCollector(policy, params, 8, 7, 3, 0, torch.device("cpu"), cuda_graph=False,
-                                 **collector_kwargs)
+    collector = RolloutCollector(policy, params, 8, 7, 3, 0, torch.device("cpu"), cuda_graph=False, **collector_kwargs)
     return collector, (collector.collect(), collector.collect())
 
 
@@ -96,6 +115,7 @@ def test_env_step_falls_back_to_eager_when_its_compiled_version_fails(failure, m
                 if isinstance(t, torch.Tensor) and t.is_floating_point():
                     t.add_(1)
             return out
+
         return run
 
     monkeypatch.setitem(rollout.COMPILE_OPTIONS, "backend", backend)
@@ -121,8 +141,9 @@ def test_compiled_storage_in_a_cuda_graph_collects_what_eager_collection_does():
         policy = build_policy(small_config(device="cuda"), "cuda")
         with warnings.catch_warnings():
             warnings.filterwarnings("error", message="(torch.compile of the env step|CUDA graph capture)")
-            collector = RolloutCollector(policy, params, 64, 7, 3, 0, torch.device("cuda"), cuda_graph=fast,
-                                         compile_env=fast)
+            collector = RolloutCollector(
+                policy, params, 64, 7, 3, 0, torch.device("cuda"), cuda_graph=fast, compile_env=fast
+            )
             rollouts.append([collector.collect(), collector.collect()])
         collectors.append(collector)
     assert collectors[0].env_compiled and collectors[0]._graph is not None
@@ -246,10 +267,21 @@ def test_resume_continues_the_identical_run(tmp_path, device):
 def shrunk_overrides(preset):
     """``key=value`` overrides that keep a preset's shape (env, model, loss) and make its run tiny:
     the memory task at a short delay; other envs for a few short chunks and episodes."""
-    shrink = (["horizon=5", "eval_horizons=[3]", "eval_episodes=8"] if load_config(preset).is_memory_task else
-              ["chunk_len=8", "num_minibatches=2", "eval_episodes=2"])
-    return ["device=cpu", "num_envs=4", "num_updates=1", "eval_num_envs=8", "progress_bar=false",
-            "max_wall_time_s=null", "target_accuracy=null", *shrink]
+    shrink = (
+        ["horizon=5", "eval_horizons=[3]", "eval_episodes=8"]
+        if load_config(preset).is_memory_task
+        else ["chunk_len=8", "num_minibatches=2", "eval_episodes=2"]
+    )
+    return [
+        "device=cpu",
+        "num_envs=4",
+        "num_updates=1",
+        "eval_num_envs=8",
+        "progress_bar=false",
+        "max_wall_time_s=null",
+        "target_accuracy=null",
+        *shrink,
+    ]
 
 
 def distinct_shapes(presets):
@@ -284,11 +316,36 @@ def test_each_preset_shape_runs_on_cpu(preset, tmp_path):
 
 
 def test_sweep_writes_table_and_plot(tmp_path):
-    code = cli.main([
-        "--set", "device=cpu", "--set", "num_envs=4", "--set", "num_updates=1", "--set", "eval_episodes=8",
-        "--set", "eval_num_envs=8", "--set", "progress_bar=false", "--set", "d_model=16", "--set", "num_bits=2",
-        "--controllers", "mamba", "gru", "--horizons", "3", "5", "--seeds", "0", "--sweep-dir", str(tmp_path),
-    ])
+    code = cli.main(
+        [
+            "--set",
+            "device=cpu",
+            "--set",
+            "num_envs=4",
+            "--set",
+            "num_updates=1",
+            "--set",
+            "eval_episodes=8",
+            "--set",
+            "eval_num_envs=8",
+            "--set",
+            "progress_bar=false",
+            "--set",
+            "d_model=16",
+            "--set",
+            "num_bits=2",
+            "--controllers",
+            "mamba",
+            "gru",
+            "--horizons",
+            "3",
+            "5",
+            "--seeds",
+            "0",
+            "--sweep-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     table = (tmp_path / "results.md").read_text()
     assert table.count("| mamba |") == 4 and table.count("| gru |") == 4
@@ -303,11 +360,34 @@ def test_sweep_over_a_range_preset_keeps_the_low_end(tmp_path):
     assert cell_horizon([1, 50], 1000) == [1, 1000]
     assert cell_horizon([100, 200], 50) == [50, 50]
     assert cell_horizon(50, [2, 9]) == [2, 9]
-    code = cli.main([
-        "--set", "device=cpu", "--set", "num_envs=4", "--set", "num_updates=1", "--set", "eval_episodes=8",
-        "--set", "eval_num_envs=8", "--set", "progress_bar=false", "--set", "d_model=16", "--set", "num_bits=2",
-        "--set", "horizon=[1,4]", "--controllers", "mamba", "--horizons", "6", "--sweep-dir", str(tmp_path),
-    ])
+    code = cli.main(
+        [
+            "--set",
+            "device=cpu",
+            "--set",
+            "num_envs=4",
+            "--set",
+            "num_updates=1",
+            "--set",
+            "eval_episodes=8",
+            "--set",
+            "eval_num_envs=8",
+            "--set",
+            "progress_bar=false",
+            "--set",
+            "d_model=16",
+            "--set",
+            "num_bits=2",
+            "--set",
+            "horizon=[1,4]",
+            "--controllers",
+            "mamba",
+            "--horizons",
+            "6",
+            "--sweep-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert rows[1].startswith("mamba,6,1-6,0,")
@@ -365,8 +445,16 @@ def test_time_limit_truncation_bootstraps_from_the_final_observation_and_termina
     env.close()
     assert rollout.done[:, 2].all() and rollout.terminated[:, 2].all() == (end == "terminate")
     gamma = 0.5
-    adv, _ = compute_gae(rollout.reward, rollout.value, rollout.done, rollout.bootstrap_value, gamma, 0.0,
-                         rollout.terminated, rollout.final_value)
+    adv, _ = compute_gae(
+        rollout.reward,
+        rollout.value,
+        rollout.done,
+        rollout.bootstrap_value,
+        gamma,
+        0.0,
+        rollout.terminated,
+        rollout.final_value,
+    )
     # V(final observation [1, 1] | the episode's history), from the sequence path
     obs = torch.tensor([[0.0, 1.0], [1 / 3, 1.0], [2 / 3, 1.0], [1.0, 1.0]]).expand(2, 4, 2)
     reset = torch.tensor([[True, False, False, False]] * 2)
@@ -400,8 +488,19 @@ def test_gaussian_head_log_prob_matches_torch_normal_and_actions_reach_a_box_env
 @pytest.mark.parametrize("controller", ["mamba", "gru"])
 def test_train_on_popgym_runs_checkpoints_and_reports_returns(controller, tmp_path):
     pytest.importorskip("popgym")
-    result = train(small_config(env="popgym-RepeatFirstEasy-v0", controller=controller, num_envs=4, chunk_len=32,
-                                num_updates=2, eval_episodes=4, eval_num_envs=2), tmp_path / "run", verbose=False)
+    result = train(
+        small_config(
+            env="popgym-RepeatFirstEasy-v0",
+            controller=controller,
+            num_envs=4,
+            chunk_len=32,
+            num_updates=2,
+            eval_episodes=4,
+            eval_num_envs=2,
+        ),
+        tmp_path / "run",
+        verbose=False,
+    )
     metrics = result.metrics
     assert metrics["env"] == "popgym-RepeatFirstEasy-v0" and metrics["train_return_max"] is not None
     assert -1.0 - 1e-5 <= metrics["eval_return_greedy"] <= 1.0 + 1e-5 and metrics["eval_return_greedy_ci95"] >= 0

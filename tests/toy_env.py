@@ -30,13 +30,18 @@ class RandomEndEnv(EnvBase):
 
     def _reset(self, tensordict=None):
         done = torch.zeros(*self.batch_size, 1, dtype=torch.bool, device=self.device)
-        return TensorDict(observation=self._obs(), done=done, terminated=done.clone(), batch_size=self.batch_size,
-                          device=self.device)
+        return TensorDict(
+            observation=self._obs(), done=done, terminated=done.clone(), batch_size=self.batch_size, device=self.device
+        )
 
     def _step(self, tensordict):
         done = (torch.rand(*self.batch_size, 1, generator=self.rng) < self.p_end).to(self.device)
         reward = tensordict["action"].float().unsqueeze(-1)
         return TensorDict(
-            observation=self._obs(), reward=reward, done=done, terminated=done.clone(), batch_size=self.batch_size,
+            observation=self._obs(),
+            reward=reward,
+            done=done,
+            terminated=done.clone(),
+            batch_size=self.batch_size,
             device=self.device,
         )

@@ -54,8 +54,17 @@ from mamba_rl.envs.delayed_memory import (
 )
 from mamba_rl.envs.spaces import EnvSpecError, UnsupportedSpaceError, check_action_space, flat_size, flatten_observation
 
-__all__ = ["BatchedEnv", "DelayedMemoryTask", "EnvSpecError", "EnvStep", "GymVectorEnv", "MEMORY_ENV_ID",
-           "TorchRLBatchedEnv", "episode_seed", "make_env"]
+__all__ = [
+    "BatchedEnv",
+    "DelayedMemoryTask",
+    "EnvSpecError",
+    "EnvStep",
+    "GymVectorEnv",
+    "MEMORY_ENV_ID",
+    "TorchRLBatchedEnv",
+    "episode_seed",
+    "make_env",
+]
 
 MEMORY_ENV_ID = "mamba_rl/DelayedMemory-v0"
 
@@ -132,8 +141,9 @@ class DelayedMemoryTask:
     device_resident = True
     can_truncate = False
 
-    def __init__(self, params: DelayedMemoryParams, num_envs: int, device, *, autoreset: bool = True,
-                 first_env: int = 0) -> None:
+    def __init__(
+        self, params: DelayedMemoryParams, num_envs: int, device, *, autoreset: bool = True, first_env: int = 0
+    ) -> None:
         self.params = params
         self.num_envs = num_envs
         self.device = torch.device("cpu" if device is None else device)
@@ -154,8 +164,9 @@ class DelayedMemoryTask:
 
     def step(self, state, action):
         env_state = DelayedMemoryState(**{name: state[name] for name in DelayedMemoryState._fields})
-        env_state, obs, reward, done, decision, success = delayed_memory_step(env_state, action, self.params,
-                                                                              autoreset=self.autoreset)
+        env_state, obs, reward, done, decision, success = delayed_memory_step(
+            env_state, action, self.params, autoreset=self.autoreset
+        )
         return env_state._asdict(), EnvStep(obs, reward, done, torch.zeros_like(done), None, decision, success)
 
     def check_state(self, state):
@@ -187,12 +198,15 @@ def _check_obs(space: spaces.Space, obs, num_envs: int, where: str) -> None:
         items = list(gymnasium.vector.utils.iterate(gymnasium.vector.utils.batch_space(space, num_envs), obs))
         bad = next((i for i, item in enumerate(items) if not space.contains(item)), None)
     except Exception as err:  # a malformed batch cannot even be iterated
-        raise EnvSpecError(f"the env's {where} returned an observation outside its observation space {space}: "
-                           f"{err}") from err
+        raise EnvSpecError(
+            f"the env's {where} returned an observation outside its observation space {space}: {err}"
+        ) from err
     if len(items) != num_envs or bad is not None:
         item = items[bad] if bad is not None else obs
-        raise EnvSpecError(f"the env's {where} returned an observation outside its observation space {space}: "
-                           f"{item!r}" + (f" (env {bad})" if bad is not None else ""))
+        raise EnvSpecError(
+            f"the env's {where} returned an observation outside its observation space {space}: "
+            f"{item!r}" + (f" (env {bad})" if bad is not None else "")
+        )
 
 
 class GymVectorEnv:
@@ -219,8 +233,15 @@ class GymVectorEnv:
     device_resident = False
     can_truncate = True
 
-    def __init__(self, env_id: str, num_envs: int, env_kwargs: dict | None = None, vectorization: str = "sync",
-                 device="cpu", check: bool = False) -> None:
+    def __init__(
+        self,
+        env_id: str,
+        num_envs: int,
+        env_kwargs: dict | None = None,
+        vectorization: str = "sync",
+        device="cpu",
+        check: bool = False,
+    ) -> None:
         if env_id not in gymnasium.registry:
             close = difflib.get_close_matches(env_id, list(gymnasium.registry), n=5, cutoff=0.5)
             hint = f"; closest registered ids: {', '.join(close)}" if close else ""
@@ -232,9 +253,13 @@ class GymVectorEnv:
             raise ValueError(f"vectorization must be 'sync' or 'async', got {vectorization!r}")
         kwargs = dict(env_kwargs or {})
         try:
-            self.vec = gymnasium.make_vec(env_id, num_envs=num_envs, vectorization_mode=vectorization,
-                                          vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED},
-                                          **kwargs)
+            self.vec = gymnasium.make_vec(
+                env_id,
+                num_envs=num_envs,
+                vectorization_mode=vectorization,
+                vector_kwargs={"autoreset_mode": gymnasium.vector.AutoresetMode.DISABLED},
+                **kwargs,
+            )
         except (TypeError, ValueError, AssertionError) as err:
             # a constructor refuses an unknown keyword (TypeError) or a bad value (ValueError, assert)
             what = f"rejected env_kwargs {kwargs}" if kwargs else "could not be made (no env_kwargs given)"
@@ -287,10 +312,15 @@ class GymVectorEnv:
             reset_obs, _ = self.vec.reset(seed=seeds, options={"reset_mask": mask})
             reset_obs = self._obs(reset_obs, "reset", self.check)
             next_obs = torch.where(torch.as_tensor(mask, device=self.device)[:, None], reset_obs, final_obs)
-        step = EnvStep(next_obs, torch.as_tensor(reward, dtype=torch.float32, device=self.device),
-                       torch.as_tensor(np.asarray(terminated, dtype=np.bool_), device=self.device),
-                       torch.as_tensor(np.asarray(truncated, dtype=np.bool_), device=self.device),
-                       final_obs, self._true, self._false)
+        step = EnvStep(
+            next_obs,
+            torch.as_tensor(reward, dtype=torch.float32, device=self.device),
+            torch.as_tensor(np.asarray(terminated, dtype=np.bool_), device=self.device),
+            torch.as_tensor(np.asarray(truncated, dtype=np.bool_), device=self.device),
+            final_obs,
+            self._true,
+            self._false,
+        )
         return state, step
 
     def close(self) -> None:
@@ -318,9 +348,11 @@ def _spec_to_space(spec, what: str) -> spaces.Space:
         return spaces.Box(spec.space.low.cpu().numpy(), spec.space.high.cpu().numpy(), shape, np.float32)
     if isinstance(spec, Unbounded) and spec.dtype.is_floating_point and what == "observation":
         return spaces.Box(-np.inf, np.inf, shape, np.float32)
-    raise UnsupportedSpaceError(f"{what} spec {type(spec).__name__}(shape={list(shape)}, dtype={spec.dtype}) is not "
-                                "supported; supported: OneHot, Categorical, MultiCategorical, bounded float actions; "
-                                "float, Categorical, OneHot and Binary observations")
+    raise UnsupportedSpaceError(
+        f"{what} spec {type(spec).__name__}(shape={list(shape)}, dtype={spec.dtype}) is not "
+        "supported; supported: OneHot, Categorical, MultiCategorical, bounded float actions; "
+        "float, Categorical, OneHot and Binary observations"
+    )
 
 
 class TorchRLBatchedEnv:
@@ -346,26 +378,35 @@ class TorchRLBatchedEnv:
         try:
             env = fn(num_envs=num_envs, device=device, **kwargs)
         except (TypeError, ValueError) as err:
-            raise EnvSpecError(f"env factory {factory!r} rejected its arguments (num_envs={num_envs}, device, "
-                               f"env_kwargs {kwargs}): {err}") from err
+            raise EnvSpecError(
+                f"env factory {factory!r} rejected its arguments (num_envs={num_envs}, device, "
+                f"env_kwargs {kwargs}): {err}"
+            ) from err
         if not isinstance(env, EnvBase):
             raise EnvSpecError(f"env factory {factory!r} must return a torchrl EnvBase, got {type(env).__name__}")
         if tuple(env.batch_size) != (num_envs,):
-            raise EnvSpecError(f"env factory {factory!r} must return an env with batch_size [{num_envs}], got "
-                               f"{list(env.batch_size)}")
+            raise EnvSpecError(
+                f"env factory {factory!r} must return an env with batch_size [{num_envs}], got {list(env.batch_size)}"
+            )
         try:
             # a short rollout whose every entry must fit the env's own specs
             check_env_specs(env, seed=0)
         except (AssertionError, ValueError, RuntimeError, KeyError) as err:
-            raise EnvSpecError(f"env factory {factory!r}: the env's reset/step output does not match its own "
-                               f"specs (torchrl.envs.utils.check_env_specs): {err}") from err
+            raise EnvSpecError(
+                f"env factory {factory!r}: the env's reset/step output does not match its own "
+                f"specs (torchrl.envs.utils.check_env_specs): {err}"
+            ) from err
         self.env = env
         self.num_envs = num_envs
         self.device = torch.device(device)
         obs_spec = env.observation_spec
         self.obs_keys = sorted(k for k in obs_spec.keys(True, True) if k not in ("decision", "success", "target"))
-        leaves = {key: _spec_to_space(obs_spec[key][0] if obs_spec[key].shape[:1] == (num_envs,) else obs_spec[key],
-                                      "observation") for key in self.obs_keys}
+        leaves = {
+            key: _spec_to_space(
+                obs_spec[key][0] if obs_spec[key].shape[:1] == (num_envs,) else obs_spec[key], "observation"
+            )
+            for key in self.obs_keys
+        }
         self.observation_space = spaces.Dict({str(k): v for k, v in leaves.items()})
         self._leaf_spaces = leaves
         if len(env.action_keys) != 1:
@@ -374,8 +415,10 @@ class TorchRLBatchedEnv:
         action_spec = env.full_action_spec[self.action_key]
         self._one_hot_action = type(action_spec).__name__ == "OneHot"
         if type(action_spec).__name__ == "MultiOneHot":
-            raise UnsupportedSpaceError(f"env factory {factory!r}: MultiOneHot actions are not supported; use "
-                                        "MultiCategorical, OneHot, Categorical or bounded float actions")
+            raise UnsupportedSpaceError(
+                f"env factory {factory!r}: MultiOneHot actions are not supported; use "
+                "MultiCategorical, OneHot, Categorical or bounded float actions"
+            )
         self._action_spec = action_spec
         self.action_space = check_action_space(_spec_to_space(action_spec[0], "action"))
         self.obs_dim = sum(flat_size(space) for space in leaves.values())
@@ -390,9 +433,15 @@ class TorchRLBatchedEnv:
             if isinstance(space, spaces.Discrete) and value.shape[-1:] == (space.n,):
                 parts.append(value.reshape(self.num_envs, -1).float().to(self.device))
             else:
-                parts.append(flatten_observation(space, value.reshape(self.num_envs, *space.shape).cpu().numpy()
-                                                 if not isinstance(space, (spaces.Discrete, spaces.MultiDiscrete))
-                                                 else value.reshape(self.num_envs, -1).cpu().numpy(), self.device))
+                parts.append(
+                    flatten_observation(
+                        space,
+                        value.reshape(self.num_envs, *space.shape).cpu().numpy()
+                        if not isinstance(space, (spaces.Discrete, spaces.MultiDiscrete))
+                        else value.reshape(self.num_envs, -1).cpu().numpy(),
+                        self.device,
+                    )
+                )
         return torch.cat(parts, -1)
 
     def _flag(self, td, key, default):
@@ -422,8 +471,15 @@ class TorchRLBatchedEnv:
         truncated = self._flag(nxt, "truncated", self._false)
         final_obs = self._obs(nxt)
         self._td = next_root
-        step = EnvStep(self._obs(next_root), reward, terminated, truncated & ~terminated, final_obs,
-                       self._flag(next_root, "decision", self._true), self._flag(nxt, "success", self._false))
+        step = EnvStep(
+            self._obs(next_root),
+            reward,
+            terminated,
+            truncated & ~terminated,
+            final_obs,
+            self._flag(next_root, "decision", self._true),
+            self._flag(nxt, "success", self._false),
+        )
         return state, step
 
     def close(self) -> None:
@@ -444,8 +500,15 @@ def _import_factory(path: str) -> Callable:
     return getattr(module, name)
 
 
-def make_env(env: str, num_envs: int, device, *, env_kwargs: dict | None = None, vectorization: str = "sync",
-             memory_params: DelayedMemoryParams | None = None) -> BatchedEnv:
+def make_env(
+    env: str,
+    num_envs: int,
+    device,
+    *,
+    env_kwargs: dict | None = None,
+    vectorization: str = "sync",
+    memory_params: DelayedMemoryParams | None = None,
+) -> BatchedEnv:
     """The :class:`BatchedEnv` a config's ``env`` names: the memory task (``mamba_rl/DelayedMemory-v0``,
     its parameters in ``memory_params``), a TorchRL factory ``"package.module:function"``, or a
     Gymnasium id (POPGym ids import ``popgym`` first)."""

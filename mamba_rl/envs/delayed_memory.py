@@ -157,9 +157,7 @@ class DelayedMemoryParams:
         object.__setattr__(self, "num_bits", int(self.num_bits))
         object.__setattr__(self, "horizon", _check_horizon(self.horizon))
         if not _is_int(self.num_distractors) or self.num_distractors < 0:
-            raise ValueError(
-                f"num_distractors must be an int >= 0, got {self.num_distractors!r}"
-            )
+            raise ValueError(f"num_distractors must be an int >= 0, got {self.num_distractors!r}")
         object.__setattr__(self, "num_distractors", int(self.num_distractors))
         penalty = self.wrong_penalty
         if (
@@ -169,8 +167,7 @@ class DelayedMemoryParams:
             or penalty < 0
         ):
             raise ValueError(
-                f"wrong_penalty must be a finite number >= 0 (a wrong answer earns "
-                f"-wrong_penalty), got {penalty!r}"
+                f"wrong_penalty must be a finite number >= 0 (a wrong answer earns -wrong_penalty), got {penalty!r}"
             )
         object.__setattr__(self, "wrong_penalty", float(penalty))
         if self.horizon_sampling not in HORIZON_SAMPLINGS:
@@ -210,17 +207,11 @@ def _check_horizon(horizon) -> int | tuple[int, int]:
     if isinstance(horizon, (tuple, list)) and len(horizon) == 2 and all(map(_is_int, horizon)):
         low, high = int(horizon[0]), int(horizon[1])
         if low > high:
-            raise ValueError(
-                f"horizon range (low, high) must have low <= high, got low={low} > high={high}"
-            )
+            raise ValueError(f"horizon range (low, high) must have low <= high, got low={low} > high={high}")
         if not 1 <= low or not high <= MAX_HORIZON:
-            raise ValueError(
-                f"horizon range (low, high) must lie in 1..{MAX_HORIZON}, got {horizon!r}"
-            )
+            raise ValueError(f"horizon range (low, high) must lie in 1..{MAX_HORIZON}, got {horizon!r}")
         return (low, high)
-    raise ValueError(
-        f"horizon must be an int >= 1 or a pair of ints (low, high), got {horizon!r}"
-    )
+    raise ValueError(f"horizon must be an int >= 1 or a pair of ints (low, high), got {horizon!r}")
 
 
 class DelayedMemoryState(NamedTuple):
@@ -340,9 +331,7 @@ def delayed_memory_reset(
     else:
         horizon = low + mix32(episode_key ^ _SALT_HORIZON) % (high - low + 1)
     if mask is None:
-        return DelayedMemoryState(
-            state.stream, episode, episode_key, torch.zeros_like(state.t), horizon, target
-        )
+        return DelayedMemoryState(state.stream, episode, episode_key, torch.zeros_like(state.t), horizon, target)
     return DelayedMemoryState(
         stream=state.stream,
         episode=episode,
@@ -353,9 +342,7 @@ def delayed_memory_reset(
     )
 
 
-def delayed_memory_observe(
-    state: DelayedMemoryState, params: DelayedMemoryParams
-) -> tuple[torch.Tensor, torch.Tensor]:
+def delayed_memory_observe(state: DelayedMemoryState, params: DelayedMemoryParams) -> tuple[torch.Tensor, torch.Tensor]:
     """The observation of the current step and whether its action will be scored.
 
     Returns:
@@ -424,9 +411,7 @@ def delayed_memory_step(
     return DelayedMemoryStep(new_state, observation, reward, done, decision, success)
 
 
-def check_action(
-    action, params: DelayedMemoryParams, num_envs: int, check_range: bool = True
-) -> torch.Tensor:
+def check_action(action, params: DelayedMemoryParams, num_envs: int, check_range: bool = True) -> torch.Tensor:
     """Checks a batch of actions; the range check synchronises with the device.
 
     Args:
@@ -447,13 +432,10 @@ def check_action(
     if not isinstance(action, torch.Tensor):
         raise TypeError(f"action must be a torch.Tensor, got {type(action).__name__}")
     if action.dtype == torch.bool or action.is_floating_point() or action.is_complex():
-        raise TypeError(
-            f"action must have an integer dtype (int64, a category index), got {action.dtype}"
-        )
+        raise TypeError(f"action must have an integer dtype (int64, a category index), got {action.dtype}")
     if action.shape != (num_envs,):
         raise ValueError(
-            f"action must have shape [{num_envs}] (one category index per environment), "
-            f"got {list(action.shape)}"
+            f"action must have shape [{num_envs}] (one category index per environment), got {list(action.shape)}"
         )
     if not check_range:
         return action.to(torch.int64)

@@ -97,9 +97,7 @@ class DelayedMemoryGymEnv(gymnasium.Env):
             wrong_penalty=wrong_penalty,
             horizon_sampling=horizon_sampling,
         )
-        self.observation_space = spaces.Box(
-            0.0, 1.0, shape=(self.params.obs_dim,), dtype=np.float32
-        )
+        self.observation_space = spaces.Box(0.0, 1.0, shape=(self.params.obs_dim,), dtype=np.float32)
         self.action_space = spaces.Discrete(self.params.num_actions)
         self._state = None
         self._terminated = False
@@ -124,13 +122,9 @@ class DelayedMemoryGymEnv(gymnasium.Env):
         if self._state is None:
             raise RuntimeError("step() called before reset(): call reset() first")
         if self._terminated:
-            raise RuntimeError(
-                "step() called after the episode terminated (at its query step): call reset()"
-            )
+            raise RuntimeError("step() called after the episode terminated (at its query step): call reset()")
         action = _scalar_action(action, self.params.num_actions)
-        result = delayed_memory_step(
-            self._state, torch.tensor([action], dtype=torch.int64), self.params
-        )
+        result = delayed_memory_step(self._state, torch.tensor([action], dtype=torch.int64), self.params)
         self._state = result.state
         self._terminated = bool(result.done[0])
         info = {
@@ -145,18 +139,12 @@ def _scalar_action(action, num_actions: int) -> int:
     """An int in ``0 .. num_actions - 1`` from a Python/numpy integer or a 0-d integer array."""
     if isinstance(action, np.ndarray):
         if action.shape != ():
-            raise ValueError(
-                f"action must be a scalar (one category index), got an array of shape "
-                f"{action.shape}"
-            )
+            raise ValueError(f"action must be a scalar (one category index), got an array of shape {action.shape}")
         if not np.issubdtype(action.dtype, np.integer):
             raise TypeError(f"action must be an integer, got an array of dtype {action.dtype}")
         action = action.item()
     if isinstance(action, (bool, np.bool_)) or not isinstance(action, numbers.Integral):
-        raise TypeError(
-            f"action must be an integer in 0..{num_actions - 1}, got {type(action).__name__} "
-            f"{action!r}"
-        )
+        raise TypeError(f"action must be an integer in 0..{num_actions - 1}, got {type(action).__name__} {action!r}")
     action = int(action)
     if not 0 <= action < num_actions:
         raise ValueError(f"action must be in 0..{num_actions - 1}, got {action}")
@@ -172,15 +160,13 @@ def _batch_action(actions, num_envs: int, num_actions: int) -> np.ndarray:
         raise TypeError(f"actions must have an integer dtype, got {actions.dtype}")
     if actions.shape != (num_envs,):
         raise ValueError(
-            f"actions must have shape ({num_envs},) (one category index per environment), "
-            f"got {actions.shape}"
+            f"actions must have shape ({num_envs},) (one category index per environment), got {actions.shape}"
         )
     bad = (actions < 0) | (actions >= num_actions)
     if bad.any():
         index = np.flatnonzero(bad)[:5]
         raise ValueError(
-            f"actions must be in 0..{num_actions - 1}, got {actions[index].tolist()} at env "
-            f"indices {index.tolist()}"
+            f"actions must be in 0..{num_actions - 1}, got {actions[index].tolist()} at env indices {index.tolist()}"
         )
     return actions.astype(np.int64, copy=False)
 
@@ -240,9 +226,7 @@ class DelayedMemoryVectorEnv(VectorEnv):
             wrong_penalty=wrong_penalty,
             horizon_sampling=horizon_sampling,
         )
-        self.single_observation_space = spaces.Box(
-            0.0, 1.0, shape=(self.params.obs_dim,), dtype=np.float32
-        )
+        self.single_observation_space = spaces.Box(0.0, 1.0, shape=(self.params.obs_dim,), dtype=np.float32)
         self.single_action_space = spaces.Discrete(self.params.num_actions)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -256,9 +240,7 @@ class DelayedMemoryVectorEnv(VectorEnv):
         options = dict(options or {})
         reset_mask = options.pop("reset_mask", None)
         if options:
-            raise ValueError(
-                f"options may only hold 'reset_mask', got unknown keys {sorted(options)}"
-            )
+            raise ValueError(f"options may only hold 'reset_mask', got unknown keys {sorted(options)}")
         mask = None
         if reset_mask is not None:
             if seed is not None:
@@ -275,9 +257,7 @@ class DelayedMemoryVectorEnv(VectorEnv):
         super().reset(seed=seed)
         if seed is not None or self._state is None:
             stream_seed = seed if seed is not None else _draw_seed(self.np_random)
-            self._state = delayed_memory_init(
-                self.num_envs, self.params, stream_seed, device=self.device
-            )
+            self._state = delayed_memory_init(self.num_envs, self.params, stream_seed, device=self.device)
         self._state = delayed_memory_reset(self._state, mask, self.params)
         if mask is None:
             self._autoreset.zero_()
@@ -287,9 +267,7 @@ class DelayedMemoryVectorEnv(VectorEnv):
         info = {"decision": decision.cpu().numpy(), "target": self._state.target.cpu().numpy()}
         return observation.cpu().numpy(), info
 
-    def step(
-        self, actions
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    def step(self, actions) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._state is None:
             raise RuntimeError("step() called before reset(): call reset() first")
         actions = _batch_action(actions, self.num_envs, self.params.num_actions)

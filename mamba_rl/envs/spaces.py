@@ -13,8 +13,15 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-__all__ = ["ACTION_SPACES", "OBSERVATION_SPACES", "EnvSpecError", "UnsupportedSpaceError", "check_action_space",
-           "flat_size", "flatten_observation"]
+__all__ = [
+    "ACTION_SPACES",
+    "OBSERVATION_SPACES",
+    "EnvSpecError",
+    "UnsupportedSpaceError",
+    "check_action_space",
+    "flat_size",
+    "flatten_observation",
+]
 
 OBSERVATION_SPACES = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict/Tuple of those"
 ACTION_SPACES = "Discrete, MultiDiscrete (start 0), and Box with finite bounds"

@@ -135,9 +135,7 @@ class DelayedMemoryEnv(EnvBase):
         n = self.num_envs
         num_actions = self.params.num_actions
         self.observation_spec = Composite(
-            observation=Bounded(
-                low=0.0, high=1.0, shape=(n, self.params.obs_dim), dtype=torch.float32
-            ),
+            observation=Bounded(low=0.0, high=1.0, shape=(n, self.params.obs_dim), dtype=torch.float32),
             decision=Categorical(2, shape=(n, 1), dtype=torch.bool),
             target=Categorical(num_actions, shape=(n,), dtype=torch.int64),
             success=Categorical(2, shape=(n, 1), dtype=torch.bool),
@@ -208,4 +206,3 @@ class DelayedMemoryEnv(EnvBase):
             batch_size=self.batch_size,
             device=self.device,
         )
-

@@ -111,8 +111,13 @@ class _Resets(NamedTuple):
         # [Q, b, nc]
         step = _to_chunks(reset[:, None, :], num_chunks, chunk_size)[..., 0]
         after = torch.cummax(step.to(torch.uint8), dim=0).values.bool()
-        return cls(step[..., None, None], after[..., None, None], step.flatten(1).any(1).tolist(),
-                   after[-1].any(0).tolist(), step.nonzero(as_tuple=True))
+        return cls(
+            step[..., None, None],
+            after[..., None, None],
+            step.flatten(1).any(1).tolist(),
+            after[-1].any(0).tolist(),
+            step.nonzero(as_tuple=True),
+        )
 
 
 class _ChunkScan(torch.autograd.Function):
@@ -444,8 +449,15 @@ def causal_conv1d_chunked(
         y = y.index_put((bi, ti), crossing)
         # the state: the last w - 1 inputs as the step after the last one sees them
         times = (L - (width - 1) + torch.arange(width - 1, device=x.device)).expand(b, -1)
-        state = _seen(x_full, torch.arange(b, device=x.device), times, last[:, -1],
-                      None if rows is None else rows[:, -1], history, width)
+        state = _seen(
+            x_full,
+            torch.arange(b, device=x.device),
+            times,
+            last[:, -1],
+            None if rows is None else rows[:, -1],
+            history,
+            width,
+        )
     y = naive._apply_activation(y, activation)
     return y.transpose(1, 2), state
 

@@ -133,9 +133,16 @@ def selective_state_step_ref(
     """
     dtype = _compute_dtype(x.dtype)
     y, h_new = selective_scan_ref(
-        x[..., None], delta[..., None], A, B[..., None], C[..., None],
-        D=D, z=None if z is None else z[..., None], delta_bias=delta_bias,
-        delta_softplus=delta_softplus, h0=h.to(dtype),
+        x[..., None],
+        delta[..., None],
+        A,
+        B[..., None],
+        C[..., None],
+        D=D,
+        z=None if z is None else z[..., None],
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
+        h0=h.to(dtype),
         reset=None if reset is None else reset[:, None],
     )
     return y[..., 0], h_new

@@ -50,8 +50,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "triton" and _triton_module() is None:
         raise RuntimeError("backend='triton' needs the Triton kernels (pip install triton)")
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(f"backend='triton' needs CUDA tensors, got tensors on {device}; use backend='auto' "
-                           "(or TRITON_INTERPRET=1 to run the Triton kernels on the CPU, slowly)")
+        raise RuntimeError(
+            f"backend='triton' needs CUDA tensors, got tensors on {device}; use backend='auto' "
+            "(or TRITON_INTERPRET=1 to run the Triton kernels on the CPU, slowly)"
+        )
     return backend
 
 
@@ -77,8 +79,9 @@ def _check_device(ref_name: str, ref: torch.Tensor, **tensors: torch.Tensor | No
             raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {tensor.device}")
 
 
-def _check_reset_state(reset: torch.Tensor | None, reset_state: torch.Tensor | None, tail: tuple[int, ...],
-                       tail_names: str) -> None:
+def _check_reset_state(
+    reset: torch.Tensor | None, reset_state: torch.Tensor | None, tail: tuple[int, ...], tail_names: str
+) -> None:
     """``reset_state`` holds one row per True of ``reset`` (this reads ``reset.sum()``: a host sync)."""
     if reset_state is None:
         return
@@ -87,8 +90,10 @@ def _check_reset_state(reset: torch.Tensor | None, reset_state: torch.Tensor | N
     _check_float("reset_state", reset_state)
     expected = (int(reset.sum()), *tail)
     if tuple(reset_state.shape) != expected:
-        raise ValueError(f"reset_state must have shape [R={expected[0]} (resets), {tail_names}] = "
-                         f"{list(expected)}, got {list(reset_state.shape)}")
+        raise ValueError(
+            f"reset_state must have shape [R={expected[0]} (resets), {tail_names}] = "
+            f"{list(expected)}, got {list(reset_state.shape)}"
+        )
 
 
 def _check_scan_args(u, delta, A, B, C, D, z, delta_bias, h0, reset) -> None:
@@ -98,8 +103,17 @@ def _check_scan_args(u, delta, A, B, C, D, z, delta_bias, h0, reset) -> None:
     if A.dim() != 2 or A.shape[0] != d:
         raise ValueError(f"A must have shape [d={d}, n], got {list(A.shape)}")
     n = A.shape[1]
-    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
-                    ("z", z), ("delta_bias", delta_bias), ("h0", h0)):
+    for name, t in (
+        ("u", u),
+        ("delta", delta),
+        ("A", A),
+        ("B", B),
+        ("C", C),
+        ("D", D),
+        ("z", z),
+        ("delta_bias", delta_bias),
+        ("h0", h0),
+    ):
         _check_float(name, t)
     _check_bool("reset", reset)
     if A.is_complex():
@@ -233,8 +247,7 @@ def causal_conv1d(
     _check_shape("initial_state", initial_state, (b, d, weight.shape[1] - 1))
     _check_shape("reset", reset, (b, L))
     _check_bool("reset", reset)
-    _check_device("x", x, weight=weight, bias=bias, initial_state=initial_state, reset=reset,
-                  reset_state=reset_state)
+    _check_device("x", x, weight=weight, bias=bias, initial_state=initial_state, reset=reset, reset_state=reset_state)
     _check_reset_state(reset, reset_state, (d, weight.shape[1] - 1), "d, width - 1")
     if resolve_backend(backend, x.device) == "triton":
         return _triton_module().causal_conv1d_triton(x, weight, bias, initial_state, reset, activation, reset_state)

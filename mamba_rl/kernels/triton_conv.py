@@ -35,9 +35,9 @@ __all__ = ["causal_conv1d_triton", "CONV_CONFIG"]
 
 
 @triton.jit
-def _load_x(p_x, p_init, o_d, m_d, s, L, init_here,
-            s_x_d, s_x_t, s_i_d, s_i_t,
-            W: tl.constexpr, HAS_INIT: tl.constexpr):
+def _load_x(
+    p_x, p_init, o_d, m_d, s, L, init_here, s_x_d, s_x_t, s_i_d, s_i_t, W: tl.constexpr, HAS_INIT: tl.constexpr
+):
     """Inputs at times ``s`` ``[BT]`` (negative: from the initial state) for channels ``o_d``.
     ``init_here`` (a scalar) says whether any of the program's times can be negative: the other
     programs skip the initial state's loads."""
@@ -46,8 +46,9 @@ def _load_x(p_x, p_init, o_d, m_d, s, L, init_here,
     if HAS_INIT:
         if init_here:
             m_i = m_d[:, None] & ((s < 0) & (s >= 1 - W))[None, :]
-            b_x += tl.load(p_init + o_d[:, None] * s_i_d + (s + W - 1)[None, :] * s_i_t,
-                           mask=m_i, other=0.0).to(tl.float32)
+            b_x += tl.load(p_init + o_d[:, None] * s_i_d + (s + W - 1)[None, :] * s_i_t, mask=m_i, other=0.0).to(
+                tl.float32
+            )
     return b_x
 
 
@@ -67,15 +68,36 @@ def _restart_x(rs, o_d, m_d, t, j: tl.constexpr, b_valid, b_last, W: tl.constexp
     slot = t - j - b_last + (W - 1)
     m = ~b_valid & (slot >= 0)
     k = tl.load(p_ridx + b_last, mask=m, other=0)
-    return tl.load(p_rs + k[None, :] * s_rs_k + o_d[:, None] * s_rs_d + slot[None, :] * s_rs_j,
-                   mask=m_d[:, None] & m[None, :], other=0.0).to(tl.float32)
+    return tl.load(
+        p_rs + k[None, :] * s_rs_k + o_d[:, None] * s_rs_d + slot[None, :] * s_rs_j,
+        mask=m_d[:, None] & m[None, :],
+        other=0.0,
+    ).to(tl.float32)
 
 
 @triton.jit
-def _conv_pre(p_x, p_init, p_w, p_bias, p_reset, rs, o_d, m_d, t, L, init_here,
-              s_x_d, s_x_t, s_i_d, s_i_t,
-              W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-              HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr):
+def _conv_pre(
+    p_x,
+    p_init,
+    p_w,
+    p_bias,
+    p_reset,
+    rs,
+    o_d,
+    m_d,
+    t,
+    L,
+    init_here,
+    s_x_d,
+    s_x_t,
+    s_i_d,
+    s_i_t,
+    W: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    HAS_RS: tl.constexpr,
+):
     """Pre-activation ``bias + sum_j w[W-1-j] x_{t-j}`` over inputs after the last reset (and,
     with ``HAS_RS``, the restart history's before it): ``[BD, BT]``. Selects, not products, so
     that a non-finite input before a reset does not reach outputs after it."""
@@ -101,17 +123,60 @@ def _conv_pre(p_x, p_init, p_w, p_bias, p_reset, rs, o_d, m_d, t, L, init_here,
 
 
 @triton.jit
-def _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, o_d, m_d, t, L, init_here,
-              s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t,
-              W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-              HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr, SILU: tl.constexpr):
+def _conv_dyp(
+    p_x,
+    p_init,
+    p_w,
+    p_bias,
+    p_reset,
+    rs,
+    p_dy,
+    o_d,
+    m_d,
+    t,
+    L,
+    init_here,
+    s_x_d,
+    s_x_t,
+    s_i_d,
+    s_i_t,
+    s_dy_d,
+    s_dy_t,
+    W: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    HAS_RS: tl.constexpr,
+    SILU: tl.constexpr,
+):
     """Gradient at the pre-activation for outputs ``t`` (zero outside ``[0, L)``): ``[BD, BT]``."""
     m_t = (t >= 0) & (t < L)
-    b_dy = tl.load(p_dy + o_d[:, None] * s_dy_d + t[None, :] * s_dy_t,
-                   mask=m_d[:, None] & m_t[None, :], other=0.0).to(tl.float32)
+    b_dy = tl.load(p_dy + o_d[:, None] * s_dy_d + t[None, :] * s_dy_t, mask=m_d[:, None] & m_t[None, :], other=0.0).to(
+        tl.float32
+    )
     if SILU:
-        b_pre = _conv_pre(p_x, p_init, p_w, p_bias, p_reset, rs, o_d, m_d, t, L, init_here,
-                          s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS)
+        b_pre = _conv_pre(
+            p_x,
+            p_init,
+            p_w,
+            p_bias,
+            p_reset,
+            rs,
+            o_d,
+            m_d,
+            t,
+            L,
+            init_here,
+            s_x_d,
+            s_x_t,
+            s_i_d,
+            s_i_t,
+            W,
+            HAS_BIAS,
+            HAS_INIT,
+            HAS_RESET,
+            HAS_RS,
+        )
         b_sig = tl.sigmoid(b_pre)
         b_dy = b_dy * b_sig * (1.0 + b_pre * (1.0 - b_sig))
     return b_dy
@@ -144,8 +209,9 @@ def _final_grad(p_dfin, p_reset, o_d, m_d, s, L, s_df_d, s_df_k, W: tl.constexpr
     (zero outside the last ``W - 1`` times)."""
     k = s - (L - W + 1)
     m_k = (k >= 0) & (k < W - 1)
-    b_df = tl.load(p_dfin + o_d[:, None] * s_df_d + k[None, :] * s_df_k,
-                   mask=m_d[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+    b_df = tl.load(
+        p_dfin + o_d[:, None] * s_df_d + k[None, :] * s_df_k, mask=m_d[:, None] & m_k[None, :], other=0.0
+    ).to(tl.float32)
     return tl.where(_tail_kept(p_reset, s, L, W, HAS_RESET)[None, :], b_df, 0.0)
 
 
@@ -172,8 +238,25 @@ def _dyp_at(p_dyp, o_d, m_d, t, L, s_p_d, s_p_t):
 
 
 @triton.jit
-def _restart_grad(p_w, p_reset, rs, p_dyp, p_dfin, p_drs, o_d, m_d, s, L, d, s_p_d, s_p_t, s_df_d, s_df_k,
-                  W: tl.constexpr, HAS_DFIN: tl.constexpr):
+def _restart_grad(
+    p_w,
+    p_reset,
+    rs,
+    p_dyp,
+    p_dfin,
+    p_drs,
+    o_d,
+    m_d,
+    s,
+    L,
+    d,
+    s_p_d,
+    s_p_t,
+    s_df_d,
+    s_df_k,
+    W: tl.constexpr,
+    HAS_DFIN: tl.constexpr,
+):
     """At each reset ``s`` ``[BT]`` of the tile (its row ``k`` in ``reset_state``), the gradient of
     the history entering it, ``d reset_state[k, :, m]`` (``[R, d, W - 1]``, contiguous): slot ``m``
     stands for time ``s - (W - 1) + m``, read by outputs ``s + i``, ``i <= m``, through weight ``m -
@@ -199,18 +282,38 @@ def _restart_grad(p_w, p_reset, rs, p_dyp, p_dfin, p_drs, o_d, m_d, s, L, d, s_p
             # b_valid: no reset in (s, s + W - 2], which holds (s, L - 1] when s + m >= L
             o_f = s + m - L
             m_f = b_valid & (o_f >= 0)
-            b_g += tl.load(p_dfin + o_d[:, None] * s_df_d + o_f[None, :] * s_df_k,
-                           mask=m_d[:, None] & m_f[None, :], other=0.0).to(tl.float32)
+            b_g += tl.load(
+                p_dfin + o_d[:, None] * s_df_d + o_f[None, :] * s_df_k, mask=m_d[:, None] & m_f[None, :], other=0.0
+            ).to(tl.float32)
         tl.store(p_drs + (k[None, :] * d + o_d[:, None]) * (W - 1) + m, b_g, mask=m_d[:, None] & b_here[None, :])
 
 
 @triton.jit
 def _conv_fwd_kernel(
-    p_x, p_w, p_bias, p_init, p_reset, p_rs, p_ridx, p_y, p_fin,
-    L, d,
-    s_x, s_i, s_y, s_r_b, s_rs,
-    W: tl.constexpr, WP: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
+    p_x,
+    p_w,
+    p_bias,
+    p_init,
+    p_reset,
+    p_rs,
+    p_ridx,
+    p_y,
+    p_fin,
+    L,
+    d,
+    s_x,
+    s_i,
+    s_y,
+    s_r_b,
+    s_rs,
+    W: tl.constexpr,
+    WP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    HAS_RS: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
     """The conv's outputs ``y`` of a ``[BLOCK_D, BLOCK_T]`` tile and, from the last time tile, the
@@ -233,12 +336,35 @@ def _conv_fwd_kernel(
     rs = (p_rs, p_ridx + i_b * L, s_rs_k, s_rs_d, s_rs_j)
     # only the first tile reads the initial state (times -W+1 .. -1)
     init_here = i_t * BLOCK_T < W - 1
-    b_pre = _conv_pre(p_x, p_init, p_w, p_bias, p_reset, rs, o_d, m_d, o_t, L, init_here,
-                      s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS)
+    b_pre = _conv_pre(
+        p_x,
+        p_init,
+        p_w,
+        p_bias,
+        p_reset,
+        rs,
+        o_d,
+        m_d,
+        o_t,
+        L,
+        init_here,
+        s_x_d,
+        s_x_t,
+        s_i_d,
+        s_i_t,
+        W,
+        HAS_BIAS,
+        HAS_INIT,
+        HAS_RESET,
+        HAS_RS,
+    )
     if SILU:
         b_pre = b_pre * tl.sigmoid(b_pre)
-    tl.store(p_y + i_b * s_y_b + o_d[:, None] * s_y_d + o_t[None, :] * s_y_t,
-             b_pre.to(p_y.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
+    tl.store(
+        p_y + i_b * s_y_b + o_d[:, None] * s_y_d + o_t[None, :] * s_y_t,
+        b_pre.to(p_y.dtype.element_ty),
+        mask=m_d[:, None] & m_t[None, :],
+    )
     # the last time tile writes the final state [b, d, W - 1]: inputs L-W+1 .. L-1 (the initial
     # state's where negative), zero (or the restart history's) where a later reset cut them off
     if i_t == tl.num_programs(0) - 1:
@@ -248,21 +374,75 @@ def _conv_fwd_kernel(
         b_fin = tl.where(_tail_kept(p_reset, s, L, W, HAS_RESET)[None, :], b_fin, 0.0)
         if HAS_RS:
             b_fin += _tail_restart(p_reset, rs, o_d, m_d, s, L, W)
-        tl.store(p_fin + (i_b * d + o_d[:, None]) * (W - 1) + o_k[None, :],
-                 b_fin.to(p_fin.dtype.element_ty), mask=m_d[:, None] & (o_k < W - 1)[None, :])
+        tl.store(
+            p_fin + (i_b * d + o_d[:, None]) * (W - 1) + o_k[None, :],
+            b_fin.to(p_fin.dtype.element_ty),
+            mask=m_d[:, None] & (o_k < W - 1)[None, :],
+        )
 
 
 @triton.jit
-def _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_d, m_d, i_t, L,
-              s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-              W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr,
-              HAS_RS: tl.constexpr, SILU: tl.constexpr, BLOCK_T: tl.constexpr):
+def _dyp_tile(
+    p_x,
+    p_init,
+    p_w,
+    p_bias,
+    p_reset,
+    rs,
+    p_dy,
+    p_dyp,
+    b_dw,
+    b_db,
+    o_d,
+    m_d,
+    i_t,
+    L,
+    s_x_d,
+    s_x_t,
+    s_i_d,
+    s_i_t,
+    s_dy_d,
+    s_dy_t,
+    s_p_d,
+    s_p_t,
+    W: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    HAS_RS: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
     """Time tile ``i_t``: its ``dy'`` (stored for the second pass), added with its dweight terms to
     the running ``[BD, BT]`` sums ``b_dw`` (a tuple, one per weight) and ``b_db``."""
     o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
     m_t = o_t < L
-    b_dyp = _conv_dyp(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, o_d, m_d, o_t, L, HAS_INIT,
-                      s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU)
+    b_dyp = _conv_dyp(
+        p_x,
+        p_init,
+        p_w,
+        p_bias,
+        p_reset,
+        rs,
+        p_dy,
+        o_d,
+        m_d,
+        o_t,
+        L,
+        HAS_INIT,
+        s_x_d,
+        s_x_t,
+        s_i_d,
+        s_i_t,
+        s_dy_d,
+        s_dy_t,
+        W,
+        HAS_BIAS,
+        HAS_INIT,
+        HAS_RESET,
+        HAS_RS,
+        SILU,
+    )
     tl.store(p_dyp + o_d[:, None] * s_p_d + o_t[None, :] * s_p_t, b_dyp, mask=m_d[:, None] & m_t[None, :])
     b_valid = m_t
     b_last = o_t
@@ -284,11 +464,34 @@ def _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_
 
 @triton.jit
 def _conv_bwd_dyp_kernel(
-    p_x, p_w, p_bias, p_init, p_reset, p_rs, p_ridx, p_dy, p_dyp, p_dw, p_dbias,
-    L, d, n_tblocks, range_tiles,
-    s_x, s_i, s_dy, s_p, s_r_b, s_rs,
-    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr,
-    HAS_RS: tl.constexpr, SILU: tl.constexpr, BLOCK_D: tl.constexpr,
+    p_x,
+    p_w,
+    p_bias,
+    p_init,
+    p_reset,
+    p_rs,
+    p_ridx,
+    p_dy,
+    p_dyp,
+    p_dw,
+    p_dbias,
+    L,
+    d,
+    n_tblocks,
+    range_tiles,
+    s_x,
+    s_i,
+    s_dy,
+    s_p,
+    s_r_b,
+    s_rs,
+    W: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    HAS_RS: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
     """``dy'`` (the gradient at the pre-activation) of ``range_tiles`` time tiles, written to
@@ -318,14 +521,70 @@ def _conv_bwd_dyp_kernel(
     b_db = tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32)
     t_lo = i_r * range_tiles
     if t_lo == 0:
-        b_dw, b_db = _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_d, m_d, 0, L,
-                               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                               W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU, BLOCK_T)
+        b_dw, b_db = _dyp_tile(
+            p_x,
+            p_init,
+            p_w,
+            p_bias,
+            p_reset,
+            rs,
+            p_dy,
+            p_dyp,
+            b_dw,
+            b_db,
+            o_d,
+            m_d,
+            0,
+            L,
+            s_x_d,
+            s_x_t,
+            s_i_d,
+            s_i_t,
+            s_dy_d,
+            s_dy_t,
+            s_p_d,
+            s_p_t,
+            W,
+            HAS_BIAS,
+            HAS_INIT,
+            HAS_RESET,
+            HAS_RS,
+            SILU,
+            BLOCK_T,
+        )
         t_lo = 1
     for i_t in range(t_lo, tl.minimum((i_r + 1) * range_tiles, n_tblocks)):
-        b_dw, b_db = _dyp_tile(p_x, p_init, p_w, p_bias, p_reset, rs, p_dy, p_dyp, b_dw, b_db, o_d, m_d, i_t, L,
-                               s_x_d, s_x_t, s_i_d, s_i_t, s_dy_d, s_dy_t, s_p_d, s_p_t,
-                               W, HAS_BIAS, False, HAS_RESET, HAS_RS, SILU, BLOCK_T)
+        b_dw, b_db = _dyp_tile(
+            p_x,
+            p_init,
+            p_w,
+            p_bias,
+            p_reset,
+            rs,
+            p_dy,
+            p_dyp,
+            b_dw,
+            b_db,
+            o_d,
+            m_d,
+            i_t,
+            L,
+            s_x_d,
+            s_x_t,
+            s_i_d,
+            s_i_t,
+            s_dy_d,
+            s_dy_t,
+            s_p_d,
+            s_p_t,
+            W,
+            HAS_BIAS,
+            False,
+            HAS_RESET,
+            HAS_RS,
+            SILU,
+            BLOCK_T,
+        )
     p_dw += ((i_b * tl.num_programs(0) + i_r) * d + o_d) * W
     for j in tl.static_range(W):
         tl.store(p_dw + (W - 1 - j), tl.sum(b_dw[j], axis=1), mask=m_d)
@@ -335,11 +594,30 @@ def _conv_bwd_dyp_kernel(
 
 @triton.jit
 def _conv_bwd_dx_kernel(
-    p_w, p_reset, p_rs, p_ridx, p_dfin, p_dyp, p_dx, p_dinit, p_drs,
-    L, d,
-    s_df, s_p, s_dx, s_r_b, s_rs,
-    W: tl.constexpr, WP: tl.constexpr, HAS_INIT: tl.constexpr, HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr,
-    HAS_DFIN: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr,
+    p_w,
+    p_reset,
+    p_rs,
+    p_ridx,
+    p_dfin,
+    p_dyp,
+    p_dx,
+    p_dinit,
+    p_drs,
+    L,
+    d,
+    s_df,
+    s_p,
+    s_dx,
+    s_r_b,
+    s_rs,
+    W: tl.constexpr,
+    WP: tl.constexpr,
+    HAS_INIT: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    HAS_RS: tl.constexpr,
+    HAS_DFIN: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
 ):
     """``dx`` of a tile from ``dy'`` (``p_dyp``, written by the first pass), with the final
     state's gradient, ``d reset_state`` at the tile's resets and ``d initial_state`` from the
@@ -363,11 +641,15 @@ def _conv_bwd_dx_kernel(
     if HAS_DFIN:  # the tiles that hold some of the last W - 1 inputs
         if (i_t + 1) * BLOCK_T > L - W + 1:
             b_dx += _final_grad(p_dfin, p_reset, o_d, m_d, o_t, L, s_df_d, s_df_k, W, HAS_RESET)
-    tl.store(p_dx + i_b * s_dx_b + o_d[:, None] * s_dx_d + o_t[None, :] * s_dx_t,
-             b_dx.to(p_dx.dtype.element_ty), mask=m_d[:, None] & m_t[None, :])
+    tl.store(
+        p_dx + i_b * s_dx_b + o_d[:, None] * s_dx_d + o_t[None, :] * s_dx_t,
+        b_dx.to(p_dx.dtype.element_ty),
+        mask=m_d[:, None] & m_t[None, :],
+    )
     if HAS_RS:
-        _restart_grad(p_w, p_reset, rs, p_dyp, p_dfin, p_drs, o_d, m_d, o_t, L, d, s_p_d, s_p_t, s_df_d, s_df_k,
-                      W, HAS_DFIN)
+        _restart_grad(
+            p_w, p_reset, rs, p_dyp, p_dfin, p_drs, o_d, m_d, o_t, L, d, s_p_d, s_p_t, s_df_d, s_df_k, W, HAS_DFIN
+        )
     # the first time tile also gives the initial state's gradient (times -W+1 .. -1)
     if HAS_INIT:
         if i_t == 0:
@@ -376,13 +658,17 @@ def _conv_bwd_dx_kernel(
             b_dinit = _conv_dx(p_w, p_reset, p_dyp, o_d, m_d, o_s, L, s_p_d, s_p_t, W, HAS_RESET)
             if HAS_DFIN:  # a sequence shorter than W - 1 leaves some of them in the final state
                 b_dinit += _final_grad(p_dfin, p_reset, o_d, m_d, o_s, L, s_df_d, s_df_k, W, HAS_RESET)
-            tl.store(p_dinit + (i_b * d + o_d[:, None]) * (W - 1) + (o_s + W - 1)[None, :],
-                     b_dinit.to(p_dinit.dtype.element_ty), mask=m_d[:, None] & m_s[None, :])
+            tl.store(
+                p_dinit + (i_b * d + o_d[:, None]) * (W - 1) + (o_s + W - 1)[None, :],
+                b_dinit.to(p_dinit.dtype.element_ty),
+                mask=m_d[:, None] & m_s[None, :],
+            )
 
 
 # launched through their compiled binaries after the first call (see triton_launch)
-_CONV_FWD, _CONV_BWD_DYP, _CONV_BWD_DX = (DirectLauncher(k) for k in (
-    _conv_fwd_kernel, _conv_bwd_dyp_kernel, _conv_bwd_dx_kernel))
+_CONV_FWD, _CONV_BWD_DYP, _CONV_BWD_DX = (
+    DirectLauncher(k) for k in (_conv_fwd_kernel, _conv_bwd_dyp_kernel, _conv_bwd_dx_kernel)
+)
 
 # Tile sizes, set by hand from H100 sweeps (no autotuning). bwd_range_tiles: time tiles per
 # program of the dy' / dweight kernel (its dweight terms are summed over the tile's lanes once per
@@ -437,12 +723,32 @@ class _CausalConv1dFn(torch.autograd.Function):
             final = torch.empty(b, d, width - 1, device=x.device, dtype=x.dtype)
             block_d, block_t = _blocks("fwd", d, L, width)
             _CONV_FWD[(triton.cdiv(L, block_t), triton.cdiv(d, block_d), b)](
-                x, weight, weight if bias is None else bias, init_, r_, rs_, r_ if ridx is None else ridx, y, final,
-                L, d, x.stride(), init_.stride(), y.stride(),
-                0 if reset_u8 is None else reset_u8.stride(0), rs_.stride(),
-                W=width, WP=_tail_block(width), HAS_BIAS=bias is not None, HAS_INIT=init is not None,
-                HAS_RESET=reset is not None, HAS_RS=ridx is not None, SILU=silu, BLOCK_D=block_d,
-                BLOCK_T=block_t, num_warps=CONV_CONFIG["fwd_warps"],
+                x,
+                weight,
+                weight if bias is None else bias,
+                init_,
+                r_,
+                rs_,
+                r_ if ridx is None else ridx,
+                y,
+                final,
+                L,
+                d,
+                x.stride(),
+                init_.stride(),
+                y.stride(),
+                0 if reset_u8 is None else reset_u8.stride(0),
+                rs_.stride(),
+                W=width,
+                WP=_tail_block(width),
+                HAS_BIAS=bias is not None,
+                HAS_INIT=init is not None,
+                HAS_RESET=reset is not None,
+                HAS_RS=ridx is not None,
+                SILU=silu,
+                BLOCK_D=block_d,
+                BLOCK_T=block_t,
+                num_warps=CONV_CONFIG["fwd_warps"],
             )
         else:  # no input: the state is the initial one
             final = x.new_zeros(b, d, width - 1) if init is None else init.to(x.dtype, copy=True)
@@ -461,9 +767,15 @@ class _CausalConv1dFn(torch.autograd.Function):
         drs = None if reset_state is None else torch.zeros_like(reset_state, dtype=torch.float32)
         if L == 0:  # the final state is the initial one
             dinit = None if init is None or dfinal is None else dfinal.to(init.dtype)
-            return (torch.zeros_like(x), torch.zeros_like(weight),
-                    None if bias is None else torch.zeros_like(bias), dinit, None,
-                    None if drs is None else drs.to(reset_state.dtype), None)
+            return (
+                torch.zeros_like(x),
+                torch.zeros_like(weight),
+                None if bias is None else torch.zeros_like(bias),
+                dinit,
+                None,
+                None if drs is None else drs.to(reset_state.dtype),
+                None,
+            )
         if dy is None:
             dy = x.new_zeros(()).expand(b, d, L)
         block_d, block_t = _blocks("bwd", d, L, width)
@@ -484,20 +796,62 @@ class _CausalConv1dFn(torch.autograd.Function):
         r_stride = 0 if reset_u8 is None else reset_u8.stride(0)
         n_dgroups = triton.cdiv(d, block_d)
         _CONV_BWD_DYP[(n_ranges, n_dgroups, b)](
-            x, weight, weight if bias is None else bias, init_, r_, rs_, ridx_, dy, dyp, dw,
+            x,
+            weight,
+            weight if bias is None else bias,
+            init_,
+            r_,
+            rs_,
+            ridx_,
+            dy,
+            dyp,
+            dw,
             dw if dbias is None else dbias,
-            L, d, n_tblocks, range_tiles,
-            x.stride(), init_.stride(), dy.stride(), dyp.stride(), r_stride, rs_.stride(),
-            W=width, HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None,
-            HAS_RS=ridx is not None, SILU=ctx.silu, BLOCK_D=block_d, BLOCK_T=block_t,
+            L,
+            d,
+            n_tblocks,
+            range_tiles,
+            x.stride(),
+            init_.stride(),
+            dy.stride(),
+            dyp.stride(),
+            r_stride,
+            rs_.stride(),
+            W=width,
+            HAS_BIAS=bias is not None,
+            HAS_INIT=init is not None,
+            HAS_RESET=reset_u8 is not None,
+            HAS_RS=ridx is not None,
+            SILU=ctx.silu,
+            BLOCK_D=block_d,
+            BLOCK_T=block_t,
             num_warps=CONV_CONFIG["bwd_warps"],
         )
         _CONV_BWD_DX[(n_tblocks, n_dgroups, b)](
-            weight, r_, rs_, ridx_, df_, dyp, dx, dx if dinit is None else dinit, dx if ridx is None else drs,
-            L, d,
-            df_.stride(), dyp.stride(), dx.stride(), r_stride, rs_.stride(),
-            W=width, WP=_tail_block(width), HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None,
-            HAS_RS=ridx is not None, HAS_DFIN=dfinal is not None, BLOCK_D=block_d, BLOCK_T=block_t,
+            weight,
+            r_,
+            rs_,
+            ridx_,
+            df_,
+            dyp,
+            dx,
+            dx if dinit is None else dinit,
+            dx if ridx is None else drs,
+            L,
+            d,
+            df_.stride(),
+            dyp.stride(),
+            dx.stride(),
+            r_stride,
+            rs_.stride(),
+            W=width,
+            WP=_tail_block(width),
+            HAS_INIT=init is not None,
+            HAS_RESET=reset_u8 is not None,
+            HAS_RS=ridx is not None,
+            HAS_DFIN=dfinal is not None,
+            BLOCK_D=block_d,
+            BLOCK_T=block_t,
             num_warps=CONV_CONFIG["bwd_warps"],
         )
         return (

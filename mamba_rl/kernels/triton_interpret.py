@@ -35,6 +35,7 @@ def _interpret_compiled_library_calls() -> None:
     interpreted_class = getattr(interpreter, "InterpretedFunction", None)
     if function_class is None or interpreted_class is None or getattr(function_class, "_mamba_rl_interpreted", False):
         return
+
     def call(self, *args, **kwargs):
         # kept on the instance: hashing a JITFunction would parse it against the patched language
         fn = self.__dict__.get("_mamba_rl_interpreted_fn")

@@ -51,8 +51,10 @@ def _specialisation(args: tuple) -> tuple:
         elif a is None or cls is bool or cls is float:
             key.append((cls, a) if cls is not float else cls)
         else:
-            raise TypeError(f"DirectLauncher: runtime argument of type {cls.__name__} not supported "
-                            f"(expected a tensor, int, float, bool, None or a tuple of them)")
+            raise TypeError(
+                f"DirectLauncher: runtime argument of type {cls.__name__} not supported "
+                f"(expected a tensor, int, float, bool, None or a tuple of them)"
+            )
     return tuple(key)
 
 
@@ -75,11 +77,11 @@ class DirectLauncher:
         hit = self._binaries.get(key)
         if hit is None:
             names = self.kernel.arg_names
-            missing = [name for name in names[len(args):] if name not in kwargs]
+            missing = [name for name in names[len(args) :] if name not in kwargs]
             if missing:
                 raise TypeError(f"{self.kernel.__name__}: constexpr arguments {missing} must be passed by keyword")
             binary = self.kernel[grid](*args, **kwargs)
-            self._binaries[key] = (binary, [kwargs[name] for name in names[len(args):]])
+            self._binaries[key] = (binary, [kwargs[name] for name in names[len(args) :]])
             return binary
         binary, constexprs = hit
         grid = tuple(grid) + (1,) * (3 - len(grid))

@@ -18,8 +18,7 @@ LOG2E = 1.4426950408889634
 @triton.jit
 def _rcp_approx(x):
     """``1 / x`` by ``rcp.approx.ftz.f32``: one MUFU instruction, ~1 ulp."""
-    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True,
-                                     pack=1)
+    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -27,8 +26,9 @@ def _exp2(x, PTX: tl.constexpr):
     """``2 ** x``: with ``PTX`` one ``ex2.approx.ftz`` (no denormal range fix-up: results below
     2^-126 are zero), else ``tl.exp2``."""
     if PTX:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(
+            "ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1
+        )
     else:
         return tl.exp2(x)
 

@@ -79,8 +79,10 @@ from mamba_rl.kernels.triton_scan_restart import add_restart_states
 
 __all__ = ["selective_scan_triton", "SCAN_CONFIG"]
 
-_FWD_LOCAL, _FWD, _BWD_LOCAL, _BWD, _CARRY = (DirectLauncher(k) for k in (
-    _scan_fwd_local_kernel, _scan_fwd_kernel, _scan_bwd_local_kernel, _scan_bwd_kernel, _scan_carry_kernel))
+_FWD_LOCAL, _FWD, _BWD_LOCAL, _BWD, _CARRY = (
+    DirectLauncher(k)
+    for k in (_scan_fwd_local_kernel, _scan_fwd_kernel, _scan_bwd_local_kernel, _scan_bwd_kernel, _scan_carry_kernel)
+)
 
 # How the work is cut, set by hand from H100 sweeps (no autotuning: the kernels write into scratch
 # buffers). Tests shrink or change them to reach every code path at small sizes.
@@ -181,8 +183,14 @@ def _maxnreg(value: int | None) -> dict:
 def _shared_args(u, reset_u8, delta_bias, delta_softplus, n: int, N: int):
     """What the forward's and the backward's kernels share: the reset tensor and its ``(b, t)``
     strides, ``delta_bias`` (``u`` stands in for a missing one, unread) and the constexpr flags."""
-    flags = dict(HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), HAS_RESET=reset_u8 is not None,
-                 EVEN_N=n == N, PTX=not _interpreted(), FAST=_fast_math())
+    flags = dict(
+        HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus),
+        HAS_RESET=reset_u8 is not None,
+        EVEN_N=n == N,
+        PTX=not _interpreted(),
+        FAST=_fast_math(),
+    )
     if reset_u8 is None:
         return u, (0, 0), u if delta_bias is None else delta_bias, flags
     return reset_u8, reset_u8.stride(), u if delta_bias is None else delta_bias, flags
@@ -203,8 +211,7 @@ def _chain_ranges(loc: torch.Tensor, x: torch.Tensor, n_x: int, r_first: int, re
     (alone) and ``loc[1]`` (carry factors): see :func:`_scan_carry_kernel`."""
     b, nd = x.shape[0], x.shape[2] * x.shape[3]
     block = min(1024, next_pow2(nd))
-    _CARRY[(triton.cdiv(nd, block), b)](loc[0], loc[1], x, nd, n_x, r_first, REVERSE=reverse,
-                                        BLOCK=block, num_warps=4)
+    _CARRY[(triton.cdiv(nd, block), b)](loc[0], loc[1], x, nd, n_x, r_first, REVERSE=reverse, BLOCK=block, num_warps=4)
 
 
 class _SelectiveScanFn(torch.autograd.Function):
@@ -233,7 +240,8 @@ class _SelectiveScanFn(torch.autograd.Function):
 
         y = empty_same_order(u)
         ranges, range_segs, piece_segs, n_pieces, pieces_per_range = _time_ranges(
-            n_seg, _ranges_for("fwd_ranges", u, delta))
+            n_seg, _ranges_for("fwd_ranges", u, delta)
+        )
         # [b, n_seg + 1, N, d]: the states entering every segment, h0 first
         h_ckpt = torch.empty(b, max(n_seg, 1) + 1, N, d, device=u.device, dtype=torch.float32)
         _put_state(h_ckpt[:, 0], h0, n)
@@ -251,23 +259,71 @@ class _SelectiveScanFn(torch.autograd.Function):
             n_loc = (ranges - 1) * pieces_per_range
             loc = torch.empty(2, b, n_loc, N, d, device=u.device, dtype=torch.float32)
             _FWD_LOCAL[(groups, b, n_loc)](
-                u, delta, A_log2e, B, bias_, r_, loc[0], loc[1],
-                L, d, n, piece_segs * ck_steps,
-                u.stride(), delta.stride(), B.stride(), r_strides,
-                N=N, BLOCK_T=LOCAL_BLOCK_T, BD=block_d, EVEN_D=d % block_d == 0, **flags, num_warps=1,
+                u,
+                delta,
+                A_log2e,
+                B,
+                bias_,
+                r_,
+                loc[0],
+                loc[1],
+                L,
+                d,
+                n,
+                piece_segs * ck_steps,
+                u.stride(),
+                delta.stride(),
+                B.stride(),
+                r_strides,
+                N=N,
+                BLOCK_T=LOCAL_BLOCK_T,
+                BD=block_d,
+                EVEN_D=d % block_d == 0,
+                **flags,
+                num_warps=1,
             )
             _chain_ranges(loc, h_in, n_pieces, n_loc, reverse=False)
         # [b, ranges, N, d]: the state each range ends in
         h_end = torch.empty(b, ranges, N, d, device=u.device, dtype=torch.float32)
         if L > 0:
             _FWD[(groups, b, ranges)](
-                u, delta, A_log2e, B, C, u if D is None else D, z_, bias_, r_,
-                y, h_ckpt, h_in, h_end,
-                L, d, n, n_chunks_fwd, range_segs, pieces_per_range, n_pieces,
-                u.stride(), delta.stride(), z_.stride(), B.stride(), C.stride(), y.stride(), r_strides,
-                N=N, BLOCK_T=fwd_block_t, BD=block_d, SEG_CHUNKS=ck_steps // fwd_block_t,
-                HAS_D=D is not None, HAS_Z=z is not None, EVEN_D=d % block_d == 0,
-                **flags, num_warps=1, **_maxnreg(FWD_MAXNREG),
+                u,
+                delta,
+                A_log2e,
+                B,
+                C,
+                u if D is None else D,
+                z_,
+                bias_,
+                r_,
+                y,
+                h_ckpt,
+                h_in,
+                h_end,
+                L,
+                d,
+                n,
+                n_chunks_fwd,
+                range_segs,
+                pieces_per_range,
+                n_pieces,
+                u.stride(),
+                delta.stride(),
+                z_.stride(),
+                B.stride(),
+                C.stride(),
+                y.stride(),
+                r_strides,
+                N=N,
+                BLOCK_T=fwd_block_t,
+                BD=block_d,
+                SEG_CHUNKS=ck_steps // fwd_block_t,
+                HAS_D=D is not None,
+                HAS_Z=z is not None,
+                EVEN_D=d % block_d == 0,
+                **flags,
+                num_warps=1,
+                **_maxnreg(FWD_MAXNREG),
             )
         else:
             h_end[:, -1].copy_(h_in[:, 0])
@@ -303,7 +359,8 @@ class _SelectiveScanFn(torch.autograd.Function):
         seg_steps = BWD_BLOCK_T * seg_chunks
         n_seg = triton.cdiv(n_chunks, seg_chunks)
         ranges, range_segs, piece_segs, n_pieces, pieces_per_range = _time_ranges(
-            n_seg, _ranges_for("bwd_ranges", u, delta))
+            n_seg, _ranges_for("bwd_ranges", u, delta)
+        )
         # q_in[:, k]: the gradient reaching the state entering local range k; q_in[:, -1] = dh_last
         # (the rows at range ends are written by the chain, the others and rows past n are not read)
         q_in = torch.empty(b, n_pieces + 1, N, d, device=u.device, dtype=torch.float32)
@@ -324,22 +381,79 @@ class _SelectiveScanFn(torch.autograd.Function):
             n_loc = n_pieces - pieces_per_range
             loc = torch.empty(2, b, n_loc, N, d, device=u.device, dtype=torch.float32)
             _BWD_LOCAL[(groups, b, n_loc)](
-                delta, A_log2e, C, z_, bias_, r_, dy, loc[0], loc[1],
-                L, d, n, pieces_per_range, piece_segs * seg_steps,
-                delta.stride(), z_.stride(), C.stride(), dy.stride(), r_strides,
-                N=N, BLOCK_T=LOCAL_BLOCK_T, BD=block_d, EVEN_D=d % block_d == 0, **flags, num_warps=1,
+                delta,
+                A_log2e,
+                C,
+                z_,
+                bias_,
+                r_,
+                dy,
+                loc[0],
+                loc[1],
+                L,
+                d,
+                n,
+                pieces_per_range,
+                piece_segs * seg_steps,
+                delta.stride(),
+                z_.stride(),
+                C.stride(),
+                dy.stride(),
+                r_strides,
+                N=N,
+                BLOCK_T=LOCAL_BLOCK_T,
+                BD=block_d,
+                EVEN_D=d % block_d == 0,
+                **flags,
+                num_warps=1,
             )
             _chain_ranges(loc, q_in, n_pieces, pieces_per_range, reverse=True)
         if L > 0:
             _BWD[(groups, b, ranges)](
-                u, delta, A_log2e, B, C, u if D is None else D, z_, bias_,
-                r_, h_ckpt, h_chunks, dy, q_in,
-                du, ddelta, dz_, dBC, part, dh,
-                L, d, n, n_chunks, range_segs, pieces_per_range, n_pieces,
-                u.stride(), delta.stride(), z_.stride(), B.stride(), C.stride(), dy.stride(),
-                du.stride(), ddelta.stride(), dz_.stride(), r_strides,
-                N=N, BD=block_d, EVEN_D=d % block_d == 0, SEG_CHUNKS=seg_chunks, HAS_D=D is not None, **flags,
-                LANE_SUM_ASM=_lane_sum_asm(block_d, N), num_warps=1,
+                u,
+                delta,
+                A_log2e,
+                B,
+                C,
+                u if D is None else D,
+                z_,
+                bias_,
+                r_,
+                h_ckpt,
+                h_chunks,
+                dy,
+                q_in,
+                du,
+                ddelta,
+                dz_,
+                dBC,
+                part,
+                dh,
+                L,
+                d,
+                n,
+                n_chunks,
+                range_segs,
+                pieces_per_range,
+                n_pieces,
+                u.stride(),
+                delta.stride(),
+                z_.stride(),
+                B.stride(),
+                C.stride(),
+                dy.stride(),
+                du.stride(),
+                ddelta.stride(),
+                dz_.stride(),
+                r_strides,
+                N=N,
+                BD=block_d,
+                EVEN_D=d % block_d == 0,
+                SEG_CHUNKS=seg_chunks,
+                HAS_D=D is not None,
+                **flags,
+                LANE_SUM_ASM=_lane_sum_asm(block_d, N),
+                num_warps=1,
             )
             dBC = dBC[0] if groups == 1 else dBC.sum(0)
             part = part.sum(0)
@@ -357,7 +471,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             ddelta,
             part[:n].t().to(ctx.A_dtype),
             dBC[..., :n].transpose(1, 2).to(B.dtype),
-            dBC[..., N:N + n].transpose(1, 2).to(C.dtype),
+            dBC[..., N : N + n].transpose(1, 2).to(C.dtype),
             None if D is None else part[N].to(D.dtype),
             dz,
             None if delta_bias is None else part[N + 1].to(delta_bias.dtype),

@@ -45,8 +45,13 @@ def lane_sum_asm(n_state: int) -> tuple[str, str]:
     ``V - V / 32`` shuffles and adds in all when ``V >= 32`` (31 at ``d_state`` 16), against ``5 V``
     for a butterfly per value."""
     v = 2 * n_state
-    lines = ["{", ".reg .pred %rs_p;", ".reg .b32 %rs_l, %rs_b;", f".reg .f32 %rs_v<{v}>, %rs_s, %rs_k, %rs_r;",
-             "mov.u32 %rs_l, %laneid;"]
+    lines = [
+        "{",
+        ".reg .pred %rs_p;",
+        ".reg .b32 %rs_l, %rs_b;",
+        f".reg .f32 %rs_v<{v}>, %rs_s, %rs_k, %rs_r;",
+        "mov.u32 %rs_l, %laneid;",
+    ]
     lines += [f"mov.b32 %rs_v{i}, ${n_state + i};" for i in range(v)]
     m, mask = v, 16
     while mask >= 1:
@@ -54,10 +59,12 @@ def lane_sum_asm(n_state: int) -> tuple[str, str]:
             half = m // 2
             lines += [f"and.b32 %rs_b, %rs_l, {mask};", "setp.ne.u32 %rs_p, %rs_b, 0;"]
             for j in range(half):
-                lines += [f"selp.f32 %rs_s, %rs_v{j}, %rs_v{j + half}, %rs_p;",
-                          f"selp.f32 %rs_k, %rs_v{j + half}, %rs_v{j}, %rs_p;",
-                          f"shfl.sync.bfly.b32 %rs_r, %rs_s, {mask}, 31, -1;",
-                          f"add.f32 %rs_v{j}, %rs_k, %rs_r;"]
+                lines += [
+                    f"selp.f32 %rs_s, %rs_v{j}, %rs_v{j + half}, %rs_p;",
+                    f"selp.f32 %rs_k, %rs_v{j + half}, %rs_v{j}, %rs_p;",
+                    f"shfl.sync.bfly.b32 %rs_r, %rs_s, {mask}, 31, -1;",
+                    f"add.f32 %rs_v{j}, %rs_k, %rs_r;",
+                ]
             m = half
         else:
             lines += [f"shfl.sync.bfly.b32 %rs_r, %rs_v0, {mask}, 31, -1;", "add.f32 %rs_v0, %rs_v0, %rs_r;"]
@@ -74,22 +81,49 @@ def _store_dBC(p_part, t, L, gB, hC, nn, lane, N: tl.constexpr, LANE_SUM_ASM: tl
     channels, a channel per lane) the sums are scattered over the lanes and each lane stores its
     own; else ``tl.sum`` over the lanes."""
     if LANE_SUM_ASM is None:
-        tl.store(p_part + t * 2 * N + nn, tl.sum(gB, axis=1, keep_dims=True), mask=t < L,
-                 eviction_policy="evict_first")
-        tl.store(p_part + t * 2 * N + N + nn, tl.sum(hC, axis=1, keep_dims=True), mask=t < L,
-                 eviction_policy="evict_first")
+        tl.store(p_part + t * 2 * N + nn, tl.sum(gB, axis=1, keep_dims=True), mask=t < L, eviction_policy="evict_first")
+        tl.store(
+            p_part + t * 2 * N + N + nn, tl.sum(hC, axis=1, keep_dims=True), mask=t < L, eviction_policy="evict_first"
+        )
     else:
-        r = tl.inline_asm_elementwise(LANE_SUM_ASM[0], LANE_SUM_ASM[1], [gB, hC], dtype=tl.float32, is_pure=True,
-                                      pack=N)
+        r = tl.inline_asm_elementwise(
+            LANE_SUM_ASM[0], LANE_SUM_ASM[1], [gB, hC], dtype=tl.float32, is_pure=True, pack=N
+        )
         for j in tl.static_range(max(1, 2 * N // 32)):
-            tl.store(p_part + t * 2 * N + j + (lane * 2 * N) // 32, _pick(r, nn, j), mask=t < L,
-                     eviction_policy="evict_first")
+            tl.store(
+                p_part + t * 2 * N + j + (lane * 2 * N) // 32,
+                _pick(r, nn, j),
+                mask=t < L,
+                eviction_policy="evict_first",
+            )
 
 
 @triton.jit
-def _adjoint_inputs(raw_dt, p_u, p_z, p_dy, p_B, p_C, p_reset, t, m_ch, m_n, L, s_u_t, s_z_t, s_dy_t,
-                    s_B_t, s_C_t, s_r_t, A_log2e, HAS_Z: tl.constexpr, SOFTPLUS: tl.constexpr,
-                    HAS_RESET: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr):
+def _adjoint_inputs(
+    raw_dt,
+    p_u,
+    p_z,
+    p_dy,
+    p_B,
+    p_C,
+    p_reset,
+    t,
+    m_ch,
+    m_n,
+    L,
+    s_u_t,
+    s_z_t,
+    s_dy_t,
+    s_B_t,
+    s_C_t,
+    s_r_t,
+    A_log2e,
+    HAS_Z: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    PTX: tl.constexpr,
+    FAST: tl.constexpr,
+):
     """What the backward needs of step ``t`` (its raw ``delta (+ bias)`` is ``raw_dt``): the step
     size ``dt``, ``u``, the gradient reaching ``C_t h_t`` (``dy_gated``, through the ``z`` gate),
     the factor that turns ``C_t h_t + D u_t`` into ``dz`` (``dz_factor``), ``softplus'`` of the raw
@@ -120,9 +154,35 @@ def _adjoint_inputs(raw_dt, p_u, p_z, p_dy, p_B, p_C, p_reset, t, m_ch, m_n, L, 
 
 
 @triton.jit
-def _adjoint_step(p_dBC, t, L, q, a_h_prev, a, A_log2e, dt, u, dy_gated, dz_factor, dsoftplus, B_t, C_t, m, D_ch,
-                  dA, dD, dbias, nn, lane, N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, LANE_SUM_ASM: tl.constexpr):
+def _adjoint_step(
+    p_dBC,
+    t,
+    L,
+    q,
+    a_h_prev,
+    a,
+    A_log2e,
+    dt,
+    u,
+    dy_gated,
+    dz_factor,
+    dsoftplus,
+    B_t,
+    C_t,
+    m,
+    D_ch,
+    dA,
+    dD,
+    dbias,
+    nn,
+    lane,
+    N: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    LANE_SUM_ASM: tl.constexpr,
+):
     """Step ``t`` of the adjoint, from ``q`` (the gradient reaching ``h_t`` from later steps) and
     ``a_h_prev = a_t h_{t-1}``: stores the step's dB and dC channel sums, adds to dA, dD,
     d(delta_bias), and returns the gradient reaching ``h_{t-1}`` with ``du_t``, ``ddelta_t`` and
@@ -165,12 +225,36 @@ def _store_grads(p_du, p_ddelta, p_dz, t, s_du_t, s_ddt_t, s_dz_t, du, ddt, dz, 
 
 @triton.jit
 def _scan_bwd_local_kernel(
-    p_delta, p_A_log2e, p_C, p_z, p_bias, p_reset, p_dy, p_loc, p_P,
-    L, d, n, r_first, range_steps,
-    s_dt, s_z, s_C, s_dy, s_r,
-    N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr,
-    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr,
-    EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
+    p_delta,
+    p_A_log2e,
+    p_C,
+    p_z,
+    p_bias,
+    p_reset,
+    p_dy,
+    p_loc,
+    p_P,
+    L,
+    d,
+    n,
+    r_first,
+    range_steps,
+    s_dt,
+    s_z,
+    s_C,
+    s_dy,
+    s_r,
+    N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BD: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    PTX: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     """Time range ``r = r_first + program_id(2)`` (steps ``[r R, (r + 1) R)``, ``R = range_steps``)
     of the adjoint, alone: the gradient ``q`` it sends to the state entering it when none comes in
@@ -184,7 +268,8 @@ def _scan_bwd_local_kernel(
     s_dy_b, s_dy_d, s_dy_t = s_dy
     s_r_b, s_r_t = s_r
     i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A_log2e, bias = _local_setup(
-        p_A_log2e, p_bias, d, n, N, BD, HAS_BIAS, EVEN_D)
+        p_A_log2e, p_bias, d, n, N, BD, HAS_BIAS, EVEN_D
+    )
     if EVEN_N:  # no padded states: B and C load unmasked
         m_n = None
     pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
@@ -235,13 +320,54 @@ def _scan_bwd_local_kernel(
 
 @triton.jit
 def _scan_bwd_kernel(
-    p_u, p_delta, p_A_log2e, p_B, p_C, p_D, p_z, p_bias, p_reset, p_h_ckpt, p_h_chunks, p_dy, p_q_in,
-    p_du, p_ddelta, p_dz, p_dBC, p_part, p_dh,
-    L, d, n, n_chunks, range_segs, pieces_per_range, n_pieces,
-    s_u, s_dt, s_z, s_B, s_C, s_dy, s_du, s_ddt, s_dz, s_r,
-    N: tl.constexpr, BD: tl.constexpr, SEG_CHUNKS: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
+    p_u,
+    p_delta,
+    p_A_log2e,
+    p_B,
+    p_C,
+    p_D,
+    p_z,
+    p_bias,
+    p_reset,
+    p_h_ckpt,
+    p_h_chunks,
+    p_dy,
+    p_q_in,
+    p_du,
+    p_ddelta,
+    p_dz,
+    p_dBC,
+    p_part,
+    p_dh,
+    L,
+    d,
+    n,
+    n_chunks,
+    range_segs,
+    pieces_per_range,
+    n_pieces,
+    s_u,
+    s_dt,
+    s_z,
+    s_B,
+    s_C,
+    s_dy,
+    s_du,
+    s_ddt,
+    s_dz,
+    s_r,
+    N: tl.constexpr,
+    BD: tl.constexpr,
+    SEG_CHUNKS: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    PTX: tl.constexpr,
+    FAST: tl.constexpr,
     LANE_SUM_ASM: tl.constexpr,
 ):
     """Time range ``program_id(2)`` of the backward, one checkpoint segment at a time from its
@@ -279,8 +405,27 @@ def _scan_bwd_kernel(
     bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
     D_ch = tl.load(p_D + ch, mask=m_ch & HAS_D, other=0.0).to(tl.float32)
     p_u, p_delta, p_z, p_B, p_C, pf_u, pf_dt, pf_z, pf_B, pf_C = _input_pointers(
-        p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d, EVEN_D, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n,
-        s_C_b, s_C_n)
+        p_u,
+        p_delta,
+        p_z,
+        p_B,
+        p_C,
+        i_b,
+        ch,
+        nn,
+        d,
+        EVEN_D,
+        s_u_b,
+        s_u_d,
+        s_dt_b,
+        s_dt_d,
+        s_z_b,
+        s_z_d,
+        s_B_b,
+        s_B_n,
+        s_C_b,
+        s_C_n,
+    )
     pf_dy = p_dy + i_b * s_dy_b + _clamp_channels(ch, d, EVEN_D) * s_dy_d
     p_dy += i_b * s_dy_b + ch * s_dy_d
     p_du += i_b * s_du_b + ch * s_du_d
@@ -298,8 +443,11 @@ def _scan_bwd_kernel(
     p_dh += i_b * N * d + nn * d + ch
     # q: the gradient reaching h_{t-1} through step t (for the chunk after the current one); at the
     # range's right end, from the chained local adjoints ([b, n_pieces + 1, N, d])
-    q = tl.load(p_q_in + (i_b * (n_pieces + 1) + tl.minimum((i_r + 1) * pieces_per_range, n_pieces)) * N * d
-                + nn * d + ch, mask=m_s, other=0.0)
+    q = tl.load(
+        p_q_in + (i_b * (n_pieces + 1) + tl.minimum((i_r + 1) * pieces_per_range, n_pieces)) * N * d + nn * d + ch,
+        mask=m_s,
+        other=0.0,
+    )
     dA = tl.zeros([N, BD], dtype=tl.float32)
     dD = tl.zeros([1, BD], dtype=tl.float32)
     dbias = tl.zeros([1, BD], dtype=tl.float32)
@@ -317,9 +465,38 @@ def _scan_bwd_kernel(
         raw0, raw1, raw2, raw3 = _chunk_deltas(p_delta, c_lo, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
         for i_c in range(c_lo, c_hi - 1):
             h, _, _, raw0, raw1, raw2, raw3 = _fwd_chunk(
-                h, dbias, m_ch, i_c, raw0, raw1, raw2, raw3, A_log2e, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B,
-                m_ch, m_n, L, lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX,
-                FAST)
+                h,
+                dbias,
+                m_ch,
+                i_c,
+                raw0,
+                raw1,
+                raw2,
+                raw3,
+                A_log2e,
+                p_delta,
+                p_u,
+                p_B,
+                p_reset,
+                pf_dt,
+                pf_u,
+                pf_B,
+                m_ch,
+                m_n,
+                L,
+                lane,
+                s_dt_t,
+                s_u_t,
+                s_B_t,
+                s_r_t,
+                bias,
+                BLOCK_T,
+                HAS_BIAS,
+                SOFTPLUS,
+                HAS_RESET,
+                PTX,
+                FAST,
+            )
             tl.store(p_h_chunks + (i_c + 1 - c_lo) * N * d, h, mask=m_s, eviction_policy="evict_last")
         # 2. the segment's chunks (two steps t0, t1), last first: the chunk's states from the one
         # entering it, then the adjoint backwards through t1 and t0
@@ -338,25 +515,121 @@ def _scan_bwd_kernel(
             raw_dt0 = _raw_delta(p_delta, t0, m_ch & (t0 < L), s_dt_t, bias, HAS_BIAS)
             raw_dt1 = _raw_delta(p_delta, t0 + 1, m_ch & (t0 + 1 < L), s_dt_t, bias, HAS_BIAS)
             dt0, u0, dyg0, dzf0, dsp0, a0, B0, C0, m0, keep0 = _adjoint_inputs(
-                raw_dt0, p_u, p_z, p_dy, p_B, p_C, p_reset, t0, m_ch, m_n, L, s_u_t, s_z_t, s_dy_t,
-                s_B_t, s_C_t, s_r_t, A_log2e, HAS_Z, SOFTPLUS, HAS_RESET, PTX, FAST)
+                raw_dt0,
+                p_u,
+                p_z,
+                p_dy,
+                p_B,
+                p_C,
+                p_reset,
+                t0,
+                m_ch,
+                m_n,
+                L,
+                s_u_t,
+                s_z_t,
+                s_dy_t,
+                s_B_t,
+                s_C_t,
+                s_r_t,
+                A_log2e,
+                HAS_Z,
+                SOFTPLUS,
+                HAS_RESET,
+                PTX,
+                FAST,
+            )
             if HAS_RESET:  # a select: a non-finite state before a reset must not reach its gradients
                 h_prev = tl.where(keep0, h_prev, 0.0)
             a_h0 = a0 * h_prev
             t1 = t0 + 1
             dt1, u1, dyg1, dzf1, dsp1, a1, B1, C1, m1, keep1 = _adjoint_inputs(
-                raw_dt1, p_u, p_z, p_dy, p_B, p_C, p_reset, t1, m_ch, m_n, L, s_u_t, s_z_t, s_dy_t,
-                s_B_t, s_C_t, s_r_t, A_log2e, HAS_Z, SOFTPLUS, HAS_RESET, PTX, FAST)
+                raw_dt1,
+                p_u,
+                p_z,
+                p_dy,
+                p_B,
+                p_C,
+                p_reset,
+                t1,
+                m_ch,
+                m_n,
+                L,
+                s_u_t,
+                s_z_t,
+                s_dy_t,
+                s_B_t,
+                s_C_t,
+                s_r_t,
+                A_log2e,
+                HAS_Z,
+                SOFTPLUS,
+                HAS_RESET,
+                PTX,
+                FAST,
+            )
             h0 = a_h0 + (dt0 * u0) * B0
             if HAS_RESET:
                 h0 = tl.where(keep1, h0, 0.0)
             a_h1 = a1 * h0
             q, dA, du1, ddt1, dz1, dD, dbias = _adjoint_step(
-                p_dBC, t1, L, q, a_h1, a1, A_log2e, dt1, u1, dyg1, dzf1, dsp1, B1, C1, m1, D_ch, dA, dD, dbias, nn,
-                lane, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, LANE_SUM_ASM)
+                p_dBC,
+                t1,
+                L,
+                q,
+                a_h1,
+                a1,
+                A_log2e,
+                dt1,
+                u1,
+                dyg1,
+                dzf1,
+                dsp1,
+                B1,
+                C1,
+                m1,
+                D_ch,
+                dA,
+                dD,
+                dbias,
+                nn,
+                lane,
+                N,
+                HAS_D,
+                HAS_Z,
+                HAS_BIAS,
+                SOFTPLUS,
+                LANE_SUM_ASM,
+            )
             q, dA, du0, ddt0, dz0, dD, dbias = _adjoint_step(
-                p_dBC, t0, L, q, a_h0, a0, A_log2e, dt0, u0, dyg0, dzf0, dsp0, B0, C0, m0, D_ch, dA, dD, dbias, nn,
-                lane, N, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, LANE_SUM_ASM)
+                p_dBC,
+                t0,
+                L,
+                q,
+                a_h0,
+                a0,
+                A_log2e,
+                dt0,
+                u0,
+                dyg0,
+                dzf0,
+                dsp0,
+                B0,
+                C0,
+                m0,
+                D_ch,
+                dA,
+                dD,
+                dbias,
+                nn,
+                lane,
+                N,
+                HAS_D,
+                HAS_Z,
+                HAS_BIAS,
+                SOFTPLUS,
+                LANE_SUM_ASM,
+            )
             # the chunk's stores after its last step (a store between steps would hold back loads)
             _store_grads(p_du, p_ddelta, p_dz, t0, s_du_t, s_ddt_t, s_dz_t, du0, ddt0, dz0, m0, HAS_Z)
             _store_grads(p_du, p_ddelta, p_dz, t1, s_du_t, s_ddt_t, s_dz_t, du1, ddt1, dz1, m1, HAS_Z)

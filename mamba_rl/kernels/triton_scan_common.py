@@ -19,8 +19,9 @@ from mamba_rl.kernels.triton_math import _exp2, _softplus_fast
 def _prefetch(ptrs, PTX: tl.constexpr):
     """Ask for the lines at ``ptrs`` in L1 without waiting for them (no-op in the interpreter)."""
     if PTX:
-        tl.inline_asm_elementwise("prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                                  is_pure=False, pack=1)
+        tl.inline_asm_elementwise(
+            "prefetch.global.L1 [$1]; mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+        )
 
 
 @triton.jit
@@ -137,8 +138,27 @@ def _keep(p_reset, t, m_t, s_r_t, HAS_RESET: tl.constexpr):
 
 
 @triton.jit
-def _step(h, A_log2e, raw_dt, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_u_t, s_B_t, s_C_t, s_r_t,
-          SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr):
+def _step(
+    h,
+    A_log2e,
+    raw_dt,
+    p_u,
+    p_B,
+    p_C,
+    p_reset,
+    t,
+    m_ch,
+    m_n,
+    L,
+    s_u_t,
+    s_B_t,
+    s_C_t,
+    s_r_t,
+    SOFTPLUS: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    PTX: tl.constexpr,
+    FAST: tl.constexpr,
+):
     """Step ``t`` of the recurrence from ``h = h_{t-1}`` ``[N, BD]`` and the step's raw ``delta (+
     bias)`` ``raw_dt``: returns ``h_t``, the step size ``dt`` ``[1, BD]`` (0 past the end), ``u``
     ``[1, BD]`` and ``C_t`` ``[N, 1]``."""
@@ -157,10 +177,39 @@ def _step(h, A_log2e, raw_dt, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_u_t, s_
 
 
 @triton.jit
-def _fwd_chunk(h, sum_dt, kept, i_c, raw0, raw1, raw2, raw3, A_log2e, p_delta, p_u, p_B, p_reset, pf_dt, pf_u,
-               pf_B, m_ch, m_n, L, lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T: tl.constexpr,
-               HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, PTX: tl.constexpr,
-               FAST: tl.constexpr):
+def _fwd_chunk(
+    h,
+    sum_dt,
+    kept,
+    i_c,
+    raw0,
+    raw1,
+    raw2,
+    raw3,
+    A_log2e,
+    p_delta,
+    p_u,
+    p_B,
+    p_reset,
+    pf_dt,
+    pf_u,
+    pf_B,
+    m_ch,
+    m_n,
+    L,
+    lane,
+    s_dt_t,
+    s_u_t,
+    s_B_t,
+    s_r_t,
+    bias,
+    BLOCK_T: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    PTX: tl.constexpr,
+    FAST: tl.constexpr,
+):
     """Chunk ``i_c`` (``BLOCK_T`` steps) of the recurrence from ``h``, prefetching the next chunk:
     returns ``h`` after it, ``sum_dt`` plus its step sizes, ``kept`` and-ed with "no reset in it"
     (callers that need neither pass anything and drop them; C is not read) and the next chunk's
@@ -172,8 +221,27 @@ def _fwd_chunk(h, sum_dt, kept, i_c, raw0, raw1, raw2, raw3, A_log2e, p_delta, p
     for j in tl.static_range(BLOCK_T):
         t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
         raw_dt = _nth(raw0, raw1, raw2, raw3, j)
-        h, dt, u, B_t = _step(h, A_log2e, raw_dt, p_u, p_B, p_B, p_reset, t, m_ch, m_n, L, s_u_t, s_B_t, s_B_t,
-                              s_r_t, SOFTPLUS, HAS_RESET, PTX, FAST)
+        h, dt, u, B_t = _step(
+            h,
+            A_log2e,
+            raw_dt,
+            p_u,
+            p_B,
+            p_B,
+            p_reset,
+            t,
+            m_ch,
+            m_n,
+            L,
+            s_u_t,
+            s_B_t,
+            s_B_t,
+            s_r_t,
+            SOFTPLUS,
+            HAS_RESET,
+            PTX,
+            FAST,
+        )
         sum_dt += dt
         kept = kept & _keep(p_reset, t, t < L, s_r_t, HAS_RESET)
     return h, sum_dt, kept, next0, next1, next2, next3
@@ -204,21 +272,50 @@ def _clamp_channels(ch, d, EVEN_D: tl.constexpr):
 
 
 @triton.jit
-def _input_pointers(p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d, EVEN_D: tl.constexpr,
-                    s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n, s_C_b, s_C_n):
+def _input_pointers(
+    p_u,
+    p_delta,
+    p_z,
+    p_B,
+    p_C,
+    i_b,
+    ch,
+    nn,
+    d,
+    EVEN_D: tl.constexpr,
+    s_u_b,
+    s_u_d,
+    s_dt_b,
+    s_dt_d,
+    s_z_b,
+    s_z_d,
+    s_B_b,
+    s_B_n,
+    s_C_b,
+    s_C_n,
+):
     """Batch row ``i_b``'s pointers: the channels' rows ``[1, BD]`` of u, delta, z and the states'
     columns ``[N, 1]`` of B, C (step 0); then, for prefetching, the same rows with the channels
     clamped into the tensor, and B, C at state 0."""
     ch_pf = _clamp_channels(ch, d, EVEN_D)
-    return (p_u + i_b * s_u_b + ch * s_u_d, p_delta + i_b * s_dt_b + ch * s_dt_d, p_z + i_b * s_z_b + ch * s_z_d,
-            p_B + i_b * s_B_b + nn * s_B_n, p_C + i_b * s_C_b + nn * s_C_n,
-            p_u + i_b * s_u_b + ch_pf * s_u_d, p_delta + i_b * s_dt_b + ch_pf * s_dt_d,
-            p_z + i_b * s_z_b + ch_pf * s_z_d, p_B + i_b * s_B_b, p_C + i_b * s_C_b)
+    return (
+        p_u + i_b * s_u_b + ch * s_u_d,
+        p_delta + i_b * s_dt_b + ch * s_dt_d,
+        p_z + i_b * s_z_b + ch * s_z_d,
+        p_B + i_b * s_B_b + nn * s_B_n,
+        p_C + i_b * s_C_b + nn * s_C_n,
+        p_u + i_b * s_u_b + ch_pf * s_u_d,
+        p_delta + i_b * s_dt_b + ch_pf * s_dt_d,
+        p_z + i_b * s_z_b + ch_pf * s_z_d,
+        p_B + i_b * s_B_b,
+        p_C + i_b * s_C_b,
+    )
 
 
 @triton.jit
-def _local_setup(p_A_log2e, p_bias, d, n, N: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 EVEN_D: tl.constexpr):
+def _local_setup(
+    p_A_log2e, p_bias, d, n, N: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_D: tl.constexpr
+):
     """A local-range program's batch row, range, channels ``[1, BD]`` (and clamped into the tensor,
     for prefetching), states ``[N, 1]``, masks, ``A log2(e)`` ``[N, BD]`` and ``delta_bias``."""
     i_b = tl.program_id(1).to(tl.int64)
@@ -235,8 +332,23 @@ def _local_setup(p_A_log2e, p_bias, d, n, N: tl.constexpr, BD: tl.constexpr, HAS
 
 
 @triton.jit
-def _store_local(p_loc, p_P, x, sum_dt, A_log2e, kept, i_b, i_r, nn, ch, m_s, d, N: tl.constexpr,
-                 HAS_RESET: tl.constexpr, PTX: tl.constexpr):
+def _store_local(
+    p_loc,
+    p_P,
+    x,
+    sum_dt,
+    A_log2e,
+    kept,
+    i_b,
+    i_r,
+    nn,
+    ch,
+    m_s,
+    d,
+    N: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    PTX: tl.constexpr,
+):
     """Store a local range's result ``x`` (its end state, or the gradient it sends back) and its
     carry factor ``P = exp2(A log2(e) sum_t delta_t)``, zero if it holds a reset, at row ``i_r``
     of ``[b, ranges, N, d]``."""

@@ -27,12 +27,32 @@ from mamba_rl.kernels.triton_scan_common import (
 
 @triton.jit
 def _scan_fwd_local_kernel(
-    p_u, p_delta, p_A_log2e, p_B, p_bias, p_reset, p_loc, p_P,
-    L, d, n, range_steps,
-    s_u, s_dt, s_B, s_r,
-    N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
-    PTX: tl.constexpr, FAST: tl.constexpr,
+    p_u,
+    p_delta,
+    p_A_log2e,
+    p_B,
+    p_bias,
+    p_reset,
+    p_loc,
+    p_P,
+    L,
+    d,
+    n,
+    range_steps,
+    s_u,
+    s_dt,
+    s_B,
+    s_r,
+    N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BD: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    PTX: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     """Time range ``r = program_id(2)`` (steps ``[r R, (r + 1) R)``, ``R = range_steps``) of the
     recurrence, alone: the state it ends in from a zero state (``loc``) and the factor ``P = prod_t
@@ -44,7 +64,8 @@ def _scan_fwd_local_kernel(
     s_B_b, s_B_n, s_B_t = s_B
     s_r_b, s_r_t = s_r
     i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A_log2e, bias = _local_setup(
-        p_A_log2e, p_bias, d, n, N, BD, HAS_BIAS, EVEN_D)
+        p_A_log2e, p_bias, d, n, N, BD, HAS_BIAS, EVEN_D
+    )
     if EVEN_N:  # no padded states: B and C load unmasked
         m_n = None
     pf_u = p_u + i_b * s_u_b + ch_pf * s_u_d
@@ -67,20 +88,83 @@ def _scan_fwd_local_kernel(
     for i_c in range(tl.cdiv(L, BLOCK_T)):
         # past the range's end dt = 0, x = 0: h unchanged
         h, sum_dt, kept, raw0, raw1, raw2, raw3 = _fwd_chunk(
-            h, sum_dt, kept, i_c, raw0, raw1, raw2, raw3, A_log2e, p_delta, p_u, p_B, p_reset, pf_dt, pf_u, pf_B,
-            m_ch, m_n, L, lane, s_dt_t, s_u_t, s_B_t, s_r_t, bias, BLOCK_T, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST)
+            h,
+            sum_dt,
+            kept,
+            i_c,
+            raw0,
+            raw1,
+            raw2,
+            raw3,
+            A_log2e,
+            p_delta,
+            p_u,
+            p_B,
+            p_reset,
+            pf_dt,
+            pf_u,
+            pf_B,
+            m_ch,
+            m_n,
+            L,
+            lane,
+            s_dt_t,
+            s_u_t,
+            s_B_t,
+            s_r_t,
+            bias,
+            BLOCK_T,
+            HAS_BIAS,
+            SOFTPLUS,
+            HAS_RESET,
+            PTX,
+            FAST,
+        )
     _store_local(p_loc, p_P, h, sum_dt, A_log2e, kept, i_b, i_r, nn, ch, m_s, d, N, HAS_RESET, PTX)
 
 
 @triton.jit
 def _scan_fwd_kernel(
-    p_u, p_delta, p_A_log2e, p_B, p_C, p_D, p_z, p_bias, p_reset,
-    p_y, p_h_ckpt, p_h_in, p_h_end,
-    L, d, n, n_chunks, range_segs, pieces_per_range, n_pieces,
-    s_u, s_dt, s_z, s_B, s_C, s_y, s_r,
-    N: tl.constexpr, BLOCK_T: tl.constexpr, BD: tl.constexpr, SEG_CHUNKS: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
+    p_u,
+    p_delta,
+    p_A_log2e,
+    p_B,
+    p_C,
+    p_D,
+    p_z,
+    p_bias,
+    p_reset,
+    p_y,
+    p_h_ckpt,
+    p_h_in,
+    p_h_end,
+    L,
+    d,
+    n,
+    n_chunks,
+    range_segs,
+    pieces_per_range,
+    n_pieces,
+    s_u,
+    s_dt,
+    s_z,
+    s_B,
+    s_C,
+    s_y,
+    s_r,
+    N: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BD: tl.constexpr,
+    SEG_CHUNKS: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    EVEN_N: tl.constexpr,
+    EVEN_D: tl.constexpr,
+    PTX: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     """Time range ``program_id(2)`` of the scan from the state entering it (``p_h_in``): writes
     ``y``, the state entering every ``SEG_CHUNKS``-th chunk (``p_h_ckpt``, for the backward) and
@@ -108,8 +192,27 @@ def _scan_fwd_kernel(
     if HAS_D:
         D_ch = tl.load(p_D + ch, mask=m_ch, other=0.0).to(tl.float32)
     p_u, p_delta, p_z, p_B, p_C, pf_u, pf_dt, pf_z, pf_B, pf_C = _input_pointers(
-        p_u, p_delta, p_z, p_B, p_C, i_b, ch, nn, d, EVEN_D, s_u_b, s_u_d, s_dt_b, s_dt_d, s_z_b, s_z_d, s_B_b, s_B_n,
-        s_C_b, s_C_n)
+        p_u,
+        p_delta,
+        p_z,
+        p_B,
+        p_C,
+        i_b,
+        ch,
+        nn,
+        d,
+        EVEN_D,
+        s_u_b,
+        s_u_d,
+        s_dt_b,
+        s_dt_d,
+        s_z_b,
+        s_z_d,
+        s_B_b,
+        s_B_n,
+        s_C_b,
+        s_C_n,
+    )
     p_y += i_b * s_y_b + ch * s_y_d
     p_reset += i_b * s_r_b
     # this range's steps [t_lo, t_lo + L): every stream starts at t_lo, so that the loop below is
@@ -141,8 +244,27 @@ def _scan_fwd_kernel(
         for j in tl.static_range(BLOCK_T):
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
             raw_dt = _raw_delta(p_delta, t, m_ch & (t < L), s_dt_t, bias, HAS_BIAS)
-            h, dt, u, C_t = _step(h, A_log2e, raw_dt, p_u, p_B, p_C, p_reset, t, m_ch, m_n, L, s_u_t, s_B_t, s_C_t,
-                                  s_r_t, SOFTPLUS, HAS_RESET, PTX, FAST)
+            h, dt, u, C_t = _step(
+                h,
+                A_log2e,
+                raw_dt,
+                p_u,
+                p_B,
+                p_C,
+                p_reset,
+                t,
+                m_ch,
+                m_n,
+                L,
+                s_u_t,
+                s_B_t,
+                s_C_t,
+                s_r_t,
+                SOFTPLUS,
+                HAS_RESET,
+                PTX,
+                FAST,
+            )
             y = tl.sum(h * C_t, axis=0, keep_dims=True)
             if HAS_D:
                 y += D_ch * u

@@ -35,8 +35,7 @@ __all__ = ["add_restart_states"]
 
 
 @triton.jit
-def _restart_setup(p_A_log2e, p_bias, p_first, p_row0, d, n, N: tl.constexpr, BD: tl.constexpr,
-                   HAS_BIAS: tl.constexpr):
+def _restart_setup(p_A_log2e, p_bias, p_first, p_row0, d, n, N: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr):
     """A program's batch row, channels ``[1, BD]``, states ``[N, 1]``, their masks, ``A log2(e)``
     ``[N, BD]``, ``delta_bias`` ``[1, BD]``, the row's first reset step (``L`` if none) and the
     ``reset_state`` row of its first reset."""
@@ -71,11 +70,35 @@ def _is_reset(p_reset, t, s_r_t):
 
 @triton.jit
 def _restart_fwd_kernel(
-    p_delta, p_A_log2e, p_C, p_z, p_bias, p_reset, p_rs, p_first, p_row0, p_y, p_hin, p_hout,
-    L, d, n,
-    s_dt, s_C, s_z, s_r, s_rs, s_y, s_hi,
-    N: tl.constexpr, BD: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
+    p_delta,
+    p_A_log2e,
+    p_C,
+    p_z,
+    p_bias,
+    p_reset,
+    p_rs,
+    p_first,
+    p_row0,
+    p_y,
+    p_hin,
+    p_hout,
+    L,
+    d,
+    n,
+    s_dt,
+    s_C,
+    s_z,
+    s_r,
+    s_rs,
+    s_y,
+    s_hi,
+    N: tl.constexpr,
+    BD: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    PTX: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     """Adds ``silu(z_t) <g_t, C_t>`` to ``y`` in place from the row's first reset on, and writes
     ``h_out = h_in + g_{L-1}`` ``[b, d, n]``. ``s_*``: each tensor's strides, in its dims' order."""
@@ -87,7 +110,8 @@ def _restart_fwd_kernel(
     s_y_b, s_y_d, s_y_t = s_y
     s_hi_b, s_hi_d, s_hi_n = s_hi
     i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k = _restart_setup(
-        p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
+        p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS
+    )
     p_delta += i_b * s_dt_b + ch * s_dt_d
     p_C += i_b * s_C_b + nn * s_C_n
     p_z += i_b * s_z_b + ch * s_z_d
@@ -117,12 +141,41 @@ def _restart_fwd_kernel(
 
 @triton.jit
 def _restart_bwd_kernel(
-    p_delta, p_A_log2e, p_C, p_z, p_bias, p_reset, p_rs, p_first, p_row0, p_dy, p_dh, p_S,
-    p_ddelta, p_dz, p_dC, p_dA, p_dbias, p_drs,
-    L, d, n,
-    s_dt, s_C, s_z, s_r, s_rs, s_dy, s_dh,
-    N: tl.constexpr, BD: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr, PTX: tl.constexpr, FAST: tl.constexpr,
+    p_delta,
+    p_A_log2e,
+    p_C,
+    p_z,
+    p_bias,
+    p_reset,
+    p_rs,
+    p_first,
+    p_row0,
+    p_dy,
+    p_dh,
+    p_S,
+    p_ddelta,
+    p_dz,
+    p_dC,
+    p_dA,
+    p_dbias,
+    p_drs,
+    L,
+    d,
+    n,
+    s_dt,
+    s_C,
+    s_z,
+    s_r,
+    s_rs,
+    s_dy,
+    s_dh,
+    N: tl.constexpr,
+    BD: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    PTX: tl.constexpr,
+    FAST: tl.constexpr,
 ):
     """The restart term's gradients: ``ddelta``, ``dz`` ``[b, L, d]`` (contiguous, written from the
     row's first reset on), ``dC`` partial sums ``[d / BD, b, L, N]``, ``dA`` and ``d(delta_bias)``
@@ -136,7 +189,8 @@ def _restart_bwd_kernel(
     s_dy_b, s_dy_d, s_dy_t = s_dy
     s_dh_b, s_dh_d, s_dh_n = s_dh
     i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k = _restart_setup(
-        p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS)
+        p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS
+    )
     p_delta += i_b * s_dt_b + ch * s_dt_d
     p_C += i_b * s_C_b + nn * s_C_n
     p_z += i_b * s_z_b + ch * s_z_d
@@ -228,19 +282,47 @@ class _RestartFn(torch.autograd.Function):
         z_ = delta if z is None else z
         BD = min(32, next_pow2(d))
         _RESTART_FWD[(triton.cdiv(d, BD), b)](
-            delta, A_log2e, C, z_, delta if delta_bias is None else delta_bias, reset_u8, reset_state, first, row0,
-            y, h_last, h_out,
-            L, d, n,
-            delta.stride(), C.stride(), z_.stride(), reset_u8.stride(), reset_state.stride(), y.stride(),
+            delta,
+            A_log2e,
+            C,
+            z_,
+            delta if delta_bias is None else delta_bias,
+            reset_u8,
+            reset_state,
+            first,
+            row0,
+            y,
+            h_last,
+            h_out,
+            L,
+            d,
+            n,
+            delta.stride(),
+            C.stride(),
+            z_.stride(),
+            reset_u8.stride(),
+            reset_state.stride(),
+            y.stride(),
             h_last.stride(),
-            N=N, BD=BD, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-            PTX=not interpreted(), FAST=not interpreted(), num_warps=1,
+            N=N,
+            BD=BD,
+            HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus),
+            PTX=not interpreted(),
+            FAST=not interpreted(),
+            num_warps=1,
         )
         ctx.save_for_backward(delta, A_log2e, C, z, delta_bias, reset_u8, reset_state, first, row0)
         ctx.delta_softplus = bool(delta_softplus)
         ctx.n = n
-        ctx.dtypes = (delta.dtype, A.dtype, C.dtype, None if z is None else z.dtype,
-                      None if delta_bias is None else delta_bias.dtype)
+        ctx.dtypes = (
+            delta.dtype,
+            A.dtype,
+            C.dtype,
+            None if z is None else z.dtype,
+            None if delta_bias is None else delta_bias.dtype,
+        )
         return y, h_out
 
     @staticmethod
@@ -262,14 +344,42 @@ class _RestartFn(torch.autograd.Function):
         drs = torch.zeros(reset_state.shape, device=delta.device, dtype=torch.float32)
         z_ = delta if z is None else z
         _RESTART_BWD[(groups, b)](
-            delta, A_log2e, C, z_, delta if delta_bias is None else delta_bias, reset_u8, reset_state, first, row0,
-            dy, dh, S,
-            ddelta, ddelta if dz is None else dz, dC, dA, dbias, drs,
-            L, d, n,
-            delta.stride(), C.stride(), z_.stride(), reset_u8.stride(), reset_state.stride(), dy.stride(),
+            delta,
+            A_log2e,
+            C,
+            z_,
+            delta if delta_bias is None else delta_bias,
+            reset_u8,
+            reset_state,
+            first,
+            row0,
+            dy,
+            dh,
+            S,
+            ddelta,
+            ddelta if dz is None else dz,
+            dC,
+            dA,
+            dbias,
+            drs,
+            L,
+            d,
+            n,
+            delta.stride(),
+            C.stride(),
+            z_.stride(),
+            reset_u8.stride(),
+            reset_state.stride(),
+            dy.stride(),
             dh.stride(),
-            N=N, BD=BD, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=ctx.delta_softplus,
-            PTX=not interpreted(), FAST=not interpreted(), num_warps=1,
+            N=N,
+            BD=BD,
+            HAS_Z=z is not None,
+            HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=ctx.delta_softplus,
+            PTX=not interpreted(),
+            FAST=not interpreted(),
+            num_warps=1,
         )
         delta_dtype, A_dtype, C_dtype, z_dtype, bias_dtype = ctx.dtypes
         return (

@@ -38,8 +38,22 @@ __all__ = [
 
 
 @triton.jit
-def _conv_window_step(p_s, p_o, s_k, s_ok, p_w, p_bias, b_x, b_keep, o_k, m_k, m_ek,
-                      W: tl.constexpr, BLOCK_W: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _conv_window_step(
+    p_s,
+    p_o,
+    s_k,
+    s_ok,
+    p_w,
+    p_bias,
+    b_x,
+    b_keep,
+    o_k,
+    m_k,
+    m_ek,
+    W: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+):
     """One causal-conv step of a ``[BE, BK]`` tile (envs x channels ``o_k``): ``p_s`` / ``p_o``
     point at each element's window in the input / output state (its ``W - 1`` past inputs at
     strides ``s_k`` / ``s_ok``, oldest first), ``b_x`` is the new input and ``b_keep`` ``[BE, 1]``
@@ -51,8 +65,7 @@ def _conv_window_step(p_s, p_o, s_k, s_ok, p_w, p_bias, b_x, b_keep, o_k, m_k, m
     o_w = tl.arange(0, BLOCK_W)
     m_w = o_w < W - 1
     # [BE, BK, BW]
-    b_s = tl.load(p_s[:, :, None] + o_w[None, None, :] * s_k, mask=m_ek[:, :, None] & m_w[None, None, :],
-                  other=0.0)
+    b_s = tl.load(p_s[:, :, None] + o_w[None, None, :] * s_k, mask=m_ek[:, :, None] & m_w[None, None, :], other=0.0)
     b_s = tl.where(b_keep[:, :, None], b_s, 0.0)
     b_w = tl.load(p_w + o_k[:, None] * W + o_w[None, :], mask=m_k[:, None] & m_w[None, :], other=0.0)
     b_y = tl.sum(b_s.to(tl.float32) * b_w.to(tl.float32)[None, :, :], axis=2)
@@ -61,19 +74,35 @@ def _conv_window_step(p_s, p_o, s_k, s_ok, p_w, p_bias, b_x, b_keep, o_k, m_k, m
         b_y += tl.load(p_bias + o_k, mask=m_k, other=0.0).to(tl.float32)[None, :]
     tl.debug_barrier()
     m_shift = (o_w >= 1) & m_w
-    tl.store(p_o[:, :, None] + (o_w[None, None, :] - 1) * s_ok, b_s.to(p_o.dtype.element_ty),
-             mask=m_ek[:, :, None] & m_shift[None, None, :])
+    tl.store(
+        p_o[:, :, None] + (o_w[None, None, :] - 1) * s_ok,
+        b_s.to(p_o.dtype.element_ty),
+        mask=m_ek[:, :, None] & m_shift[None, None, :],
+    )
     tl.store(p_o + (W - 2) * s_ok, b_x.to(p_o.dtype.element_ty), mask=m_ek)
     return b_y
 
 
 @triton.jit
 def _conv_step_kernel(
-    p_x, p_state, p_state_out, p_w, p_bias, p_reset, p_y,
+    p_x,
+    p_state,
+    p_state_out,
+    p_w,
+    p_bias,
+    p_reset,
+    p_y,
     d,
-    s_x, s_s, s_o, s_y,
-    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESET: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_W: tl.constexpr,
+    s_x,
+    s_s,
+    s_o,
+    s_y,
+    W: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    SILU: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_W: tl.constexpr,
 ):
     # one env (a [1, BD] tile of channels); s_*: each tensor's strides, in its dims' order
     s_x_b, s_x_d = s_x
@@ -90,8 +119,9 @@ def _conv_step_kernel(
         b_keep = tl.load(p_reset + i_b + tl.zeros([1, 1], dtype=tl.int32)) == 0
     p_s = (p_state + i_b * s_s_b + o_d * s_s_d)[None, :]
     p_o = (p_state_out + i_b * s_o_b + o_d * s_o_d)[None, :]
-    b_y = _conv_window_step(p_s, p_o, s_s_k, s_o_k, p_w, p_bias, b_x, b_keep, o_d, m_d, m_d[None, :],
-                            W, BLOCK_W, HAS_BIAS)
+    b_y = _conv_window_step(
+        p_s, p_o, s_s_k, s_o_k, p_w, p_bias, b_x, b_keep, o_d, m_d, m_d[None, :], W, BLOCK_W, HAS_BIAS
+    )
     if SILU:
         b_y = b_y * tl.sigmoid(b_y)
     tl.store((p_y + i_b * s_y_b + o_d * s_y_d)[None, :], b_y.to(p_y.dtype.element_ty), mask=m_d[None, :])
@@ -99,11 +129,35 @@ def _conv_step_kernel(
 
 @triton.jit
 def _ssm_step_kernel(
-    p_h, p_h_out, p_x, p_delta, p_A, p_B, p_C, p_D, p_z, p_bias, p_reset, p_y,
-    d, n,
-    s_h, s_o, s_x, s_dt, s_B, s_C, s_z, s_y,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_RESET: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    p_h,
+    p_h_out,
+    p_x,
+    p_delta,
+    p_A,
+    p_B,
+    p_C,
+    p_D,
+    p_z,
+    p_bias,
+    p_reset,
+    p_y,
+    d,
+    n,
+    s_h,
+    s_o,
+    s_x,
+    s_dt,
+    s_B,
+    s_C,
+    s_z,
+    s_y,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     # s_*: each tensor's strides, in its dims' order
     s_h_b, s_h_d, s_h_n = s_h
@@ -122,8 +176,7 @@ def _ssm_step_kernel(
     m_n = o_n < n
     m_dn = m_d[:, None] & m_n[None, :]
     # [BD, BN]
-    b_h = tl.load(p_h + i_b * s_h_b + o_d[:, None] * s_h_d + o_n[None, :] * s_h_n,
-                  mask=m_dn, other=0.0).to(tl.float32)
+    b_h = tl.load(p_h + i_b * s_h_b + o_d[:, None] * s_h_d + o_n[None, :] * s_h_n, mask=m_dn, other=0.0).to(tl.float32)
     if HAS_RESET:
         b_h = tl.where(tl.load(p_reset + i_b) != 0, 0.0, b_h)
     # p_h_out may be p_h: every thread reads before any thread writes (a block smaller than the
@@ -158,8 +211,10 @@ _CONV_STEP, _SSM_STEP = DirectLauncher(_conv_step_kernel), DirectLauncher(_ssm_s
 def _reset_u8(reset: torch.Tensor) -> torch.Tensor:
     # a [b] bool as bytes, without a copy (the kernels read it with unit stride)
     if reset.dim() != 1 or reset.stride(0) != 1:
-        raise ValueError(f"reset must be a contiguous [b] bool tensor, got shape {list(reset.shape)} "
-                         f"and strides {list(reset.stride())}")
+        raise ValueError(
+            f"reset must be a contiguous [b] bool tensor, got shape {list(reset.shape)} "
+            f"and strides {list(reset.stride())}"
+        )
     return reset.view(torch.uint8)
 
 
@@ -175,10 +230,25 @@ def _launch_conv_step(x, conv_state, state_out, weight, bias, activation, reset,
     block_d = min(256, next_pow2(d))
     r_ = x if reset is None else _reset_u8(reset)
     _CONV_STEP[(triton.cdiv(d, block_d), b)](
-        x, conv_state, state_out, weight, weight if bias is None else bias, r_, y,
-        d, x.stride(), conv_state.stride(), state_out.stride(), y.stride(),
-        W=width, HAS_BIAS=bias is not None, HAS_RESET=reset is not None,
-        SILU=is_silu(activation), BLOCK_D=block_d, BLOCK_W=max(2, next_pow2(width - 1)), num_warps=4,
+        x,
+        conv_state,
+        state_out,
+        weight,
+        weight if bias is None else bias,
+        r_,
+        y,
+        d,
+        x.stride(),
+        conv_state.stride(),
+        state_out.stride(),
+        y.stride(),
+        W=width,
+        HAS_BIAS=bias is not None,
+        HAS_RESET=reset is not None,
+        SILU=is_silu(activation),
+        BLOCK_D=block_d,
+        BLOCK_W=max(2, next_pow2(width - 1)),
+        num_warps=4,
     )
 
 
@@ -237,13 +307,36 @@ def _launch_ssm_step(h, h_out, x, delta, A, B, C, D, z, delta_bias, delta_softpl
     z_ = x if z is None else z
     r_ = x if reset is None else _reset_u8(reset)
     _SSM_STEP[(triton.cdiv(d, block_d), b)](
-        h, h_out, x, delta, A, B, C, x if D is None else D, z_, x if delta_bias is None else delta_bias,
-        r_, y, d, n,
-        h.stride(), h_out.stride(), x.stride(), delta.stride(), B.stride(), C.stride(),
-        z_.stride(), y.stride(),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), HAS_RESET=reset is not None,
-        BLOCK_D=block_d, BLOCK_N=block_n, num_warps=4,
+        h,
+        h_out,
+        x,
+        delta,
+        A,
+        B,
+        C,
+        x if D is None else D,
+        z_,
+        x if delta_bias is None else delta_bias,
+        r_,
+        y,
+        d,
+        n,
+        h.stride(),
+        h_out.stride(),
+        x.stride(),
+        delta.stride(),
+        B.stride(),
+        C.stride(),
+        z_.stride(),
+        y.stride(),
+        HAS_D=D is not None,
+        HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus),
+        HAS_RESET=reset is not None,
+        BLOCK_D=block_d,
+        BLOCK_N=block_n,
+        num_warps=4,
     )
 
 
@@ -268,8 +361,16 @@ def selective_state_step_triton(
     """
     if _needs_grad(h, x, delta, A, B, C, D, z, delta_bias):
         y, h_new = selective_scan_triton(
-            x[..., None], delta[..., None], A, B[..., None], C[..., None], D,
-            None if z is None else z[..., None], delta_bias, delta_softplus, h,
+            x[..., None],
+            delta[..., None],
+            A,
+            B[..., None],
+            C[..., None],
+            D,
+            None if z is None else z[..., None],
+            delta_bias,
+            delta_softplus,
+            h,
             None if reset is None else reset[:, None],
         )
         return y[..., 0], h_new
@@ -309,9 +410,28 @@ def selective_state_step_inplace(
 
 @triton.jit
 def _mixer_conv_tile(
-    p_xz, p_conv, p_conv_out, p_cw, p_cb, p_xc, o_e, m_e, b_keep, o_k, d,
-    s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e,
-    W: tl.constexpr, BLOCK_W: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+    p_xz,
+    p_conv,
+    p_conv_out,
+    p_cw,
+    p_cb,
+    p_xc,
+    o_e,
+    m_e,
+    b_keep,
+    o_k,
+    d,
+    s_xz_e,
+    s_c_e,
+    s_c_d,
+    s_c_k,
+    s_co_e,
+    s_co_d,
+    s_co_k,
+    s_xc_e,
+    W: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    HAS_CONV_BIAS: tl.constexpr,
 ):
     # the conv step of envs o_e [BE] on channels o_k [BK], then silu; x_conv is stored into p_xc in
     # its dtype, as the unfused path rounds it, and returned as that rounded value [BE, BK]
@@ -320,8 +440,9 @@ def _mixer_conv_tile(
     b_x = tl.load(p_xz + o_e[:, None] * s_xz_e + o_k[None, :], mask=m_ek, other=0.0).to(tl.float32)
     p_s = p_conv + o_e[:, None] * s_c_e + o_k[None, :] * s_c_d
     p_so = p_conv_out + o_e[:, None] * s_co_e + o_k[None, :] * s_co_d
-    b_y = _conv_window_step(p_s, p_so, s_c_k, s_co_k, p_cw, p_cb, b_x, b_keep[:, None], o_k, m_k, m_ek,
-                            W, BLOCK_W, HAS_CONV_BIAS)
+    b_y = _conv_window_step(
+        p_s, p_so, s_c_k, s_co_k, p_cw, p_cb, b_x, b_keep[:, None], o_k, m_k, m_ek, W, BLOCK_W, HAS_CONV_BIAS
+    )
     b_y = b_y * tl.sigmoid(b_y)
     b_xc = b_y.to(p_xc.dtype.element_ty)
     tl.store(p_xc + o_e[:, None] * s_xc_e + o_k[None, :], b_xc, mask=m_ek)
@@ -332,8 +453,9 @@ def _mixer_conv_tile(
 def _mixer_xproj_acc(b_xdbl, b_xc, p_wx, o_k, o_j, d, J, DOT: tl.constexpr):
     # b_xdbl [BE, BJ] += b_xc [BE, BK] @ x_proj.weight[o_j, o_k].T; a tensor-core-free fp32 dot
     # (ieee) when the env block is large enough for tl.dot, else a broadcast product and sum
-    b_wx = tl.load(p_wx + o_j[None, :] * d + o_k[:, None], mask=(o_j < J)[None, :] & (o_k < d)[:, None],
-                   other=0.0).to(tl.float32)
+    b_wx = tl.load(p_wx + o_j[None, :] * d + o_k[:, None], mask=(o_j < J)[None, :] & (o_k < d)[:, None], other=0.0).to(
+        tl.float32
+    )
     if DOT:
         b_xdbl += tl.dot(b_xc, b_wx, input_precision="ieee")
     else:
@@ -343,9 +465,30 @@ def _mixer_xproj_acc(b_xdbl, b_xc, p_wx, o_k, o_j, d, J, DOT: tl.constexpr):
 
 @triton.jit
 def _mixer_ssm_tile(
-    p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, p_h, p_h_out, p_xc, o_e, m_e, b_r, o_d, d, n, J,
-    s_xz_e, s_h_e, s_ho_e, s_xc_e,
-    R: tl.constexpr, HAS_D: tl.constexpr, HAS_RESET: tl.constexpr, BLOCK_N: tl.constexpr,
+    p_xz,
+    p_xdbl,
+    p_wdt,
+    p_bdt,
+    p_A,
+    p_D,
+    p_h,
+    p_h_out,
+    p_xc,
+    o_e,
+    m_e,
+    b_r,
+    o_d,
+    d,
+    n,
+    J,
+    s_xz_e,
+    s_h_e,
+    s_ho_e,
+    s_xc_e,
+    R: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     # dt_proj, softplus, SSM update (p_h_out may be p_h), D skip and z gate for envs o_e [BE] on
     # channels o_d [BD]; y overwrites x_conv in p_xc. b_r [BE]: the envs reset before this step;
@@ -368,8 +511,7 @@ def _mixer_ssm_tile(
     b_B = tl.load(p_xdbl + o_e[:, None] * J + R + o_n[None, :], mask=m_en, other=0.0)
     b_C = tl.load(p_xdbl + o_e[:, None] * J + R + n + o_n[None, :], mask=m_en, other=0.0)
     # [BD, BN] and [BE, BD, BN]
-    b_A = tl.load(p_A + o_d[:, None] * n + o_n[None, :], mask=m_d[:, None] & m_n[None, :],
-                  other=0.0).to(tl.float32)
+    b_A = tl.load(p_A + o_d[:, None] * n + o_n[None, :], mask=m_d[:, None] & m_n[None, :], other=0.0).to(tl.float32)
     m_edn = m_ed[:, :, None] & m_n[None, None, :]
     o_s = o_d[None, :, None] * n + o_n[None, None, :]
     b_h = tl.load(p_h + o_e[:, None, None].to(tl.int64) * s_h_e + o_s, mask=m_edn, other=0.0)
@@ -388,13 +530,46 @@ def _mixer_ssm_tile(
 
 @triton.jit
 def _mixer_step_kernel(
-    p_xz, p_conv, p_conv_out, p_cw, p_cb, p_reset, p_wx, p_xc, p_xdbl,
-    p_wdt, p_bdt, p_A, p_D, p_h, p_h_out,
-    N, d, n, J,
-    s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e, s_h_e, s_ho_e,
-    W: tl.constexpr, R: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_RESET: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
-    BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    p_xz,
+    p_conv,
+    p_conv_out,
+    p_cw,
+    p_cb,
+    p_reset,
+    p_wx,
+    p_xc,
+    p_xdbl,
+    p_wdt,
+    p_bdt,
+    p_A,
+    p_D,
+    p_h,
+    p_h_out,
+    N,
+    d,
+    n,
+    J,
+    s_xz_e,
+    s_c_e,
+    s_c_d,
+    s_c_k,
+    s_co_e,
+    s_co_d,
+    s_co_k,
+    s_xc_e,
+    s_h_e,
+    s_ho_e,
+    W: tl.constexpr,
+    R: tl.constexpr,
+    HAS_CONV_BIAS: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_RESET: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     # the whole step of BLOCK_E envs: the conv and x_proj over every channel, x_dbl to the
     # workspace, a barrier (so that every thread of the program sees x_dbl and x_conv), then dt_proj
@@ -411,15 +586,61 @@ def _mixer_step_kernel(
     b_xdbl = tl.zeros([BLOCK_E, BLOCK_J], dtype=tl.float32)
     for i_k in range(tl.cdiv(d, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
-        b_xc = _mixer_conv_tile(p_xz, p_conv, p_conv_out, p_cw, p_cb, p_xc, o_e, m_e, b_keep, o_k, d,
-                                s_xz_e, s_c_e, s_c_d, s_c_k, s_co_e, s_co_d, s_co_k, s_xc_e, W, BLOCK_W, HAS_CONV_BIAS)
+        b_xc = _mixer_conv_tile(
+            p_xz,
+            p_conv,
+            p_conv_out,
+            p_cw,
+            p_cb,
+            p_xc,
+            o_e,
+            m_e,
+            b_keep,
+            o_k,
+            d,
+            s_xz_e,
+            s_c_e,
+            s_c_d,
+            s_c_k,
+            s_co_e,
+            s_co_d,
+            s_co_k,
+            s_xc_e,
+            W,
+            BLOCK_W,
+            HAS_CONV_BIAS,
+        )
         b_xdbl = _mixer_xproj_acc(b_xdbl, b_xc, p_wx, o_k, o_j, d, J, BLOCK_E >= 16)
     tl.store(p_xdbl + o_e[:, None] * J + o_j[None, :], b_xdbl, mask=m_e[:, None] & (o_j < J)[None, :])
     tl.debug_barrier()
     for i_d in range(tl.cdiv(d, BLOCK_D)):
         o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        _mixer_ssm_tile(p_xz, p_xdbl, p_wdt, p_bdt, p_A, p_D, p_h, p_h_out, p_xc, o_e, m_e, b_r, o_d, d, n, J,
-                        s_xz_e, s_h_e, s_ho_e, s_xc_e, R, HAS_D, HAS_RESET, BLOCK_N)
+        _mixer_ssm_tile(
+            p_xz,
+            p_xdbl,
+            p_wdt,
+            p_bdt,
+            p_A,
+            p_D,
+            p_h,
+            p_h_out,
+            p_xc,
+            o_e,
+            m_e,
+            b_r,
+            o_d,
+            d,
+            n,
+            J,
+            s_xz_e,
+            s_h_e,
+            s_ho_e,
+            s_xc_e,
+            R,
+            HAS_D,
+            HAS_RESET,
+            BLOCK_N,
+        )
 
 
 _MIXER_STEP = DirectLauncher(_mixer_step_kernel)
@@ -451,8 +672,10 @@ def fused_step_takes_ssm_state(h: torch.Tensor) -> bool:
 
 def _check_ssm_state(name: str, h: torch.Tensor, shape: tuple[int, int, int]) -> None:
     if tuple(h.shape) != shape or not fused_step_takes_ssm_state(h):
-        raise ValueError(f"{name} must be a float32 {list(shape)} tensor with each env's [d, n] contiguous, got "
-                         f"{h.dtype} {list(h.shape)} with strides {list(h.stride())}")
+        raise ValueError(
+            f"{name} must be a float32 {list(shape)} tensor with each env's [d, n] contiguous, got "
+            f"{h.dtype} {list(h.shape)} with strides {list(h.stride())}"
+        )
 
 
 def mamba_mixer_step(
@@ -513,8 +736,10 @@ def mamba_mixer_step(
         if tuple(state.shape) != (N, d, width - 1):
             raise ValueError(f"{name} must be [N={N}, d={d}, w-1={width - 1}], got {list(state.shape)}")
     if tuple(x_proj_weight.shape) != (J, d) or tuple(out.shape) != (N, d):
-        raise ValueError(f"x_proj_weight must be [{J}, {d}] and out [{N}, {d}], got "
-                         f"{list(x_proj_weight.shape)} and {list(out.shape)}")
+        raise ValueError(
+            f"x_proj_weight must be [{J}, {d}] and out [{N}, {d}], got "
+            f"{list(x_proj_weight.shape)} and {list(out.shape)}"
+        )
     if xz.stride(1) != 1 or out.stride(1) != 1:
         raise ValueError("xz and out must have contiguous rows")
     workspace = MixerStepWorkspace(N, R, n, xz.device) if workspace is None else workspace
@@ -527,14 +752,42 @@ def mamba_mixer_step(
     cb = conv_weight if conv_bias is None else conv_bias
     block_e = STEP_CONFIG["block_e"]
     _MIXER_STEP[(triton.cdiv(N, block_e),)](
-        xz, conv_state, conv_state_out, conv_weight, cb, r_, x_proj_weight, out, workspace.x_dbl,
-        dt_proj_weight, dt_proj_bias, A, xz if D is None else D, ssm_state, ssm_state_out,
-        N, d, n, J, xz.stride(0), *conv_state.stride(), *conv_state_out.stride(), out.stride(0),
-        ssm_state.stride(0), ssm_state_out.stride(0),
-        W=width, R=R, HAS_CONV_BIAS=conv_bias is not None, HAS_D=D is not None, HAS_RESET=reset is not None,
-        BLOCK_E=block_e, BLOCK_K=min(STEP_CONFIG["block_k"], max(16, next_pow2(d))), BLOCK_W=block_w,
-        BLOCK_J=block_j, BLOCK_D=min(STEP_CONFIG["block_d"], next_pow2(d)), BLOCK_N=block_n,
+        xz,
+        conv_state,
+        conv_state_out,
+        conv_weight,
+        cb,
+        r_,
+        x_proj_weight,
+        out,
+        workspace.x_dbl,
+        dt_proj_weight,
+        dt_proj_bias,
+        A,
+        xz if D is None else D,
+        ssm_state,
+        ssm_state_out,
+        N,
+        d,
+        n,
+        J,
+        xz.stride(0),
+        *conv_state.stride(),
+        *conv_state_out.stride(),
+        out.stride(0),
+        ssm_state.stride(0),
+        ssm_state_out.stride(0),
+        W=width,
+        R=R,
+        HAS_CONV_BIAS=conv_bias is not None,
+        HAS_D=D is not None,
+        HAS_RESET=reset is not None,
+        BLOCK_E=block_e,
+        BLOCK_K=min(STEP_CONFIG["block_k"], max(16, next_pow2(d))),
+        BLOCK_W=block_w,
+        BLOCK_J=block_j,
+        BLOCK_D=min(STEP_CONFIG["block_d"], next_pow2(d)),
+        BLOCK_N=block_n,
         num_warps=STEP_CONFIG["warps"],
     )
     return out, conv_state_out, ssm_state_out
-

@@ -48,8 +48,18 @@ __all__ = [
     "write_state_report",
 ]
 
-_PLOT_NAMES = frozenset({"Episodes", "heatmap_figure", "norms_figure", "pca_figure", "play_episodes", "state_figure",
-                         "summary_figure", "write_state_report"})
+_PLOT_NAMES = frozenset(
+    {
+        "Episodes",
+        "heatmap_figure",
+        "norms_figure",
+        "pca_figure",
+        "play_episodes",
+        "state_figure",
+        "summary_figure",
+        "write_state_report",
+    }
+)
 
 
 def __getattr__(name):

@@ -18,12 +18,19 @@ COMMANDS = ("equivalence", "report")
 
 
 def report_main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mamba_rl.lab report",
-                                     description="Write the state pictures of a trained policy (correct vs wrong).")
+    parser = argparse.ArgumentParser(
+        prog="python -m mamba_rl.lab report",
+        description="Write the state pictures of a trained policy (correct vs wrong).",
+    )
     parser.add_argument("--checkpoint", required=True, help="trainer checkpoint (file or run dir) or lab policy file")
     parser.add_argument("--out", required=True, help="directory for the PNGs and report.json")
-    parser.add_argument("--horizon", type=int, nargs="+", default=None,
-                        help="delay of the episodes: one int, or two for a range (default: the trained one)")
+    parser.add_argument(
+        "--horizon",
+        type=int,
+        nargs="+",
+        default=None,
+        help="delay of the episodes: one int, or two for a range (default: the trained one)",
+    )
     parser.add_argument("--episodes", type=int, default=64)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--stride", type=int, default=1, help="keep every stride-th state (long horizons)")
@@ -47,10 +54,18 @@ def report_main(argv=None) -> int:
         if len(args.horizon) > 2:
             parser.error(f"--horizon takes one int or two (a range), got {args.horizon}")
         params = replace(params, horizon=args.horizon[0] if len(args.horizon) == 1 else tuple(args.horizon))
-    result = write_state_report(policy, params, args.out, episodes=args.episodes,
-                                seed=REPORT_SEED if args.seed is None else args.seed, stride=args.stride)
-    print(f"{result['correct']} correct, {result['wrong']} wrong of {result['episodes']} episodes "
-          f"(accuracy {result['accuracy']:.3f}); wrote " + ", ".join(sorted(result["files"])) + f" to {args.out}")
+    result = write_state_report(
+        policy,
+        params,
+        args.out,
+        episodes=args.episodes,
+        seed=REPORT_SEED if args.seed is None else args.seed,
+        stride=args.stride,
+    )
+    print(
+        f"{result['correct']} correct, {result['wrong']} wrong of {result['episodes']} episodes "
+        f"(accuracy {result['accuracy']:.3f}); wrote " + ", ".join(sorted(result["files"])) + f" to {args.out}"
+    )
     return 0
 
 

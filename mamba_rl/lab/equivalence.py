@@ -122,8 +122,14 @@ class EquivalenceReport:
         return max(value / max(self.scales[q], 1e-6) for q, value in self.max_diff.items())
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "tolerance": self.tolerance, "scales": self.scales, "setup": self.setup,
-                "max_diff": self.max_diff, "rows": [asdict(row) for row in self.rows]}
+        return {
+            "ok": self.ok,
+            "tolerance": self.tolerance,
+            "scales": self.scales,
+            "setup": self.setup,
+            "max_diff": self.max_diff,
+            "rows": [asdict(row) for row in self.rows],
+        }
 
     def __str__(self) -> str:
         s = self.setup
@@ -134,7 +140,8 @@ class EquivalenceReport:
             f"tolerance: {self.tolerance:g} x that",
             "",
             f"| {'path':<12} | {'backend':<7} | "
-            + " | ".join(f"max |d {q}|".ljust(11) for q in QUANTITIES) + " | ok |",
+            + " | ".join(f"max |d {q}|".ljust(11) for q in QUANTITIES)
+            + " | ok |",
             "|" + "|".join(["-" * 14, "-" * 9] + ["-" * 13] * len(QUANTITIES) + ["----"]) + "|",
         ]
         width = 13 * len(QUANTITIES) + 3 * (len(QUANTITIES) - 1) - 2
@@ -204,8 +211,16 @@ def _run_td_step(module, x, state, reset):
     batch = x.shape[0]
     outs = []
     for t in range(x.shape[1]):
-        td = TensorDict({module.in_keys[0]: x[:, t], module.ssm_key: state.ssm, module.conv_key: state.conv,
-                         module.in_keys[3]: reset[:, t, None]}, batch_size=[batch], device=x.device)
+        td = TensorDict(
+            {
+                module.in_keys[0]: x[:, t],
+                module.ssm_key: state.ssm,
+                module.conv_key: state.conv,
+                module.in_keys[3]: reset[:, t, None],
+            },
+            batch_size=[batch],
+            device=x.device,
+        )
         td = module(td)
         outs.append(td.get(module.out_keys[0]))
         state = MambaState(td.get(module.out_keys[1]), td.get(module.out_keys[2]))
@@ -221,15 +236,19 @@ def _run_td_recurrent(module, x, state, reset):
     first = reset[:, 0, None, None, None]
     ssm[:, 0] = torch.where(first, torch.zeros_like(state.ssm), state.ssm)
     conv[:, 0] = torch.where(first, torch.zeros_like(state.conv), state.conv)
-    td = TensorDict({module.in_keys[0]: x, module.ssm_key: ssm, module.conv_key: conv,
-                     module.in_keys[3]: reset[..., None]}, batch_size=[batch, steps], device=x.device)
+    td = TensorDict(
+        {module.in_keys[0]: x, module.ssm_key: ssm, module.conv_key: conv, module.in_keys[3]: reset[..., None]},
+        batch_size=[batch, steps],
+        device=x.device,
+    )
     with set_recurrent_mode(True):
         td = module(td)
     return td.get(module.out_keys[0]), None
 
 
-def _random_inputs(module: MambaModule, batch: int, steps: int, reset_prob: float, state_scale: float,
-                   seed: int, device, dtype):
+def _random_inputs(
+    module: MambaModule, batch: int, steps: int, reset_prob: float, state_scale: float, seed: int, device, dtype
+):
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, steps, module.input_size, generator=generator, dtype=torch.float64)
     reset = torch.rand(batch, steps, generator=generator) < reset_prob
@@ -268,8 +287,11 @@ def _evaluate(module, path, x, state, reset, weight, chunk_size, grad):
         grad_ssm, grad_conv = torch.autograd.grad((out * weight).sum(), (ssm0, conv0), allow_unused=True)
     grad_ssm = torch.zeros_like(ssm0) if grad_ssm is None else grad_ssm
     grad_conv = torch.zeros_like(conv0) if grad_conv is None else grad_conv
-    return out.detach(), MambaState(final.ssm.detach(), final.conv.detach()), torch.cat(
-        [grad_ssm.flatten(1), grad_conv.flatten(1).to(grad_ssm.dtype)], 1)
+    return (
+        out.detach(),
+        MambaState(final.ssm.detach(), final.conv.detach()),
+        torch.cat([grad_ssm.flatten(1), grad_conv.flatten(1).to(grad_ssm.dtype)], 1),
+    )
 
 
 def check_equivalence(
@@ -345,11 +367,25 @@ def check_equivalence(
                 rows.append(row)
     finally:
         module.backend = saved_backend
-    scales = {"out": _max_abs(ref_out), "ssm": _max_abs(ref_final.ssm), "conv": _max_abs(ref_final.conv),
-              "grad": 0.0 if ref_grad is None else _max_abs(ref_grad)}
-    setup = {"batch": batch, "steps": steps, "chunk_size": chunk_size, "resets": int(reset.sum()),
-             "dtype": str(dtype).replace("torch.", ""), "device": str(device), "backends": backends,
-             "num_layers": module.num_layers, "d_model": module.d_model, "d_state": module.d_state, "seed": seed}
+    scales = {
+        "out": _max_abs(ref_out),
+        "ssm": _max_abs(ref_final.ssm),
+        "conv": _max_abs(ref_final.conv),
+        "grad": 0.0 if ref_grad is None else _max_abs(ref_grad),
+    }
+    setup = {
+        "batch": batch,
+        "steps": steps,
+        "chunk_size": chunk_size,
+        "resets": int(reset.sum()),
+        "dtype": str(dtype).replace("torch.", ""),
+        "device": str(device),
+        "backends": backends,
+        "num_layers": module.num_layers,
+        "d_model": module.d_model,
+        "d_state": module.d_state,
+        "seed": seed,
+    }
     return EquivalenceReport(rows, scales, tolerance, setup)
 
 
@@ -360,7 +396,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mamba_rl.lab equivalence",
         description="Check that step, sequence and chunked sequence (TensorDict faces included) agree on every "
-                    "backend, for a fresh random MambaModule or the trunk of a checkpoint. Exit status 1 if not.")
+        "backend, for a fresh random MambaModule or the trunk of a checkpoint. Exit status 1 if not.",
+    )
     parser.add_argument("--checkpoint", default=None, help="trainer checkpoint (file or run dir) or lab policy file")
     parser.add_argument("--input-size", type=int, default=6)
     parser.add_argument("--d-model", type=int, default=MambaConfig.d_model)
@@ -372,14 +409,26 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--chunk", type=int, default=7, help="chunk length of the chunked path (default 7)")
     parser.add_argument("--reset-prob", type=float, default=0.05)
-    parser.add_argument("--backends", nargs="+", choices=("torch", "triton"), default=None,
-                        help="default: every backend available on the device")
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        choices=("torch", "triton"),
+        default=None,
+        help="default: every backend available on the device",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--dtype", choices=tuple(_DTYPES), default=None,
-                        help="parameter dtype (default float32 for a random module, the checkpoint's otherwise)")
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(_DTYPES),
+        default=None,
+        help="parameter dtype (default float32 for a random module, the checkpoint's otherwise)",
+    )
     parser.add_argument("--no-grad", action="store_true", help="skip the gradients with respect to the initial state")
-    parser.add_argument("--interpret", action="store_true",
-                        help="on CPU, also run the Triton kernels through Triton's interpreter (slow: minutes)")
+    parser.add_argument(
+        "--interpret",
+        action="store_true",
+        help="on CPU, also run the Triton kernels through Triton's interpreter (slow: minutes)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the report to this JSON file")
     args = parser.parse_args(argv)
@@ -407,13 +456,29 @@ def main(argv=None) -> int:
         print(f"{args.checkpoint}: trunk with {module.num_layers} layer(s), d_model={module.d_model}")
     else:
         torch.manual_seed(args.seed)
-        module = MambaModule(args.input_size, args.d_model, args.num_layers, d_state=args.d_state, d_conv=args.d_conv,
-                             expand=args.expand, in_key="observation", out_key="features", device=device,
-                             dtype=_DTYPES[args.dtype or "float32"])
+        module = MambaModule(
+            args.input_size,
+            args.d_model,
+            args.num_layers,
+            d_state=args.d_state,
+            d_conv=args.d_conv,
+            expand=args.expand,
+            in_key="observation",
+            out_key="features",
+            device=device,
+            dtype=_DTYPES[args.dtype or "float32"],
+        )
     try:
-        report = check_equivalence(module, batch=args.batch, steps=args.steps, chunk_size=args.chunk,
-                                   reset_prob=args.reset_prob, backends=args.backends, grad=not args.no_grad,
-                                   seed=args.seed)
+        report = check_equivalence(
+            module,
+            batch=args.batch,
+            steps=args.steps,
+            chunk_size=args.chunk,
+            reset_prob=args.reset_prob,
+            backends=args.backends,
+            grad=not args.no_grad,
+            seed=args.seed,
+        )
     except ValueError as err:
         print(f"equivalence: error: {err}", file=sys.stderr)
         return 2

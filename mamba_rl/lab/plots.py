@@ -199,8 +199,11 @@ def _shade_phases(ax, query_low: int, query_high: int, *, lines_only: bool = Fal
 def _phase_legend(query_low: int, query_high: int) -> list:
     query = f"query step {query_low}" if query_low == query_high else f"query steps {query_low}..{query_high}"
     delay = f"delay ({query_low - 1} steps)" if query_low == query_high else "delay"
-    return [Patch(color=_CUE_COLOR, alpha=0.5, label="cue step 0"), Patch(color=_DELAY_COLOR, alpha=0.6, label=delay),
-            Patch(color=_QUERY_COLOR, alpha=0.5, label=query)]
+    return [
+        Patch(color=_CUE_COLOR, alpha=0.5, label="cue step 0"),
+        Patch(color=_DELAY_COLOR, alpha=0.6, label=delay),
+        Patch(color=_QUERY_COLOR, alpha=0.5, label=query),
+    ]
 
 
 def _empty(ax, text: str) -> None:
@@ -247,8 +250,9 @@ def _describe(episodes: Episodes) -> str:
 # --- figures -----------------------------------------------------------------------------------
 
 
-def heatmap_figure(episodes: Episodes, *, layer: int | None = None, max_channels: int = 48,
-                   examples: dict[str, int] | None = None) -> Figure:
+def heatmap_figure(
+    episodes: Episodes, *, layer: int | None = None, max_channels: int = 48, examples: dict[str, int] | None = None
+) -> Figure:
     """SSM state channels over time for one correct and one wrong episode, side by side.
 
     The ``max_channels`` channels (``(layer, d_inner, d_state)`` entries) that vary most over
@@ -284,13 +288,19 @@ def heatmap_figure(episodes: Episodes, *, layer: int | None = None, max_channels
         keep, steps = _steps_until(episodes, i)
         # [C, K]
         data = values[keep, i][:, channels].T.numpy()
-        edges = np.concatenate([[steps[0] - 0.5], (steps[1:] + steps[:-1]) / 2, [steps[-1] + 0.5]]) \
-            if len(steps) > 1 else np.array([steps[0] - 0.5, steps[0] + 0.5])
+        edges = (
+            np.concatenate([[steps[0] - 0.5], (steps[1:] + steps[:-1]) / 2, [steps[-1] + 0.5]])
+            if len(steps) > 1
+            else np.array([steps[0] - 0.5, steps[0] + 0.5])
+        )
         image = ax.pcolormesh(edges, np.arange(len(channels) + 1), data, cmap="RdBu_r", vmin=-scale, vmax=scale)
         query = int(episodes.query_step[i])
         _shade_phases(ax, query, query, lines_only=True)
-        ax.set_title(f"{_group_title(name, episodes)}\nepisode {i}: code {int(episodes.target[i])}, "
-                     f"answered {int(episodes.answer[i])}", fontsize=10)
+        ax.set_title(
+            f"{_group_title(name, episodes)}\nepisode {i}: code {int(episodes.target[i])}, "
+            f"answered {int(episodes.answer[i])}",
+            fontsize=10,
+        )
         ax.set_xlabel("step t (state after t steps)")
         ax.set_ylim(len(channels), 0)
     labels = [_channel_label(int(c), episodes, layer) for c in channels] if picked else []
@@ -299,9 +309,12 @@ def heatmap_figure(episodes: Episodes, *, layer: int | None = None, max_channels
     axes[0].set_ylabel(f"SSM channel ({len(labels)} most varying)")
     if image is not None:
         fig.colorbar(image, ax=axes, label="SSM state value", shrink=0.9)
-    lines = [matplotlib.lines.Line2D([], [], color=_CUE_COLOR, lw=2, ls="--", label="cue step (between t = 0 and 1)"),
-             matplotlib.lines.Line2D([], [], color=_QUERY_COLOR, lw=2, ls="--",
-                                     label="query step (between the state it reads and the next)")]
+    lines = [
+        matplotlib.lines.Line2D([], [], color=_CUE_COLOR, lw=2, ls="--", label="cue step (between t = 0 and 1)"),
+        matplotlib.lines.Line2D(
+            [], [], color=_QUERY_COLOR, lw=2, ls="--", label="query step (between the state it reads and the next)"
+        ),
+    ]
     fig.legend(handles=lines, loc="outside lower center", ncol=2, fontsize=9, frameon=False)
     which = "all layers" if layer is None else f"layer {layer}"
     fig.suptitle(f"SSM state over one episode ({which}; {_describe(episodes)})")
@@ -356,8 +369,15 @@ def norms_figure(episodes: Episodes, *, max_lines: int = 32) -> Figure:
             ax = axes[row, col]
             _shade_phases(ax, low, high)
             if len(index) == 0:
-                ax.text(0.5, 0.5, f"no {name} answers among {episodes.num_episodes} episodes", ha="center",
-                        va="center", transform=ax.transAxes, color="0.35")
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"no {name} answers among {episodes.num_episodes} episodes",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    color="0.35",
+                )
             for layer in range(episodes.trace.num_layers if len(index) else 0):
                 _draw_norms(ax, episodes, index, kind, layer, layer_colors[layer], max_lines)
             ax.set_ylabel(f"{'SSM' if kind == 'ssm' else 'conv'} state L2 norm")
@@ -367,10 +387,15 @@ def norms_figure(episodes: Episodes, *, max_lines: int = 32) -> Figure:
             else:
                 ax.set_xlabel("step t (state after t steps)")
     handles = _phase_legend(low, high)
-    handles += [matplotlib.lines.Line2D([], [], color=layer_colors[i], lw=2.2, label=f"layer {i}: median, 10-90%")
-                for i in range(episodes.trace.num_layers)]
-    handles.append(matplotlib.lines.Line2D([], [], color="0.4", lw=0.6, marker="o", ms=3,
-                                           label="one episode (dot: state the query reads)"))
+    handles += [
+        matplotlib.lines.Line2D([], [], color=layer_colors[i], lw=2.2, label=f"layer {i}: median, 10-90%")
+        for i in range(episodes.trace.num_layers)
+    ]
+    handles.append(
+        matplotlib.lines.Line2D(
+            [], [], color="0.4", lw=0.6, marker="o", ms=3, label="one episode (dot: state the query reads)"
+        )
+    )
     fig.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), fontsize=9, frameon=False)
     fig.suptitle(f"Recurrent state norms over the episode ({_describe(episodes)})")
     return fig
@@ -425,8 +450,15 @@ def pca_figure(episodes: Episodes, *, layer: int | None = None, max_lines: int =
         ax.grid(alpha=0.3)
         ax.set_xlabel(f"PC 1 ({100 * ratio[0]:.0f}% of variance)")
         if len(index) == 0:
-            ax.text(0.5, 0.5, f"no {name} answers among {episodes.num_episodes} episodes", ha="center",
-                    va="center", transform=ax.transAxes, color="0.35")
+            ax.text(
+                0.5,
+                0.5,
+                f"no {name} answers among {episodes.num_episodes} episodes",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+                color="0.35",
+            )
             continue
         for i in index[:max_lines].tolist():
             keep = np.nonzero((steps <= query[i]).numpy())[0]
@@ -439,9 +471,11 @@ def pca_figure(episodes: Episodes, *, layer: int | None = None, max_lines: int =
                 ax.plot(*xy[cue[0]], marker="o", color=color, ms=5, mec="k", mew=0.5)
             ax.plot(*xy[-1], marker="*", color=color, ms=11, mec="k", mew=0.6)
     axes[0].set_ylabel(f"PC 2 ({100 * ratio[1]:.0f}% of variance)")
-    handles = [matplotlib.lines.Line2D([], [], color="0.3", marker="x", ls="", label="start (t = 0)"),
-               matplotlib.lines.Line2D([], [], color="0.6", marker="o", mec="k", ls="", label="after cue (t = 1)"),
-               matplotlib.lines.Line2D([], [], color="0.6", marker="*", ms=11, mec="k", ls="", label="query reads")]
+    handles = [
+        matplotlib.lines.Line2D([], [], color="0.3", marker="x", ls="", label="start (t = 0)"),
+        matplotlib.lines.Line2D([], [], color="0.6", marker="o", mec="k", ls="", label="after cue (t = 1)"),
+        matplotlib.lines.Line2D([], [], color="0.6", marker="*", ms=11, mec="k", ls="", label="query reads"),
+    ]
     num_codes = episodes.params.num_actions
     if num_codes <= 16:
         handles += [Patch(color=colors[c], label=f"code {c}") for c in range(num_codes)]
@@ -466,8 +500,9 @@ def summary_figure(episodes: Episodes, *, layer: int | None = None) -> Figure:
             style = "-" if lay == 0 else ":"
             if np.isnan(median).all():
                 median = np.nanmedian(sub, 1)
-            ax_norm.plot(steps, median, style, color=_GROUP_COLOR[name], lw=1.8,
-                         label=f"{name} ({len(index)}), layer {lay}")
+            ax_norm.plot(
+                steps, median, style, color=_GROUP_COLOR[name], lw=1.8, label=f"{name} ({len(index)}), layer {lay}"
+            )
             ax_norm.fill_between(steps, q10, q90, color=_GROUP_COLOR[name], alpha=0.15, lw=0)
     ax_norm.set_xlabel("step t (state after t steps)")
     ax_norm.set_ylabel("SSM state L2 norm (median, 10-90%)")
@@ -494,11 +529,12 @@ def summary_figure(episodes: Episodes, *, layer: int | None = None) -> Figure:
     return fig
 
 
-def state_figure(policy, params: DelayedMemoryParams, episodes: int = 32, *, seed: int = REPORT_SEED,
-                 device=None, stride: int = 1) -> Figure:
+def state_figure(
+    policy, params: DelayedMemoryParams, episodes: int = 32, *, seed: int = REPORT_SEED, device=None, stride: int = 1
+) -> Figure:
     """:func:`summary_figure` of freshly played episodes: the one-call figure for TensorBoard::
 
-        writer.add_figure("states/summary", state_figure(policy, params), global_step=update)
+    writer.add_figure("states/summary", state_figure(policy, params), global_step=update)
     """
     was_training = _training_flags(policy)
     try:
@@ -561,13 +597,21 @@ def write_state_report(
         files[name] = str(out_dir / name)
     correct, wrong = len(played.group("correct")), len(played.group("wrong"))
     summary = {
-        "episodes": played.num_episodes, "correct": correct, "wrong": wrong,
-        "accuracy": correct / played.num_episodes, "seed": seed, "greedy": greedy,
-        "task": {"num_bits": params.num_bits,
-                 "horizon": list(params.horizon) if isinstance(params.horizon, tuple) else params.horizon,
-                 "num_distractors": params.num_distractors},
-        "heatmap_episodes": {name: (int(idx[0]) if len(idx) else None)
-                             for name, idx in (("correct", played.group("correct")), ("wrong", played.group("wrong")))},
+        "episodes": played.num_episodes,
+        "correct": correct,
+        "wrong": wrong,
+        "accuracy": correct / played.num_episodes,
+        "seed": seed,
+        "greedy": greedy,
+        "task": {
+            "num_bits": params.num_bits,
+            "horizon": list(params.horizon) if isinstance(params.horizon, tuple) else params.horizon,
+            "num_distractors": params.num_distractors,
+        },
+        "heatmap_episodes": {
+            name: (int(idx[0]) if len(idx) else None)
+            for name, idx in (("correct", played.group("correct")), ("wrong", played.group("wrong")))
+        },
     }
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
     files["report.json"] = str(out_dir / "report.json")

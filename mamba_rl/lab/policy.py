@@ -102,8 +102,13 @@ def _keys(keys):
     return [tuple(k) if isinstance(k, list) else k for k in keys]
 
 
-def save_lab_policy(path: str | os.PathLike, module: MambaModule, head: nn.Linear,
-                    params: DelayedMemoryParams | None = None, extra: dict | None = None) -> Path:
+def save_lab_policy(
+    path: str | os.PathLike,
+    module: MambaModule,
+    head: nn.Linear,
+    params: DelayedMemoryParams | None = None,
+    extra: dict | None = None,
+) -> Path:
     """Write ``module`` and its linear ``head`` (and the task they were trained on) to ``path``."""
     if not isinstance(head, nn.Linear):
         raise TypeError(f"head must be an nn.Linear (the lab file stores a linear head), got {type(head).__name__}")
@@ -114,7 +119,9 @@ def save_lab_policy(path: str | os.PathLike, module: MambaModule, head: nn.Linea
         "version": LAB_POLICY_VERSION,
         "module": module_config(module),
         "head": {"in_features": head.in_features, "out_features": head.out_features},
-        "env": None if params is None else {
+        "env": None
+        if params is None
+        else {
             "num_bits": params.num_bits,
             "horizon": list(params.horizon) if isinstance(params.horizon, tuple) else params.horizon,
             "num_distractors": params.num_distractors,
@@ -132,8 +139,10 @@ def _params_from(env: dict | None) -> DelayedMemoryParams | None:
         return None
     horizon = env["horizon"]
     return DelayedMemoryParams(
-        num_bits=env["num_bits"], horizon=tuple(horizon) if isinstance(horizon, list) else horizon,
-        num_distractors=env.get("num_distractors", 0), wrong_penalty=env.get("wrong_penalty", 0.0),
+        num_bits=env["num_bits"],
+        horizon=tuple(horizon) if isinstance(horizon, list) else horizon,
+        num_distractors=env.get("num_distractors", 0),
+        wrong_penalty=env.get("wrong_penalty", 0.0),
     )
 
 
@@ -157,8 +166,13 @@ def load_policy(path: str | os.PathLike, device="cpu") -> tuple[StatePolicy, Del
     from mamba_rl.policies import load_policy as load_trainer_policy
 
     policy, cfg, checkpoint = load_trainer_policy(path, device)
-    params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=cfg.env_horizon, num_distractors=cfg.num_distractors,
-                                 wrong_penalty=cfg.wrong_penalty, horizon_sampling=cfg.horizon_sampling)
+    params = DelayedMemoryParams(
+        num_bits=cfg.num_bits,
+        horizon=cfg.env_horizon,
+        num_distractors=cfg.num_distractors,
+        wrong_penalty=cfg.wrong_penalty,
+        horizon_sampling=cfg.horizon_sampling,
+    )
     info = {"update": checkpoint.get("update"), "controller": cfg.controller, "trained_horizon": cfg.horizon}
     return as_state_policy(policy), params, info
 

@@ -126,14 +126,17 @@ def rollout_with_ssm_delta(
     low, _ = params.horizon_range
     if isinstance(at_step, bool) or not isinstance(at_step, int) or not 1 <= at_step <= low + 1:
         # at step 0 the episode's reset zeroes the state, change included
-        raise ValueError(f"at_step must be an int in 1..{low + 1} (after the cue, up to the query step of the "
-                         f"shortest episode), got {at_step!r}")
+        raise ValueError(
+            f"at_step must be an int in 1..{low + 1} (after the cue, up to the query step of the "
+            f"shortest episode), got {at_step!r}"
+        )
     task = DelayedMemoryTask(params, num_envs, device, autoreset=False)
     env, obs, _ = task.reset(seed)
     target, query_step = env["target"].clone(), env["horizon"] + 1
     if delta_ssm is not None and tuple(delta_ssm.shape) != (num_envs, *module.state_shapes[module.ssm_key]):
-        raise ValueError(f"delta_ssm must have shape {[num_envs, *module.state_shapes[module.ssm_key]]}, "
-                         f"got {list(delta_ssm.shape)}")
+        raise ValueError(
+            f"delta_ssm must have shape {[num_envs, *module.state_shapes[module.ssm_key]]}, got {list(delta_ssm.shape)}"
+        )
     state = module.zero_state((num_envs,), device)
     no_reset = torch.zeros(num_envs, dtype=torch.bool, device=device)
     answer = torch.full_like(target, -1)
@@ -157,12 +160,19 @@ def rollout_with_ssm_delta(
         env, step = task.step(env, action)
         obs = step.obs
         success |= step.success
-    return RolloutResult(answer, target, success, logits_at_query, torch.stack(observations, 1), query_step,
-                         state_at_step, at_step)
+    return RolloutResult(
+        answer, target, success, logits_at_query, torch.stack(observations, 1), query_step, state_at_step, at_step
+    )
 
 
-def steered_logits(policy, state: MambaState, delta_ssm: torch.Tensor, observations: torch.Tensor,
-                   query_index: torch.Tensor, path: str = "step") -> torch.Tensor:
+def steered_logits(
+    policy,
+    state: MambaState,
+    delta_ssm: torch.Tensor,
+    observations: torch.Tensor,
+    query_index: torch.Tensor,
+    path: str = "step",
+) -> torch.Tensor:
     """The query-step logits ``[B, num_actions]`` when the SSM state entering ``observations[:, 0]``
     is ``state.ssm + delta_ssm``; differentiable in ``delta_ssm``.
 
@@ -249,8 +259,11 @@ def steer_ssm_state(
     state = MambaState(state.ssm.detach(), state.conv.detach())
     delta = torch.zeros_like(state.ssm, requires_grad=True)
     optimizer = torch.optim.Adam([delta], lr=lr)
-    frozen = [p for p in [*module.parameters(), *(head.parameters() if isinstance(head, nn.Module) else [])]
-              if p.requires_grad]
+    frozen = [
+        p
+        for p in [*module.parameters(), *(head.parameters() if isinstance(head, nn.Module) else [])]
+        if p.requires_grad
+    ]
     for p in frozen:
         p.requires_grad_(False)
     losses = []
@@ -276,5 +289,6 @@ def steer_ssm_state(
         logits = steered_logits(policy, state, delta_ssm, observations, query_index, path)
     answer = logits.argmax(-1)
     size = delta_ssm.flatten(1).norm(dim=1) / state.ssm.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return SteeringResult(delta_ssm, logits, answer, code, answer == code, _margin(logits, code), size,
-                          iterations, losses, path)
+    return SteeringResult(
+        delta_ssm, logits, answer, code, answer == code, _margin(logits, code), size, iterations, losses, path
+    )

@@ -38,8 +38,16 @@ def train_toy_policy(
     fresh episodes (seed ``seed + 10**6``) after training.
     """
     torch.manual_seed(seed)
-    module = MambaModule(params.obs_dim, d_model, num_layers, d_state=d_state, in_key="observation",
-                         out_key="features", backend="torch", device=device)
+    module = MambaModule(
+        params.obs_dim,
+        d_model,
+        num_layers,
+        d_state=d_state,
+        in_key="observation",
+        out_key="features",
+        backend="torch",
+        device=device,
+    )
     head = nn.Linear(d_model, params.num_actions, device=device)
     optimizer = torch.optim.Adam([*module.parameters(), *head.parameters()], lr=lr)
     loss_value = float("nan")

@@ -99,8 +99,10 @@ class StateTrace:
         """The state after ``step`` steps (a kept step), ``[B, num_layers, ...]``."""
         index = (self.steps == step).nonzero()
         if index.numel() == 0:
-            raise KeyError(f"step {step} was not kept by the trace (kept: stride/window), kept steps "
-                           f"{self.steps[:5].tolist()}...{self.steps[-3:].tolist()}")
+            raise KeyError(
+                f"step {step} was not kept by the trace (kept: stride/window), kept steps "
+                f"{self.steps[:5].tolist()}...{self.steps[-3:].tolist()}"
+            )
         k = int(index[0, 0])
         return MambaState(self.ssm[k], self.conv[k])
 
@@ -121,8 +123,14 @@ class StateTrace:
         """The trace of the environments ``index`` (anything that indexes a ``[B]`` dimension)."""
         if isinstance(index, int):
             index = [index]
-        return StateTrace(self.steps, self.ssm[:, index], self.conv[:, index], self.out[:, index],
-                          self.layer_out[:, index], self.reset[:, index])
+        return StateTrace(
+            self.steps,
+            self.ssm[:, index],
+            self.conv[:, index],
+            self.out[:, index],
+            self.layer_out[:, index],
+            self.reset[:, index],
+        )
 
     def to(self, device) -> StateTrace:
         return StateTrace(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -182,9 +190,11 @@ def _inputs_from_tensordict(module: MambaModule, td: TensorDictBase):
             later = reset.clone()
             later[:, 0] = False
             if any(stored is not None and bool(stored[later].any()) for stored in (ssm, conv)):
-                raise ValueError("trace restarts from zero at is_init steps after t = 0, and this TensorDict "
-                                 "stores non-zero states there (recurrent mode restarts from them): trace "
-                                 "the rows cut at those steps")
+                raise ValueError(
+                    "trace restarts from zero at is_init steps after t = 0, and this TensorDict "
+                    "stores non-zero states there (recurrent mode restarts from them): trace "
+                    "the rows cut at those steps"
+                )
             # the stored state enters t = 0 whether or not an episode starts there
             reset[:, 0] = False
         zero = module.zero_state(rows.batch_size[:1], x.device)

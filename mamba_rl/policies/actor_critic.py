@@ -65,8 +65,13 @@ class ActorCritic(nn.Module):
     Build one with :func:`make_actor_critic`.
     """
 
-    def __init__(self, actor_trunk: nn.Module, critic_trunk: nn.Module | None, action_dist: ActionHead | int,
-                 head_hidden: int = 0) -> None:
+    def __init__(
+        self,
+        actor_trunk: nn.Module,
+        critic_trunk: nn.Module | None,
+        action_dist: ActionHead | int,
+        head_hidden: int = 0,
+    ) -> None:
         super().__init__()
         self.actor_trunk = actor_trunk
         self.critic_trunk = critic_trunk
@@ -89,13 +94,16 @@ class ActorCritic(nn.Module):
 
     def zero_state(self, batch_size: int, device=None) -> PolicyState:
         """Zero recurrent state for ``batch_size`` environments."""
-        return {prefix + name: value for prefix, trunk in self._trunks()
-                for name, value in trunk.zero_state(batch_size, device)._asdict().items()}
+        return {
+            prefix + name: value
+            for prefix, trunk in self._trunks()
+            for name, value in trunk.zero_state(batch_size, device)._asdict().items()
+        }
 
     @staticmethod
     def _split(state: PolicyState, prefix: str, trunk: nn.Module):
         """The state of ``trunk`` (its ``state_type``) from the entries of ``state`` under ``prefix``."""
-        return trunk.state_type(**{key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)})
+        return trunk.state_type(**{key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)})
 
     def _run(self, method: str, obs, state, reset, **kwargs):
         new_state = {}
@@ -120,8 +128,11 @@ class ActorCritic(nn.Module):
 
     def state_norms(self, state: PolicyState) -> dict[str, torch.Tensor]:
         """Norms of the recurrent state (for logging), ``{"actor/ssm_norm": ..., ...}``."""
-        return {f"{prefix[:-1]}/{name}": value for prefix, trunk in self._trunks()
-                for name, value in trunk.state_norms(self._split(state, prefix, trunk)).items()}
+        return {
+            f"{prefix[:-1]}/{name}": value
+            for prefix, trunk in self._trunks()
+            for name, value in trunk.state_norms(self._split(state, prefix, trunk)).items()
+        }
 
     def to_torchrl(self) -> TorchRLActorCritic:
         """TorchRL modules over the same parameters (see :class:`TorchRLActorCritic`)."""
@@ -144,8 +155,11 @@ class ActorCritic(nn.Module):
         if not isinstance(self.action_dist, CategoricalHead):
             raise NotImplementedError(f"to_torchrl supports categorical actions, got {type(self.action_dist).__name__}")
         actor = ProbabilisticActor(
-            actor_module, in_keys=["logits"], out_keys=["action"],
-            distribution_class=torch.distributions.Categorical, return_log_prob=True,
+            actor_module,
+            in_keys=["logits"],
+            out_keys=["action"],
+            distribution_class=torch.distributions.Categorical,
+            return_log_prob=True,
         )
         return TorchRLActorCritic(actor, critic, primers)
 
@@ -222,14 +236,23 @@ def make_actor_critic(
     def trunk(prefix: str, out_key: str):
         if controller == "mamba":
             return MambaTrunk(obs_dim, mamba, out_key=out_key, state_prefix=prefix, device=device)
-        return GRUTrunk(obs_dim, gru_hidden_size, mamba.num_layers, recurrent_backend=gru_backend,
-                        out_key=out_key, state_prefix=prefix, device=device)
+        return GRUTrunk(
+            obs_dim,
+            gru_hidden_size,
+            mamba.num_layers,
+            recurrent_backend=gru_backend,
+            out_key=out_key,
+            state_prefix=prefix,
+            device=device,
+        )
 
     actor_trunk = trunk("recurrent_state_" if shared_trunk else "actor_state_", "features")
     critic_trunk = None if shared_trunk else trunk("critic_state_", "critic_features")
     if (num_actions is None) == (action_space is None):
-        raise ValueError(f"pass one of num_actions or action_space, got num_actions={num_actions!r} and "
-                         f"action_space={action_space!r}")
+        raise ValueError(
+            f"pass one of num_actions or action_space, got num_actions={num_actions!r} and "
+            f"action_space={action_space!r}"
+        )
     action_dist = make_action_head(action_space) if action_space is not None else CategoricalHead(num_actions)
     return ActorCritic(actor_trunk, critic_trunk, action_dist, head_hidden).to(device)
 

@@ -13,15 +13,25 @@ __all__ = ["build_policy", "load_policy", "make_train_env", "memory_params"]
 
 def memory_params(cfg: TrainConfig, horizon=None) -> DelayedMemoryParams:
     """The memory task's parameters from ``cfg`` (at ``horizon`` instead of the trained one when given)."""
-    return DelayedMemoryParams(num_bits=cfg.num_bits, horizon=cfg.env_horizon if horizon is None else horizon,
-                               num_distractors=cfg.num_distractors, wrong_penalty=cfg.wrong_penalty,
-                               horizon_sampling=cfg.horizon_sampling)
+    return DelayedMemoryParams(
+        num_bits=cfg.num_bits,
+        horizon=cfg.env_horizon if horizon is None else horizon,
+        num_distractors=cfg.num_distractors,
+        wrong_penalty=cfg.wrong_penalty,
+        horizon_sampling=cfg.horizon_sampling,
+    )
 
 
 def make_train_env(cfg: TrainConfig, num_envs: int, device) -> BatchedEnv:
     """``num_envs`` copies of ``cfg.env`` (with ``env_kwargs`` and ``vectorization``) on ``device``."""
-    return make_env(cfg.env, num_envs, device, env_kwargs=cfg.env_kwargs, vectorization=cfg.vectorization,
-                    memory_params=memory_params(cfg) if cfg.is_memory_task else None)
+    return make_env(
+        cfg.env,
+        num_envs,
+        device,
+        env_kwargs=cfg.env_kwargs,
+        vectorization=cfg.vectorization,
+        memory_params=memory_params(cfg) if cfg.is_memory_task else None,
+    )
 
 
 def build_policy(cfg: TrainConfig, device, env: BatchedEnv | None = None) -> ActorCritic:
@@ -36,8 +46,15 @@ def build_policy(cfg: TrainConfig, device, env: BatchedEnv | None = None) -> Act
         if own:
             env.close()
     return make_actor_critic(
-        cfg.controller, obs_dim, action_space=action_space, shared_trunk=cfg.shared_trunk, mamba=cfg.mamba_config(),
-        gru_hidden_size=cfg.gru_hidden_size, gru_backend=cfg.gru_backend, head_hidden=cfg.head_hidden, device=device,
+        cfg.controller,
+        obs_dim,
+        action_space=action_space,
+        shared_trunk=cfg.shared_trunk,
+        mamba=cfg.mamba_config(),
+        gru_hidden_size=cfg.gru_hidden_size,
+        gru_backend=cfg.gru_backend,
+        head_hidden=cfg.head_hidden,
+        device=device,
     )
 
 

@@ -106,8 +106,9 @@ class MultiDiscreteHead(ActionHead):
         return params.float().split(self.nvec, dim=-1)
 
     def sample(self, params, noise):
-        action = torch.stack([sample_actions(logits, noise[..., i]) for i, logits in enumerate(self._split(params))],
-                             -1)
+        action = torch.stack(
+            [sample_actions(logits, noise[..., i]) for i, logits in enumerate(self._split(params))], -1
+        )
         return action, self.log_prob_entropy(params, action)[0]
 
     def mode(self, params):

@@ -80,8 +80,11 @@ class MambaTrunk(nn.Module):
         super().__init__()
         ssm_key, conv_key = _key(state_prefix, "ssm"), _key(state_prefix, "conv")
         self.core = MambaModule(
-            input_size, config=config, in_keys=[in_key, ssm_key, conv_key, "is_init"],
-            out_keys=[out_key, ("next", ssm_key), ("next", conv_key)], device=device,
+            input_size,
+            config=config,
+            in_keys=[in_key, ssm_key, conv_key, "is_init"],
+            out_keys=[out_key, ("next", ssm_key), ("next", conv_key)],
+            device=device,
         )
         self.out_features = config.d_model
 
@@ -142,9 +145,13 @@ class GRUTrunk(nn.Module):
             raise ValueError(f"recurrent_backend must be one of {GRU_BACKENDS}, got {recurrent_backend!r}")
         hidden_key = _key(state_prefix, "hidden")
         self.core = GRUModule(
-            input_size=input_size, hidden_size=hidden_size, num_layers=num_layers,
-            in_keys=[in_key, hidden_key, "is_init"], out_keys=[out_key, ("next", hidden_key)],
-            recurrent_backend="pad" if recurrent_backend == "packed" else recurrent_backend, device=device,
+            input_size=input_size,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            in_keys=[in_key, hidden_key, "is_init"],
+            out_keys=[out_key, ("next", hidden_key)],
+            recurrent_backend="pad" if recurrent_backend == "packed" else recurrent_backend,
+            device=device,
         )
         self.recurrent_backend = recurrent_backend
         self.in_key, self.out_key, self.hidden_key = in_key, out_key, hidden_key
@@ -163,8 +170,9 @@ class GRUTrunk(nn.Module):
         layer_in, new_hidden = x, []
         for layer in range(self.num_layers):
             h = hidden[:, layer]
-            gi = nn.functional.linear(layer_in, getattr(gru, f"weight_ih_l{layer}"),
-                                      getattr(gru, f"bias_ih_l{layer}", None))
+            gi = nn.functional.linear(
+                layer_in, getattr(gru, f"weight_ih_l{layer}"), getattr(gru, f"bias_ih_l{layer}", None)
+            )
             gh = nn.functional.linear(h, getattr(gru, f"weight_hh_l{layer}"), getattr(gru, f"bias_hh_l{layer}", None))
             i_r, i_z, i_n = gi.chunk(3, dim=-1)
             h_r, h_z, h_n = gh.chunk(3, dim=-1)
@@ -190,7 +198,8 @@ class GRUTrunk(nn.Module):
         hidden_in = torch.cat([h0[:, None], h0.new_zeros(batch, steps - 1, *h0.shape[1:])], 1)
         td = TensorDict(
             {self.in_key: x, self.hidden_key: hidden_in, "is_init": reset[..., None]},
-            batch_size=[batch, steps], device=x.device,
+            batch_size=[batch, steps],
+            device=x.device,
         )
         with set_recurrent_mode(True):
             td = self.core(td)

@@ -14,5 +14,15 @@ from mamba_rl.training.rollout import Rollout, RolloutCollector, sample_actions
 from mamba_rl.training.sweep import run_sweep
 from mamba_rl.training.trainer import TrainingDiverged, TrainResult, train
 
-__all__ = ["Rollout", "RolloutCollector", "TrainResult", "TrainingDiverged", "compute_gae", "ppo_loss", "replay",
-           "run_sweep", "sample_actions", "train"]
+__all__ = [
+    "Rollout",
+    "RolloutCollector",
+    "TrainResult",
+    "TrainingDiverged",
+    "compute_gae",
+    "ppo_loss",
+    "replay",
+    "run_sweep",
+    "sample_actions",
+    "train",
+]

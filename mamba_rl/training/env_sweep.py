@@ -25,8 +25,21 @@ from mamba_rl.training.sweep import finished_metrics, read_rows, write_run_rows
 
 __all__ = ["measure_env_sps", "run_env_sweep", "write_env_tables"]
 
-COLUMNS = ["env", "controller", "seed", "status", "updates", "global_step", "train_return_max", "train_return_last",
-           "eval_return_greedy", "eval_return_sampled", "sps_median", "train_time_s", "run_dir"]
+COLUMNS = [
+    "env",
+    "controller",
+    "seed",
+    "status",
+    "updates",
+    "global_step",
+    "train_return_max",
+    "train_return_last",
+    "eval_return_greedy",
+    "eval_return_sampled",
+    "sps_median",
+    "train_time_s",
+    "run_dir",
+]
 
 
 def measure_env_sps(cfg: TrainConfig, steps: int = 200) -> float:
@@ -63,8 +76,10 @@ def run_env_sweep(base: TrainConfig, controllers, seeds, out_dir: str | Path, ve
     out_dir = Path(out_dir)
     env_sps = measure_env_sps(base)
     if verbose:
-        print(f"{base.env}: {env_sps:,.0f} env-steps/s with random actions ({base.num_envs} envs, "
-              f"{base.vectorization} vectorization)")
+        print(
+            f"{base.env}: {env_sps:,.0f} env-steps/s with random actions ({base.num_envs} envs, "
+            f"{base.vectorization} vectorization)"
+        )
     rows = read_rows(out_dir / "results.csv")
     for controller in controllers:
         for seed in seeds:
@@ -77,9 +92,17 @@ def run_env_sweep(base: TrainConfig, controllers, seeds, out_dir: str | Path, ve
             elif verbose:
                 print(f"{run_dir} already holds this finished run: its metrics are reused", file=sys.stderr)
             rows = [row for row in rows if row["run_dir"] != str(run_dir)]
-            rows.append({"env": base.env, "controller": controller, "seed": seed, "status": metrics["status"],
-                         "updates": metrics.get("updates"), **{k: metrics.get(k) for k in COLUMNS[5:-1]},
-                         "run_dir": str(run_dir)})
+            rows.append(
+                {
+                    "env": base.env,
+                    "controller": controller,
+                    "seed": seed,
+                    "status": metrics["status"],
+                    "updates": metrics.get("updates"),
+                    **{k: metrics.get(k) for k in COLUMNS[5:-1]},
+                    "run_dir": str(run_dir),
+                }
+            )
             write_env_tables(rows, out_dir, env_sps)
     return rows
 
@@ -91,18 +114,26 @@ def _spread(values: list[float]) -> tuple[float, float]:
 def write_env_tables(rows: list[dict], out_dir: str | Path, env_sps: float | None = None) -> None:
     """``results.csv`` (every run) and ``results.md`` (every run, then mean +- std over seeds per controller)."""
     lines = write_run_rows(rows, out_dir, COLUMNS)
-    lines += ["", "| env | controller | seeds | MMER (mean +- std) | greedy eval return | trainer steps/s | "
-              "wall-clock s (mean) |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| env | controller | seeds | MMER (mean +- std) | greedy eval return | trainer steps/s | "
+        "wall-clock s (mean) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for controller in dict.fromkeys(row["controller"] for row in rows):
         cell = [row for row in rows if row["controller"] == controller]
-        mmer = _spread([row["train_return_max"] for row in cell if row["train_return_max"] is not None]
-                       or [float("nan")])
-        greedy = _spread([row["eval_return_greedy"] for row in cell if row["eval_return_greedy"] is not None]
-                         or [float("nan")])
+        mmer = _spread(
+            [row["train_return_max"] for row in cell if row["train_return_max"] is not None] or [float("nan")]
+        )
+        greedy = _spread(
+            [row["eval_return_greedy"] for row in cell if row["eval_return_greedy"] is not None] or [float("nan")]
+        )
         sps = statistics.fmean(row["sps_median"] or 0.0 for row in cell)
         wall = statistics.fmean(row["train_time_s"] or 0.0 for row in cell)
-        lines.append(f"| {cell[0]['env']} | {controller} | {len(cell)} | {mmer[0]:.3f} +- {mmer[1]:.3f} | "
-                     f"{greedy[0]:.3f} +- {greedy[1]:.3f} | {sps:,.0f} | {wall:,.0f} |")
+        lines.append(
+            f"| {cell[0]['env']} | {controller} | {len(cell)} | {mmer[0]:.3f} +- {mmer[1]:.3f} | "
+            f"{greedy[0]:.3f} +- {greedy[1]:.3f} | {sps:,.0f} | {wall:,.0f} |"
+        )
     if env_sps is not None:
         lines += ["", f"The env alone (random actions): {env_sps:,.0f} env-steps/s."]
     (Path(out_dir) / "results.md").write_text("\n".join(lines) + "\n")

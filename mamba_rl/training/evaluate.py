@@ -31,8 +31,18 @@ from mamba_rl.io import CheckpointError
 from mamba_rl.policies import ActorCritic, build_policy, load_policy, make_train_env
 from mamba_rl.policies.heads import sample_actions
 
-__all__ = ["evaluate_policy", "evaluate_horizons", "evaluate_env", "run_episodes", "build_policy", "load_policy",
-           "mean_ci95", "resolve_device", "main", "EVAL_SEED"]
+__all__ = [
+    "evaluate_policy",
+    "evaluate_horizons",
+    "evaluate_env",
+    "run_episodes",
+    "build_policy",
+    "load_policy",
+    "mean_ci95",
+    "resolve_device",
+    "main",
+    "EVAL_SEED",
+]
 
 EVAL_SEED = 12345
 
@@ -66,8 +76,15 @@ def hashed_noise(
 
 
 @torch.no_grad()
-def run_episodes(policy: ActorCritic, env: BatchedEnv, episodes: int, *, greedy: bool = True,
-                 seed: int = EVAL_SEED, progress: bool = False) -> dict:
+def run_episodes(
+    policy: ActorCritic,
+    env: BatchedEnv,
+    episodes: int,
+    *,
+    greedy: bool = True,
+    seed: int = EVAL_SEED,
+    progress: bool = False,
+) -> dict:
     """Play ``episodes`` episodes of ``env`` (its ``num_envs`` copies in parallel) with ``policy``.
 
     Episode ``i`` is the ``i``-th to start (the first ``num_envs`` at the reset, then one per copy
@@ -121,8 +138,9 @@ def run_episodes(policy: ActorCritic, env: BatchedEnv, episodes: int, *, greedy:
         done = (step.terminated | step.truncated).to(device)
         if bool(done.any()):
             index = done.nonzero().squeeze(-1)
-            for episode, r, length, s in zip(slot_episode[index].tolist(), ret[index].tolist(),
-                                             t[index].tolist(), success[index].tolist()):
+            for episode, r, length, s in zip(
+                slot_episode[index].tolist(), ret[index].tolist(), t[index].tolist(), success[index].tolist()
+            ):
                 if episode < episodes:
                     returns[episode], lengths[episode], successes[episode] = r, length, s
                     finished += 1
@@ -136,12 +154,27 @@ def run_episodes(policy: ActorCritic, env: BatchedEnv, episodes: int, *, greedy:
         bar.close()
     mean_return, return_ci = mean_ci95(returns)
     mean_length, length_ci = mean_ci95(lengths)
-    return {"episodes": episodes, "mean_return": mean_return, "return_ci95": return_ci, "mean_length": mean_length,
-            "length_ci95": length_ci, "success_rate": sum(successes) / episodes}
+    return {
+        "episodes": episodes,
+        "mean_return": mean_return,
+        "return_ci95": return_ci,
+        "mean_length": mean_length,
+        "length_ci95": length_ci,
+        "success_rate": sum(successes) / episodes,
+    }
 
 
-def evaluate_env(policy: ActorCritic, cfg: TrainConfig, episodes: int, *, seed: int = EVAL_SEED, num_envs: int = 16,
-                 device=None, modes=("greedy", "sampled"), progress: bool = False) -> dict:
+def evaluate_env(
+    policy: ActorCritic,
+    cfg: TrainConfig,
+    episodes: int,
+    *,
+    seed: int = EVAL_SEED,
+    num_envs: int = 16,
+    device=None,
+    modes=("greedy", "sampled"),
+    progress: bool = False,
+) -> dict:
     """``{mode: run_episodes(...)}`` on ``min(num_envs, episodes)`` copies of ``cfg.env``, plus ``"seconds"``."""
     device = next(policy.parameters()).device if device is None else torch.device(device)
     start = time.perf_counter()
@@ -161,11 +194,11 @@ def format_return_table(results: dict, env: str) -> str:
     for mode in ("greedy", "sampled"):
         if mode in results:
             r = results[mode]
-            lines.append(f"| {env} | {mode} | {r['mean_return']:.3f} +- {r['return_ci95']:.3f} | "
-                         f"{r['mean_length']:.1f} +- {r['length_ci95']:.1f} | {r['episodes']} |")
+            lines.append(
+                f"| {env} | {mode} | {r['mean_return']:.3f} +- {r['return_ci95']:.3f} | "
+                f"{r['mean_length']:.1f} +- {r['length_ci95']:.1f} | {r['episodes']} |"
+            )
     return "\n".join(lines)
-
-
 
 
 # episodes of at least this many steps show a progress bar (with an estimate of the time left)
@@ -185,8 +218,9 @@ class _EpisodeBatch:
     terminal: reward 0, success False.
     """
 
-    def __init__(self, policy, params: DelayedMemoryParams, n: int, seed: int, greedy: bool, device,
-                 first_episode: int = 0):
+    def __init__(
+        self, policy, params: DelayedMemoryParams, n: int, seed: int, greedy: bool, device, first_episode: int = 0
+    ):
         self.policy, self.params, self.greedy = policy, params, greedy
         self.task = DelayedMemoryTask(params, n, device, autoreset=False, first_env=first_episode)
         self.env, obs, _ = self.task.reset(seed)
@@ -271,22 +305,46 @@ def evaluate_policy(
         done_episodes += n
     returns = torch.cat(returns).cpu()
     _, return_ci = mean_ci95(returns)
-    return {"accuracy": successes / episodes, "episodes": episodes, "successes": successes,
-            "mean_return": float(returns.sum()) / episodes, "return_ci95": return_ci}
+    return {
+        "accuracy": successes / episodes,
+        "episodes": episodes,
+        "successes": successes,
+        "mean_return": float(returns.sum()) / episodes,
+        "return_ci95": return_ci,
+    }
 
 
-def evaluate_horizons(policy, cfg: TrainConfig, horizons, episodes: int, *, seed: int = EVAL_SEED,
-                      num_envs: int = 1000, device=None, modes=("greedy", "sampled"), cuda_graph: bool = True) -> dict:
+def evaluate_horizons(
+    policy,
+    cfg: TrainConfig,
+    horizons,
+    episodes: int,
+    *,
+    seed: int = EVAL_SEED,
+    num_envs: int = 1000,
+    device=None,
+    modes=("greedy", "sampled"),
+    cuda_graph: bool = True,
+) -> dict:
     """``{horizon: {"greedy": {...}, "sampled": {...}, "seconds": s}}`` for each horizon."""
     results = {}
     for horizon in horizons:
-        params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=horizon, num_distractors=cfg.num_distractors,
-                                     wrong_penalty=cfg.wrong_penalty)
+        params = DelayedMemoryParams(
+            num_bits=cfg.num_bits, horizon=horizon, num_distractors=cfg.num_distractors, wrong_penalty=cfg.wrong_penalty
+        )
         start = time.perf_counter()
         entry = {}
         for mode in modes:
-            entry[mode] = evaluate_policy(policy, params, episodes, greedy=mode == "greedy", seed=seed,
-                                          num_envs=num_envs, device=device, cuda_graph=cuda_graph)
+            entry[mode] = evaluate_policy(
+                policy,
+                params,
+                episodes,
+                greedy=mode == "greedy",
+                seed=seed,
+                num_envs=num_envs,
+                device=device,
+                cuda_graph=cuda_graph,
+            )
         entry["seconds"] = time.perf_counter() - start
         results[str(horizon) if not isinstance(horizon, str) else horizon] = entry
     return results
@@ -321,24 +379,44 @@ def resolve_device(name: str, arg: str = "device") -> torch.device:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="mamba-rl-eval", description="Episode return and length of a trained "
-                                     "policy (and accuracy per horizon on the memory task), greedy and sampled.")
+    parser = argparse.ArgumentParser(
+        prog="mamba-rl-eval",
+        description="Episode return and length of a trained "
+        "policy (and accuracy per horizon on the memory task), greedy and sampled.",
+    )
     parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
-    parser.add_argument("--horizons", type=int, nargs="+", default=None,
-                        help="horizons to evaluate (default: the trained one, half of it, 2x and 4x)")
+    parser.add_argument(
+        "--horizons",
+        type=int,
+        nargs="+",
+        default=None,
+        help="horizons to evaluate (default: the trained one, half of it, 2x and 4x)",
+    )
     parser.add_argument("--episodes", type=int, default=1000, help="episodes per horizon and mode (default 1000)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--num-envs", type=int, default=None,
-                        help="episodes run in parallel (default: 1000 on the memory task, else 16)")
-    parser.add_argument("--seed", type=int, default=EVAL_SEED,
-                        help=f"seed of the evaluation episodes (default {EVAL_SEED})")
+    parser.add_argument(
+        "--num-envs",
+        type=int,
+        default=None,
+        help="episodes run in parallel (default: 1000 on the memory task, else 16)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=EVAL_SEED, help=f"seed of the evaluation episodes (default {EVAL_SEED})"
+    )
     parser.add_argument("--modes", nargs="+", choices=("greedy", "sampled"), default=["greedy", "sampled"])
-    parser.add_argument("--no-cuda-graph", action="store_true",
-                        help="on CUDA, queue every step's kernels from Python instead of replaying a CUDA graph")
+    parser.add_argument(
+        "--no-cuda-graph",
+        action="store_true",
+        help="on CUDA, queue every step's kernels from Python instead of replaying a CUDA graph",
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
-    parser.add_argument("--plot-states", default=None, metavar="DIR",
-                        help="also write pictures of the recurrent state, correct vs wrong answers, for each horizon "
-                             "to DIR/horizon_<h>/ (Mamba policies; see docs/STATE_LAB.md)")
+    parser.add_argument(
+        "--plot-states",
+        default=None,
+        metavar="DIR",
+        help="also write pictures of the recurrent state, correct vs wrong answers, for each horizon "
+        "to DIR/horizon_<h>/ (Mamba policies; see docs/STATE_LAB.md)",
+    )
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
@@ -354,22 +432,42 @@ def main(argv=None) -> int:
         return 2
     if not cfg.is_memory_task:
         if args.horizons or args.plot_states:
-            print(f"mamba-rl-eval: error: --horizons and --plot-states are for the memory task; this run trained on "
-                  f"{cfg.env!r}", file=sys.stderr)
+            print(
+                f"mamba-rl-eval: error: --horizons and --plot-states are for the memory task; this run trained on "
+                f"{cfg.env!r}",
+                file=sys.stderr,
+            )
             return 2
-        print(f"{args.checkpoint}: {cfg.controller} policy trained on {cfg.env} for {checkpoint.get('update', '?')} "
-              f"updates; {args.episodes} episodes per mode on {device}")
+        print(
+            f"{args.checkpoint}: {cfg.controller} policy trained on {cfg.env} for {checkpoint.get('update', '?')} "
+            f"updates; {args.episodes} episodes per mode on {device}"
+        )
         try:
-            results = evaluate_env(policy, cfg, args.episodes, seed=args.seed, num_envs=args.num_envs or 16,
-                                   device=device, modes=tuple(args.modes), progress=True)
+            results = evaluate_env(
+                policy,
+                cfg,
+                args.episodes,
+                seed=args.seed,
+                num_envs=args.num_envs or 16,
+                device=device,
+                modes=tuple(args.modes),
+                progress=True,
+            )
         except EnvSpecError as err:
             print(f"mamba-rl-eval: error: {err}", file=sys.stderr)
             return 2
         print(format_return_table(results, cfg.env))
         if args.json:
-            out = {"checkpoint": str(args.checkpoint), "controller": cfg.controller, "env": cfg.env,
-                   "env_kwargs": cfg.env_kwargs, "update": checkpoint.get("update"), "device": str(device),
-                   "seed": args.seed, "results": results}
+            out = {
+                "checkpoint": str(args.checkpoint),
+                "controller": cfg.controller,
+                "env": cfg.env,
+                "env_kwargs": cfg.env_kwargs,
+                "update": checkpoint.get("update"),
+                "device": str(device),
+                "seed": args.seed,
+                "results": results,
+            }
             Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps(out, indent=2))
             print(f"wrote {args.json}")
@@ -379,27 +477,52 @@ def main(argv=None) -> int:
         print(f"mamba-rl-eval: error: --plot-states needs a Mamba policy, got {cfg.controller!r}", file=sys.stderr)
         return 2
     horizons = args.horizons or default_horizons(cfg)
-    print(f"{args.checkpoint}: {cfg.controller} policy trained on horizon {cfg.horizon} for "
-          f"{checkpoint.get('update', '?')} updates; {args.episodes} episodes per horizon on {device}")
-    results = evaluate_horizons(policy, cfg, horizons, args.episodes, seed=args.seed, num_envs=args.num_envs,
-                                device=device, modes=tuple(args.modes), cuda_graph=not args.no_cuda_graph)
+    print(
+        f"{args.checkpoint}: {cfg.controller} policy trained on horizon {cfg.horizon} for "
+        f"{checkpoint.get('update', '?')} updates; {args.episodes} episodes per horizon on {device}"
+    )
+    results = evaluate_horizons(
+        policy,
+        cfg,
+        horizons,
+        args.episodes,
+        seed=args.seed,
+        num_envs=args.num_envs,
+        device=device,
+        modes=tuple(args.modes),
+        cuda_graph=not args.no_cuda_graph,
+    )
     print(format_table(results, cfg.horizon_range[1]))
     if args.plot_states:
         from mamba_rl.lab.plots import write_state_report
 
         for horizon in horizons:
-            params = DelayedMemoryParams(num_bits=cfg.num_bits, horizon=horizon, num_distractors=cfg.num_distractors,
-                                         wrong_penalty=cfg.wrong_penalty)
+            params = DelayedMemoryParams(
+                num_bits=cfg.num_bits,
+                horizon=horizon,
+                num_distractors=cfg.num_distractors,
+                wrong_penalty=cfg.wrong_penalty,
+            )
             out_dir = Path(args.plot_states) / f"horizon_{horizon}"
             # at most about 250 kept states per episode, whatever the horizon
-            report = write_state_report(policy, params, out_dir, seed=args.seed, device=device,
-                                        stride=max(1, horizon // 250))
-            print(f"state pictures, horizon {horizon} ({report['correct']} correct, {report['wrong']} wrong of "
-                  f"{report['episodes']} episodes): {out_dir}")
+            report = write_state_report(
+                policy, params, out_dir, seed=args.seed, device=device, stride=max(1, horizon // 250)
+            )
+            print(
+                f"state pictures, horizon {horizon} ({report['correct']} correct, {report['wrong']} wrong of "
+                f"{report['episodes']} episodes): {out_dir}"
+            )
     if args.json:
-        out = {"checkpoint": str(args.checkpoint), "controller": cfg.controller, "trained_horizon": cfg.horizon,
-               "num_bits": cfg.num_bits, "update": checkpoint.get("update"), "device": str(device),
-               "seed": args.seed, "results": results}
+        out = {
+            "checkpoint": str(args.checkpoint),
+            "controller": cfg.controller,
+            "trained_horizon": cfg.horizon,
+            "num_bits": cfg.num_bits,
+            "update": checkpoint.get("update"),
+            "device": str(device),
+            "seed": args.seed,
+            "results": results,
+        }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")

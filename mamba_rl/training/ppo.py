@@ -25,8 +25,9 @@ from mamba_rl.training.rollout import Rollout
 __all__ = ["compute_gae", "replay", "ppo_loss", "PPOLossOutput", "weighted_mean", "explained_variance"]
 
 
-def compute_gae(reward, value, done, bootstrap_value, gamma: float, gae_lambda: float, terminated=None,
-                final_value=None):
+def compute_gae(
+    reward, value, done, bootstrap_value, gamma: float, gae_lambda: float, terminated=None, final_value=None
+):
     """GAE over ``[N, S]`` tensors (TorchRL's ``generalized_advantage_estimate``).
 
     ``value[:, t]`` is V(obs_t); the value of the observation after step ``t`` is
@@ -44,8 +45,14 @@ def compute_gae(reward, value, done, bootstrap_value, gamma: float, gae_lambda: 
     elif final_value is not None:
         next_value = torch.where(done & ~terminated, final_value, next_value)
     advantage, value_target = generalized_advantage_estimate(
-        gamma, gae_lambda, value[..., None], next_value[..., None], reward[..., None], done[..., None],
-        terminated[..., None], time_dim=-2
+        gamma,
+        gae_lambda,
+        value[..., None],
+        next_value[..., None],
+        reward[..., None],
+        done[..., None],
+        terminated[..., None],
+        time_dim=-2,
     )
     return advantage.squeeze(-1), value_target.squeeze(-1)
 
@@ -158,8 +165,9 @@ def ppo_loss(
         # unbiased, as torch.std in CleanRL
         std = (sq / (count - 1).clamp(min=1.0)).sqrt()
         advantages = (advantages - mean) / (std + 1e-8)
-    pg_loss = weighted_mean(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)),
-                            weight)
+    pg_loss = weighted_mean(
+        torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)), weight
+    )
     entropy_mean = weighted_mean(entropy, weight)
     value = value.float()
     if clip_vloss:

@@ -116,9 +116,18 @@ class RolloutCollector:
             version with a warning.
     """
 
-    def __init__(self, policy, env: BatchedEnv | DelayedMemoryParams, num_envs: int, chunk_len: int,
-                 num_chunks: int, seed: int, device: torch.device, cuda_graph: bool = True,
-                 compile_env: bool = False) -> None:
+    def __init__(
+        self,
+        policy,
+        env: BatchedEnv | DelayedMemoryParams,
+        num_envs: int,
+        chunk_len: int,
+        num_chunks: int,
+        seed: int,
+        device: torch.device,
+        cuda_graph: bool = True,
+        compile_env: bool = False,
+    ) -> None:
         self.device = torch.device(device)
         if isinstance(env, DelayedMemoryParams):
             env = DelayedMemoryTask(env, num_envs, self.device)
@@ -169,7 +178,7 @@ class RolloutCollector:
             self.buffers["final_value"] = torch.zeros(n, steps, device=self.device)
         # the carry split once (the same tensors): the policy's state, and what the step after
         # the policy reads and writes
-        self._policy_carry = {name[len("policy."):]: v for name, v in self.carry.items() if name.startswith("policy.")}
+        self._policy_carry = {name[len("policy.") :]: v for name, v in self.carry.items() if name.startswith("policy.")}
         self._env_carry = {name: value for name, value in self.carry.items() if not name.startswith("policy.")}
         self.chunk_states = {
             name: torch.zeros(num_chunks, *value.shape, dtype=value.dtype, device=self.device)
@@ -195,8 +204,7 @@ class RolloutCollector:
         return self._policy_carry
 
     def state_dict(self) -> dict:
-        return {"carry": {k: v.clone() for k, v in self.carry.items()},
-                "generator": self.generator.get_state()}
+        return {"carry": {k: v.clone() for k, v in self.carry.items()}, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the carry and the sampling generator. A host env's own state cannot be saved:
@@ -210,8 +218,10 @@ class RolloutCollector:
             raise ValueError(f"collector state does not match this policy/env: keys differ in {sorted(missing)}")
         for name, value in carry.items():
             if value.shape != self.carry[name].shape:
-                raise ValueError(f"collector state {name!r} must have shape {list(self.carry[name].shape)}, "
-                                 f"got {list(value.shape)} (different num_envs or model size?)")
+                raise ValueError(
+                    f"collector state {name!r} must have shape {list(self.carry[name].shape)}, "
+                    f"got {list(value.shape)} (different num_envs or model size?)"
+                )
             self.carry[name].copy_(value)
         # torch.load(map_location="cuda") moves the RNG state too; generators take a CPU ByteTensor
         self.generator.set_state(state["generator"].cpu())
@@ -226,8 +236,15 @@ class RolloutCollector:
 
     # --- one step ----------------------------------------------------------------------------
 
-    def _eager_env_and_store(self, carry: dict, buffers: dict, t: torch.Tensor, action: torch.Tensor,
-                             log_prob: torch.Tensor, value: torch.Tensor) -> None:
+    def _eager_env_and_store(
+        self,
+        carry: dict,
+        buffers: dict,
+        t: torch.Tensor,
+        action: torch.Tensor,
+        log_prob: torch.Tensor,
+        value: torch.Tensor,
+    ) -> None:
         """The step after the policy: the env step (same-step autoreset), the step's data stored
         into ``buffers`` at ``t``, and ``carry``'s observation, flags, return and env state moved
         on; ``t`` advances. Only tensors in place: compiled, it is a few fused kernels."""
@@ -235,10 +252,19 @@ class RolloutCollector:
         done = step.terminated | step.truncated if self.env.can_truncate else step.terminated
         episode_return = carry["episode_return"] + step.reward
         episode_length = carry["episode_length"] + 1
-        stored = {"obs": carry["obs"], "action": action, "log_prob": log_prob, "value": value, "reward": step.reward,
-                  "done": done, "is_init": carry["is_init"], "decision": carry["decision"], "success": step.success,
-                  "episode_return": torch.where(done, episode_return, 0.0),
-                  "episode_length": torch.where(done, episode_length, 0)}
+        stored = {
+            "obs": carry["obs"],
+            "action": action,
+            "log_prob": log_prob,
+            "value": value,
+            "reward": step.reward,
+            "done": done,
+            "is_init": carry["is_init"],
+            "decision": carry["decision"],
+            "success": step.success,
+            "episode_return": torch.where(done, episode_return, 0.0),
+            "episode_length": torch.where(done, episode_length, 0),
+        }
         if self.env.can_truncate:
             stored["terminated"] = step.terminated
             carry["final_obs"].copy_(step.final_obs)
@@ -269,15 +295,23 @@ class RolloutCollector:
         try:
             with torch.no_grad():
                 action = self._check_action()
-                log_prob, value = torch.linspace(-3, 0, self.num_envs, device=self.device), -torch.arange(
-                    self.num_envs, device=self.device).float()
-                expected = ({k: v.clone() for k, v in carry.items()}, {k: v.clone() for k, v in self.buffers.items()},
-                            self.t.clone())
+                log_prob, value = (
+                    torch.linspace(-3, 0, self.num_envs, device=self.device),
+                    -torch.arange(self.num_envs, device=self.device).float(),
+                )
+                expected = (
+                    {k: v.clone() for k, v in carry.items()},
+                    {k: v.clone() for k, v in self.buffers.items()},
+                    self.t.clone(),
+                )
                 got = ({k: v.clone() for k, v in carry.items()}, self.buffers, self.t)
                 self._eager_env_and_store(*expected, action, log_prob, value)
                 compiled(*got, action, log_prob, value)
-                same = all(torch.equal(got[0][k], expected[0][k]) for k in carry) and all(
-                    torch.equal(got[1][k], expected[1][k]) for k in self.buffers) and torch.equal(got[2], expected[2])
+                same = (
+                    all(torch.equal(got[0][k], expected[0][k]) for k in carry)
+                    and all(torch.equal(got[1][k], expected[1][k]) for k in self.buffers)
+                    and torch.equal(got[2], expected[2])
+                )
             if not same:
                 raise RuntimeError("its results differ from the eager step's")
         except Exception as err:  # a compiler missing or failing must not stop training: eager is correct
@@ -304,8 +338,9 @@ class RolloutCollector:
         """One step of every environment: reads and writes ``carry``, stores into ``buffers`` at ``t``."""
         carry = self.carry
         # the recurrent state steps in place, in carry (fused kernels on the Triton backend)
-        params, value, _ = self.policy.step(carry["obs"], self.policy_state, carry["is_init"],
-                                            out_state=self.policy_state)
+        params, value, _ = self.policy.step(
+            carry["obs"], self.policy_state, carry["is_init"], out_state=self.policy_state
+        )
         action, log_prob = self.action_dist.sample(params, self.noise.index_select(1, self.t).squeeze(1))
         self._env_and_store(self._env_carry, self.buffers, self.t, action, log_prob, value.float())
         if self.env.can_truncate:
@@ -319,8 +354,9 @@ class RolloutCollector:
         if not self.env.device_resident and not bool(truncated.any()):
             return
         _, final_value, _ = self.policy.step(self.carry["final_obs"], self.policy_state, self._no_reset)
-        self.buffers["final_value"].index_copy_(1, self.t - 1,
-                                                torch.where(truncated, final_value.float(), 0.0)[:, None])
+        self.buffers["final_value"].index_copy_(
+            1, self.t - 1, torch.where(truncated, final_value.float(), 0.0)[:, None]
+        )
 
     def _run_step(self) -> None:
         if self.use_cuda_graph and self._graph is None:
@@ -350,8 +386,12 @@ class RolloutCollector:
             for _ in range(self.chunk_len):
                 self._run_step()
         _, bootstrap_value, _ = self.policy.step(self.carry["obs"], self.policy_state, self.carry["is_init"])
-        return Rollout(**self.buffers, chunk_states=self.chunk_states, bootstrap_value=bootstrap_value.float(),
-                       chunk_len=self.chunk_len)
+        return Rollout(
+            **self.buffers,
+            chunk_states=self.chunk_states,
+            bootstrap_value=bootstrap_value.float(),
+            chunk_len=self.chunk_len,
+        )
 
     def close(self) -> None:
         self.env.close()

@@ -24,19 +24,42 @@ from pathlib import Path
 
 from mamba_rl.config import ConfigError, TrainConfig, config_from_dict, config_to_dict
 
-__all__ = ["RESUME_MUTABLE_KEYS", "RunDirLocked", "RunLock", "GracefulStop", "SignalsRaise", "check_resume_config",
-           "check_resume_overrides"]
+__all__ = [
+    "RESUME_MUTABLE_KEYS",
+    "RunDirLocked",
+    "RunLock",
+    "GracefulStop",
+    "SignalsRaise",
+    "check_resume_config",
+    "check_resume_overrides",
+]
 
 LOCK_NAME = ".lock"
 # some network filesystems have no flock
 _NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 # how long a resumed run goes on, what it evaluates and logs, and where it runs: never what it computes
-RESUME_MUTABLE_KEYS = frozenset({
-    "num_updates", "max_wall_time_s", "target_accuracy", "target_window", "checkpoint_interval", "log_interval",
-    "eval_episodes", "eval_horizons", "eval_num_envs", "tensorboard", "progress_bar", "device", "num_threads",
-    "cuda_graph", "compile_env", "run_root", "state_figure_interval",
-})
+RESUME_MUTABLE_KEYS = frozenset(
+    {
+        "num_updates",
+        "max_wall_time_s",
+        "target_accuracy",
+        "target_window",
+        "checkpoint_interval",
+        "log_interval",
+        "eval_episodes",
+        "eval_horizons",
+        "eval_num_envs",
+        "tensorboard",
+        "progress_bar",
+        "device",
+        "num_threads",
+        "cuda_graph",
+        "compile_env",
+        "run_root",
+        "state_figure_interval",
+    }
+)
 
 
 class RunDirLocked(RuntimeError):
@@ -74,8 +97,10 @@ class RunLock:
                         "end, or choose another run directory"
                     ) from None
                 if err.errno in _NO_FLOCK:
-                    warnings.warn(f"cannot lock {self.run_dir} ({err.strerror}: the filesystem has no flock); "
-                                  "running without a lock, so make sure no other run uses this directory")
+                    warnings.warn(
+                        f"cannot lock {self.run_dir} ({err.strerror}: the filesystem has no flock); "
+                        "running without a lock, so make sure no other run uses this directory"
+                    )
                     return self
                 raise
             # the file may have been removed by its releasing owner between our open and flock
@@ -88,8 +113,11 @@ class RunLock:
             os.close(fd)
         owner = _read(fd)
         if owner:
-            print(f"note: {self.run_dir} was locked by {owner}, which ended without releasing it; taking it over",
-                  file=sys.stderr, flush=True)
+            print(
+                f"note: {self.run_dir} was locked by {owner}, which ended without releasing it; taking it over",
+                file=sys.stderr,
+                flush=True,
+            )
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         os.fsync(fd)
@@ -166,8 +194,11 @@ class GracefulStop:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
         again = "Ctrl-C" if signum == signal.SIGINT else self.signal_name
-        print(f"\n{self.signal_name}: finishing this update, then saving a checkpoint ({again} again to abort now)",
-              file=sys.stderr, flush=True)
+        print(
+            f"\n{self.signal_name}: finishing this update, then saving a checkpoint ({again} again to abort now)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():

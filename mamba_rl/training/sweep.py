@@ -27,8 +27,20 @@ from mamba_rl.training.runs import RESUME_MUTABLE_KEYS
 
 __all__ = ["run_sweep", "cell_horizon", "write_tables", "plot_accuracy"]
 
-COLUMNS = ["controller", "horizon", "train_delays", "seed", "status", "updates", "eval_accuracy_greedy",
-           "eval_accuracy_sampled", "first_update_train_accuracy_ge_0.9", "sps_median", "train_time_s", "run_dir"]
+COLUMNS = [
+    "controller",
+    "horizon",
+    "train_delays",
+    "seed",
+    "status",
+    "updates",
+    "eval_accuracy_greedy",
+    "eval_accuracy_sampled",
+    "first_update_train_accuracy_ge_0.9",
+    "sps_median",
+    "train_time_s",
+    "run_dir",
+]
 
 
 def cell_horizon(base_horizon, horizon):
@@ -70,11 +82,17 @@ def run_sweep(base: TrainConfig, controllers, horizons, seeds, out_dir: str | Pa
                 elif verbose:
                     print(f"{run_dir} already holds this finished run: its metrics are reused", file=sys.stderr)
                 rows = [row for row in rows if row["run_dir"] != str(run_dir)]
-                rows.append({
-                    "controller": controller, "horizon": top, "train_delays": delays, "seed": seed,
-                    "status": metrics["status"],
-                    **{k: metrics.get(k) for k in COLUMNS[5:-1]}, "run_dir": str(run_dir),
-                })
+                rows.append(
+                    {
+                        "controller": controller,
+                        "horizon": top,
+                        "train_delays": delays,
+                        "seed": seed,
+                        "status": metrics["status"],
+                        **{k: metrics.get(k) for k in COLUMNS[5:-1]},
+                        "run_dir": str(run_dir),
+                    }
+                )
                 write_tables(rows, out_dir)
     plot_accuracy(rows, out_dir / "accuracy_vs_horizon.png")
     return rows
@@ -155,11 +173,15 @@ def write_run_rows(rows: list[dict], out_dir: str | Path, columns: list[str]) ->
 def write_tables(rows: list[dict], out_dir: str | Path) -> None:
     """``results.csv`` (every run) and ``results.md`` (every run, then the per-cell summary)."""
     lines = write_run_rows(rows, out_dir, COLUMNS)
-    lines += ["", "| controller | horizon | seeds | mean greedy accuracy | min | max |",
-              "|---|---:|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "| controller | horizon | seeds | mean greedy accuracy | min | max |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for s in _summary(rows):
-        lines.append(f"| {s['controller']} | {s['horizon']} | {s['seeds']} | {s['mean']:.3f} | {s['min']:.3f} "
-                     f"| {s['max']:.3f} |")
+        lines.append(
+            f"| {s['controller']} | {s['horizon']} | {s['seeds']} | {s['mean']:.3f} | {s['min']:.3f} | {s['max']:.3f} |"
+        )
     (Path(out_dir) / "results.md").write_text("\n".join(lines) + "\n")
 
 

@@ -35,8 +35,16 @@ from mamba_rl.training.ppo import compute_gae, explained_variance, ppo_loss, rep
 from mamba_rl.training.rollout import RolloutCollector
 from mamba_rl.training.runs import RESUME_MUTABLE_KEYS, GracefulStop, RunLock, SignalsRaise, check_resume_config
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "resolve_device", "new_run_dir", "run_name",
-           "rollout_advantages", "RESUME_MUTABLE_KEYS"]
+__all__ = [
+    "train",
+    "TrainResult",
+    "TrainingDiverged",
+    "resolve_device",
+    "new_run_dir",
+    "run_name",
+    "rollout_advantages",
+    "RESUME_MUTABLE_KEYS",
+]
 
 
 class TrainingDiverged(RuntimeError):
@@ -83,8 +91,16 @@ def _sync(device: torch.device) -> None:
 def rollout_advantages(rollout, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """``(advantages, returns)`` ``[N, S]`` of ``rollout``: GAE on the rewards times ``cfg.reward_scale``
     (the values the policy predicts are of the scaled returns)."""
-    return compute_gae(rollout.reward * cfg.reward_scale, rollout.value, rollout.done, rollout.bootstrap_value,
-                       cfg.gamma, cfg.gae_lambda, rollout.terminated, rollout.final_value)
+    return compute_gae(
+        rollout.reward * cfg.reward_scale,
+        rollout.value,
+        rollout.done,
+        rollout.bootstrap_value,
+        cfg.gamma,
+        cfg.gae_lambda,
+        rollout.terminated,
+        rollout.final_value,
+    )
 
 
 def ppo_update(policy, optimizer, rollout, advantages, returns, cfg: TrainConfig, generator: torch.Generator) -> dict:
@@ -103,18 +119,34 @@ def ppo_update(policy, optimizer, rollout, advantages, returns, cfg: TrainConfig
             env_idx = env_idx.to(device)
             logits, value = replay(policy, rollout, env_idx, cfg.backprop)
             out = ppo_loss(
-                logits, value, rollout.action[env_idx], rollout.log_prob[env_idx], rollout.value[env_idx],
-                advantages[env_idx], returns[env_idx], None if weight is None else weight[env_idx],
-                clip_coef=cfg.clip_coef, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef, norm_adv=cfg.norm_adv,
-                clip_vloss=cfg.clip_vloss, action_dist=policy.action_dist,
+                logits,
+                value,
+                rollout.action[env_idx],
+                rollout.log_prob[env_idx],
+                rollout.value[env_idx],
+                advantages[env_idx],
+                returns[env_idx],
+                None if weight is None else weight[env_idx],
+                clip_coef=cfg.clip_coef,
+                ent_coef=cfg.ent_coef,
+                vf_coef=cfg.vf_coef,
+                norm_adv=cfg.norm_adv,
+                clip_vloss=cfg.clip_vloss,
+                action_dist=policy.action_dist,
             )
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             optimizer.step()
-            stats = {"losses/loss": out.loss, "losses/policy": out.policy, "losses/value": out.value,
-                     "losses/entropy": out.entropy, "losses/approx_kl": out.approx_kl,
-                     "losses/clip_fraction": out.clip_fraction, "losses/grad_norm": grad_norm}
+            stats = {
+                "losses/loss": out.loss,
+                "losses/policy": out.policy,
+                "losses/value": out.value,
+                "losses/entropy": out.entropy,
+                "losses/approx_kl": out.approx_kl,
+                "losses/clip_fraction": out.clip_fraction,
+                "losses/grad_norm": grad_norm,
+            }
             for name, value_ in stats.items():
                 totals[name] = totals.get(name, 0.0) + value_.detach().float()
             count += 1
@@ -124,8 +156,9 @@ def ppo_update(policy, optimizer, rollout, advantages, returns, cfg: TrainConfig
     return {name: total / count for name, total in totals.items()}
 
 
-def _checkpoint_payload(cfg, update, global_step, train_time_s, policy, optimizer, collector, generator, history,
-                        counts) -> dict:
+def _checkpoint_payload(
+    cfg, update, global_step, train_time_s, policy, optimizer, collector, generator, history, counts
+) -> dict:
     return {
         "config": config_to_dict(cfg),
         "update": update,
@@ -210,8 +243,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
         checkpoint = load_checkpoint(checkpoint_path, map_location=device)
         check_resume_config(checkpoint["config"], cfg, str(checkpoint_path))
     elif checkpoint_path.exists():
-        raise FileExistsError(f"{run_dir} already holds a run (checkpoint.pt); pass --resume {run_dir} to continue "
-                              "it, or choose another run directory")
+        raise FileExistsError(
+            f"{run_dir} already holds a run (checkpoint.pt); pass --resume {run_dir} to continue "
+            "it, or choose another run directory"
+        )
 
     torch.manual_seed(cfg.seed)
     params = memory_params(cfg) if cfg.is_memory_task else None
@@ -219,9 +254,17 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
     policy = build_policy(cfg, device, env)
     counts = count_parameters(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
-    collector = RolloutCollector(policy, env, cfg.num_envs, cfg.resolved_chunk_len, cfg.chunks_per_rollout,
-                                 cfg.seed, device, cuda_graph=cfg.cuda_graph,
-                                 compile_env=cfg.compile_env and device.type == "cuda")
+    collector = RolloutCollector(
+        policy,
+        env,
+        cfg.num_envs,
+        cfg.resolved_chunk_len,
+        cfg.chunks_per_rollout,
+        cfg.seed,
+        device,
+        cuda_graph=cfg.cuda_graph,
+        compile_env=cfg.compile_env and device.type == "cuda",
+    )
     generator = torch.Generator().manual_seed(cfg.seed)
     start_update, global_step, train_time_s, history = 0, 0, 0.0, []
     if checkpoint is not None:
@@ -235,9 +278,11 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     if verbose:
         trunk = "shared trunk" if cfg.shared_trunk else "separate trunks"
-        print(f"{cfg.env}, {cfg.num_envs} envs; {cfg.controller} policy ({trunk}) on {device}: "
-              f"{counts['total']:,} parameters (trunks {counts['actor_trunk'] + counts['critic_trunk']:,}, "
-              f"actor head {counts['actor_head']:,}, value head {counts['value_head']:,}); run dir {run_dir}")
+        print(
+            f"{cfg.env}, {cfg.num_envs} envs; {cfg.controller} policy ({trunk}) on {device}: "
+            f"{counts['total']:,} parameters (trunks {counts['actor_trunk'] + counts['critic_trunk']:,}, "
+            f"actor head {counts['actor_head']:,}, value head {counts['value_head']:,}); run dir {run_dir}"
+        )
         if resume:
             print(f"resuming at update {start_update} (global step {global_step:,})")
 
@@ -247,8 +292,12 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
         logger.text("parameters", json.dumps(counts))
 
     def save(update: int) -> None:
-        save_checkpoint(_checkpoint_payload(cfg, update, global_step, train_time_s, policy, optimizer, collector,
-                                            generator, history, counts), checkpoint_path)
+        save_checkpoint(
+            _checkpoint_payload(
+                cfg, update, global_step, train_time_s, policy, optimizer, collector, generator, history, counts
+            ),
+            checkpoint_path,
+        )
 
     progress = None
     if cfg.progress_bar and verbose:
@@ -305,16 +354,35 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                 if not all(math.isfinite(v) for v in losses.values()):
                     raise TrainingDiverged(_diverged_message(losses, update, checkpoint_path, last_saved))
                 if values["train/episodes"] == 0:
-                    for name in ("accuracy", "episode_return", "episode_length", "episode_return_ci95",
-                                 "episode_length_ci95"):
+                    for name in (
+                        "accuracy",
+                        "episode_return",
+                        "episode_length",
+                        "episode_return_ci95",
+                        "episode_length_ci95",
+                    ):
                         values[f"train/{name}"] = None
                 if not cfg.is_memory_task:
                     values["train/accuracy"] = None
                 sps = cfg.steps_per_update / (rollout_s + update_s)
-                history.append({"update": update, "global_step": global_step, "accuracy": values["train/accuracy"],
-                                "episode_return": values["train/episode_return"], "sps": sps, "time_s": train_time_s})
-                scalars = {**values, "train/learning_rate": lr, "time/sps": sps, "time/rollout_s": rollout_s,
-                           "time/update_s": update_s, "time/rollout_sps": cfg.steps_per_update / rollout_s}
+                history.append(
+                    {
+                        "update": update,
+                        "global_step": global_step,
+                        "accuracy": values["train/accuracy"],
+                        "episode_return": values["train/episode_return"],
+                        "sps": sps,
+                        "time_s": train_time_s,
+                    }
+                )
+                scalars = {
+                    **values,
+                    "train/learning_rate": lr,
+                    "time/sps": sps,
+                    "time/rollout_s": rollout_s,
+                    "time/update_s": update_s,
+                    "time/rollout_sps": cfg.steps_per_update / rollout_s,
+                }
                 if device.type == "cuda":
                     scalars["gpu/memory_allocated_gb"] = torch.cuda.memory_allocated(device) / 2**30
                     scalars["gpu/max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -322,12 +390,20 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                     logger.scalars(scalars, global_step, update)
                 if progress is not None:
                     acc, ret = values["train/accuracy"], values["train/episode_return"]
-                    shown = (f"acc={acc if acc is None else round(acc, 3)}" if cfg.is_memory_task
-                             else f"return={ret if ret is None else round(ret, 3)}")
+                    shown = (
+                        f"acc={acc if acc is None else round(acc, 3)}"
+                        if cfg.is_memory_task
+                        else f"return={ret if ret is None else round(ret, 3)}"
+                    )
                     progress.set_postfix_str(f"{shown} sps={sps:,.0f}")
                     progress.update(1)
-                if (cfg.state_figure_interval and update % cfg.state_figure_interval == 0
-                        and cfg.controller == "mamba" and cfg.is_memory_task and logger.writer is not None):
+                if (
+                    cfg.state_figure_interval
+                    and update % cfg.state_figure_interval == 0
+                    and cfg.controller == "mamba"
+                    and cfg.is_memory_task
+                    and logger.writer is not None
+                ):
                     from mamba_rl.lab import state_figure
 
                     stride = max(1, cfg.horizon_range[1] // 250)
@@ -343,19 +419,27 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                 if interrupt.requested:
                     status = "interrupted"
                     break
-                if (cfg.max_wall_time_s is not None and update < cfg.num_updates
-                        and time.perf_counter() - session_start >= cfg.max_wall_time_s):
+                if (
+                    cfg.max_wall_time_s is not None
+                    and update < cfg.num_updates
+                    and time.perf_counter() - session_start >= cfg.max_wall_time_s
+                ):
                     status = "time_limit"
                     break
-                recent = [h["accuracy"] for h in history[-cfg.target_window:]]
-                if (cfg.target_accuracy is not None and len(recent) == cfg.target_window and None not in recent
-                        and sum(recent) / len(recent) >= cfg.target_accuracy):
+                recent = [h["accuracy"] for h in history[-cfg.target_window :]]
+                if (
+                    cfg.target_accuracy is not None
+                    and len(recent) == cfg.target_window
+                    and None not in recent
+                    and sum(recent) / len(recent) >= cfg.target_accuracy
+                ):
                     status = "target_reached"
                     break
     except TrainingDiverged as err:
         collector.close()
-        _write_metrics(run_dir, cfg, "diverged", update, global_step, train_time_s, history, counts, {}, device,
-                       error=str(err))
+        _write_metrics(
+            run_dir, cfg, "diverged", update, global_step, train_time_s, history, counts, {}, device, error=str(err)
+        )
         raise
     finally:
         if progress is not None:
@@ -373,35 +457,48 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                 evaluation = _final_evaluation(cfg, policy, logger, global_step, device, verbose)
     except KeyboardInterrupt:
         status, evaluation = "interrupted", {}
-        print("\ninterrupted during the final checkpoint or evaluation: metrics.json has no evaluation",
-              file=sys.stderr, flush=True)
+        print(
+            "\ninterrupted during the final checkpoint or evaluation: metrics.json has no evaluation",
+            file=sys.stderr,
+            flush=True,
+        )
     logger.close()
-    metrics = _write_metrics(run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation,
-                             device)
+    metrics = _write_metrics(
+        run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation, device
+    )
     if verbose:
-        print(_final_message(cfg, status, update, global_step, train_time_s, run_dir),
-              file=sys.stderr if status in ("time_limit", "interrupted") else sys.stdout)
+        print(
+            _final_message(cfg, status, update, global_step, train_time_s, run_dir),
+            file=sys.stderr if status in ("time_limit", "interrupted") else sys.stdout,
+        )
     return TrainResult(run_dir, status, metrics)
 
 
 def _diverged_message(losses: dict, update: int, checkpoint_path: Path, last_saved: int) -> str:
     bad = ", ".join(f"{k}={v}" for k, v in losses.items() if not math.isfinite(v))
     if checkpoint_path.exists():
-        where = (f"the last good checkpoint is {checkpoint_path} (update {last_saved}); resuming it would repeat "
-                 "the same updates, so")
+        where = (
+            f"the last good checkpoint is {checkpoint_path} (update {last_saved}); resuming it would repeat "
+            "the same updates, so"
+        )
     else:
         where = "no checkpoint had been saved yet, so"
-    return (f"non-finite loss at update {update} ({bad}); training stopped and {where} start a new run with a "
-            "lower learning_rate or max_grad_norm (--set learning_rate=...)")
+    return (
+        f"non-finite loss at update {update} ({bad}); training stopped and {where} start a new run with a "
+        "lower learning_rate or max_grad_norm (--set learning_rate=...)"
+    )
 
 
-def _final_message(cfg: TrainConfig, status: str, update: int, global_step: int, train_time_s: float,
-                   run_dir: Path) -> str:
+def _final_message(
+    cfg: TrainConfig, status: str, update: int, global_step: int, train_time_s: float, run_dir: Path
+) -> str:
     done = f"after {update} of {cfg.num_updates} updates ({global_step:,} steps, {train_time_s:.0f} s of training)"
     metrics = f"metrics in {run_dir / 'metrics.json'}"
     if status == "time_limit":
-        return (f"NOT FINISHED: stopped by max_wall_time_s={cfg.max_wall_time_s:g} {done}; {metrics}. Continue "
-                f"with: python train.py --resume {run_dir} --set max_wall_time_s=null")
+        return (
+            f"NOT FINISHED: stopped by max_wall_time_s={cfg.max_wall_time_s:g} {done}; {metrics}. Continue "
+            f"with: python train.py --resume {run_dir} --set max_wall_time_s=null"
+        )
     if status == "interrupted":
         return f"interrupted {done}; continue with: python train.py --resume {run_dir}; {metrics}"
     return f"{status} {done}; {metrics}"
@@ -419,21 +516,29 @@ def _eval_returns(cfg, evaluation: dict) -> dict:
     return out
 
 
-def _final_evaluation(cfg: TrainConfig, policy, logger: RunLogger, global_step: int, device: torch.device,
-                      verbose: bool) -> dict:
+def _final_evaluation(
+    cfg: TrainConfig, policy, logger: RunLogger, global_step: int, device: torch.device, verbose: bool
+) -> dict:
     """Mean episode return on any env; accuracy per horizon on the memory task. Logged and printed."""
     if not cfg.is_memory_task:
-        evaluation = evaluate_env(policy, cfg, cfg.eval_episodes, num_envs=min(cfg.eval_num_envs, cfg.num_envs),
-                                  device=device)
+        evaluation = evaluate_env(
+            policy, cfg, cfg.eval_episodes, num_envs=min(cfg.eval_num_envs, cfg.num_envs), device=device
+        )
         for mode in ("greedy", "sampled"):
-            logger.tensorboard_scalars({f"eval/episode_return_{mode}": evaluation[mode]["mean_return"],
-                                        f"eval/episode_length_{mode}": evaluation[mode]["mean_length"]}, global_step)
+            logger.tensorboard_scalars(
+                {
+                    f"eval/episode_return_{mode}": evaluation[mode]["mean_return"],
+                    f"eval/episode_length_{mode}": evaluation[mode]["mean_length"],
+                },
+                global_step,
+            )
         if verbose:
             print(format_return_table(evaluation, cfg.env))
         return evaluation
     horizons = [cfg.horizon_range[1], *[h for h in cfg.eval_horizons if h != cfg.horizon_range[1]]]
-    evaluation = evaluate_horizons(policy, cfg, horizons, cfg.eval_episodes, num_envs=cfg.eval_num_envs,
-                                   device=device, cuda_graph=cfg.cuda_graph)
+    evaluation = evaluate_horizons(
+        policy, cfg, horizons, cfg.eval_episodes, num_envs=cfg.eval_num_envs, device=device, cuda_graph=cfg.cuda_graph
+    )
     for horizon, entry in evaluation.items():
         for mode in ("greedy", "sampled"):
             logger.tensorboard_scalars({f"eval/accuracy_{mode}_h{horizon}": entry[mode]["accuracy"]}, global_step)
@@ -442,8 +547,9 @@ def _final_evaluation(cfg: TrainConfig, policy, logger: RunLogger, global_step: 
     return evaluation
 
 
-def _write_metrics(run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation, device,
-                   error=None) -> dict:
+def _write_metrics(
+    run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation, device, error=None
+) -> dict:
     trained = str(cfg.horizon_range[1])
     metrics = {
         "status": status,

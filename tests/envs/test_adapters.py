@@ -58,13 +58,15 @@ def test_gym_adapter_resets_in_the_same_step_and_keeps_the_final_observation(end
 
 
 def test_observation_flattening_one_hots_discrete_parts_of_dict_and_tuple_spaces():
-    space = spaces.Dict({"a": spaces.Discrete(4), "b": spaces.Tuple((spaces.Box(-1, 1, (2, 2)),
-                                                                      spaces.MultiDiscrete([2, 3])))})
+    space = spaces.Dict(
+        {"a": spaces.Discrete(4), "b": spaces.Tuple((spaces.Box(-1, 1, (2, 2)), spaces.MultiDiscrete([2, 3])))}
+    )
     assert flat_size(space) == 4 + 4 + 5
     obs = {"a": np.array([3, 0]), "b": (np.arange(8, dtype=np.float32).reshape(2, 2, 2), np.array([[1, 2], [0, 0]]))}
     flat = flatten_observation(space, obs, torch.device("cpu"))
-    expected = torch.tensor([[0, 0, 0, 1, 0, 1, 2, 3, 0, 1, 0, 0, 1],
-                             [1, 0, 0, 0, 4, 5, 6, 7, 1, 0, 1, 0, 0]], dtype=torch.float32)
+    expected = torch.tensor(
+        [[0, 0, 0, 1, 0, 1, 2, 3, 0, 1, 0, 0, 1], [1, 0, 0, 0, 4, 5, 6, 7, 1, 0, 1, 0, 0]], dtype=torch.float32
+    )
     torch.testing.assert_close(flat, expected)
 
 
@@ -170,8 +172,13 @@ def test_unsupported_observation_space_is_named_with_what_is_supported():
         make_env("mamba_rl_test/TextObservations-v0", 2, "cpu")
 
 
-@pytest.mark.parametrize("bad, message", [("obs", "step returned an observation outside its observation space"),
-                                          ("reward", "step returned rewards .*expected 2 finite numbers")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("obs", "step returned an observation outside its observation space"),
+        ("reward", "step returned rewards .*expected 2 finite numbers"),
+    ],
+)
 def test_a_step_that_breaks_the_envs_own_spec_is_an_error(bad, message):
     env = make_env("mamba_rl_test/BadStep-v0", 2, "cpu", env_kwargs={"bad": bad})
     env.reset(0)

@@ -41,9 +41,7 @@ def run_episode(params, num_envs, seed, answer):
     records = {"obs": [], "reward": [], "done": [], "decision": [], "success": [], "t": []}
     for _ in range(params.max_episode_steps):
         records["t"].append(state.t)
-        state, obs, reward, done, decision, success = delayed_memory_step(
-            state, answer(state), params
-        )
+        state, obs, reward, done, decision, success = delayed_memory_step(state, answer(state), params)
         for name, value in zip(
             ["obs", "reward", "done", "decision", "success"],
             [obs, reward, done, decision, success],
@@ -54,9 +52,9 @@ def run_episode(params, num_envs, seed, answer):
 
 def test_mix32_equals_uint32_lowbias32_reference():
     rng = np.random.default_rng(0)
-    x = np.concatenate(
-        [rng.integers(0, 2**32, size=10_000, dtype=np.uint64), [0, 1, 2**31, 2**32 - 1]]
-    ).astype(np.uint32)
+    x = np.concatenate([rng.integers(0, 2**32, size=10_000, dtype=np.uint64), [0, 1, 2**31, 2**32 - 1]]).astype(
+        np.uint32
+    )
     ref = x.copy()
     ref ^= ref >> np.uint32(16)
     ref *= np.uint32(0x7FEB352D)
@@ -317,8 +315,10 @@ def test_cuda_episodes_equal_cpu_episodes():
         ({"wrong_penalty": -1.0}, "wrong_penalty must be a finite number >= 0"),
         ({"wrong_penalty": math.nan}, "got nan"),
         ({"wrong_penalty": math.inf}, "got inf"),
-        ({"horizon_sampling": "loguniform"},
-         "horizon_sampling must be one of 'uniform', 'log_uniform', got 'loguniform'"),
+        (
+            {"horizon_sampling": "loguniform"},
+            "horizon_sampling must be one of 'uniform', 'log_uniform', got 'loguniform'",
+        ),
     ],
     ids=lambda v: str(v) if isinstance(v, dict) else "",
 )

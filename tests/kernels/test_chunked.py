@@ -27,9 +27,17 @@ def make_inputs(b, d, n, L, dtype=torch.float64, seed=0, with_h0=True, with_rese
         reset[3:] = torch.rand(b - 3, L, generator=g) < 0.1
     R = int(reset.sum())
     return dict(
-        u=r(b, d, L), delta=r(b, d, L), A=-torch.rand(d, n, generator=g, dtype=dtype) * 4 - 0.1,
-        B=r(b, n, L), C=r(b, n, L), D=r(d), z=r(b, d, L), delta_bias=r(d), delta_softplus=True,
-        h0=r(b, d, n) if with_h0 else None, reset=reset,
+        u=r(b, d, L),
+        delta=r(b, d, L),
+        A=-torch.rand(d, n, generator=g, dtype=dtype) * 4 - 0.1,
+        B=r(b, n, L),
+        C=r(b, n, L),
+        D=r(d),
+        z=r(b, d, L),
+        delta_bias=r(d),
+        delta_softplus=True,
+        h0=r(b, d, n) if with_h0 else None,
+        reset=reset,
         reset_state=r(R, d, n) if with_reset_state else None,
     )
 
@@ -57,8 +65,11 @@ def assert_scans_agree(actual, expected, dtype=None):
 
 
 @pytest.mark.parametrize("L", [1, 63, CHUNK, CHUNK + 1, 200], ids=lambda L: f"T{L}")
-@pytest.mark.parametrize("with_h0,with_reset_state", [(True, True), (False, False), (True, False), (False, True)],
-                         ids=["h0-restarts", "zeros", "h0", "restarts"])
+@pytest.mark.parametrize(
+    "with_h0,with_reset_state",
+    [(True, True), (False, False), (True, False), (False, True)],
+    ids=["h0-restarts", "zeros", "h0", "restarts"],
+)
 def test_chunked_equals_reference_with_every_gradient(L, with_h0, with_reset_state):
     inputs = make_inputs(4, 5, 3, L, with_h0=with_h0, with_reset_state=with_reset_state)
     expected = run_with_grads(selective_scan_ref, inputs)
@@ -67,13 +78,15 @@ def test_chunked_equals_reference_with_every_gradient(L, with_h0, with_reset_sta
     assert_scans_agree(actual, expected)
 
 
-@pytest.mark.parametrize("chunk_size,segment_size", [(1, 1), (2, 5), (7, 7), (4, 20), (200, 200), (None, None)],
-                         ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "chunk_size,segment_size", [(1, 1), (2, 5), (7, 7), (4, 20), (200, 200), (None, None)], ids=lambda v: str(v)
+)
 def test_chunked_does_not_depend_on_chunk_or_segment_size(chunk_size, segment_size):
     inputs = make_inputs(4, 3, 2, 50)
     expected = run_with_grads(selective_scan_ref, inputs)
     actual = run_with_grads(
-        lambda **k: selective_scan_chunked(**k, chunk_size=chunk_size, segment_size=segment_size), inputs)
+        lambda **k: selective_scan_chunked(**k, chunk_size=chunk_size, segment_size=segment_size), inputs
+    )
     assert_scans_agree(actual, expected)
 
 
@@ -105,14 +118,18 @@ def test_chunked_stays_finite_where_decays_underflow():
     inputs["A"] = inputs["A"] * 10
     expected = run_with_grads(selective_scan_ref, inputs)
     actual = run_with_grads(lambda **k: selective_scan_chunked(**k, chunk_size=CHUNK), inputs)
-    for name, a, e in [("y", actual[0], expected[0]), ("h_last", actual[1], expected[1]),
-                       *[(f"gradient of {k}", actual[2][k], expected[2][k]) for k in expected[2]]]:
+    for name, a, e in [
+        ("y", actual[0], expected[0]),
+        ("h_last", actual[1], expected[1]),
+        *[(f"gradient of {k}", actual[2][k], expected[2][k]) for k in expected[2]],
+    ]:
         assert torch.isfinite(a).all(), name
         assert_rel_close(name, a, e.double(), torch.float32)
 
 
-@pytest.mark.parametrize("chunk_size,segment_size", [(CHUNK, None), (40, 40), (8, 8)],
-                         ids=["chunks", "one-chunk", "one-chunk-segments"])
+@pytest.mark.parametrize(
+    "chunk_size,segment_size", [(CHUNK, None), (40, 40), (8, 8)], ids=["chunks", "one-chunk", "one-chunk-segments"]
+)
 def test_chunked_nonfinite_before_a_reset_reaches_nothing_after_it(chunk_size, segment_size):
     L = 40
     inputs = make_inputs(2, 5, 3, L, seed=5)
@@ -182,8 +199,15 @@ def make_conv_inputs(b, d, L, width, seed=0, with_state=True, with_reset_state=T
     if b > 3:
         reset[3:] = torch.rand(b - 3, L, generator=g) < 0.2
     R = int(reset.sum())
-    return dict(x=r(b, d, L), weight=r(d, width), bias=r(d), initial_state=r(b, d, width - 1) if with_state else None,
-                reset=reset, activation="silu", reset_state=r(R, d, width - 1) if with_reset_state else None)
+    return dict(
+        x=r(b, d, L),
+        weight=r(d, width),
+        bias=r(d),
+        initial_state=r(b, d, width - 1) if with_state else None,
+        reset=reset,
+        activation="silu",
+        reset_state=r(R, d, width - 1) if with_reset_state else None,
+    )
 
 
 def conv_with_grads(conv, inputs, seed=1):
@@ -198,8 +222,11 @@ def conv_with_grads(conv, inputs, seed=1):
 
 @pytest.mark.parametrize("L", [1, 2, 5, 40], ids=lambda L: f"T{L}")
 @pytest.mark.parametrize("width", [2, 4])
-@pytest.mark.parametrize("with_state,with_reset_state", [(True, True), (False, False), (False, True)],
-                         ids=["state-restarts", "zeros", "restarts"])
+@pytest.mark.parametrize(
+    "with_state,with_reset_state",
+    [(True, True), (False, False), (False, True)],
+    ids=["state-restarts", "zeros", "restarts"],
+)
 def test_chunked_conv_equals_reference_with_every_gradient(L, width, with_state, with_reset_state):
     inputs = make_conv_inputs(5, 3, L, width, with_state=with_state, with_reset_state=with_reset_state)
     y_ref, state_ref, grads_ref = conv_with_grads(causal_conv1d_ref, inputs)

@@ -12,8 +12,15 @@ def make_scan_inputs(b=2, d=5, n=3, L=17, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
     return dict(
-        u=r(b, d, L), delta=r(b, d, L), A=-torch.rand(d, n, generator=g, dtype=dtype) - 0.1,
-        B=r(b, n, L), C=r(b, n, L), D=r(d), z=r(b, d, L), delta_bias=r(d), delta_softplus=True,
+        u=r(b, d, L),
+        delta=r(b, d, L),
+        A=-torch.rand(d, n, generator=g, dtype=dtype) - 0.1,
+        B=r(b, n, L),
+        C=r(b, n, L),
+        D=r(d),
+        z=r(b, d, L),
+        delta_bias=r(d),
+        delta_softplus=True,
     )
 
 
@@ -29,8 +36,9 @@ def test_scan_matches_closed_form_for_one_step():
     h0 = torch.randn(1, 2, 3, dtype=torch.float64)
     y, h = selective_scan(**inp, h0=h0, backend="torch")
     delta = F.softplus(inp["delta"][..., 0] + inp["delta_bias"])
-    h_expected = (torch.exp(delta[..., None] * inp["A"]) * h0
-                  + (delta * inp["u"][..., 0])[..., None] * inp["B"][:, None, :, 0])
+    h_expected = (
+        torch.exp(delta[..., None] * inp["A"]) * h0 + (delta * inp["u"][..., 0])[..., None] * inp["B"][:, None, :, 0]
+    )
     y_expected = (h_expected * inp["C"][:, None, :, 0]).sum(-1) + inp["D"] * inp["u"][..., 0]
     y_expected = y_expected * F.silu(inp["z"][..., 0])
     assert_close(h, h_expected)
@@ -71,9 +79,18 @@ def test_scan_step_equals_sequence():
     h = torch.zeros(2, 5, 3, dtype=torch.float64)
     for t in range(6):
         y, h = selective_state_step(
-            h, inp["u"][..., t], inp["delta"][..., t], inp["A"], inp["B"][..., t], inp["C"][..., t],
-            D=inp["D"], z=inp["z"][..., t], delta_bias=inp["delta_bias"], delta_softplus=True,
-            reset=reset[:, t], backend="torch",
+            h,
+            inp["u"][..., t],
+            inp["delta"][..., t],
+            inp["A"],
+            inp["B"][..., t],
+            inp["C"][..., t],
+            D=inp["D"],
+            z=inp["z"][..., t],
+            delta_bias=inp["delta_bias"],
+            delta_softplus=True,
+            reset=reset[:, t],
+            backend="torch",
         )
         assert_close(y, y_seq[..., t])
     assert_close(h, h_seq)
@@ -110,7 +127,7 @@ def test_conv_without_reset_matches_torch_conv1d(width):
     y, state = causal_conv1d(x, w, bias, activation="silu", backend="torch")
     expected = F.silu(F.conv1d(x, w[:, None], bias, padding=width - 1, groups=3)[..., :9])
     assert_close(y, expected)
-    assert_close(state, x[..., -(width - 1):])
+    assert_close(state, x[..., -(width - 1) :])
 
 
 @pytest.mark.parametrize("L", [1, 2, 10])
@@ -192,8 +209,9 @@ def _split_rows(run, initial, reset, reset_state):
 
 def _split_rows_scan(inp, h0, reset, reset_state):
     def run(row, start, stop, state):
-        piece = {k: (v[row : row + 1, ..., start:stop] if torch.is_tensor(v) and v.dim() == 3 else v)
-                 for k, v in inp.items()}
+        piece = {
+            k: (v[row : row + 1, ..., start:stop] if torch.is_tensor(v) and v.dim() == 3 else v) for k, v in inp.items()
+        }
         return selective_scan(**piece, h0=state, backend="torch")
 
     return _split_rows(run, h0, reset, reset_state)
@@ -236,8 +254,9 @@ def test_scan_nonfinite_before_a_reset_does_not_leak_after_it():
 
 def _split_rows_conv(x, weight, bias, initial_state, reset, reset_state):
     def run(row, start, stop, state):
-        return causal_conv1d(x[row : row + 1, :, start:stop], weight, bias, initial_state=state,
-                             activation="silu", backend="torch")
+        return causal_conv1d(
+            x[row : row + 1, :, start:stop], weight, bias, initial_state=state, activation="silu", backend="torch"
+        )
 
     return _split_rows(run, initial_state, reset, reset_state)
 
@@ -252,8 +271,16 @@ def test_conv_restarts_from_reset_state_equals_split_rows(width, L):
     initial_state = torch.randn(3, 4, width - 1, generator=g, dtype=torch.float64)
     reset = reset_mask(3, L, [(r, t) for r, t in RESTART_RESETS if t < L])
     reset_state = torch.randn(int(reset.sum()), 4, width - 1, generator=g, dtype=torch.float64)
-    y, final = causal_conv1d(x, weight, bias, initial_state=initial_state, reset=reset, activation="silu",
-                             reset_state=reset_state, backend="torch")
+    y, final = causal_conv1d(
+        x,
+        weight,
+        bias,
+        initial_state=initial_state,
+        reset=reset,
+        activation="silu",
+        reset_state=reset_state,
+        backend="torch",
+    )
     y_ref, final_ref = _split_rows_conv(x, weight, bias, initial_state, reset, reset_state)
     assert_close(y, y_ref)
     assert_close(final, final_ref)
@@ -267,7 +294,8 @@ def test_conv_reset_state_gradients_match_finite_differences():
     reset_state = torch.randn(3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda s: causal_conv1d(x, weight, reset=reset, reset_state=s, activation="silu", backend="torch"),
-        (reset_state,))
+        (reset_state,),
+    )
 
 
 def test_conv_nonfinite_before_a_reset_does_not_leak_after_it():

@@ -111,12 +111,17 @@ def test_conv_gradient_through_one_output_only(used, device):
     inputs, reset_mask = make_inputs(2, 5, 40, 4, torch.float32, device=device)
     grads = {}
     for name, fn in (("ref", naive.causal_conv1d_ref), ("triton", causal_conv1d_triton)):
-        leaves = {k: v.detach().double().clone().requires_grad_(True) if name == "ref" else
-                  v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
+        leaves = {
+            k: v.detach().double().clone().requires_grad_(True)
+            if name == "ref"
+            else v.detach().clone().requires_grad_(True)
+            for k, v in inputs.items()
+        }
         y, final_state = fn(**leaves, reset=reset_mask, activation="silu")
         out = y if used == "y" else final_state
-        (out.double() * torch.linspace(-1, 1, out.numel(), dtype=torch.float64,
-                                       device=device).view_as(out)).sum().backward()
+        (
+            out.double() * torch.linspace(-1, 1, out.numel(), dtype=torch.float64, device=device).view_as(out)
+        ).sum().backward()
         grads[name] = {k: v.grad for k, v in leaves.items()}
     for k in GRAD_NAMES:
         if used == "final_state" and k in ("weight", "bias"):
@@ -146,8 +151,7 @@ RESTART_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", RESTART_CASES, ids=[f"B{c[0]}-T{c[2]}-D{c[1]}-W{c[3]}-{c[4]}"
-                                                     for c in RESTART_CASES])
+@pytest.mark.parametrize("case", RESTART_CASES, ids=[f"B{c[0]}-T{c[2]}-D{c[1]}-W{c[3]}-{c[4]}" for c in RESTART_CASES])
 def test_conv_restarts_from_reset_state_like_the_reference(case, device):
     """With ``reset_state`` the window entering each reset step is that reset's history: the
     reference's outputs, final state and every gradient, ``reset_state``'s included."""
@@ -216,8 +220,11 @@ def test_dispatcher_routes_to_triton(device):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("b,d,L,dtype", [(64, 256, 1000, torch.float32), (8, 256, 20000, torch.bfloat16)],
-                         ids=["B64-T1000-D256-fp32", "B8-T20000-D256-bf16"])
+@pytest.mark.parametrize(
+    "b,d,L,dtype",
+    [(64, 256, 1000, torch.float32), (8, 256, 20000, torch.bfloat16)],
+    ids=["B64-T1000-D256-fp32", "B8-T20000-D256-bf16"],
+)
 def test_conv_matches_reference_realistic(b, d, L, dtype):
     inputs, reset_mask = make_inputs(b, d, L, 4, dtype, device="cuda")
     reset_mask |= torch.rand(b, L, device="cuda") < 0.005

@@ -53,8 +53,9 @@ def test_second_call_goes_to_the_binary_with_constexprs_in_signature_order(direc
     assert kernel.log[1] == ("binary", 1, (4, 2, 1), (x, 48, 1, 16, True))
 
 
-@pytest.mark.parametrize("change", ["int_divisibility", "int_one", "int_width", "dtype", "alignment",
-                                    "constexpr", "option", "tuple_element"])
+@pytest.mark.parametrize(
+    "change", ["int_divisibility", "int_one", "int_width", "dtype", "alignment", "constexpr", "option", "tuple_element"]
+)
 def test_what_triton_specialises_on_picks_another_binary(direct, change):
     kernel = _FakeKernel()
     launch = DirectLauncher(kernel)
@@ -116,9 +117,17 @@ def test_direct_launches_match_the_jit_bit_for_bit(monkeypatch):
     def r(*shape):
         return torch.randn(*shape, device="cuda", generator=g)
 
-    inputs = dict(u=r(b, L, d).transpose(1, 2), delta=0.1 * r(b, L, d).transpose(1, 2),
-                  A=-torch.rand(d, n, device="cuda", generator=g) - 0.5, B=r(b, L, n).transpose(1, 2),
-                  C=r(b, L, n).transpose(1, 2), D=r(d), z=r(b, L, d).transpose(1, 2), delta_bias=r(d), h0=r(b, d, n))
+    inputs = dict(
+        u=r(b, L, d).transpose(1, 2),
+        delta=0.1 * r(b, L, d).transpose(1, 2),
+        A=-torch.rand(d, n, device="cuda", generator=g) - 0.5,
+        B=r(b, L, n).transpose(1, 2),
+        C=r(b, L, n).transpose(1, 2),
+        D=r(d),
+        z=r(b, L, d).transpose(1, 2),
+        delta_bias=r(d),
+        h0=r(b, d, n),
+    )
     reset = torch.rand(b, L, device="cuda", generator=g) < 0.02
     dy, dh = r(b, d, L), r(b, d, n)
     results = []

@@ -32,6 +32,7 @@ def scan_config(monkeypatch):
 
     return apply
 
+
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0")
 
 
@@ -57,8 +58,7 @@ def make_reset(kind: str, b: int, L: int, generator: torch.Generator) -> torch.T
     return reset
 
 
-def make_inputs(b, d, n, L, dtype, *, z=True, D=True, bias=True, h0=True, reset="several", seed=0,
-                device="cpu"):
+def make_inputs(b, d, n, L, dtype, *, z=True, D=True, bias=True, h0=True, reset="several", seed=0, device="cpu"):
     """Inputs in ``dtype`` (A and the small vectors in fp32, as a mixer passes them)."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
@@ -169,10 +169,10 @@ def test_scan_across_checkpoint_segments(config, device, scan_config):
     """Checkpoint segments of 6 backward chunks (12 steps: several segments, a partial last one),
     and of 16 chunks with forward chunks of 32 steps."""
     scan_config(config)
-    inputs, reset_mask = make_inputs(2, 4, 16, 30 if config is MULTI_SEGMENT_CONFIG else 100, torch.float32,
-                                     device=device)
+    inputs, reset_mask = make_inputs(
+        2, 4, 16, 30 if config is MULTI_SEGMENT_CONFIG else 100, torch.float32, device=device
+    )
     check_against_reference(inputs, reset_mask, torch.float32)
-
 
 
 # Segments of 4 steps (T=63: 16 segments, the last one partial) split into time ranges: 4 ranges
@@ -228,6 +228,7 @@ def test_time_ranges_only_for_channels_last_streams():
     u_cl = u.transpose(1, 2).contiguous().transpose(1, 2)
     assert triton_scan._ranges_for("fwd_ranges", u_cl, u_cl) == triton_scan.SCAN_CONFIG["fwd_ranges"]
     assert triton_scan._ranges_for("bwd_ranges", u_cl, u) == 1
+
 
 def _run_warp_ptx(asm: str, n_out: int, inputs: torch.Tensor) -> torch.Tensor:
     """Execute the PTX subset that :func:`triton_scan_bwd.lane_sum_asm` emits on 32 simulated
@@ -340,8 +341,9 @@ RESTART_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", RESTART_CASES, ids=[f"B{c[0]}-T{c[3]}-D{c[1]}-{c[4]}-{str(c[5])[6:]}"
-                                                     for c in RESTART_CASES])
+@pytest.mark.parametrize(
+    "case", RESTART_CASES, ids=[f"B{c[0]}-T{c[3]}-D{c[1]}-{c[4]}-{str(c[5])[6:]}" for c in RESTART_CASES]
+)
 def test_scan_restarts_from_reset_state_like_the_reference(case, device):
     """With ``reset_state`` each reset step starts from its restart state: the reference's outputs,
     final state and every gradient, ``reset_state``'s and ``h0``'s included."""
@@ -373,9 +375,11 @@ RESTART_PART_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", RESTART_PART_CASES,
-                         ids=[f"B2-T{c[2]}-N{c[1]}-D{c[0]}-{c[3]}" + "".join(f"-no{k}" for k in c[4])
-                              for c in RESTART_PART_CASES])
+@pytest.mark.parametrize(
+    "case",
+    RESTART_PART_CASES,
+    ids=[f"B2-T{c[2]}-N{c[1]}-D{c[0]}-{c[3]}" + "".join(f"-no{k}" for k in c[4]) for c in RESTART_PART_CASES],
+)
 def test_restart_part_adds_what_reset_state_adds_to_the_reference(case, device):
     """The restart kernels alone (:func:`add_restart_states` on zero outputs) against the
     reference's difference with and without restart states: outputs, final state, the gradients
@@ -395,8 +399,18 @@ def test_restart_part_adds_what_reset_state_adds_to_the_reference(case, device):
     leaves = {k: None if inputs[k] is None else inputs[k].detach().clone().requires_grad_(True) for k in names}
     y0 = torch.zeros(2, d, L, device=device, requires_grad=True)
     h0 = torch.zeros(2, d, n, device=device, requires_grad=True)
-    y, h_last = add_restart_states(y0, h0, leaves["delta"], leaves["A"], leaves["C"], leaves["z"],
-                                   leaves["delta_bias"], softplus, reset_mask, leaves["reset_state"])
+    y, h_last = add_restart_states(
+        y0,
+        h0,
+        leaves["delta"],
+        leaves["A"],
+        leaves["C"],
+        leaves["z"],
+        leaves["delta_bias"],
+        softplus,
+        reset_mask,
+        leaves["reset_state"],
+    )
     ((y.double() * dy).sum() + (h_last.double() * dh).sum()).backward()
     assert_rel_close("y", y, y_ref, torch.float32)
     assert_rel_close("h_last", h_last, h_ref, torch.float32)
@@ -420,8 +434,15 @@ def test_restart_part_adds_what_reset_state_adds_to_the_reference(case, device):
         (2, 80, 8, 300, torch.float32),
         (2, 40, 32, 300, torch.float32),
     ],
-    ids=["B64-T1000-N16-D256-fp32", "B8-T1000-N16-D256-bf16", "B4-T1000-N64-D64-fp16",
-         "B1-T20000-N16-D32-fp32", "B4-T300-N1-D64-fp32", "B2-T300-N8-D80-fp32", "B2-T300-N32-D40-fp32"],
+    ids=[
+        "B64-T1000-N16-D256-fp32",
+        "B8-T1000-N16-D256-bf16",
+        "B4-T1000-N64-D64-fp16",
+        "B1-T20000-N16-D32-fp32",
+        "B4-T300-N1-D64-fp32",
+        "B2-T300-N8-D80-fp32",
+        "B2-T300-N32-D40-fp32",
+    ],
 )
 def test_scan_matches_reference_realistic(b, d, n, L, dtype):
     inputs, reset_mask = make_inputs(b, d, n, L, dtype, device="cuda")
@@ -445,8 +466,12 @@ def test_fast_softplus_and_sigmoid_stay_within_a_few_ulp_of_torch(monkeypatch):
         tl.store(p_sg + o, triton_math._sigmoid_fast(x, True), mask=o < n)
 
     # every regime: exp(-|x|) rounding 1 + y to 1, small and large |x|, the sigmoid's saturation
-    x = torch.cat([torch.linspace(-120, 120, 200001, device="cuda"),
-                   torch.tensor([0.0, -0.0, 1e-30, -1e-30, -17.0, -87.0, -88.7, 88.7], device="cuda")])
+    x = torch.cat(
+        [
+            torch.linspace(-120, 120, 200001, device="cuda"),
+            torch.tensor([0.0, -0.0, 1e-30, -1e-30, -17.0, -87.0, -88.7, 88.7], device="cuda"),
+        ]
+    )
     sp, sg = torch.empty_like(x), torch.empty_like(x)
     apply[(triton.cdiv(x.numel(), 1024),)](x, sp, sg, x.numel(), BLOCK=1024)
     xd = x.double()
@@ -458,9 +483,9 @@ def test_fast_softplus_and_sigmoid_stay_within_a_few_ulp_of_torch(monkeypatch):
     # relative in exp(-|x|) (tl.exp does the same); a log1p from lg2.approx would be off by 0.6
     for got, ref in ((sp, sp_ref), (sg, sg_ref)):
         err = (got.double() - ref).abs()
-        normal = ref >= 2.0 ** -125
+        normal = ref >= 2.0**-125
         assert (err[normal] / ref[normal]).max() < 5e-6
-        assert torch.where(normal, 0.0, err).max() < 2.0 ** -125
+        assert torch.where(normal, 0.0, err).max() < 2.0**-125
 
 
 # the interpreter computes on NaN and inf with numpy, which warns

@@ -37,8 +37,14 @@ def ssm_step_inputs(b, d, n, dtype, *, z=True, D=True, bias=True, seed=0, device
     g = _gen(seed)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     inputs = dict(
-        h=r(b, d, n), x=r(b, d).to(dtype), delta=(0.5 * r(b, d) - 1).to(dtype), A=-torch.exp(0.5 * r(d, n)),
-        B=r(b, n).to(dtype), C=r(b, n).to(dtype), D=r(d) if D else None, z=r(b, d).to(dtype) if z else None,
+        h=r(b, d, n),
+        x=r(b, d).to(dtype),
+        delta=(0.5 * r(b, d) - 1).to(dtype),
+        A=-torch.exp(0.5 * r(d, n)),
+        B=r(b, n).to(dtype),
+        C=r(b, n).to(dtype),
+        D=r(d) if D else None,
+        z=r(b, d).to(dtype) if z else None,
         delta_bias=0.5 * r(d) if bias else None,
     )
     reset = torch.tensor([True, False] * (b // 2) + [False] * (b % 2))
@@ -51,8 +57,9 @@ def ssm_step_inputs(b, d, n, dtype, *, z=True, D=True, bias=True, seed=0, device
 def test_conv_step_matches_reference(width, dtype, with_reset, device):
     inputs, reset = conv_step_inputs(5, 37, width, dtype, device=device)
     reset = reset if with_reset else None
-    y_ref, s_ref = naive.causal_conv1d_step_ref(**{k: None if v is None else v.double() for k, v in inputs.items()},
-                                                activation="silu", reset=reset)
+    y_ref, s_ref = naive.causal_conv1d_step_ref(
+        **{k: None if v is None else v.double() for k, v in inputs.items()}, activation="silu", reset=reset
+    )
     y, state = causal_conv1d_step_triton(**inputs, activation="silu", reset=reset)
     assert y.dtype == dtype and state.dtype == dtype
     assert_rel_close("y", y, y_ref, dtype)
@@ -84,8 +91,10 @@ def test_ssm_step_matches_reference(n, options, dtype, device):
 def test_ssm_step_with_grad_matches_reference_grads(device):
     inputs, reset = ssm_step_inputs(4, 8, 16, torch.float32, device=device)
     outs = {}
-    for name, fn, cast in (("ref", naive.selective_state_step_ref, torch.float64),
-                           ("triton", selective_state_step_triton, torch.float32)):
+    for name, fn, cast in (
+        ("ref", naive.selective_state_step_ref, torch.float64),
+        ("triton", selective_state_step_triton, torch.float32),
+    ):
         leaves = {k: v.detach().to(cast).requires_grad_(True) for k, v in inputs.items()}
         y, h = fn(**leaves, delta_softplus=True, reset=reset)
         (y.double().sum() + (h.double() ** 2).sum()).backward()
@@ -118,10 +127,14 @@ def test_step_loop_equals_sequence_with_resets(device):
 
     conv_state, h, ys = conv0.clone(), h0.clone(), []
     for t in range(L):
-        xc = causal_conv1d_step_inplace(x[..., t].contiguous(), conv_state, weight, conv_bias, "silu",
-                                        reset[:, t].contiguous())
-        ys.append(selective_state_step_inplace(h, xc, delta[..., t], A, B[..., t], C[..., t], D, z[..., t],
-                                               dbias, True, reset[:, t].contiguous()))
+        xc = causal_conv1d_step_inplace(
+            x[..., t].contiguous(), conv_state, weight, conv_bias, "silu", reset[:, t].contiguous()
+        )
+        ys.append(
+            selective_state_step_inplace(
+                h, xc, delta[..., t], A, B[..., t], C[..., t], D, z[..., t], dbias, True, reset[:, t].contiguous()
+            )
+        )
     assert_rel_close("y", torch.stack(ys, -1), y_seq, torch.float32)
     assert_rel_close("h_last", h, h_last, torch.float32)
     assert_rel_close("conv_state", conv_state, conv_last, torch.float32)
@@ -137,8 +150,15 @@ def _mixer(d_model, device, seed=0, dtype=None):
 
 
 def _mixer_params(mixer):
-    return (mixer.conv1d.weight.squeeze(1), mixer.conv1d.bias, mixer.x_proj.weight, mixer.dt_proj.weight,
-            mixer.dt_proj.bias, mixer.A.contiguous(), mixer.D)
+    return (
+        mixer.conv1d.weight.squeeze(1),
+        mixer.conv1d.bias,
+        mixer.x_proj.weight,
+        mixer.dt_proj.weight,
+        mixer.dt_proj.bias,
+        mixer.A.contiguous(),
+        mixer.D,
+    )
 
 
 def _fused_step(mixer, x, conv_state, ssm_state, reset, out, workspace):
@@ -169,8 +189,10 @@ def test_fused_mixer_step_equals_mixer_step_over_several_steps(device, mixer_ste
     mixer = _mixer(32, device)
     N = 21
     g = _gen(5)
-    state = MambaState(conv=torch.randn(N, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device),
-                       ssm=torch.randn(N, mixer.d_inner, mixer.d_state, generator=g).to(device))
+    state = MambaState(
+        conv=torch.randn(N, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device),
+        ssm=torch.randn(N, mixer.d_inner, mixer.d_state, generator=g).to(device),
+    )
     conv_buf, ssm_buf = state.conv.clone(), state.ssm.clone()
     out = torch.empty(N, mixer.d_inner, device=device)
     workspace = MixerStepWorkspace(N, mixer.dt_rank, mixer.d_state, device)
@@ -215,8 +237,10 @@ def test_steps_clear_nonfinite_states_at_a_reset(device):
             conv = torch.randn(5, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device) + bad.view(-1, 1, 1)
             ssm = torch.randn(5, mixer.d_inner, mixer.d_state, generator=g).to(device) + bad.view(-1, 1, 1)
             outs = []
-            for c, h in ((conv, ssm), (torch.where(reset.view(-1, 1, 1), 0.0, conv),
-                                       torch.where(reset.view(-1, 1, 1), 0.0, ssm))):
+            for c, h in (
+                (conv, ssm),
+                (torch.where(reset.view(-1, 1, 1), 0.0, conv), torch.where(reset.view(-1, 1, 1), 0.0, ssm)),
+            ):
                 c, h = c.clone(), h.clone()
                 out = torch.empty(5, mixer.d_inner, device=device)
                 workspace = MixerStepWorkspace(5, mixer.dt_rank, mixer.d_state, device)
@@ -234,11 +258,15 @@ def test_fused_mixer_step_rejects_wrong_state_dtype(device):
     mixer = _mixer(16, device)
     N = 2
     with pytest.raises(ValueError, match="ssm_state"):
-        _fused_step(mixer, torch.randn(N, 16, device=device),
-                    torch.zeros(N, mixer.d_inner, 3, device=device),
-                    torch.zeros(N, mixer.d_inner, mixer.d_state, device=device, dtype=torch.float64),
-                    None, torch.empty(N, mixer.d_inner, device=device),
-                    MixerStepWorkspace(N, mixer.dt_rank, mixer.d_state, device))
+        _fused_step(
+            mixer,
+            torch.randn(N, 16, device=device),
+            torch.zeros(N, mixer.d_inner, 3, device=device),
+            torch.zeros(N, mixer.d_inner, mixer.d_state, device=device, dtype=torch.float64),
+            None,
+            torch.empty(N, mixer.d_inner, device=device),
+            MixerStepWorkspace(N, mixer.dt_rank, mixer.d_state, device),
+        )
 
 
 def test_dispatchers_route_steps_to_triton(device):
@@ -299,16 +327,25 @@ def test_fused_mixer_step_writes_separate_outputs_and_leaves_its_inputs(device, 
     reset = (torch.arange(N) % 3 == 0).to(device)
     xz = mixer.in_proj(x)
     out = torch.empty(N, d, device=device)
-    _, conv_new, ssm_new = mamba_mixer_step(xz, conv_all[:, 1], ssm_all[:, 1], *_mixer_params(mixer), reset, out,
-                                            conv_state_out=conv_out[:, 0], ssm_state_out=ssm_out[:, 0])
+    _, conv_new, ssm_new = mamba_mixer_step(
+        xz,
+        conv_all[:, 1],
+        ssm_all[:, 1],
+        *_mixer_params(mixer),
+        reset,
+        out,
+        conv_state_out=conv_out[:, 0],
+        ssm_state_out=ssm_out[:, 0],
+    )
     assert torch.equal(conv_all, conv_before) and torch.equal(ssm_all, ssm_before), "an input state was written"
     assert conv_out[:, 1].isnan().all() and ssm_out[:, 1].isnan().all(), "written outside the output slices"
     assert conv_new.data_ptr() == conv_out.data_ptr() and ssm_new.data_ptr() == ssm_out.data_ptr()
     # the same bits as in place on copies of the inputs
     conv_ip, ssm_ip = conv_all[:, 1].clone(), ssm_all[:, 1].clone()
     out_ip = torch.empty(N, d, device=device)
-    mamba_mixer_step(xz, conv_ip, ssm_ip, *_mixer_params(mixer), reset, out_ip,
-                     MixerStepWorkspace(N, mixer.dt_rank, n, device))
+    mamba_mixer_step(
+        xz, conv_ip, ssm_ip, *_mixer_params(mixer), reset, out_ip, MixerStepWorkspace(N, mixer.dt_rank, n, device)
+    )
     assert torch.equal(out_ip, out) and torch.equal(conv_ip, conv_out[:, 0]) and torch.equal(ssm_ip, ssm_out[:, 0])
     # and the unfused step's numbers
     y_ref, state_ref = mixer.step(x, MambaState(conv=conv_all[:, 1], ssm=ssm_all[:, 1]), reset)
@@ -320,16 +357,25 @@ def test_fused_mixer_step_writes_separate_outputs_and_leaves_its_inputs(device, 
 def test_fused_mixer_step_names_a_bad_output_state(device):
     mixer = _mixer(16, device)
     N, d, n = 2, mixer.d_inner, mixer.d_state
-    args = (mixer.in_proj(torch.randn(N, 16, device=device)).detach(), torch.zeros(N, d, 3, device=device),
-            torch.zeros(N, d, n, device=device), *_mixer_params(mixer), None, torch.empty(N, d, device=device))
+    args = (
+        mixer.in_proj(torch.randn(N, 16, device=device)).detach(),
+        torch.zeros(N, d, 3, device=device),
+        torch.zeros(N, d, n, device=device),
+        *_mixer_params(mixer),
+        None,
+        torch.empty(N, d, device=device),
+    )
     with pytest.raises(ValueError, match=r"ssm_state_out must be a float32 \[2, 32, 16\]"):
         mamba_mixer_step(*args, ssm_state_out=torch.zeros(N, n, d, device=device).transpose(1, 2))
     with pytest.raises(ValueError, match="conv_state_out must be"):
         mamba_mixer_step(*args, conv_state_out=torch.zeros(N, d, 2, device=device))
 
 
-@pytest.mark.parametrize("in_place,dtype", [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16)],
-                         ids=["pure-fp32", "in_place-fp32", "in_place-bf16"])
+@pytest.mark.parametrize(
+    "in_place,dtype",
+    [(False, torch.float32), (True, torch.float32), (True, torch.bfloat16)],
+    ids=["pure-fp32", "in_place-fp32", "in_place-bf16"],
+)
 def test_mixer_step_without_grad_runs_the_fused_kernels(in_place, dtype, device, monkeypatch):
     import mamba_rl.kernels.triton_step as triton_step
 
@@ -342,8 +388,10 @@ def test_mixer_step_without_grad_runs_the_fused_kernels(in_place, dtype, device,
     N = 7
     g = _gen(11)
     # conv state in the parameters' dtype, SSM state fp32
-    state_ref = MambaState(conv=torch.randn(N, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device, dtype),
-                           ssm=torch.randn(N, mixer.d_inner, mixer.d_state, generator=g).to(device))
+    state_ref = MambaState(
+        conv=torch.randn(N, mixer.d_inner, mixer.d_conv - 1, generator=g).to(device, dtype),
+        ssm=torch.randn(N, mixer.d_inner, mixer.d_state, generator=g).to(device),
+    )
     state = MambaState(conv=state_ref.conv.clone(), ssm=state_ref.ssm.clone())
     for step in range(3):
         x = torch.randn(N, 32, generator=g).to(device, dtype)
@@ -372,8 +420,9 @@ def test_rollout_stepping_fused_in_place_is_replayed_by_the_triton_scan(device):
     from mamba_rl.training import RolloutCollector, replay
 
     torch.manual_seed(0)
-    cfg = TrainConfig(num_bits=2, horizon=6, num_envs=6, d_model=16, device=str(device), mamba_backend="triton",
-                      bc_init_scale=10.0)
+    cfg = TrainConfig(
+        num_bits=2, horizon=6, num_envs=6, d_model=16, device=str(device), mamba_backend="triton", bc_init_scale=10.0
+    )
     params = DelayedMemoryParams(num_bits=2, horizon=(2, 6))
     policy = build_policy(cfg, device)
     collector = RolloutCollector(policy, params, 6, 5, 2, 0, device, cuda_graph=False)
@@ -400,8 +449,10 @@ def test_module_step_in_place_in_a_cuda_graph_matches_the_torch_backend():
     N = 4096
     g = torch.Generator(device="cuda").manual_seed(0)
     zero = module.zero_state((N,), "cuda")
-    state_ref = MambaState(torch.randn(zero.ssm.shape, device="cuda", generator=g),
-                           torch.randn(zero.conv.shape, device="cuda", generator=g))
+    state_ref = MambaState(
+        torch.randn(zero.ssm.shape, device="cuda", generator=g),
+        torch.randn(zero.conv.shape, device="cuda", generator=g),
+    )
     state = MambaState(state_ref.ssm.clone(), state_ref.conv.clone())
     x = torch.empty(N, 32, device="cuda")
     reset = torch.empty(N, device="cuda", dtype=torch.bool)

@@ -14,8 +14,9 @@ from mamba_rl.mixer import MambaMixer
 
 def make_module(dtype=torch.float32, device="cpu"):
     torch.manual_seed(0)
-    return MambaModule(5, 16, num_layers=2, d_state=8, in_key="obs", out_key="feat", backend="torch", dtype=dtype,
-                       device=device)
+    return MambaModule(
+        5, 16, num_layers=2, d_state=8, in_key="obs", out_key="feat", backend="torch", dtype=dtype, device=device
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
@@ -63,8 +64,11 @@ def test_step_that_works_on_a_stand_in_cache_is_caught(monkeypatch):
 def test_sequence_that_drops_the_initial_state_is_caught(monkeypatch):
     module = make_module()
     original = MambaMixer.forward
-    monkeypatch.setattr(MambaMixer, "forward", lambda self, x, state=None, reset=None, reset_state=None:
-                        original(self, x, None, reset, reset_state))
+    monkeypatch.setattr(
+        MambaMixer,
+        "forward",
+        lambda self, x, state=None, reset=None, reset_state=None: original(self, x, None, reset, reset_state),
+    )
     report = check_equivalence(module, steps=30, chunk_size=7, backends=["torch"])
     rows = {row.path: row for row in report.rows}
     # the reference itself is now wrong: stepping (which reads the state) disagrees with it
@@ -90,8 +94,9 @@ def test_a_failing_path_is_reported_and_the_backend_restored(monkeypatch):
 
 def test_equivalence_command_prints_a_table_and_writes_json(tmp_path, capsys):
     path = tmp_path / "eq.json"
-    code = equivalence_main(["--d-model", "8", "--num-layers", "1", "--steps", "12", "--backends", "torch",
-                             "--json", str(path)])
+    code = equivalence_main(
+        ["--d-model", "8", "--num-layers", "1", "--steps", "12", "--backends", "torch", "--json", str(path)]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "| step" in out and "all paths agree" in out
@@ -102,8 +107,10 @@ def test_equivalence_command_prints_a_table_and_writes_json(tmp_path, capsys):
 def test_equivalence_command_on_a_checkpoint(capsys):
     from tests.lab.conftest import FIXTURE
 
-    assert equivalence_main(["--checkpoint", str(FIXTURE), "--steps", "30", "--dtype", "float64",
-                             "--backends", "torch"]) == 0
+    assert (
+        equivalence_main(["--checkpoint", str(FIXTURE), "--steps", "30", "--dtype", "float64", "--backends", "torch"])
+        == 0
+    )
     assert "trunk with 1 layer(s)" in capsys.readouterr().out
 
 

@@ -81,8 +81,9 @@ def test_state_figure_is_a_figure_tensorboard_takes(memory_policy, tmp_path):
 
 def test_report_of_an_untrained_trainer_actor_critic(tmp_path):
     params = DelayedMemoryParams(num_bits=2, horizon=5)
-    policy = make_actor_critic("mamba", obs_dim=params.obs_dim, num_actions=params.num_actions,
-                                        d_model=16, num_layers=2)
+    policy = make_actor_critic(
+        "mamba", obs_dim=params.obs_dim, num_actions=params.num_actions, d_model=16, num_layers=2
+    )
     report = write_state_report(policy, params, tmp_path, episodes=8)
     for name in PICTURES:
         assert_png(tmp_path / name)
@@ -92,8 +93,10 @@ def test_report_of_an_untrained_trainer_actor_critic(tmp_path):
 def test_lab_report_command(tmp_path, capsys):
     from tests.lab.conftest import FIXTURE
 
-    assert lab_main(["report", "--checkpoint", str(FIXTURE), "--out", str(tmp_path), "--episodes", "8",
-                     "--horizon", "20"]) == 0
+    assert (
+        lab_main(["report", "--checkpoint", str(FIXTURE), "--out", str(tmp_path), "--episodes", "8", "--horizon", "20"])
+        == 0
+    )
     assert "of 8 episodes" in capsys.readouterr().out
     for name in PICTURES:
         assert_png(tmp_path / name)

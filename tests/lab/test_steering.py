@@ -19,8 +19,14 @@ def steer(policy, params, at_step, path):
     before = rollout_with_ssm_delta(policy, params, NUM_ENVS, SEED, at_step)
     # always a wrong answer, so a steered answer cannot be the memory's own
     code = (before.target + 1) % params.num_actions
-    steered = steer_ssm_state(policy, before.state_at_step, before.observations[:, at_step:], code,
-                              query_index=before.query_step - at_step, path=path)
+    steered = steer_ssm_state(
+        policy,
+        before.state_at_step,
+        before.observations[:, at_step:],
+        code,
+        query_index=before.query_step - at_step,
+        path=path,
+    )
     return before, code, steered
 
 
@@ -75,14 +81,16 @@ def test_gradients_reach_an_injected_state():
     injected state impossible. The steering objective is differentiable in the change, through
     both paths, and the gradient is right (gradcheck, float64)."""
     torch.manual_seed(0)
-    module = MambaModule(4, 6, num_layers=2, d_state=3, in_key="obs", out_key="feat", backend="torch",
-                         dtype=torch.float64)
+    module = MambaModule(
+        4, 6, num_layers=2, d_state=3, in_key="obs", out_key="feat", backend="torch", dtype=torch.float64
+    )
     head = torch.nn.Linear(6, 3, dtype=torch.float64)
     policy = StatePolicy(module, head)
     obs = torch.randn(2, 5, 4, dtype=torch.float64)
     zero = module.zero_state((2,))
-    state = MambaState(torch.randn(zero.ssm.shape, dtype=torch.float64),
-                       torch.randn(zero.conv.shape, dtype=torch.float64))
+    state = MambaState(
+        torch.randn(zero.ssm.shape, dtype=torch.float64), torch.randn(zero.conv.shape, dtype=torch.float64)
+    )
     query = torch.tensor([4, 2])
     for path in ("step", "sequence"):
         delta = torch.zeros_like(state.ssm, requires_grad=True)
@@ -97,8 +105,9 @@ def test_steering_only_the_chosen_layers():
     module = MambaModule(4, 8, num_layers=2, d_state=4, in_key="obs", out_key="feat", backend="torch")
     policy = StatePolicy(module, torch.nn.Linear(8, 4))
     obs = torch.randn(3, 4, 4)
-    steered = steer_ssm_state(policy, module.zero_state((3,)), obs, torch.tensor([0, 1, 2]), layers=[1],
-                              max_iterations=5)
+    steered = steer_ssm_state(
+        policy, module.zero_state((3,)), obs, torch.tensor([0, 1, 2]), layers=[1], max_iterations=5
+    )
     assert steered.delta_ssm[:, 0].abs().max() == 0
     assert steered.delta_ssm[:, 1].abs().max() > 0
 

@@ -17,8 +17,9 @@ from tests.conftest import assert_close
 
 def make_module(device="cpu", dtype=torch.float64):
     torch.manual_seed(0)
-    return MambaModule(5, 8, num_layers=2, d_state=4, in_key="obs", out_key="feat", backend="torch",
-                       device=device, dtype=dtype)
+    return MambaModule(
+        5, 8, num_layers=2, d_state=4, in_key="obs", out_key="feat", backend="torch", device=device, dtype=dtype
+    )
 
 
 def random_inputs(module, batch, steps, resets, seed=0):
@@ -31,8 +32,10 @@ def random_inputs(module, batch, steps, resets, seed=0):
     zero = module.zero_state((batch,))
     # the SSM state is float32 for float32 (and half) parameters, float64 for float64 ones
     ssm_dtype = torch.promote_types(dtype, torch.float32)
-    state = MambaState(torch.randn(zero.ssm.shape, generator=g, dtype=torch.float64).to(ssm_dtype),
-                       torch.randn(zero.conv.shape, generator=g, dtype=torch.float64).to(dtype))
+    state = MambaState(
+        torch.randn(zero.ssm.shape, generator=g, dtype=torch.float64).to(ssm_dtype),
+        torch.randn(zero.conv.shape, generator=g, dtype=torch.float64).to(dtype),
+    )
     return x, reset, state
 
 
@@ -94,8 +97,9 @@ def test_trace_of_a_tensordict_reads_it_as_recurrent_mode_does():
     ssm = torch.zeros(3, 11, *state.ssm.shape[1:], dtype=state.ssm.dtype)
     conv = torch.zeros(3, 11, *state.conv.shape[1:], dtype=state.conv.dtype)
     ssm[:, 0], conv[:, 0] = state.ssm, state.conv
-    td = TensorDict(obs=x, is_init=reset[..., None], recurrent_state_ssm=ssm, recurrent_state_conv=conv,
-                    batch_size=[3, 11])
+    td = TensorDict(
+        obs=x, is_init=reset[..., None], recurrent_state_ssm=ssm, recurrent_state_conv=conv, batch_size=[3, 11]
+    )
     with set_recurrent_mode(True):
         expected = module(td.clone())["feat"]
     tr = trace(module, td)
@@ -159,8 +163,9 @@ def test_trace_on_cuda_matches_cpu():
     cuda.backend = "auto"
     x, reset, state = random_inputs(cpu, 3, 50, [0, 20])
     expected = trace(cpu, x, reset=reset, state=state, stride=5)
-    got = trace(cuda, x.cuda(), reset=reset.cuda(), state=MambaState(*(s.cuda() for s in state)), stride=5,
-                storage_device="cpu")
+    got = trace(
+        cuda, x.cuda(), reset=reset.cuda(), state=MambaState(*(s.cuda() for s in state)), stride=5, storage_device="cpu"
+    )
     assert got.ssm.device.type == "cpu"
     torch.testing.assert_close(got.ssm, expected.ssm, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(got.out, expected.out, rtol=1e-4, atol=1e-4)

@@ -31,8 +31,23 @@ def test_lab_loads_a_trainer_checkpoint_and_its_task(tmp_path):
 def test_eval_plot_states_writes_pictures_per_horizon(tmp_path, capsys):
     path, _ = write_checkpoint(tmp_path)
     out = tmp_path / "states"
-    code = evaluate.main(["--checkpoint", str(path), "--horizons", "4", "9", "--episodes", "16", "--device", "cpu",
-                          "--modes", "greedy", "--plot-states", str(out)])
+    code = evaluate.main(
+        [
+            "--checkpoint",
+            str(path),
+            "--horizons",
+            "4",
+            "9",
+            "--episodes",
+            "16",
+            "--device",
+            "cpu",
+            "--modes",
+            "greedy",
+            "--plot-states",
+            str(out),
+        ]
+    )
     assert code == 0
     for horizon in (4, 9):
         for name in ("ssm_heatmap.png", "state_norms.png", "state_pca.png", "report.json"):
@@ -42,8 +57,20 @@ def test_eval_plot_states_writes_pictures_per_horizon(tmp_path, capsys):
 
 def test_eval_plot_states_refuses_a_gru_policy(tmp_path, capsys):
     path, _ = write_checkpoint(tmp_path, controller="gru")
-    code = evaluate.main(["--checkpoint", str(path), "--horizons", "4", "--episodes", "4", "--device", "cpu",
-                          "--plot-states", str(tmp_path / "states")])
+    code = evaluate.main(
+        [
+            "--checkpoint",
+            str(path),
+            "--horizons",
+            "4",
+            "--episodes",
+            "4",
+            "--device",
+            "cpu",
+            "--plot-states",
+            str(tmp_path / "states"),
+        ]
+    )
     assert code == 2
     assert "needs a Mamba policy" in capsys.readouterr().err
 
@@ -55,8 +82,9 @@ def test_lab_policy_file_rebuilds_the_module_config_and_parameters(tmp_path):
     from mamba_rl.lab.policy import save_lab_policy
 
     torch.manual_seed(0)
-    module = MambaModule(5, 8, 2, d_state=4, expand=3, norm="layernorm", bias=True, in_key="observation",
-                         out_key="features")
+    module = MambaModule(
+        5, 8, 2, d_state=4, expand=3, norm="layernorm", bias=True, in_key="observation", out_key="features"
+    )
     head = nn.Linear(8, 4)
     path = save_lab_policy(tmp_path / "policy.pt", module, head)
     loaded, _, _ = load_policy(path)

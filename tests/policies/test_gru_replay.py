@@ -93,8 +93,9 @@ def test_replay_equals_gru_trunk_sequence_pad_backend(case, dtype):
     torch.manual_seed(0)
     trunk = GRUTrunk(INPUT, HIDDEN, layers, recurrent_backend="pad").to(dtype)
     x, hidden, reset = _inputs(batch, steps, layers, kind, dtype)
-    expected = _grads(lambda x, h, r: (lambda o, s: (o, s.hidden))(*trunk.sequence(x, GRUState(h), r)),
-                      trunk, x, hidden, reset)
+    expected = _grads(
+        lambda x, h, r: (lambda o, s: (o, s.hidden))(*trunk.sequence(x, GRUState(h), r)), trunk, x, hidden, reset
+    )
     for method in METHODS:
         actual = _grads(lambda x, h, r: gru_replay(trunk.core.gru, x, h, r, method=method), trunk, x, hidden, reset)
         _assert_same(actual, expected, dtype, method)
@@ -191,8 +192,9 @@ def test_replay_on_cuda_equals_gru_trunk_sequence_pad_backend(layers):
     x, hidden, reset = _inputs(6, 40, layers, "several", torch.float32)
     x, hidden, reset = x.cuda(), hidden.cuda(), reset.cuda()
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        expected = _grads(lambda x, h, r: (lambda o, s: (o, s.hidden))(*trunk.sequence(x, GRUState(h), r)),
-                          trunk, x, hidden, reset)
+        expected = _grads(
+            lambda x, h, r: (lambda o, s: (o, s.hidden))(*trunk.sequence(x, GRUState(h), r)), trunk, x, hidden, reset
+        )
         actual = _grads(lambda x, h, r: gru_replay(trunk.core.gru, x, h, r), trunk, x, hidden, reset)
     _assert_same(actual, expected, torch.float32, "auto (packed on CUDA)")
 
@@ -209,8 +211,13 @@ def test_replay_accepts_integer_resets(method):
 def test_replay_rejects_unknown_method():
     gru = nn.GRU(INPUT, HIDDEN, 1, batch_first=True)
     with pytest.raises(ValueError, match=re.escape(f"method must be one of {REPLAY_METHODS}")):
-        gru_replay(gru, torch.randn(2, 3, INPUT), torch.randn(2, 1, HIDDEN), torch.zeros(2, 3, dtype=torch.bool),
-                   method="cudnn")
+        gru_replay(
+            gru,
+            torch.randn(2, 3, INPUT),
+            torch.randn(2, 1, HIDDEN),
+            torch.zeros(2, 3, dtype=torch.bool),
+            method="cudnn",
+        )
 
 
 def test_loop_backward_is_linear_in_steps_not_quadratic():

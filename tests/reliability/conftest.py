@@ -12,8 +12,19 @@ import yaml
 from mamba_rl.config import TrainConfig, config_to_dict
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = dict(num_bits=2, horizon=[1, 5], num_envs=16, d_model=8, device="cpu", num_updates=3, eval_episodes=0,
-            progress_bar=False, tensorboard=False, checkpoint_interval=1, num_threads=1)
+TINY = dict(
+    num_bits=2,
+    horizon=[1, 5],
+    num_envs=16,
+    d_model=8,
+    device="cpu",
+    num_updates=3,
+    eval_episodes=0,
+    progress_bar=False,
+    tensorboard=False,
+    checkpoint_interval=1,
+    num_threads=1,
+)
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -31,8 +42,15 @@ def tiny_overrides(**overrides) -> list[str]:
 def train_process(args: list[str], **popen) -> subprocess.Popen:
     """``python train.py ARGS`` in a child process, importing this checkout."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
+    )
 
 
 def progress_updates(run_dir: Path) -> list[int]:
@@ -59,5 +77,15 @@ def snapshot(run_dir: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(Path(run_dir).iterdir()) if p.is_file()}
 
 
-__all__ = ["REPO", "TINY", "tiny_config", "tiny_overrides", "train_process", "progress_updates", "policy_params",
-           "assert_same_params", "snapshot", "config_to_dict"]
+__all__ = [
+    "REPO",
+    "TINY",
+    "tiny_config",
+    "tiny_overrides",
+    "train_process",
+    "progress_updates",
+    "policy_params",
+    "assert_same_params",
+    "snapshot",
+    "config_to_dict",
+]

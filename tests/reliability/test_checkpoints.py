@@ -52,8 +52,9 @@ def test_a_checkpoint_with_non_finite_parameters_is_refused(checkpoint, tmp_path
     payload = load_checkpoint(checkpoint)
     payload.pop("format"), payload.pop("version")
     name = next(iter(payload["policy"]))
-    payload["policy"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-                         for k, v in payload["policy"].items()}
+    payload["policy"] = {
+        k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in payload["policy"].items()
+    }
     path = save_checkpoint(payload, tmp_path / "checkpoint.pt")
     with pytest.raises(CheckpointError, match=f"non-finite.*{name}"):
         load_checkpoint(path)

@@ -14,15 +14,18 @@ from mamba_rl.training import trainer as trainer_module
 from .conftest import REPO, tiny_config, tiny_overrides
 
 
-@pytest.mark.parametrize("override, message", [
-    ("device=cuda:abc", "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    ("device=tpu", "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
-    ("learning_rate=1e300", "learning_rate must be in (0, 1.0]"),
-    ("dt_max=.inf", "dt_max must be a finite float >= dt_min=0.001, got inf"),
-    ("dt_min=1e-50", "dt_min must give a finite initial step in float32"),
-    ("dt_init_floor=1e-50", "dt_init_floor must give a finite initial step in float32"),
-    ("dt_max=1e39", "dt_max must give a finite initial step in float32"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("device=cuda:abc", "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        ("device=tpu", "device must be 'auto', 'cpu', 'cuda' or 'cuda:N'"),
+        ("learning_rate=1e300", "learning_rate must be in (0, 1.0]"),
+        ("dt_max=.inf", "dt_max must be a finite float >= dt_min=0.001, got inf"),
+        ("dt_min=1e-50", "dt_min must give a finite initial step in float32"),
+        ("dt_init_floor=1e-50", "dt_init_floor must give a finite initial step in float32"),
+        ("dt_max=1e39", "dt_max must give a finite initial step in float32"),
+    ],
+)
 def test_bad_values_are_config_errors_naming_the_key(override, message, capsys):
     assert cli.main(["--set", override]) == 2
     err = capsys.readouterr().err
@@ -30,14 +33,18 @@ def test_bad_values_are_config_errors_naming_the_key(override, message, capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
-@pytest.mark.parametrize("overrides, message", [
-    (["mamba_backend=triton"], "mamba_backend='triton' needs a CUDA device (no CUDA on this machine)"),
-    (["controller=gru", "gru_backend=triton"], "gru_backend='triton' needs a CUDA device"),
-    (["device=cuda"], "device='cuda' but CUDA is not available on this machine"),
-    (["device=cuda:1"], "device='cuda:1' but CUDA is not available on this machine"),
-])
-def test_cuda_only_settings_on_a_machine_without_cuda_fail_before_the_run_starts(tmp_path, monkeypatch, capsys,
-                                                                                 overrides, message):
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["mamba_backend=triton"], "mamba_backend='triton' needs a CUDA device (no CUDA on this machine)"),
+        (["controller=gru", "gru_backend=triton"], "gru_backend='triton' needs a CUDA device"),
+        (["device=cuda"], "device='cuda' but CUDA is not available on this machine"),
+        (["device=cuda:1"], "device='cuda:1' but CUDA is not available on this machine"),
+    ],
+)
+def test_cuda_only_settings_on_a_machine_without_cuda_fail_before_the_run_starts(
+    tmp_path, monkeypatch, capsys, overrides, message
+):
     # regression: Triton's "0 active drivers" from deep inside the first forward pass
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     sets = [arg for override in overrides for arg in ("--set", override)]
@@ -73,8 +80,15 @@ def test_user_errors_during_setup_are_one_line_not_tracebacks(tmp_path, capsys):
 
 def _diverging_update(*args, **kwargs):
     nan = torch.tensor(float("nan"))
-    return {"losses/loss": nan, "losses/policy": nan, "losses/value": nan, "losses/entropy": nan,
-            "losses/approx_kl": nan, "losses/clip_fraction": nan, "losses/grad_norm": nan}
+    return {
+        "losses/loss": nan,
+        "losses/policy": nan,
+        "losses/value": nan,
+        "losses/entropy": nan,
+        "losses/approx_kl": nan,
+        "losses/clip_fraction": nan,
+        "losses/grad_norm": nan,
+    }
 
 
 def test_divergence_at_update_1_does_not_advise_a_resume(tmp_path, monkeypatch, capsys):

@@ -11,6 +11,7 @@ def _crash_at(update_to_crash):
     def callback(update, info):
         if update == update_to_crash:
             raise RuntimeError(f"simulated crash at update {update}")
+
     return callback
 
 
@@ -21,8 +22,12 @@ def test_crash_then_resume_logs_every_update_exactly_once_in_csv_and_tensorboard
 
     run = tmp_path / "run"
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(tiny_config(num_updates=5, checkpoint_interval=2, tensorboard=True), run, callback=_crash_at(3),
-              verbose=False)
+        train(
+            tiny_config(num_updates=5, checkpoint_interval=2, tensorboard=True),
+            run,
+            callback=_crash_at(3),
+            verbose=False,
+        )
     assert progress_updates(run) == [1, 2, 3]
     train(tiny_config(num_updates=5, checkpoint_interval=2, tensorboard=True), run, resume=True, verbose=False)
     # a plain resume of the finished run changes nothing in the logs

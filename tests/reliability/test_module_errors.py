@@ -17,23 +17,34 @@ def module():
 
 
 def _rows(batch, steps, dtype=torch.float32):
-    return TensorDict({"obs": torch.zeros(batch, steps, 3, dtype=dtype),
-                       "is_init": torch.zeros(batch, steps, 1, dtype=torch.bool)}, batch_size=[batch, steps])
+    return TensorDict(
+        {"obs": torch.zeros(batch, steps, 3, dtype=dtype), "is_init": torch.zeros(batch, steps, 1, dtype=torch.bool)},
+        batch_size=[batch, steps],
+    )
 
 
 @pytest.mark.parametrize("batch, steps", [(2, 0), (0, 4)], ids=["T0", "B0"])
 def test_empty_recurrent_tensordict_names_the_batch_size(module, batch, steps):
-    with set_recurrent_mode(True), pytest.raises(ValueError, match=rf"at least one row and one step, got "
-                                                                     rf"batch_size=\[{batch}, {steps}\]"):
+    with (
+        set_recurrent_mode(True),
+        pytest.raises(
+            ValueError,
+            match=rf"at least one row and one step, got "
+            rf"batch_size=\[{batch}, {steps}\]",
+        ),
+    ):
         module(_rows(batch, steps))
 
 
 def test_float64_observation_into_float32_module_names_key_and_dtypes(module):
-    with set_recurrent_mode(True), pytest.raises(TypeError, match="'obs' must have the module's dtype torch.float32, "
-                                                                   "got torch.float64"):
+    with (
+        set_recurrent_mode(True),
+        pytest.raises(TypeError, match="'obs' must have the module's dtype torch.float32, got torch.float64"),
+    ):
         module(_rows(2, 4, torch.float64))
-    step = TensorDict({"obs": torch.zeros(2, 3, dtype=torch.float64), "is_init": torch.ones(2, 1, dtype=torch.bool)},
-                      batch_size=[2])
+    step = TensorDict(
+        {"obs": torch.zeros(2, 3, dtype=torch.float64), "is_init": torch.ones(2, 1, dtype=torch.bool)}, batch_size=[2]
+    )
     with pytest.raises(TypeError, match="'obs' must have the module's dtype"):
         module(step)
 
@@ -58,16 +69,21 @@ def test_triton_backend_on_cpu_tensors_says_what_to_use(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     module = MambaModule(3, 8, in_key="obs", out_key="feat", backend="triton")
     step = TensorDict({"obs": torch.zeros(2, 3), "is_init": torch.ones(2, 1, dtype=torch.bool)}, batch_size=[2])
-    with pytest.raises(RuntimeError, match="backend='triton' needs CUDA tensors, got tensors on cpu; use "
-                                           "backend='auto'"):
+    with pytest.raises(
+        RuntimeError, match="backend='triton' needs CUDA tensors, got tensors on cpu; use backend='auto'"
+    ):
         module(step)
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    ({"dt_max": float("inf")}, "dt_max must be a finite float >= dt_min"),
-    ({"dt_scale": 0.0}, "dt_scale must be a finite float > 0, got 0.0"),
-    ({"dt_scale": float("nan")}, "dt_scale must be a finite float > 0, got nan"),
-], ids=["dt_max-inf", "dt_scale-0", "dt_scale-nan"])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"dt_max": float("inf")}, "dt_max must be a finite float >= dt_min"),
+        ({"dt_scale": 0.0}, "dt_scale must be a finite float > 0, got 0.0"),
+        ({"dt_scale": float("nan")}, "dt_scale must be a finite float > 0, got nan"),
+    ],
+    ids=["dt_max-inf", "dt_scale-0", "dt_scale-nan"],
+)
 def test_step_size_init_that_would_be_non_finite_is_refused(kwargs, words):
     with pytest.raises(ValueError, match=words):
         MambaModule(3, 8, in_key="obs", out_key="feat", **kwargs)

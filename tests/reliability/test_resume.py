@@ -25,8 +25,12 @@ def test_failed_resume_leaves_the_run_directory_unchanged(run_dir, override, cap
     err = capsys.readouterr().err
     assert err.startswith("error: ") and override.split("=")[0] in err and "num_updates" in err
     with pytest.raises(ConfigError, match=override.split("=")[0]):
-        train(tiny_config(num_updates=3, **{override.split("=")[0]: int(override.split("=")[1])}), run_dir,
-              resume=True, verbose=False)
+        train(
+            tiny_config(num_updates=3, **{override.split("=")[0]: int(override.split("=")[1])}),
+            run_dir,
+            resume=True,
+            verbose=False,
+        )
     assert snapshot(run_dir) == before
     assert cli.main(["--resume", str(run_dir), "--set", "num_updates=3"]) == 0
     assert progress_updates(run_dir) == [1, 2, 3]
@@ -42,8 +46,10 @@ def test_resume_refuses_keys_outside_the_list_naming_the_key_and_the_list(run_di
     assert snapshot(run_dir) == before
 
 
-@pytest.mark.parametrize("option", [["--config", "configs/quick_cpu.yaml"], ["--run-dir", "elsewhere"],
-                                    ["--seeds", "1"], ["--controllers", "gru"]])
+@pytest.mark.parametrize(
+    "option",
+    [["--config", "configs/quick_cpu.yaml"], ["--run-dir", "elsewhere"], ["--seeds", "1"], ["--controllers", "gru"]],
+)
 def test_resume_refuses_options_that_choose_a_new_run(run_dir, option, capsys):
     assert cli.main(["--resume", str(run_dir), *option]) == 2
     assert option[0] in capsys.readouterr().err
@@ -64,8 +70,12 @@ def test_unknown_key_in_a_runs_config_yaml_is_the_same_error_as_in_a_preset(run_
 
 
 def test_resume_may_extend_the_run_and_change_its_evaluation(run_dir):
-    result = train(tiny_config(num_updates=4, eval_episodes=8, eval_num_envs=8, log_interval=1), run_dir,
-                   resume=True, verbose=False)
+    result = train(
+        tiny_config(num_updates=4, eval_episodes=8, eval_num_envs=8, log_interval=1),
+        run_dir,
+        resume=True,
+        verbose=False,
+    )
     assert result.status == "completed" and result.metrics["updates"] == 4
     assert result.metrics["eval_accuracy_greedy"] is not None
     assert progress_updates(run_dir) == [1, 2, 3, 4]

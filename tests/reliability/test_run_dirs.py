@@ -54,8 +54,9 @@ def test_a_second_sweep_into_the_same_directory_adds_rows(tmp_path, capsys):
     assert sorted(_rows(tmp_path)) == [("mamba", "3", "0"), ("mamba", "4", "0")]
     assert (tmp_path / "results.md").read_text().count("| mamba |") == 4
     # a cell whose run went on for fewer updates than asked is resumed, not trained again
-    run_sweep(tiny_config(num_updates=2, eval_episodes=4, eval_num_envs=4), ["mamba"], [4], [0], tmp_path,
-              verbose=False)
+    run_sweep(
+        tiny_config(num_updates=2, eval_episodes=4, eval_num_envs=4), ["mamba"], [4], [0], tmp_path, verbose=False
+    )
     assert progress_updates(tmp_path / "mamba__h1-4__s0") == [1, 2]
     assert len(_rows(tmp_path)) == 2
 
@@ -65,9 +66,20 @@ def test_a_second_env_sweep_into_the_same_directory_adds_rows_and_reuses_finishe
     from mamba_rl.config import TrainConfig
     from mamba_rl.training.env_sweep import run_env_sweep
 
-    base = TrainConfig(env="CartPole-v1", controller="gru", gru_hidden_size=8, num_envs=2, chunk_len=8,
-                       num_minibatches=1, device="cpu", num_updates=1, eval_episodes=2, eval_num_envs=2,
-                       progress_bar=False, tensorboard=False)
+    base = TrainConfig(
+        env="CartPole-v1",
+        controller="gru",
+        gru_hidden_size=8,
+        num_envs=2,
+        chunk_len=8,
+        num_minibatches=1,
+        device="cpu",
+        num_updates=1,
+        eval_episodes=2,
+        eval_num_envs=2,
+        progress_bar=False,
+        tensorboard=False,
+    )
     run_env_sweep(base, ["gru"], [0], tmp_path, verbose=False)
     run_env_sweep(base, ["gru"], [1], tmp_path, verbose=False)
     with open(tmp_path / "results.csv", newline="") as handle:

@@ -16,10 +16,24 @@ def test_reward_scale_scales_advantages_and_value_targets_of_a_zero_value_rollou
     terminated = done.clone()
     terminated[1, 4] = False
     zeros = torch.zeros(n, steps)
-    rollout = Rollout(obs=torch.zeros(n, steps, 1), action=torch.zeros(n, steps, dtype=torch.int64), log_prob=zeros,
-                      value=zeros, reward=torch.randn(n, steps) * 10, done=done, is_init=done, decision=~done,
-                      success=done, episode_return=zeros, episode_length=zeros.long(), chunk_states={},
-                      bootstrap_value=torch.zeros(n), chunk_len=steps, terminated=terminated, final_value=zeros)
+    rollout = Rollout(
+        obs=torch.zeros(n, steps, 1),
+        action=torch.zeros(n, steps, dtype=torch.int64),
+        log_prob=zeros,
+        value=zeros,
+        reward=torch.randn(n, steps) * 10,
+        done=done,
+        is_init=done,
+        decision=~done,
+        success=done,
+        episode_return=zeros,
+        episode_length=zeros.long(),
+        chunk_states={},
+        bootstrap_value=torch.zeros(n),
+        chunk_len=steps,
+        terminated=terminated,
+        final_value=zeros,
+    )
     cfg = TrainConfig(env="CartPole-v1")
     advantages, returns = rollout_advantages(rollout, cfg)
     cfg.reward_scale = 0.01

@@ -41,14 +41,28 @@ if ID not in gymnasium.registry:
 
 
 def recall_config(**kwargs):
-    base = dict(env=ID, num_envs=8, chunk_len=16, num_minibatches=2, policy_mask_key=None, d_model=16,
-                gru_hidden_size=16, learning_rate=1e-2, device="cpu", num_threads=1, eval_episodes=0,
-                progress_bar=False, tensorboard=False, checkpoint_interval=100)
+    base = dict(
+        env=ID,
+        num_envs=8,
+        chunk_len=16,
+        num_minibatches=2,
+        policy_mask_key=None,
+        d_model=16,
+        gru_hidden_size=16,
+        learning_rate=1e-2,
+        device="cpu",
+        num_threads=1,
+        eval_episodes=0,
+        progress_bar=False,
+        tensorboard=False,
+        checkpoint_interval=100,
+    )
     return TrainConfig(**{**base, **kwargs})
 
 
-@pytest.mark.parametrize("controller, options", [("gru", {}), ("mamba", {"mamba_preset": "rl"})],
-                         ids=["gru", "mamba-rl"])
+@pytest.mark.parametrize(
+    "controller, options", [("gru", {}), ("mamba", {"mamba_preset": "rl"})], ids=["gru", "mamba-rl"]
+)
 def test_trainer_learns_to_recall_the_first_card(controller, options, tmp_path):
     cfg = recall_config(controller=controller, num_updates=16, env_kwargs={"lag": "first"}, **options)
     result = train(cfg, tmp_path / "run", verbose=False)
