@@ -213,11 +213,18 @@ class GracefulStop:
 
 
 class SignalsRaise:
-    """SIGTERM raises ``KeyboardInterrupt`` like SIGINT does, for work after the training loop
-    (the final checkpoint and evaluation), so that the trainer can still write ``metrics.json``."""
+    """SIGINT and SIGTERM raise ``KeyboardInterrupt``, for work after the training loop (the final
+    checkpoint and evaluation), so that the trainer can still write ``metrics.json``.
+
+    SIGINT is handled too, not left to Python's default: a process that inherits SIGINT ignored
+    (a background job of a shell script, a pytest-xdist worker) would otherwise not stop there,
+    while :class:`GracefulStop` does stop it during training.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self._previous = None
+        self._previous: dict = {}
 
     @staticmethod
     def _handler(signum, frame) -> None:
@@ -225,10 +232,11 @@ class SignalsRaise:
 
     def __enter__(self) -> "SignalsRaise":
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handler)
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handler)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}

@@ -11,6 +11,7 @@ import pytest
 from mamba_rl.io import load_checkpoint
 from mamba_rl.training import train
 from mamba_rl.training import trainer as trainer_module
+from mamba_rl.training.runs import SignalsRaise
 
 from .conftest import assert_same_params, policy_params, progress_updates, tiny_config, tiny_overrides, train_process
 
@@ -83,3 +84,16 @@ def test_a_signal_during_the_final_evaluation_still_writes_metrics(tmp_path, mon
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and metrics["updates"] == 2 and metrics["evaluation"] == {}
     assert load_checkpoint(tmp_path / "run")["update"] == 2
+
+
+def test_signals_raise_stops_on_sigint_inherited_as_ignored():
+    # regression: with SIGINT ignored by the parent (a shell's background job, a pytest-xdist worker),
+    # Ctrl-C during the final evaluation did not stop it, although it stops training
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt), SignalsRaise():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
