@@ -35,11 +35,16 @@ from torch import nn
 
 from mamba_rl.kernels.triton_host import next_pow2
 
-__all__ = ["GRU_CONFIG", "PRECISIONS", "gru_recurrence", "gru_replay_triton"]
+__all__ = ["GRU_CONFIG", "MAX_HIDDEN", "PRECISIONS", "gru_recurrence", "gru_replay_triton"]
 
-# rows per program (tl.dot needs at least 16) and warps per program of each kernel
-GRU_CONFIG = {"block_n": 16, "fwd_warps": 4, "bwd_warps": 4}
+# Rows per program (tl.dot needs at least 16), warps per program of each kernel, and the
+# backward's software-pipelining stages: with 2 or more its six per-step loads get double
+# buffers in shared memory beside the 192 KB of W_hh at H=128, 248 KB in all, over an H100's
+# 227 KB (compiled for sm_90: 200 KB with 1 stage, the forward 200 KB with any).
+GRU_CONFIG = {"block_n": 16, "fwd_warps": 8, "bwd_warps": 8, "bwd_stages": 1}
 PRECISIONS = ("ieee", "tf32")
+# the three [H, H] fp32 gate blocks of W_hh stay in shared memory: 192 KB at H=128
+MAX_HIDDEN = 128
 
 
 @triton.jit
@@ -268,6 +273,7 @@ class _GruRecurrenceFn(torch.autograd.Function):
             BLOCK_N=block_n,
             BLOCK_H=_block_h(hidden),
             num_warps=GRU_CONFIG["bwd_warps"],
+            num_stages=GRU_CONFIG["bwd_stages"],
         )
         dw_hh = db_hh = None
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
@@ -313,6 +319,8 @@ def gru_recurrence(
         raise ValueError(f"xg must be [N, T, 3H] with N, T, H >= 1, got shape {tuple(xg.shape)}")
     batch, steps, gates3 = xg.shape
     hidden = gates3 // 3
+    if hidden > MAX_HIDDEN:
+        raise ValueError(f"the hidden size H = xg.shape[2] / 3 must be <= {MAX_HIDDEN}, got {hidden}")
     if tuple(h0.shape) != (batch, hidden):
         raise ValueError(f"h0 must be [N, H] = {(batch, hidden)}, got shape {tuple(h0.shape)}")
     if tuple(reset.shape) != (batch, steps):

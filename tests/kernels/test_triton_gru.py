@@ -3,7 +3,11 @@ gradients of the input projections, the initial state, ``W_hh`` and ``b_hh``; an
 ``gru_replay(method="triton")`` against the per-step ``nn.GRU`` reference."""
 
 import copy
+import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,6 +22,7 @@ from mamba_rl.kernels.triton_gru import gru_recurrence  # noqa: E402
 from mamba_rl.policies.gru_replay import gru_replay, gru_replay_ref  # noqa: E402
 
 GRAD_NAMES = ("xg", "h0", "w_hh", "b_hh")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # tf32 keeps 10 mantissa bits: ~5e-4 per rounding, a few of them compound over the steps
 TF32_TOLERANCE = 5e-3
 
@@ -192,6 +197,7 @@ def test_gru_replay_triton_matches_per_step_gru(batch_first, bias, device):
     [
         (dict(xg=torch.zeros(2, 4, 47)), "xg must be [N, T, 3H] with N, T, H >= 1, got shape (2, 4, 47)"),
         (dict(xg=torch.zeros(2, 0, 48)), "xg must be [N, T, 3H] with N, T, H >= 1, got shape (2, 0, 48)"),
+        (dict(xg=torch.zeros(2, 4, 387)), "the hidden size H = xg.shape[2] / 3 must be <= 128, got 129"),
         (dict(h0=torch.zeros(2, 15)), "h0 must be [N, H] = (2, 16), got shape (2, 15)"),
         (dict(reset=torch.zeros(2, 5, dtype=torch.bool)), "reset must be [N, T] = (2, 4), got shape (2, 5)"),
         (dict(w_hh=torch.zeros(16, 48)), "w_hh must be [3H, H] = (48, 16), got shape (16, 48)"),
@@ -211,3 +217,55 @@ def test_errors_name_the_argument(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=re.escape(message)):
         gru_recurrence(**args)
+
+
+# an H100's shared memory per block (227 KB)
+SM90_SHARED_BYTES = 232448
+# compiles both kernels for sm_90 at H=128 with GRU_CONFIG (no GPU needed) and prints their
+# shared memory in bytes; run in a fresh process: compiling needs TRITON_INTERPRET unset
+COMPILE_SM90 = """
+import json
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mamba_rl.kernels.triton_gru import GRU_CONFIG, _gru_bwd_kernel, _gru_fwd_kernel
+
+constexprs = dict(HAS_BIAS=True, STORE_GATES=True, PRECISION="tf32", BLOCK_N=GRU_CONFIG["block_n"], BLOCK_H=128)
+shared = {}
+for name, kernel, warps, stages in (
+    ("forward", _gru_fwd_kernel, GRU_CONFIG["fwd_warps"], 3),
+    ("backward", _gru_bwd_kernel, GRU_CONFIG["bwd_warps"], GRU_CONFIG["bwd_stages"]),
+):
+    signature = {}
+    for p in kernel.params:
+        if p.is_constexpr:
+            signature[p.name] = "constexpr"
+        elif p.name.startswith("p_"):
+            signature[p.name] = "*u8" if p.name == "p_reset" else "*fp32"
+        else:
+            signature[p.name] = "i32"
+    consts = {k: v for k, v in constexprs.items() if k in signature}
+    compiled = triton.compile(
+        ASTSource(fn=kernel, signature=signature, constexprs=consts),
+        target=GPUTarget("cuda", 90, 32),
+        options=dict(num_warps=warps, num_stages=stages),
+    )
+    shared[name] = compiled.metadata.shared
+print(json.dumps(shared))
+"""
+
+
+def test_kernels_fit_h100_shared_memory():
+    """At H=128 the W_hh tiles take 192 KB: the software-pipelining buffers must leave the rest
+    under an H100's 227 KB per block, or the launch fails (which only a GPU would show)."""
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO_ROOT, env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-c", COMPILE_SM90], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    shared = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(shared) == {"forward", "backward"}
+    for name, size in shared.items():
+        assert 3 * 128 * 128 * 4 <= size <= SM90_SHARED_BYTES, f"{name}: {size} bytes of shared memory"
