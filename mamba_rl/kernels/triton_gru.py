@@ -92,10 +92,12 @@ def _gru_fwd_kernel(
     """Rows ``[pid * BLOCK_N, (pid + 1) * BLOCK_N)`` through all ``T`` steps; every tensor is
     contiguous: ``xg [N, T, 3H]``, ``h0 [N, H]``, ``reset [N, T]`` uint8, ``out [N, T, H]``,
     ``gates [N, T, 4H]`` (r, z, n, hn)."""
-    pid = tl.program_id(0)
-    o_n = (pid * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    # the block's first row as a 64-bit scalar offset, the tiles' offsets in 32 bits from it
+    # (the wrapper checks BLOCK_N * T * 4H < 2^31): less address arithmetic per step
+    row0 = tl.program_id(0).to(tl.int64) * BLOCK_N
+    o_r = tl.arange(0, BLOCK_N)
     o_h = tl.arange(0, BLOCK_H)
-    m_n = o_n < N
+    m_n = row0 + o_r < N
     m_h = o_h < H
     m_nh = m_n[:, None] & m_h[None, :]
     b_wr, b_wz, b_wn = _load_w_tiles(p_w, o_h, H, True)
@@ -104,13 +106,18 @@ def _gru_fwd_kernel(
         b_bz = tl.load(p_b + H + o_h, mask=m_h, other=0.0)[None, :]
         b_bn = tl.load(p_b + 2 * H + o_h, mask=m_h, other=0.0)[None, :]
     # [BLOCK_N, BLOCK_H]
-    b_h = tl.load(p_h0 + o_n[:, None] * H + o_h[None, :], mask=m_nh, other=0.0)
-    p_xg_t = p_xg + o_n[:, None] * (T * 3 * H) + o_h[None, :]
-    p_out_t = p_out + o_n[:, None] * (T * H) + o_h[None, :]
-    p_gates_t = p_gates + o_n[:, None] * (T * 4 * H) + o_h[None, :]
-    p_reset_t = p_reset + o_n * T
+    b_h = tl.load(p_h0 + row0 * H + o_r[:, None] * H + o_h[None, :], mask=m_nh, other=0.0)
+    # scalar pointers to step t of the block's first row, advanced each step
+    p_xg_t = p_xg + row0 * T * 3 * H
+    p_out_t = p_out + row0 * T * H
+    p_gates_t = p_gates + row0 * T * 4 * H
+    p_reset_t = p_reset + row0 * T
+    o_xg = o_r[:, None] * (T * 3 * H) + o_h[None, :]
+    o_out = o_r[:, None] * (T * H) + o_h[None, :]
+    o_gates = o_r[:, None] * (T * 4 * H) + o_h[None, :]
+    o_reset = o_r * T
     for _ in range(T):
-        b_reset = tl.load(p_reset_t, mask=m_n, other=0)
+        b_reset = tl.load(p_reset_t + o_reset, mask=m_n, other=0)
         b_h = tl.where(b_reset[:, None] != 0, 0.0, b_h)
         b_hr = tl.dot(b_h, b_wr, input_precision=PRECISION)
         b_hz = tl.dot(b_h, b_wz, input_precision=PRECISION)
@@ -119,19 +126,19 @@ def _gru_fwd_kernel(
             b_hr += b_br
             b_hz += b_bz
             b_hn += b_bn
-        b_xr = tl.load(p_xg_t, mask=m_nh, other=0.0)
-        b_xz = tl.load(p_xg_t + H, mask=m_nh, other=0.0)
-        b_xn = tl.load(p_xg_t + 2 * H, mask=m_nh, other=0.0)
+        b_xr = tl.load(p_xg_t + o_xg, mask=m_nh, other=0.0)
+        b_xz = tl.load(p_xg_t + H + o_xg, mask=m_nh, other=0.0)
+        b_xn = tl.load(p_xg_t + 2 * H + o_xg, mask=m_nh, other=0.0)
         b_r = tl.sigmoid(b_xr + b_hr)
         b_z = tl.sigmoid(b_xz + b_hz)
         b_n = _tanh(b_xn + b_r * b_hn)
         b_h = (1.0 - b_z) * b_n + b_z * b_h
-        tl.store(p_out_t, b_h, mask=m_nh)
+        tl.store(p_out_t + o_out, b_h, mask=m_nh)
         if STORE_GATES:
-            tl.store(p_gates_t, b_r, mask=m_nh)
-            tl.store(p_gates_t + H, b_z, mask=m_nh)
-            tl.store(p_gates_t + 2 * H, b_n, mask=m_nh)
-            tl.store(p_gates_t + 3 * H, b_hn, mask=m_nh)
+            tl.store(p_gates_t + o_gates, b_r, mask=m_nh)
+            tl.store(p_gates_t + H + o_gates, b_z, mask=m_nh)
+            tl.store(p_gates_t + 2 * H + o_gates, b_n, mask=m_nh)
+            tl.store(p_gates_t + 3 * H + o_gates, b_hn, mask=m_nh)
         p_xg_t += 3 * H
         p_out_t += H
         p_gates_t += 4 * H
@@ -160,44 +167,50 @@ def _gru_bwd_kernel(
     entering each step, zero at resets) and ``reset``; writes ``dxg [N, T, 3H]`` (the gradients
     of the three gate pre-activations, which are those of ``xg``), ``dhn [N, T, H]`` (that of
     ``W_hn h + b_hn``) and ``dh0 [N, H]``. All contiguous."""
-    pid = tl.program_id(0)
-    o_n = (pid * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    # offsets as in the forward: a 64-bit scalar for the block, 32-bit tiles from it
+    row0 = tl.program_id(0).to(tl.int64) * BLOCK_N
+    o_r = tl.arange(0, BLOCK_N)
     o_h = tl.arange(0, BLOCK_H)
-    m_n = o_n < N
+    m_n = row0 + o_r < N
     m_h = o_h < H
     m_nh = m_n[:, None] & m_h[None, :]
     b_wr, b_wz, b_wn = _load_w_tiles(p_w, o_h, H, False)
     last = T - 1
-    p_dout_t = p_dout + o_n[:, None] * (T * H) + last * H + o_h[None, :]
-    p_hprev_t = p_hprev + o_n[:, None] * (T * H) + last * H + o_h[None, :]
-    p_dhn_t = p_dhn + o_n[:, None] * (T * H) + last * H + o_h[None, :]
-    p_gates_t = p_gates + o_n[:, None] * (T * 4 * H) + last * 4 * H + o_h[None, :]
-    p_dxg_t = p_dxg + o_n[:, None] * (T * 3 * H) + last * 3 * H + o_h[None, :]
-    p_reset_t = p_reset + o_n * T + last
+    # scalar pointers to step t = T-1 of the block's first row, moved back each step
+    p_dout_t = p_dout + row0 * T * H + last * H
+    p_hprev_t = p_hprev + row0 * T * H + last * H
+    p_dhn_t = p_dhn + row0 * T * H + last * H
+    p_gates_t = p_gates + row0 * T * 4 * H + last * 4 * H
+    p_dxg_t = p_dxg + row0 * T * 3 * H + last * 3 * H
+    p_reset_t = p_reset + row0 * T + last
+    o_h1 = o_r[:, None] * (T * H) + o_h[None, :]
+    o_gates = o_r[:, None] * (T * 4 * H) + o_h[None, :]
+    o_dxg = o_r[:, None] * (T * 3 * H) + o_h[None, :]
+    o_reset = o_r * T
     # [BLOCK_N, BLOCK_H]: the gradient of the state after the current step
     b_dh = tl.zeros([BLOCK_N, BLOCK_H], dtype=tl.float32)
     for _ in range(T):
-        b_dh += tl.load(p_dout_t, mask=m_nh, other=0.0)
-        b_r = tl.load(p_gates_t, mask=m_nh, other=0.0)
-        b_z = tl.load(p_gates_t + H, mask=m_nh, other=0.0)
-        b_n = tl.load(p_gates_t + 2 * H, mask=m_nh, other=0.0)
-        b_hn = tl.load(p_gates_t + 3 * H, mask=m_nh, other=0.0)
-        b_hprev = tl.load(p_hprev_t, mask=m_nh, other=0.0)
+        b_dh += tl.load(p_dout_t + o_h1, mask=m_nh, other=0.0)
+        b_r = tl.load(p_gates_t + o_gates, mask=m_nh, other=0.0)
+        b_z = tl.load(p_gates_t + H + o_gates, mask=m_nh, other=0.0)
+        b_n = tl.load(p_gates_t + 2 * H + o_gates, mask=m_nh, other=0.0)
+        b_hn = tl.load(p_gates_t + 3 * H + o_gates, mask=m_nh, other=0.0)
+        b_hprev = tl.load(p_hprev_t + o_h1, mask=m_nh, other=0.0)
         # through h = (1 - z) n + z h_prev, n = tanh(xn + r hn), r and z sigmoids
         b_dn_pre = b_dh * (1.0 - b_z) * (1.0 - b_n * b_n)
         b_dz_pre = b_dh * (b_hprev - b_n) * b_z * (1.0 - b_z)
         b_dhn = b_dn_pre * b_r
         b_dr_pre = b_dn_pre * b_hn * b_r * (1.0 - b_r)
-        tl.store(p_dxg_t, b_dr_pre, mask=m_nh)
-        tl.store(p_dxg_t + H, b_dz_pre, mask=m_nh)
-        tl.store(p_dxg_t + 2 * H, b_dn_pre, mask=m_nh)
-        tl.store(p_dhn_t, b_dhn, mask=m_nh)
+        tl.store(p_dxg_t + o_dxg, b_dr_pre, mask=m_nh)
+        tl.store(p_dxg_t + H + o_dxg, b_dz_pre, mask=m_nh)
+        tl.store(p_dxg_t + 2 * H + o_dxg, b_dn_pre, mask=m_nh)
+        tl.store(p_dhn_t + o_h1, b_dhn, mask=m_nh)
         b_dh = b_dh * b_z
         b_dh += tl.dot(b_dr_pre, b_wr, input_precision=PRECISION)
         b_dh += tl.dot(b_dz_pre, b_wz, input_precision=PRECISION)
         b_dh += tl.dot(b_dhn, b_wn, input_precision=PRECISION)
         # the state entering a reset step is a constant zero: no gradient crosses it
-        b_reset = tl.load(p_reset_t, mask=m_n, other=0)
+        b_reset = tl.load(p_reset_t + o_reset, mask=m_n, other=0)
         b_dh = tl.where(b_reset[:, None] != 0, 0.0, b_dh)
         p_dout_t -= H
         p_hprev_t -= H
@@ -205,7 +218,7 @@ def _gru_bwd_kernel(
         p_gates_t -= 4 * H
         p_dxg_t -= 3 * H
         p_reset_t -= 1
-    tl.store(p_dh0 + o_n[:, None] * H + o_h[None, :], b_dh, mask=m_nh)
+    tl.store(p_dh0 + row0 * H + o_r[:, None] * H + o_h[None, :], b_dh, mask=m_nh)
 
 
 def _block_h(hidden_size: int) -> int:
@@ -319,6 +332,8 @@ def gru_recurrence(
         raise ValueError(f"xg must be [N, T, 3H] with N, T, H >= 1, got shape {tuple(xg.shape)}")
     batch, steps, gates3 = xg.shape
     hidden = gates3 // 3
+    if GRU_CONFIG["block_n"] * steps * 4 * hidden >= 2**31:
+        raise ValueError(f"T = xg.shape[1] must be < 2^31 / (4H * {GRU_CONFIG['block_n']}), got {steps}")
     if hidden > MAX_HIDDEN:
         raise ValueError(f"the hidden size H = xg.shape[2] / 3 must be <= {MAX_HIDDEN}, got {hidden}")
     if tuple(h0.shape) != (batch, hidden):

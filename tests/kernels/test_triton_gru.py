@@ -18,7 +18,7 @@ from tests.kernels.conftest import assert_rel_close
 pytest.importorskip("triton")
 
 from mamba_rl.kernels.gru_naive import gru_recurrence_ref  # noqa: E402
-from mamba_rl.kernels.triton_gru import gru_recurrence  # noqa: E402
+from mamba_rl.kernels.triton_gru import GRU_CONFIG, gru_recurrence  # noqa: E402
 from mamba_rl.policies.gru_replay import gru_replay, gru_replay_ref  # noqa: E402
 
 GRAD_NAMES = ("xg", "h0", "w_hh", "b_hh")
@@ -217,6 +217,14 @@ def test_errors_name_the_argument(change, message):
     args.update(change)
     with pytest.raises(ValueError, match=re.escape(message)):
         gru_recurrence(**args)
+
+
+def test_offsets_past_32_bits_are_refused(monkeypatch):
+    """A block's offsets are 32-bit: BLOCK_N * T * 4H must stay below 2^31."""
+    monkeypatch.setitem(GRU_CONFIG, "block_n", 2**24)
+    xg, h0 = torch.zeros(2, 32, 48), torch.zeros(2, 16)
+    with pytest.raises(ValueError, match=re.escape("T = xg.shape[1] must be < 2^31 / (4H * 16777216), got 32")):
+        gru_recurrence(xg, h0, torch.zeros(2, 32, dtype=torch.bool), torch.zeros(48, 16))
 
 
 # an H100's shared memory per block (227 KB)
