@@ -6,6 +6,10 @@ Backends (forward + backward of ``out`` and the final state, fp32, one device):
   call over the episodes packed by length;
 - ``loop``: ``gru_replay(method="loop")``, the GRU equations stepped over the rows (the CPU's
   choice; on CUDA ~10 small kernels a step);
+- ``triton_fused``: ``gru_replay(method="triton")``, each layer's recurrence in one fused Triton
+  kernel over the rows (``mamba_rl/kernels/triton_gru.py``); ``--triton-configs`` adds a row per
+  kernel configuration (rows per program, forward and backward warps); on the CPU it runs through
+  Triton's interpreter (for checking the script only);
 - ``pad``: ``GRUTrunk.sequence`` through TorchRL's ``GRUModule(recurrent_backend="pad")``;
 - ``triton`` (CUDA) and ``scan`` (``--with-scan``, slow): TorchRL's other reset-aware backends,
   through ``GRUTrunk.sequence`` on the same weights;
@@ -13,8 +17,9 @@ Backends (forward + backward of ``out`` and the final state, fp32, one device):
 
 Every reset-aware backend is checked against ``packed`` first (outputs, final state, gradients of
 inputs, initial state and weights; max-abs error over max-abs value, TF32 off) and timed after
-(the process's default TF32 flags, as in training). ``pad`` and ``packed`` must agree to 1e-4: the
-script writes its JSON and exits non-zero otherwise.
+(the process's default TF32 flags, as in training). ``ms`` is forward+backward, ``ms_forward``
+the forward alone (with autograd recording, as in training). ``pad`` and ``triton_fused`` must
+agree with ``packed`` to 1e-4: the script writes its JSON and exits non-zero otherwise.
 
 Cases: ``issue`` (B=64, T=1024, F=H=128, resets at 0.5% of steps) and ``h1000`` (the trainer's
 replay at configs/h1000_gpu.yaml: 1024 envs in 2 minibatches so B=512, T=1002, F=6, H=128,
@@ -24,6 +29,8 @@ On the CPU the cases are smaller (``cpu``: B=64, T=256, F=6, H=128, delays in 1.
 
     python benchmarks/bench_gru_replay.py --out benchmarks/results/gru_replay_H100.json
     python benchmarks/bench_gru_replay.py --device cpu --threads 2 --out /tmp/gru_replay_cpu.json
+    python benchmarks/bench_gru_replay.py --cases h1000 --backends packed triton_fused cudnn_no_resets \
+        --triton-configs 16:4:4 16:8:8 32:8:8 --out benchmarks/results/gru_replay_triton_H100.json
 """
 
 from __future__ import annotations
@@ -120,7 +127,31 @@ def time_ms(fn, device: torch.device, warmup: int, repeats: int) -> list[float]:
     return times
 
 
-def run_case(name: str, device: torch.device, backends: list[str], warmup: int, repeats: int) -> list[dict]:
+def parse_triton_config(spec: str) -> dict:
+    """``"<block_n>:<fwd_warps>:<bwd_warps>"`` -> a ``GRU_CONFIG`` dict."""
+    parts = spec.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"a triton config must be <block_n>:<fwd_warps>:<bwd_warps>, got {spec!r}")
+    return dict(zip(("block_n", "fwd_warps", "bwd_warps"), map(int, parts)))
+
+
+@contextlib.contextmanager
+def triton_config(config: dict | None):
+    """``GRU_CONFIG`` updated with ``config`` inside the block (unchanged for None)."""
+    from mamba_rl.kernels.triton_gru import GRU_CONFIG
+
+    saved = dict(GRU_CONFIG)
+    GRU_CONFIG.update(config or {})
+    try:
+        yield
+    finally:
+        GRU_CONFIG.clear()
+        GRU_CONFIG.update(saved)
+
+
+def run_case(
+    name: str, device: torch.device, backends: list[str], warmup: int, repeats: int, triton_configs: list[dict]
+) -> list[dict]:
     batch, steps, features, hidden_size, layers, reset_spec = CASES[name]
     generator = torch.Generator().manual_seed(0)
     reset = make_reset(batch, steps, reset_spec, generator).to(device)
@@ -169,7 +200,21 @@ def run_case(name: str, device: torch.device, backends: list[str], warmup: int, 
         out, final = gru(x, h0.transpose(0, 1).contiguous())
         return out, final.transpose(0, 1), trunks["pad"]
 
-    runs = {"packed": packed_run, "loop": replay_run("loop"), "cudnn_no_resets": no_resets_run}
+    runs = {
+        "packed": packed_run,
+        "loop": replay_run("loop"),
+        "triton_fused": replay_run("triton"),
+        "cudnn_no_resets": no_resets_run,
+    }
+    # (row name, backend, GRU_CONFIG override): one row per triton_fused configuration
+    variants = []
+    for backend in backends:
+        if backend == "triton_fused" and triton_configs:
+            for c in triton_configs:
+                tag = f"{backend}[{c['block_n']}:{c['fwd_warps']}:{c['bwd_warps']}]"
+                variants.append((tag, backend, c))
+        else:
+            variants.append((backend, backend, None))
 
     def fwd_bwd(run):
         out, final, module = run()
@@ -192,12 +237,14 @@ def run_case(name: str, device: torch.device, backends: list[str], warmup: int, 
     with fp32_exact():
         reference = results(packed_run)
     rows = []
-    for backend in backends:
-        row = dict(case=name, backend=backend, device=str(device), dtype="float32", shapes=shapes)
+    for tag, backend, config in variants:
+        row = dict(case=name, backend=tag, device=str(device), dtype="float32", shapes=shapes)
+        if config is not None:
+            row["triton_config"] = config
         try:
             run = runs[backend] if backend in runs else trunk_run(backend)
             if backend != "cudnn_no_resets":
-                with fp32_exact():
+                with fp32_exact(), triton_config(config):
                     got = results(run)
                 errors = {
                     k: ((got[k] - ref).abs().max() / ref.abs().max().clamp(min=1e-30)).item()
@@ -205,12 +252,14 @@ def run_case(name: str, device: torch.device, backends: list[str], warmup: int, 
                 }
                 row["max_rel_error_vs_packed"] = max(errors.values())
                 row["errors_vs_packed"] = errors
-                if backend == "pad" and not row["max_rel_error_vs_packed"] <= CHECK_TOL:
-                    row["check_failed"] = f"pad and packed differ by more than {CHECK_TOL}: {errors}"
+                if backend in ("pad", "triton_fused") and not row["max_rel_error_vs_packed"] <= CHECK_TOL:
+                    row["check_failed"] = f"{tag} and packed differ by more than {CHECK_TOL}: {errors}"
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
                 start_bytes = torch.cuda.memory_allocated(device)
-            times = time_ms(lambda: fwd_bwd(run), device, warmup, repeats)
+            with triton_config(config):
+                times = time_ms(lambda: fwd_bwd(run), device, warmup, repeats)
+                row["ms_forward"] = statistics.median(time_ms(run, device, warmup, repeats))
             row["ms"] = statistics.median(times)
             row["ms_all"] = [round(t, 3) for t in times]
             if device.type == "cuda":
@@ -234,10 +283,11 @@ def print_row(row: dict) -> None:
     shapes = row["shapes"]
     desc = f"B={shapes['B']} T={shapes['T']} F={shapes['F']} H={shapes['H']} L={shapes['num_layers']}"
     ms = f"{row['ms']:9.2f}" if "ms" in row else "        -"
+    fwd = f" (fwd {row['ms_forward']:.2f})" if "ms_forward" in row else ""
     err = f"{row['max_rel_error_vs_packed']:.1e}" if "max_rel_error_vs_packed" in row else "-"
     peak = f"{row['peak_gb']:6.2f}" if "peak_gb" in row else "     -"
     print(
-        f"{row['case']:<14} {desc:<34} {row['backend']:<20} {ms} ms  +peak {peak} GB  err {err:<8}"
+        f"{row['case']:<14} {desc:<34} {row['backend']:<20} {ms} ms{fwd}  +peak {peak} GB  err {err:<8}"
         f" {row.get('error', '')}{row.get('check_failed', '')}",
         flush=True,
     )
@@ -259,8 +309,15 @@ def main() -> None:
         "--backends",
         nargs="+",
         default=None,
-        choices=["packed", "loop", "pad", "triton", "scan", "cudnn_no_resets"],
+        choices=["packed", "loop", "triton_fused", "pad", "triton", "scan", "cudnn_no_resets"],
         help="only these (packed is always the reference of the check)",
+    )
+    parser.add_argument(
+        "--triton-configs",
+        nargs="+",
+        type=parse_triton_config,
+        default=[],
+        help="triton_fused rows, one per <block_n>:<fwd_warps>:<bwd_warps> (default: GRU_CONFIG)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on the CPU")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before the timed ones")
@@ -274,12 +331,18 @@ def main() -> None:
     repeats = args.repeats or (10 if device.type == "cuda" else 3)
     backends = ["packed", "loop", "pad"]
     if device.type == "cuda":
+        backends[2:2] = ["triton_fused"]
         backends.append("triton")
     if args.with_scan:
         backends.append("scan")
     backends.append("cudnn_no_resets")
     if args.backends:
         backends = args.backends
+    if device.type != "cuda" and "triton_fused" in backends:
+        from mamba_rl.kernels.triton_interpret import enable_cpu_interpreter
+
+        # before mamba_rl.kernels.triton_gru is imported: triton.jit reads TRITON_INTERPRET then
+        enable_cpu_interpreter()
 
     meta = dict(
         device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -300,7 +363,7 @@ def main() -> None:
     print(json.dumps(meta))
     rows = []
     for name in cases:
-        rows.extend(run_case(name, device, backends, args.warmup, repeats))
+        rows.extend(run_case(name, device, backends, args.warmup, repeats, args.triton_configs))
     summary = {}
     for name in cases:
         ms = {r["backend"]: r["ms"] for r in rows if r["case"] == name and "ms" in r}
@@ -310,6 +373,9 @@ def main() -> None:
             summary[f"{name}: pad / loop"] = ms["pad"] / ms["loop"]
         if "cudnn_no_resets" in ms and "packed" in ms:
             summary[f"{name}: packed / cudnn_no_resets"] = ms["packed"] / ms["cudnn_no_resets"]
+        for tag in ms:
+            if tag.startswith("triton_fused") and "packed" in ms:
+                summary[f"{name}: packed / {tag}"] = ms["packed"] / ms[tag]
     for key, value in summary.items():
         print(f"{key}: {value:.2f}x")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -136,7 +136,7 @@ def _check(gru: nn.GRU, x: torch.Tensor, hidden: torch.Tensor, reset: torch.Tens
         raise ValueError(f"hidden must be [B, num_layers, H] = {expected}, got shape {tuple(hidden.shape)}")
 
 
-REPLAY_METHODS = ("auto", "packed", "loop")
+REPLAY_METHODS = ("auto", "packed", "loop", "triton")
 
 
 def gru_replay(
@@ -161,6 +161,8 @@ def gru_replay(
             the state zeroed at resets, input projections in one matrix product per layer; on
             the CPU this is the fast one: PyTorch's CPU packed GRU slices a ``[B*T, 3H]`` tensor
             per step, whose backward zero-fills the whole tensor each step (``T`` times).
+            ``"triton"``: :func:`mamba_rl.kernels.triton_gru.gru_replay_triton`, the recurrence
+            of each layer in one fused Triton kernel (float32; CUDA, or the CPU interpreter).
             ``"auto"``: ``"packed"`` on CUDA, ``"loop"`` elsewhere.
 
     Returns:
@@ -183,6 +185,10 @@ def gru_replay(
     reset = reset.to(torch.bool)
     if method == "loop":
         return _gru_loop(gru, x, hidden, reset)
+    if method == "triton":
+        from mamba_rl.kernels.triton_gru import gru_replay_triton
+
+        return gru_replay_triton(gru, x, hidden, reset)
     if packed is None:
         packed = pack_episodes(reset)
     batch, steps, features = x.shape
