@@ -1,7 +1,10 @@
-"""The GRU trunk's training replay with resets inside rows: cuDNN over the episodes, packed.
+"""The GRU trunk's training replay with resets inside rows: a fused Triton recurrence, or cuDNN
+over the episodes packed by length.
 
 A replay row ``[T]`` holds several episodes: ``reset[b, t]`` True starts one at ``t``. On CUDA
-(``method="packed"``, the default there) each row is cut into its episodes, since a GRU cannot
+the default is ``method="triton"`` (float32, ``H <= 128``): each layer's recurrence in one fused
+Triton kernel that zeroes the state at resets (:mod:`mamba_rl.kernels.triton_gru`). With
+``method="packed"`` (CUDA otherwise) each row is cut into its episodes, since a GRU cannot
 restart inside one cuDNN sequence, and all episodes of all rows run as one ``PackedSequence``:
 sorted by length, longest first, with no padding. The packed order is computed by index
 arithmetic on the device (no per-episode tensors, no TensorDict), and the inputs and outputs
@@ -163,7 +166,8 @@ def gru_replay(
             per step, whose backward zero-fills the whole tensor each step (``T`` times).
             ``"triton"``: :func:`mamba_rl.kernels.triton_gru.gru_replay_triton`, the recurrence
             of each layer in one fused Triton kernel (float32; CUDA, or the CPU interpreter).
-            ``"auto"``: ``"packed"`` on CUDA, ``"loop"`` elsewhere.
+            ``"auto"``: ``"triton"`` on CUDA in float32 with ``H <= 128``, else ``"packed"`` on
+            CUDA and ``"loop"`` elsewhere.
 
     Returns:
         ``(out [B, T, H], final [B, num_layers, H])``: the top layer's hidden state after each
@@ -181,7 +185,7 @@ def gru_replay(
     if method not in REPLAY_METHODS:
         raise ValueError(f"method must be one of {REPLAY_METHODS}, got {method!r}")
     if method == "auto":
-        method = "packed" if x.is_cuda else "loop"
+        method = _auto_method(gru, x)
     reset = reset.to(torch.bool)
     if method == "loop":
         return _gru_loop(gru, x, hidden, reset)
@@ -202,6 +206,18 @@ def gru_replay(
     out = _PermuteRows.apply(out.data, packed.index, packed.perm).view(batch, steps, -1)
     # [B, L, H]
     return out, h_n[:, packed.last].transpose(0, 1)
+
+
+def _auto_method(gru: nn.GRU, x: torch.Tensor) -> str:
+    """The fastest method measured for this input: the fused Triton recurrence on CUDA in float32
+    with H <= 128 (H100, h1000 replay: 4.2x faster than packed; benchmarks/NOTES_gru.md), else
+    packed cuDNN on CUDA and the loop on the CPU."""
+    if not x.is_cuda:
+        return "loop"
+    from mamba_rl.kernels.triton_gru import MAX_HIDDEN
+
+    fp32 = x.dtype == torch.float32 and all(p.dtype == torch.float32 for p in gru.parameters())
+    return "triton" if fp32 and gru.hidden_size <= MAX_HIDDEN else "packed"
 
 
 def _gru_loop(gru: nn.GRU, x: torch.Tensor, hidden: torch.Tensor, reset: torch.Tensor):

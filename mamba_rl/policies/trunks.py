@@ -110,9 +110,10 @@ class GRUTrunk(nn.Module):
     ``step`` runs the GRU cell from the module's own weights (two matrix products and the
     gates, the exact ``nn.GRU`` equations): unlike a cuDNN call it can be captured in a CUDA
     graph. ``sequence`` with ``recurrent_backend="packed"`` (default) replays the rows through
-    :func:`~mamba_rl.policies.gru_replay.gru_replay` on the module's own ``nn.GRU``: one cuDNN
-    call over the episodes packed by length on CUDA, the GRU equations stepped over the rows on
-    the CPU (benchmarks/NOTES_gru.md); the other backends call the ``GRUModule`` itself in
+    :func:`~mamba_rl.policies.gru_replay.gru_replay` on the module's own ``nn.GRU``: a fused
+    Triton recurrence per layer on CUDA (float32, ``H <= 128``; else one cuDNN call over the
+    episodes packed by length), the GRU equations stepped over the rows on the CPU
+    (benchmarks/NOTES_gru.md); the other backends call the ``GRUModule`` itself in
     recurrent mode. Every backend gives the same numbers (tests/policies/test_gru_replay.py).
 
     Args:

@@ -196,7 +196,32 @@ def test_replay_on_cuda_equals_gru_trunk_sequence_pad_backend(layers):
             lambda x, h, r: (lambda o, s: (o, s.hidden))(*trunk.sequence(x, GRUState(h), r)), trunk, x, hidden, reset
         )
         actual = _grads(lambda x, h, r: gru_replay(trunk.core.gru, x, h, r), trunk, x, hidden, reset)
-    _assert_same(actual, expected, torch.float32, "auto (packed on CUDA)")
+    _assert_same(actual, expected, torch.float32, "auto on CUDA")
+
+
+def test_auto_picks_the_loop_on_the_cpu():
+    gru = nn.GRU(INPUT, HIDDEN, 1, batch_first=True)
+    x, hidden, reset = _inputs(3, 9, 1, "several", torch.float32)
+    auto = gru_replay(gru, x, hidden, reset)
+    loop = gru_replay(gru, x, hidden, reset, method="loop")
+    assert torch.equal(auto[0], loop[0]) and torch.equal(auto[1], loop[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    ("dtype", "hidden_size", "expected"),
+    [(torch.float32, HIDDEN, "triton"), (torch.float64, HIDDEN, "packed"), (torch.float32, 256, "packed")],
+)
+def test_auto_on_cuda_picks_triton_where_it_applies(dtype, hidden_size, expected):
+    gru = nn.GRU(INPUT, hidden_size, 1, batch_first=True).to("cuda", dtype)
+    x = torch.randn(2, 7, INPUT, device="cuda", dtype=dtype)
+    hidden = torch.randn(2, 1, hidden_size, device="cuda", dtype=dtype)
+    reset = torch.zeros(2, 7, dtype=torch.bool, device="cuda")
+    reset[0, 3] = True
+    auto = gru_replay(gru, x, hidden, reset)
+    chosen = gru_replay(gru, x, hidden, reset, method=expected)
+    assert torch.equal(auto[0], chosen[0]) and torch.equal(auto[1], chosen[1])
 
 
 @pytest.mark.parametrize("method", METHODS)
