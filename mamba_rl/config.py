@@ -163,9 +163,10 @@ class TrainConfig:
     gru_hidden_size: int = 128
     """GRU width (features out of the trunk)."""
     gru_backend: Literal["packed", "pad", "scan", "triton", "auto"] = "packed"
-    """GRU training replays: ``"packed"`` is one cuDNN call over the episodes packed by length on
-    CUDA (the GRU equations stepped over the rows on the CPU); the others are GRUModule's
-    ``recurrent_backend`` values. All give the same numbers."""
+    """GRU training replays: ``"packed"`` is :func:`mamba_rl.policies.gru_replay.gru_replay`: on
+    CUDA a fused Triton recurrence per layer (float32, width <= 128; else one cuDNN call over the
+    episodes packed by length), on the CPU the GRU equations stepped over the rows; the others are
+    GRUModule's ``recurrent_backend`` values. All give the same numbers."""
     head_hidden: int = 0
     """Width of a tanh hidden layer in the actor and value heads; 0 = linear heads."""
 
