@@ -46,6 +46,7 @@ COLUMNS = [
     "greedy_2H",
     "greedy_5H",
     "greedy_10H",
+    "eval_episodes",
     "train_accuracy_last",
     "device",
     "run_dir",
@@ -99,6 +100,7 @@ def run_row(run_dir: Path, root: Path) -> dict:
         env_steps=metrics["global_step"],
         train_time_s=round(metrics["train_time_s"]),
         sampled_H=_accuracy(metrics, horizon, "sampled"),
+        eval_episodes=((metrics.get("evaluation") or {}).get(str(horizon)) or {}).get("greedy", {}).get("episodes"),
         train_accuracy_last=metrics.get("train_accuracy_last"),
         device=metrics.get("device_name"),
     )
@@ -159,13 +161,14 @@ def write_tables(rows: list[dict], root: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    devices = sorted({row["device"] for row in rows if row["device"]})
-    shown = COLUMNS[:-2]
+    episodes = sorted({row["eval_episodes"] for row in rows if row["eval_episodes"]})
+    shown = [column for column in COLUMNS[:-2] if column != "eval_episodes"]
     lines = [
         "# The delayed 4-bit memory task: Mamba and GRU as the delay grows",
         "",
-        f"Trained on delays log-uniform in [1, H]; device: {', '.join(devices) or 'none recorded'}. Accuracy over "
-        "1,000 fresh episodes per horizon and mode; `updates` of `num_updates` (the budget, the same for both "
+        f"Trained on delays log-uniform in [1, H]; device: {_device_title(rows)}. Accuracy over "
+        f"{' or '.join(f'{n:,}' for n in episodes) or 'no'} fresh episodes per horizon and mode; `updates` of "
+        "`num_updates` (the budget, the same for both "
         "controllers at an H); `train_time_s` is the time of the rollouts and updates (no start-up, no evaluation) "
         "with the other cells of its run of `memory_sweep.sh` training on the same GPU.",
         "",
