@@ -62,10 +62,16 @@ for horizon in "${horizons[@]}"; do
 done
 
 failed=0
+stopped=0
+# timeout's status 124: the cell got SIGTERM at STOP_AT_S and stopped cleanly
 reap() {
     wait -n
     local rc=$?
-    [ "$rc" -eq 0 ] || failed=$((failed + 1))
+    case $rc in
+    0) ;;
+    124) stopped=$((stopped + 1)) ;;
+    *) failed=$((failed + 1)) ;;
+    esac
 }
 for horizon in "${horizons[@]}"; do
     updates=$(updates_for "$horizon")
@@ -129,5 +135,6 @@ fi
 for step in "${!counts[@]}"; do
     echo "cells of $root with next step '$step': ${counts[$step]}"
 done
-echo "$failed process(es) exited with an error this time (see the cells' .log); run again while cells are to train or evaluate"
+echo "this time: $stopped cell(s) stopped at STOP_AT_S, $failed exited with an error (see the cells' .log);" \
+    "run again while cells are to train or evaluate"
 [ "$failed" -eq 0 ]

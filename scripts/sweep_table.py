@@ -167,10 +167,11 @@ def write_tables(rows: list[dict], root: Path) -> None:
         "# The delayed 4-bit memory task: Mamba and GRU as the delay grows",
         "",
         f"Trained on delays log-uniform in [1, H]; device: {_device_title(rows)}. Accuracy over "
-        f"{' or '.join(f'{n:,}' for n in episodes) or 'no'} fresh episodes per horizon and mode; `updates` of "
-        "`num_updates` (the budget, the same for both "
-        "controllers at an H); `train_time_s` is the time of the rollouts and updates (no start-up, no evaluation) "
-        "with the other cells of its run of `memory_sweep.sh` training on the same GPU.",
+        f"{' or '.join(f'{n:,}' for n in episodes) or 'no'} fresh episodes per horizon and mode. `updates` of "
+        "`num_updates`: memory_sweep.sh gives both controllers at an H the same `num_updates` and no "
+        "`target_accuracy`, so the same env-steps; status `target_reached` is a run stopped earlier by a "
+        "training-accuracy target. `train_time_s` is the time of the rollouts and updates (no start-up, no "
+        "evaluation), while other cells trained on the same GPU (memory_sweep.sh runs PARALLEL at once).",
         "",
         "| " + " | ".join(shown) + " |",
         "|" + "---|" * len(shown),
