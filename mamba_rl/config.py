@@ -245,6 +245,9 @@ class TrainConfig:
     """Episodes per horizon and mode of the final evaluation (0 skips it)."""
     eval_horizons: list[int] = field(default_factory=list)
     """Horizons evaluated at the end besides the trained one (to show how memory generalises)."""
+    eval_horizon_multiples: list[float] = field(default_factory=list)
+    """Multiples of the trained horizon (the top of a range) also evaluated at the end, each rounded
+    to the nearest whole step: ``[2, 5, 10]`` shows how far past its training a memory holds."""
     eval_num_envs: int = 1000
     """Episodes run in parallel during evaluation."""
     tensorboard: bool = True
@@ -281,6 +284,15 @@ class TrainConfig:
         if isinstance(self.horizon, int):
             return (self.horizon, self.horizon)
         return (self.horizon[0], self.horizon[1])
+
+    @property
+    def final_eval_horizons(self) -> list[int]:
+        """The memory task's final evaluation horizons: the trained one (the top of a range) first,
+        then ``eval_horizons`` and ``round(m * trained)`` for each of ``eval_horizon_multiples``,
+        sorted, each once."""
+        trained = self.horizon_range[1]
+        extra = {*self.eval_horizons, *(round(m * trained) for m in self.eval_horizon_multiples)} - {trained}
+        return [trained, *sorted(extra)]
 
     @property
     def env_horizon(self) -> int | tuple[int, int]:
@@ -375,6 +387,14 @@ def validate(cfg: TrainConfig) -> None:
         )
     if any(h < 1 for h in cfg.eval_horizons):
         raise ConfigError(f"eval_horizons must be ints >= 1, got {cfg.eval_horizons}")
+    for multiple in cfg.eval_horizon_multiples:
+        if not (multiple > 0 and math.isfinite(multiple)):
+            raise ConfigError(f"eval_horizon_multiples must be finite numbers > 0, got {cfg.eval_horizon_multiples}")
+        if round(multiple * cfg.horizon_range[1]) < 1:
+            raise ConfigError(
+                f"eval_horizon_multiples: {multiple:g} x the trained horizon {cfg.horizon_range[1]} rounds to 0 "
+                f"steps; each multiple must give a horizon >= 1, got {cfg.eval_horizon_multiples}"
+            )
     if not (cfg.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", cfg.device)):
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (N a GPU index), got {cfg.device!r}")
     if cfg.learning_rate > MAX_LEARNING_RATE:

@@ -351,9 +351,10 @@ def evaluate_horizons(
 
 
 def default_horizons(cfg: TrainConfig) -> list[int]:
-    """The trained horizon (the top of a range), half of it and 2x, 4x: does the memory generalise?"""
+    """The trained horizon (the top of a range), half of it and 2x, 4x, and the run's own final
+    evaluation horizons (:attr:`TrainConfig.final_eval_horizons`): does the memory generalise?"""
     trained = cfg.horizon_range[1]
-    return sorted({max(1, trained // 2), trained, 2 * trained, 4 * trained} | set(cfg.eval_horizons))
+    return sorted({max(1, trained // 2), trained, 2 * trained, 4 * trained} | set(cfg.final_eval_horizons))
 
 
 def format_table(results: dict, trained_horizon) -> str:

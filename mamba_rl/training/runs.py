@@ -49,6 +49,7 @@ RESUME_MUTABLE_KEYS = frozenset(
         "log_interval",
         "eval_episodes",
         "eval_horizons",
+        "eval_horizon_multiples",
         "eval_num_envs",
         "tensorboard",
         "progress_bar",

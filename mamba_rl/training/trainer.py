@@ -535,7 +535,7 @@ def _final_evaluation(
         if verbose:
             print(format_return_table(evaluation, cfg.env))
         return evaluation
-    horizons = [cfg.horizon_range[1], *[h for h in cfg.eval_horizons if h != cfg.horizon_range[1]]]
+    horizons = cfg.final_eval_horizons
     evaluation = evaluate_horizons(
         policy, cfg, horizons, cfg.eval_episodes, num_envs=cfg.eval_num_envs, device=device, cuda_graph=cfg.cuda_graph
     )

@@ -24,6 +24,9 @@ from .conftest import REPO, tiny_config, tiny_overrides
         ("dt_min=1e-50", "dt_min must give a finite initial step in float32"),
         ("dt_init_floor=1e-50", "dt_init_floor must give a finite initial step in float32"),
         ("dt_max=1e39", "dt_max must give a finite initial step in float32"),
+        ("eval_horizon_multiples=[2, 0]", "eval_horizon_multiples must be finite numbers > 0, got [2.0, 0.0]"),
+        ("eval_horizon_multiples=[.nan]", "eval_horizon_multiples must be finite numbers > 0"),
+        ("eval_horizon_multiples=[0.001]", "0.001 x the trained horizon 50 rounds to 0 steps"),
     ],
 )
 def test_bad_values_are_config_errors_naming_the_key(override, message, capsys):

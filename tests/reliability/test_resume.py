@@ -82,6 +82,22 @@ def test_resume_may_extend_the_run_and_change_its_evaluation(run_dir):
     assert "num_updates: 4" in (run_dir / "config.yaml").read_text()
 
 
+def test_resume_of_a_finished_run_evaluates_at_multiples_of_the_trained_horizon(run_dir):
+    # a finished sweep cell is evaluated further by a resume that trains no more updates
+    result = train(
+        tiny_config(
+            num_updates=2, eval_episodes=4, eval_num_envs=4, eval_horizons=[10], eval_horizon_multiples=[2, 0.4, 3]
+        ),
+        run_dir,
+        resume=True,
+        verbose=False,
+    )
+    # trained at the top of [1, 5]; 2 x 5 = 10 is also in eval_horizons, 0.4 x 5 = 2, 3 x 5 = 15
+    assert list(result.metrics["evaluation"]) == ["5", "2", "10", "15"]
+    assert all(entry["greedy"]["episodes"] == 4 for entry in result.metrics["evaluation"].values())
+    assert result.status == "completed" and progress_updates(run_dir) == [1, 2]
+
+
 @pytest.mark.parametrize("controller", ["mamba", "gru"])
 def test_resume_after_a_crash_is_bit_identical_with_a_cosine_schedule(tmp_path, controller):
     cfg = dict(controller=controller, lr_schedule="cosine", gru_hidden_size=8, num_updates=4)
