@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -208,6 +209,16 @@ def init_from_torchrun(device: str, timeout_s: float) -> Ranks:
                 "most one process per GPU (torchrun --nproc_per_node)"
             )
         torch.cuda.set_device(local_rank)
+    if (
+        rank == 0
+        and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0
+        and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    ):
+        warnings.warn(
+            "torchrun --max-restarts shares its rendezvous store with the workers: restarted workers may read the "
+            "previous attempt's addresses there and fail to connect. Start torchrun with "
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/DISTRIBUTED.md)"
+        )
     collective_device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))

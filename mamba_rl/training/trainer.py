@@ -428,7 +428,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
     # rank takes the same step with the same averaged gradient
     ddp = None
     if ranks.launched:
-        ddp = DistributedDataParallel(ReplayModule(policy), device_ids=None, broadcast_buffers=False)
+        ddp = DistributedDataParallel(ReplayModule(policy), device_ids=None)
     # the checkpoint has loaded: only now may the run directory change
     if ranks.main:
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
