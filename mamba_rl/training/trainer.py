@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -44,6 +45,9 @@ from mamba_rl.training.runs import RESUME_MUTABLE_KEYS, GracefulStop, RunLock, S
 
 __all__ = [
     "train",
+    "ppo_update",
+    "ReplayModule",
+    "rollout_statistics",
     "TrainResult",
     "TrainingDiverged",
     "resolve_device",
@@ -638,7 +642,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
     )
     if verbose:
         print(
-            _final_message(cfg, status, update, global_step, train_time_s, run_dir),
+            _final_message(cfg, status, update, global_step, train_time_s, run_dir, ranks),
             file=sys.stderr if status in ("time_limit", "interrupted") else sys.stdout,
         )
     return TrainResult(run_dir, status, metrics)
@@ -660,17 +664,23 @@ def _diverged_message(losses: dict, update: int, checkpoint_path: Path, last_sav
 
 
 def _final_message(
-    cfg: TrainConfig, status: str, update: int, global_step: int, train_time_s: float, run_dir: Path
+    cfg: TrainConfig, status: str, update: int, global_step: int, train_time_s: float, run_dir: Path, ranks: Ranks
 ) -> str:
     done = f"after {update} of {cfg.num_updates} updates ({global_step:,} steps, {train_time_s:.0f} s of training)"
     metrics = f"metrics in {run_dir / 'metrics.json'}"
+    # a resume needs as many processes
+    command = "python train.py"
+    if ranks.launched:
+        per_host = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size))
+        hosts = "" if per_host == ranks.world_size else f" (on each of {ranks.world_size // per_host} hosts)"
+        command = f"torchrun --nproc_per_node {per_host}{hosts} train.py"
     if status == "time_limit":
         return (
             f"NOT FINISHED: stopped by max_wall_time_s={cfg.max_wall_time_s:g} {done}; {metrics}. Continue "
-            f"with: python train.py --resume {run_dir} --set max_wall_time_s=null"
+            f"with: {command} --resume {run_dir} --set max_wall_time_s=null"
         )
     if status == "interrupted":
-        return f"interrupted {done}; continue with: python train.py --resume {run_dir}; {metrics}"
+        return f"interrupted {done}; continue with: {command} --resume {run_dir}; {metrics}"
     return f"{status} {done}; {metrics}"
 
 
