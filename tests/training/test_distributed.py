@@ -83,17 +83,25 @@ def without_times(run_dir: Path) -> list[str]:
 # --- two ranks train one run ----------------------------------------------------------------
 
 
+# the runs whose ranks are compared: the memory task with each controller, and a Gymnasium env
+RUNS = {
+    "mamba": dict(controller="mamba"),
+    "gru": dict(controller="gru"),
+    "cartpole": dict(env="CartPole-v1", policy_mask_key=None, chunk_len=8),
+}
+
+
 def _train_runs(ranks: Ranks, root: Path) -> None:
-    for controller in ("mamba", "gru"):
+    for name, overrides in RUNS.items():
         seen = []
         train(
-            tiny(controller=controller),
-            root / controller,
+            tiny(**overrides),
+            root / name,
             verbose=False,
             ranks=ranks,
             callback=lambda update, info: seen.append(flat_params(info["policy"])),
         )
-        torch.save(seen, root / f"{controller}_params_rank{ranks.rank}.pt")
+        torch.save(seen, root / f"{name}_params_rank{ranks.rank}.pt")
     train(tiny(num_updates=4), root / "full", verbose=False, ranks=ranks)
     train(tiny(num_updates=2), root / "split", verbose=False, ranks=ranks)
     train(tiny(num_updates=4), root / "split", resume=True, verbose=False, ranks=ranks)
@@ -116,17 +124,17 @@ def assert_same_state(a, b, where: str = "") -> None:
 
 def test_two_ranks_keep_equal_parameters_and_resume_bit_identically(tmp_path):
     spawn(_train_runs, tmp_path, tmp_path)
-    for controller in ("mamba", "gru"):
-        rank0 = torch.load(tmp_path / f"{controller}_params_rank0.pt")
-        rank1 = torch.load(tmp_path / f"{controller}_params_rank1.pt")
+    for name, overrides in RUNS.items():
+        rank0 = torch.load(tmp_path / f"{name}_params_rank0.pt")
+        rank1 = torch.load(tmp_path / f"{name}_params_rank1.pt")
         assert len(rank0) == len(rank1) == 3
         for update, (a, b) in enumerate(zip(rank0, rank1), 1):
-            assert torch.equal(a, b), f"{controller}: the ranks' parameters differ after update {update}"
-        assert not torch.equal(rank0[0], rank0[-1]), f"{controller}: the updates changed nothing"
-        # rank 0 alone wrote the run directory; the metrics say how many processes trained
-        metrics = json.loads((tmp_path / controller / "metrics.json").read_text())
-        assert metrics["world_size"] == 2 and metrics["global_step"] == 3 * 2 * 8 * 7
-        assert len((tmp_path / controller / "progress.csv").read_text().splitlines()) == 4
+            assert torch.equal(a, b), f"{name}: the ranks' parameters differ after update {update}"
+        assert not torch.equal(rank0[0], rank0[-1]), f"{name}: the updates changed nothing"
+        # rank 0 alone wrote the run directory; the metrics count the env steps of both ranks
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert metrics["world_size"] == 2 and metrics["global_step"] == 3 * 2 * tiny(**overrides).steps_per_update
+        assert len((tmp_path / name / "progress.csv").read_text().splitlines()) == 4
 
     full, split = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "split")
     assert full["world_size"] == 2 and len(full["rank_states"]) == 1
