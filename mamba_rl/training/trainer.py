@@ -21,7 +21,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import yaml
@@ -322,7 +322,7 @@ def train(
     cfg: TrainConfig,
     run_dir: str | Path | None = None,
     *,
-    resume: bool | str = False,
+    resume: bool | Literal["auto"] = False,
     callback: Callable[[int, dict], None] | None = None,
     verbose: bool = True,
     ranks: Ranks | None = None,
