@@ -94,6 +94,9 @@ class TrainConfig:
     """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``."""
     num_threads: int = 0
     """``torch.set_num_threads`` on CPU; 0 leaves torch's default."""
+    dist_timeout_s: float = 600.0
+    """Under torchrun: how long a collective waits for the other processes before it fails, so that
+    a process that died or hangs stops the run instead of holding the others (docs/DISTRIBUTED.md)."""
 
     # --- environment -------------------------------------------------------------------------
     env: str = "mamba_rl/DelayedMemory-v0"
@@ -118,7 +121,9 @@ class TrainConfig:
     wrong_penalty: float = 0.0
     """A wrong answer earns ``-wrong_penalty`` (a right one earns 1)."""
     num_envs: int = 64
-    """Parallel environments (the batch of every rollout step)."""
+    """Parallel environments (the batch of every rollout step) of each process: under torchrun with
+    ``N`` processes each steps ``num_envs`` of its own, so the global batch of an update is
+    ``N * num_envs`` (docs/DISTRIBUTED.md)."""
 
     # --- policy ------------------------------------------------------------------------------
     controller: Literal["mamba", "gru"] = "mamba"
@@ -368,7 +373,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"state_figure_interval must be an int >= 0 (0 = never), got {cfg.state_figure_interval}")
     if cfg.chunk_len != "auto" and cfg.chunk_len < 1:
         raise ConfigError(f"chunk_len must be an int >= 1 or 'auto', got {cfg.chunk_len!r}")
-    for name in ("learning_rate", "adam_eps", "clip_coef", "max_grad_norm", "reward_scale"):
+    for name in ("learning_rate", "adam_eps", "clip_coef", "max_grad_norm", "reward_scale", "dist_timeout_s"):
         _positive(cfg, name)
     for name in ("target_kl", "max_wall_time_s"):
         _positive(cfg, name, allow_none=True)

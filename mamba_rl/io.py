@@ -3,8 +3,9 @@
 A checkpoint is a ``torch.save`` of plain containers and tensors (loadable with
 ``weights_only=True``) holding ``"format": "mamba_rl.checkpoint"``, its version, the config,
 the policy's parameters and, for resuming, the optimizer, the collector (env state, recurrent
-state, sampling generator) and the trainer's counters, plus ``"sha256"``: a digest of every
-other entry (:func:`payload_digest`). A load recomputes the digest, so bytes changed on disk
+state, sampling generator) and the trainer's counters (a run on several processes adds
+``"world_size"`` and the other ranks' collectors in ``"rank_states"``), plus ``"sha256"``: a
+digest of every other entry (:func:`payload_digest`). A load recomputes the digest, so bytes changed on disk
 (a flipped bit inside a tensor, which ``torch.load`` itself does not notice) are an error, and
 refuses a policy with NaN or infinite parameters (a diverged run's weights).
 """

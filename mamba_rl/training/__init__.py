@@ -7,14 +7,17 @@
 - :func:`run_sweep` (:mod:`mamba_rl.training.sweep`): a controllers x horizons x seeds grid.
 - :mod:`mamba_rl.training.runs`: the run-directory lock, the keys a resume may change, stopping on
   SIGINT/SIGTERM.
+- :class:`Ranks` (:mod:`mamba_rl.training.distributed`): one run on several processes (torchrun).
 """
 
+from mamba_rl.training.distributed import Ranks
 from mamba_rl.training.ppo import compute_gae, ppo_loss, replay
 from mamba_rl.training.rollout import Rollout, RolloutCollector, sample_actions
 from mamba_rl.training.sweep import run_sweep
 from mamba_rl.training.trainer import TrainingDiverged, TrainResult, train
 
 __all__ = [
+    "Ranks",
     "Rollout",
     "RolloutCollector",
     "TrainResult",

@@ -30,6 +30,7 @@ from mamba_rl.envs.delayed_memory import mix32
 from mamba_rl.io import CheckpointError
 from mamba_rl.policies import ActorCritic, build_policy, load_policy, make_train_env
 from mamba_rl.policies.heads import sample_actions
+from mamba_rl.training.distributed import Ranks
 
 __all__ = [
     "evaluate_policy",
@@ -95,12 +96,47 @@ def run_episodes(
     Returns ``{"episodes", "mean_return", "return_ci95", "mean_length", "length_ci95",
     "success_rate"}`` (``*_ci95``: half-width of the 95% interval of the mean).
     """
+    return episode_summary(
+        *play_episodes(policy, env, episodes, greedy=greedy, seed=seed, progress=progress, first_episode=0)
+    )
+
+
+def episode_summary(returns: list[float], lengths: list[int], successes: list[bool]) -> dict:
+    """:func:`run_episodes`'s summary of per-episode returns, lengths and successes."""
+    episodes = len(returns)
+    mean_return, return_ci = mean_ci95(returns)
+    mean_length, length_ci = mean_ci95(lengths)
+    return {
+        "episodes": episodes,
+        "mean_return": mean_return,
+        "return_ci95": return_ci,
+        "mean_length": mean_length,
+        "length_ci95": length_ci,
+        "success_rate": sum(successes) / episodes,
+    }
+
+
+@torch.no_grad()
+def play_episodes(
+    policy: ActorCritic,
+    env: BatchedEnv,
+    episodes: int,
+    *,
+    greedy: bool = True,
+    seed: int = EVAL_SEED,
+    progress: bool = False,
+    first_episode: int = 0,
+) -> tuple[list[float], list[int], list[bool]]:
+    """Episodes ``first_episode .. first_episode + episodes - 1`` as :func:`run_episodes` numbers
+    them (the same reset seeds and sampling noise): ``(returns, lengths, successes)``, one entry
+    per episode in episode order. A block of the episodes gives the entries of the whole run's
+    that block, so that ranks can split an evaluation."""
     device = next(policy.parameters()).device
     head = policy.action_dist
     n = env.num_envs
     if hasattr(env, "episode_seeds"):
         # the env starts episodes in the order this loop numbers them: copies in index order
-        seeded = 0
+        seeded = first_episode
 
         def seeds(count: int) -> list[int]:
             nonlocal seeded
@@ -109,8 +145,8 @@ def run_episodes(
 
         env.episode_seeds = seeds
     state, obs, _ = env.reset(seed)
-    started = n
-    slot_episode = torch.arange(n, device=device)
+    started = first_episode + n
+    slot_episode = first_episode + torch.arange(n, device=device)
     t = torch.zeros(n, dtype=torch.int64, device=device)
     ret = torch.zeros(n, dtype=torch.float64, device=device)
     success = torch.zeros(n, dtype=torch.bool, device=device)
@@ -141,8 +177,10 @@ def run_episodes(
             for episode, r, length, s in zip(
                 slot_episode[index].tolist(), ret[index].tolist(), t[index].tolist(), success[index].tolist()
             ):
-                if episode < episodes:
-                    returns[episode], lengths[episode], successes[episode] = r, length, s
+                # the episode's place in this block
+                k = episode - first_episode
+                if k < episodes:
+                    returns[k], lengths[k], successes[k] = r, length, s
                     finished += 1
                     if bar is not None:
                         bar.update(1)
@@ -152,16 +190,7 @@ def run_episodes(
         obs, reset = step.obs, done
     if bar is not None:
         bar.close()
-    mean_return, return_ci = mean_ci95(returns)
-    mean_length, length_ci = mean_ci95(lengths)
-    return {
-        "episodes": episodes,
-        "mean_return": mean_return,
-        "return_ci95": return_ci,
-        "mean_length": mean_length,
-        "length_ci95": length_ci,
-        "success_rate": sum(successes) / episodes,
-    }
+    return returns, lengths, successes
 
 
 def evaluate_env(
@@ -174,17 +203,36 @@ def evaluate_env(
     device=None,
     modes=("greedy", "sampled"),
     progress: bool = False,
+    ranks: Ranks | None = None,
 ) -> dict:
-    """``{mode: run_episodes(...)}`` on ``min(num_envs, episodes)`` copies of ``cfg.env``, plus ``"seconds"``."""
+    """``{mode: run_episodes(...)}`` on ``min(num_envs, episodes)`` copies of ``cfg.env``, plus ``"seconds"``.
+
+    With several ``ranks`` each plays its block of the episodes (:meth:`Ranks.share`) on up to
+    ``num_envs`` copies and the per-episode results are gathered in episode order: the numbers
+    of one process, on every rank."""
+    ranks = ranks or Ranks()
     device = next(policy.parameters()).device if device is None else torch.device(device)
+    first, last = ranks.share(episodes)
     start = time.perf_counter()
     results = {}
     for mode in modes:
-        env = make_train_env(cfg, min(num_envs, episodes), device)
-        try:
-            results[mode] = run_episodes(policy, env, episodes, greedy=mode == "greedy", seed=seed, progress=progress)
-        finally:
-            env.close()
+        played = ([], [], [])
+        if last > first:
+            env = make_train_env(cfg, min(num_envs, last - first), device)
+            try:
+                played = play_episodes(
+                    policy,
+                    env,
+                    last - first,
+                    greedy=mode == "greedy",
+                    seed=seed,
+                    progress=progress,
+                    first_episode=first,
+                )
+            finally:
+                env.close()
+        blocks = ranks.all_gather(played)
+        results[mode] = episode_summary(*([x for block in blocks for x in block[i]] for i in range(3)))
     results["seconds"] = time.perf_counter() - start
     return results
 
@@ -284,26 +332,33 @@ def evaluate_policy(
     num_envs: int = 1000,
     device=None,
     cuda_graph: bool = True,
+    ranks: Ranks | None = None,
 ) -> dict:
     """Play ``episodes`` episodes (``num_envs`` at a time) and count the right answers.
 
     Greedy: the argmax action; sampled: drawn from the policy with noise hashed from ``(seed,
     episode, step)``. Episode ``i`` is the same whatever ``num_envs`` (see :class:`_EpisodeBatch`).
     On CUDA (``cuda_graph``) each step is replayed from a CUDA graph; the numbers are those of
-    the eager loop.
+    the eager loop. With several ``ranks`` each plays its block of the episodes
+    (:meth:`Ranks.share`) and the results are gathered in episode order: the numbers of one
+    process, on every rank.
 
     Returns ``{"accuracy", "episodes", "successes", "mean_return", "return_ci95"}``.
     """
+    ranks = ranks or Ranks()
     device = next(policy.parameters()).device if device is None else torch.device(device)
-    successes, returns, done_episodes = 0, [], 0
-    while done_episodes < episodes:
-        n = min(num_envs, episodes - done_episodes)
+    done_episodes, last = ranks.share(episodes)
+    successes, returns = 0, [torch.zeros(0, dtype=torch.float64)]
+    while done_episodes < last:
+        n = min(num_envs, last - done_episodes)
         batch = _EpisodeBatch(policy, params, n, seed, greedy, device, first_episode=done_episodes)
         batch.run(cuda_graph)
         successes += int(batch.successes.sum())
-        returns.append(batch.returns.double())
+        returns.append(batch.returns.double().cpu())
         done_episodes += n
-    returns = torch.cat(returns).cpu()
+    blocks = ranks.all_gather((successes, torch.cat(returns)))
+    successes = sum(block[0] for block in blocks)
+    returns = torch.cat([block[1] for block in blocks])
     _, return_ci = mean_ci95(returns)
     return {
         "accuracy": successes / episodes,
@@ -325,8 +380,10 @@ def evaluate_horizons(
     device=None,
     modes=("greedy", "sampled"),
     cuda_graph: bool = True,
+    ranks: Ranks | None = None,
 ) -> dict:
-    """``{horizon: {"greedy": {...}, "sampled": {...}, "seconds": s}}`` for each horizon."""
+    """``{horizon: {"greedy": {...}, "sampled": {...}, "seconds": s}}`` for each horizon (with several
+    ``ranks``, each plays its block of the episodes: :func:`evaluate_policy`)."""
     results = {}
     for horizon in horizons:
         params = DelayedMemoryParams(
@@ -344,6 +401,7 @@ def evaluate_horizons(
                 num_envs=num_envs,
                 device=device,
                 cuda_graph=cuda_graph,
+                ranks=ranks,
             )
         entry["seconds"] = time.perf_counter() - start
         results[str(horizon) if not isinstance(horizon, str) else horizon] = entry

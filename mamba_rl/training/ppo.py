@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from torchrl.objectives.value.functional import generalized_advantage_estimate
 
 from mamba_rl.policies.heads import ActionHead, CategoricalHead
+from mamba_rl.training.distributed import Ranks
 from mamba_rl.training.rollout import Rollout
 
 __all__ = ["compute_gae", "replay", "ppo_loss", "PPOLossOutput", "weighted_mean", "explained_variance"]
@@ -63,10 +64,21 @@ def weighted_mean(x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     return (x * weight).sum() / weight.sum().clamp(min=1.0)
 
 
-def explained_variance(value: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
-    """``1 - Var(returns - value) / Var(returns)`` (NaN when the returns do not vary)."""
-    var = returns.var()
-    return torch.where(var > 0, 1 - (returns - value).var() / var, torch.full_like(var, float("nan")))
+def explained_variance(value: torch.Tensor, returns: torch.Tensor, ranks: Ranks | None = None) -> torch.Tensor:
+    """``1 - Var(returns - value) / Var(returns)`` (NaN when the returns do not vary); with several
+    ``ranks``, the variances over every rank's steps (the same on every rank)."""
+    if ranks is None or ranks.world_size == 1:
+        var = returns.var()
+        return torch.where(var > 0, 1 - (returns - value).var() / var, torch.full_like(var, float("nan")))
+    residual = returns - value
+    count, returns_sum, residual_sum = ranks.sum(
+        [torch.tensor(float(returns.numel()), device=returns.device), returns.sum(), residual.sum()]
+    )
+    returns_sq, residual_sq = ranks.sum(
+        [((returns - returns_sum / count) ** 2).sum(), ((residual - residual_sum / count) ** 2).sum()]
+    )
+    var = returns_sq / (count - 1).clamp(min=1)
+    return torch.where(var > 0, 1 - residual_sq / (count - 1).clamp(min=1) / var, torch.full_like(var, float("nan")))
 
 
 def _sequence(policy, obs, reset, *state_values, names):
@@ -140,6 +152,7 @@ def ppo_loss(
     norm_adv: bool = True,
     clip_vloss: bool = False,
     action_dist: ActionHead | None = None,
+    ranks: Ranks | None = None,
 ) -> PPOLossOutput:
     """Clipped PPO loss (CleanRL's ``ppo_atari_lstm`` terms), each policy term a ``weight``-ed mean.
 
@@ -148,27 +161,45 @@ def ppo_loss(
     all ones) weights the policy loss, the entropy, the advantage normalisation statistics,
     approx-KL and the clip fraction; the value loss is a plain mean over every step.
 
+    With several ``ranks`` (each holding its part of a minibatch, as many steps on each) the
+    weights' sum and the advantage statistics are sums over every rank, and each weighted mean is
+    this rank's share of the global one times ``world_size``: DDP's average of the ranks'
+    gradients is then the gradient of the loss over the whole minibatch, and the mean over the
+    ranks of each returned statistic is its value over the whole minibatch.
+
     ``loss = policy - ent_coef * entropy + vf_coef * value`` with
     ``policy = mean_w(max(-A r, -A clip(r, 1 - c, 1 + c)))``, ``value = 0.5 mean((V - R)^2)``.
     """
     new_log_prob, entropy = (action_dist or _CATEGORICAL).log_prob_entropy(logits, action)
     log_ratio = new_log_prob - old_log_prob
     ratio = log_ratio.exp()
+    ranks = ranks or Ranks()
+    if weight is None:
+        # every rank holds as many steps: DDP's average over the ranks of each one's mean is the global mean
+        mean_w = torch.mean
+    else:
+        (weight_sum,) = ranks.sum([weight.sum()])
+        weight_sum = weight_sum.clamp(min=1.0)
+
+        def mean_w(x: torch.Tensor) -> torch.Tensor:
+            # this rank's share of the mean over every rank's steps; DDP averages the shares' gradients
+            return (x * weight).sum() / weight_sum * ranks.world_size
+
     if norm_adv:
-        mean = weighted_mean(advantages, weight)
+        # the statistics of the whole minibatch, over every rank
         if weight is None:
-            count = torch.tensor(float(advantages.numel()), device=advantages.device)
-            sq = ((advantages - mean) ** 2).sum()
+            (mean,) = ranks.mean([advantages.mean()])
+            count = torch.tensor(float(advantages.numel() * ranks.world_size), device=advantages.device)
+            (sq,) = ranks.sum([((advantages - mean) ** 2).sum()])
         else:
-            count = weight.sum()
-            sq = (weight * (advantages - mean) ** 2).sum()
+            (weighted_sum,) = ranks.sum([(advantages * weight).sum()])
+            mean, count = weighted_sum / weight_sum, weight_sum
+            (sq,) = ranks.sum([(weight * (advantages - mean) ** 2).sum()])
         # unbiased, as torch.std in CleanRL
         std = (sq / (count - 1).clamp(min=1.0)).sqrt()
         advantages = (advantages - mean) / (std + 1e-8)
-    pg_loss = weighted_mean(
-        torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)), weight
-    )
-    entropy_mean = weighted_mean(entropy, weight)
+    pg_loss = mean_w(torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - clip_coef, 1 + clip_coef)))
+    entropy_mean = mean_w(entropy)
     value = value.float()
     if clip_vloss:
         clipped = old_value + (value - old_value).clamp(-clip_coef, clip_coef)
@@ -177,6 +208,6 @@ def ppo_loss(
         v_loss = 0.5 * ((value - returns) ** 2).mean()
     loss = pg_loss - ent_coef * entropy_mean + vf_coef * v_loss
     with torch.no_grad():
-        approx_kl = weighted_mean((ratio - 1) - log_ratio, weight)
-        clip_fraction = weighted_mean(((ratio - 1).abs() > clip_coef).float(), weight)
+        approx_kl = mean_w((ratio - 1) - log_ratio)
+        clip_fraction = mean_w(((ratio - 1).abs() > clip_coef).float())
     return PPOLossOutput(loss, pg_loss, v_loss, entropy_mean, approx_kl, clip_fraction)

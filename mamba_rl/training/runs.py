@@ -55,6 +55,7 @@ RESUME_MUTABLE_KEYS = frozenset(
         "progress_bar",
         "device",
         "num_threads",
+        "dist_timeout_s",
         "cuda_graph",
         "compile_env",
         "run_root",

@@ -4,26 +4,34 @@ Reads top to bottom like CleanRL's ``ppo_atari_lstm.py``: set up, then per updat
 rollout (chunks of ``T`` steps across ``N`` envs, the recurrent state carried across chunks and
 updates, only each chunk's start state stored), compute GAE, run the PPO epochs (minibatches of
 whole environments, each chunk replayed from its stored state), log, checkpoint.
+
+On several processes (torchrun; :mod:`mamba_rl.training.distributed`) every rank runs this loop
+on its own environments; the replay goes through ``DistributedDataParallel``, the statistics and
+the stopping decisions are reduced over the ranks, and rank 0 alone writes the run directory.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 
-from mamba_rl.config import TrainConfig, check_machine, config_to_dict
+from mamba_rl.config import ConfigError, TrainConfig, check_machine, config_to_dict
 from mamba_rl.io import CHECKPOINT_NAME, find_checkpoint, load_checkpoint, save_checkpoint
 from mamba_rl.logging_utils import RunLogger
 from mamba_rl.policies import build_policy, count_parameters, make_train_env, memory_params
+from mamba_rl.training.distributed import Ranks, rank_device, rank_seed
 from mamba_rl.training.evaluate import (
     evaluate_env,
     evaluate_horizons,
@@ -37,6 +45,9 @@ from mamba_rl.training.runs import RESUME_MUTABLE_KEYS, GracefulStop, RunLock, S
 
 __all__ = [
     "train",
+    "ppo_update",
+    "ReplayModule",
+    "rollout_statistics",
     "TrainResult",
     "TrainingDiverged",
     "resolve_device",
@@ -103,11 +114,40 @@ def rollout_advantages(rollout, cfg: TrainConfig) -> tuple[torch.Tensor, torch.T
     )
 
 
-def ppo_update(policy, optimizer, rollout, advantages, returns, cfg: TrainConfig, generator: torch.Generator) -> dict:
+class ReplayModule(torch.nn.Module):
+    """:func:`~mamba_rl.training.ppo.replay` of the policy as a ``forward``: DDP prepares the
+    all-reduce of the gradients in ``forward``, and the trainer's loss starts at the replay."""
+
+    def __init__(self, policy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, rollout, env_idx: torch.Tensor, backprop: str):
+        return replay(self.policy, rollout, env_idx, backprop)
+
+
+def ppo_update(
+    policy,
+    optimizer,
+    rollout,
+    advantages,
+    returns,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    *,
+    ranks: Ranks | None = None,
+    ddp: DistributedDataParallel | None = None,
+) -> dict:
     """``update_epochs`` passes over the rollout in ``num_minibatches`` minibatches of whole environments.
 
-    Returns the mean of each loss statistic over the minibatches run (0-d tensors, not synced).
+    With several ``ranks``, ``ddp`` (a :class:`ReplayModule` of ``policy`` in DDP) replays, so that
+    the gradients are averaged over the ranks, and the loss's normalisers are global
+    (:func:`~mamba_rl.training.ppo.ppo_loss`); every rank then takes the same optimizer step.
+
+    Returns the mean of each loss statistic over the minibatches run (0-d tensors, not synced;
+    this rank's: their mean over the ranks is the global one).
     """
+    ranks = ranks or Ranks()
     num_envs = rollout.obs.shape[0]
     device = rollout.obs.device
     weight = rollout.decision.float() if cfg.policy_mask_key == "decision" else None
@@ -117,7 +157,10 @@ def ppo_update(policy, optimizer, rollout, advantages, returns, cfg: TrainConfig
         epoch_kl = []
         for env_idx in torch.randperm(num_envs, generator=generator).tensor_split(cfg.num_minibatches):
             env_idx = env_idx.to(device)
-            logits, value = replay(policy, rollout, env_idx, cfg.backprop)
+            if ddp is not None:
+                logits, value = ddp(rollout, env_idx, cfg.backprop)
+            else:
+                logits, value = replay(policy, rollout, env_idx, cfg.backprop)
             out = ppo_loss(
                 logits,
                 value,
@@ -133,6 +176,7 @@ def ppo_update(policy, optimizer, rollout, advantages, returns, cfg: TrainConfig
                 norm_adv=cfg.norm_adv,
                 clip_vloss=cfg.clip_vloss,
                 action_dist=policy.action_dist,
+                ranks=ranks,
             )
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -151,27 +195,109 @@ def ppo_update(policy, optimizer, rollout, advantages, returns, cfg: TrainConfig
                 totals[name] = totals.get(name, 0.0) + value_.detach().float()
             count += 1
             epoch_kl.append(out.approx_kl)
-        if cfg.target_kl is not None and float(torch.stack(epoch_kl).mean()) > cfg.target_kl:
+        # every rank reads the same mean, so that all of them stop after the same epoch
+        if cfg.target_kl is not None and float(ranks.mean([torch.stack(epoch_kl).mean()])[0]) > cfg.target_kl:
             break
     return {name: total / count for name, total in totals.items()}
 
 
+def _rank_state(collector, generator, ranks: Ranks) -> dict:
+    """What one rank alone holds: its collector (env state, recurrent state, sampling generator) and
+    its minibatch generator; on CPU tensors when it travels to rank 0."""
+    state = {"collector": collector.state_dict(), "minibatch_generator": generator.get_state()}
+    if ranks.world_size > 1:
+        state["collector"]["carry"] = {k: v.cpu() for k, v in state["collector"]["carry"].items()}
+    return state
+
+
 def _checkpoint_payload(
-    cfg, update, global_step, train_time_s, policy, optimizer, collector, generator, history, counts
+    cfg, update, global_step, train_time_s, policy, optimizer, rank_states, history, counts
 ) -> dict:
-    return {
+    """Rank 0's state under ``"collector"`` and ``"minibatch_generator"`` (what a run on one process
+    saves), the other ranks' in ``"rank_states"`` (rank ``r`` at ``r - 1``)."""
+    payload = {
         "config": config_to_dict(cfg),
         "update": update,
         "global_step": global_step,
         "train_time_s": train_time_s,
         "policy": policy.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "collector": collector.state_dict(),
-        "minibatch_generator": generator.get_state(),
+        **rank_states[0],
+        "world_size": len(rank_states),
         "history": history,
         "param_counts": counts,
         "torch_version": str(torch.__version__),
     }
+    if len(rank_states) > 1:
+        payload["rank_states"] = rank_states[1:]
+    return payload
+
+
+def _load_for_resume(checkpoint_path: Path, cfg: TrainConfig, ranks: Ranks, map_location) -> dict:
+    """The checkpoint to resume (read on rank 0), checked against ``cfg`` and the world size."""
+    checkpoint = load_checkpoint(checkpoint_path, map_location=map_location)
+    check_resume_config(checkpoint["config"], cfg, str(checkpoint_path))
+    saved = checkpoint.get("world_size", 1)
+    if saved != ranks.world_size:
+        raise ConfigError(
+            f"cannot resume {checkpoint_path} on {ranks.world_size} process(es): it was saved by a run on {saved} "
+            f"(each holds its own environments and random streams); resume it with torchrun --nproc_per_node "
+            f"{saved} (or, for 1, plain python train.py)"
+        )
+    return checkpoint
+
+
+def _distribute_checkpoint(checkpoint: dict | None, ranks: Ranks) -> tuple[dict, dict]:
+    """``(shared, own)``: what every rank loads (parameters, optimizer, counters) and this rank's
+    own state, from the checkpoint rank 0 read."""
+    rank_keys = ("collector", "minibatch_generator", "rank_states")
+    if ranks.world_size == 1:
+        return checkpoint, {key: checkpoint[key] for key in rank_keys[:2]}
+    rank_states = None
+    if ranks.main:
+        rank_states = [{k: checkpoint[k] for k in rank_keys[:2]}, *checkpoint["rank_states"]]
+        checkpoint = {k: v for k, v in checkpoint.items() if k not in rank_keys}
+    return ranks.broadcast(checkpoint), ranks.scatter(rank_states)
+
+
+class _NoLogger:
+    """What the ranks other than 0 log: nothing."""
+
+    writer = None
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+@torch.no_grad()
+def rollout_statistics(rollout, returns: torch.Tensor, state_norms: dict, ranks: Ranks | None = None) -> dict:
+    """The logged statistics of a rollout (0-d tensors, not synced): episodes that ended, their mean
+    accuracy, return and length with 95% intervals, the value's explained variance and the state
+    norms; with several ``ranks``, over every rank's environments (the same on every rank)."""
+    ranks = ranks or Ranks()
+    episodes, successes, return_sum, length_sum = ranks.sum(
+        [rollout.done.sum(), rollout.success.sum(), rollout.episode_return.sum(), rollout.episode_length.sum()]
+    )
+    stats = {
+        "train/episodes": episodes.float(),
+        "train/accuracy": successes / episodes.clamp(min=1),
+        "train/episode_return": return_sum / episodes.clamp(min=1),
+        "train/episode_length": length_sum / episodes.clamp(min=1),
+    }
+    # 95% interval of the mean over the episodes that ended in this rollout
+    ended = rollout.done.float()
+    per_step = {"return": rollout.episode_return, "length": rollout.episode_length}
+    squares = ranks.sum(
+        [(ended * (per_step[name].float() - stats[f"train/episode_{name}"]) ** 2).sum() for name in per_step]
+    )
+    for name, square in zip(per_step, squares):
+        var = square / (episodes - 1).clamp(min=1)
+        stats[f"train/episode_{name}_ci95"] = 1.96 * (var / episodes.clamp(min=1)).sqrt()
+    stats["train/explained_variance"] = explained_variance(rollout.value, returns, ranks)
+    names = list(state_norms)
+    for name, value in zip(names, ranks.mean([state_norms[name].float() for name in names])):
+        stats[f"state/{name}"] = value
+    return stats
 
 
 def _summary(history: list[dict], threshold: float = 0.9) -> dict:
@@ -196,9 +322,10 @@ def train(
     cfg: TrainConfig,
     run_dir: str | Path | None = None,
     *,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     callback: Callable[[int, dict], None] | None = None,
     verbose: bool = True,
+    ranks: Ranks | None = None,
 ) -> TrainResult:
     """Train a policy as ``cfg`` says; writes everything into ``run_dir``.
 
@@ -207,10 +334,15 @@ def train(
         run_dir: the run directory (default: a new one under ``cfg.run_root``).
         resume: continue the run saved in ``run_dir/checkpoint.pt``: the same parameters,
             optimizer, environments, recurrent state and random streams, so the run goes on as
-            if it had never stopped.
+            if it had never stopped. ``"auto"``: resume when ``run_dir`` holds a checkpoint, else
+            start a new run there (what a job restarted by its scheduler or by torchrun's
+            ``--max-restarts`` wants).
         callback: called after each update as ``callback(update, info)`` where ``info`` holds
-            ``policy``, ``optimizer`` and the logged ``scalars`` (for tests and notebooks).
-        verbose: print the parameter counts, the progress bar and the final table.
+            ``policy``, ``optimizer`` and the logged ``scalars`` (for tests and notebooks; on
+            every rank).
+        verbose: print the parameter counts, the progress bar and the final table (rank 0).
+        ranks: this process's place in a run on several processes
+            (:func:`~mamba_rl.training.distributed.init_from_torchrun`); None: one process.
 
     Returns:
         A :class:`TrainResult`. ``metrics.json`` in the run directory holds the same metrics.
@@ -220,33 +352,52 @@ def train(
             checkpoint stays in the run directory).
         RunDirLocked: another live process owns ``run_dir`` (:class:`~mamba_rl.training.runs.RunLock`).
         ConfigError: ``cfg`` does not fit this machine, or (on resume) differs from the run's
-            saved config outside :data:`RESUME_MUTABLE_KEYS`. Nothing in ``run_dir`` changes
-            until the checkpoint has loaded into the policy built from a compatible config.
+            saved config outside :data:`RESUME_MUTABLE_KEYS`, or the run was saved on another
+            number of processes. Nothing in ``run_dir`` changes until the checkpoint has loaded
+            into the policy built from a compatible config.
         CheckpointError: the checkpoint is missing, damaged or holds non-finite parameters.
     """
-    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg)
+    ranks = ranks or Ranks()
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"resume must be True, False or 'auto', got {resume!r}")
     check_machine(cfg)
-    if resume:
-        find_checkpoint(run_dir)
-    with RunLock(run_dir):
-        return _train(cfg, run_dir, resume, callback, verbose)
+    # rank 0's directory: the others never write there (on another host it may not exist)
+    run_dir = Path(ranks.broadcast(str(run_dir if run_dir is not None else new_run_dir(cfg))))
+    lock = RunLock(run_dir) if ranks.main else nullcontext()
+
+    def take_run_dir() -> bool:
+        resuming = (run_dir / CHECKPOINT_NAME).is_file() if resume == "auto" else resume
+        if resuming:
+            find_checkpoint(run_dir)
+        lock.__enter__()
+        return resuming
+
+    resume = ranks.on_main(take_run_dir)
+    try:
+        return _train(cfg, run_dir, resume, callback, verbose and ranks.main, ranks)
+    finally:
+        lock.__exit__(None, None, None)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: bool) -> TrainResult:
+def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: bool, ranks: Ranks) -> TrainResult:
     # --- setup -------------------------------------------------------------------------------
-    device = resolve_device(cfg.device)
+    device = rank_device(resolve_device(cfg.device), ranks)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     checkpoint_path = run_dir / CHECKPOINT_NAME
-    checkpoint = None
-    if resume:
-        checkpoint = load_checkpoint(checkpoint_path, map_location=device)
-        check_resume_config(checkpoint["config"], cfg, str(checkpoint_path))
-    elif checkpoint_path.exists():
-        raise FileExistsError(
-            f"{run_dir} already holds a run (checkpoint.pt); pass --resume {run_dir} to continue "
-            "it, or choose another run directory"
-        )
+
+    def read_checkpoint() -> dict | None:
+        if resume:
+            # several ranks: the tensors travel to each rank's device through the CPU
+            return _load_for_resume(checkpoint_path, cfg, ranks, device if ranks.world_size == 1 else "cpu")
+        if checkpoint_path.exists():
+            raise FileExistsError(
+                f"{run_dir} already holds a run (checkpoint.pt); pass --resume {run_dir} to continue "
+                "it, or choose another run directory"
+            )
+        return None
+
+    checkpoint = ranks.on_main(read_checkpoint)
 
     torch.manual_seed(cfg.seed)
     params = memory_params(cfg) if cfg.is_memory_task else None
@@ -254,49 +405,67 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
     policy = build_policy(cfg, device, env)
     counts = count_parameters(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
+    # each rank its own environments and random streams; rank 0's are those of a run on one process
+    seed = rank_seed(cfg.seed, ranks.rank)
     collector = RolloutCollector(
         policy,
         env,
         cfg.num_envs,
         cfg.resolved_chunk_len,
         cfg.chunks_per_rollout,
-        cfg.seed,
+        seed,
         device,
         cuda_graph=cfg.cuda_graph,
         compile_env=cfg.compile_env and device.type == "cuda",
     )
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(seed)
     start_update, global_step, train_time_s, history = 0, 0, 0.0, []
-    if checkpoint is not None:
+    if resume:
+        checkpoint, own = _distribute_checkpoint(checkpoint, ranks)
         policy.load_state_dict(checkpoint["policy"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        collector.load_state_dict(checkpoint["collector"])
-        generator.set_state(checkpoint["minibatch_generator"].cpu())
+        collector.load_state_dict(own["collector"])
+        generator.set_state(own["minibatch_generator"].cpu())
         start_update, global_step = checkpoint["update"], checkpoint["global_step"]
         train_time_s, history = checkpoint["train_time_s"], list(checkpoint["history"])
+    # the parameters start equal on every rank (DDP broadcasts rank 0's) and stay equal: every
+    # rank takes the same step with the same averaged gradient
+    ddp = None
+    if ranks.launched:
+        ddp = DistributedDataParallel(ReplayModule(policy), device_ids=None)
     # the checkpoint has loaded: only now may the run directory change
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    if ranks.main:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    # env steps per update, over every rank
+    steps_per_update = cfg.steps_per_update * ranks.world_size
     if verbose:
         trunk = "shared trunk" if cfg.shared_trunk else "separate trunks"
+        envs = f"{cfg.num_envs} envs" if ranks.world_size == 1 else f"{ranks.world_size} x {cfg.num_envs} envs"
         print(
-            f"{cfg.env}, {cfg.num_envs} envs; {cfg.controller} policy ({trunk}) on {device}: "
+            f"{cfg.env}, {envs}; {cfg.controller} policy ({trunk}) on {device}: "
             f"{counts['total']:,} parameters (trunks {counts['actor_trunk'] + counts['critic_trunk']:,}, "
             f"actor head {counts['actor_head']:,}, value head {counts['value_head']:,}); run dir {run_dir}"
         )
         if resume:
             print(f"resuming at update {start_update} (global step {global_step:,})")
 
-    logger = RunLogger(run_dir, cfg.tensorboard, resume_step=global_step if resume else None)
+    if ranks.main:
+        logger = RunLogger(run_dir, cfg.tensorboard, resume_step=global_step if resume else None)
+    else:
+        logger = _NoLogger()
     if not resume:
         logger.hparams(config_to_dict(cfg))
         logger.text("parameters", json.dumps(counts))
 
     def save(update: int) -> None:
-        save_checkpoint(
-            _checkpoint_payload(
-                cfg, update, global_step, train_time_s, policy, optimizer, collector, generator, history, counts
-            ),
-            checkpoint_path,
+        rank_states = ranks.gather(_rank_state(collector, generator, ranks))
+        ranks.on_main(
+            lambda: save_checkpoint(
+                _checkpoint_payload(
+                    cfg, update, global_step, train_time_s, policy, optimizer, rank_states, history, counts
+                ),
+                checkpoint_path,
+            )
         )
 
     progress = None
@@ -326,29 +495,19 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                 # advantages, then the PPO epochs
                 start = time.perf_counter()
                 advantages, returns = rollout_advantages(rollout, cfg)
-                stats = ppo_update(policy, optimizer, rollout, advantages, returns, cfg, generator)
-                with torch.no_grad():
-                    episodes = rollout.done.sum()
-                    stats["train/episodes"] = episodes.float()
-                    stats["train/accuracy"] = rollout.success.sum() / episodes.clamp(min=1)
-                    stats["train/episode_return"] = rollout.episode_return.sum() / episodes.clamp(min=1)
-                    stats["train/episode_length"] = rollout.episode_length.sum() / episodes.clamp(min=1)
-                    # 95% interval of the mean over the episodes that ended in this rollout
-                    ended = rollout.done.float()
-                    for name, per_step in (("return", rollout.episode_return), ("length", rollout.episode_length)):
-                        mean = stats[f"train/episode_{name}"]
-                        var = (ended * (per_step.float() - mean) ** 2).sum() / (episodes - 1).clamp(min=1)
-                        stats[f"train/episode_{name}_ci95"] = 1.96 * (var / episodes.clamp(min=1)).sqrt()
-                    stats["train/explained_variance"] = explained_variance(rollout.value, returns)
-                    for name, value in policy.state_norms(collector.policy_state).items():
-                        stats[f"state/{name}"] = value.float()
+                stats = ppo_update(
+                    policy, optimizer, rollout, advantages, returns, cfg, generator, ranks=ranks, ddp=ddp
+                )
+                # the loss statistics and the rollout's over every rank: the same numbers on each
+                stats = dict(zip(stats, ranks.mean(list(stats.values()))))
+                stats.update(rollout_statistics(rollout, returns, policy.state_norms(collector.policy_state), ranks))
                 # one host sync per update: read every statistic at once
                 names = list(stats)
                 values = dict(zip(names, torch.stack([stats[n].float() for n in names]).tolist()))
                 update_s = time.perf_counter() - start
 
                 update += 1
-                global_step += cfg.steps_per_update
+                global_step += steps_per_update
                 train_time_s += rollout_s + update_s
                 losses = {k: v for k, v in values.items() if k.startswith("losses/")}
                 if not all(math.isfinite(v) for v in losses.values()):
@@ -364,7 +523,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                         values[f"train/{name}"] = None
                 if not cfg.is_memory_task:
                     values["train/accuracy"] = None
-                sps = cfg.steps_per_update / (rollout_s + update_s)
+                sps = steps_per_update / (rollout_s + update_s)
                 history.append(
                     {
                         "update": update,
@@ -381,7 +540,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                     "time/sps": sps,
                     "time/rollout_s": rollout_s,
                     "time/update_s": update_s,
-                    "time/rollout_sps": cfg.steps_per_update / rollout_s,
+                    "time/rollout_sps": steps_per_update / rollout_s,
                 }
                 if device.type == "cuda":
                     scalars["gpu/memory_allocated_gb"] = torch.cuda.memory_allocated(device) / 2**30
@@ -415,30 +574,45 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                 if callback is not None:
                     callback(update, {"policy": policy, "optimizer": optimizer, "scalars": scalars})
 
-                # stopping rules
-                if interrupt.requested:
+                # stopping rules, decided together: a rank that left the loop alone would leave the
+                # others waiting in a collective (a signal or the clock may reach one rank first)
+                recent = [h["accuracy"] for h in history[-cfg.target_window :]]
+                interrupted, out_of_time, on_target = ranks.any(
+                    [
+                        interrupt.requested,
+                        cfg.max_wall_time_s is not None
+                        and update < cfg.num_updates
+                        and time.perf_counter() - session_start >= cfg.max_wall_time_s,
+                        cfg.target_accuracy is not None
+                        and len(recent) == cfg.target_window
+                        and None not in recent
+                        and sum(recent) / len(recent) >= cfg.target_accuracy,
+                    ]
+                )
+                if interrupted:
                     status = "interrupted"
                     break
-                if (
-                    cfg.max_wall_time_s is not None
-                    and update < cfg.num_updates
-                    and time.perf_counter() - session_start >= cfg.max_wall_time_s
-                ):
+                if out_of_time:
                     status = "time_limit"
                     break
-                recent = [h["accuracy"] for h in history[-cfg.target_window :]]
-                if (
-                    cfg.target_accuracy is not None
-                    and len(recent) == cfg.target_window
-                    and None not in recent
-                    and sum(recent) / len(recent) >= cfg.target_accuracy
-                ):
+                if on_target:
                     status = "target_reached"
                     break
     except TrainingDiverged as err:
         collector.close()
         _write_metrics(
-            run_dir, cfg, "diverged", update, global_step, train_time_s, history, counts, {}, device, error=str(err)
+            run_dir,
+            cfg,
+            "diverged",
+            update,
+            global_step,
+            train_time_s,
+            history,
+            counts,
+            {},
+            device,
+            ranks,
+            error=str(err),
         )
         raise
     finally:
@@ -454,7 +628,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
             collector.close()
             if status != "interrupted" and cfg.eval_episodes > 0:
                 policy.eval()
-                evaluation = _final_evaluation(cfg, policy, logger, global_step, device, verbose)
+                evaluation = _final_evaluation(cfg, policy, logger, global_step, device, verbose, ranks)
     except KeyboardInterrupt:
         status, evaluation = "interrupted", {}
         print(
@@ -464,11 +638,11 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
         )
     logger.close()
     metrics = _write_metrics(
-        run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation, device
+        run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation, device, ranks
     )
     if verbose:
         print(
-            _final_message(cfg, status, update, global_step, train_time_s, run_dir),
+            _final_message(cfg, status, update, global_step, train_time_s, run_dir, ranks),
             file=sys.stderr if status in ("time_limit", "interrupted") else sys.stdout,
         )
     return TrainResult(run_dir, status, metrics)
@@ -490,17 +664,23 @@ def _diverged_message(losses: dict, update: int, checkpoint_path: Path, last_sav
 
 
 def _final_message(
-    cfg: TrainConfig, status: str, update: int, global_step: int, train_time_s: float, run_dir: Path
+    cfg: TrainConfig, status: str, update: int, global_step: int, train_time_s: float, run_dir: Path, ranks: Ranks
 ) -> str:
     done = f"after {update} of {cfg.num_updates} updates ({global_step:,} steps, {train_time_s:.0f} s of training)"
     metrics = f"metrics in {run_dir / 'metrics.json'}"
+    # a resume needs as many processes
+    command = "python train.py"
+    if ranks.launched:
+        per_host = int(os.environ.get("LOCAL_WORLD_SIZE", ranks.world_size))
+        hosts = "" if per_host == ranks.world_size else f" (on each of {ranks.world_size // per_host} hosts)"
+        command = f"torchrun --nproc_per_node {per_host}{hosts} train.py"
     if status == "time_limit":
         return (
             f"NOT FINISHED: stopped by max_wall_time_s={cfg.max_wall_time_s:g} {done}; {metrics}. Continue "
-            f"with: python train.py --resume {run_dir} --set max_wall_time_s=null"
+            f"with: {command} --resume {run_dir} --set max_wall_time_s=null"
         )
     if status == "interrupted":
-        return f"interrupted {done}; continue with: python train.py --resume {run_dir}; {metrics}"
+        return f"interrupted {done}; continue with: {command} --resume {run_dir}; {metrics}"
     return f"{status} {done}; {metrics}"
 
 
@@ -517,12 +697,19 @@ def _eval_returns(cfg, evaluation: dict) -> dict:
 
 
 def _final_evaluation(
-    cfg: TrainConfig, policy, logger: RunLogger, global_step: int, device: torch.device, verbose: bool
+    cfg: TrainConfig, policy, logger: RunLogger, global_step: int, device: torch.device, verbose: bool, ranks: Ranks
 ) -> dict:
-    """Mean episode return on any env; accuracy per horizon on the memory task. Logged and printed."""
+    """Mean episode return on any env; accuracy per horizon on the memory task. Logged and printed.
+    With several ranks the episodes are split over them and the results gathered: the numbers of
+    one process."""
     if not cfg.is_memory_task:
         evaluation = evaluate_env(
-            policy, cfg, cfg.eval_episodes, num_envs=min(cfg.eval_num_envs, cfg.num_envs), device=device
+            policy,
+            cfg,
+            cfg.eval_episodes,
+            num_envs=min(cfg.eval_num_envs, cfg.num_envs),
+            device=device,
+            ranks=ranks,
         )
         for mode in ("greedy", "sampled"):
             logger.tensorboard_scalars(
@@ -537,7 +724,14 @@ def _final_evaluation(
         return evaluation
     horizons = cfg.final_eval_horizons
     evaluation = evaluate_horizons(
-        policy, cfg, horizons, cfg.eval_episodes, num_envs=cfg.eval_num_envs, device=device, cuda_graph=cfg.cuda_graph
+        policy,
+        cfg,
+        horizons,
+        cfg.eval_episodes,
+        num_envs=cfg.eval_num_envs,
+        device=device,
+        cuda_graph=cfg.cuda_graph,
+        ranks=ranks,
     )
     for horizon, entry in evaluation.items():
         for mode in ("greedy", "sampled"):
@@ -548,8 +742,9 @@ def _final_evaluation(
 
 
 def _write_metrics(
-    run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation, device, error=None
+    run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation, device, ranks, error=None
 ) -> dict:
+    """The run's metrics; rank 0 writes them to ``metrics.json``."""
     trained = str(cfg.horizon_range[1])
     metrics = {
         "status": status,
@@ -558,6 +753,7 @@ def _write_metrics(
         "horizon": cfg.horizon,
         "num_bits": cfg.num_bits,
         "seed": cfg.seed,
+        "world_size": ranks.world_size,
         "updates": update,
         "global_step": global_step,
         "train_time_s": train_time_s,
@@ -574,5 +770,6 @@ def _write_metrics(
     }
     if error is not None:
         metrics["error"] = error
-    (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if ranks.main:
+        (Path(run_dir) / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
