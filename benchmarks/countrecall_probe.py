@@ -89,7 +89,9 @@ def cmd_train(args) -> dict:
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     mamba = MambaConfig(**{"d_model": 64, "preset": "rl", **json.loads(args.mamba)})
-    policy = make_actor_critic(args.controller, 4, NUM_ACTIONS, mamba=mamba, gru_hidden_size=64, head_hidden=args.head_hidden)
+    policy = make_actor_critic(
+        args.controller, 4, NUM_ACTIONS, mamba=mamba, gru_hidden_size=64, head_hidden=args.head_hidden
+    )
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.lr, eps=1e-5)
     test_obs, test_answer, _ = episodes(512, rng)
     accuracy = {}
@@ -151,7 +153,9 @@ def cmd_policy(args) -> dict:
             "greedy_return": 2 * right.mean().item() - 1,
             "agrees_with_timer": (action == timer).float().mean().item(),
             "mean_abs_error": (action - answer).abs().float().mean().item(),
-            "accuracy_by_step": {f"{a}-{b - 1}": right[:, a:b].mean().item() for a, b in ((0, 10), (10, 25), (25, 40), (40, 51))},
+            "accuracy_by_step": {
+                f"{a}-{b - 1}": right[:, a:b].mean().item() for a, b in ((0, 10), (10, 25), (25, 40), (40, 51))
+            },
             "linear_readout_accuracy": linear_readout_accuracy(
                 fit_features.flatten(0, 1), fit_answer.flatten(), features.flatten(0, 1), answer.flatten()
             ),
@@ -172,7 +176,9 @@ def main(argv=None) -> None:
     train.add_argument("--lr", type=float, default=3e-3)
     train.add_argument("--ent-coef", type=float, default=0.01)
     train.add_argument("--head-hidden", type=int, default=0)
-    train.add_argument("--mamba", default="{}", help='MambaConfig fields over the rl preset, as JSON: \'{"num_layers": 2}\'')
+    train.add_argument(
+        "--mamba", default="{}", help="MambaConfig fields over the rl preset, as JSON: '{\"num_layers\": 2}'"
+    )
     policy = sub.add_parser("policy")
     policy.add_argument("runs", nargs="+", help="run directories or checkpoint files")
     args = parser.parse_args(argv)
