@@ -4,6 +4,7 @@ wrong sign, a broken log-prob or a lost reset shows as a return that stays at ch
 from pathlib import Path
 
 import gymnasium
+import numpy as np
 import pytest
 from gymnasium import spaces
 
@@ -82,3 +83,24 @@ def test_popgym_presets_give_mamba_the_start_marker(preset):
     assert cfg.mamba_config().start_marker
     policy = build_policy(cfg, "cpu")
     assert all(layer.mixer.in_proj.bias is not None for layer in policy.actor_trunk.core.layers)
+
+
+def test_count_recall_actions_change_only_their_own_reward():
+    # the CountRecall preset trains with gamma 0, which is right only while an action cannot change
+    # the cards dealt after it or the later rewards (benchmarks/NOTES_countrecall.md)
+    pytest.importorskip("popgym")
+    preset = Path(__file__).resolve().parents[2] / "configs" / "popgym_count_recall_easy.yaml"
+    cfg = load_config(preset, [])
+    assert cfg.gamma == 0.0
+    envs = [gymnasium.make(cfg.env).unwrapped for _ in range(2)]
+    obs = [env.reset(seed=5)[0] for env in envs]
+    assert (obs[0] == obs[1]).all()
+    action_rng = np.random.default_rng(0)
+    done = False
+    while not done:
+        count = envs[0].counts[envs[0].query]
+        # env 0 answers right, env 1 at random
+        steps = [envs[0].step(int(count)), envs[1].step(int(action_rng.integers(envs[1].action_space.n)))]
+        (obs0, reward0, done, trunc0, _), (obs1, reward1, done1, trunc1, _) = steps
+        assert (obs0 == obs1).all() and (done, trunc0) == (done1, trunc1)
+        assert reward0 > 0 and abs(reward1) == reward0
