@@ -123,6 +123,27 @@ class _Resets(NamedTuple):
         )
 
 
+class _Workspace:
+    """Segment-sized buffers that the backwards of one call's segments share.
+
+    The segments' backwards run one after the other, so each can write its state gradient where
+    the previous one's was: a fresh segment-sized tensor per segment is often fresh pages, as
+    glibc's malloc returns the freed memory at the top of its heap to the OS (a page fault per
+    4 KB, more time than the arithmetic on them)."""
+
+    def __init__(self, numel: int) -> None:
+        self.numel = numel
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor shaped as ``like``, the same memory at every call for ``name``."""
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < like.numel() or buffer.dtype != like.dtype:
+            buffer = like.new_empty(max(self.numel, like.numel()))
+            self.buffers[name] = buffer
+        return buffer[: like.numel()].view(like.shape)
+
+
 class _ChunkScan(torch.autograd.Function):
     """The scan of one segment in the chunked layout, with a hand-written backward.
 
@@ -131,7 +152,8 @@ class _ChunkScan(torch.autograd.Function):
     ``restarts`` (zero without them). Inputs: ``delta, du`` ``[Q, b, nc, d]``, ``A`` ``[n, d]``
     (transposed), ``B, C`` ``[Q, b, nc, n]``, ``h0`` ``[b, n, d]``, ``restarts`` ``[R, n, d]`` or
     None, ``resets`` a :class:`_Resets` or None, ``restart_index`` the ``(q, b, chunk)`` of each
-    restart row. Returns ``y [Q, b, nc, d]`` and the state after the last step ``[b, n, d]``.
+    restart row, ``workspace`` the :class:`_Workspace` of the call's segments. Returns
+    ``y [Q, b, nc, d]`` and the state after the last step ``[b, n, d]``.
 
     The backward runs the same two-level scan in reverse on the state gradient
     ``g_t = C_t dy_t + a'_{t+1} g_{t+1}`` (``a'`` cut at resets) and reduces the gradients of
@@ -140,7 +162,7 @@ class _ChunkScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, delta, du, A, B, C, h0, restarts, resets, restart_index):
+    def forward(ctx, delta, du, A, B, C, h0, restarts, resets, restart_index, workspace):
         Q, b, num_chunks = delta.shape[:3]
         # [Q, b, nc, n, d]: a = 2^(delta * A * log2(e)); exp2 takes half of exp's time on a CPU, and
         # far less where decays underflow
@@ -163,7 +185,7 @@ class _ChunkScan(torch.autograd.Function):
                 prev = prev.masked_fill(resets.step[q], 0.0)
             states[q].addcmul_(a[q], prev)
         if num_chunks == 1:
-            return _ChunkScan._finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index)
+            return _ChunkScan._finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index, workspace)
         # stage 2: the state entering each chunk; carry[q] = a_0 * ... * a_q of the chunk, <= 1,
         # zero from the chunk's first reset on
         carry = torch.empty_like(a)
@@ -188,32 +210,32 @@ class _ChunkScan(torch.autograd.Function):
         else:
             states.addcmul_(carry, entering)
         del carry
-        return _ChunkScan._finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index)
+        return _ChunkScan._finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index, workspace)
 
     @staticmethod
-    def _finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index):
+    def _finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index, workspace):
         """``y`` from the states, what the backward needs saved, and the last state."""
         # [Q, b, nc, d]: per step a [1, n] x [n, d] product (bmm on [M, n, d] views)
         n, d = A.shape
         y = torch.bmm(C.reshape(-1, 1, n), states.view(-1, n, d)).view(delta.shape)
         ctx.save_for_backward(a, states, delta, du, A, B, C, entering, restarts)
-        ctx.resets, ctx.restart_index = resets, restart_index
+        ctx.resets, ctx.restart_index, ctx.workspace = resets, restart_index, workspace
         return y, states[-1, :, -1].clone()
 
     @staticmethod
     def backward(ctx, dy, dh):
         a, states, delta, du, A, B, C, entering, restarts = ctx.saved_tensors
-        resets, restart_index = ctx.resets, ctx.restart_index
+        resets, restart_index, workspace = ctx.resets, ctx.restart_index, ctx.workspace
         Q, b, num_chunks = a.shape[:3]
         # dy arrives in y's permuted layout; the outer product would inherit it
         dy = dy.contiguous()
         # [Q, b, nc, n, d]: the direct gradient of each state, then (in place) the total one
-        grad = dy[..., None, :] * C[..., None]
+        grad = torch.mul(dy[..., None, :], C[..., None], out=workspace.take("grad", a))
         grad[-1, :, -1] += dh
         # reverse stage 1: inside every chunk, as if nothing came from later chunks; and
         # rest[q] = a'_{q+1} * ... * a'_{Q-1}, how much of the gradient at the chunk's end reaches q
         # (one chunk: the gradient at its end is dh, and stage 1 is the whole reverse scan)
-        rest = None if num_chunks == 1 else torch.empty_like(a)
+        rest = None if num_chunks == 1 else workspace.take("rest", a)
         if rest is not None:
             rest[-1] = 1.0
         for q in range(Q - 2, -1, -1):
@@ -264,9 +286,9 @@ class _ChunkScan(torch.autograd.Function):
             grad_log_a.index_put_(restart_index, grad_at_restart * restarts)
         grad_log_a.mul_(a)
         # [n, d] = sum over steps of delta[m, d] * grad_log_a[m, n, d]
-        grad_A = (grad_log_a * delta[..., None, :]).view(-1, n, d).sum(0)
+        grad_A = torch.mul(grad_log_a, delta[..., None, :], out=workspace.take("product", a)).view(-1, n, d).sum(0)
         grad_delta = grad_log_a.mul_(A).sum(-2)
-        return grad_delta, grad_du, grad_A, grad_B, grad_C, arriving, grad_restarts, None, None
+        return grad_delta, grad_du, grad_A, grad_B, grad_C, arriving, grad_restarts, None, None, None
 
 
 def selective_scan_chunked(
@@ -337,6 +359,8 @@ def selective_scan_chunked(
     else:
         segments = zip(*(t.split(S, dim=-1) for t in (delta, du, B_c, C_c)))
     ys = []
+    # the buffers of the backward, shared by the segments: [S, b, n, d] each
+    workspace = _Workspace(S * b * n * d)
     for start, (delta_s, du_s, B_s, C_s) in zip(range(0, L, S), segments):
         stop = min(start + S, L)
         seg_reset = None if reset is None else reset[:, start:stop]
@@ -345,9 +369,9 @@ def selective_scan_chunked(
             seg_restarts = reset_state[(restart_times >= start) & (restart_times < stop)]
         if one_chunk:
             resets, seg_restarts, restart_index = _segment_resets(seg_reset, seg_restarts, 1, stop - start)
-            y, h = _ChunkScan.apply(delta_s, du_s, A_c, B_s, C_s, h, seg_restarts, resets, restart_index)
+            y, h = _ChunkScan.apply(delta_s, du_s, A_c, B_s, C_s, h, seg_restarts, resets, restart_index, workspace)
         else:
-            y, h = _scan_segment(delta_s, du_s, A_c, B_s, C_s, h, seg_reset, seg_restarts, Q)
+            y, h = _scan_segment(delta_s, du_s, A_c, B_s, C_s, h, seg_reset, seg_restarts, Q, workspace)
         ys.append(y)
     if one_chunk:
         # [L, b, 1, d] -> [b, d, L]
@@ -376,7 +400,7 @@ def _segment_resets(reset, restarts, num_chunks, chunk_size):
     return resets, restarts, (times % chunk_size, rows, times // chunk_size)
 
 
-def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size):
+def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size, workspace):
     """``y [b, d, L]`` (before ``D`` and the gate) and the last state of one segment, ``L <= Q * nc``.
 
     ``delta, du = delta * u`` ``[b, d, L]``, ``A`` ``[n, d]``, ``B, C`` ``[b, n, L]``, ``h0`` ``[b, n, d]``,
@@ -393,7 +417,7 @@ def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size):
     B_q = _to_chunks(B, num_chunks, Q)
     C_q = _to_chunks(C, num_chunks, Q)
     resets, restarts, restart_index = _segment_resets(reset, restarts, num_chunks, Q)
-    y, h = _ChunkScan.apply(delta_q, du_q, A, B_q, C_q, h0, restarts, resets, restart_index)
+    y, h = _ChunkScan.apply(delta_q, du_q, A, B_q, C_q, h0, restarts, resets, restart_index, workspace)
     # [Q, b, nc, d] -> [b, d, L]
     return y.permute(1, 3, 2, 0).reshape(b, d, num_chunks * Q)[..., :L], h
 
