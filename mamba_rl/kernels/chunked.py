@@ -108,6 +108,8 @@ class _Resets(NamedTuple):
     """Per chunk: it holds a reset somewhere."""
     index: tuple[torch.Tensor, ...]
     """``(q, b, chunk)`` of every reset step."""
+    starts: list[bool]
+    """Per chunk: some row has a reset at its first step."""
 
     @classmethod
     def of(cls, reset: torch.Tensor, num_chunks: int, chunk_size: int) -> _Resets:
@@ -120,7 +122,17 @@ class _Resets(NamedTuple):
             step.flatten(1).any(1).tolist(),
             after[-1].any(0).tolist(),
             step.nonzero(as_tuple=True),
+            step[0].any(0).tolist(),
         )
+
+    @classmethod
+    def of_one_chunk(cls, step: torch.Tensor, cols: list[bool], pairs: list[tuple[int, int]]) -> _Resets:
+        """The resets of a segment that is one chunk, from what the whole sequence's
+        ``reset`` gave once: ``step`` ``[S, b]`` (a view), ``cols`` per step, ``pairs`` the
+        ``(q, b)`` of every reset step. A segment's first reset cuts everything before it, so
+        ``after`` (which only stages 2 and 3 read) is not made."""
+        q, rows = torch.tensor(pairs, dtype=torch.long, device=step.device).unbind(1)
+        return cls(step[:, :, None, None, None], None, cols, [True], (q, rows, torch.zeros_like(q)), [cols[0]])
 
 
 class _Workspace:
@@ -247,7 +259,7 @@ class _ChunkScan(torch.autograd.Function):
                 if rest is not None:
                     rest[q].masked_fill_(resets.step[q + 1], 0.0)
             grad[q].addcmul_(a[q + 1], nxt)
-        starts_reset = [False] * num_chunks if resets is None else resets.step[0].flatten(1).any(0).tolist()
+        starts_reset = [False] * num_chunks if resets is None else resets.starts
         if rest is None:
             arriving = a[0, :, 0] * grad[0, :, 0]
             if starts_reset[0]:
@@ -358,6 +370,11 @@ def selective_scan_chunked(
         segments = zip(*(t.permute(2, 0, 1).contiguous().unsqueeze(2).split(S) for t in (delta, du, B_c, C_c)))
     else:
         segments = zip(*(t.split(S, dim=-1) for t in (delta, du, B_c, C_c)))
+    if one_chunk and reset is not None:
+        # [L, b]; which steps hold a reset and the (t, b) of each, read on the host once
+        reset_t = reset.t()
+        reset_cols = reset_t.any(1).tolist()
+        reset_pairs = reset_t.nonzero().tolist()
     ys = []
     # the buffers of the backward, shared by the segments: [S, b, n, d] each
     workspace = _Workspace(S * b * n * d)
@@ -368,7 +385,16 @@ def selective_scan_chunked(
         if restart_times is not None:
             seg_restarts = reset_state[(restart_times >= start) & (restart_times < stop)]
         if one_chunk:
-            resets, seg_restarts, restart_index = _segment_resets(seg_reset, seg_restarts, 1, stop - start)
+            resets = restart_index = None
+            if reset is not None and any(reset_cols[start:stop]):
+                pairs = [(t - start, row) for t, row in reset_pairs if start <= t < stop]
+                resets = _Resets.of_one_chunk(reset_t[start:stop], reset_cols[start:stop], pairs)
+            if resets is None or seg_restarts is None or seg_restarts.shape[0] == 0:
+                seg_restarts = None
+            else:
+                # the restart rows come in [b, L] row-major order: the resets sorted by row, then step
+                q, rows = torch.tensor(sorted(pairs, key=lambda p: (p[1], p[0])), device=reset.device).unbind(1)
+                restart_index = (q, rows, torch.zeros_like(q))
             y, h = _ChunkScan.apply(delta_s, du_s, A_c, B_s, C_s, h, seg_restarts, resets, restart_index, workspace)
         else:
             y, h = _scan_segment(delta_s, du_s, A_c, B_s, C_s, h, seg_reset, seg_restarts, Q, workspace)
