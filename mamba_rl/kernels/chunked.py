@@ -100,8 +100,9 @@ class _Resets(NamedTuple):
 
     step: torch.Tensor
     """``[Q, b, nc, 1, 1]`` bool: an episode starts at this step (the state entering it is cut)."""
-    after: torch.Tensor
-    """``[Q, b, nc, 1, 1]`` bool: at or after the chunk's first reset (its entering state no longer reaches)."""
+    after: torch.Tensor | None
+    """``[Q, b, nc, 1, 1]`` bool: at or after the chunk's first reset (its entering state no longer
+    reaches); None for a segment that is one chunk."""
     cols: list[bool]
     """Per step of a chunk: some chunk has a reset there (the others skip the select)."""
     chunks: list[bool]
@@ -197,7 +198,9 @@ class _ChunkScan(torch.autograd.Function):
                 prev = prev.masked_fill(resets.step[q], 0.0)
             states[q].addcmul_(a[q], prev)
         if num_chunks == 1:
-            return _ChunkScan._finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index, workspace)
+            return _ChunkScan._finish(
+                ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index, workspace
+            )
         # stage 2: the state entering each chunk; carry[q] = a_0 * ... * a_q of the chunk, <= 1,
         # zero from the chunk's first reset on
         carry = torch.empty_like(a)
@@ -222,7 +225,9 @@ class _ChunkScan(torch.autograd.Function):
         else:
             states.addcmul_(carry, entering)
         del carry
-        return _ChunkScan._finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index, workspace)
+        return _ChunkScan._finish(
+            ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index, workspace
+        )
 
     @staticmethod
     def _finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index, workspace):
