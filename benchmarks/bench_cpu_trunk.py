@@ -20,6 +20,9 @@ all cases alike) and the median is kept:
   ``--chunk-sizes`` (off by default: segments larger than the default's leave malloc holding
   different memory, which changes the page faults of the other cases).
 
+``--cases`` runs only the named cases (and ``gru``): ``--cases mamba_chunked`` calls the trunk
+with nothing else allocating between its calls but the GRU.
+
 Each case's loss is the sum of its outputs (and, for the scan, of the final state). ``is_init``
 is True at about 1% of the steps (and at t = 0 of row 0). Times are wall-clock milliseconds and
 this process's CPU milliseconds (``time.process_time``, all threads); ``minor_faults`` are the
@@ -247,10 +250,16 @@ def bench_steps(args, mamba, gru, steps: int, generator: torch.Generator) -> dic
                 cases[f"scan_chunked_Q{q}_S{seg}"] = scan_case(
                     scan, chunked.selective_scan_chunked, chunk_size=q, segment_size=seg
                 )
+    if args.cases:
+        unknown = sorted(set(args.cases) - set(cases))
+        if unknown:
+            raise ValueError(f"--cases must name cases of {sorted(cases)}, got {unknown}")
+        cases = {name: run for name, run in cases.items() if name in args.cases or name == "gru"}
     times = time_cases(cases, args.repeats)
     saved = {
         name: round(saved_megabytes(cases[name]), 2)
         for name in ("gru", "mamba_torch", "mamba_chunked", "scan_torch", "scan_chunked_default")
+        if name in cases
     }
     gru_t = times["gru"]
     return {
@@ -279,6 +288,9 @@ def main() -> None:
     parser.add_argument("--chunk-sizes", type=int, nargs="*", default=[])
     parser.add_argument("--segment-sizes", type=int, nargs="*", default=[16, 32, 64])
     parser.add_argument("--repeats", type=int, default=7)
+    # e.g. --cases mamba_chunked: the trunk and the GRU alone, without the other cases' allocations
+    # between calls (what malloc holds then decides the page faults)
+    parser.add_argument("--cases", nargs="*", default=[], help="run only these cases (and gru)")
     parser.add_argument(
         "--keep-freed-memory",
         action="store_true",

@@ -71,6 +71,9 @@ fwd+bwd: one chunk 20% faster at ``b d n = 4096``, even at 2048, 15% slower at 1
 slower at 256 than ``Q = sqrt(S)``)."""
 
 
+_LOG2_E = math.log2(math.e)
+
+
 def default_sizes(batch: int, d: int, n: int, seqlen: int) -> tuple[int, int]:
     """``(chunk_size Q, segment_size S)``: ``S`` steps of ``[b, d, n]`` fill :data:`SEGMENT_ELEMENTS`;
     ``Q = S`` (one chunk) from :data:`ONE_CHUNK_ELEMENTS` state elements per step, below that the
@@ -97,14 +100,17 @@ class _Resets(NamedTuple):
 
     step: torch.Tensor
     """``[Q, b, nc, 1, 1]`` bool: an episode starts at this step (the state entering it is cut)."""
-    after: torch.Tensor
-    """``[Q, b, nc, 1, 1]`` bool: at or after the chunk's first reset (its entering state no longer reaches)."""
+    after: torch.Tensor | None
+    """``[Q, b, nc, 1, 1]`` bool: at or after the chunk's first reset (its entering state no longer
+    reaches); None for a segment that is one chunk."""
     cols: list[bool]
     """Per step of a chunk: some chunk has a reset there (the others skip the select)."""
     chunks: list[bool]
     """Per chunk: it holds a reset somewhere."""
     index: tuple[torch.Tensor, ...]
     """``(q, b, chunk)`` of every reset step."""
+    starts: list[bool]
+    """Per chunk: some row has a reset at its first step."""
 
     @classmethod
     def of(cls, reset: torch.Tensor, num_chunks: int, chunk_size: int) -> _Resets:
@@ -117,7 +123,38 @@ class _Resets(NamedTuple):
             step.flatten(1).any(1).tolist(),
             after[-1].any(0).tolist(),
             step.nonzero(as_tuple=True),
+            step[0].any(0).tolist(),
         )
+
+    @classmethod
+    def of_one_chunk(cls, step: torch.Tensor, cols: list[bool], pairs: list[tuple[int, int]]) -> _Resets:
+        """The resets of a segment that is one chunk, from what the whole sequence's
+        ``reset`` gave once: ``step`` ``[S, b]`` (a view), ``cols`` per step, ``pairs`` the
+        ``(q, b)`` of every reset step. A segment's first reset cuts everything before it, so
+        ``after`` (which only stages 2 and 3 read) is not made."""
+        q, rows = torch.tensor(pairs, dtype=torch.long, device=step.device).unbind(1)
+        return cls(step[:, :, None, None, None], None, cols, [True], (q, rows, torch.zeros_like(q)), [cols[0]])
+
+
+class _Workspace:
+    """Segment-sized buffers that the backwards of one call's segments share.
+
+    The segments' backwards run one after the other, so each can write its state gradient where
+    the previous one's was: a fresh segment-sized tensor per segment is often fresh pages, as
+    glibc's malloc returns the freed memory at the top of its heap to the OS (a page fault per
+    4 KB, more time than the arithmetic on them)."""
+
+    def __init__(self, numel: int) -> None:
+        self.numel = numel
+        self.buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """An uninitialised tensor shaped as ``like``, the same memory at every call for ``name``."""
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < like.numel() or buffer.dtype != like.dtype:
+            buffer = like.new_empty(max(self.numel, like.numel()))
+            self.buffers[name] = buffer
+        return buffer[: like.numel()].view(like.shape)
 
 
 class _ChunkScan(torch.autograd.Function):
@@ -128,7 +165,8 @@ class _ChunkScan(torch.autograd.Function):
     ``restarts`` (zero without them). Inputs: ``delta, du`` ``[Q, b, nc, d]``, ``A`` ``[n, d]``
     (transposed), ``B, C`` ``[Q, b, nc, n]``, ``h0`` ``[b, n, d]``, ``restarts`` ``[R, n, d]`` or
     None, ``resets`` a :class:`_Resets` or None, ``restart_index`` the ``(q, b, chunk)`` of each
-    restart row. Returns ``y [Q, b, nc, d]`` and the state after the last step ``[b, n, d]``.
+    restart row, ``workspace`` the :class:`_Workspace` of the call's segments. Returns
+    ``y [Q, b, nc, d]`` and the state after the last step ``[b, n, d]``.
 
     The backward runs the same two-level scan in reverse on the state gradient
     ``g_t = C_t dy_t + a'_{t+1} g_{t+1}`` (``a'`` cut at resets) and reduces the gradients of
@@ -137,10 +175,11 @@ class _ChunkScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, delta, du, A, B, C, h0, restarts, resets, restart_index):
+    def forward(ctx, delta, du, A, B, C, h0, restarts, resets, restart_index, workspace):
         Q, b, num_chunks = delta.shape[:3]
-        # [Q, b, nc, n, d]
-        a = torch.mul(delta[..., None, :], A).exp_()
+        # [Q, b, nc, n, d]: a = 2^(delta * A * log2(e)); exp2 takes half of exp's time on a CPU, and
+        # far less where decays underflow
+        a = torch.mul(delta[..., None, :], A * _LOG2_E).exp2_()
         # the inputs x, then (in place) the local states, then the states
         states = torch.mul(du[..., None, :], B[..., None])
         if restarts is not None:
@@ -159,7 +198,9 @@ class _ChunkScan(torch.autograd.Function):
                 prev = prev.masked_fill(resets.step[q], 0.0)
             states[q].addcmul_(a[q], prev)
         if num_chunks == 1:
-            return _ChunkScan._finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index)
+            return _ChunkScan._finish(
+                ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index, workspace
+            )
         # stage 2: the state entering each chunk; carry[q] = a_0 * ... * a_q of the chunk, <= 1,
         # zero from the chunk's first reset on
         carry = torch.empty_like(a)
@@ -184,32 +225,34 @@ class _ChunkScan(torch.autograd.Function):
         else:
             states.addcmul_(carry, entering)
         del carry
-        return _ChunkScan._finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index)
+        return _ChunkScan._finish(
+            ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index, workspace
+        )
 
     @staticmethod
-    def _finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index):
+    def _finish(ctx, states, a, delta, du, A, B, C, entering, restarts, resets, restart_index, workspace):
         """``y`` from the states, what the backward needs saved, and the last state."""
         # [Q, b, nc, d]: per step a [1, n] x [n, d] product (bmm on [M, n, d] views)
         n, d = A.shape
         y = torch.bmm(C.reshape(-1, 1, n), states.view(-1, n, d)).view(delta.shape)
         ctx.save_for_backward(a, states, delta, du, A, B, C, entering, restarts)
-        ctx.resets, ctx.restart_index = resets, restart_index
+        ctx.resets, ctx.restart_index, ctx.workspace = resets, restart_index, workspace
         return y, states[-1, :, -1].clone()
 
     @staticmethod
     def backward(ctx, dy, dh):
         a, states, delta, du, A, B, C, entering, restarts = ctx.saved_tensors
-        resets, restart_index = ctx.resets, ctx.restart_index
+        resets, restart_index, workspace = ctx.resets, ctx.restart_index, ctx.workspace
         Q, b, num_chunks = a.shape[:3]
         # dy arrives in y's permuted layout; the outer product would inherit it
         dy = dy.contiguous()
         # [Q, b, nc, n, d]: the direct gradient of each state, then (in place) the total one
-        grad = dy[..., None, :] * C[..., None]
+        grad = torch.mul(dy[..., None, :], C[..., None], out=workspace.take("grad", a))
         grad[-1, :, -1] += dh
         # reverse stage 1: inside every chunk, as if nothing came from later chunks; and
         # rest[q] = a'_{q+1} * ... * a'_{Q-1}, how much of the gradient at the chunk's end reaches q
         # (one chunk: the gradient at its end is dh, and stage 1 is the whole reverse scan)
-        rest = None if num_chunks == 1 else torch.empty_like(a)
+        rest = None if num_chunks == 1 else workspace.take("rest", a)
         if rest is not None:
             rest[-1] = 1.0
         for q in range(Q - 2, -1, -1):
@@ -221,7 +264,7 @@ class _ChunkScan(torch.autograd.Function):
                 if rest is not None:
                     rest[q].masked_fill_(resets.step[q + 1], 0.0)
             grad[q].addcmul_(a[q + 1], nxt)
-        starts_reset = [False] * num_chunks if resets is None else resets.step[0].flatten(1).any(0).tolist()
+        starts_reset = [False] * num_chunks if resets is None else resets.starts
         if rest is None:
             arriving = a[0, :, 0] * grad[0, :, 0]
             if starts_reset[0]:
@@ -239,30 +282,30 @@ class _ChunkScan(torch.autograd.Function):
             # reverse stage 3: every state's gradient g
             grad.addcmul_(rest, torch.stack(from_later, dim=1))
             del rest
-        # d/da_t = g_t * h'_{t-1}: the previous state, the entering one at a chunk's first step,
-        # the restart row (or zero) at a reset
-        grad_log_a = torch.empty_like(a)
-        torch.mul(grad[1:], states[:-1], out=grad_log_a[1:])
-        torch.mul(grad[0], entering, out=grad_log_a[0])
-        grad_restarts = None
-        if resets is not None:
-            grad_log_a[resets.index] = 0.0
-        if restarts is not None:
-            grad_at_restart = grad[restart_index]
-            grad_restarts = a[restart_index] * grad_at_restart
-            grad_log_a.index_put_(restart_index, grad_at_restart * restarts)
-        # d/d(delta * A) = d/da * a
-        grad_log_a.mul_(a)
         n, d = A.shape
-        # [n, d] = sum over steps of delta[m, d] * grad_log_a[m, n, d]
-        grad_A = (grad_log_a * delta[..., None, :]).view(-1, n, d).sum(0)
-        grad_delta = grad_log_a.mul_(A).sum(-2)
         # [Q, b, nc, d], [Q, b, nc, n], [Q, b, nc, n]: per step [1, n] x [n, d] and [1, d] x [d, n]
         # (a row vector on the left: MKL's batched [n, d] x [d, 1] products take ~10x longer)
         grad_du = torch.bmm(B.reshape(-1, 1, n), grad.view(-1, n, d)).view(du.shape)
         grad_B = torch.bmm(du.reshape(-1, 1, d), grad.view(-1, n, d).transpose(1, 2)).view(B.shape)
         grad_C = torch.bmm(dy.reshape(-1, 1, d), states.view(-1, n, d).transpose(1, 2)).view(C.shape)
-        return grad_delta, grad_du, grad_A, grad_B, grad_C, arriving, grad_restarts, None, None
+        grad_restarts = grad_at_restart = None
+        if restarts is not None:
+            grad_at_restart = grad[restart_index]
+            grad_restarts = a[restart_index] * grad_at_restart
+        # d/d(delta * A) = g_t * h'_{t-1} * a_t, written over g (no longer needed): h'_{t-1} is the
+        # previous state, the entering one at a chunk's first step, the restart row (or zero) at a reset
+        grad_log_a = grad
+        grad_log_a[1:].mul_(states[:-1])
+        grad_log_a[0].mul_(entering)
+        if resets is not None:
+            grad_log_a[resets.index] = 0.0
+        if restarts is not None:
+            grad_log_a.index_put_(restart_index, grad_at_restart * restarts)
+        grad_log_a.mul_(a)
+        # [n, d] = sum over steps of delta[m, d] * grad_log_a[m, n, d]
+        grad_A = torch.mul(grad_log_a, delta[..., None, :], out=workspace.take("product", a)).view(-1, n, d).sum(0)
+        grad_delta = grad_log_a.mul_(A).sum(-2)
+        return grad_delta, grad_du, grad_A, grad_B, grad_C, arriving, grad_restarts, None, None, None
 
 
 def selective_scan_chunked(
@@ -332,7 +375,14 @@ def selective_scan_chunked(
         segments = zip(*(t.permute(2, 0, 1).contiguous().unsqueeze(2).split(S) for t in (delta, du, B_c, C_c)))
     else:
         segments = zip(*(t.split(S, dim=-1) for t in (delta, du, B_c, C_c)))
+    if one_chunk and reset is not None:
+        # [L, b]; which steps hold a reset and the (t, b) of each, read on the host once
+        reset_t = reset.t()
+        reset_cols = reset_t.any(1).tolist()
+        reset_pairs = reset_t.nonzero().tolist()
     ys = []
+    # the buffers of the backward, shared by the segments: [S, b, n, d] each
+    workspace = _Workspace(S * b * n * d)
     for start, (delta_s, du_s, B_s, C_s) in zip(range(0, L, S), segments):
         stop = min(start + S, L)
         seg_reset = None if reset is None else reset[:, start:stop]
@@ -340,10 +390,19 @@ def selective_scan_chunked(
         if restart_times is not None:
             seg_restarts = reset_state[(restart_times >= start) & (restart_times < stop)]
         if one_chunk:
-            resets, seg_restarts, restart_index = _segment_resets(seg_reset, seg_restarts, 1, stop - start)
-            y, h = _ChunkScan.apply(delta_s, du_s, A_c, B_s, C_s, h, seg_restarts, resets, restart_index)
+            resets = restart_index = None
+            if reset is not None and any(reset_cols[start:stop]):
+                pairs = [(t - start, row) for t, row in reset_pairs if start <= t < stop]
+                resets = _Resets.of_one_chunk(reset_t[start:stop], reset_cols[start:stop], pairs)
+            if resets is None or seg_restarts is None or seg_restarts.shape[0] == 0:
+                seg_restarts = None
+            else:
+                # the restart rows come in [b, L] row-major order: the resets sorted by row, then step
+                q, rows = torch.tensor(sorted(pairs, key=lambda p: (p[1], p[0])), device=reset.device).unbind(1)
+                restart_index = (q, rows, torch.zeros_like(q))
+            y, h = _ChunkScan.apply(delta_s, du_s, A_c, B_s, C_s, h, seg_restarts, resets, restart_index, workspace)
         else:
-            y, h = _scan_segment(delta_s, du_s, A_c, B_s, C_s, h, seg_reset, seg_restarts, Q)
+            y, h = _scan_segment(delta_s, du_s, A_c, B_s, C_s, h, seg_reset, seg_restarts, Q, workspace)
         ys.append(y)
     if one_chunk:
         # [L, b, 1, d] -> [b, d, L]
@@ -372,7 +431,7 @@ def _segment_resets(reset, restarts, num_chunks, chunk_size):
     return resets, restarts, (times % chunk_size, rows, times // chunk_size)
 
 
-def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size):
+def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size, workspace):
     """``y [b, d, L]`` (before ``D`` and the gate) and the last state of one segment, ``L <= Q * nc``.
 
     ``delta, du = delta * u`` ``[b, d, L]``, ``A`` ``[n, d]``, ``B, C`` ``[b, n, L]``, ``h0`` ``[b, n, d]``,
@@ -389,7 +448,7 @@ def _scan_segment(delta, du, A, B, C, h0, reset, restarts, chunk_size):
     B_q = _to_chunks(B, num_chunks, Q)
     C_q = _to_chunks(C, num_chunks, Q)
     resets, restarts, restart_index = _segment_resets(reset, restarts, num_chunks, Q)
-    y, h = _ChunkScan.apply(delta_q, du_q, A, B_q, C_q, h0, restarts, resets, restart_index)
+    y, h = _ChunkScan.apply(delta_q, du_q, A, B_q, C_q, h0, restarts, resets, restart_index, workspace)
     # [Q, b, nc, d] -> [b, d, L]
     return y.permute(1, 3, 2, 0).reshape(b, d, num_chunks * Q)[..., :L], h
 
