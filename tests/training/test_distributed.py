@@ -30,22 +30,13 @@ from mamba_rl.training.distributed import Ranks
 from mamba_rl.training.evaluate import evaluate_env, evaluate_horizons
 from mamba_rl.training.rollout import Rollout, RolloutCollector
 from mamba_rl.training.trainer import ReplayModule, ppo_update, rollout_advantages
+from tests.reliability.conftest import TINY as RELIABILITY_TINY
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = dict(
-    num_bits=2,
-    horizon=[1, 5],
-    num_envs=8,
-    d_model=8,
-    gru_hidden_size=8,
-    device="cpu",
-    num_updates=3,
-    eval_episodes=0,
-    progress_bar=False,
-    tensorboard=False,
-    checkpoint_interval=1,
-    num_threads=1,
-)
+
+
+# the reliability tests' tiny memory-task run, 8 envs per process and an 8-wide GRU
+TINY = {**RELIABILITY_TINY, "num_envs": 8, "gru_hidden_size": 8}
 
 
 def tiny(**overrides) -> TrainConfig:
