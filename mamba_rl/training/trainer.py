@@ -12,6 +12,7 @@ the stopping decisions are reduced over the ranks, and rank 0 alone writes the r
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -148,6 +149,7 @@ def ppo_update(
     this rank's: their mean over the ranks is the global one).
     """
     ranks = ranks or Ranks()
+    replay_rows = ddp if ddp is not None else functools.partial(replay, policy)
     num_envs = rollout.obs.shape[0]
     device = rollout.obs.device
     weight = rollout.decision.float() if cfg.policy_mask_key == "decision" else None
@@ -157,10 +159,7 @@ def ppo_update(
         epoch_kl = []
         for env_idx in torch.randperm(num_envs, generator=generator).tensor_split(cfg.num_minibatches):
             env_idx = env_idx.to(device)
-            if ddp is not None:
-                logits, value = ddp(rollout, env_idx, cfg.backprop)
-            else:
-                logits, value = replay(policy, rollout, env_idx, cfg.backprop)
+            logits, value = replay_rows(rollout, env_idx, cfg.backprop)
             out = ppo_loss(
                 logits,
                 value,
