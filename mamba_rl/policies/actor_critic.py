@@ -55,9 +55,10 @@ class ActorCritic(nn.Module):
       field name, prefixed ``"actor."`` / ``"critic."`` (``"actor.ssm"``, ``"actor.conv"``).
     - :meth:`step` ``(obs [B, F], state, reset [B] bool, out_state=None) -> (params [B, A], value [B],
       state)``: pure, or writing the new state into ``out_state`` (``out_state=state``: in place).
-    - :meth:`sequence` ``(obs [B, T, F], state, reset [B, T]) -> (logits [B, T, A], value [B, T],
-      final state)``: ``state`` enters ``t = 0``; ``reset[:, t]`` zeroes the state entering ``t``;
-      differentiable in ``state``.
+    - :meth:`sequence` ``(obs [B, T, F], state, reset [B, T], policy_mask=None) -> (logits [B, T, A],
+      value [B, T], final state)``: ``state`` enters ``t = 0``; ``reset[:, t]`` zeroes the state
+      entering ``t``; differentiable in ``state``; with a ``policy_mask [B, T]`` the logits only at
+      the steps it selects, ``[M, A]``.
 
     :meth:`to_torchrl` gives the same parameters as TorchRL modules (``ProbabilisticActor``,
     a value operator and the state primers) for Collectors and loss modules.
@@ -105,7 +106,7 @@ class ActorCritic(nn.Module):
         """The state of ``trunk`` (its ``state_type``) from the entries of ``state`` under ``prefix``."""
         return trunk.state_type(**{key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)})
 
-    def _run(self, method: str, obs, state, reset, **kwargs):
+    def _run(self, method: str, obs, state, reset, policy_mask=None, **kwargs):
         new_state = {}
         features = {}
         for prefix, trunk in self._trunks():
@@ -113,7 +114,11 @@ class ActorCritic(nn.Module):
             out, trunk_state = getattr(trunk, method)(obs, self._split(state, prefix, trunk), reset, **trunk_kwargs)
             features[prefix] = out
             new_state.update({prefix + name: value for name, value in trunk_state._asdict().items()})
-        logits = self.actor_head(features["actor."])
+        actor_features = features["actor."]
+        if policy_mask is not None:
+            # [M, D]: the steps whose action is scored
+            actor_features = actor_features[policy_mask]
+        logits = self.actor_head(actor_features)
         value = self.value_head(features.get("critic.", features["actor."])).squeeze(-1)
         return logits, value, new_state
 
@@ -122,9 +127,16 @@ class ActorCritic(nn.Module):
         into ``out_state`` when given (``out_state=state`` steps in place, as the rollout does)."""
         return self._run("step", obs, state, reset, out_state=out_state)
 
-    def sequence(self, obs: torch.Tensor, state: PolicyState, reset: torch.Tensor):
-        """A ``[B, T]`` sequence: ``(logits [B, T, A], value [B, T], state after step T - 1)``."""
-        return self._run("sequence", obs, state, reset)
+    def sequence(
+        self, obs: torch.Tensor, state: PolicyState, reset: torch.Tensor, policy_mask: torch.Tensor | None = None
+    ):
+        """A ``[B, T]`` sequence: ``(logits [B, T, A], value [B, T], state after step T - 1)``.
+
+        With ``policy_mask`` (``[B, T]`` bool) the actor head runs only at the steps it selects:
+        ``logits`` is ``[M, A]``, the rows of ``logits[policy_mask]`` (row-major order), while the
+        value is still ``[B, T]``. A PPO loss that scores a few steps of long episodes then never
+        holds ``B * T * A`` logits (at ``A = 2**16`` actions those would not fit in memory)."""
+        return self._run("sequence", obs, state, reset, policy_mask=policy_mask)
 
     def state_norms(self, state: PolicyState) -> dict[str, torch.Tensor]:
         """Norms of the recurrent state (for logging), ``{"actor/ssm_norm": ..., ...}``."""

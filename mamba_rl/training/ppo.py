@@ -6,7 +6,9 @@ step that matters weighs ``1 / (horizon + 2)`` of the policy gradient, the rest 
 zero expected value (and the entropy bonus pushes the irrelevant actions toward uniform). With
 ``policy_mask_key="decision"`` the policy loss, the entropy bonus, the advantage normalisation
 statistics, approx-KL and the clip fraction are averages over the steps the env marks as
-decisions (a weight per step, 0 or 1), while the value loss still covers every step. With
+decisions (a weight per step, 0 or 1), while the value loss still covers every step. The replay
+then runs the actor head only at those steps (:func:`replay`'s ``policy_mask``): a head over
+``2**16`` answers at every step of a 20,000-step rollout would not fit in memory. With
 ``policy_mask_key=None`` every weight is 1: exactly CleanRL's / TorchRL's ``ClipPPOLoss``.
 Any env that marks its consequential steps can use the same switch; nothing here knows the task.
 """
@@ -81,12 +83,12 @@ def explained_variance(value: torch.Tensor, returns: torch.Tensor, ranks: Ranks 
     return torch.where(var > 0, 1 - residual_sq / (count - 1).clamp(min=1) / var, torch.full_like(var, float("nan")))
 
 
-def _sequence(policy, obs, reset, *state_values, names):
-    logits, value, state = policy.sequence(obs, dict(zip(names, state_values)), reset)
+def _sequence(policy, obs, reset, policy_mask, *state_values, names):
+    logits, value, state = policy.sequence(obs, dict(zip(names, state_values)), reset, policy_mask)
     return (logits, value, *(state[name] for name in names))
 
 
-def replay(policy, rollout: Rollout, env_idx: torch.Tensor, backprop: str = "chunk"):
+def replay(policy, rollout: Rollout, env_idx: torch.Tensor, backprop: str = "chunk", policy_mask=None):
     """Recompute logits and values for the environments ``env_idx`` from their stored chunk states.
 
     ``backprop="chunk"``: each chunk starts from its stored (detached) state: truncated BPTT;
@@ -96,18 +98,28 @@ def replay(policy, rollout: Rollout, env_idx: torch.Tensor, backprop: str = "chu
     checkpointing (recomputed in the backward pass), so memory holds one chunk's activations
     plus the ``K`` boundary states.
 
-    Returns ``(logits [n, S, A], value [n, S])``.
+    ``policy_mask`` (``[N, S]`` bool over the whole rollout, e.g. ``rollout.decision``, or None):
+    the actor head runs only at the selected steps of the selected environments, and the logits
+    come back as ``[M, A]``, the rows of ``x[env_idx][policy_mask[env_idx]]`` in that order (so
+    ``rollout.action[env_idx][policy_mask[env_idx]]`` are their actions). The value head runs at
+    every step. The logits of every step of a minibatch (``n * S * A`` floats) would be 671 GB at
+    ``n = 128``, ``S = 20002`` and ``A = 2**16``; those of its scored steps are a few hundred MB.
+
+    Returns ``(logits [n, S, A] or [M, A], value [n, S])``.
     """
     obs = rollout.obs[env_idx]
     reset = rollout.is_init[env_idx]
+    mask = None if policy_mask is None else policy_mask[env_idx]
     n, steps = reset.shape
     T, K = rollout.chunk_len, rollout.num_chunks
     # [K, n, ...]
     states = {name: value[:, env_idx] for name, value in rollout.chunk_states.items()}
     if backprop == "chunk" or K == 1:
         rows = {name: value.transpose(0, 1).reshape(n * K, *value.shape[2:]) for name, value in states.items()}
-        logits, value, _ = policy.sequence(obs.reshape(n * K, T, -1), rows, reset.reshape(n * K, T))
-        return logits.reshape(n, steps, -1), value.reshape(n, steps)
+        # row i * K + k is chunk k of env i: row-major over [n * K, T] is row-major over [n, S]
+        row_mask = None if mask is None else mask.reshape(n * K, T)
+        logits, value, _ = policy.sequence(obs.reshape(n * K, T, -1), rows, reset.reshape(n * K, T), row_mask)
+        return (logits if mask is not None else logits.reshape(n, steps, -1)), value.reshape(n, steps)
     if backprop != "episode":
         raise ValueError(f"backprop must be 'chunk' or 'episode', got {backprop!r}")
     names = list(states)
@@ -115,12 +127,19 @@ def replay(policy, rollout: Rollout, env_idx: torch.Tensor, backprop: str = "chu
     all_logits, all_values = [], []
     for k in range(K):
         window = slice(k * T, (k + 1) * T)
+        chunk_mask = None if mask is None else mask[:, window]
         logits, value, *carried = checkpoint(
-            _sequence, policy, obs[:, window], reset[:, window], *carried, names=names, use_reentrant=False
+            _sequence, policy, obs[:, window], reset[:, window], chunk_mask, *carried, names=names, use_reentrant=False
         )
         all_logits.append(logits)
         all_values.append(value)
-    return torch.cat(all_logits, 1), torch.cat(all_values, 1)
+    value = torch.cat(all_values, 1)
+    if mask is None:
+        return torch.cat(all_logits, 1), value
+    # the chunks' rows come chunk by chunk; put them in row-major order over [n, S]
+    position = torch.arange(n * steps, device=mask.device).reshape(n, steps)
+    chunk_major = torch.cat([position[:, k * T : (k + 1) * T][mask[:, k * T : (k + 1) * T]] for k in range(K)])
+    return torch.cat(all_logits, 0)[chunk_major.argsort()], value
 
 
 _CATEGORICAL = CategoricalHead(1)
@@ -156,10 +175,13 @@ def ppo_loss(
 ) -> PPOLossOutput:
     """Clipped PPO loss (CleanRL's ``ppo_atari_lstm`` terms), each policy term a ``weight``-ed mean.
 
-    Shapes: ``logits [*, A]`` (the parameters of ``action_dist``, a categorical head when None);
-    ``action [*, *action_shape]``; every other tensor ``[*]``. ``weight`` (0/1 floats, or None for
-    all ones) weights the policy loss, the entropy, the advantage normalisation statistics,
-    approx-KL and the clip fraction; the value loss is a plain mean over every step.
+    Shapes: the policy terms ``logits [*P, A]`` (the parameters of ``action_dist``, a categorical
+    head when None), ``action [*P, *action_shape]``, ``old_log_prob``, ``advantages`` and
+    ``weight`` ``[*P]``; the value terms ``value``, ``old_value``, ``returns`` ``[*V]``. ``[*P]``
+    may be ``[*V]`` (every step) or the steps a policy mask selects, gathered (``[M]``, ``weight``
+    all ones: the same loss without the logits of the other steps). ``weight`` (0/1 floats, or
+    None for all ones) weights the policy loss, the entropy, the advantage normalisation
+    statistics, approx-KL and the clip fraction; the value loss is a plain mean over every step.
 
     With several ``ranks`` (each holding its part of a minibatch, as many steps on each) the
     weights' sum and the advantage statistics are sums over every rank, and each weighted mean is

@@ -123,8 +123,8 @@ class ReplayModule(torch.nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, rollout, env_idx: torch.Tensor, backprop: str):
-        return replay(self.policy, rollout, env_idx, backprop)
+    def forward(self, rollout, env_idx: torch.Tensor, backprop: str, policy_mask: torch.Tensor | None = None):
+        return replay(self.policy, rollout, env_idx, backprop, policy_mask)
 
 
 def ppo_update(
@@ -152,23 +152,32 @@ def ppo_update(
     replay_rows = ddp if ddp is not None else functools.partial(replay, policy)
     num_envs = rollout.obs.shape[0]
     device = rollout.obs.device
-    weight = rollout.decision.float() if cfg.policy_mask_key == "decision" else None
+    # [N, S] bool: the steps whose action is scored; the actor head and the policy terms only see those
+    policy_mask = rollout.decision if cfg.policy_mask_key == "decision" else None
     totals: dict[str, torch.Tensor] = {}
     count = 0
     for _ in range(cfg.update_epochs):
         epoch_kl = []
         for env_idx in torch.randperm(num_envs, generator=generator).tensor_split(cfg.num_minibatches):
             env_idx = env_idx.to(device)
-            logits, value = replay_rows(rollout, env_idx, cfg.backprop)
+            logits, value = replay_rows(rollout, env_idx, cfg.backprop, policy_mask)
+            policy_terms = (rollout.action[env_idx], rollout.log_prob[env_idx], advantages[env_idx])
+            weight = None
+            if policy_mask is not None:
+                # [M]: the masked steps gathered in the order of the replay's logits, each of weight 1
+                mask = policy_mask[env_idx]
+                policy_terms = tuple(x[mask] for x in policy_terms)
+                weight = torch.ones(logits.shape[0], device=device)
+            action, old_log_prob, policy_advantages = policy_terms
             out = ppo_loss(
                 logits,
                 value,
-                rollout.action[env_idx],
-                rollout.log_prob[env_idx],
+                action,
+                old_log_prob,
                 rollout.value[env_idx],
-                advantages[env_idx],
+                policy_advantages,
                 returns[env_idx],
-                None if weight is None else weight[env_idx],
+                weight,
                 clip_coef=cfg.clip_coef,
                 ent_coef=cfg.ent_coef,
                 vf_coef=cfg.vf_coef,
