@@ -39,8 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mamba_rl.config import TrainConfig  # noqa: E402
 from mamba_rl.evaluate import build_policy  # noqa: E402
-from mamba_rl.training import RolloutCollector, ppo_loss, replay  # noqa: E402
 from mamba_rl.policies.build import memory_params  # noqa: E402
+from mamba_rl.training import RolloutCollector, ppo_loss, replay  # noqa: E402
 from mamba_rl.training.trainer import rollout_advantages  # noqa: E402
 
 

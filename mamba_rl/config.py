@@ -174,6 +174,12 @@ class TrainConfig:
     GRUModule's ``recurrent_backend`` values. All give the same numbers."""
     head_hidden: int = 0
     """Width of a tanh hidden layer in the actor and value heads; 0 = linear heads."""
+    discrete_head: Literal["categorical", "bits"] = "categorical"
+    """A ``Discrete(n)`` action space's head: ``"categorical"`` (``n`` logits) or ``"bits"`` (``n`` a
+    power of 2: one Bernoulli logit per bit of the action's binary code, the log-prob a sum over the
+    bits). On the memory task with many bits only ``"bits"`` learns: a right answer then teaches
+    every bit, where a categorical head learns each of the ``2**num_bits`` answers on its own
+    (docs/TRAINING.md, "Capacity")."""
 
     # --- rollouts ----------------------------------------------------------------------------
     chunk_len: Union[int, Literal["auto"]] = "auto"

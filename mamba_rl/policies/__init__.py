@@ -6,7 +6,7 @@
 - :class:`ActorCritic`: the tensor-level API the trainer uses (``step``, ``sequence``,
   ``zero_state``) and :meth:`ActorCritic.to_torchrl` for Collectors and TorchRL loss modules.
 - :func:`count_parameters`: parameters per part, printed at the start of training.
-- :mod:`mamba_rl.policies.heads`: the action distributions (categorical, multi-discrete,
+- :mod:`mamba_rl.policies.heads`: the action distributions (categorical, bits, multi-discrete,
   Gaussian) and :func:`make_action_head` from a Gymnasium action space.
 - :func:`build_policy`: the actor-critic a ``TrainConfig`` describes, sized from its env;
   :func:`load_policy` the one a trainer checkpoint holds.
@@ -22,6 +22,7 @@ from mamba_rl.policies.actor_critic import (
 from mamba_rl.policies.build import build_policy, load_policy, make_train_env, memory_params
 from mamba_rl.policies.heads import (
     ActionHead,
+    BitsHead,
     CategoricalHead,
     GaussianHead,
     MultiDiscreteHead,
@@ -31,6 +32,7 @@ from mamba_rl.policies.trunks import GRU_BACKENDS, GRUTrunk, MambaTrunk
 
 __all__ = [
     "ActionHead",
+    "BitsHead",
     "CategoricalHead",
     "GaussianHead",
     "MultiDiscreteHead",

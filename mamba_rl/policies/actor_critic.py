@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from gymnasium import spaces
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.modules import ActorValueOperator, ProbabilisticActor, ValueOperator
@@ -208,6 +209,7 @@ def make_actor_critic(
     gru_hidden_size: int = 128,
     gru_backend: str = "packed",
     head_hidden: int = 0,
+    discrete_head: str = "categorical",
     device=None,
     **mamba_options,
 ) -> ActorCritic:
@@ -228,6 +230,8 @@ def make_actor_critic(
         gru_hidden_size, gru_backend: the GRU trunk (``gru_backend``: :class:`GRUTrunk`'s
             ``recurrent_backend``).
         head_hidden: width of a tanh hidden layer in each head; 0 = linear heads.
+        discrete_head: a discrete action space's head, ``"categorical"`` or ``"bits"`` (one
+            Bernoulli per bit of the action, :class:`~mamba_rl.policies.heads.BitsHead`).
         device: of the parameters.
 
     Example:
@@ -265,7 +269,8 @@ def make_actor_critic(
             f"pass one of num_actions or action_space, got num_actions={num_actions!r} and "
             f"action_space={action_space!r}"
         )
-    action_dist = make_action_head(action_space) if action_space is not None else CategoricalHead(num_actions)
+    space = action_space if action_space is not None else spaces.Discrete(num_actions)
+    action_dist = make_action_head(space, discrete_head)
     return ActorCritic(actor_trunk, critic_trunk, action_dist, head_hidden).to(device)
 
 

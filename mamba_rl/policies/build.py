@@ -54,6 +54,7 @@ def build_policy(cfg: TrainConfig, device, env: BatchedEnv | None = None) -> Act
         gru_hidden_size=cfg.gru_hidden_size,
         gru_backend=cfg.gru_backend,
         head_hidden=cfg.head_hidden,
+        discrete_head=cfg.discrete_head,
         device=device,
     )
 

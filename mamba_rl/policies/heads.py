@@ -6,6 +6,11 @@ drawn before it, so that a CUDA graph can replay the step and a resumed run draw
 
 - :class:`CategoricalHead` (``Discrete(n)``): ``params`` are logits; inverse-CDF sampling from one
   uniform number per step. Action int64 ``[B]``.
+- :class:`BitsHead` (``Discrete(2**num_bits)``, factorised): one Bernoulli per bit of the action's
+  binary code, ``params`` the bits' logits (``num_bits`` outputs instead of ``2**num_bits``); the
+  log-prob and entropy are sums over the bits. A valid distribution over the same actions, whose
+  parameters generalise across answers: a right answer teaches every bit, not one of ``2**num_bits``
+  rows (docs/TRAINING.md, "Capacity"). Action int64 ``[B]``.
 - :class:`MultiDiscreteHead` (``MultiDiscrete(nvec)``): one categorical per entry, logits
   concatenated; the log-prob and entropy are sums. Action int64 ``[B, K]``.
 - :class:`GaussianHead` (``Box(low, high, (D,))``): ``params`` are the mean, the log standard
@@ -13,7 +18,8 @@ drawn before it, so that a CUDA graph can replay the step and a resumed run draw
   the action is ``mean + std * normal noise`` with its exact Gaussian log-prob; the env receives it
   clipped to the bounds (the adapters clip). Action float32 ``[B, D]``.
 
-:func:`make_action_head` picks one from a Gymnasium action space.
+:func:`make_action_head` picks one from a Gymnasium action space (``discrete="bits"``: a
+:class:`BitsHead` for a ``Discrete`` space).
 """
 
 from __future__ import annotations
@@ -27,7 +33,19 @@ from torch import nn
 
 from mamba_rl.envs.spaces import check_action_space
 
-__all__ = ["ActionHead", "CategoricalHead", "GaussianHead", "MultiDiscreteHead", "make_action_head", "sample_actions"]
+__all__ = [
+    "ActionHead",
+    "BitsHead",
+    "CategoricalHead",
+    "DISCRETE_HEADS",
+    "GaussianHead",
+    "MultiDiscreteHead",
+    "make_action_head",
+    "sample_actions",
+]
+
+# how a Discrete(n) space's head is parameterised (make_action_head's ``discrete``)
+DISCRETE_HEADS = ("categorical", "bits")
 
 
 def sample_actions(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -92,6 +110,41 @@ class CategoricalHead(ActionHead):
         return log_prob, entropy
 
 
+class BitsHead(ActionHead):
+    """``Discrete(2**num_bits)`` as ``num_bits`` independent Bernoullis: action ``sum_j bit_j << j``
+    with ``P(bit_j = 1) = sigmoid(params[..., j])``; the sampling noise is one uniform number per bit."""
+
+    def __init__(self, num_bits: int) -> None:
+        super().__init__()
+        if not 1 <= int(num_bits) <= 62:
+            raise ValueError(f"num_bits must be in 1..62, got {num_bits}")
+        self.num_outputs = int(num_bits)
+        self.action_shape, self.action_dtype, self.noise_shape = (), torch.int64, (self.num_outputs,)
+
+    def _shifts(self, device) -> torch.Tensor:
+        return torch.arange(self.num_outputs, device=device)
+
+    def draw_noise(self, out, generator):
+        out.uniform_(generator=generator)
+
+    def sample(self, params, noise):
+        bits = (noise < torch.sigmoid(params.float())).long()
+        action = (bits << self._shifts(params.device)).sum(-1)
+        return action, self.log_prob_entropy(params, action)[0]
+
+    def mode(self, params):
+        return ((params > 0).long() << self._shifts(params.device)).sum(-1)
+
+    def log_prob_entropy(self, params, action):
+        logits = params.float()
+        # [*, num_bits]: bit j of each action
+        bits = ((action[..., None] >> self._shifts(action.device)) & 1).to(logits.dtype)
+        log_prob = -nn.functional.binary_cross_entropy_with_logits(logits, bits, reduction="none").sum(-1)
+        # a Bernoulli's entropy is the cross-entropy of its logit with its own probability
+        entropy = nn.functional.binary_cross_entropy_with_logits(logits, torch.sigmoid(logits), reduction="none")
+        return log_prob, entropy.sum(-1)
+
+
 class MultiDiscreteHead(ActionHead):
     def __init__(self, nvec) -> None:
         super().__init__()
@@ -151,11 +204,21 @@ class GaussianHead(ActionHead):
         return log_prob, entropy
 
 
-def make_action_head(space: spaces.Space) -> ActionHead:
-    """The head for a Gymnasium action space (``Discrete``, ``MultiDiscrete``, bounded 1-d ``Box``)."""
+def make_action_head(space: spaces.Space, discrete: str = "categorical") -> ActionHead:
+    """The head for a Gymnasium action space (``Discrete``, ``MultiDiscrete``, bounded 1-d ``Box``).
+
+    ``discrete``: a ``Discrete(n)`` space's head, ``"categorical"`` (``n`` logits) or ``"bits"``
+    (:class:`BitsHead`, ``n`` a power of 2)."""
+    if discrete not in DISCRETE_HEADS:
+        raise ValueError(f"discrete must be one of {DISCRETE_HEADS}, got {discrete!r}")
     space = check_action_space(space)
     if isinstance(space, spaces.Discrete):
-        return CategoricalHead(int(space.n))
+        n = int(space.n)
+        if discrete == "categorical":
+            return CategoricalHead(n)
+        if int(space.start) != 0 or n < 2 or n & (n - 1):
+            raise ValueError(f"discrete='bits' needs a Discrete(2**k) space starting at 0, got {space}")
+        return BitsHead(n.bit_length() - 1)
     if isinstance(space, spaces.MultiDiscrete):
         return MultiDiscreteHead(np.asarray(space.nvec).reshape(-1))
     return GaussianHead(int(space.shape[0]))

@@ -42,7 +42,9 @@ def _double_rollout(controller):
     cfg = _config(controller=controller)
     policy = build_policy(cfg, "cpu")
     params = DelayedMemoryParams(num_bits=3, horizon=(2, 9))
-    collector = RolloutCollector(policy, params, NUM_ENVS, CHUNK_LEN, NUM_CHUNKS, 0, torch.device("cpu"), cuda_graph=False)
+    collector = RolloutCollector(
+        policy, params, NUM_ENVS, CHUNK_LEN, NUM_CHUNKS, 0, torch.device("cpu"), cuda_graph=False
+    )
     collector.collect()
     rollout = collector.collect()
     policy.double()
