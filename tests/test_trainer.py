@@ -163,7 +163,6 @@ def _plain_episodes(policy, params, n, seed, greedy, first_episode=0):
     from mamba_rl.envs import delayed_memory_init, delayed_memory_observe, delayed_memory_reset, delayed_memory_step
     from mamba_rl.envs.delayed_memory import _seed_key, mix32
     from mamba_rl.evaluate import hashed_noise
-    from mamba_rl.training.rollout import sample_actions
 
     env = delayed_memory_init(first_episode + n, params, seed, "cpu")
     # episode i is env i of one batch holding every episode
@@ -174,13 +173,14 @@ def _plain_episodes(policy, params, n, seed, greedy, first_episode=0):
     state, reset = policy.zero_state(n, "cpu"), torch.ones(n, dtype=torch.bool)
     successes, returns = torch.zeros(n, dtype=torch.int64), torch.zeros(n)
     episode = first_episode + torch.arange(n)
+    head = policy.action_dist
     for step in range(params.max_episode_steps):
         logits, _, state = policy.step(obs, state, reset)
         if greedy:
-            action = logits.argmax(-1)
+            action = head.mode(logits)
         else:
-            noise = hashed_noise(mix32(seed), episode, torch.full((n,), step), (), normal=False)
-            action = sample_actions(logits, noise)
+            noise = hashed_noise(mix32(seed), episode, torch.full((n,), step), head.noise_shape, normal=False)
+            action, _ = head.sample(logits, noise)
         env, obs, reward, _, _, success = delayed_memory_step(env, action, params)
         successes += success
         returns += reward
@@ -188,12 +188,15 @@ def _plain_episodes(policy, params, n, seed, greedy, first_episode=0):
     return successes, returns, state
 
 
+# the bits head guards the evaluation that took the argmax of the actor's outputs as the action:
+# with one output per bit it answered a bit's index, and a trained 8-bit policy scored 0
+@pytest.mark.parametrize("discrete_head", ["categorical", "bits"])
 @pytest.mark.parametrize("mode", ["greedy", "sampled"])
-def test_evaluation_batch_steps_as_a_plain_loop_does(mode):
+def test_evaluation_batch_steps_as_a_plain_loop_does(mode, discrete_head):
     from mamba_rl import evaluate
 
     torch.manual_seed(0)
-    policy = build_policy(small_config(), "cpu").eval()
+    policy = build_policy(small_config(discrete_head=discrete_head), "cpu").eval()
     params = DelayedMemoryParams(num_bits=2, horizon=(3, 9))
     greedy = mode == "greedy"
     batch = evaluate._EpisodeBatch(policy, params, 6, 5, greedy, torch.device("cpu"), first_episode=2)

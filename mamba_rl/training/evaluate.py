@@ -29,7 +29,6 @@ from mamba_rl.envs.adapters import BatchedEnv, DelayedMemoryTask, EnvSpecError, 
 from mamba_rl.envs.delayed_memory import mix32
 from mamba_rl.io import CheckpointError
 from mamba_rl.policies import ActorCritic, build_policy, load_policy, make_train_env
-from mamba_rl.policies.heads import sample_actions
 from mamba_rl.training.distributed import Ranks
 
 __all__ = [
@@ -286,11 +285,13 @@ class _EpisodeBatch:
         return [self.obs, *self.state.values(), self.reset, *self.env.values(), self.successes, self.returns, self.t]
 
     def step(self) -> None:
-        logits, _, _ = self.policy.step(self.obs, self.state, self.reset, out_state=self.state)
+        params, _, _ = self.policy.step(self.obs, self.state, self.reset, out_state=self.state)
+        head = self.policy.action_dist
         if self.greedy:
-            action = logits.argmax(-1)
+            action = head.mode(params)
         else:
-            action = sample_actions(logits, hashed_noise(self.key, self.episode, self.t, (), normal=False))
+            noise = hashed_noise(self.key, self.episode, self.t, head.noise_shape, normal=False)
+            action, _ = head.sample(params, noise)
         env, step = self.task.step(self.env, action)
         for name, value in env.items():
             self.env[name].copy_(value)
@@ -336,8 +337,9 @@ def evaluate_policy(
 ) -> dict:
     """Play ``episodes`` episodes (``num_envs`` at a time) and count the right answers.
 
-    Greedy: the argmax action; sampled: drawn from the policy with noise hashed from ``(seed,
-    episode, step)``. Episode ``i`` is the same whatever ``num_envs`` (see :class:`_EpisodeBatch`).
+    Greedy: the most likely action (the head's ``mode``); sampled: drawn from the policy with noise
+    hashed from ``(seed, episode, step)``. Episode ``i`` is the same whatever ``num_envs`` (see
+    :class:`_EpisodeBatch`).
     On CUDA (``cuda_graph``) each step is replayed from a CUDA graph; the numbers are those of
     the eager loop. With several ``ranks`` each plays its block of the episodes
     (:meth:`Ranks.share`) and the results are gathered in episode order: the numbers of one
