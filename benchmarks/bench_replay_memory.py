@@ -3,8 +3,9 @@ every step (``full``) or only at the steps the policy mask selects (``masked``, 
 
 One rollout of the memory task (``--envs`` envs, delays log-uniform in ``1..--horizon``, one chunk
 of ``horizon + 2`` steps) is replayed as ``ppo_update`` replays a minibatch, through the PPO loss
-(Mamba or GRU trunk as the GPU presets build them). Before measuring, the masked replay's logits
-must equal the full replay's at the masked steps. Measured per case:
+(Mamba or GRU trunk as the GPU presets build them; ``--heads``: the ``discrete_head`` values).
+Before measuring, the masked replay's logits must equal the full replay's at the masked steps.
+Measured per case:
 
 - ``saved_mb``: the tensors autograd holds for the backward pass (each storage counted once), plus
   the logits and values: what one minibatch keeps alive between its forward and backward;
@@ -17,7 +18,7 @@ must equal the full replay's at the masked steps. Measured per case:
   H = 20,000 presets, 128 envs x 20,002 steps, ~1,270 episodes ending in a minibatch).
 
 The rollout step's cost of the head is timed too (``step_ms``: the policy step and the
-categorical sampling for ``--rollout-envs`` envs, the trainer's collection batch).
+head's sampling for ``--rollout-envs`` envs, the trainer's collection batch).
 
     python benchmarks/bench_replay_memory.py --device cpu --out benchmarks/results/replay_memory_cpu.json
     python benchmarks/bench_replay_memory.py --device cuda --envs 64 --horizon 2000 \
@@ -44,9 +45,10 @@ from mamba_rl.training import RolloutCollector, ppo_loss, replay  # noqa: E402
 from mamba_rl.training.trainer import rollout_advantages  # noqa: E402
 
 
-def _config(controller: str, bits: int, horizon: int, envs: int) -> TrainConfig:
+def _config(controller: str, bits: int, horizon: int, envs: int, discrete_head: str) -> TrainConfig:
     return TrainConfig(
         controller=controller,
+        discrete_head=discrete_head,
         num_bits=bits,
         horizon=[1, horizon],
         horizon_sampling="log_uniform",
@@ -74,7 +76,18 @@ def _loss(policy, rollout, advantages, returns, mask):
     if mask is not None:
         action, old_log_prob, adv = action[mask], old_log_prob[mask], adv[mask]
         weight = torch.ones(logits.shape[0], device=logits.device)
-    out = ppo_loss(logits, value, action, old_log_prob, rollout.value, adv, returns, weight, ent_coef=0.02)
+    out = ppo_loss(
+        logits,
+        value,
+        action,
+        old_log_prob,
+        rollout.value,
+        adv,
+        returns,
+        weight,
+        ent_coef=0.02,
+        action_dist=policy.action_dist,
+    )
     return out.loss, logits, value
 
 
@@ -111,7 +124,7 @@ def _step_ms(policy, bits, envs, device, repeats=3) -> float:
     obs = torch.zeros(envs, bits + 2, device=device)
     state = policy.zero_state(envs, device)
     reset = torch.zeros(envs, dtype=torch.bool, device=device)
-    noise = torch.rand(envs, device=device)
+    noise = torch.rand(envs, *policy.action_dist.noise_shape, device=device)
     times = []
     for _ in range(repeats + 1):
         _sync(device)
@@ -128,6 +141,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--controllers", nargs="+", default=["mamba", "gru"])
+    parser.add_argument("--heads", nargs="+", default=["categorical"], help="discrete_head values")
     parser.add_argument("--envs", type=int, default=4)
     parser.add_argument("--horizon", type=int, default=50)
     parser.add_argument("--full-limit-mb", type=float, default=4096, help="skip full cases whose logits exceed this")
@@ -141,42 +155,43 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = []
-    for controller in args.controllers:
-        for bits in args.bits:
-            torch.manual_seed(0)
-            cfg = _config(controller, bits, args.horizon, args.envs)
-            policy = build_policy(cfg, device)
-            collector = RolloutCollector(
-                policy, memory_params(cfg), args.envs, args.horizon + 2, 1, 0, device, cuda_graph=False
-            )
-            rollout = collector.collect()
-            advantages, returns = rollout_advantages(rollout, cfg)
-            mask = rollout.decision
-            steps, decisions = mask.numel(), int(mask.sum())
-            full_logits_mb = steps * 2**bits * 4 / 2**20
-            row = {"controller": controller, "num_bits": bits, "steps": steps, "decisions": decisions}
-            row["masked"] = _measure(policy, rollout, advantages, returns, mask, device)
-            if full_logits_mb <= args.full_limit_mb:
-                with torch.no_grad():
-                    _, full, _ = _loss(policy, rollout, advantages, returns, None)
-                    _, masked, _ = _loss(policy, rollout, advantages, returns, mask)
-                if not torch.allclose(full[mask], masked, atol=1e-5, rtol=1e-5):
-                    raise SystemExit(f"{controller} {bits} bits: masked logits differ from the full replay's")
-                row["full"] = _measure(policy, rollout, advantages, returns, None, device)
-                # the head's cost per step: what the full replay holds beyond the masked one, per unmasked step
-                head_kb = (row["full"]["saved_mb"] - row["masked"]["saved_mb"]) * 1024 / (steps - decisions)
-                trunk_kb = (row["masked"]["saved_mb"] * 1024 - head_kb * decisions) / steps
-            else:
-                head_kb = trunk_kb = None
-            row["per_step_kb"], row["per_decision_kb"] = trunk_kb, head_kb
-            if head_kb is not None:
-                row["minibatch_gb"] = {
-                    "full": (trunk_kb + head_kb) * args.mb_envs * args.mb_steps / 2**20,
-                    "masked": (trunk_kb * args.mb_envs * args.mb_steps + head_kb * args.mb_decisions) / 2**20,
-                }
-            row["step_ms"] = _step_ms(policy, bits, args.rollout_envs, device)
-            rows.append(row)
-            print(json.dumps(row))
+    cases = [(c, h, b) for c in args.controllers for h in args.heads for b in args.bits]
+    for controller, head, bits in cases:
+        torch.manual_seed(0)
+        cfg = _config(controller, bits, args.horizon, args.envs, head)
+        policy = build_policy(cfg, device)
+        collector = RolloutCollector(
+            policy, memory_params(cfg), args.envs, args.horizon + 2, 1, 0, device, cuda_graph=False
+        )
+        rollout = collector.collect()
+        advantages, returns = rollout_advantages(rollout, cfg)
+        mask = rollout.decision
+        steps, decisions = mask.numel(), int(mask.sum())
+        full_logits_mb = steps * policy.action_dist.num_outputs * 4 / 2**20
+        row = {"controller": controller, "discrete_head": head, "num_bits": bits}
+        row.update(steps=steps, decisions=decisions)
+        row["masked"] = _measure(policy, rollout, advantages, returns, mask, device)
+        if full_logits_mb <= args.full_limit_mb:
+            with torch.no_grad():
+                _, full, _ = _loss(policy, rollout, advantages, returns, None)
+                _, masked, _ = _loss(policy, rollout, advantages, returns, mask)
+            if not torch.allclose(full[mask], masked, atol=1e-5, rtol=1e-5):
+                raise SystemExit(f"{controller} {head} {bits} bits: masked logits differ from the full replay's")
+            row["full"] = _measure(policy, rollout, advantages, returns, None, device)
+            # the head's cost per step: what the full replay holds beyond the masked one, per unmasked step
+            head_kb = (row["full"]["saved_mb"] - row["masked"]["saved_mb"]) * 1024 / (steps - decisions)
+            trunk_kb = (row["masked"]["saved_mb"] * 1024 - head_kb * decisions) / steps
+        else:
+            head_kb = trunk_kb = None
+        row["per_step_kb"], row["per_decision_kb"] = trunk_kb, head_kb
+        if head_kb is not None:
+            row["minibatch_gb"] = {
+                "full": (trunk_kb + head_kb) * args.mb_envs * args.mb_steps / 2**20,
+                "masked": (trunk_kb * args.mb_envs * args.mb_steps + head_kb * args.mb_decisions) / 2**20,
+            }
+        row["step_ms"] = _step_ms(policy, bits, args.rollout_envs, device)
+        rows.append(row)
+        print(json.dumps(row))
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
