@@ -10,7 +10,7 @@ drawn before it, so that a CUDA graph can replay the step and a resumed run draw
   binary code, ``params`` the bits' logits (``num_bits`` outputs instead of ``2**num_bits``); the
   log-prob and entropy are sums over the bits. A valid distribution over the same actions, whose
   parameters generalise across answers: a right answer teaches every bit, not one of ``2**num_bits``
-  rows (docs/TRAINING.md, "Capacity"). Action int64 ``[B]``.
+  rows (docs/TRAINING.md, "Capacity and distractors"). Action int64 ``[B]``.
 - :class:`MultiDiscreteHead` (``MultiDiscrete(nvec)``): one categorical per entry, logits
   concatenated; the log-prob and entropy are sums. Action int64 ``[B, K]``.
 - :class:`GaussianHead` (``Box(low, high, (D,))``): ``params`` are the mean, the log standard
