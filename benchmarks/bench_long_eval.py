@@ -77,8 +77,9 @@ def timed(fn, device: torch.device):
 
 def run_blocks(policy, params, episodes, seed, device, block_steps, progress):
     played, seconds, peak = timed(
-        lambda: play_memory_episodes(policy, params, episodes, seed, MODES, device, block_steps=block_steps,
-                                     progress=progress),
+        lambda: play_memory_episodes(
+            policy, params, episodes, seed, MODES, device, block_steps=block_steps, progress=progress
+        ),
         device,
     )
     return played, {
@@ -120,15 +121,30 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--episodes", type=int, default=1000, help="episodes per horizon, all in one batch")
     parser.add_argument("--seed", type=int, default=777, help="seed of the evaluation episodes")
-    parser.add_argument("--step-horizons", type=int, nargs="*", default=[1000, 10000, 100000],
-                        help="horizons run both ways and compared")
-    parser.add_argument("--block-horizons", type=int, nargs="*", default=[],
-                        help="horizons run by blocks alone (e.g. 1000000 10000000)")
-    parser.add_argument("--block-steps", type=int, nargs="*", default=[],
-                        help="block sizes timed at --sweep-horizon (the default size is always in)")
+    parser.add_argument(
+        "--step-horizons",
+        type=int,
+        nargs="*",
+        default=[1000, 10000, 100000],
+        help="horizons run both ways and compared",
+    )
+    parser.add_argument(
+        "--block-horizons", type=int, nargs="*", default=[], help="horizons run by blocks alone (e.g. 1000000 10000000)"
+    )
+    parser.add_argument(
+        "--block-steps",
+        type=int,
+        nargs="*",
+        default=[],
+        help="block sizes timed at --sweep-horizon (the default size is always in)",
+    )
     parser.add_argument("--sweep-horizon", type=int, default=100000)
-    parser.add_argument("--max-disagree", type=float, default=0.005,
-                        help="largest fraction of episodes whose answers may differ between the two paths")
+    parser.add_argument(
+        "--max-disagree",
+        type=float,
+        default=0.005,
+        help="largest fraction of episodes whose answers may differ between the two paths",
+    )
     parser.add_argument("--out", required=True, help="JSON file to write")
     args = parser.parse_args()
 
@@ -145,8 +161,9 @@ def main() -> int:
     policy.eval()
 
     def params_at(horizon: int) -> DelayedMemoryParams:
-        return DelayedMemoryParams(num_bits=cfg.num_bits, horizon=horizon, num_distractors=cfg.num_distractors,
-                                   wrong_penalty=cfg.wrong_penalty)
+        return DelayedMemoryParams(
+            num_bits=cfg.num_bits, horizon=horizon, num_distractors=cfg.num_distractors, wrong_penalty=cfg.wrong_penalty
+        )
 
     out = {
         "checkpoint": args.checkpoint,
@@ -158,8 +175,9 @@ def main() -> int:
         "episodes": args.episodes,
         "seed": args.seed,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-        or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
         "dtype": str(next(policy.parameters()).dtype),
         "torch": torch.__version__,
@@ -212,8 +230,11 @@ def main() -> int:
             _, block = run_blocks(policy, params, args.episodes, args.seed, device, size, None)
             out["block_steps_sweep"].append({"horizon": args.sweep_horizon, **block})
             write()
-            print(f"H={args.sweep_horizon}, block_steps {block['block_steps']}: {block['seconds']:.2f} s, "
-                  f"peak memory {block['peak_memory_bytes']}", flush=True)
+            print(
+                f"H={args.sweep_horizon}, block_steps {block['block_steps']}: {block['seconds']:.2f} s, "
+                f"peak memory {block['peak_memory_bytes']}",
+                flush=True,
+            )
 
     for horizon in args.block_horizons:
         _, block = run_blocks(policy, params_at(horizon), args.episodes, args.seed, device, None, True)

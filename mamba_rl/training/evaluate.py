@@ -7,6 +7,8 @@ memory task also accuracy per horizon. Greedy and sampled.
 
 Accuracy is the fraction of episodes whose query-step answer was right. Evaluation episodes
 come from their own seed (``--seed``, default 12345), so they are not the training episodes.
+On the memory task the episodes run by blocks of steps through the trunk's sequence path
+(:func:`play_memory_episodes`), with memory bounded by one block at any horizon.
 On Gymnasium envs episode ``i`` is reset with a seed made from ``(seed, i)`` and its sampled
 actions use noise hashed from ``(seed, i, step)``: the same episodes whatever ``--num-envs``.
 """
@@ -307,9 +309,11 @@ def play_memory_episodes(
     the noise hashed from ``(seed, episode, horizon + 1)`` (``"sampled"``), from the same logits
     (the trunk runs once for all modes): the episodes, answers and noise of :class:`_EpisodeBatch`,
     which steps the env and the whole policy one step at a time. What differs is the rounding:
-    the sequence path sums in another order than the single step (float32: ~1e-6 relative on
-    the logits), so an answer whose two best logits are that close can differ. The critic is
-    not run (it does not act).
+    the sequence path sums in another order than the single step. In float32 each path drifts
+    from the float64 answer by its own rounding, which grows with the delay (~4e-7 of a logit
+    per step for the committed H = 20,000 policy, neither path closer; benchmarks/NOTES_eval.md),
+    so an answer whose two best logits are that close can differ. The critic is not run (it
+    does not act).
 
     Memory is that of one block (``[n, block_steps]`` observations and trunk activations), the
     state carried between blocks, whatever the horizon. ``block_steps`` defaults to
@@ -614,6 +618,11 @@ def main(argv=None) -> int:
         prog="mamba-rl-eval",
         description="Episode return and length of a trained "
         "policy (and accuracy per horizon on the memory task), greedy and sampled.",
+        epilog="Memory task, long horizons (e.g. --horizons 1000000 10000000): the observations do not "
+        "depend on the actions, so each episode runs by blocks of --block-steps steps through the "
+        "trunk's sequence path (the Triton scan on CUDA), the state carried between blocks, the "
+        "head at the query step only, greedy and sampled from one pass: the answers of stepping "
+        "the env, memory bounded by one block, a progress bar from 100,000 steps on.",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     parser.add_argument(
