@@ -194,8 +194,7 @@ class TrainConfig:
     across chunks (the gradient flows through the carried state), chunks recomputed in the
     backward pass so memory stays at one chunk's activations."""
     cuda_graph: bool = True
-    """On CUDA, capture one rollout step (policy, sampling, env, storage) in a CUDA graph, and one
-    step of the final evaluation."""
+    """On CUDA, capture one rollout step (policy, sampling, env, storage) in a CUDA graph."""
     compile_env: bool = True
     """On CUDA, ``torch.compile`` the rollout's env step and the storage after it: a few fused
     kernels instead of ~140 tensor ops, the same numbers bit for bit (checked when it compiles; eager with a

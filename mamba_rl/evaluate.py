@@ -5,11 +5,13 @@ import sys
 
 from mamba_rl.training.evaluate import (
     EVAL_SEED,
+    MemoryEpisodes,
     _EpisodeBatch,
     build_policy,
     default_horizons,
     evaluate_env,
     evaluate_horizons,
+    evaluate_modes,
     evaluate_policy,
     format_return_table,
     format_table,
@@ -17,16 +19,19 @@ from mamba_rl.training.evaluate import (
     load_policy,
     main,
     mean_ci95,
+    play_memory_episodes,
     resolve_device,
     run_episodes,
 )
 
 __all__ = [
     "EVAL_SEED",
+    "MemoryEpisodes",
     "build_policy",
     "default_horizons",
     "evaluate_env",
     "evaluate_horizons",
+    "evaluate_modes",
     "evaluate_policy",
     "format_return_table",
     "format_table",
@@ -34,6 +39,7 @@ __all__ = [
     "load_policy",
     "main",
     "mean_ci95",
+    "play_memory_episodes",
     "resolve_device",
     "run_episodes",
     "_EpisodeBatch",

@@ -9,10 +9,8 @@
 #             until the cell has its UPDATES
 #   evaluate  the final evaluation only, from the checkpoint: 1,000 episodes greedy and 1,000 sampled
 #             at H, the preset's eval_horizons and 2H, 5H, 10H; at H=20000 that is 2 x 375,000 steps.
-#             A step of 1,000 episodes is one CUDA graph replay, whose latency sets the time whatever
-#             the number of cells evaluating at once (a GRU's took 0.15 ms alone on an H100, 0.4 to
-#             0.6 ms with five other cells on it), so an H=20000 GRU cell needs about 2 minutes of the GPU:
-#             evaluate at most 3 or 4 of them per run (CONTROLLERS or SEEDS pick them).
+#             The episodes run by blocks of steps through the trunk's sequence path (docs/TRAINING.md,
+#             "Evaluation, at any horizon"), one trunk pass for both modes.
 #   done, failed (diverged)   left alone
 # so a run lasts about ceil(cells / PARALLEL) x (MAX_WALL_S + a minute of start-up) when it trains.
 # GPU memory: a cell at H=5000 peaks at about 4 GB (gpu/max_memory_allocated_gb in progress.csv), and

@@ -223,19 +223,6 @@ def test_memory_evaluation_does_not_depend_on_num_envs(mode):
         assert result["mean_return"] == pytest.approx(float(returns.sum()) / 10, abs=1e-6)
 
 
-@pytest.mark.gpu
-def test_evaluation_from_a_cuda_graph_counts_what_the_eager_loop_does():
-    from mamba_rl.evaluate import evaluate_policy
-
-    torch.manual_seed(0)
-    policy = build_policy(small_config(device="cuda"), "cuda").eval()
-    params = DelayedMemoryParams(num_bits=2, horizon=(3, 40))
-    for greedy in (True, False):
-        got = evaluate_policy(policy, params, 600, greedy=greedy, num_envs=256, cuda_graph=True)
-        expected = evaluate_policy(policy, params, 600, greedy=greedy, num_envs=256, cuda_graph=False)
-        assert got == expected, greedy
-
-
 def test_truncated_and_whole_episode_backprop_agree_when_episodes_fit_in_chunks():
     torch.manual_seed(0)
     policy = build_policy(small_config(), "cpu")

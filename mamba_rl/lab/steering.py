@@ -114,12 +114,13 @@ def rollout_with_ssm_delta(
     at_step: int,
     delta_ssm: torch.Tensor | None = None,
 ) -> RolloutResult:
-    """Play ``num_envs`` episodes greedily, stepping the policy as ``mamba-rl-eval`` does, and add
-    ``delta_ssm`` to the SSM state entering step ``at_step``.
+    """Play ``num_envs`` episodes greedily, one step at a time, and add ``delta_ssm`` to the SSM
+    state entering step ``at_step``.
 
-    The loop is the one of :func:`mamba_rl.evaluate.evaluate_policy`: ``module.step`` on each
-    observation (reset at step 0), the head's argmax as the action, the memory task's adapter
-    stepped without autoreset (one episode per copy).
+    The loop is the one of the evaluation's step-by-step ground truth
+    (:class:`mamba_rl.training.evaluate._EpisodeBatch`, whose answers ``mamba-rl-eval`` gives):
+    ``module.step`` on each observation (reset at step 0), the head's argmax as the action, the
+    memory task's adapter stepped without autoreset (one episode per copy).
     """
     module, head = _policy_parts(policy)
     device = module.input_proj.weight.device

@@ -7,6 +7,8 @@ memory task also accuracy per horizon. Greedy and sampled.
 
 Accuracy is the fraction of episodes whose query-step answer was right. Evaluation episodes
 come from their own seed (``--seed``, default 12345), so they are not the training episodes.
+On the memory task the episodes run by blocks of steps through the trunk's sequence path
+(:func:`play_memory_episodes`), with memory bounded by one block at any horizon.
 On Gymnasium envs episode ``i`` is reset with a seed made from ``(seed, i)`` and its sampled
 actions use noise hashed from ``(seed, i, step)``: the same episodes whatever ``--num-envs``.
 """
@@ -19,6 +21,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -26,14 +29,17 @@ from mamba_rl.config import TrainConfig
 from mamba_rl.cuda_graph import capture_cuda_graph
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.envs.adapters import BatchedEnv, DelayedMemoryTask, EnvSpecError, episode_seed
-from mamba_rl.envs.delayed_memory import mix32
+from mamba_rl.envs.delayed_memory import DelayedMemoryState, delayed_memory_observe, mix32
 from mamba_rl.io import CheckpointError
 from mamba_rl.policies import ActorCritic, build_policy, load_policy, make_train_env
 from mamba_rl.training.distributed import Ranks
 
 __all__ = [
     "evaluate_policy",
+    "evaluate_modes",
     "evaluate_horizons",
+    "play_memory_episodes",
+    "MemoryEpisodes",
     "evaluate_env",
     "run_episodes",
     "build_policy",
@@ -251,15 +257,138 @@ def format_return_table(results: dict, env: str) -> str:
 # episodes of at least this many steps show a progress bar (with an estimate of the time left)
 PROGRESS_STEPS = 100_000
 
+# (episode, step) pairs in one block of the block evaluation: its trunk activations, ~1.5 K
+# floats per pair for a d_model 64 Mamba layer, stay near 6 GB on a GPU (~1,000 steps of 1,000
+# episodes); on the CPU the pairs of one block are what the caches can hold
+BLOCK_PAIRS = {"cuda": 1 << 20, "cpu": 1 << 15}
+
+
+class MemoryEpisodes(NamedTuple):
+    """The outcome of ``n`` evaluation episodes of the memory task, one row per episode."""
+
+    # bool [n]: the answer at the query step was right
+    success: torch.Tensor
+    # float32 [n]: the episode's return (the query step's reward; every other reward is 0)
+    reward: torch.Tensor
+    # [n, A]: the actor's output at the query step
+    logits: torch.Tensor
+
+
+def default_block_steps(n: int, device) -> int:
+    """Steps per block for ``n`` episodes on ``device``: :data:`BLOCK_PAIRS` pairs, at least one step."""
+    pairs = BLOCK_PAIRS["cuda" if torch.device(device).type == "cuda" else "cpu"]
+    return max(1, pairs // n)
+
+
+@torch.no_grad()
+def play_memory_episodes(
+    policy: ActorCritic,
+    params: DelayedMemoryParams,
+    n: int,
+    seed: int,
+    modes=("greedy",),
+    device=None,
+    *,
+    first_episode: int = 0,
+    block_steps: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, MemoryEpisodes]:
+    """Evaluation episodes ``first_episode .. first_episode + n - 1`` of the memory task, by blocks of steps.
+
+    Exact by construction: the task's observations do not depend on the actions (the cue at
+    ``t = 0``, blank steps whose only content is the distractors hashed from the episode's key
+    and ``t``, the query at ``t = horizon + 1``; the actions before the query are ignored and
+    earn 0). So a block of ``block_steps`` steps of every episode is generated at once with
+    :func:`~mamba_rl.envs.delayed_memory_observe` (the env's own function, on the episodes'
+    states from :class:`~mamba_rl.envs.adapters.DelayedMemoryTask` ``reset``: the same
+    ``(seed, episode)`` streams as :class:`_EpisodeBatch`), the actor's trunk runs over it through
+    its sequence path (Mamba: the chunked or Triton scan; GRU: its replay) with the state carried
+    from block to block, and the actor head runs once, on the features of each episode's query
+    step. The answer of each of ``modes`` is the head's most likely action (``"greedy"``, the
+    argmax of a categorical head's logits) or the head's sample drawn with the noise hashed from
+    ``(seed, episode, horizon + 1)`` (``"sampled"``), from the same logits (the trunk runs once
+    for all modes): the episodes, answers and noise of :class:`_EpisodeBatch`,
+    which steps the env and the whole policy one step at a time. What differs is the rounding:
+    the sequence path sums in another order than the single step. In float32 each path drifts
+    from the float64 answer by its own rounding, which grows with the delay (~4e-7 of a logit
+    per step for the committed H = 20,000 policy, neither path closer; benchmarks/NOTES_eval.md),
+    so an answer whose two best logits are that close can differ. The critic is not run (it
+    does not act).
+
+    Memory is that of one block (``[n, block_steps]`` observations and trunk activations), the
+    state carried between blocks, whatever the horizon. ``block_steps`` defaults to
+    :func:`default_block_steps`; ``progress`` (default: episodes of :data:`PROGRESS_STEPS` steps
+    or more) shows a bar over the steps. Returns ``{mode: MemoryEpisodes}``.
+    """
+    unknown = set(modes) - {"greedy", "sampled"}
+    if unknown or not modes:
+        raise ValueError(f"modes must be a non-empty sequence of 'greedy' and 'sampled', got {modes!r}")
+    device = next(policy.parameters()).device if device is None else torch.device(device)
+    dtype = next(policy.parameters()).dtype
+    block_steps = default_block_steps(n, device) if block_steps is None else int(block_steps)
+    if block_steps < 1:
+        raise ValueError(f"block_steps must be >= 1, got {block_steps}")
+    task = DelayedMemoryTask(params, n, device, autoreset=False, first_env=first_episode)
+    env, _, _ = task.reset(seed)
+    # [n]: the step whose action is scored
+    query_t = env["horizon"] + 1
+    steps = params.max_episode_steps
+    block_steps = min(block_steps, steps)
+    trunk, head = policy.actor_trunk, policy.actor_head
+    state = trunk.zero_state(n, device)
+    # the episodes start from the zero state: no reset inside a row
+    no_reset = torch.zeros(n, block_steps, dtype=torch.bool, device=device)
+    features = torch.zeros(n, trunk.out_features, dtype=dtype, device=device)
+    bar = None
+    if progress is None:
+        progress = steps >= PROGRESS_STEPS
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=f"{n} episodes", unit="step", unit_scale=True, dynamic_ncols=True)
+    for start in range(0, steps, block_steps):
+        length = min(block_steps, steps - start)
+        # every env field [n] as [n * length], t = start .. start + length - 1 in each row
+        block = {name: value[:, None].expand(n, length).reshape(-1) for name, value in env.items()}
+        block["t"] = torch.arange(start, start + length, device=device).repeat(n)
+        obs, _ = delayed_memory_observe(DelayedMemoryState(**block), params)
+        # [n, length, D]
+        out, state = trunk.sequence(obs.view(n, length, -1).to(dtype), state, no_reset[:, :length])
+        offset = query_t - start
+        inside = (offset >= 0) & (offset < length)
+        index = offset.clamp(0, length - 1)[:, None, None].expand(n, 1, out.shape[-1])
+        features = torch.where(inside[:, None], out.gather(1, index).squeeze(1), features)
+        if bar is not None:
+            bar.update(length)
+    if bar is not None:
+        bar.close()
+    logits = head(features)
+    action_dist = policy.action_dist
+    played = {}
+    for mode in modes:
+        if mode == "greedy":
+            action = action_dist.mode(logits)
+        else:
+            episode = first_episode + torch.arange(n, dtype=torch.int64, device=device)
+            noise = hashed_noise(mix32(int(seed) & 0xFFFFFFFF), episode, query_t, action_dist.noise_shape, normal=False)
+            action, _ = action_dist.sample(logits, noise)
+        # the env scores the answer: its step from the query
+        _, step = task.step(dict(env, t=query_t), action)
+        played[mode] = MemoryEpisodes(step.success, step.reward, logits)
+    return played
+
 
 class _EpisodeBatch:
-    """``n`` evaluation episodes, numbered ``first_episode ..``, stepped together. Every tensor is
-    updated in place, so that on CUDA one step is captured in a CUDA graph and replayed (a step is
-    then one launch instead of ~100 kernels queued from Python).
+    """``n`` evaluation episodes, numbered ``first_episode ..``, stepped together: the env and the
+    whole policy one step at a time, the ground truth of :func:`play_memory_episodes` (the tests
+    and ``benchmarks/bench_long_eval.py`` hold it to this). Every tensor is updated in place, so
+    that on CUDA one step is captured in a CUDA graph and replayed (a step is then one launch
+    instead of ~100 kernels queued from Python).
 
     ``obs``, ``state`` (the policy's, stepped in place), ``reset`` (True before the first step),
     ``env`` (the state of ``task``, a :class:`~mamba_rl.envs.adapters.DelayedMemoryTask` without
-    autoreset), ``successes`` and ``returns`` per episode ``[n]``, and ``t`` the step. Episode
+    autoreset), ``successes`` and ``returns`` per episode ``[n]``, ``logits`` the actor's output
+    at each episode's query step ``[n, A]``, and ``t`` the step. Episode
     ``i``'s env draws from the stream of ``(seed, i)`` and, sampled, its actions from noise hashed
     from ``(seed, i, t)``: the episode is the same whatever batch it runs in. A finished env stays
     terminal: reward 0, success False.
@@ -271,8 +400,11 @@ class _EpisodeBatch:
         self.policy, self.params, self.greedy = policy, params, greedy
         self.task = DelayedMemoryTask(params, n, device, autoreset=False, first_env=first_episode)
         self.env, obs, _ = self.task.reset(seed)
-        self.obs = obs.clone()
+        dtype = next(policy.parameters()).dtype
+        self.obs = obs.to(dtype, copy=True)
         self.state = policy.zero_state(n, device)
+        # [n, A]: the actor's output at the query step
+        self.logits = torch.zeros(n, policy.num_actions, dtype=dtype, device=device)
         self.reset = torch.ones(n, dtype=torch.bool, device=device)
         self.successes = torch.zeros(n, dtype=torch.int64, device=device)
         self.returns = torch.zeros(n, device=device)
@@ -282,11 +414,22 @@ class _EpisodeBatch:
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor :meth:`step` writes."""
-        return [self.obs, *self.state.values(), self.reset, *self.env.values(), self.successes, self.returns, self.t]
+        return [
+            self.obs,
+            *self.state.values(),
+            self.reset,
+            *self.env.values(),
+            self.successes,
+            self.returns,
+            self.t,
+            self.logits,
+        ]
 
     def step(self) -> None:
         params, _, _ = self.policy.step(self.obs, self.state, self.reset, out_state=self.state)
         head = self.policy.action_dist
+        query = self.env["t"] == self.env["horizon"] + 1
+        self.logits.copy_(torch.where(query[:, None], params, self.logits))
         if self.greedy:
             action = head.mode(params)
         else:
@@ -332,43 +475,78 @@ def evaluate_policy(
     seed: int = EVAL_SEED,
     num_envs: int = 1000,
     device=None,
-    cuda_graph: bool = True,
+    block_steps: int | None = None,
     ranks: Ranks | None = None,
 ) -> dict:
-    """Play ``episodes`` episodes (``num_envs`` at a time) and count the right answers.
+    """Play ``episodes`` episodes (``num_envs`` at a time) and count the right answers: greedy (the
+    head's most likely action) or sampled (drawn from the policy with noise hashed from ``(seed, episode,
+    step)``). :func:`evaluate_modes` for one mode."""
+    mode = "greedy" if greedy else "sampled"
+    return evaluate_modes(
+        policy,
+        params,
+        episodes,
+        (mode,),
+        seed=seed,
+        num_envs=num_envs,
+        device=device,
+        block_steps=block_steps,
+        ranks=ranks,
+    )[mode]
 
-    Greedy: the most likely action (the head's ``mode``); sampled: drawn from the policy with noise
-    hashed from ``(seed, episode, step)``. Episode ``i`` is the same whatever ``num_envs`` (see
-    :class:`_EpisodeBatch`).
-    On CUDA (``cuda_graph``) each step is replayed from a CUDA graph; the numbers are those of
-    the eager loop. With several ``ranks`` each plays its block of the episodes
-    (:meth:`Ranks.share`) and the results are gathered in episode order: the numbers of one
-    process, on every rank.
 
-    Returns ``{"accuracy", "episodes", "successes", "mean_return", "return_ci95"}``.
+@torch.no_grad()
+def evaluate_modes(
+    policy: ActorCritic,
+    params: DelayedMemoryParams,
+    episodes: int,
+    modes=("greedy", "sampled"),
+    *,
+    seed: int = EVAL_SEED,
+    num_envs: int = 1000,
+    device=None,
+    block_steps: int | None = None,
+    ranks: Ranks | None = None,
+) -> dict:
+    """Play ``episodes`` episodes (``num_envs`` at a time) and count the right answers of each mode.
+
+    Episode ``i`` is the same whatever ``num_envs``. The episodes run by blocks of
+    ``block_steps`` steps through the trunk's sequence path, once for all modes
+    (:func:`play_memory_episodes`, which says why that is exact), with a progress bar over the
+    steps from :data:`PROGRESS_STEPS` steps on. With several ``ranks`` each plays its block of the
+    episodes (:meth:`Ranks.share`) and the results are gathered in episode order: the numbers of
+    one process, on every rank.
+
+    Returns ``{mode: {"accuracy", "episodes", "successes", "mean_return", "return_ci95"}}``.
     """
     ranks = ranks or Ranks()
     device = next(policy.parameters()).device if device is None else torch.device(device)
     done_episodes, last = ranks.share(episodes)
-    successes, returns = 0, [torch.zeros(0, dtype=torch.float64)]
+    successes = dict.fromkeys(modes, 0)
+    returns = {mode: [torch.zeros(0, dtype=torch.float64)] for mode in modes}
     while done_episodes < last:
         n = min(num_envs, last - done_episodes)
-        batch = _EpisodeBatch(policy, params, n, seed, greedy, device, first_episode=done_episodes)
-        batch.run(cuda_graph)
-        successes += int(batch.successes.sum())
-        returns.append(batch.returns.double().cpu())
+        played = play_memory_episodes(
+            policy, params, n, seed, modes, device, first_episode=done_episodes, block_steps=block_steps
+        )
+        for mode, outcome in played.items():
+            successes[mode] += int(outcome.success.sum())
+            returns[mode].append(outcome.reward.double().cpu())
         done_episodes += n
-    blocks = ranks.all_gather((successes, torch.cat(returns)))
-    successes = sum(block[0] for block in blocks)
-    returns = torch.cat([block[1] for block in blocks])
-    _, return_ci = mean_ci95(returns)
-    return {
-        "accuracy": successes / episodes,
-        "episodes": episodes,
-        "successes": successes,
-        "mean_return": float(returns.sum()) / episodes,
-        "return_ci95": return_ci,
-    }
+    blocks = ranks.all_gather({mode: (successes[mode], torch.cat(returns[mode])) for mode in modes})
+    results = {}
+    for mode in modes:
+        mode_successes = sum(block[mode][0] for block in blocks)
+        mode_returns = torch.cat([block[mode][1] for block in blocks])
+        _, return_ci = mean_ci95(mode_returns)
+        results[mode] = {
+            "accuracy": mode_successes / episodes,
+            "episodes": episodes,
+            "successes": mode_successes,
+            "mean_return": float(mode_returns.sum()) / episodes,
+            "return_ci95": return_ci,
+        }
+    return results
 
 
 def evaluate_horizons(
@@ -381,30 +559,29 @@ def evaluate_horizons(
     num_envs: int = 1000,
     device=None,
     modes=("greedy", "sampled"),
-    cuda_graph: bool = True,
+    block_steps: int | None = None,
     ranks: Ranks | None = None,
 ) -> dict:
-    """``{horizon: {"greedy": {...}, "sampled": {...}, "seconds": s}}`` for each horizon (with several
-    ``ranks``, each plays its block of the episodes: :func:`evaluate_policy`)."""
+    """``{horizon: {"greedy": {...}, "sampled": {...}, "seconds": s}}`` for each horizon: the
+    trunk runs once per episode for all modes (:func:`evaluate_modes`; with several ``ranks``,
+    each plays its block of the episodes)."""
     results = {}
     for horizon in horizons:
         params = DelayedMemoryParams(
             num_bits=cfg.num_bits, horizon=horizon, num_distractors=cfg.num_distractors, wrong_penalty=cfg.wrong_penalty
         )
         start = time.perf_counter()
-        entry = {}
-        for mode in modes:
-            entry[mode] = evaluate_policy(
-                policy,
-                params,
-                episodes,
-                greedy=mode == "greedy",
-                seed=seed,
-                num_envs=num_envs,
-                device=device,
-                cuda_graph=cuda_graph,
-                ranks=ranks,
-            )
+        entry = evaluate_modes(
+            policy,
+            params,
+            episodes,
+            tuple(modes),
+            seed=seed,
+            num_envs=num_envs,
+            device=device,
+            block_steps=block_steps,
+            ranks=ranks,
+        )
         entry["seconds"] = time.perf_counter() - start
         results[str(horizon) if not isinstance(horizon, str) else horizon] = entry
     return results
@@ -444,6 +621,11 @@ def main(argv=None) -> int:
         prog="mamba-rl-eval",
         description="Episode return and length of a trained "
         "policy (and accuracy per horizon on the memory task), greedy and sampled.",
+        epilog="Memory task, long horizons (e.g. --horizons 1000000 10000000): the observations do not "
+        "depend on the actions, so each episode runs by blocks of --block-steps steps through the "
+        "trunk's sequence path (the Triton scan on CUDA), the state carried between blocks, the "
+        "head at the query step only, greedy and sampled from one pass: the answers of stepping "
+        "the env, memory bounded by one block, a progress bar from 100,000 steps on.",
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     parser.add_argument(
@@ -466,9 +648,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--modes", nargs="+", choices=("greedy", "sampled"), default=["greedy", "sampled"])
     parser.add_argument(
-        "--no-cuda-graph",
-        action="store_true",
-        help="on CUDA, queue every step's kernels from Python instead of replaying a CUDA graph",
+        "--block-steps",
+        type=int,
+        default=None,
+        help="memory task: steps of every episode run through the trunk's sequence path at once "
+        f"(default {BLOCK_PAIRS['cuda']} // num-envs on CUDA, {BLOCK_PAIRS['cpu']} // num-envs on the CPU); "
+        "memory grows with it, not with the horizon",
     )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument(
@@ -483,6 +668,8 @@ def main(argv=None) -> int:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
     if args.num_envs is not None and args.num_envs < 1:
         parser.error(f"--num-envs must be >= 1, got {args.num_envs}")
+    if args.block_steps is not None and args.block_steps < 1:
+        parser.error(f"--block-steps must be >= 1, got {args.block_steps}")
     if args.horizons is not None and min(args.horizons) < 1:
         parser.error(f"--horizons must be ints >= 1, got {args.horizons}")
     try:
@@ -551,7 +738,7 @@ def main(argv=None) -> int:
         num_envs=args.num_envs,
         device=device,
         modes=tuple(args.modes),
-        cuda_graph=not args.no_cuda_graph,
+        block_steps=args.block_steps,
     )
     print(format_table(results, cfg.horizon_range[1]))
     if args.plot_states:

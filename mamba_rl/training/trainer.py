@@ -738,7 +738,6 @@ def _final_evaluation(
         cfg.eval_episodes,
         num_envs=cfg.eval_num_envs,
         device=device,
-        cuda_graph=cfg.cuda_graph,
         ranks=ranks,
     )
     for horizon, entry in evaluation.items():
