@@ -438,8 +438,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
         train_time_s, history = checkpoint["train_time_s"], list(checkpoint["history"])
     # the parameters start equal on every rank (DDP broadcasts rank 0's) and stay equal: every
     # rank takes the same step with the same averaged gradient
+    # one process under torchrun replays without DDP: with nothing to all-reduce, its buckets and
+    # hooks cost 3.5% of the end-to-end speed on an H100 (docs/DISTRIBUTED.md)
     ddp = None
-    if ranks.launched:
+    if ranks.world_size > 1:
         ddp = DistributedDataParallel(ReplayModule(policy), device_ids=None)
     # the checkpoint has loaded: only now may the run directory change
     if ranks.main:

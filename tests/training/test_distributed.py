@@ -217,7 +217,7 @@ def test_two_rank_gradient_equals_one_process_gradient_and_evaluation_splits(tmp
 
 
 def test_the_distributed_path_at_world_size_1_trains_the_plain_run(tmp_path):
-    # what torchrun --nproc_per_node 1 runs: a process group and DDP, no other rank
+    # what torchrun --nproc_per_node 1 runs: a process group of one rank (no DDP: nothing to all-reduce)
     plain = train(tiny(eval_episodes=6), tmp_path / "plain", verbose=False)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
