@@ -13,7 +13,7 @@ channels: whether the parametrisation can hold the memory, and what changes when
     PYTHONPATH=. python benchmarks/ffwd_finetune.py \\
         benchmarks/results/training/h20000_log_mamba_s0/policy.pt \\
         --out benchmarks/results/eval/ffwd_finetune_h20000_s0.json \\
-        --save benchmarks/results/eval/ffwd_finetune_h20000_s0.pt
+        --save benchmarks/results/training/h20000_log_mamba_s0_ffwd_finetune/policy.pt
 """
 
 from __future__ import annotations
