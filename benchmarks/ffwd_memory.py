@@ -5,9 +5,10 @@ Without distractors an episode is fixed by its bit pattern, so the greedy answer
 (:func:`mamba_rl.lab.fastforward.fast_forward_memory`, float64, CPU, O(1) in the delay). This
 script writes, for a trainer checkpoint:
 
-- per horizon (and the limit): the exact accuracy, the failing patterns and the answers they get,
-  the smallest margin of a right answer, and the accuracy that ``--episodes`` evaluation episodes
-  of ``--seed`` would measure (their pattern counts times the exact per-pattern outcome);
+- per horizon (and the limit): the exact greedy accuracy, the failing patterns and the answers
+  they get, the smallest margin of a right answer, the expected sampled accuracy (the mean
+  softmax probability of the target), and both for the ``--episodes`` evaluation episodes of
+  ``--seed`` (their pattern counts times the exact per-pattern outcome);
 - per channel of the SSM (``d_inner`` of them, ``d_state`` elements each) at a blank step: the
   step size ``dt`` (against the config's ``dt_min``), the per-step decay ``a = exp(dt A)`` and the
   half-life ``ln 2 / -ln a`` of every element; which channels carry the bits: the query features'
@@ -193,6 +194,7 @@ def main(argv=None) -> int:
     action_dist = policy.action_dist
     mixer = policy.actor_trunk.core.layers[0].mixer
 
+    counts = torch.tensor(pattern_counts(params, args.episodes, args.seed), dtype=torch.float64)
     rows = []
     for horizon in args.horizons:
         horizon = math.inf if math.isinf(horizon) else int(horizon)
@@ -206,9 +208,15 @@ def main(argv=None) -> int:
             "smallest_right_margin": float(margin[right].min()) if right.any() else None,
             "margins": [round(float(m), 4) for m in margin],
         }
+        # a sampled answer is right with the softmax probability of the target
+        p_right = ff.logits.softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        row["expected_sampled_accuracy"] = float(p_right.mean())
         if not math.isinf(horizon):
             row[f"accuracy_of_{args.episodes}_episodes_seed_{args.seed}"] = episode_accuracy(
                 params, horizon, args.episodes, args.seed, right
+            )
+            row[f"expected_sampled_accuracy_of_{args.episodes}_episodes_seed_{args.seed}"] = float(
+                (p_right * counts).sum() / counts.sum()
             )
         rows.append(row)
         print(
