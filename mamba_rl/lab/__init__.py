@@ -6,11 +6,14 @@
 - :func:`steer_ssm_state`: find an additive change of the SSM state that makes the policy give a
   chosen answer; :func:`rollout_with_ssm_delta` applies it in a real rollout.
 - :func:`check_equivalence`: step, sequence and chunked sequence (every backend) against each other.
+- :func:`fast_forward_memory`: the exact float64 answer after any number of blank delay steps
+  (closed form of the time-invariant scan the blank steps make).
 
 The picture functions import matplotlib on first use, not with the package.
 """
 
 from mamba_rl.lab.equivalence import EquivalenceReport, EquivalenceRow, available_backends, check_equivalence
+from mamba_rl.lab.fastforward import FastForward, fast_forward_memory
 from mamba_rl.lab.policy import StatePolicy, as_state_policy, load_policy, save_lab_policy
 from mamba_rl.lab.steering import (
     RolloutResult,
@@ -25,6 +28,7 @@ __all__ = [
     "EquivalenceReport",
     "EquivalenceRow",
     "Episodes",
+    "FastForward",
     "LayerTrace",
     "RolloutResult",
     "StatePolicy",
@@ -33,6 +37,7 @@ __all__ = [
     "as_state_policy",
     "available_backends",
     "check_equivalence",
+    "fast_forward_memory",
     "heatmap_figure",
     "load_policy",
     "norms_figure",
