@@ -12,8 +12,8 @@ horizon + 1 (query) bits all 0, query = 1                      scored, then the 
 ==================  =========================================  ==========================
 
 An episode therefore takes ``horizon + 2`` actions and only the last is scored: reward 1 when
-it equals the integer code of the bits, ``-wrong_penalty`` otherwise. The code is
-``target = sum(bits[j] << j)``: bit ``j`` of the observation is bit ``j`` of the target
+it equals the integer code of the bits (in the active bits, see below), ``-wrong_penalty``
+otherwise. The code is ``target = sum(bits[j] << j)``: bit ``j`` of the observation is bit ``j`` of the target
 (least significant first), so ``target`` is in ``0 .. 2**num_bits - 1`` and so is the action.
 
 Observation layout, float32 ``[N, obs_dim]`` with ``obs_dim = num_bits + 2 + num_distractors``::
@@ -25,10 +25,13 @@ query steps included, so the bits cannot be told from the distractors by their v
 
 Active bits. With ``active_bits = k < num_bits`` only the first ``k`` bits are drawn at random;
 the others are always 0, so ``target < 2**k``, while the observation and the actions keep their
-``num_bits`` layout. Bit ``j`` of an episode is the same for every ``k > j`` (the target is the
-full-width hash masked to its ``k`` low bits), so the map a policy learns at ``k`` (answer bit
-``j`` = cue bit ``j``) holds at ``k + 1``: a curriculum over the number of bits
-(:mod:`mamba_rl.training.trainer`) raises ``k`` while the shapes stay fixed. ``k`` lives in the
+``num_bits`` layout. Only the answer's ``k`` low bits are scored (its bits ``k .. num_bits - 1``
+may be anything), so a random answer is right with probability ``2**-k``, not ``2**-num_bits``:
+with every bit scored a policy would first have to find, from right answers as rare as at
+``num_bits``, that the inactive bits are 0. Bit ``j`` of an episode is the same for every
+``k > j`` (the target is the full-width hash masked to its ``k`` low bits), so the map a policy
+learns at ``k`` (answer bit ``j`` = cue bit ``j``) holds at ``k + 1``: a curriculum over the
+number of bits (:mod:`mamba_rl.training.trainer`) raises ``k`` while the shapes stay fixed. ``k`` lives in the
 state (``active_bits``, one per environment) and is read by :func:`delayed_memory_reset`, so it
 can change between steps without tracing or capturing the step again.
 
@@ -421,7 +424,9 @@ def delayed_memory_step(
         ``[N]`` bool.
     """
     scored = state.t == state.horizon + 1
-    correct = action == state.target
+    # the answer's inactive bits, active_bits .. num_bits - 1, are not scored: [N]
+    inactive = (params.num_actions - 1) & ~((torch.ones_like(state.active_bits) << state.active_bits) - 1)
+    correct = ((action ^ state.target) & ~inactive) == 0
     success = scored & correct
     # 0.0 - penalty, not -penalty: a wrong answer without penalty earns +0.0, not -0.0
     reward = torch.where(

@@ -318,6 +318,18 @@ def test_inactive_bits_are_zero_and_active_ones_those_of_the_full_task(active_bi
     assert b.target.unique().numel() == 2**active_bits
 
 
+def test_only_the_active_bits_of_an_answer_are_scored():
+    params = DelayedMemoryParams(num_bits=6, horizon=1, active_bits=2)
+    state = started(300, params, 23)
+    # cue, then the one delay step
+    at_query = delayed_memory_step(delayed_memory_step(state, state.target, params).state, state.target, params).state
+    noise = torch.randint(0, 16, (300,), generator=torch.Generator().manual_seed(0)) << 2
+    # any inactive bits: right; one active bit flipped: wrong; out of range: wrong
+    for answer, right in [(state.target | noise, True), (state.target ^ 2, False), (state.target + 64, False)]:
+        result = delayed_memory_step(at_query, answer, params)
+        assert bool(result.success.all()) is right and bool((result.reward == 1.0).all()) is right
+
+
 def test_active_bits_changed_in_the_state_apply_at_the_next_reset_without_recompiling():
     from torch._dynamo.testing import CompileCounter
 
