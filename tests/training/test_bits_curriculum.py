@@ -8,7 +8,7 @@ from mamba_rl.config import ConfigError, TrainConfig
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.policies import build_policy
 from mamba_rl.training import RolloutCollector
-from mamba_rl.training.trainer import BitsCurriculum, train
+from mamba_rl.training.trainer import BitsCurriculum, set_active_bits, train
 
 
 def curriculum_config(**kwargs):
@@ -132,3 +132,55 @@ def test_bad_curriculum_config_raises_naming_the_key_and_value(kwargs, message):
     with pytest.raises(ConfigError) as info:
         curriculum_config(**kwargs)
     assert message in str(info.value)
+
+
+def _rollouts_across_a_raise(device, fast):
+    """Two rollouts at 2 active bits of 4, the bits raised to 4 in place, two more."""
+    torch.manual_seed(0)
+    cfg = curriculum_config(device=device)
+    policy = build_policy(cfg, device)
+    params = DelayedMemoryParams(num_bits=4, horizon=(1, 5), active_bits=2)
+    collector = RolloutCollector(policy, params, 32, 7, 2, 0, torch.device(device), cuda_graph=fast, compile_env=fast)
+    fields = ("obs", "action", "reward", "success")
+
+    def collect():
+        rollout = collector.collect()
+        return {name: getattr(rollout, name).clone() for name in fields}
+
+    rollouts = [collect() for _ in range(2)]
+    set_active_bits(collector, 4)
+    rollouts += [collect() for _ in range(2)]
+    return collector, rollouts
+
+
+def test_bits_raised_in_place_reach_the_compiled_env_step(monkeypatch):
+    from mamba_rl.training import rollout
+
+    monkeypatch.setitem(rollout.COMPILE_OPTIONS, "backend", "eager")
+    collector, got = _rollouts_across_a_raise("cpu", fast=True)
+    assert collector.env_compiled
+    _, expected = _rollouts_across_a_raise("cpu", fast=False)
+    for a, b in zip(got, expected):
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+    # bits 2 and 3 of the cue: 0 before the raise, drawn after it
+    assert (got[1]["obs"][..., 2:4] == 0).all() and got[3]["obs"][..., 2:4].any()
+
+
+@pytest.mark.gpu
+def test_bits_raised_in_place_reach_the_cuda_graph_of_the_rollout_step():
+    """On CUDA with real inductor: the captured step reads the raised bits from the carry, as the
+    eager collector does, without a new capture."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="(torch.compile of the env step|CUDA graph capture)")
+        collector, got = _rollouts_across_a_raise("cuda", fast=True)
+    graph = collector._graph
+    assert collector.env_compiled and graph is not None
+    _, expected = _rollouts_across_a_raise("cuda", fast=False)
+    for a, b in zip(got, expected):
+        for name in a:
+            assert torch.equal(a[name], b[name]), name
+    assert (got[1]["obs"][..., 2:4] == 0).all() and got[3]["obs"][..., 2:4].any()
+    assert collector._graph is graph
