@@ -111,6 +111,21 @@ class TrainConfig:
     process per copy, for envs whose step costs more than the inter-process round trip)."""
     num_bits: int = 4
     """Bits to remember (1..16); the policy chooses among ``2**num_bits`` answers."""
+    bits_curriculum_start: Optional[int] = None
+    """A curriculum over the number of bits: training episodes draw only their first
+    ``bits_curriculum_start`` bits at random (the others are 0; the observation and the answers keep
+    ``num_bits`` bits), and ``bits_curriculum_step`` more each time the training accuracy has held
+    ``bits_curriculum_threshold`` for ``bits_curriculum_patience`` updates in a row, up to
+    ``num_bits``. ``target_accuracy`` counts only updates with every bit active; the final
+    evaluation is at ``num_bits``. None = every bit from the start. With ``discrete_head: bits`` the
+    map learned at ``k`` bits (answer bit ``j`` = cue bit ``j``) carries to ``k + 1``
+    (docs/TRAINING.md, "Capacity and distractors")."""
+    bits_curriculum_step: int = 2
+    """Bits added at each step of the curriculum (``bits_curriculum_start``)."""
+    bits_curriculum_threshold: float = 0.9
+    """Training accuracy at which the curriculum adds bits, in (0, 1]."""
+    bits_curriculum_patience: int = 3
+    """Updates in a row at ``bits_curriculum_threshold`` or above before the curriculum adds bits."""
     horizon: Union[int, list[int]] = 50
     """Delay steps between the cue and the query: an int, or ``[low, high]`` drawn per episode."""
     horizon_sampling: Literal["uniform", "log_uniform"] = "uniform"
@@ -366,10 +381,25 @@ def validate(cfg: TrainConfig) -> None:
         "checkpoint_interval",
         "eval_num_envs",
         "target_window",
+        "bits_curriculum_step",
+        "bits_curriculum_patience",
     ):
         _positive_int(cfg, name)
     if not 1 <= cfg.num_bits <= 16:
         raise ConfigError(f"num_bits must be in 1..16, got {cfg.num_bits}")
+    if cfg.bits_curriculum_start is not None:
+        if not 1 <= cfg.bits_curriculum_start <= cfg.num_bits:
+            raise ConfigError(
+                f"bits_curriculum_start must be in 1..num_bits={cfg.num_bits} or None (no curriculum), "
+                f"got {cfg.bits_curriculum_start}"
+            )
+        if not cfg.is_memory_task:
+            raise ConfigError(
+                f"bits_curriculum_start applies to the memory task ({MEMORY_ENV_ID!r}) only, got env={cfg.env!r}; "
+                "set it to None"
+            )
+    if not 0.0 < cfg.bits_curriculum_threshold <= 1.0:
+        raise ConfigError(f"bits_curriculum_threshold must be in (0, 1], got {cfg.bits_curriculum_threshold}")
     if isinstance(cfg.horizon, list):
         if len(cfg.horizon) != 2 or not 1 <= cfg.horizon[0] <= cfg.horizon[1]:
             raise ConfigError(f"horizon must be an int >= 1 or [low, high] with 1 <= low <= high, got {cfg.horizon}")

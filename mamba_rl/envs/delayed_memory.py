@@ -12,8 +12,8 @@ horizon + 1 (query) bits all 0, query = 1                      scored, then the 
 ==================  =========================================  ==========================
 
 An episode therefore takes ``horizon + 2`` actions and only the last is scored: reward 1 when
-it equals the integer code of the bits, ``-wrong_penalty`` otherwise. The code is
-``target = sum(bits[j] << j)``: bit ``j`` of the observation is bit ``j`` of the target
+it equals the integer code of the bits (in the active bits, see below), ``-wrong_penalty``
+otherwise. The code is ``target = sum(bits[j] << j)``: bit ``j`` of the observation is bit ``j`` of the target
 (least significant first), so ``target`` is in ``0 .. 2**num_bits - 1`` and so is the action.
 
 Observation layout, float32 ``[N, obs_dim]`` with ``obs_dim = num_bits + 2 + num_distractors``::
@@ -22,6 +22,18 @@ Observation layout, float32 ``[N, obs_dim]`` with ``obs_dim = num_bits + 2 + num
 
 Each distractor channel shows a fresh fair coin (0.0 or 1.0) at every step, the cue and
 query steps included, so the bits cannot be told from the distractors by their values.
+
+Active bits. With ``active_bits = k < num_bits`` only the first ``k`` bits are drawn at random;
+the others are always 0, so ``target < 2**k``, while the observation and the actions keep their
+``num_bits`` layout. Only the answer's ``k`` low bits are scored (its bits ``k .. num_bits - 1``
+may be anything), so a random answer is right with probability ``2**-k``, not ``2**-num_bits``:
+with every bit scored a policy would first have to find, from right answers as rare as at
+``num_bits``, that the inactive bits are 0. Bit ``j`` of an episode is the same for every
+``k > j`` (the target is the full-width hash masked to its ``k`` low bits), so the map a policy
+learns at ``k`` (answer bit ``j`` = cue bit ``j``) holds at ``k + 1``: a curriculum over the
+number of bits (:mod:`mamba_rl.training.trainer`) raises ``k`` while the shapes stay fixed. ``k`` lives in the
+state (``active_bits``, one per environment) and is read by :func:`delayed_memory_reset`, so it
+can change between steps without tracing or capturing the step again.
 
 After the query step the environment is terminal (``t = horizon + 2``): its observation shows
 no bits and no flags (distractors still change), and stepping it again is a no-op that
@@ -33,7 +45,7 @@ Randomness. There is no shared generator to consume. Every random quantity is a 
 environment index ``i``, the environment's own episode counter ``k`` and, for distractors, the
 step ``t``. Episode ``k`` of environment ``i`` is thus a pure function of ``(seed, i, k)``:
 
-- the same seed gives the same episodes, on any device (CPU and CUDA agree bit for bit),
+- the same seed (and active bits) gives the same episodes, on any device (CPU and CUDA agree bit for bit),
   whatever the actions, the number of steps between resets, or torch's global RNG state;
 - a partial reset advances the episode counter of the reset environments alone; the others'
   future episodes do not change;
@@ -135,6 +147,9 @@ class DelayedMemoryParams:
             it per episode from ``low .. high`` inclusive, as ``horizon_sampling`` says.
         num_distractors: noise channels appended to the observation, ``>= 0``.
         wrong_penalty: the reward of a wrong answer is ``-wrong_penalty``; finite, ``>= 0``.
+        active_bits: the bits drawn at random in each episode, ``1 .. num_bits`` (the others are
+            0); None means ``num_bits``. It sets the ``active_bits`` field of the state that
+            :func:`delayed_memory_init` makes; the state's value is the one episodes draw with.
         horizon_sampling: how a range of delays is drawn: ``"uniform"`` (each delay in
             ``low .. high`` equally likely) or ``"log_uniform"`` (``log(delay)`` uniform, so each
             decade of delays gets the same share of episodes: with ``(1, 1000)`` a tenth of the
@@ -150,11 +165,19 @@ class DelayedMemoryParams:
     num_distractors: int = 0
     wrong_penalty: float = 0.0
     horizon_sampling: str = "uniform"
+    active_bits: int | None = None
 
     def __post_init__(self):
         if not _is_int(self.num_bits) or not 1 <= self.num_bits <= 16:
             raise ValueError(f"num_bits must be an int in 1..16, got {self.num_bits!r}")
         object.__setattr__(self, "num_bits", int(self.num_bits))
+        if self.active_bits is None:
+            object.__setattr__(self, "active_bits", self.num_bits)
+        if not _is_int(self.active_bits) or not 1 <= self.active_bits <= self.num_bits:
+            raise ValueError(
+                f"active_bits must be an int in 1..num_bits={self.num_bits} (or None for all), got {self.active_bits!r}"
+            )
+        object.__setattr__(self, "active_bits", int(self.active_bits))
         object.__setattr__(self, "horizon", _check_horizon(self.horizon))
         if not _is_int(self.num_distractors) or self.num_distractors < 0:
             raise ValueError(f"num_distractors must be an int >= 0, got {self.num_distractors!r}")
@@ -227,8 +250,10 @@ class DelayedMemoryState(NamedTuple):
     t: torch.Tensor
     # delay length of the current episode
     horizon: torch.Tensor
-    # integer code of the current episode's bits, 0 .. 2**num_bits - 1
+    # integer code of the current episode's bits, 0 .. 2**active_bits - 1
     target: torch.Tensor
+    # bits drawn at random by the next reset, 1 .. num_bits (the others are 0)
+    active_bits: torch.Tensor
 
 
 class DelayedMemoryStep(NamedTuple):
@@ -289,6 +314,7 @@ def delayed_memory_init(
         t=torch.full_like(stream, low + 2),
         horizon=torch.full_like(stream, low),
         target=torch.zeros_like(stream),
+        active_bits=torch.full_like(stream, params.active_bits),
     )
 
 
@@ -322,7 +348,8 @@ def delayed_memory_reset(
     """
     episode = state.episode + 1 if mask is None else state.episode + mask.to(torch.int64)
     episode_key = mix32(state.stream ^ mix32((episode + _SALT_EPISODE) & _M32))
-    target = mix32(episode_key ^ _SALT_TARGET) & (params.num_actions - 1)
+    # the full-width code masked to its active_bits low bits: [N]
+    target = mix32(episode_key ^ _SALT_TARGET) & ((torch.ones_like(episode_key) << state.active_bits) - 1)
     low, high = params.horizon_range
     if low == high:
         horizon = torch.full_like(state.horizon, low)
@@ -331,7 +358,9 @@ def delayed_memory_reset(
     else:
         horizon = low + mix32(episode_key ^ _SALT_HORIZON) % (high - low + 1)
     if mask is None:
-        return DelayedMemoryState(state.stream, episode, episode_key, torch.zeros_like(state.t), horizon, target)
+        return DelayedMemoryState(
+            state.stream, episode, episode_key, torch.zeros_like(state.t), horizon, target, state.active_bits
+        )
     return DelayedMemoryState(
         stream=state.stream,
         episode=episode,
@@ -339,6 +368,7 @@ def delayed_memory_reset(
         t=torch.where(mask, 0, state.t),
         horizon=torch.where(mask, horizon, state.horizon),
         target=torch.where(mask, target, state.target),
+        active_bits=state.active_bits,
     )
 
 
@@ -394,7 +424,9 @@ def delayed_memory_step(
         ``[N]`` bool.
     """
     scored = state.t == state.horizon + 1
-    correct = action == state.target
+    # the answer's inactive bits, active_bits .. num_bits - 1, are not scored: [N]
+    inactive = (params.num_actions - 1) & ~((torch.ones_like(state.active_bits) << state.active_bits) - 1)
+    correct = ((action ^ state.target) & ~inactive) == 0
     success = scored & correct
     # 0.0 - penalty, not -penalty: a wrong answer without penalty earns +0.0, not -0.0
     reward = torch.where(

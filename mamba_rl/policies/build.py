@@ -11,26 +11,29 @@ from mamba_rl.policies.actor_critic import ActorCritic, make_actor_critic
 __all__ = ["build_policy", "load_policy", "make_train_env", "memory_params"]
 
 
-def memory_params(cfg: TrainConfig, horizon=None) -> DelayedMemoryParams:
-    """The memory task's parameters from ``cfg`` (at ``horizon`` instead of the trained one when given)."""
+def memory_params(cfg: TrainConfig, horizon=None, active_bits: int | None = None) -> DelayedMemoryParams:
+    """The memory task's parameters from ``cfg`` (at ``horizon`` instead of the trained one when
+    given; with ``active_bits`` random bits per episode, default all ``num_bits``)."""
     return DelayedMemoryParams(
         num_bits=cfg.num_bits,
         horizon=cfg.env_horizon if horizon is None else horizon,
         num_distractors=cfg.num_distractors,
         wrong_penalty=cfg.wrong_penalty,
         horizon_sampling=cfg.horizon_sampling,
+        active_bits=active_bits,
     )
 
 
-def make_train_env(cfg: TrainConfig, num_envs: int, device) -> BatchedEnv:
-    """``num_envs`` copies of ``cfg.env`` (with ``env_kwargs`` and ``vectorization``) on ``device``."""
+def make_train_env(cfg: TrainConfig, num_envs: int, device, active_bits: int | None = None) -> BatchedEnv:
+    """``num_envs`` copies of ``cfg.env`` (with ``env_kwargs`` and ``vectorization``) on ``device``;
+    the memory task with ``active_bits`` random bits per episode (default all ``num_bits``)."""
     return make_env(
         cfg.env,
         num_envs,
         device,
         env_kwargs=cfg.env_kwargs,
         vectorization=cfg.vectorization,
-        memory_params=memory_params(cfg) if cfg.is_memory_task else None,
+        memory_params=memory_params(cfg, active_bits=active_bits) if cfg.is_memory_task else None,
     )
 
 

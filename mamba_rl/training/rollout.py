@@ -213,6 +213,9 @@ class RolloutCollector:
         carry = dict(state["carry"])
         # a carry saved without episode lengths (they only feed the logged statistics)
         carry.setdefault("episode_length", torch.zeros_like(self.carry["episode_length"]))
+        # a memory task's carry saved without active bits drew every bit (the env's own default)
+        if "env.active_bits" in self.carry:
+            carry.setdefault("env.active_bits", self.carry["env.active_bits"].clone())
         missing = set(self.carry) ^ set(carry)
         if missing:
             raise ValueError(f"collector state does not match this policy/env: keys differ in {sorted(missing)}")

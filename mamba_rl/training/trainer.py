@@ -56,6 +56,8 @@ __all__ = [
     "run_name",
     "rollout_advantages",
     "RESUME_MUTABLE_KEYS",
+    "BitsCurriculum",
+    "set_active_bits",
 ]
 
 
@@ -219,7 +221,7 @@ def _rank_state(collector, generator, ranks: Ranks) -> dict:
 
 
 def _checkpoint_payload(
-    cfg, update, global_step, train_time_s, policy, optimizer, rank_states, history, counts
+    cfg, update, global_step, train_time_s, policy, optimizer, rank_states, history, counts, curriculum
 ) -> dict:
     """Rank 0's state under ``"collector"`` and ``"minibatch_generator"`` (what a run on one process
     saves), the other ranks' in ``"rank_states"`` (rank ``r`` at ``r - 1``)."""
@@ -236,6 +238,8 @@ def _checkpoint_payload(
         "param_counts": counts,
         "torch_version": str(torch.__version__),
     }
+    if curriculum is not None:
+        payload["bits_curriculum"] = curriculum.state_dict()
     if len(rank_states) > 1:
         payload["rank_states"] = rank_states[1:]
     return payload
@@ -308,14 +312,78 @@ def rollout_statistics(rollout, returns: torch.Tensor, state_norms: dict, ranks:
     return stats
 
 
-def _summary(history: list[dict], threshold: float = 0.9) -> dict:
+def set_active_bits(collector: RolloutCollector, active_bits: int) -> None:
+    """The memory task's episodes that ``collector`` starts from now on draw ``active_bits`` bits.
+
+    Written in place into the env state the collector carries (``env.active_bits``), which the
+    env step reads: the CUDA graph of the rollout step and the compiled env step see the new value
+    without being captured or compiled again, and checkpoints save it with the carry."""
+    collector.carry["env.active_bits"].fill_(active_bits)
+
+
+class BitsCurriculum:
+    """The curriculum over the memory task's number of bits (``cfg.bits_curriculum_*``).
+
+    Starts at ``start`` active bits; :meth:`observe` takes each update's training accuracy and
+    adds ``step`` bits (up to ``num_bits``) once ``patience`` updates in a row reached
+    ``threshold``. Its state (active bits, the current run of updates at the threshold) goes into
+    checkpoints, so that a resumed run raises the bits at the same update.
+    """
+
+    def __init__(self, num_bits: int, start: int, step: int, threshold: float, patience: int) -> None:
+        self.num_bits, self.step, self.threshold, self.patience = num_bits, step, threshold, patience
+        self.active_bits = start
+        # updates in a row at the threshold, at the current active bits
+        self.streak = 0
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> BitsCurriculum | None:
+        """The curriculum ``cfg`` asks for, or None (every bit from the start)."""
+        if cfg.bits_curriculum_start is None:
+            return None
+        return cls(
+            cfg.num_bits,
+            cfg.bits_curriculum_start,
+            cfg.bits_curriculum_step,
+            cfg.bits_curriculum_threshold,
+            cfg.bits_curriculum_patience,
+        )
+
+    def observe(self, accuracy: float | None) -> bool:
+        """One update's training accuracy (None: no episode ended); True when the bits go up."""
+        if self.active_bits == self.num_bits:
+            return False
+        self.streak = self.streak + 1 if accuracy is not None and accuracy >= self.threshold else 0
+        if self.streak < self.patience:
+            return False
+        self.active_bits = min(self.active_bits + self.step, self.num_bits)
+        self.streak = 0
+        return True
+
+    def state_dict(self) -> dict:
+        return {"active_bits": self.active_bits, "streak": self.streak}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.active_bits, self.streak = int(state["active_bits"]), int(state["streak"])
+
+
+def _summary(history: list[dict], num_bits: int, threshold: float = 0.9) -> dict:
     episode_returns = [h["episode_return"] for h in history if h.get("episode_return") is not None]
-    accuracies = [h["accuracy"] for h in history if h["accuracy"] is not None]
-    first = next((h["update"] for h in history if h["accuracy"] is not None and h["accuracy"] >= threshold), None)
+    # the accuracies of the task itself: updates of a bits curriculum with bits still inactive left out
+    full = [h for h in history if h.get("active_bits", num_bits) == num_bits]
+    accuracies = [h["accuracy"] for h in full if h["accuracy"] is not None]
+    first = next((h["update"] for h in full if h["accuracy"] is not None and h["accuracy"] >= threshold), None)
     # the first two updates include CUDA graph capture and kernel compilation
     steady = [h["sps"] for h in history[2:]] or [h["sps"] for h in history]
     steady = sorted(steady)
+    curriculum = {}
+    if any("active_bits" in h for h in history):
+        curriculum = {
+            "active_bits_last": history[-1]["active_bits"],
+            "first_update_all_bits": next((h["update"] for h in full), None),
+        }
     return {
+        **curriculum,
         "train_accuracy_last": accuracies[-1] if accuracies else None,
         "train_accuracy_best": max(accuracies) if accuracies else None,
         "first_update_train_accuracy_ge_0.9": first,
@@ -409,7 +477,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
 
     torch.manual_seed(cfg.seed)
     params = memory_params(cfg) if cfg.is_memory_task else None
-    env = make_train_env(cfg, cfg.num_envs, device)
+    curriculum = BitsCurriculum.from_config(cfg)
+    env = make_train_env(cfg, cfg.num_envs, device, curriculum.active_bits if curriculum else None)
     policy = build_policy(cfg, device, env)
     counts = count_parameters(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
@@ -436,6 +505,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
         generator.set_state(own["minibatch_generator"].cpu())
         start_update, global_step = checkpoint["update"], checkpoint["global_step"]
         train_time_s, history = checkpoint["train_time_s"], list(checkpoint["history"])
+        if curriculum is not None:
+            curriculum.load_state_dict(checkpoint["bits_curriculum"])
     # the parameters start equal on every rank (DDP broadcasts rank 0's) and stay equal: every
     # rank takes the same step with the same averaged gradient
     # one process under torchrun replays without DDP: with nothing to all-reduce, its buckets and
@@ -472,7 +543,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
         ranks.on_main(
             lambda: save_checkpoint(
                 _checkpoint_payload(
-                    cfg, update, global_step, train_time_s, policy, optimizer, rank_states, history, counts
+                    cfg, update, global_step, train_time_s, policy, optimizer, rank_states, history, counts, curriculum
                 ),
                 checkpoint_path,
             )
@@ -544,6 +615,12 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                         "time_s": train_time_s,
                     }
                 )
+                if curriculum is not None:
+                    # the bits this update's episodes drew (most of them: episodes under way when
+                    # the bits change keep their targets)
+                    values["train/active_bits"] = history[-1]["active_bits"] = curriculum.active_bits
+                    if curriculum.observe(values["train/accuracy"]):
+                        set_active_bits(collector, curriculum.active_bits)
                 scalars = {
                     **values,
                     "train/learning_rate": lr,
@@ -586,7 +663,11 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
 
                 # stopping rules, decided together: a rank that left the loop alone would leave the
                 # others waiting in a collective (a signal or the clock may reach one rank first)
-                recent = [h["accuracy"] for h in history[-cfg.target_window :]]
+                # a bits curriculum's updates count once every bit is active
+                recent = [
+                    h["accuracy"] if h.get("active_bits", cfg.num_bits) == cfg.num_bits else None
+                    for h in history[-cfg.target_window :]
+                ]
                 interrupted, out_of_time, on_target = ranks.any(
                     [
                         interrupt.requested,
@@ -770,7 +851,7 @@ def _write_metrics(
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch_version": str(torch.__version__),
         "param_counts": counts,
-        **_summary(history),
+        **_summary(history, cfg.num_bits),
         "eval_accuracy_greedy": evaluation.get(trained, {}).get("greedy", {}).get("accuracy"),
         "eval_accuracy_sampled": evaluation.get(trained, {}).get("sampled", {}).get("accuracy"),
         **_eval_returns(cfg, evaluation),

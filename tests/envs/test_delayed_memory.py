@@ -285,6 +285,67 @@ def test_step_traces_into_one_graph_without_breaks():
         state, eager_state = compiled.state, eager.state
 
 
+def test_all_bits_active_is_the_full_width_hash_of_the_episode():
+    params = DelayedMemoryParams(num_bits=7, horizon=(1, 4))
+    assert params.active_bits == 7
+    state = started(500, params, 20)
+    for _ in range(12):
+        # the target as the hash defines it, independent of active_bits
+        assert torch.equal(state.target, mix32(state.episode_key ^ 0x68E31DA4) & 127)
+        state = delayed_memory_step(state, state.target, params, autoreset=True).state
+
+
+@pytest.mark.parametrize("active_bits", [1, 3, 6])
+def test_inactive_bits_are_zero_and_active_ones_those_of_the_full_task(active_bits):
+    full = DelayedMemoryParams(num_bits=6, horizon=(1, 5), num_distractors=3)
+    part = DelayedMemoryParams(num_bits=6, horizon=(1, 5), num_distractors=3, active_bits=active_bits)
+    assert part.obs_dim == full.obs_dim and part.num_actions == full.num_actions
+    a, b = started(400, full, 21), started(400, part, 21)
+    mask = 2**active_bits - 1
+    for _ in range(15):
+        assert (b.target < 2**active_bits).all()
+        assert torch.equal(b.target, a.target & mask)
+        assert torch.equal(b.horizon, a.horizon)
+        obs_a, _ = delayed_memory_observe(a, full)
+        obs_b, _ = delayed_memory_observe(b, part)
+        assert (obs_b[:, active_bits:6] == 0).all()
+        # the active bits, the flags and the distractors are those of the full task
+        assert torch.equal(obs_b[:, :active_bits], obs_a[:, :active_bits])
+        assert torch.equal(obs_b[:, 6:], obs_a[:, 6:])
+        a = delayed_memory_step(a, a.target, full, autoreset=True).state
+        b = delayed_memory_step(b, b.target, part, autoreset=True).state
+    # every code below 2**active_bits turns up
+    assert b.target.unique().numel() == 2**active_bits
+
+
+def test_only_the_active_bits_of_an_answer_are_scored():
+    params = DelayedMemoryParams(num_bits=6, horizon=1, active_bits=2)
+    state = started(300, params, 23)
+    # cue, then the one delay step
+    at_query = delayed_memory_step(delayed_memory_step(state, state.target, params).state, state.target, params).state
+    noise = torch.randint(0, 16, (300,), generator=torch.Generator().manual_seed(0)) << 2
+    # any inactive bits: right; one active bit flipped: wrong; out of range: wrong
+    for answer, right in [(state.target | noise, True), (state.target ^ 2, False), (state.target + 64, False)]:
+        result = delayed_memory_step(at_query, answer, params)
+        assert bool(result.success.all()) is right and bool((result.reward == 1.0).all()) is right
+
+
+def test_active_bits_changed_in_the_state_apply_at_the_next_reset_without_recompiling():
+    from torch._dynamo.testing import CompileCounter
+
+    params = DelayedMemoryParams(num_bits=5, horizon=2, active_bits=2)
+    counter = CompileCounter()
+    step = torch.compile(delayed_memory_step, fullgraph=True, backend=counter)
+    state = started(256, params, 22)
+    assert (state.target < 4).all()
+    state.active_bits.fill_(5)
+    # the episode under way keeps its target; the next ones draw 5 bits
+    for _ in range(4):
+        state = step(state, state.target, params, True).state
+    assert (state.t == 0).all() and state.target.max() >= 16
+    assert counter.frame_count == 1
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_episodes_equal_cpu_episodes():
@@ -312,6 +373,9 @@ def test_cuda_episodes_equal_cpu_episodes():
         ({"horizon": 10.0}, "horizon must be an int >= 1 or a pair of ints (low, high), got 10.0"),
         ({"horizon": (1, 2, 3)}, "got (1, 2, 3)"),
         ({"num_distractors": -1}, "num_distractors must be an int >= 0, got -1"),
+        ({"num_bits": 4, "active_bits": 0}, "active_bits must be an int in 1..num_bits=4 (or None for all), got 0"),
+        ({"num_bits": 4, "active_bits": 5}, "active_bits must be an int in 1..num_bits=4 (or None for all), got 5"),
+        ({"active_bits": 2.0}, "active_bits must be an int in 1..num_bits=4 (or None for all), got 2.0"),
         ({"wrong_penalty": -1.0}, "wrong_penalty must be a finite number >= 0"),
         ({"wrong_penalty": math.nan}, "got nan"),
         ({"wrong_penalty": math.inf}, "got inf"),
