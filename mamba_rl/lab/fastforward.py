@@ -110,6 +110,7 @@ def _observations(params: DelayedMemoryParams, targets: torch.Tensor, t: int, ho
         t=torch.full_like(targets, t),
         horizon=torch.full_like(targets, horizon),
         target=targets,
+        active_bits=torch.full_like(targets, params.active_bits),
     )
     obs, _ = delayed_memory_observe(state, params)
     return obs.to(torch.float64)
