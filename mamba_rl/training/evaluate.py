@@ -81,6 +81,15 @@ def hashed_noise(
     return u.float().reshape(-1, *shape)
 
 
+def policy_action(head, params: torch.Tensor, greedy: bool, key, episode: torch.Tensor, t) -> torch.Tensor:
+    """``head``'s greedy action for ``params``, or its sample with the noise hashed from ``(key,
+    episode, t)``: the same episode draws the same action whatever batch it is played in."""
+    if greedy:
+        return head.mode(params)
+    noise = hashed_noise(key, episode, t, head.noise_shape, normal=head.action_dtype.is_floating_point)
+    return head.sample(params, noise)[0]
+
+
 @torch.no_grad()
 def run_episodes(
     policy: ActorCritic,
@@ -167,11 +176,7 @@ def play_episodes(
         bar = tqdm(total=episodes, unit="episode", dynamic_ncols=True)
     while finished < episodes:
         params, _, _ = policy.step(obs.to(device), policy_state, reset, out_state=policy_state)
-        if greedy:
-            action = head.mode(params)
-        else:
-            noise = hashed_noise(key, slot_episode, t, head.noise_shape, normal=head.action_dtype.is_floating_point)
-            action, _ = head.sample(params, noise)
+        action = policy_action(head, params, greedy, key, slot_episode, t)
         state, step = env.step(state, action)
         ret += step.reward.to(device)
         success |= step.success.to(device)
@@ -366,12 +371,8 @@ def play_memory_episodes(
     action_dist = policy.action_dist
     played = {}
     for mode in modes:
-        if mode == "greedy":
-            action = action_dist.mode(logits)
-        else:
-            episode = first_episode + torch.arange(n, dtype=torch.int64, device=device)
-            noise = hashed_noise(mix32(int(seed) & 0xFFFFFFFF), episode, query_t, action_dist.noise_shape, normal=False)
-            action, _ = action_dist.sample(logits, noise)
+        episode = first_episode + torch.arange(n, dtype=torch.int64, device=device)
+        action = policy_action(action_dist, logits, mode == "greedy", mix32(int(seed) & 0xFFFFFFFF), episode, query_t)
         # the env scores the answer: its step from the query
         _, step = task.step(dict(env, t=query_t), action)
         played[mode] = MemoryEpisodes(step.success, step.reward, logits)
@@ -430,11 +431,7 @@ class _EpisodeBatch:
         head = self.policy.action_dist
         query = self.env["t"] == self.env["horizon"] + 1
         self.logits.copy_(torch.where(query[:, None], params, self.logits))
-        if self.greedy:
-            action = head.mode(params)
-        else:
-            noise = hashed_noise(self.key, self.episode, self.t, head.noise_shape, normal=False)
-            action, _ = head.sample(params, noise)
+        action = policy_action(head, params, self.greedy, self.key, self.episode, self.t)
         env, step = self.task.step(self.env, action)
         for name, value in env.items():
             self.env[name].copy_(value)
