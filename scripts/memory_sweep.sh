@@ -4,7 +4,7 @@
 # --seeds S --sweep-dir ROOT/h<H>/C_S), PARALLEL cells at once on the one GPU. Both controllers train
 # for the same number of updates at an H (UPDATES; target_accuracy=null), so for the same env-steps.
 #
-# A cell moves one step per run of this script (scripts/sweep_table.py --next-step says which):
+# A cell takes its next steps in each run of this script (scripts/sweep_table.py --next-step says which):
 #   train     at most MAX_WALL_S seconds of training without evaluation, then a checkpoint; again
 #             until the cell has its UPDATES
 #   evaluate  the final evaluation only, from the checkpoint: 1,000 episodes greedy and 1,000 sampled
@@ -12,6 +12,7 @@
 #             The episodes run by blocks of steps through the trunk's sequence path (docs/TRAINING.md,
 #             "Evaluation, at any horizon"), one trunk pass for both modes.
 #   done, failed (diverged)   left alone
+# A train piece that reaches UPDATES goes on to the evaluation in the same run when STEPS has both.
 # so a run lasts about ceil(cells / PARALLEL) x (MAX_WALL_S + a minute of start-up) when it trains.
 # GPU memory: a cell at H=5000 peaks at about 4 GB (gpu/max_memory_allocated_gb in progress.csv), and
 # the peak grows with H, so at H=20000 six cells may not fit an 80 GB GPU (PARALLEL=4 there).
@@ -76,9 +77,34 @@ reap() {
     *) failed=$((failed + 1)) ;;
     esac
 }
+# the cell $1 at horizon $2 with budget $3: its steps in order (a finished train piece goes on to the
+# evaluation in the same run) while each can still have a minute before STOP_AT_S
+run_cell() {
+    local cell=$1 horizon=$2 updates=$3 step rc sets
+    local config=${CONFIG:-configs/h${horizon}_gpu.yaml}
+    while :; do
+        step=$($py scripts/sweep_table.py --next-step "$updates" "$cell")
+        [[ $steps == *" $step "* ]] || return 0
+        if [ $((stop_at - SECONDS)) -lt 60 ]; then
+            echo "$cell: not started ($step), STOP_AT_S=$stop_at is near"
+            return 0
+        fi
+        sets=(--set "num_updates=$updates" --set target_accuracy=null --set "max_wall_time_s=$max_wall")
+        [ "$step" = train ] && sets+=(--set eval_episodes=0)
+        mkdir -p "$cell"
+        echo "== $(date -u +%FT%TZ) $step to $updates updates" >> "$cell.log"
+        echo "$cell: $step (log $cell.log)"
+        # shellcheck disable=SC2086  # EXTRA holds several options
+        timeout --signal=TERM --kill-after=45 $((stop_at - SECONDS)) \
+            $py train.py --config "$config" --horizons "$horizon" --controllers "$controller" --seeds "$seed" \
+            --sweep-dir "$cell" ${EXTRA:-} "${sets[@]}" >> "$cell.log" 2>&1
+        rc=$?
+        [ $rc -eq 0 ] && [ "$step" = train ] && continue
+        return $rc
+    done
+}
 for horizon in "${horizons[@]}"; do
     updates=$(updates_for "$horizon")
-    config=${CONFIG:-configs/h${horizon}_gpu.yaml}
     for controller in "${controllers[@]}"; do
         for seed in "${seeds[@]}"; do
             cell="$root/h$horizon/${controller}_$seed"
@@ -87,20 +113,7 @@ for horizon in "${horizons[@]}"; do
             while [ "$(jobs -rp | wc -l)" -ge "$parallel" ]; do
                 reap
             done
-            # a piece that cannot have a minute before the stop is not started
-            if [ $((stop_at - SECONDS)) -lt 60 ]; then
-                echo "$cell: not started ($step), STOP_AT_S=$stop_at is near"
-                continue
-            fi
-            sets=(--set "num_updates=$updates" --set target_accuracy=null --set "max_wall_time_s=$max_wall")
-            [ "$step" = train ] && sets+=(--set eval_episodes=0)
-            mkdir -p "$cell"
-            echo "== $(date -u +%FT%TZ) $step to $updates updates" >> "$cell.log"
-            echo "$cell: $step (log $cell.log)"
-            # shellcheck disable=SC2086  # EXTRA holds several options
-            timeout --signal=TERM --kill-after=45 $((stop_at - SECONDS)) \
-                $py train.py --config "$config" --horizons "$horizon" --controllers "$controller" --seeds "$seed" \
-                --sweep-dir "$cell" ${EXTRA:-} "${sets[@]}" >> "$cell.log" 2>&1 &
+            run_cell "$cell" "$horizon" "$updates" &
         done
     done
 done
