@@ -482,7 +482,12 @@ def _check_closed_form(cfg: TrainConfig) -> None:
             cfg.num_distractors,
         ),
         ("chunk_len", cfg.chunk_len == "auto", "'auto' (each episode is replayed whole)", cfg.chunk_len),
-        ("chunks_per_rollout", cfg.chunks_per_rollout == 1, "1 (one episode per env per update)", cfg.chunks_per_rollout),
+        (
+            "chunks_per_rollout",
+            cfg.chunks_per_rollout == 1,
+            "1 (one episode per env per update)",
+            cfg.chunks_per_rollout,
+        ),
         (
             "policy_mask_key",
             cfg.policy_mask_key == "decision",
