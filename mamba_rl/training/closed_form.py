@@ -51,7 +51,7 @@ __all__ = [
     "ClosedFormCollector",
     "closed_form_replay",
     "play_closed_form",
-    "episode_observations",
+    "cue_blank_query",
 ]
 
 
@@ -72,7 +72,7 @@ class ClosedFormRollout(Rollout):
     params: DelayedMemoryParams | None = None
 
 
-def episode_observations(params: DelayedMemoryParams, episodes: dict[str, torch.Tensor]):
+def cue_blank_query(params: DelayedMemoryParams, episodes: dict[str, torch.Tensor]):
     """``(cue, blank, query)``, each float32 ``[N, obs_dim]``: the observations of the episodes
     whose env state at the cue is ``episodes`` (every delay step shows the same blank)."""
     state = DelayedMemoryState(**{name: episodes[name] for name in DelayedMemoryState._fields})
@@ -98,7 +98,7 @@ def play_closed_form(policy, params: DelayedMemoryParams, episodes: dict[str, to
     Returns ``(logits [N, A], value [N], state entering the query step)``.
     """
     dtype = next(policy.parameters()).dtype
-    cue, blank, query = (obs.to(dtype) for obs in episode_observations(params, episodes))
+    cue, blank, query = (obs.to(dtype) for obs in cue_blank_query(params, episodes))
     horizon = episodes["horizon"]
     n = horizon.shape[0]
     device = horizon.device
@@ -193,7 +193,7 @@ class ClosedFormCollector:
             self.carry[f"env.{name}"].copy_(tensor)
         for name, tensor in state.items():
             self.policy_state[name].copy_(tensor)
-        _, query, _ = episode_observations(self.params, episodes)
+        _, query, _ = cue_blank_query(self.params, episodes)
         n = self.num_envs
         done = step.terminated[:, None]
         return ClosedFormRollout(

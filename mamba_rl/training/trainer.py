@@ -5,6 +5,10 @@ rollout (chunks of ``T`` steps across ``N`` envs, the recurrent state carried ac
 updates, only each chunk's start state stored), compute GAE, run the PPO epochs (minibatches of
 whole environments, each chunk replayed from its stored state), log, checkpoint.
 
+With ``delay_closed_form`` the memory task's episodes are played with their blank delay in closed
+form (:mod:`mamba_rl.training.closed_form`): each update's rollout is one episode's query step per
+environment, replayed through the same jump.
+
 On several processes (torchrun; :mod:`mamba_rl.training.distributed`) every rank runs this loop
 on its own environments; the replay goes through ``DistributedDataParallel``, the statistics and
 the stopping decisions are reduced over the ranks, and rank 0 alone writes the run directory.
