@@ -187,6 +187,11 @@ class TrainConfig:
     CUDA a fused Triton recurrence per layer (float32, width <= 128; else one cuDNN call over the
     episodes packed by length), on the CPU the GRU equations stepped over the rows; the others are
     GRUModule's ``recurrent_backend`` values. All give the same numbers."""
+    init_policy: Optional[str] = None
+    """Start from the policy parameters of this checkpoint (a ``checkpoint.pt``/``policy.pt`` file or a
+    run directory) instead of a fresh initialisation: a fine-tune. The model keys must build the
+    same policy; the optimizer, the environments and the counters start fresh. A resumed run
+    loads its own checkpoint instead."""
     head_hidden: int = 0
     """Width of a tanh hidden layer in the actor and value heads; 0 = linear heads."""
     discrete_head: Literal["categorical", "bits"] = "categorical"
@@ -208,6 +213,14 @@ class TrainConfig:
     """``"chunk"``: truncated backprop inside each chunk. ``"episode"``: through the whole rollout
     across chunks (the gradient flows through the carried state), chunks recomputed in the
     backward pass so memory stays at one chunk's activations."""
+    delay_closed_form: bool = False
+    """The memory task's blank delay in closed form (``mamba_rl.training.closed_form``): each update
+    plays one episode per env as the cue, ``d_conv - 1`` blank steps through the policy, a jump of
+    the SSM state across the rest of the delay, exact and differentiable, and the query step, in
+    the collection and in the PPO replay alike, so that a delay of 10,000,000 steps costs what 5
+    do. Exact for one Mamba layer without distractors (other configs are refused); the value loss
+    is at the query step only. ``time/sps`` counts the episodes' steps, delays included. The
+    trained policy is an ordinary one (docs/TRAINING.md, "The delay in closed form")."""
     cuda_graph: bool = True
     """On CUDA, capture one rollout step (policy, sampling, env, storage) in a CUDA graph."""
     compile_env: bool = True
@@ -398,6 +411,8 @@ def validate(cfg: TrainConfig) -> None:
                 f"bits_curriculum_start applies to the memory task ({MEMORY_ENV_ID!r}) only, got env={cfg.env!r}; "
                 "set it to None"
             )
+    if cfg.delay_closed_form:
+        _check_closed_form(cfg)
     if not 0.0 < cfg.bits_curriculum_threshold <= 1.0:
         raise ConfigError(f"bits_curriculum_threshold must be in (0, 1], got {cfg.bits_curriculum_threshold}")
     if isinstance(cfg.horizon, list):
@@ -446,6 +461,49 @@ def validate(cfg: TrainConfig) -> None:
         cfg.mamba_config()
     except ValueError as err:
         raise ConfigError(str(err)) from err
+
+
+def _check_closed_form(cfg: TrainConfig) -> None:
+    """The keys ``delay_closed_form`` needs: the closed form holds for the memory task's blank delay
+    (no distractors) through one Mamba layer, and replays whole episodes' query steps."""
+    expected = [
+        ("env", cfg.is_memory_task, f"the memory task {MEMORY_ENV_ID!r} (its delay is what is skipped)", cfg.env),
+        ("controller", cfg.controller == "mamba", "'mamba' (a GRU is nonlinear: no closed form)", cfg.controller),
+        (
+            "num_layers",
+            cfg.num_layers == 1,
+            "1 (a later Mamba layer reads the earlier one's moving output: no closed form)",
+            cfg.num_layers,
+        ),
+        (
+            "num_distractors",
+            cfg.num_distractors == 0,
+            "0 (distractors make every delay step's observation different)",
+            cfg.num_distractors,
+        ),
+        ("chunk_len", cfg.chunk_len == "auto", "'auto' (each episode is replayed whole)", cfg.chunk_len),
+        (
+            "chunks_per_rollout",
+            cfg.chunks_per_rollout == 1,
+            "1 (one episode per env per update)",
+            cfg.chunks_per_rollout,
+        ),
+        (
+            "policy_mask_key",
+            cfg.policy_mask_key == "decision",
+            "'decision' (only the query step is played with its action scored)",
+            cfg.policy_mask_key,
+        ),
+        (
+            "state_figure_interval",
+            cfg.state_figure_interval == 0,
+            "0 (the state picture steps through the whole delay)",
+            cfg.state_figure_interval,
+        ),
+    ]
+    for name, ok, what, got in expected:
+        if not ok:
+            raise ConfigError(f"delay_closed_form needs {name} = {what}, got {got!r}")
 
 
 # Adam moves each parameter by about learning_rate per step: above 1 the first update wrecks the policy

@@ -42,11 +42,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from mamba_rl.closed_form import advance_ssm, blank_scan_inputs
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.envs.delayed_memory import DelayedMemoryState, delayed_memory_observe
-from mamba_rl.kernels import ops
 from mamba_rl.lab.policy import StatePolicy, as_state_policy
 from mamba_rl.state import MambaState
 
@@ -114,53 +113,6 @@ def _observations(params: DelayedMemoryParams, targets: torch.Tensor, t: int, ho
     )
     obs, _ = delayed_memory_observe(state, params)
     return obs.to(torch.float64)
-
-
-def blank_scan_inputs(module, x: torch.Tensor, state: MambaState) -> list[dict[str, torch.Tensor]]:
-    """Per layer, what the selective scan of ``module.step(x, state)`` reads: ``x`` (conv output)
-    ``[P, d_inner]``, ``dt`` (after softplus) ``[P, d_inner]``, ``B``, ``C`` ``[P, d_state]``,
-    ``z`` ``[P, d_inner]``, ``dt_a = dt A`` and ``drive = dt B x`` ``[P, d_inner, d_state]``."""
-    h = module.input_proj(x)
-    inputs = []
-    for i, block in enumerate(module.layers):
-        mixer = block.mixer
-        u = block.norm(h)
-        x_in, z = mixer.in_proj(u).chunk(2, dim=-1)
-        x_conv, _ = ops.causal_conv1d_step(
-            x_in,
-            state.layer(i).conv,
-            mixer.conv1d.weight.squeeze(1),
-            mixer.conv1d.bias,
-            activation="silu",
-            backend="torch",
-        )
-        delta, B, C = mixer._ssm_params(x_conv)
-        dt = F.softplus(delta + mixer.dt_proj.bias)
-        dt_a = dt[..., None] * mixer.A
-        drive = (dt * x_conv)[..., None] * B[:, None, :]
-        inputs.append({"x": x_conv, "dt": dt, "B": B, "C": C, "z": z, "dt_a": dt_a, "drive": drive})
-        y, _ = mixer.step(u, state.layer(i))
-        h = h + y
-    return inputs
-
-
-def advance_ssm(ssm: torch.Tensor, dt_a: torch.Tensor, drive: torch.Tensor, steps: float) -> torch.Tensor:
-    """The SSM state after ``steps`` more steps of ``h <- exp(dt_a) h + drive`` (``steps`` may be
-    ``math.inf``: the fixed point). All ``[..., d_inner, d_state]``, float64."""
-    if steps == 0:
-        return ssm.clone()
-    if math.isinf(steps):
-        decayed = torch.zeros_like(ssm)
-        gain = -1.0 / torch.expm1(dt_a)
-    else:
-        decayed = torch.exp(steps * dt_a) * ssm
-        gain = torch.expm1(steps * dt_a) / torch.expm1(dt_a)
-    # dt A == 0 exactly (a step size that underflowed): a = 1, the drive adds up
-    held = dt_a == 0
-    if held.any():
-        decayed = torch.where(held, ssm, decayed)
-        gain = torch.where(held, torch.as_tensor(steps, dtype=ssm.dtype), gain)
-    return decayed + gain * drive
 
 
 def query_logits(policy: StatePolicy, params: DelayedMemoryParams, targets: torch.Tensor, state: MambaState):

@@ -11,6 +11,7 @@ from tensordict.nn import TensorDictModule, TensorDictSequential
 from torch import nn
 from torchrl.modules import ActorValueOperator, ProbabilisticActor, ValueOperator
 
+from mamba_rl.closed_form import skip_constant_steps
 from mamba_rl.mixer import MambaConfig, config_from
 from mamba_rl.policies.heads import ActionHead, CategoricalHead, make_action_head
 from mamba_rl.policies.trunks import GRU_BACKENDS, GRUTrunk, MambaTrunk
@@ -138,6 +139,26 @@ class ActorCritic(nn.Module):
         value is still ``[B, T]``. A PPO loss that scores a few steps of long episodes then never
         holds ``B * T * A`` logits (at ``A = 2**16`` actions those would not fit in memory)."""
         return self._run("sequence", obs, state, reset, policy_mask=policy_mask)
+
+    def skip_constant_steps(self, obs: torch.Tensor, state: PolicyState, steps: torch.Tensor) -> PolicyState:
+        """The state after ``steps`` ``[B]`` (ints >= 0) more steps that all observe ``obs`` ``[B, F]``,
+        in closed form (:func:`mamba_rl.closed_form.skip_constant_steps`), differentiable. Exact
+        for one-layer Mamba trunks whose conv window holds only ``obs`` (its last ``d_conv - 1``
+        steps observed it).
+
+        Raises:
+            ValueError: a GRU trunk (nonlinear: no closed form) or a Mamba stack.
+        """
+        if self.controller != "mamba":
+            raise ValueError(
+                f"the policy's trunk must be 'mamba' for a closed form across constant observations (a GRU "
+                f"is nonlinear in its state), got controller={self.controller!r}"
+            )
+        new_state = {}
+        for prefix, trunk in self._trunks():
+            skipped = skip_constant_steps(trunk.core, obs, self._split(state, prefix, trunk), steps)
+            new_state.update({prefix + name: value for name, value in skipped._asdict().items()})
+        return new_state
 
     def state_norms(self, state: PolicyState) -> dict[str, torch.Tensor]:
         """Norms of the recurrent state (for logging), ``{"actor/ssm_norm": ..., ...}``."""

@@ -5,6 +5,10 @@ rollout (chunks of ``T`` steps across ``N`` envs, the recurrent state carried ac
 updates, only each chunk's start state stored), compute GAE, run the PPO epochs (minibatches of
 whole environments, each chunk replayed from its stored state), log, checkpoint.
 
+With ``delay_closed_form`` the memory task's episodes are played with their blank delay in closed
+form (:mod:`mamba_rl.training.closed_form`): each update's rollout is one episode's query step per
+environment, replayed through the same jump.
+
 On several processes (torchrun; :mod:`mamba_rl.training.distributed`) every rank runs this loop
 on its own environments; the replay goes through ``DistributedDataParallel``, the statistics and
 the stopping decisions are reduced over the ranks, and rank 0 alone writes the run directory.
@@ -32,6 +36,7 @@ from mamba_rl.config import ConfigError, TrainConfig, check_machine, config_to_d
 from mamba_rl.io import CHECKPOINT_NAME, find_checkpoint, load_checkpoint, save_checkpoint
 from mamba_rl.logging_utils import RunLogger
 from mamba_rl.policies import build_policy, count_parameters, make_train_env, memory_params
+from mamba_rl.training.closed_form import ClosedFormCollector, ClosedFormRollout, closed_form_replay
 from mamba_rl.training.distributed import Ranks, rank_device, rank_seed
 from mamba_rl.training.evaluate import (
     evaluate_env,
@@ -126,7 +131,13 @@ class ReplayModule(torch.nn.Module):
         self.policy = policy
 
     def forward(self, rollout, env_idx: torch.Tensor, backprop: str, policy_mask: torch.Tensor | None = None):
-        return replay(self.policy, rollout, env_idx, backprop, policy_mask)
+        return _replay_for(rollout)(self.policy, rollout, env_idx, backprop, policy_mask)
+
+
+def _replay_for(rollout):
+    """The replay that recomputes ``rollout``'s steps: the closed-form one for the query steps of
+    episodes played in closed form, else the chunk replay."""
+    return closed_form_replay if isinstance(rollout, ClosedFormRollout) else replay
 
 
 def ppo_update(
@@ -151,7 +162,7 @@ def ppo_update(
     this rank's: their mean over the ranks is the global one).
     """
     ranks = ranks or Ranks()
-    replay_rows = ddp if ddp is not None else functools.partial(replay, policy)
+    replay_rows = ddp if ddp is not None else functools.partial(_replay_for(rollout), policy)
     num_envs = rollout.obs.shape[0]
     device = rollout.obs.device
     # [N, S] bool: the steps whose action is scored; the actor head and the policy terms only see those
@@ -478,23 +489,35 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
     torch.manual_seed(cfg.seed)
     params = memory_params(cfg) if cfg.is_memory_task else None
     curriculum = BitsCurriculum.from_config(cfg)
-    env = make_train_env(cfg, cfg.num_envs, device, curriculum.active_bits if curriculum else None)
+    env_bits = curriculum.active_bits if curriculum else None
+    env = make_train_env(cfg, cfg.num_envs, device, env_bits)
     policy = build_policy(cfg, device, env)
+    if cfg.init_policy is not None and not resume:
+        _load_init_policy(policy, cfg.init_policy, device)
     counts = count_parameters(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
     # each rank its own environments and random streams; rank 0's are those of a run on one process
     seed = rank_seed(cfg.seed, ranks.rank)
-    collector = RolloutCollector(
-        policy,
-        env,
-        cfg.num_envs,
-        cfg.resolved_chunk_len,
-        cfg.chunks_per_rollout,
-        seed,
-        device,
-        cuda_graph=cfg.cuda_graph,
-        compile_env=cfg.compile_env and device.type == "cuda",
-    )
+    if cfg.delay_closed_form:
+        if ranks.world_size > 1:
+            raise ConfigError(
+                f"delay_closed_form runs on one process, got a world size of {ranks.world_size} (torchrun); "
+                "run plain python train.py"
+            )
+        env.close()
+        collector = ClosedFormCollector(policy, memory_params(cfg, active_bits=env_bits), cfg.num_envs, seed, device)
+    else:
+        collector = RolloutCollector(
+            policy,
+            env,
+            cfg.num_envs,
+            cfg.resolved_chunk_len,
+            cfg.chunks_per_rollout,
+            seed,
+            device,
+            cuda_graph=cfg.cuda_graph,
+            compile_env=cfg.compile_env and device.type == "cuda",
+        )
     generator = torch.Generator().manual_seed(seed)
     start_update, global_step, train_time_s, history = 0, 0, 0.0, []
     if resume:
@@ -587,8 +610,10 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                 values = dict(zip(names, torch.stack([stats[n].float() for n in names]).tolist()))
                 update_s = time.perf_counter() - start
 
+                # env steps of the update; in closed form those of the episodes played, delays included
+                update_steps = int(rollout.episode_length.sum()) if cfg.delay_closed_form else steps_per_update
                 update += 1
-                global_step += steps_per_update
+                global_step += update_steps
                 train_time_s += rollout_s + update_s
                 losses = {k: v for k, v in values.items() if k.startswith("losses/")}
                 if not all(math.isfinite(v) for v in losses.values()):
@@ -604,7 +629,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                         values[f"train/{name}"] = None
                 if not cfg.is_memory_task:
                     values["train/accuracy"] = None
-                sps = steps_per_update / (rollout_s + update_s)
+                sps = update_steps / (rollout_s + update_s)
                 history.append(
                     {
                         "update": update,
@@ -627,7 +652,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                     "time/sps": sps,
                     "time/rollout_s": rollout_s,
                     "time/update_s": update_s,
-                    "time/rollout_sps": steps_per_update / rollout_s,
+                    "time/rollout_sps": update_steps / rollout_s,
                 }
                 if device.type == "cuda":
                     scalars["gpu/memory_allocated_gb"] = torch.cuda.memory_allocated(device) / 2**30
@@ -737,6 +762,18 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
             file=sys.stderr if status in ("time_limit", "interrupted") else sys.stdout,
         )
     return TrainResult(run_dir, status, metrics)
+
+
+def _load_init_policy(policy, path: str, device) -> None:
+    """``policy``'s parameters from the checkpoint at ``path`` (``init_policy``)."""
+    parameters = load_checkpoint(path, map_location=device)["policy"]
+    try:
+        policy.load_state_dict(parameters)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"init_policy={path!r} does not fit the policy this config builds (the model keys must match "
+            f"the checkpoint's config): {err}"
+        ) from err
 
 
 def _diverged_message(losses: dict, update: int, checkpoint_path: Path, last_saved: int) -> str:
