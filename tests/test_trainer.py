@@ -3,6 +3,7 @@ preset smoke runs and the CLI errors."""
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.evaluate import build_policy
 from mamba_rl.evaluate import main as eval_main
 from mamba_rl.training import RolloutCollector, compute_gae, replay
-from mamba_rl.training.trainer import train
+from mamba_rl.training.trainer import rollout_statistics, train
 
 PRESETS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
 
@@ -383,6 +384,28 @@ def test_sweep_over_a_range_preset_keeps_the_low_end(tmp_path):
     assert rows[1].startswith("mamba,6,1-6,0,")
     metrics = json.loads((tmp_path / "mamba__h1-6__s0" / "metrics.json").read_text())
     assert metrics["horizon"] == [1, 6] and "6" in metrics["evaluation"]
+    # delays from a range: the progress also holds the long episodes' own accuracy
+    header = (tmp_path / "mamba__h1-6__s0" / "progress.csv").read_text().splitlines()[0].split(",")
+    assert "train/accuracy_long" in header and "train/episodes_long" in header
+
+
+def test_rollout_statistics_count_the_long_episodes_apart():
+    # two envs, 4 steps: four episodes end, lengths 2, 8, 3 and 9; the long two (>= 5) one right
+    done = torch.tensor([[False, True, False, True], [True, False, False, True]])
+    success = torch.tensor([[False, True, False, False], [True, False, False, True]])
+    length = torch.tensor([[0, 2, 0, 8], [3, 0, 0, 9]])
+    rollout = SimpleNamespace(
+        done=done,
+        success=success,
+        episode_return=success.float(),
+        episode_length=torch.where(done, length, 0),
+        value=torch.zeros(2, 4),
+    )
+    returns = torch.arange(8.0).reshape(2, 4)
+    stats = rollout_statistics(rollout, returns, {}, long_episode_length=5)
+    assert stats["train/accuracy"].item() == 0.75
+    assert stats["train/episodes_long"].item() == 2 and stats["train/accuracy_long"].item() == 0.5
+    assert "train/accuracy_long" not in rollout_statistics(rollout, returns, {})
 
 
 def test_unknown_config_key_lists_the_valid_ones(capsys):

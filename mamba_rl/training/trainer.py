@@ -293,13 +293,32 @@ class _NoLogger:
 
 
 @torch.no_grad()
-def rollout_statistics(rollout, returns: torch.Tensor, state_norms: dict, ranks: Ranks | None = None) -> dict:
+def rollout_statistics(
+    rollout,
+    returns: torch.Tensor,
+    state_norms: dict,
+    ranks: Ranks | None = None,
+    long_episode_length: int | None = None,
+) -> dict:
     """The logged statistics of a rollout (0-d tensors, not synced): episodes that ended, their mean
     accuracy, return and length with 95% intervals, the value's explained variance and the state
-    norms; with several ``ranks``, over every rank's environments (the same on every rank)."""
+    norms; with several ``ranks``, over every rank's environments (the same on every rank).
+
+    With ``long_episode_length`` also ``train/episodes_long`` and ``train/accuracy_long``: the
+    episodes that ended with at least that many steps. A rollout of fixed length ends many short
+    episodes for each long one, so with delays drawn from a wide range ``train/accuracy`` is mostly
+    the short delays' accuracy; the long episodes' own accuracy shows a policy that drops them."""
     ranks = ranks or Ranks()
-    episodes, successes, return_sum, length_sum = ranks.sum(
-        [rollout.done.sum(), rollout.success.sum(), rollout.episode_return.sum(), rollout.episode_length.sum()]
+    long_ended = rollout.done & (rollout.episode_length >= (long_episode_length or 0))
+    episodes, successes, return_sum, length_sum, episodes_long, successes_long = ranks.sum(
+        [
+            rollout.done.sum(),
+            rollout.success.sum(),
+            rollout.episode_return.sum(),
+            rollout.episode_length.sum(),
+            long_ended.sum(),
+            (rollout.success & long_ended).sum(),
+        ]
     )
     stats = {
         "train/episodes": episodes.float(),
@@ -316,6 +335,9 @@ def rollout_statistics(rollout, returns: torch.Tensor, state_norms: dict, ranks:
     for name, square in zip(per_step, squares):
         var = square / (episodes - 1).clamp(min=1)
         stats[f"train/episode_{name}_ci95"] = 1.96 * (var / episodes.clamp(min=1)).sqrt()
+    if long_episode_length is not None:
+        stats["train/episodes_long"] = episodes_long.float()
+        stats["train/accuracy_long"] = successes_long / episodes_long.clamp(min=1)
     stats["train/explained_variance"] = explained_variance(rollout.value, returns, ranks)
     names = list(state_norms)
     for name, value in zip(names, ranks.mean([state_norms[name].float() for name in names])):
@@ -519,6 +541,9 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
             compile_env=cfg.compile_env and device.type == "cuda",
         )
     generator = torch.Generator().manual_seed(seed)
+    # delays from a range: also the accuracy of the episodes in the upper half of it (rollout_statistics)
+    low, high = cfg.horizon_range
+    long_episode_length = high // 2 if cfg.is_memory_task and low < high else None
     start_update, global_step, train_time_s, history = 0, 0, 0.0, []
     if resume:
         checkpoint, own = _distribute_checkpoint(checkpoint, ranks)
@@ -604,7 +629,11 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                 )
                 # the loss statistics and the rollout's over every rank: the same numbers on each
                 stats = dict(zip(stats, ranks.mean(list(stats.values()))))
-                stats.update(rollout_statistics(rollout, returns, policy.state_norms(collector.policy_state), ranks))
+                stats.update(
+                    rollout_statistics(
+                        rollout, returns, policy.state_norms(collector.policy_state), ranks, long_episode_length
+                    )
+                )
                 # one host sync per update: read every statistic at once
                 names = list(stats)
                 values = dict(zip(names, torch.stack([stats[n].float() for n in names]).tolist()))
@@ -627,6 +656,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                         "episode_length_ci95",
                     ):
                         values[f"train/{name}"] = None
+                if values.get("train/episodes_long") == 0:
+                    values["train/accuracy_long"] = None
                 if not cfg.is_memory_task:
                     values["train/accuracy"] = None
                 sps = update_steps / (rollout_s + update_s)
