@@ -28,7 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
-from mamba_rl.kernels.triton_host import empty_same_order, is_silu, next_pow2
+from mamba_rl.kernels.naive import is_silu
+from mamba_rl.kernels.triton_host import empty_same_order, next_pow2
 from mamba_rl.kernels.triton_launch import DirectLauncher
 
 __all__ = ["causal_conv1d_triton", "CONV_CONFIG"]

@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from mamba_rl.kernels.triton_host import is_silu, next_pow2
+from mamba_rl.kernels.naive import is_silu
+from mamba_rl.kernels.triton_host import next_pow2
 from mamba_rl.kernels.triton_launch import DirectLauncher
 from mamba_rl.kernels.triton_math import _softplus
 from mamba_rl.kernels.triton_scan import selective_scan_triton
