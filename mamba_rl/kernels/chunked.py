@@ -51,7 +51,7 @@ from typing import NamedTuple
 import torch
 
 from mamba_rl.kernels import naive
-from mamba_rl.kernels.naive import _compute_dtype, _discretize_delta, selective_scan_ref
+from mamba_rl.kernels.naive import _compute_dtype, _discretize_delta, _skip_and_gate, selective_scan_ref
 
 __all__ = ["selective_scan_chunked", "causal_conv1d_chunked", "default_sizes"]
 
@@ -410,11 +410,7 @@ def selective_scan_chunked(
     else:
         # [b, d, L]
         y = ys[0] if len(ys) == 1 else torch.cat(ys, dim=-1)
-    if D is not None:
-        y = y + D.to(dtype)[:, None] * u_c
-    if z is not None:
-        y = y * torch.nn.functional.silu(z.to(dtype))
-    return y.to(u.dtype), h.transpose(1, 2)
+    return _skip_and_gate(y, u_c, D, z, dtype).to(u.dtype), h.transpose(1, 2)
 
 
 def _segment_resets(reset, restarts, num_chunks, chunk_size):
@@ -491,7 +487,7 @@ def causal_conv1d_chunked(
     if reset is not None and bool(reset.any()):
         t_idx = torch.arange(L, device=x.device)
         # [b, L]: time of the last reset at or before t, or far before any window
-        last = torch.cummax(torch.where(reset, t_idx, torch.full_like(t_idx, -2 * width)), dim=-1).values
+        last = naive.last_reset_times(reset, width)
         has_rows = reset_state is not None and reset_state.shape[0] > 0
         # [b, L]: the reset_state row of that reset
         rows = naive.reset_index(reset) if has_rows else None

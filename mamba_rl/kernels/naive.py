@@ -106,11 +106,7 @@ def selective_scan_ref(
         ys.append(torch.einsum("bdn,bn->bd", h, C_c[:, :, t]))
     # [b, d, L]
     y = torch.stack(ys, dim=-1) if L > 0 else u_c.new_zeros(b, d, 0)
-    if D is not None:
-        y = y + D.to(dtype)[:, None] * u_c
-    if z is not None:
-        y = y * F.silu(z.to(dtype))
-    return y.to(u.dtype), h
+    return _skip_and_gate(y, u_c, D, z, dtype).to(u.dtype), h
 
 
 def selective_state_step_ref(
@@ -148,12 +144,33 @@ def selective_state_step_ref(
     return y[..., 0], h_new
 
 
-def _apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+def is_silu(activation: str | None) -> bool:
+    """Whether ``activation`` (None, ``"silu"`` or ``"swish"``) asks for a silu after the conv."""
     if activation is None:
-        return y
+        return False
     if activation in ("silu", "swish"):
-        return F.silu(y)
+        return True
     raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
+def _apply_activation(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    return F.silu(y) if is_silu(activation) else y
+
+
+def _skip_and_gate(y, u, D, z, dtype):
+    """``y`` ``[b, d, L]`` plus the skip ``D u``, times ``silu(z)`` (each when given), in ``dtype``."""
+    if D is not None:
+        y = y + D.to(dtype)[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.to(dtype))
+    return y
+
+
+def last_reset_times(reset: torch.Tensor, width: int) -> torch.Tensor:
+    """``[b, L]``: the time of the last reset at or before each step, ``-2 width`` (before any
+    conv window) where there is none yet."""
+    t_idx = torch.arange(reset.shape[-1], device=reset.device)
+    return torch.cummax(torch.where(reset, t_idx, torch.full_like(t_idx, -2 * width)), dim=-1).values
 
 
 def causal_conv1d_ref(
@@ -191,8 +208,7 @@ def causal_conv1d_ref(
     if reset is None:
         last_reset = torch.full((b, L), -2 * width, device=x.device, dtype=torch.long)
     else:
-        marked = torch.where(reset, t_idx, torch.full_like(t_idx, -2 * width))
-        last_reset = torch.cummax(marked, dim=-1).values
+        last_reset = last_reset_times(reset, width)
     rows = _restart_rows(reset, reset_state) if width > 1 else None
     # the history entering the last reset at or before each t: [b, d, L, w - 1] (None: zeros)
     history = None if rows is None else reset_state.to(x.dtype)[rows].permute(0, 2, 1, 3)

@@ -171,11 +171,12 @@ def selective_scan(
     _check_scan_args(u, delta, A, B, C, D, z, delta_bias, h0, reset)
     _check_reset_state(reset, reset_state, (u.shape[1], A.shape[1]), "d, n")
     _check_device("u", u, reset_state=reset_state)
-    if resolve_backend(backend, u.device) == "chunked":
+    backend = resolve_backend(backend, u.device)
+    if backend == "chunked":
         return chunked.selective_scan_chunked(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset, reset_state
         )
-    if resolve_backend(backend, u.device) == "triton":
+    if backend == "triton":
         return _triton_module().selective_scan_triton(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, h0, reset, reset_state
         )
@@ -249,9 +250,10 @@ def causal_conv1d(
     _check_bool("reset", reset)
     _check_device("x", x, weight=weight, bias=bias, initial_state=initial_state, reset=reset, reset_state=reset_state)
     _check_reset_state(reset, reset_state, (d, weight.shape[1] - 1), "d, width - 1")
-    if resolve_backend(backend, x.device) == "triton":
+    backend = resolve_backend(backend, x.device)
+    if backend == "triton":
         return _triton_module().causal_conv1d_triton(x, weight, bias, initial_state, reset, activation, reset_state)
-    if resolve_backend(backend, x.device) == "chunked":
+    if backend == "chunked":
         return chunked.causal_conv1d_chunked(x, weight, bias, initial_state, reset, activation, reset_state)
     return naive.causal_conv1d_ref(x, weight, bias, initial_state, reset, activation, reset_state)
 

@@ -28,27 +28,46 @@ import torch
 import triton
 import triton.language as tl
 
-from mamba_rl.kernels.triton_host import empty_same_order, is_silu, next_pow2
+from mamba_rl.kernels.naive import is_silu
+from mamba_rl.kernels.triton_host import empty_same_order, next_pow2
 from mamba_rl.kernels.triton_launch import DirectLauncher
 
 __all__ = ["causal_conv1d_triton", "CONV_CONFIG"]
 
 
 @triton.jit
-def _load_x(
-    p_x, p_init, o_d, m_d, s, L, init_here, s_x_d, s_x_t, s_i_d, s_i_t, W: tl.constexpr, HAS_INIT: tl.constexpr
-):
+def _load_tile(src, o_d, m_d, o_c, m_c):
+    """The ``[BD, BC]`` tile at channels ``o_d`` and columns ``o_c`` of ``src`` = (a ``[d, ...]``
+    tensor's pointer, channel stride, column stride), zero where ``m_d`` or ``m_c`` is off."""
+    p, s_d, s_c = src
+    return tl.load(p + o_d[:, None] * s_d + o_c[None, :] * s_c, mask=m_d[:, None] & m_c[None, :], other=0.0)
+
+
+@triton.jit
+def _load_seq(seq, o_d, m_d, t, L):
+    """A ``[d, L]`` sequence ``seq`` = (pointer, channel stride, time stride) at channels ``o_d``
+    and times ``t`` ``[BT]``: ``[BD, BT]``, zero outside ``[0, L)``."""
+    return _load_tile(seq, o_d, m_d, t, (t >= 0) & (t < L))
+
+
+@triton.jit
+def _weight(p_w, o_d, m_d, k, W: tl.constexpr):
+    """Tap ``k`` of the ``[d, W]`` weight at channels ``o_d``, fp32 ``[BD]``."""
+    return tl.load(p_w + o_d * W + k, mask=m_d, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_x(xs, o_d, m_d, s, L, init_here, W: tl.constexpr, HAS_INIT: tl.constexpr):
     """Inputs at times ``s`` ``[BT]`` (negative: from the initial state) for channels ``o_d``.
-    ``init_here`` (a scalar) says whether any of the program's times can be negative: the other
-    programs skip the initial state's loads."""
-    m_x = m_d[:, None] & ((s >= 0) & (s < L))[None, :]
-    b_x = tl.load(p_x + o_d[:, None] * s_x_d + s[None, :] * s_x_t, mask=m_x, other=0.0).to(tl.float32)
+    ``xs`` = (x, initial_state), each (pointer, channel stride, time stride). ``init_here`` (a
+    scalar) says whether any of the program's times can be negative: the other programs skip the
+    initial state's loads."""
+    x, init = xs
+    b_x = _load_seq(x, o_d, m_d, s, L).to(tl.float32)
     if HAS_INIT:
         if init_here:
-            m_i = m_d[:, None] & ((s < 0) & (s >= 1 - W))[None, :]
-            b_x += tl.load(p_init + o_d[:, None] * s_i_d + (s + W - 1)[None, :] * s_i_t, mask=m_i, other=0.0).to(
-                tl.float32
-            )
+            m_i = (s < 0) & (s >= 1 - W)
+            b_x += _load_tile(init, o_d, m_d, s + W - 1, m_i).to(tl.float32)
     return b_x
 
 
@@ -56,6 +75,18 @@ def _load_x(
 def _not_reset(p_reset, s, L):
     """True where there is no reset at time ``s`` (times outside ``[0, L)`` have none)."""
     return tl.load(p_reset + s, mask=(s >= 0) & (s < L), other=0) == 0
+
+
+@triton.jit
+def _step_back(p_reset, t, j: tl.constexpr, L, b_valid, b_last, HAS_RESET: tl.constexpr, HAS_RS: tl.constexpr):
+    """Tap ``j`` of outputs ``t`` ``[BT]``: ``b_valid`` (no reset in ``(t - j, t]``) and, with
+    ``HAS_RS``, ``b_last`` (the latest reset in it, where there is one), from tap ``j - 1``'s."""
+    if HAS_RESET and j > 0:
+        b_keep = _not_reset(p_reset, t - j + 1, L)
+        if HAS_RS:
+            b_last = tl.where(b_valid & ~b_keep, t - j + 1, b_last)
+        b_valid = b_valid & b_keep
+    return b_valid, b_last
 
 
 @triton.jit
@@ -77,21 +108,13 @@ def _restart_x(rs, o_d, m_d, t, j: tl.constexpr, b_valid, b_last, W: tl.constexp
 
 @triton.jit
 def _conv_pre(
-    p_x,
-    p_init,
-    p_w,
-    p_bias,
-    p_reset,
-    rs,
+    xs,
+    cv,
     o_d,
     m_d,
     t,
     L,
     init_here,
-    s_x_d,
-    s_x_t,
-    s_i_d,
-    s_i_t,
     W: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_INIT: tl.constexpr,
@@ -100,86 +123,23 @@ def _conv_pre(
 ):
     """Pre-activation ``bias + sum_j w[W-1-j] x_{t-j}`` over inputs after the last reset (and,
     with ``HAS_RS``, the restart history's before it): ``[BD, BT]``. Selects, not products, so
-    that a non-finite input before a reset does not reach outputs after it."""
+    that a non-finite input before a reset does not reach outputs after it. ``cv`` = (weight,
+    bias, resets, restart histories ``rs``, :func:`_restart_x`)."""
+    p_w, p_bias, p_reset, rs = cv
     b_acc = tl.zeros([o_d.shape[0], t.shape[0]], dtype=tl.float32)
     if HAS_BIAS:
         b_acc += tl.load(p_bias + o_d, mask=m_d, other=0.0).to(tl.float32)[:, None]
-    # b_valid: no reset in (t - j, t]; b_last (HAS_RS): the latest reset in it, where there is one
     b_valid = t >= -W
     b_last = t
     for j in tl.static_range(W):
-        if HAS_RESET and j > 0:
-            b_keep = _not_reset(p_reset, t - j + 1, L)
-            if HAS_RS:
-                b_last = tl.where(b_valid & ~b_keep, t - j + 1, b_last)
-            b_valid = b_valid & b_keep
-        b_w = tl.load(p_w + o_d * W + (W - 1 - j), mask=m_d, other=0.0).to(tl.float32)
-        b_x = _load_x(p_x, p_init, o_d, m_d, t - j, L, init_here, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
+        b_valid, b_last = _step_back(p_reset, t, j, L, b_valid, b_last, HAS_RESET, HAS_RS)
+        b_w = _weight(p_w, o_d, m_d, W - 1 - j, W)
+        b_x = _load_x(xs, o_d, m_d, t - j, L, init_here, W, HAS_INIT)
         b_x = tl.where(b_valid[None, :], b_x, 0.0)
         if HAS_RS and j > 0:
             b_x += _restart_x(rs, o_d, m_d, t, j, b_valid, b_last, W)
         b_acc += b_w[:, None] * b_x
     return b_acc
-
-
-@triton.jit
-def _conv_dyp(
-    p_x,
-    p_init,
-    p_w,
-    p_bias,
-    p_reset,
-    rs,
-    p_dy,
-    o_d,
-    m_d,
-    t,
-    L,
-    init_here,
-    s_x_d,
-    s_x_t,
-    s_i_d,
-    s_i_t,
-    s_dy_d,
-    s_dy_t,
-    W: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    HAS_INIT: tl.constexpr,
-    HAS_RESET: tl.constexpr,
-    HAS_RS: tl.constexpr,
-    SILU: tl.constexpr,
-):
-    """Gradient at the pre-activation for outputs ``t`` (zero outside ``[0, L)``): ``[BD, BT]``."""
-    m_t = (t >= 0) & (t < L)
-    b_dy = tl.load(p_dy + o_d[:, None] * s_dy_d + t[None, :] * s_dy_t, mask=m_d[:, None] & m_t[None, :], other=0.0).to(
-        tl.float32
-    )
-    if SILU:
-        b_pre = _conv_pre(
-            p_x,
-            p_init,
-            p_w,
-            p_bias,
-            p_reset,
-            rs,
-            o_d,
-            m_d,
-            t,
-            L,
-            init_here,
-            s_x_d,
-            s_x_t,
-            s_i_d,
-            s_i_t,
-            W,
-            HAS_BIAS,
-            HAS_INIT,
-            HAS_RESET,
-            HAS_RS,
-        )
-        b_sig = tl.sigmoid(b_pre)
-        b_dy = b_dy * b_sig * (1.0 + b_pre * (1.0 - b_sig))
-    return b_dy
 
 
 @triton.jit
@@ -204,88 +164,77 @@ def _tail_restart(p_reset, rs, o_d, m_d, s, L, W: tl.constexpr):
 
 
 @triton.jit
-def _final_grad(p_dfin, p_reset, o_d, m_d, s, L, s_df_d, s_df_k, W: tl.constexpr, HAS_RESET: tl.constexpr):
-    """What the final state's gradient adds to the gradient of inputs ``s`` ``[BT]``: ``[BD, BT]``
-    (zero outside the last ``W - 1`` times)."""
+def _final_grad(dfin, p_reset, o_d, m_d, s, L, W: tl.constexpr, HAS_RESET: tl.constexpr):
+    """What the final state's gradient ``dfin`` (pointer, strides) adds to the gradient of inputs
+    ``s`` ``[BT]``: ``[BD, BT]`` (zero outside the last ``W - 1`` times)."""
     k = s - (L - W + 1)
-    m_k = (k >= 0) & (k < W - 1)
-    b_df = tl.load(
-        p_dfin + o_d[:, None] * s_df_d + k[None, :] * s_df_k, mask=m_d[:, None] & m_k[None, :], other=0.0
-    ).to(tl.float32)
+    b_df = _load_tile(dfin, o_d, m_d, k, (k >= 0) & (k < W - 1)).to(tl.float32)
     return tl.where(_tail_kept(p_reset, s, L, W, HAS_RESET)[None, :], b_df, 0.0)
 
 
 @triton.jit
-def _conv_dx(p_w, p_reset, p_dyp, o_d, m_d, s, L, s_p_d, s_p_t, W: tl.constexpr, HAS_RESET: tl.constexpr):
+def _conv_dx(cv, dyps, o_d, m_d, s, L, W: tl.constexpr, HAS_RESET: tl.constexpr):
     """``dx_s = sum_j w[W-1-j] dy'_{s+j}`` over outputs with no reset in ``(s, s+j]``: ``[BD, BT]``,
-    ``dy'`` read from ``p_dyp`` (written by the first pass)."""
+    ``dy'`` read from ``dyps`` (pointer, strides; written by the first pass)."""
+    p_w, _, p_reset, _ = cv
     b_dx = tl.zeros([o_d.shape[0], s.shape[0]], dtype=tl.float32)
     b_valid = s >= -W
     for j in tl.static_range(W):
         if HAS_RESET and j > 0:
             b_valid = b_valid & _not_reset(p_reset, s + j, L)
-        b_w = tl.load(p_w + o_d * W + (W - 1 - j), mask=m_d, other=0.0).to(tl.float32)
-        b_dyp = _dyp_at(p_dyp, o_d, m_d, s + j, L, s_p_d, s_p_t)
+        b_w = _weight(p_w, o_d, m_d, W - 1 - j, W)
+        b_dyp = _load_seq(dyps, o_d, m_d, s + j, L)
         b_dx += b_w[:, None] * tl.where(b_valid[None, :], b_dyp, 0.0)
     return b_dx
 
 
 @triton.jit
-def _dyp_at(p_dyp, o_d, m_d, t, L, s_p_d, s_p_t):
-    """``dy'`` at outputs ``t`` ``[BT]`` (zero outside ``[0, L)``), as the first pass wrote it."""
-    m_t = (t >= 0) & (t < L)
-    return tl.load(p_dyp + o_d[:, None] * s_p_d + t[None, :] * s_p_t, mask=m_d[:, None] & m_t[None, :], other=0.0)
-
-
-@triton.jit
-def _restart_grad(
-    p_w,
-    p_reset,
-    rs,
-    p_dyp,
-    p_dfin,
-    p_drs,
-    o_d,
-    m_d,
-    s,
-    L,
-    d,
-    s_p_d,
-    s_p_t,
-    s_df_d,
-    s_df_k,
-    W: tl.constexpr,
-    HAS_DFIN: tl.constexpr,
-):
+def _restart_grad(cv, dyps, dfin, p_drs, o_d, m_d, s, L, d, W: tl.constexpr, HAS_DFIN: tl.constexpr):
     """At each reset ``s`` ``[BT]`` of the tile (its row ``k`` in ``reset_state``), the gradient of
     the history entering it, ``d reset_state[k, :, m]`` (``[R, d, W - 1]``, contiguous): slot ``m``
     stands for time ``s - (W - 1) + m``, read by outputs ``s + i``, ``i <= m``, through weight ``m -
     i`` while no reset lies in ``(s, s + i]``; and by the final state when ``s`` is the row's last
     reset and ``s + m >= L``."""
-    p_rs, p_ridx, s_rs_k, s_rs_d, s_rs_j = rs
+    p_w, _, p_reset, rs = cv
+    _, p_ridx, _, _, _ = rs
     m_s = (s >= 0) & (s < L)
     b_here = ~_not_reset(p_reset, s, L) & m_s
     k = tl.load(p_ridx + s, mask=b_here, other=0)
     b_valid = m_s
-    dyps = ()
+    dyps_ = ()
     for i in tl.static_range(W - 1):
         if i > 0:
             b_valid = b_valid & _not_reset(p_reset, s + i, L)
-        b_dyp = _dyp_at(p_dyp, o_d, m_d, s + i, L, s_p_d, s_p_t)
-        dyps = dyps + (tl.where(b_valid[None, :], b_dyp, 0.0),)
+        b_dyp = _load_seq(dyps, o_d, m_d, s + i, L)
+        dyps_ = dyps_ + (tl.where(b_valid[None, :], b_dyp, 0.0),)
     for m in tl.static_range(W - 1):
         b_g = tl.zeros([o_d.shape[0], s.shape[0]], dtype=tl.float32)
         for i in tl.static_range(m + 1):
-            b_w = tl.load(p_w + o_d * W + (m - i), mask=m_d, other=0.0).to(tl.float32)
-            b_g += b_w[:, None] * dyps[i]
+            b_g += _weight(p_w, o_d, m_d, m - i, W)[:, None] * dyps_[i]
         if HAS_DFIN:
             # b_valid: no reset in (s, s + W - 2], which holds (s, L - 1] when s + m >= L
             o_f = s + m - L
-            m_f = b_valid & (o_f >= 0)
-            b_g += tl.load(
-                p_dfin + o_d[:, None] * s_df_d + o_f[None, :] * s_df_k, mask=m_d[:, None] & m_f[None, :], other=0.0
-            ).to(tl.float32)
+            b_g += _load_tile(dfin, o_d, m_d, o_f, b_valid & (o_f >= 0)).to(tl.float32)
         tl.store(p_drs + (k[None, :] * d + o_d[:, None]) * (W - 1) + m, b_g, mask=m_d[:, None] & b_here[None, :])
+
+
+@triton.jit
+def _tile(d, L, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """A program's time tile or range ``program_id(0)``, batch row (int64), channels ``[BD]``,
+    times ``[BT]`` (of time tile ``program_id(0)``) and their masks."""
+    i_t, i_d = tl.program_id(0), tl.program_id(1)
+    i_b = tl.program_id(2).to(tl.int64)
+    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    return i_t, i_b, o_d, o_t, o_d < d, o_t < L
+
+
+@triton.jit
+def _restarts(p_rs, p_ridx, i_b, L, s_rs):
+    """Batch row ``i_b``'s ``rs`` for :func:`_restart_x`: the restart histories ``[R, d, W - 1]``,
+    the row's part of each step's row in them ``[b, L]``, and the histories' strides."""
+    s_rs_k, s_rs_d, s_rs_j = s_rs
+    return (p_rs, p_ridx + i_b * L, s_rs_k, s_rs_d, s_rs_j)
 
 
 @triton.jit
@@ -322,42 +271,14 @@ def _conv_fwd_kernel(
     s_x_b, s_x_d, s_x_t = s_x
     s_i_b, s_i_d, s_i_t = s_i
     s_y_b, s_y_d, s_y_t = s_y
-    s_rs_k, s_rs_d, s_rs_j = s_rs
-    i_t, i_d = tl.program_id(0), tl.program_id(1)
-    i_b = tl.program_id(2).to(tl.int64)
-    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    m_d = o_d < d
-    m_t = o_t < L
-    p_x += i_b * s_x_b
-    p_init += i_b * s_i_b
+    i_t, i_b, o_d, o_t, m_d, m_t = _tile(d, L, BLOCK_D, BLOCK_T)
+    xs = ((p_x + i_b * s_x_b, s_x_d, s_x_t), (p_init + i_b * s_i_b, s_i_d, s_i_t))
     p_reset += i_b * s_r_b
-    # the restart histories [R, d, W - 1] and each step's row in them [b, L]
-    rs = (p_rs, p_ridx + i_b * L, s_rs_k, s_rs_d, s_rs_j)
+    rs = _restarts(p_rs, p_ridx, i_b, L, s_rs)
+    cv = (p_w, p_bias, p_reset, rs)
     # only the first tile reads the initial state (times -W+1 .. -1)
     init_here = i_t * BLOCK_T < W - 1
-    b_pre = _conv_pre(
-        p_x,
-        p_init,
-        p_w,
-        p_bias,
-        p_reset,
-        rs,
-        o_d,
-        m_d,
-        o_t,
-        L,
-        init_here,
-        s_x_d,
-        s_x_t,
-        s_i_d,
-        s_i_t,
-        W,
-        HAS_BIAS,
-        HAS_INIT,
-        HAS_RESET,
-        HAS_RS,
-    )
+    b_pre = _conv_pre(xs, cv, o_d, m_d, o_t, L, init_here, W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS)
     if SILU:
         b_pre = b_pre * tl.sigmoid(b_pre)
     tl.store(
@@ -370,7 +291,7 @@ def _conv_fwd_kernel(
     if i_t == tl.num_programs(0) - 1:
         o_k = tl.arange(0, WP)
         s = L - (W - 1) + o_k
-        b_fin = _load_x(p_x, p_init, o_d, m_d, s, L, L < W - 1, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
+        b_fin = _load_x(xs, o_d, m_d, s, L, L < W - 1, W, HAS_INIT)
         b_fin = tl.where(_tail_kept(p_reset, s, L, W, HAS_RESET)[None, :], b_fin, 0.0)
         if HAS_RS:
             b_fin += _tail_restart(p_reset, rs, o_d, m_d, s, L, W)
@@ -383,28 +304,16 @@ def _conv_fwd_kernel(
 
 @triton.jit
 def _dyp_tile(
-    p_x,
-    p_init,
-    p_w,
-    p_bias,
-    p_reset,
-    rs,
-    p_dy,
-    p_dyp,
+    xs,
+    cv,
+    dys,
+    dyps,
     b_dw,
     b_db,
     o_d,
     m_d,
     i_t,
     L,
-    s_x_d,
-    s_x_t,
-    s_i_d,
-    s_i_t,
-    s_dy_d,
-    s_dy_t,
-    s_p_d,
-    s_p_t,
     W: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     HAS_INIT: tl.constexpr,
@@ -413,47 +322,25 @@ def _dyp_tile(
     SILU: tl.constexpr,
     BLOCK_T: tl.constexpr,
 ):
-    """Time tile ``i_t``: its ``dy'`` (stored for the second pass), added with its dweight terms to
+    """Time tile ``i_t``: its ``dy'``, the gradient at the pre-activation (read from ``dys``
+    through the silu, stored to ``dyps`` for the second pass), added with its dweight terms to
     the running ``[BD, BT]`` sums ``b_dw`` (a tuple, one per weight) and ``b_db``."""
+    _, _, p_reset, rs = cv
     o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
     m_t = o_t < L
-    b_dyp = _conv_dyp(
-        p_x,
-        p_init,
-        p_w,
-        p_bias,
-        p_reset,
-        rs,
-        p_dy,
-        o_d,
-        m_d,
-        o_t,
-        L,
-        HAS_INIT,
-        s_x_d,
-        s_x_t,
-        s_i_d,
-        s_i_t,
-        s_dy_d,
-        s_dy_t,
-        W,
-        HAS_BIAS,
-        HAS_INIT,
-        HAS_RESET,
-        HAS_RS,
-        SILU,
-    )
+    b_dyp = _load_seq(dys, o_d, m_d, o_t, L).to(tl.float32)
+    if SILU:
+        b_pre = _conv_pre(xs, cv, o_d, m_d, o_t, L, HAS_INIT, W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS)
+        b_sig = tl.sigmoid(b_pre)
+        b_dyp = b_dyp * b_sig * (1.0 + b_pre * (1.0 - b_sig))
+    p_dyp, s_p_d, s_p_t = dyps
     tl.store(p_dyp + o_d[:, None] * s_p_d + o_t[None, :] * s_p_t, b_dyp, mask=m_d[:, None] & m_t[None, :])
     b_valid = m_t
     b_last = o_t
     terms = ()
     for j in tl.static_range(W):
-        if HAS_RESET and j > 0:
-            b_keep = _not_reset(p_reset, o_t - j + 1, L)
-            if HAS_RS:
-                b_last = tl.where(b_valid & ~b_keep, o_t - j + 1, b_last)
-            b_valid = b_valid & b_keep
-        b_x = _load_x(p_x, p_init, o_d, m_d, o_t - j, L, HAS_INIT, s_x_d, s_x_t, s_i_d, s_i_t, W, HAS_INIT)
+        b_valid, b_last = _step_back(p_reset, o_t, j, L, b_valid, b_last, HAS_RESET, HAS_RS)
+        b_x = _load_x(xs, o_d, m_d, o_t - j, L, HAS_INIT, W, HAS_INIT)
         b_term = tl.where(b_valid[None, :], b_x * b_dyp, 0.0)
         if HAS_RS and j > 0:
             # past the tile's end b_dyp is zero, whatever the restart history read there
@@ -504,17 +391,12 @@ def _conv_bwd_dyp_kernel(
     s_i_b, s_i_d, s_i_t = s_i
     s_dy_b, s_dy_d, s_dy_t = s_dy
     s_p_b, s_p_d, s_p_t = s_p
-    s_rs_k, s_rs_d, s_rs_j = s_rs
-    i_r, i_d = tl.program_id(0), tl.program_id(1)
-    i_b = tl.program_id(2).to(tl.int64)
-    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    m_d = o_d < d
-    p_x += i_b * s_x_b
-    p_init += i_b * s_i_b
+    i_r, i_b, o_d, _, m_d, _ = _tile(d, L, BLOCK_D, BLOCK_T)
+    xs = ((p_x + i_b * s_x_b, s_x_d, s_x_t), (p_init + i_b * s_i_b, s_i_d, s_i_t))
     p_reset += i_b * s_r_b
-    p_dy += i_b * s_dy_b
-    p_dyp += i_b * s_p_b
-    rs = (p_rs, p_ridx + i_b * L, s_rs_k, s_rs_d, s_rs_j)
+    dys = (p_dy + i_b * s_dy_b, s_dy_d, s_dy_t)
+    dyps = (p_dyp + i_b * s_p_b, s_p_d, s_p_t)
+    cv = (p_w, p_bias, p_reset, _restarts(p_rs, p_ridx, i_b, L, s_rs))
     b_dw = ()
     for _ in tl.static_range(W):
         b_dw = b_dw + (tl.zeros([BLOCK_D, BLOCK_T], dtype=tl.float32),)
@@ -522,68 +404,12 @@ def _conv_bwd_dyp_kernel(
     t_lo = i_r * range_tiles
     if t_lo == 0:
         b_dw, b_db = _dyp_tile(
-            p_x,
-            p_init,
-            p_w,
-            p_bias,
-            p_reset,
-            rs,
-            p_dy,
-            p_dyp,
-            b_dw,
-            b_db,
-            o_d,
-            m_d,
-            0,
-            L,
-            s_x_d,
-            s_x_t,
-            s_i_d,
-            s_i_t,
-            s_dy_d,
-            s_dy_t,
-            s_p_d,
-            s_p_t,
-            W,
-            HAS_BIAS,
-            HAS_INIT,
-            HAS_RESET,
-            HAS_RS,
-            SILU,
-            BLOCK_T,
+            xs, cv, dys, dyps, b_dw, b_db, o_d, m_d, 0, L, W, HAS_BIAS, HAS_INIT, HAS_RESET, HAS_RS, SILU, BLOCK_T
         )
         t_lo = 1
     for i_t in range(t_lo, tl.minimum((i_r + 1) * range_tiles, n_tblocks)):
         b_dw, b_db = _dyp_tile(
-            p_x,
-            p_init,
-            p_w,
-            p_bias,
-            p_reset,
-            rs,
-            p_dy,
-            p_dyp,
-            b_dw,
-            b_db,
-            o_d,
-            m_d,
-            i_t,
-            L,
-            s_x_d,
-            s_x_t,
-            s_i_d,
-            s_i_t,
-            s_dy_d,
-            s_dy_t,
-            s_p_d,
-            s_p_t,
-            W,
-            HAS_BIAS,
-            False,
-            HAS_RESET,
-            HAS_RS,
-            SILU,
-            BLOCK_T,
+            xs, cv, dys, dyps, b_dw, b_db, o_d, m_d, i_t, L, W, HAS_BIAS, False, HAS_RESET, HAS_RS, SILU, BLOCK_T
         )
     p_dw += ((i_b * tl.num_programs(0) + i_r) * d + o_d) * W
     for j in tl.static_range(W):
@@ -626,38 +452,30 @@ def _conv_bwd_dx_kernel(
     s_df_b, s_df_d, s_df_k = s_df
     s_p_b, s_p_d, s_p_t = s_p
     s_dx_b, s_dx_d, s_dx_t = s_dx
-    s_rs_k, s_rs_d, s_rs_j = s_rs
-    i_t, i_d = tl.program_id(0), tl.program_id(1)
-    i_b = tl.program_id(2).to(tl.int64)
-    o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    o_t = i_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    m_d = o_d < d
-    m_t = o_t < L
+    i_t, i_b, o_d, o_t, m_d, m_t = _tile(d, L, BLOCK_D, BLOCK_T)
     p_reset += i_b * s_r_b
-    p_dfin += i_b * s_df_b
-    p_dyp += i_b * s_p_b
-    rs = (p_rs, p_ridx + i_b * L, s_rs_k, s_rs_d, s_rs_j)
-    b_dx = _conv_dx(p_w, p_reset, p_dyp, o_d, m_d, o_t, L, s_p_d, s_p_t, W, HAS_RESET)
+    dfin = (p_dfin + i_b * s_df_b, s_df_d, s_df_k)
+    dyps = (p_dyp + i_b * s_p_b, s_p_d, s_p_t)
+    cv = (p_w, None, p_reset, _restarts(p_rs, p_ridx, i_b, L, s_rs))
+    b_dx = _conv_dx(cv, dyps, o_d, m_d, o_t, L, W, HAS_RESET)
     if HAS_DFIN:  # the tiles that hold some of the last W - 1 inputs
         if (i_t + 1) * BLOCK_T > L - W + 1:
-            b_dx += _final_grad(p_dfin, p_reset, o_d, m_d, o_t, L, s_df_d, s_df_k, W, HAS_RESET)
+            b_dx += _final_grad(dfin, p_reset, o_d, m_d, o_t, L, W, HAS_RESET)
     tl.store(
         p_dx + i_b * s_dx_b + o_d[:, None] * s_dx_d + o_t[None, :] * s_dx_t,
         b_dx.to(p_dx.dtype.element_ty),
         mask=m_d[:, None] & m_t[None, :],
     )
     if HAS_RS:
-        _restart_grad(
-            p_w, p_reset, rs, p_dyp, p_dfin, p_drs, o_d, m_d, o_t, L, d, s_p_d, s_p_t, s_df_d, s_df_k, W, HAS_DFIN
-        )
+        _restart_grad(cv, dyps, dfin, p_drs, o_d, m_d, o_t, L, d, W, HAS_DFIN)
     # the first time tile also gives the initial state's gradient (times -W+1 .. -1)
     if HAS_INIT:
         if i_t == 0:
             o_s = tl.arange(0, WP) - (W - 1)
             m_s = o_s < 0
-            b_dinit = _conv_dx(p_w, p_reset, p_dyp, o_d, m_d, o_s, L, s_p_d, s_p_t, W, HAS_RESET)
+            b_dinit = _conv_dx(cv, dyps, o_d, m_d, o_s, L, W, HAS_RESET)
             if HAS_DFIN:  # a sequence shorter than W - 1 leaves some of them in the final state
-                b_dinit += _final_grad(p_dfin, p_reset, o_d, m_d, o_s, L, s_df_d, s_df_k, W, HAS_RESET)
+                b_dinit += _final_grad(dfin, p_reset, o_d, m_d, o_s, L, W, HAS_RESET)
             tl.store(
                 p_dinit + (i_b * d + o_d[:, None]) * (W - 1) + (o_s + W - 1)[None, :],
                 b_dinit.to(p_dinit.dtype.element_ty),
@@ -706,6 +524,19 @@ def _restart_rows(reset: torch.Tensor | None, reset_state: torch.Tensor | None, 
     return (reset.reshape(-1).cumsum(0, dtype=torch.int32) - 1).view(reset.shape)
 
 
+def _launch_args(x, bias, init, reset_u8, ridx, reset_state):
+    """What the kernels of both passes take for the optional tensors: the initial state, the resets
+    and their batch stride, the restart histories and each step's row in them (``x`` or the resets
+    stand in for an absent one, unread), and the constexpr flags that say which are there."""
+    init_ = x if init is None else init
+    r_ = x if reset_u8 is None else reset_u8
+    rs_, ridx_ = (x, r_) if ridx is None else (reset_state, ridx)
+    flags = dict(
+        HAS_BIAS=bias is not None, HAS_INIT=init is not None, HAS_RESET=reset_u8 is not None, HAS_RS=ridx is not None
+    )
+    return init_, r_, 0 if reset_u8 is None else reset_u8.stride(0), rs_, ridx_, flags
+
+
 class _CausalConv1dFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, initial_state, reset, reset_state, silu):
@@ -716,9 +547,7 @@ class _CausalConv1dFn(torch.autograd.Function):
         reset_u8 = None if reset is None else reset.contiguous().view(torch.uint8)
         ridx = _restart_rows(reset, reset_state, width)
         y = empty_same_order(x)
-        init_ = x if init is None else init
-        r_ = x if reset_u8 is None else reset_u8
-        rs_ = x if ridx is None else reset_state
+        init_, r_, r_stride, rs_, ridx_, flags = _launch_args(x, bias, init, reset_u8, ridx, reset_state)
         if L > 0:
             final = torch.empty(b, d, width - 1, device=x.device, dtype=x.dtype)
             block_d, block_t = _blocks("fwd", d, L, width)
@@ -729,7 +558,7 @@ class _CausalConv1dFn(torch.autograd.Function):
                 init_,
                 r_,
                 rs_,
-                r_ if ridx is None else ridx,
+                ridx_,
                 y,
                 final,
                 L,
@@ -737,14 +566,11 @@ class _CausalConv1dFn(torch.autograd.Function):
                 x.stride(),
                 init_.stride(),
                 y.stride(),
-                0 if reset_u8 is None else reset_u8.stride(0),
+                r_stride,
                 rs_.stride(),
                 W=width,
                 WP=_tail_block(width),
-                HAS_BIAS=bias is not None,
-                HAS_INIT=init is not None,
-                HAS_RESET=reset is not None,
-                HAS_RS=ridx is not None,
+                **flags,
                 SILU=silu,
                 BLOCK_D=block_d,
                 BLOCK_T=block_t,
@@ -789,11 +615,8 @@ class _CausalConv1dFn(torch.autograd.Function):
         dbias = None if bias is None else torch.empty(b * n_ranges, d, device=x.device, dtype=torch.float32)
         # dy' (fp32) between the two kernels
         dyp = empty_same_order(x, torch.float32)
-        init_ = x if init is None else init
-        r_ = x if reset_u8 is None else reset_u8
-        rs_, ridx_ = (x, r_) if ridx is None else (reset_state, ridx)
+        init_, r_, r_stride, rs_, ridx_, flags = _launch_args(x, bias, init, reset_u8, ridx, reset_state)
         df_ = x if dfinal is None else dfinal
-        r_stride = 0 if reset_u8 is None else reset_u8.stride(0)
         n_dgroups = triton.cdiv(d, block_d)
         _CONV_BWD_DYP[(n_ranges, n_dgroups, b)](
             x,
@@ -818,10 +641,7 @@ class _CausalConv1dFn(torch.autograd.Function):
             r_stride,
             rs_.stride(),
             W=width,
-            HAS_BIAS=bias is not None,
-            HAS_INIT=init is not None,
-            HAS_RESET=reset_u8 is not None,
-            HAS_RS=ridx is not None,
+            **flags,
             SILU=ctx.silu,
             BLOCK_D=block_d,
             BLOCK_T=block_t,
@@ -846,9 +666,9 @@ class _CausalConv1dFn(torch.autograd.Function):
             rs_.stride(),
             W=width,
             WP=_tail_block(width),
-            HAS_INIT=init is not None,
-            HAS_RESET=reset_u8 is not None,
-            HAS_RS=ridx is not None,
+            HAS_INIT=flags["HAS_INIT"],
+            HAS_RESET=flags["HAS_RESET"],
+            HAS_RS=flags["HAS_RS"],
             HAS_DFIN=dfinal is not None,
             BLOCK_D=block_d,
             BLOCK_T=block_t,

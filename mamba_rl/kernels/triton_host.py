@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["empty_same_order", "is_silu", "next_pow2"]
+__all__ = ["empty_same_order", "next_pow2"]
 
 
 def next_pow2(x: int) -> int:
     """The smallest power of two ``>= x`` (1 for ``x <= 1``): Triton tile sizes."""
     return 1 << max(0, (int(x) - 1).bit_length())
-
-
-def is_silu(activation: str | None) -> bool:
-    """Whether ``activation`` (None, ``"silu"`` or ``"swish"``) asks for a silu after the conv."""
-    if activation is None:
-        return False
-    if activation in ("silu", "swish"):
-        return True
-    raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
 
 
 def empty_same_order(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

@@ -180,20 +180,29 @@ def _maxnreg(value: int | None) -> dict:
     return {} if value is None or _interpreted() else {"maxnreg": value}
 
 
-def _shared_args(u, reset_u8, delta_bias, delta_softplus, n: int, N: int):
-    """What the forward's and the backward's kernels share: the reset tensor and its ``(b, t)``
-    strides, ``delta_bias`` (``u`` stands in for a missing one, unread) and the constexpr flags."""
+def _shared_args(u, delta, A_log2e, B, C, D, z, delta_bias, reset_u8, delta_softplus):
+    """What the forward's and the backward's kernels share: their first nine arguments (``u,
+    delta, A_log2e, B, C, D, z, delta_bias, reset``; ``u`` stands in for a missing one, unread),
+    the strides of ``u, delta, z, B, C``, the resets' ``(b, t)`` strides and the constexprs
+    (states and channels per program, and the flags)."""
+    N, d = A_log2e.shape
+    block_d = _block_d(d)
+    z_ = u if z is None else z
+    r_, r_strides = (u, (0, 0)) if reset_u8 is None else (reset_u8, reset_u8.stride())
+    args = (u, delta, A_log2e, B, C, u if D is None else D, z_, u if delta_bias is None else delta_bias, r_)
+    strides = (u.stride(), delta.stride(), z_.stride(), B.stride(), C.stride())
     flags = dict(
+        N=N,
+        BD=block_d,
+        EVEN_D=d % block_d == 0,
         HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus),
         HAS_RESET=reset_u8 is not None,
-        EVEN_N=n == N,
+        EVEN_N=B.shape[1] == N,
         PTX=not _interpreted(),
         FAST=_fast_math(),
     )
-    if reset_u8 is None:
-        return u, (0, 0), u if delta_bias is None else delta_bias, flags
-    return reset_u8, reset_u8.stride(), u if delta_bias is None else delta_bias, flags
+    return args, strides, r_strides, flags
 
 
 def _put_state(dst: torch.Tensor, state: torch.Tensor | None, n: int) -> None:
@@ -249,10 +258,11 @@ class _SelectiveScanFn(torch.autograd.Function):
         # chain, rows past n are never read)
         h_in = torch.empty(b, n_pieces + 1, N, d, device=u.device, dtype=torch.float32)
         h_in[:, 0].copy_(h_ckpt[:, 0])
-        z_ = u if z is None else z
-        r_, r_strides, bias_, flags = _shared_args(u, reset_u8, delta_bias, delta_softplus, n, N)
-        block_d = _block_d(d)
-        groups = triton.cdiv(d, block_d)
+        args, strides, r_strides, flags = _shared_args(
+            u, delta, A_log2e, B, C, D, z, delta_bias, reset_u8, delta_softplus
+        )
+        _, _, _, _, _, _, z_, bias_, r_ = args
+        groups = triton.cdiv(d, flags["BD"])
         if L > 0 and ranges > 1:
             # every range but the last alone (in parallel), then chained: the state entering each
             # range, so that the ranges run in parallel below
@@ -275,10 +285,7 @@ class _SelectiveScanFn(torch.autograd.Function):
                 delta.stride(),
                 B.stride(),
                 r_strides,
-                N=N,
                 BLOCK_T=LOCAL_BLOCK_T,
-                BD=block_d,
-                EVEN_D=d % block_d == 0,
                 **flags,
                 num_warps=1,
             )
@@ -287,15 +294,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         h_end = torch.empty(b, ranges, N, d, device=u.device, dtype=torch.float32)
         if L > 0:
             _FWD[(groups, b, ranges)](
-                u,
-                delta,
-                A_log2e,
-                B,
-                C,
-                u if D is None else D,
-                z_,
-                bias_,
-                r_,
+                *args,
                 y,
                 h_ckpt,
                 h_in,
@@ -307,20 +306,13 @@ class _SelectiveScanFn(torch.autograd.Function):
                 range_segs,
                 pieces_per_range,
                 n_pieces,
-                u.stride(),
-                delta.stride(),
-                z_.stride(),
-                B.stride(),
-                C.stride(),
+                *strides,
                 y.stride(),
                 r_strides,
-                N=N,
                 BLOCK_T=fwd_block_t,
-                BD=block_d,
                 SEG_CHUNKS=ck_steps // fwd_block_t,
                 HAS_D=D is not None,
                 HAS_Z=z is not None,
-                EVEN_D=d % block_d == 0,
                 **flags,
                 num_warps=1,
                 **_maxnreg(FWD_MAXNREG),
@@ -347,13 +339,17 @@ class _SelectiveScanFn(torch.autograd.Function):
         if dy is None:
             dy = torch.zeros_like(u)
         dy = _unit_stride(dy)
+        args, strides, r_strides, flags = _shared_args(
+            u, delta, A_log2e, B, C, D, z, delta_bias, reset_u8, ctx.delta_softplus
+        )
+        _, _, _, _, _, _, z_, bias_, r_ = args
+        flags["HAS_Z"] = z is not None
         # [b, N, d]: dh0 out (written by the kernel's first range; rows past n are not read)
         dh = torch.empty(b, N, d, device=u.device, dtype=torch.float32)
         du = empty_same_order(u)
         ddelta = empty_same_order(delta)
         dz = None if z is None else empty_same_order(z)
-        block_d = _block_d(d)
-        groups = triton.cdiv(d, block_d)
+        groups = triton.cdiv(d, flags["BD"])
         seg_chunks = ctx.seg_chunks
         n_chunks = triton.cdiv(L, BWD_BLOCK_T)
         seg_steps = BWD_BLOCK_T * seg_chunks
@@ -371,10 +367,7 @@ class _SelectiveScanFn(torch.autograd.Function):
         part = torch.empty(ranges * b, N + 2, d, device=u.device, dtype=torch.float32)
         # [ranges, b, seg_chunks, N, d]: the states entering each chunk of the segment being walked
         h_chunks = torch.empty(ranges, b, seg_chunks, N, d, device=u.device, dtype=torch.float32)
-        z_ = u if z is None else z
         dz_ = du if dz is None else dz
-        r_, r_strides, bias_, flags = _shared_args(u, reset_u8, delta_bias, ctx.delta_softplus, n, N)
-        flags["HAS_Z"] = z is not None
         if L > 0 and ranges > 1:
             # the adjoint of every range but the first alone (in parallel), then chained: the
             # gradient entering each range from the right, so the ranges run in parallel below
@@ -400,25 +393,14 @@ class _SelectiveScanFn(torch.autograd.Function):
                 C.stride(),
                 dy.stride(),
                 r_strides,
-                N=N,
                 BLOCK_T=LOCAL_BLOCK_T,
-                BD=block_d,
-                EVEN_D=d % block_d == 0,
                 **flags,
                 num_warps=1,
             )
             _chain_ranges(loc, q_in, n_pieces, pieces_per_range, reverse=True)
         if L > 0:
             _BWD[(groups, b, ranges)](
-                u,
-                delta,
-                A_log2e,
-                B,
-                C,
-                u if D is None else D,
-                z_,
-                bias_,
-                r_,
+                *args,
                 h_ckpt,
                 h_chunks,
                 dy,
@@ -436,23 +418,16 @@ class _SelectiveScanFn(torch.autograd.Function):
                 range_segs,
                 pieces_per_range,
                 n_pieces,
-                u.stride(),
-                delta.stride(),
-                z_.stride(),
-                B.stride(),
-                C.stride(),
+                *strides,
                 dy.stride(),
                 du.stride(),
                 ddelta.stride(),
                 dz_.stride(),
                 r_strides,
-                N=N,
-                BD=block_d,
-                EVEN_D=d % block_d == 0,
                 SEG_CHUNKS=seg_chunks,
                 HAS_D=D is not None,
                 **flags,
-                LANE_SUM_ASM=_lane_sum_asm(block_d, N),
+                LANE_SUM_ASM=_lane_sum_asm(flags["BD"], N),
                 num_warps=1,
             )
             dBC = dBC[0] if groups == 1 else dBC.sum(0)

@@ -15,20 +15,21 @@ from mamba_rl.kernels.triton_math import _sigmoid_fast
 from mamba_rl.kernels.triton_scan_common import (
     _at_step,
     _chunk_deltas,
-    _clamp_channels,
     _decay,
     _fwd_chunk,
-    _input_pointers,
+    _input_streams,
     _keep,
     _load_states,
-    _local_setup,
     _pick,
     _prefetch,
     _prefetch_chunk,
+    _program,
     _range_start,
     _raw_delta,
+    _state_stream,
     _step_size,
     _store_local,
+    _stream,
 )
 
 
@@ -101,22 +102,11 @@ def _store_dBC(p_part, t, L, gB, hC, nn, lane, N: tl.constexpr, LANE_SUM_ASM: tl
 @triton.jit
 def _adjoint_inputs(
     raw_dt,
-    p_u,
-    p_z,
-    p_dy,
-    p_B,
-    p_C,
-    p_reset,
+    ins,
     t,
     m_ch,
     m_n,
     L,
-    s_u_t,
-    s_z_t,
-    s_dy_t,
-    s_B_t,
-    s_C_t,
-    s_r_t,
     A_log2e,
     HAS_Z: tl.constexpr,
     SOFTPLUS: tl.constexpr,
@@ -124,12 +114,19 @@ def _adjoint_inputs(
     PTX: tl.constexpr,
     FAST: tl.constexpr,
 ):
-    """What the backward needs of step ``t`` (its raw ``delta (+ bias)`` is ``raw_dt``): the step
-    size ``dt``, ``u``, the gradient reaching ``C_t h_t`` (``dy_gated``, through the ``z`` gate),
-    the factor that turns ``C_t h_t + D u_t`` into ``dz`` (``dz_factor``), ``softplus'`` of the raw
-    step (``dsoftplus``), the decay ``a_t`` ``[N, BD]`` (zero at a reset), ``B_t``, ``C_t`` ``[N,
-    1]``, the channels' mask ``[1, BD]`` (all zero past the end) and whether the step carries the
-    state on (``keep`` ``[1, 1]``, False at a reset)."""
+    """What the backward needs of step ``t`` (its raw ``delta (+ bias)`` is ``raw_dt``), as a tuple:
+    the step size ``dt``, ``u``, the gradient reaching ``C_t h_t`` (``dy_gated``, through the ``z``
+    gate), the factor that turns ``C_t h_t + D u_t`` into ``dz`` (``dz_factor``), ``softplus'`` of
+    the raw step (``dsoftplus``), the decay ``a_t`` ``[N, BD]`` (zero at a reset), ``B_t``, ``C_t``
+    ``[N, 1]``, the channels' mask ``[1, BD]`` (all zero past the end) and whether the step carries
+    the state on (``keep`` ``[1, 1]``, False at a reset). ``ins`` = the streams (u, z, dy, B, C,
+    resets)."""
+    us, zs, dys, Bs, Cs, resets = ins
+    p_u, _, s_u_t = us
+    p_z, _, s_z_t = zs
+    p_dy, _, s_dy_t = dys
+    p_B, _, s_B_t = Bs
+    p_C, _, s_C_t = Cs
     m_t = t < L
     m = m_ch & m_t
     dt = _step_size(raw_dt, m, SOFTPLUS, FAST)
@@ -138,7 +135,7 @@ def _adjoint_inputs(
     t_in = tl.minimum(t, L - 1)
     B_t = _load_states(p_B + t_in * s_B_t, m_n)
     C_t = _load_states(p_C + t_in * s_C_t, m_n)
-    keep = _keep(p_reset, t, m_t, s_r_t, HAS_RESET)
+    keep = _keep(resets, t, m_t, HAS_RESET)
     a = _decay(dt, A_log2e, keep, HAS_RESET, PTX)
     dy_gated = dy
     dz_factor = dy
@@ -160,20 +157,10 @@ def _adjoint_step(
     L,
     q,
     a_h_prev,
-    a,
+    step,
     A_log2e,
-    dt,
-    u,
-    dy_gated,
-    dz_factor,
-    dsoftplus,
-    B_t,
-    C_t,
-    m,
     D_ch,
-    dA,
-    dD,
-    dbias,
+    sums,
     nn,
     lane,
     N: tl.constexpr,
@@ -183,10 +170,12 @@ def _adjoint_step(
     SOFTPLUS: tl.constexpr,
     LANE_SUM_ASM: tl.constexpr,
 ):
-    """Step ``t`` of the adjoint, from ``q`` (the gradient reaching ``h_t`` from later steps) and
-    ``a_h_prev = a_t h_{t-1}``: stores the step's dB and dC channel sums, adds to dA, dD,
-    d(delta_bias), and returns the gradient reaching ``h_{t-1}`` with ``du_t``, ``ddelta_t`` and
-    ``dz_t`` ``[1, BD]``."""
+    """Step ``t`` of the adjoint, from ``q`` (the gradient reaching ``h_t`` from later steps),
+    ``a_h_prev = a_t h_{t-1}`` and the step's inputs ``step`` (:func:`_adjoint_inputs`): stores the
+    step's dB and dC channel sums, adds to ``sums`` = (dA, dD, d(delta_bias)), and returns the
+    gradient reaching ``h_{t-1}``, the sums, and ``du_t``, ``ddelta_t`` and ``dz_t`` ``[1, BD]``."""
+    dt, u, dy_gated, dz_factor, dsoftplus, a, B_t, C_t, m, _ = step
+    dA, dD, dbias = sums
     dtu = dt * u
     h = a_h_prev + dtu * B_t
     g = C_t * dy_gated + q
@@ -210,13 +199,17 @@ def _adjoint_step(
     ddt = tl.where(m, ddt, 0.0)
     if HAS_BIAS:
         dbias += ddt
-    return a * g, dA, du, ddt, dz, dD, dbias
+    return a * g, (dA, dD, dbias), du, ddt, dz
 
 
 @triton.jit
-def _store_grads(p_du, p_ddelta, p_dz, t, s_du_t, s_ddt_t, s_dz_t, du, ddt, dz, m, HAS_Z: tl.constexpr):
+def _store_grads(outs, t, du, ddt, dz, m, HAS_Z: tl.constexpr):
     """Store step ``t``'s ``du``, ``ddelta`` and (``HAS_Z``) ``dz`` ``[1, BD]`` where ``m``,
-    evict-first (so that L2 keeps the backward's scratch)."""
+    evict-first (so that L2 keeps the backward's scratch); ``outs``: their streams."""
+    dus, ddts, dzs = outs
+    p_du, _, s_du_t = dus
+    p_ddelta, _, s_ddt_t = ddts
+    p_dz, _, s_dz_t = dzs
     tl.store(p_du + t * s_du_t, du.to(p_du.dtype.element_ty), mask=m, eviction_policy="evict_first")
     tl.store(p_ddelta + t * s_ddt_t, ddt.to(p_ddelta.dtype.element_ty), mask=m, eviction_policy="evict_first")
     if HAS_Z:
@@ -262,32 +255,26 @@ def _scan_bwd_local_kernel(
     carried through it (``[b, ranges, N, d]`` each). The adjoint ``q_{t-1} = a_t (C_t dy'_t +
     q_t)`` needs no state ``h``, only ``delta``, ``C``, ``dy`` and ``z``. ``s_*``: each stream's
     strides (batch, channel or state, step); the resets' (batch, step)."""
-    s_dt_b, s_dt_d, s_dt_t = s_dt
-    s_z_b, s_z_d, s_z_t = s_z
-    s_C_b, s_C_n, s_C_t = s_C
-    s_dy_b, s_dy_d, s_dy_t = s_dy
-    s_r_b, s_r_t = s_r
-    i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A_log2e, bias = _local_setup(
-        p_A_log2e, p_bias, d, n, N, BD, HAS_BIAS, EVEN_D
-    )
+    i_b = tl.program_id(1).to(tl.int64)
+    i_r = tl.program_id(2)
+    lane = tl.arange(0, BD)[None, :]
+    ch = tl.program_id(0) * BD + lane
+    ch_pf, nn, m_ch, m_n, m_s, A_log2e, bias = _program(p_A_log2e, p_bias, ch, d, n, N, HAS_BIAS, EVEN_D)
     if EVEN_N:  # no padded states: B and C load unmasked
         m_n = None
-    pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
-    pf_dy = p_dy + i_b * s_dy_b + ch_pf * s_dy_d
-    pf_z = p_z + i_b * s_z_b + ch_pf * s_z_d
-    pf_C = p_C + i_b * s_C_b
-    p_delta += i_b * s_dt_b + ch * s_dt_d
-    p_dy += i_b * s_dy_b + ch * s_dy_d
-    p_z += i_b * s_z_b + ch * s_z_d
-    p_C += i_b * s_C_b + nn * s_C_n
+    dts = _stream(p_delta, s_dt, i_b, ch, ch_pf)
+    dys = _stream(p_dy, s_dy, i_b, ch, ch_pf)
+    zs = _stream(p_z, s_z, i_b, ch, ch_pf)
+    Cs = _state_stream(p_C, s_C, i_b, nn)
+    s_r_b, s_r_t = s_r
     p_reset += i_b * s_r_b
     # every stream starts at the range's first step; L: the range's length
     t_lo, L = _range_start(r_first + i_r, range_steps, L)
-    p_delta, pf_dt = _at_step(p_delta, pf_dt, t_lo, s_dt_t)
-    p_dy, pf_dy = _at_step(p_dy, pf_dy, t_lo, s_dy_t)
-    p_z, pf_z = _at_step(p_z, pf_z, t_lo, s_z_t)
-    p_C, pf_C = _at_step(p_C, pf_C, t_lo, s_C_t)
-    p_reset += t_lo * s_r_t
+    dts, dys, zs, Cs = _at_step(dts, t_lo), _at_step(dys, t_lo), _at_step(zs, t_lo), _at_step(Cs, t_lo)
+    p_dy, _, s_dy_t = dys
+    p_z, _, s_z_t = zs
+    p_C, _, s_C_t = Cs
+    resets = (p_reset + t_lo * s_r_t, s_r_t)
     n_c = tl.cdiv(L, BLOCK_T)
     q = tl.zeros([N, BD], dtype=tl.float32)
     sum_dt = tl.zeros([1, BD], dtype=tl.float32)
@@ -295,22 +282,22 @@ def _scan_bwd_local_kernel(
     for i_ci in range(n_c):
         i_c = n_c - 1 - i_ci
         t_pf = tl.maximum(i_c - 1, 0) * BLOCK_T
-        _prefetch_chunk(pf_dt, pf_C, t_pf, L, s_dt_t, s_C_t, lane, BLOCK_T, PTX)
-        _prefetch_chunk(pf_dy, None, t_pf, L, s_dy_t, s_dy_t, lane, BLOCK_T, PTX)
+        _prefetch_chunk(dts, Cs, t_pf, L, lane, BLOCK_T, PTX)
+        _prefetch_chunk(dys, None, t_pf, L, lane, BLOCK_T, PTX)
         if HAS_Z:
-            _prefetch_chunk(pf_z, None, t_pf, L, s_z_t, s_z_t, lane, BLOCK_T, PTX)
+            _prefetch_chunk(zs, None, t_pf, L, lane, BLOCK_T, PTX)
         for jr in tl.static_range(BLOCK_T):
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + (BLOCK_T - 1 - jr)
             m_t = t < L
             m = m_ch & m_t
-            raw_dt = _raw_delta(p_delta, t, m, s_dt_t, bias, HAS_BIAS)
+            raw_dt = _raw_delta(dts, t, m, bias, HAS_BIAS)
             dt = _step_size(raw_dt, m, SOFTPLUS, FAST)
             dy_gated = tl.load(p_dy + t * s_dy_t, mask=m, other=0.0).to(tl.float32)
             if HAS_Z:
                 z = tl.load(p_z + t * s_z_t, mask=m, other=0.0).to(tl.float32)
                 dy_gated *= z * _sigmoid_fast(z, FAST)
             C_t = _load_states(p_C + tl.minimum(t, L - 1) * s_C_t, m_n)
-            keep = _keep(p_reset, t, m_t, s_r_t, HAS_RESET)
+            keep = _keep(resets, t, m_t, HAS_RESET)
             kept = kept & keep
             # past the range's end dt = 0, dy' = 0: q passes unchanged
             q = _decay(dt, A_log2e, keep, HAS_RESET, PTX) * (C_t * dy_gated + q)
@@ -378,67 +365,33 @@ def _scan_bwd_kernel(
     (read back from the segment's scratch ``p_h_chunks``) and takes the second's state as
     ``a_t h_{t-1} + dt_t u_t B_t``."""
     BLOCK_T: tl.constexpr = 2
-    # each stream's strides: (batch, channel or state, step); the resets' (batch, step)
-    s_u_b, s_u_d, s_u_t = s_u
-    s_dt_b, s_dt_d, s_dt_t = s_dt
-    s_z_b, s_z_d, s_z_t = s_z
-    s_B_b, s_B_n, s_B_t = s_B
-    s_C_b, s_C_n, s_C_t = s_C
-    s_dy_b, s_dy_d, s_dy_t = s_dy
-    s_du_b, s_du_d, s_du_t = s_du
-    s_ddt_b, s_ddt_d, s_ddt_t = s_ddt
-    s_dz_b, s_dz_d, s_dz_t = s_dz
-    s_r_b, s_r_t = s_r
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
     i_r = tl.program_id(2)
     nb = tl.num_programs(1)
     lane = tl.arange(0, BD)[None, :]
     ch = i_d * BD + lane
-    nn = tl.arange(0, N)[:, None]
-    m_ch = ch < d
-    m_n = nn < n
-    m_s = m_ch & m_n
+    ch_pf, nn, m_ch, m_n, m_s, A_log2e, bias = _program(p_A_log2e, p_bias, ch, d, n, N, HAS_BIAS, EVEN_D)
     if EVEN_N:  # no padded states: B and C load unmasked
         m_n = None
-    A_log2e = tl.load(p_A_log2e + nn * d + ch, mask=m_s, other=0.0)
-    bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
     D_ch = tl.load(p_D + ch, mask=m_ch & HAS_D, other=0.0).to(tl.float32)
-    p_u, p_delta, p_z, p_B, p_C, pf_u, pf_dt, pf_z, pf_B, pf_C = _input_pointers(
-        p_u,
-        p_delta,
-        p_z,
-        p_B,
-        p_C,
-        i_b,
-        ch,
-        nn,
-        d,
-        EVEN_D,
-        s_u_b,
-        s_u_d,
-        s_dt_b,
-        s_dt_d,
-        s_z_b,
-        s_z_d,
-        s_B_b,
-        s_B_n,
-        s_C_b,
-        s_C_n,
-    )
-    pf_dy = p_dy + i_b * s_dy_b + _clamp_channels(ch, d, EVEN_D) * s_dy_d
-    p_dy += i_b * s_dy_b + ch * s_dy_d
-    p_du += i_b * s_du_b + ch * s_du_d
-    p_ddelta += i_b * s_ddt_b + ch * s_ddt_d
-    p_dz += i_b * s_dz_b + ch * s_dz_d
-    p_reset += i_b * s_r_b
+    us, dts, zs, Bs, Cs = _input_streams(p_u, p_delta, p_z, p_B, p_C, s_u, s_dt, s_z, s_B, s_C, i_b, ch, ch_pf, nn)
+    dys = _stream(p_dy, s_dy, i_b, ch, ch_pf)
+    outs = (_stream(p_du, s_du, i_b, ch, ch), _stream(p_ddelta, s_ddt, i_b, ch, ch), _stream(p_dz, s_dz, i_b, ch, ch))
+    s_r_b, s_r_t = s_r
+    resets = (p_reset + i_b * s_r_b, s_r_t)
+    ins = (us, zs, dys, Bs, Cs, resets)
+    # the rebuild of a segment's chunk states: no sum_dt or kept to keep (acc: any values)
+    prog = (A_log2e, bias, m_ch, lane)
+    rebuild_ins = (dts, us, Bs, resets)
+    acc = (bias, m_ch)
     # [d / BD, b, L, 2N]: this warp's sums of the dB and dC terms over its channels
     p_dBC += (i_d * nb + i_b) * L * 2 * N
     n_seg = tl.cdiv(n_chunks, SEG_CHUNKS)
     p_h_ckpt += i_b * (n_seg + 1) * N * d + nn * d + ch
     # [ranges, b, SEG_CHUNKS, N, d]: the states entering each chunk of the current segment
     p_h_chunks += (i_r * nb + i_b) * SEG_CHUNKS * N * d + nn * d + ch
-    pf_h_chunks = p_h_chunks + (_clamp_channels(ch, d, EVEN_D) - ch)
+    pf_h_chunks = p_h_chunks + (ch_pf - ch)
     # [b, N, d]: dh0 out (from the first range)
     p_dh += i_b * N * d + nn * d + ch
     # q: the gradient reaching h_{t-1} through step t (for the chunk after the current one); at the
@@ -448,9 +401,12 @@ def _scan_bwd_kernel(
         mask=m_s,
         other=0.0,
     )
-    dA = tl.zeros([N, BD], dtype=tl.float32)
-    dD = tl.zeros([1, BD], dtype=tl.float32)
-    dbias = tl.zeros([1, BD], dtype=tl.float32)
+    # the range's sums of the dA, dD and d(delta_bias) terms
+    sums = (
+        tl.zeros([N, BD], dtype=tl.float32),
+        tl.zeros([1, BD], dtype=tl.float32),
+        tl.zeros([1, BD], dtype=tl.float32),
+    )
     s_lo = i_r * range_segs
     s_hi = tl.minimum(s_lo + range_segs, n_seg)
     for i_si in range(s_lo, s_hi):
@@ -462,40 +418,10 @@ def _scan_bwd_kernel(
         # chunk ahead (_chunk_deltas)
         h = tl.load(p_h_ckpt + i_s * N * d, mask=m_s, other=0.0)
         tl.store(p_h_chunks, h, mask=m_s, eviction_policy="evict_last")
-        raw0, raw1, raw2, raw3 = _chunk_deltas(p_delta, c_lo, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
+        raws = _chunk_deltas(dts, c_lo, m_ch, L, bias, BLOCK_T, HAS_BIAS)
         for i_c in range(c_lo, c_hi - 1):
-            h, _, _, raw0, raw1, raw2, raw3 = _fwd_chunk(
-                h,
-                dbias,
-                m_ch,
-                i_c,
-                raw0,
-                raw1,
-                raw2,
-                raw3,
-                A_log2e,
-                p_delta,
-                p_u,
-                p_B,
-                p_reset,
-                pf_dt,
-                pf_u,
-                pf_B,
-                m_ch,
-                m_n,
-                L,
-                lane,
-                s_dt_t,
-                s_u_t,
-                s_B_t,
-                s_r_t,
-                bias,
-                BLOCK_T,
-                HAS_BIAS,
-                SOFTPLUS,
-                HAS_RESET,
-                PTX,
-                FAST,
+            h, _, raws = _fwd_chunk(
+                h, acc, i_c, raws, prog, m_n, rebuild_ins, L, BLOCK_T, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST
             )
             tl.store(p_h_chunks + (i_c + 1 - c_lo) * N * d, h, mask=m_s, eviction_policy="evict_last")
         # 2. the segment's chunks (two steps t0, t1), last first: the chunk's states from the one
@@ -506,133 +432,55 @@ def _scan_bwd_kernel(
             # the chunk processed next is the previous one: prefetch its entering state and inputs
             _prefetch(pf_h_chunks + (tl.maximum(i_c - 1, c_lo) - c_lo) * N * d, PTX)
             t_pf = tl.maximum(i_c - 1, 0) * BLOCK_T
-            _prefetch_chunk(pf_dt, pf_B, t_pf, L, s_dt_t, s_B_t, lane, BLOCK_T, PTX)
-            _prefetch_chunk(pf_u, pf_C, t_pf, L, s_u_t, s_C_t, lane, BLOCK_T, PTX)
-            _prefetch_chunk(pf_dy, None, t_pf, L, s_dy_t, s_dy_t, lane, BLOCK_T, PTX)
+            _prefetch_chunk(dts, Bs, t_pf, L, lane, BLOCK_T, PTX)
+            _prefetch_chunk(us, Cs, t_pf, L, lane, BLOCK_T, PTX)
+            _prefetch_chunk(dys, None, t_pf, L, lane, BLOCK_T, PTX)
             if HAS_Z:
-                _prefetch_chunk(pf_z, None, t_pf, L, s_z_t, s_z_t, lane, BLOCK_T, PTX)
+                _prefetch_chunk(zs, None, t_pf, L, lane, BLOCK_T, PTX)
             t0 = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T
-            raw_dt0 = _raw_delta(p_delta, t0, m_ch & (t0 < L), s_dt_t, bias, HAS_BIAS)
-            raw_dt1 = _raw_delta(p_delta, t0 + 1, m_ch & (t0 + 1 < L), s_dt_t, bias, HAS_BIAS)
-            dt0, u0, dyg0, dzf0, dsp0, a0, B0, C0, m0, keep0 = _adjoint_inputs(
-                raw_dt0,
-                p_u,
-                p_z,
-                p_dy,
-                p_B,
-                p_C,
-                p_reset,
-                t0,
-                m_ch,
-                m_n,
-                L,
-                s_u_t,
-                s_z_t,
-                s_dy_t,
-                s_B_t,
-                s_C_t,
-                s_r_t,
-                A_log2e,
-                HAS_Z,
-                SOFTPLUS,
-                HAS_RESET,
-                PTX,
-                FAST,
-            )
+            raw_dt0 = _raw_delta(dts, t0, m_ch & (t0 < L), bias, HAS_BIAS)
+            raw_dt1 = _raw_delta(dts, t0 + 1, m_ch & (t0 + 1 < L), bias, HAS_BIAS)
+            step0 = _adjoint_inputs(raw_dt0, ins, t0, m_ch, m_n, L, A_log2e, HAS_Z, SOFTPLUS, HAS_RESET, PTX, FAST)
+            dt0, u0, _, _, _, a0, B0, _, m0, keep0 = step0
             if HAS_RESET:  # a select: a non-finite state before a reset must not reach its gradients
                 h_prev = tl.where(keep0, h_prev, 0.0)
             a_h0 = a0 * h_prev
             t1 = t0 + 1
-            dt1, u1, dyg1, dzf1, dsp1, a1, B1, C1, m1, keep1 = _adjoint_inputs(
-                raw_dt1,
-                p_u,
-                p_z,
-                p_dy,
-                p_B,
-                p_C,
-                p_reset,
-                t1,
-                m_ch,
-                m_n,
-                L,
-                s_u_t,
-                s_z_t,
-                s_dy_t,
-                s_B_t,
-                s_C_t,
-                s_r_t,
-                A_log2e,
-                HAS_Z,
-                SOFTPLUS,
-                HAS_RESET,
-                PTX,
-                FAST,
-            )
+            step1 = _adjoint_inputs(raw_dt1, ins, t1, m_ch, m_n, L, A_log2e, HAS_Z, SOFTPLUS, HAS_RESET, PTX, FAST)
+            _, _, _, _, _, a1, _, _, m1, keep1 = step1
             h0 = a_h0 + (dt0 * u0) * B0
             if HAS_RESET:
                 h0 = tl.where(keep1, h0, 0.0)
             a_h1 = a1 * h0
-            q, dA, du1, ddt1, dz1, dD, dbias = _adjoint_step(
-                p_dBC,
-                t1,
-                L,
-                q,
-                a_h1,
-                a1,
-                A_log2e,
-                dt1,
-                u1,
-                dyg1,
-                dzf1,
-                dsp1,
-                B1,
-                C1,
-                m1,
-                D_ch,
-                dA,
-                dD,
-                dbias,
-                nn,
-                lane,
-                N,
-                HAS_D,
-                HAS_Z,
-                HAS_BIAS,
-                SOFTPLUS,
-                LANE_SUM_ASM,
-            )
-            q, dA, du0, ddt0, dz0, dD, dbias = _adjoint_step(
-                p_dBC,
-                t0,
-                L,
-                q,
-                a_h0,
-                a0,
-                A_log2e,
-                dt0,
-                u0,
-                dyg0,
-                dzf0,
-                dsp0,
-                B0,
-                C0,
-                m0,
-                D_ch,
-                dA,
-                dD,
-                dbias,
-                nn,
-                lane,
-                N,
-                HAS_D,
-                HAS_Z,
-                HAS_BIAS,
-                SOFTPLUS,
-                LANE_SUM_ASM,
-            )
-            # the chunk's stores after its last step (a store between steps would hold back loads)
-            _store_grads(p_du, p_ddelta, p_dz, t0, s_du_t, s_ddt_t, s_dz_t, du0, ddt0, dz0, m0, HAS_Z)
-            _store_grads(p_du, p_ddelta, p_dz, t1, s_du_t, s_ddt_t, s_dz_t, du1, ddt1, dz1, m1, HAS_Z)
+            # the adjoint through t1, then t0; the chunk's stores after its last step (a store
+            # between steps would hold back loads)
+            ts, steps, a_hs, ms = (t0, t1), (step0, step1), (a_h0, a_h1), (m0, m1)
+            grads = ()
+            for j in tl.static_range(BLOCK_T - 1, -1, -1):
+                q, sums, du, ddt, dz = _adjoint_step(
+                    p_dBC,
+                    ts[j],
+                    L,
+                    q,
+                    a_hs[j],
+                    steps[j],
+                    A_log2e,
+                    D_ch,
+                    sums,
+                    nn,
+                    lane,
+                    N,
+                    HAS_D,
+                    HAS_Z,
+                    HAS_BIAS,
+                    SOFTPLUS,
+                    LANE_SUM_ASM,
+                )
+                grads = ((du, ddt, dz),) + grads
+            for j in tl.static_range(BLOCK_T):
+                du, ddt, dz = grads[j]
+                _store_grads(outs, ts[j], du, ddt, dz, ms[j], HAS_Z)
+    dA, dD, dbias = sums
     if i_r == 0:
         tl.store(p_dh, q, mask=m_s)
     # [ranges, b, N + 2, d]: this range's sums over its steps of the dA, dD and d(delta_bias) terms

@@ -25,16 +25,19 @@ def _prefetch(ptrs, PTX: tl.constexpr):
 
 
 @triton.jit
-def _prefetch_chunk(p_row, p_bc, t0, L, s_t, s_bc_t, lane, BLOCK_T: tl.constexpr, PTX: tl.constexpr):
+def _prefetch_chunk(row, bc, t0, L, lane, BLOCK_T: tl.constexpr, PTX: tl.constexpr):
     """Prefetch steps ``[t0, t0 + BLOCK_T)`` (clamped to the sequence) of a per-channel stream
-    (``p_row [1, BD]``, step stride ``s_t``) and, when ``p_bc`` is given, of a ``[L, n]`` stream whose
-    chunk rows are spread over the lanes. A chunk's loads sit behind the previous step's store, so
+    ``row`` (its prefetch pointers ``[1, BD]``) and, when ``bc`` is given, of a ``[L, n]`` stream
+    whose chunk rows are spread over the lanes (streams as :func:`_stream` and
+    :func:`_state_stream` give them). A chunk's loads sit behind the previous step's store, so
     without this every step would wait for memory."""
     if PTX:
+        _, pf_row, s_t = row
         for j in tl.static_range(BLOCK_T):
-            _prefetch(p_row + tl.minimum(t0 + j, L - 1) * s_t, PTX)
-        if p_bc is not None:
-            _prefetch(p_bc + tl.minimum(t0 + lane % BLOCK_T, L - 1) * s_bc_t, PTX)
+            _prefetch(pf_row + tl.minimum(t0 + j, L - 1) * s_t, PTX)
+        if bc is not None:
+            _, pf_bc, s_bc_t = bc
+            _prefetch(pf_bc + tl.minimum(t0 + lane % BLOCK_T, L - 1) * s_bc_t, PTX)
 
 
 @triton.jit
@@ -74,8 +77,10 @@ def _decay(dt, A_log2e, keep, HAS_RESET: tl.constexpr, PTX: tl.constexpr):
 
 
 @triton.jit
-def _raw_delta(p_delta, t, m, s_dt_t, bias, HAS_BIAS: tl.constexpr):
-    """Step ``t``'s raw ``delta (+ bias)`` ``[1, BD]`` (``delta`` read as 0 where ``m`` is off)."""
+def _raw_delta(dts, t, m, bias, HAS_BIAS: tl.constexpr):
+    """Step ``t``'s raw ``delta (+ bias)`` ``[1, BD]`` (``delta`` read as 0 where ``m`` is off);
+    ``dts``: the delta stream (:func:`_stream`)."""
+    p_delta, _, s_dt_t = dts
     raw_dt = tl.load(p_delta + t * s_dt_t, mask=m, other=0.0).to(tl.float32)
     if HAS_BIAS:
         raw_dt += bias
@@ -93,45 +98,34 @@ def _step_size(raw_dt, m, SOFTPLUS: tl.constexpr, FAST: tl.constexpr):
 
 
 @triton.jit
-def _chunk_deltas(p_delta, i_c, m_ch, L, s_dt_t, bias, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _chunk_deltas(dts, i_c, m_ch, L, bias, BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr):
     """The raw ``delta (+ bias)`` ``[1, BD]`` of chunk ``i_c``'s steps ``i_c BLOCK_T + j``, ``j <
-    BLOCK_T <= 4``, as four values (zeros past ``BLOCK_T``; ``delta`` reads as 0 past the end),
+    BLOCK_T <= 4``, as a tuple of four values (zeros past ``BLOCK_T``; ``delta`` reads as 0 past the end),
     loaded a chunk before their use: otherwise the first use of each step's delta waits on its
     load at the start of every chunk (the most stalled instruction of the loops that use this).
     Four named values, not a ``[BLOCK_T, 1, BD]`` tile: Triton gives such a tile a layout of its
     own and converts it through shared memory."""
     tl.static_assert(BLOCK_T <= 4, "deltas are loaded a chunk ahead for chunks of up to 4 steps")
     t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T
-    d0 = _raw_delta(p_delta, t, m_ch & (t < L), s_dt_t, bias, HAS_BIAS)
+    d0 = _raw_delta(dts, t, m_ch & (t < L), bias, HAS_BIAS)
     d1 = d0 * 0.0
     d2 = d1
     d3 = d1
     if BLOCK_T > 1:
-        d1 = _raw_delta(p_delta, t + 1, m_ch & (t + 1 < L), s_dt_t, bias, HAS_BIAS)
+        d1 = _raw_delta(dts, t + 1, m_ch & (t + 1 < L), bias, HAS_BIAS)
     if BLOCK_T > 2:
-        d2 = _raw_delta(p_delta, t + 2, m_ch & (t + 2 < L), s_dt_t, bias, HAS_BIAS)
+        d2 = _raw_delta(dts, t + 2, m_ch & (t + 2 < L), bias, HAS_BIAS)
     if BLOCK_T > 3:
-        d3 = _raw_delta(p_delta, t + 3, m_ch & (t + 3 < L), s_dt_t, bias, HAS_BIAS)
+        d3 = _raw_delta(dts, t + 3, m_ch & (t + 3 < L), bias, HAS_BIAS)
     return d0, d1, d2, d3
 
 
 @triton.jit
-def _nth(d0, d1, d2, d3, j: tl.constexpr):
-    """``(d0, d1, d2, d3)[j]`` (a chunk's raw deltas from :func:`_chunk_deltas`)."""
-    if j == 0:
-        return d0
-    elif j == 1:
-        return d1
-    elif j == 2:
-        return d2
-    else:
-        return d3
-
-
-@triton.jit
-def _keep(p_reset, t, m_t, s_r_t, HAS_RESET: tl.constexpr):
-    """True where step ``t`` carries the state on (no reset there, or no resets at all)."""
+def _keep(resets, t, m_t, HAS_RESET: tl.constexpr):
+    """True where step ``t`` carries the state on (no reset there, or no resets at all);
+    ``resets`` = (pointer, step stride)."""
     if HAS_RESET:
+        p_reset, s_r_t = resets
         return tl.load(p_reset + t * s_r_t, mask=m_t, other=0) == 0
     else:
         return t >= 0
@@ -142,18 +136,14 @@ def _step(
     h,
     A_log2e,
     raw_dt,
-    p_u,
-    p_B,
-    p_C,
-    p_reset,
+    us,
+    Bs,
+    Cs,
+    resets,
     t,
     m_ch,
     m_n,
     L,
-    s_u_t,
-    s_B_t,
-    s_C_t,
-    s_r_t,
     SOFTPLUS: tl.constexpr,
     HAS_RESET: tl.constexpr,
     PTX: tl.constexpr,
@@ -161,7 +151,11 @@ def _step(
 ):
     """Step ``t`` of the recurrence from ``h = h_{t-1}`` ``[N, BD]`` and the step's raw ``delta (+
     bias)`` ``raw_dt``: returns ``h_t``, the step size ``dt`` ``[1, BD]`` (0 past the end), ``u``
-    ``[1, BD]`` and ``C_t`` ``[N, 1]``."""
+    ``[1, BD]`` and ``C_t`` ``[N, 1]``. ``us``, ``Bs``, ``Cs``: each stream's (pointer, prefetch
+    pointer, step stride); ``resets``: (pointer, step stride)."""
+    p_u, _, s_u_t = us
+    p_B, _, s_B_t = Bs
+    p_C, _, s_C_t = Cs
     m_t = t < L
     m = m_ch & m_t
     dt = _step_size(raw_dt, m, SOFTPLUS, FAST)
@@ -171,7 +165,7 @@ def _step(
     C_t = _load_states(p_C + t_in * s_C_t, m_n)
     if HAS_RESET:
         # a select, not a zero decay: a non-finite state before a reset must not survive it
-        h = tl.where(_keep(p_reset, t, m_t, s_r_t, HAS_RESET), h, 0.0)
+        h = tl.where(_keep(resets, t, m_t, HAS_RESET), h, 0.0)
     h = _exp2(dt * A_log2e, PTX) * h + (dt * u) * B_t
     return h, dt, u, C_t
 
@@ -179,30 +173,13 @@ def _step(
 @triton.jit
 def _fwd_chunk(
     h,
-    sum_dt,
-    kept,
+    acc,
     i_c,
-    raw0,
-    raw1,
-    raw2,
-    raw3,
-    A_log2e,
-    p_delta,
-    p_u,
-    p_B,
-    p_reset,
-    pf_dt,
-    pf_u,
-    pf_B,
-    m_ch,
+    raws,
+    prog,
     m_n,
+    ins,
     L,
-    lane,
-    s_dt_t,
-    s_u_t,
-    s_B_t,
-    s_r_t,
-    bias,
     BLOCK_T: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
@@ -211,40 +188,24 @@ def _fwd_chunk(
     FAST: tl.constexpr,
 ):
     """Chunk ``i_c`` (``BLOCK_T`` steps) of the recurrence from ``h``, prefetching the next chunk:
-    returns ``h`` after it, ``sum_dt`` plus its step sizes, ``kept`` and-ed with "no reset in it"
-    (callers that need neither pass anything and drop them; C is not read) and the next chunk's
-    raw deltas (this chunk's are ``raw0 .. raw3``, :func:`_chunk_deltas`)."""
+    returns ``h`` after it, ``acc`` = (``sum_dt`` plus its step sizes, ``kept`` and-ed with "no
+    reset in it"; callers that need neither pass anything and drop them; C is not read) and the
+    next chunk's raw deltas (this chunk's are ``raws``, :func:`_chunk_deltas`). ``prog`` = the
+    program's (``A log2(e)``, ``delta_bias``, channel mask, lanes); ``m_n``: the state mask (None:
+    no padded states); ``ins`` = the streams (delta, u, B, resets) as :func:`_step` takes them."""
+    A_log2e, bias, m_ch, lane = prog
+    dts, us, Bs, resets = ins
+    sum_dt, kept = acc
     t_pf = (i_c + 1) * BLOCK_T
-    _prefetch_chunk(pf_dt, pf_B, t_pf, L, s_dt_t, s_B_t, lane, BLOCK_T, PTX)
-    _prefetch_chunk(pf_u, None, t_pf, L, s_u_t, s_u_t, lane, BLOCK_T, PTX)
-    next0, next1, next2, next3 = _chunk_deltas(p_delta, i_c + 1, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
+    _prefetch_chunk(dts, Bs, t_pf, L, lane, BLOCK_T, PTX)
+    _prefetch_chunk(us, None, t_pf, L, lane, BLOCK_T, PTX)
+    raws_next = _chunk_deltas(dts, i_c + 1, m_ch, L, bias, BLOCK_T, HAS_BIAS)
     for j in tl.static_range(BLOCK_T):
         t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
-        raw_dt = _nth(raw0, raw1, raw2, raw3, j)
-        h, dt, u, B_t = _step(
-            h,
-            A_log2e,
-            raw_dt,
-            p_u,
-            p_B,
-            p_B,
-            p_reset,
-            t,
-            m_ch,
-            m_n,
-            L,
-            s_u_t,
-            s_B_t,
-            s_B_t,
-            s_r_t,
-            SOFTPLUS,
-            HAS_RESET,
-            PTX,
-            FAST,
-        )
+        h, dt, u, B_t = _step(h, A_log2e, raws[j], us, Bs, Bs, resets, t, m_ch, m_n, L, SOFTPLUS, HAS_RESET, PTX, FAST)
         sum_dt += dt
-        kept = kept & _keep(p_reset, t, t < L, s_r_t, HAS_RESET)
-    return h, sum_dt, kept, next0, next1, next2, next3
+        kept = kept & _keep(resets, t, t < L, HAS_RESET)
+    return h, (sum_dt, kept), raws_next
 
 
 @triton.jit
@@ -252,12 +213,6 @@ def _range_start(r, range_steps, L):
     """Range ``r``'s first step ``t_lo`` (int64) and its length (at most ``range_steps``)."""
     t_lo = (r * range_steps).to(tl.int64)
     return t_lo, tl.minimum(L - t_lo, range_steps).to(tl.int32)
-
-
-@triton.jit
-def _at_step(p, pf, t_lo, s_t):
-    """A stream's pointers ``p`` and prefetch pointers ``pf`` moved to step ``t_lo``."""
-    return p + t_lo * s_t, pf + t_lo * s_t
 
 
 @triton.jit
@@ -272,63 +227,70 @@ def _clamp_channels(ch, d, EVEN_D: tl.constexpr):
 
 
 @triton.jit
-def _input_pointers(
-    p_u,
-    p_delta,
-    p_z,
-    p_B,
-    p_C,
-    i_b,
-    ch,
-    nn,
-    d,
-    EVEN_D: tl.constexpr,
-    s_u_b,
-    s_u_d,
-    s_dt_b,
-    s_dt_d,
-    s_z_b,
-    s_z_d,
-    s_B_b,
-    s_B_n,
-    s_C_b,
-    s_C_n,
-):
-    """Batch row ``i_b``'s pointers: the channels' rows ``[1, BD]`` of u, delta, z and the states'
-    columns ``[N, 1]`` of B, C (step 0); then, for prefetching, the same rows with the channels
-    clamped into the tensor, and B, C at state 0."""
-    ch_pf = _clamp_channels(ch, d, EVEN_D)
+def _stream(p, strides, i_b, ch, ch_pf):
+    """A per-channel ``[b, d, L]`` stream (``strides`` its three) of batch row ``i_b`` as (the
+    channels' row ``[1, BD]`` at step 0, the same row with the channels clamped into the tensor
+    for prefetching, the step stride)."""
+    s_b, s_d, s_t = strides
+    pf = p + i_b * s_b + ch_pf * s_d
+    return p + (i_b * s_b + ch * s_d), pf, s_t
+
+
+@triton.jit
+def _state_stream(p, strides, i_b, nn):
+    """A ``[b, n, L]`` stream (B or C; ``strides`` its three) of batch row ``i_b`` as (the states'
+    column ``[N, 1]`` at step 0, state 0 for prefetching, the step stride)."""
+    s_b, s_n, s_t = strides
+    pf = p + i_b * s_b
+    return p + (i_b * s_b + nn * s_n), pf, s_t
+
+
+@triton.jit
+def _input_streams(p_u, p_delta, p_z, p_B, p_C, s_u, s_dt, s_z, s_B, s_C, i_b, ch, ch_pf, nn):
+    """The streams of u, delta, z (:func:`_stream`) and B, C (:func:`_state_stream`) of batch row
+    ``i_b``; the load pointers first, then the prefetch pointers (the order ptxas is given them
+    changes its register allocation of the scan kernels)."""
+    s_u_b, s_u_d, s_u_t = s_u
+    s_dt_b, s_dt_d, s_dt_t = s_dt
+    s_z_b, s_z_d, s_z_t = s_z
+    s_B_b, s_B_n, s_B_t = s_B
+    s_C_b, s_C_n, s_C_t = s_C
+    u = p_u + i_b * s_u_b + ch * s_u_d
+    dt = p_delta + i_b * s_dt_b + ch * s_dt_d
+    z = p_z + i_b * s_z_b + ch * s_z_d
+    B = p_B + i_b * s_B_b + nn * s_B_n
+    C = p_C + i_b * s_C_b + nn * s_C_n
+    pf_u = p_u + i_b * s_u_b + ch_pf * s_u_d
+    pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
+    pf_z = p_z + i_b * s_z_b + ch_pf * s_z_d
     return (
-        p_u + i_b * s_u_b + ch * s_u_d,
-        p_delta + i_b * s_dt_b + ch * s_dt_d,
-        p_z + i_b * s_z_b + ch * s_z_d,
-        p_B + i_b * s_B_b + nn * s_B_n,
-        p_C + i_b * s_C_b + nn * s_C_n,
-        p_u + i_b * s_u_b + ch_pf * s_u_d,
-        p_delta + i_b * s_dt_b + ch_pf * s_dt_d,
-        p_z + i_b * s_z_b + ch_pf * s_z_d,
-        p_B + i_b * s_B_b,
-        p_C + i_b * s_C_b,
+        (u, pf_u, s_u_t),
+        (dt, pf_dt, s_dt_t),
+        (z, pf_z, s_z_t),
+        (B, p_B + i_b * s_B_b, s_B_t),
+        (C, p_C + i_b * s_C_b, s_C_t),
     )
 
 
 @triton.jit
-def _local_setup(
-    p_A_log2e, p_bias, d, n, N: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_D: tl.constexpr
-):
-    """A local-range program's batch row, range, channels ``[1, BD]`` (and clamped into the tensor,
-    for prefetching), states ``[N, 1]``, masks, ``A log2(e)`` ``[N, BD]`` and ``delta_bias``."""
-    i_b = tl.program_id(1).to(tl.int64)
-    i_r = tl.program_id(2)
-    lane = tl.arange(0, BD)[None, :]
-    ch = tl.program_id(0) * BD + lane
+def _at_step(stream, t_lo):
+    """A stream (pointer, prefetch pointer, step stride) moved to step ``t_lo``."""
+    p, pf, s_t = stream
+    return p + t_lo * s_t, pf + t_lo * s_t, s_t
+
+
+@triton.jit
+def _program(p_A_log2e, p_bias, ch, d, n, N: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_D: tl.constexpr):
+    """What a program of channels ``ch`` ``[1, BD]`` works with: those channels clamped into the
+    tensor (for prefetching), the states ``[N, 1]``, the channel, state and state-tile masks,
+    ``A log2(e)`` ``[N, BD]`` and ``delta_bias`` ``[1, BD]``."""
     nn = tl.arange(0, N)[:, None]
     m_ch = ch < d
     m_n = nn < n
     m_s = m_ch & m_n
     A_log2e = tl.load(p_A_log2e + nn * d + ch, mask=m_s, other=0.0)
     bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
-    return i_b, i_r, lane, ch, _clamp_channels(ch, d, EVEN_D), nn, m_ch, m_n, m_s, A_log2e, bias
+    return _clamp_channels(ch, d, EVEN_D), nn, m_ch, m_n, m_s, A_log2e, bias
 
 
 @triton.jit

@@ -13,15 +13,17 @@ from mamba_rl.kernels.triton_scan_common import (
     _at_step,
     _chunk_deltas,
     _fwd_chunk,
-    _input_pointers,
-    _local_setup,
+    _input_streams,
     _pick,
     _prefetch_chunk,
+    _program,
     _put,
     _range_start,
     _raw_delta,
+    _state_stream,
     _step,
     _store_local,
+    _stream,
 )
 
 
@@ -59,67 +61,32 @@ def _scan_fwd_local_kernel(
     a_t`` by which the state entering it is carried to its end (``[b, ranges, N, d]`` each). Each
     chunk's deltas are loaded a chunk ahead (:func:`_chunk_deltas`). ``s_*``: each stream's strides
     (batch, channel or state, step); the resets' (batch, step)."""
-    s_u_b, s_u_d, s_u_t = s_u
-    s_dt_b, s_dt_d, s_dt_t = s_dt
-    s_B_b, s_B_n, s_B_t = s_B
-    s_r_b, s_r_t = s_r
-    i_b, i_r, lane, ch, ch_pf, nn, m_ch, m_n, m_s, A_log2e, bias = _local_setup(
-        p_A_log2e, p_bias, d, n, N, BD, HAS_BIAS, EVEN_D
-    )
+    i_b = tl.program_id(1).to(tl.int64)
+    i_r = tl.program_id(2)
+    lane = tl.arange(0, BD)[None, :]
+    ch = tl.program_id(0) * BD + lane
+    ch_pf, nn, m_ch, m_n, m_s, A_log2e, bias = _program(p_A_log2e, p_bias, ch, d, n, N, HAS_BIAS, EVEN_D)
     if EVEN_N:  # no padded states: B and C load unmasked
         m_n = None
-    pf_u = p_u + i_b * s_u_b + ch_pf * s_u_d
-    pf_dt = p_delta + i_b * s_dt_b + ch_pf * s_dt_d
-    pf_B = p_B + i_b * s_B_b
-    p_u += i_b * s_u_b + ch * s_u_d
-    p_delta += i_b * s_dt_b + ch * s_dt_d
-    p_B += i_b * s_B_b + nn * s_B_n
+    us = _stream(p_u, s_u, i_b, ch, ch_pf)
+    dts = _stream(p_delta, s_dt, i_b, ch, ch_pf)
+    Bs = _state_stream(p_B, s_B, i_b, nn)
+    s_r_b, s_r_t = s_r
     p_reset += i_b * s_r_b
     # every stream starts at the range's first step; L: the range's length
     t_lo, L = _range_start(i_r, range_steps, L)
-    p_u, pf_u = _at_step(p_u, pf_u, t_lo, s_u_t)
-    p_delta, pf_dt = _at_step(p_delta, pf_dt, t_lo, s_dt_t)
-    p_B, pf_B = _at_step(p_B, pf_B, t_lo, s_B_t)
-    p_reset += t_lo * s_r_t
+    us, dts, Bs = _at_step(us, t_lo), _at_step(dts, t_lo), _at_step(Bs, t_lo)
+    ins = (dts, us, Bs, (p_reset + t_lo * s_r_t, s_r_t))
+    prog = (A_log2e, bias, m_ch, lane)
     h = tl.zeros([N, BD], dtype=tl.float32)
-    sum_dt = tl.zeros([1, BD], dtype=tl.float32)
-    kept = tl.full([1, 1], 1, tl.int1)
-    raw0, raw1, raw2, raw3 = _chunk_deltas(p_delta, 0, m_ch, L, s_dt_t, bias, BLOCK_T, HAS_BIAS)
+    acc = (tl.zeros([1, BD], dtype=tl.float32), tl.full([1, 1], 1, tl.int1))
+    raws = _chunk_deltas(dts, 0, m_ch, L, bias, BLOCK_T, HAS_BIAS)
     for i_c in range(tl.cdiv(L, BLOCK_T)):
         # past the range's end dt = 0, x = 0: h unchanged
-        h, sum_dt, kept, raw0, raw1, raw2, raw3 = _fwd_chunk(
-            h,
-            sum_dt,
-            kept,
-            i_c,
-            raw0,
-            raw1,
-            raw2,
-            raw3,
-            A_log2e,
-            p_delta,
-            p_u,
-            p_B,
-            p_reset,
-            pf_dt,
-            pf_u,
-            pf_B,
-            m_ch,
-            m_n,
-            L,
-            lane,
-            s_dt_t,
-            s_u_t,
-            s_B_t,
-            s_r_t,
-            bias,
-            BLOCK_T,
-            HAS_BIAS,
-            SOFTPLUS,
-            HAS_RESET,
-            PTX,
-            FAST,
+        h, acc, raws = _fwd_chunk(
+            h, acc, i_c, raws, prog, m_n, ins, L, BLOCK_T, HAS_BIAS, SOFTPLUS, HAS_RESET, PTX, FAST
         )
+    sum_dt, kept = acc
     _store_local(p_loc, p_P, h, sum_dt, A_log2e, kept, i_b, i_r, nn, ch, m_s, d, N, HAS_RESET, PTX)
 
 
@@ -170,62 +137,29 @@ def _scan_fwd_kernel(
     ``y``, the state entering every ``SEG_CHUNKS``-th chunk (``p_h_ckpt``, for the backward) and
     the state the range ends in (``p_h_end``). ``s_*``: each stream's strides (batch, channel or
     state, step); the resets' (batch, step)."""
-    s_u_b, s_u_d, s_u_t = s_u
-    s_dt_b, s_dt_d, s_dt_t = s_dt
-    s_z_b, s_z_d, s_z_t = s_z
-    s_B_b, s_B_n, s_B_t = s_B
-    s_C_b, s_C_n, s_C_t = s_C
-    s_y_b, s_y_d, s_y_t = s_y
-    s_r_b, s_r_t = s_r
     i_d = tl.program_id(0)
     i_b = tl.program_id(1).to(tl.int64)
     i_r = tl.program_id(2)
     ch = i_d * BD + tl.arange(0, BD)[None, :]
-    nn = tl.arange(0, N)[:, None]
-    m_ch = ch < d
-    m_n = nn < n
-    m_s = m_ch & m_n
+    ch_pf, nn, m_ch, m_n, m_s, A_log2e, bias = _program(p_A_log2e, p_bias, ch, d, n, N, HAS_BIAS, EVEN_D)
     if EVEN_N:  # no padded states: B and C load unmasked
         m_n = None
-    A_log2e = tl.load(p_A_log2e + nn * d + ch, mask=m_s, other=0.0)
-    bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
     if HAS_D:
         D_ch = tl.load(p_D + ch, mask=m_ch, other=0.0).to(tl.float32)
-    p_u, p_delta, p_z, p_B, p_C, pf_u, pf_dt, pf_z, pf_B, pf_C = _input_pointers(
-        p_u,
-        p_delta,
-        p_z,
-        p_B,
-        p_C,
-        i_b,
-        ch,
-        nn,
-        d,
-        EVEN_D,
-        s_u_b,
-        s_u_d,
-        s_dt_b,
-        s_dt_d,
-        s_z_b,
-        s_z_d,
-        s_B_b,
-        s_B_n,
-        s_C_b,
-        s_C_n,
-    )
+    us, dts, zs, Bs, Cs = _input_streams(p_u, p_delta, p_z, p_B, p_C, s_u, s_dt, s_z, s_B, s_C, i_b, ch, ch_pf, nn)
+    s_y_b, s_y_d, s_y_t = s_y
     p_y += i_b * s_y_b + ch * s_y_d
+    s_r_b, s_r_t = s_r
     p_reset += i_b * s_r_b
     # this range's steps [t_lo, t_lo + L): every stream starts at t_lo, so that the loop below is
     # the one-range loop (the same code; ptxas schedules variants of it up to 2x slower)
     range_steps = range_segs * SEG_CHUNKS * BLOCK_T
     t_lo, L = _range_start(i_r, range_steps, L)
-    p_u, pf_u = _at_step(p_u, pf_u, t_lo, s_u_t)
-    p_delta, pf_dt = _at_step(p_delta, pf_dt, t_lo, s_dt_t)
-    p_z, pf_z = _at_step(p_z, pf_z, t_lo, s_z_t)
-    p_B, pf_B = _at_step(p_B, pf_B, t_lo, s_B_t)
-    p_C, pf_C = _at_step(p_C, pf_C, t_lo, s_C_t)
+    us, dts, zs = _at_step(us, t_lo), _at_step(dts, t_lo), _at_step(zs, t_lo)
+    Bs, Cs = _at_step(Bs, t_lo), _at_step(Cs, t_lo)
     p_y += t_lo * s_y_t
-    p_reset += t_lo * s_r_t
+    p_z, _, s_z_t = zs
+    resets = (p_reset + t_lo * s_r_t, s_r_t)
     # [b, n_pieces + 1, N, d]: the state entering each local range (h0 first)
     h = tl.load(p_h_in + (i_b * (n_pieces + 1) + i_r * pieces_per_range) * N * d + nn * d + ch, mask=m_s, other=0.0)
     # [b, n_seg + 1, N, d]: the states entering every SEG_CHUNKS-th chunk, for the backward
@@ -237,33 +171,15 @@ def _scan_fwd_kernel(
         # [BLOCK_T, 1, BD]: the chunk's outputs, stored after its last step
         y_chunk = tl.zeros([BLOCK_T, 1, BD], dtype=tl.float32)
         t_pf = (i_c + 1) * BLOCK_T
-        _prefetch_chunk(pf_dt, pf_B, t_pf, L, s_dt_t, s_B_t, lane, BLOCK_T, PTX)
-        _prefetch_chunk(pf_u, pf_C, t_pf, L, s_u_t, s_C_t, lane, BLOCK_T, PTX)
+        _prefetch_chunk(dts, Bs, t_pf, L, lane, BLOCK_T, PTX)
+        _prefetch_chunk(us, Cs, t_pf, L, lane, BLOCK_T, PTX)
         if HAS_Z:
-            _prefetch_chunk(pf_z, None, t_pf, L, s_z_t, s_z_t, lane, BLOCK_T, PTX)
+            _prefetch_chunk(zs, None, t_pf, L, lane, BLOCK_T, PTX)
         for j in tl.static_range(BLOCK_T):
             t = tl.full([1, 1], 0, tl.int32) + i_c * BLOCK_T + j
-            raw_dt = _raw_delta(p_delta, t, m_ch & (t < L), s_dt_t, bias, HAS_BIAS)
+            raw_dt = _raw_delta(dts, t, m_ch & (t < L), bias, HAS_BIAS)
             h, dt, u, C_t = _step(
-                h,
-                A_log2e,
-                raw_dt,
-                p_u,
-                p_B,
-                p_C,
-                p_reset,
-                t,
-                m_ch,
-                m_n,
-                L,
-                s_u_t,
-                s_B_t,
-                s_C_t,
-                s_r_t,
-                SOFTPLUS,
-                HAS_RESET,
-                PTX,
-                FAST,
+                h, A_log2e, raw_dt, us, Bs, Cs, resets, t, m_ch, m_n, L, SOFTPLUS, HAS_RESET, PTX, FAST
             )
             y = tl.sum(h * C_t, axis=0, keep_dims=True)
             if HAS_D:

@@ -35,10 +35,14 @@ __all__ = ["add_restart_states"]
 
 
 @triton.jit
-def _restart_setup(p_A_log2e, p_bias, p_first, p_row0, d, n, N: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _restart_setup(
+    p_A_log2e, p_bias, p_first, p_row0, ptrs, strides, d, n, N: tl.constexpr, BD: tl.constexpr, HAS_BIAS: tl.constexpr
+):
     """A program's batch row, channels ``[1, BD]``, states ``[N, 1]``, their masks, ``A log2(e)``
-    ``[N, BD]``, ``delta_bias`` ``[1, BD]``, the row's first reset step (``L`` if none) and the
-    ``reset_state`` row of its first reset."""
+    ``[N, BD]``, ``delta_bias`` ``[1, BD]``, the row's first reset step (``L`` if none), the
+    ``reset_state`` row of its first reset, and ``ptrs`` = (delta, C, z, reset, reset_state) at
+    the program's row and channels with their step (row for reset_state) strides (``strides``:
+    each tensor's, in its dims' order)."""
     i_b = tl.program_id(1).to(tl.int64)
     ch = tl.program_id(0) * BD + tl.arange(0, BD)[None, :]
     nn = tl.arange(0, N)[:, None]
@@ -48,7 +52,33 @@ def _restart_setup(p_A_log2e, p_bias, p_first, p_row0, d, n, N: tl.constexpr, BD
     bias = tl.load(p_bias + ch, mask=m_ch & HAS_BIAS, other=0.0).to(tl.float32)
     # [1, 1] int64, as the reset flags it counts
     row0 = tl.zeros([1, 1], tl.int64) + tl.load(p_row0 + i_b)
-    return i_b, ch, nn, m_ch, m_s, A_log2e, bias, tl.load(p_first + i_b), row0
+    p_delta, p_C, p_z, p_reset, p_rs = ptrs
+    s_dt, s_C, s_z, s_r, s_rs = strides
+    s_dt_b, s_dt_d, s_dt_t = s_dt
+    s_C_b, s_C_n, s_C_t = s_C
+    s_z_b, s_z_d, s_z_t = s_z
+    s_r_b, s_r_t = s_r
+    s_rs_k, s_rs_d, s_rs_n = s_rs
+    ptrs = (
+        p_delta + (i_b * s_dt_b + ch * s_dt_d),
+        p_C + (i_b * s_C_b + nn * s_C_n),
+        p_z + (i_b * s_z_b + ch * s_z_d),
+        p_reset + i_b * s_r_b,
+        p_rs + (ch * s_rs_d + nn * s_rs_n),
+    )
+    return (
+        i_b,
+        ch,
+        nn,
+        m_ch,
+        m_s,
+        A_log2e,
+        bias,
+        tl.load(p_first + i_b),
+        row0,
+        ptrs,
+        (s_dt_t, s_C_t, s_z_t, s_r_t, s_rs_k),
+    )
 
 
 @triton.jit
@@ -102,22 +132,15 @@ def _restart_fwd_kernel(
 ):
     """Adds ``silu(z_t) <g_t, C_t>`` to ``y`` in place from the row's first reset on, and writes
     ``h_out = h_in + g_{L-1}`` ``[b, d, n]``. ``s_*``: each tensor's strides, in its dims' order."""
-    s_dt_b, s_dt_d, s_dt_t = s_dt
-    s_C_b, s_C_n, s_C_t = s_C
-    s_z_b, s_z_d, s_z_t = s_z
-    s_r_b, s_r_t = s_r
-    s_rs_k, s_rs_d, s_rs_n = s_rs
+    ptrs, strides = (p_delta, p_C, p_z, p_reset, p_rs), (s_dt, s_C, s_z, s_r, s_rs)
+    i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k, ptrs, steps = _restart_setup(
+        p_A_log2e, p_bias, p_first, p_row0, ptrs, strides, d, n, N, BD, HAS_BIAS
+    )
+    p_delta, p_C, p_z, p_reset, p_rs = ptrs
+    s_dt_t, s_C_t, s_z_t, s_r_t, s_rs_k = steps
     s_y_b, s_y_d, s_y_t = s_y
     s_hi_b, s_hi_d, s_hi_n = s_hi
-    i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k = _restart_setup(
-        p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS
-    )
-    p_delta += i_b * s_dt_b + ch * s_dt_d
-    p_C += i_b * s_C_b + nn * s_C_n
-    p_z += i_b * s_z_b + ch * s_z_d
-    p_reset += i_b * s_r_b
     p_y += i_b * s_y_b + ch * s_y_d
-    p_rs += ch * s_rs_d + nn * s_rs_n
     # the reset_state row of the last reset seen (k - 1 before the first one)
     k = k - 1
     g = tl.zeros([N, BD], dtype=tl.float32)
@@ -181,22 +204,15 @@ def _restart_bwd_kernel(
     row's first reset on), ``dC`` partial sums ``[d / BD, b, L, N]``, ``dA`` and ``d(delta_bias)``
     per row ``[b, N, d]`` / ``[b, d]``, and ``d reset_state`` ``[R, d, n]`` (contiguous).
     ``s_*``: each tensor's strides, in its dims' order."""
-    s_dt_b, s_dt_d, s_dt_t = s_dt
-    s_C_b, s_C_n, s_C_t = s_C
-    s_z_b, s_z_d, s_z_t = s_z
-    s_r_b, s_r_t = s_r
-    s_rs_k, s_rs_d, s_rs_n = s_rs
+    ptrs, strides = (p_delta, p_C, p_z, p_reset, p_rs), (s_dt, s_C, s_z, s_r, s_rs)
+    i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k, ptrs, steps = _restart_setup(
+        p_A_log2e, p_bias, p_first, p_row0, ptrs, strides, d, n, N, BD, HAS_BIAS
+    )
+    p_delta, p_C, p_z, p_reset, p_rs = ptrs
+    s_dt_t, s_C_t, s_z_t, s_r_t, s_rs_k = steps
     s_dy_b, s_dy_d, s_dy_t = s_dy
     s_dh_b, s_dh_d, s_dh_n = s_dh
-    i_b, ch, nn, m_ch, m_s, A_log2e, bias, t_first, k = _restart_setup(
-        p_A_log2e, p_bias, p_first, p_row0, d, n, N, BD, HAS_BIAS
-    )
-    p_delta += i_b * s_dt_b + ch * s_dt_d
-    p_C += i_b * s_C_b + nn * s_C_n
-    p_z += i_b * s_z_b + ch * s_z_d
-    p_reset += i_b * s_r_b
     p_dy += i_b * s_dy_b + ch * s_dy_d
-    p_rs += ch * s_rs_d + nn * s_rs_n
     # [b, L, d]: S_t, the sum of the step sizes from the last reset at or before t through t
     p_S += i_b * L * d + ch
     # 1. forward: S_t, and the reset_state row of the row's last reset
@@ -266,6 +282,21 @@ def _row_starts(reset: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return first.to(torch.int32), (count.cumsum(0, dtype=torch.int32) - count)
 
 
+def _constexprs(d: int, N: int, z, delta_bias, delta_softplus: bool) -> dict:
+    """The constexprs both kernels take: states and channels per program (one warp), which of
+    ``z`` and ``delta_bias`` there are, softplus, and inline PTX / fast math (not in the
+    interpreter)."""
+    return dict(
+        N=N,
+        BD=min(32, next_pow2(d)),
+        HAS_Z=z is not None,
+        HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus),
+        PTX=not interpreted(),
+        FAST=not interpreted(),
+    )
+
+
 class _RestartFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, h_last, delta, A, C, z, delta_bias, reset, reset_state, delta_softplus):
@@ -280,8 +311,8 @@ class _RestartFn(torch.autograd.Function):
         y = y.clone()
         h_out = torch.empty(b, d, n, device=y.device, dtype=torch.float32)
         z_ = delta if z is None else z
-        BD = min(32, next_pow2(d))
-        _RESTART_FWD[(triton.cdiv(d, BD), b)](
+        constexprs = _constexprs(d, N, z, delta_bias, delta_softplus)
+        _RESTART_FWD[(triton.cdiv(d, constexprs["BD"]), b)](
             delta,
             A_log2e,
             C,
@@ -304,13 +335,7 @@ class _RestartFn(torch.autograd.Function):
             reset_state.stride(),
             y.stride(),
             h_last.stride(),
-            N=N,
-            BD=BD,
-            HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus),
-            PTX=not interpreted(),
-            FAST=not interpreted(),
+            **constexprs,
             num_warps=1,
         )
         ctx.save_for_backward(delta, A_log2e, C, z, delta_bias, reset_u8, reset_state, first, row0)
@@ -332,8 +357,8 @@ class _RestartFn(torch.autograd.Function):
         N, n = A_log2e.shape[0], ctx.n
         dy = torch.zeros_like(delta) if dy is None else dy
         dh = torch.zeros(b, d, n, device=delta.device, dtype=torch.float32) if dh is None else dh
-        BD = min(32, next_pow2(d))
-        groups = triton.cdiv(d, BD)
+        constexprs = _constexprs(d, N, z, delta_bias, ctx.delta_softplus)
+        groups = triton.cdiv(d, constexprs["BD"])
         S = torch.empty(b, L, d, device=delta.device, dtype=torch.float32)
         # [b, L, d] memory, [b, d, L] views
         ddelta = torch.zeros(b, L, d, device=delta.device, dtype=torch.float32).transpose(1, 2)
@@ -372,13 +397,7 @@ class _RestartFn(torch.autograd.Function):
             reset_state.stride(),
             dy.stride(),
             dh.stride(),
-            N=N,
-            BD=BD,
-            HAS_Z=z is not None,
-            HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=ctx.delta_softplus,
-            PTX=not interpreted(),
-            FAST=not interpreted(),
+            **constexprs,
             num_warps=1,
         )
         delta_dtype, A_dtype, C_dtype, z_dtype, bias_dtype = ctx.dtypes

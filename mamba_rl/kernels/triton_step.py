@@ -21,7 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from mamba_rl.kernels.triton_host import is_silu, next_pow2
+from mamba_rl.kernels.naive import is_silu
+from mamba_rl.kernels.triton_host import next_pow2
 from mamba_rl.kernels.triton_launch import DirectLauncher
 from mamba_rl.kernels.triton_math import _softplus
 from mamba_rl.kernels.triton_scan import selective_scan_triton
@@ -410,31 +411,29 @@ def selective_state_step_inplace(
 
 @triton.jit
 def _mixer_conv_tile(
-    p_xz,
-    p_conv,
-    p_conv_out,
-    p_cw,
-    p_cb,
-    p_xc,
+    xz,
+    conv,
+    conv_out,
+    cw,
+    xc,
     o_e,
     m_e,
     b_keep,
     o_k,
     d,
-    s_xz_e,
-    s_c_e,
-    s_c_d,
-    s_c_k,
-    s_co_e,
-    s_co_d,
-    s_co_k,
-    s_xc_e,
     W: tl.constexpr,
     BLOCK_W: tl.constexpr,
     HAS_CONV_BIAS: tl.constexpr,
 ):
-    # the conv step of envs o_e [BE] on channels o_k [BK], then silu; x_conv is stored into p_xc in
-    # its dtype, as the unfused path rounds it, and returned as that rounded value [BE, BK]
+    # the conv step of envs o_e [BE] on channels o_k [BK], then silu; x_conv is stored into xc in
+    # its dtype, as the unfused path rounds it, and returned as that rounded value [BE, BK].
+    # xz, xc: (pointer, env stride); conv, conv_out: (pointer, env, channel and tap strides);
+    # cw: (conv weight, conv bias)
+    p_xz, s_xz_e = xz
+    p_conv, s_c_e, s_c_d, s_c_k = conv
+    p_conv_out, s_co_e, s_co_d, s_co_k = conv_out
+    p_cw, p_cb = cw
+    p_xc, s_xc_e = xc
     m_k = o_k < d
     m_ek = m_e[:, None] & m_k[None, :]
     b_x = tl.load(p_xz + o_e[:, None] * s_xz_e + o_k[None, :], mask=m_ek, other=0.0).to(tl.float32)
@@ -465,15 +464,12 @@ def _mixer_xproj_acc(b_xdbl, b_xc, p_wx, o_k, o_j, d, J, DOT: tl.constexpr):
 
 @triton.jit
 def _mixer_ssm_tile(
-    p_xz,
+    xz,
     p_xdbl,
-    p_wdt,
-    p_bdt,
-    p_A,
-    p_D,
-    p_h,
-    p_h_out,
-    p_xc,
+    prm,
+    h,
+    h_out,
+    xc,
     o_e,
     m_e,
     b_r,
@@ -481,18 +477,20 @@ def _mixer_ssm_tile(
     d,
     n,
     J,
-    s_xz_e,
-    s_h_e,
-    s_ho_e,
-    s_xc_e,
     R: tl.constexpr,
     HAS_D: tl.constexpr,
     HAS_RESET: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    # dt_proj, softplus, SSM update (p_h_out may be p_h), D skip and z gate for envs o_e [BE] on
-    # channels o_d [BD]; y overwrites x_conv in p_xc. b_r [BE]: the envs reset before this step;
-    # x_dbl [N, J] in p_xdbl.
+    # dt_proj, softplus, SSM update (h_out may be h), D skip and z gate for envs o_e [BE] on
+    # channels o_d [BD]; y overwrites x_conv in xc. b_r [BE]: the envs reset before this step;
+    # x_dbl [N, J] in p_xdbl. xz, h, h_out, xc: (pointer, env stride); prm: (dt_proj weight,
+    # dt_proj bias, A, D)
+    p_xz, s_xz_e = xz
+    p_wdt, p_bdt, p_A, p_D = prm
+    p_h, s_h_e = h
+    p_h_out, s_ho_e = h_out
+    p_xc, s_xc_e = xc
     o_n = tl.arange(0, BLOCK_N)
     m_d = o_d < d
     m_n = o_n < n
@@ -583,64 +581,22 @@ def _mixer_step_kernel(
     if HAS_RESET:
         b_r = tl.load(p_reset + o_e, mask=m_e, other=0) != 0
     b_keep = ~b_r
+    xz, xc = (p_xz, s_xz_e), (p_xc, s_xc_e)
+    conv, conv_out = (p_conv, s_c_e, s_c_d, s_c_k), (p_conv_out, s_co_e, s_co_d, s_co_k)
+    h, h_out = (p_h, s_h_e), (p_h_out, s_ho_e)
+    prm = (p_wdt, p_bdt, p_A, p_D)
     b_xdbl = tl.zeros([BLOCK_E, BLOCK_J], dtype=tl.float32)
     for i_k in range(tl.cdiv(d, BLOCK_K)):
         o_k = i_k * BLOCK_K + tl.arange(0, BLOCK_K)
         b_xc = _mixer_conv_tile(
-            p_xz,
-            p_conv,
-            p_conv_out,
-            p_cw,
-            p_cb,
-            p_xc,
-            o_e,
-            m_e,
-            b_keep,
-            o_k,
-            d,
-            s_xz_e,
-            s_c_e,
-            s_c_d,
-            s_c_k,
-            s_co_e,
-            s_co_d,
-            s_co_k,
-            s_xc_e,
-            W,
-            BLOCK_W,
-            HAS_CONV_BIAS,
+            xz, conv, conv_out, (p_cw, p_cb), xc, o_e, m_e, b_keep, o_k, d, W, BLOCK_W, HAS_CONV_BIAS
         )
         b_xdbl = _mixer_xproj_acc(b_xdbl, b_xc, p_wx, o_k, o_j, d, J, BLOCK_E >= 16)
     tl.store(p_xdbl + o_e[:, None] * J + o_j[None, :], b_xdbl, mask=m_e[:, None] & (o_j < J)[None, :])
     tl.debug_barrier()
     for i_d in range(tl.cdiv(d, BLOCK_D)):
         o_d = i_d * BLOCK_D + tl.arange(0, BLOCK_D)
-        _mixer_ssm_tile(
-            p_xz,
-            p_xdbl,
-            p_wdt,
-            p_bdt,
-            p_A,
-            p_D,
-            p_h,
-            p_h_out,
-            p_xc,
-            o_e,
-            m_e,
-            b_r,
-            o_d,
-            d,
-            n,
-            J,
-            s_xz_e,
-            s_h_e,
-            s_ho_e,
-            s_xc_e,
-            R,
-            HAS_D,
-            HAS_RESET,
-            BLOCK_N,
-        )
+        _mixer_ssm_tile(xz, p_xdbl, prm, h, h_out, xc, o_e, m_e, b_r, o_d, d, n, J, R, HAS_D, HAS_RESET, BLOCK_N)
 
 
 _MIXER_STEP = DirectLauncher(_mixer_step_kernel)
