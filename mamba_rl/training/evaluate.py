@@ -40,7 +40,6 @@ __all__ = [
     "evaluate_horizons",
     "play_memory_episodes",
     "memory_blocks",
-    "policy_action",
     "MemoryEpisodes",
     "evaluate_env",
     "run_episodes",
