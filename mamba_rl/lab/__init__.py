@@ -3,7 +3,8 @@
 - :func:`trace`: a module's outputs and every layer's SSM and conv state at every step.
 - :func:`write_state_report`, :func:`state_figure` and the ``*_figure`` functions: heatmap, norms
   and PCA of the state on the delayed-memory task, correct vs wrong answers, and which bits of
-  the answers are right.
+  the answers are right; :func:`distractor_probe` and :func:`distractor_figure`: the state under
+  other distractors vs under another cue.
 - :func:`steer_ssm_state`: find an additive change of the SSM state that makes the policy give a
   chosen answer; :func:`rollout_with_ssm_delta` applies it in a real rollout.
 - :func:`check_equivalence`: step, sequence and chunked sequence (every backend) against each other.
@@ -26,6 +27,7 @@ from mamba_rl.lab.steering import (
 from mamba_rl.lab.tracing import LayerTrace, StateTrace, trace
 
 __all__ = [
+    "DistractorProbe",
     "EquivalenceReport",
     "EquivalenceRow",
     "Episodes",
@@ -40,6 +42,8 @@ __all__ = [
     "bits_figure",
     "bits_right",
     "check_equivalence",
+    "distractor_figure",
+    "distractor_probe",
     "fast_forward_memory",
     "heatmap_figure",
     "load_policy",
@@ -73,13 +77,20 @@ _PLOT_NAMES = frozenset(
 )
 
 
+_DISTRACTOR_NAMES = frozenset({"DistractorProbe", "distractor_figure", "distractor_probe"})
+
+
 def __getattr__(name):
     if name in _PLOT_NAMES:
         from mamba_rl.lab import plots
 
         return getattr(plots, name)
+    if name in _DISTRACTOR_NAMES:
+        from mamba_rl.lab import distractors
+
+        return getattr(distractors, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | _PLOT_NAMES)
+    return sorted(set(globals()) | _PLOT_NAMES | _DISTRACTOR_NAMES)

@@ -628,17 +628,25 @@ def write_state_report(
 
     Files in ``out_dir``: ``ssm_heatmap.png`` (:func:`heatmap_figure`), ``state_norms.png``
     (:func:`norms_figure`), ``state_pca.png`` (:func:`pca_figure`), ``answer_bits.png``
-    (:func:`bits_figure`) and ``report.json`` (counts, accuracy, the fraction of answers with
-    each bit right, the task, which episodes the heatmap shows).
+    (:func:`bits_figure`), with distractors and one horizon ``distractors.png``
+    (:func:`~mamba_rl.lab.distractors.distractor_figure` of ``episodes // 2`` pairs: the state
+    under other distractors vs under another cue) and ``report.json`` (counts, accuracy, the
+    fraction of answers with each bit right, the task, which episodes the heatmap shows, the
+    distractor probe's numbers at the query step).
 
     Returns:
         ``{"files": {name: path}, "episodes", "correct", "wrong", "accuracy"}``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    probe_distractors = params.num_distractors > 0 and params.horizon_range[0] == params.horizon_range[1]
     flags = _training_flags(policy)
     try:
         played = play_episodes(policy, params, episodes, seed=seed, device=device, greedy=greedy, stride=stride)
+        if probe_distractors:
+            from mamba_rl.lab.distractors import distractor_figure, distractor_probe
+
+            probe = distractor_probe(policy, params, max(1, episodes // 2), seed=seed, device=device, stride=stride)
     finally:
         _restore_training(policy, flags)
     files = {}
@@ -648,6 +656,8 @@ def write_state_report(
         "state_pca.png": pca_figure(played, layer=layer),
         "answer_bits.png": bits_figure(played),
     }
+    if probe_distractors:
+        figures["distractors.png"] = distractor_figure(probe)
     for name, fig in figures.items():
         fig.savefig(out_dir / name, dpi=dpi)
         files[name] = str(out_dir / name)
@@ -670,6 +680,8 @@ def write_state_report(
             for name, idx in (("correct", played.group("correct")), ("wrong", played.group("wrong")))
         },
     }
+    if probe_distractors:
+        summary["distractors"] = probe.at_query()
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
     files["report.json"] = str(out_dir / "report.json")
     return {"files": files, **{k: summary[k] for k in ("episodes", "correct", "wrong", "accuracy")}}
