@@ -127,7 +127,9 @@ def distractor_probe(
         raise ValueError(f"params.num_distractors must be >= 1 to probe distractors, got {params.num_distractors}")
     low, high = params.horizon_range
     if low != high:
-        raise ValueError(f"params.horizon must be one horizon (the variants share the query step), got {params.horizon}")
+        raise ValueError(
+            f"params.horizon must be one horizon (the variants share the query step), got {params.horizon}"
+        )
     if isinstance(pairs, bool) or not isinstance(pairs, int) or pairs < 1:
         raise ValueError(f"pairs must be an int >= 1, got {pairs!r}")
     module = state_policy.module

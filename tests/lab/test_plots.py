@@ -161,7 +161,9 @@ def test_pictures_of_a_bits_head_answer_as_the_evaluation(tmp_path):
     shifts = torch.arange(3)
     certain = played.outputs.abs() > 12
     assert int(certain.sum()) >= episodes // 4
-    assert torch.equal(((sampled.answer[:, None] >> shifts) & 1)[certain], ((played.answer[:, None] >> shifts) & 1)[certain])
+    assert torch.equal(
+        ((sampled.answer[:, None] >> shifts) & 1)[certain], ((played.answer[:, None] >> shifts) & 1)[certain]
+    )
     # the report counts the evaluation's right answers
     report = write_state_report(policy, params, tmp_path, episodes=episodes, seed=seed)
     assert report["correct"] == int(evaluated.success.sum())
