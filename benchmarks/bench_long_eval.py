@@ -16,9 +16,17 @@ query logits; more than ``--max-disagree`` of the episodes differing is an error
 written and the script exits 1), then ``speedup`` is the stepping time of all modes over the
 block time. ``--block-horizons`` run by blocks alone (accuracy and time). ``--block-steps`` times
 the block path at ``--sweep-horizon`` for several block sizes (the default's justification).
-Times include everything an evaluation does (CUDA graph capture, env reset, the synchronisation
-at the end); the Triton kernels are compiled in a warm-up first. The JSON is rewritten after
-every case, so a run cut by a time limit keeps what it measured.
+What is timed: each case's evaluation as ``mamba-rl-eval`` runs it once its kernels exist, i.e.
+everything an evaluation does (env reset, CUDA graph capture of the step path, the
+synchronisation at the end) but not Triton's compilation. Triton compiles a kernel for each
+shape it sees, and the block path runs the trunk on ``[episodes, length]`` for each length of
+:func:`~mamba_rl.training.evaluate.memory_blocks` (the block size, and the last block's rest),
+so the warm-up (:func:`warm_up`) plays, before anything is timed, one short evaluation per
+distinct (block size, last block) pair of the timed cases, greedy and sampled, with
+``--episodes`` episodes: the same trunk calls with the same shapes and strides, one or two
+blocks each. It also steps ``--episodes`` episodes of the shortest horizon through the step
+path in both modes (the single-step kernels are compiled for that batch). The JSON is rewritten
+after every case, so a run cut by a time limit keeps what it measured.
 
     # GPU: agreement and speed up to 100,000 steps, the block-size sweep
     python benchmarks/bench_long_eval.py --device cuda --step-horizons 1000 10000 100000 \\
@@ -50,6 +58,7 @@ from mamba_rl.policies import build_policy, load_policy  # noqa: E402
 from mamba_rl.training.evaluate import (  # noqa: E402
     _EpisodeBatch,
     default_block_steps,
+    memory_blocks,
     play_memory_episodes,
 )
 
@@ -107,7 +116,54 @@ def run_steps(policy, params, episodes, seed, device, mode):
     }
 
 
-def main() -> int:
+def sweep_sizes(args, default_steps: int) -> list[int | None]:
+    """The block sizes timed at ``--sweep-horizon``: the default (None) and ``--block-steps``; none
+    without ``--block-steps``."""
+    if not args.block_steps:
+        return []
+    return [None] + [size for size in args.block_steps if size != default_steps]
+
+
+def block_runs(args, default_steps: int) -> list[tuple[int, int | None]]:
+    """``(horizon, block_steps)`` of every block-path evaluation :func:`main` times, in its order
+    (``block_steps`` None: the default size)."""
+    return (
+        [(horizon, None) for horizon in args.step_horizons]
+        + [(args.sweep_horizon, size) for size in sweep_sizes(args, default_steps)]
+        + [(horizon, None) for horizon in args.block_horizons]
+    )
+
+
+def warm_up_horizons(params_at, runs, episodes: int, device) -> list[tuple[int, int]]:
+    """``(horizon, block_steps)`` of the short evaluations whose blocks are those of ``runs``: for
+    each distinct (block size, last block) pair of the runs' :func:`memory_blocks`, a horizon of
+    that size plus the rest (or of one block), played by blocks of that size. Its trunk calls
+    have the shapes ``[episodes, length]`` and the strides of the run's."""
+    pairs = {}
+    for horizon, block_steps in runs:
+        lengths = memory_blocks(params_at(horizon), episodes, device, block_steps)
+        first, last = lengths[0], lengths[-1]
+        steps = first + (last if last != first else 0)
+        # an episode is at least 3 steps (cue, one blank, query); smaller blocks still appear in its plan
+        pairs[(first, last)] = (max(1, steps - 2), first)
+    return sorted(set(pairs.values()))
+
+
+def warm_up(policy, params_at, runs, episodes: int, seed: int, device, step_path: bool) -> None:
+    """Compile what the timed cases run: the block path on every block shape of ``runs``
+    (:func:`warm_up_horizons`), greedy and sampled, and with ``step_path`` the step path on
+    ``episodes`` episodes in both modes."""
+    for horizon, block_steps in warm_up_horizons(params_at, runs, episodes, device):
+        play_memory_episodes(
+            policy, params_at(horizon), episodes, seed, MODES, device, block_steps=block_steps, progress=False
+        )
+    if step_path:
+        for mode in MODES:
+            run_steps(policy, params_at(1), episodes, seed, device, mode)
+    sync(device)
+
+
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="a memory-task policy or checkpoint")
     parser.add_argument(
@@ -146,7 +202,12 @@ def main() -> int:
         help="largest fraction of episodes whose answers may differ between the two paths",
     )
     parser.add_argument("--out", required=True, help="JSON file to write")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -192,10 +253,15 @@ def main() -> int:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=2)
 
-    # warm-up: Triton's compilation and the first CUDA graph capture are not what is timed
-    warm = params_at(10)
-    run_blocks(policy, warm, min(args.episodes, 8), args.seed, device, None, False)
-    run_steps(policy, warm, min(args.episodes, 8), args.seed, device, "greedy")
+    # Triton's compilation of every shape the timed cases run is not what is timed
+    start = time.perf_counter()
+    runs = block_runs(args, out["default_block_steps"])
+    warm_up(policy, params_at, runs, args.episodes, args.seed, device, bool(args.step_horizons))
+    out["warm_up"] = {
+        "seconds": time.perf_counter() - start,
+        "block_runs": [list(run) for run in warm_up_horizons(params_at, runs, args.episodes, device)],
+    }
+    print(f"warm-up: {out['warm_up']['seconds']:.1f} s, (horizon, block_steps) {out['warm_up']['block_runs']}")
 
     failed = False
     for horizon in args.step_horizons:
@@ -223,18 +289,16 @@ def main() -> int:
             flush=True,
         )
 
-    sizes = [None] + [s for s in args.block_steps if s != out["default_block_steps"]]
-    if args.block_steps:
-        params = params_at(args.sweep_horizon)
-        for size in sizes:
-            _, block = run_blocks(policy, params, args.episodes, args.seed, device, size, None)
-            out["block_steps_sweep"].append({"horizon": args.sweep_horizon, **block})
-            write()
-            print(
-                f"H={args.sweep_horizon}, block_steps {block['block_steps']}: {block['seconds']:.2f} s, "
-                f"peak memory {block['peak_memory_bytes']}",
-                flush=True,
-            )
+    params = params_at(args.sweep_horizon)
+    for size in sweep_sizes(args, out["default_block_steps"]):
+        _, block = run_blocks(policy, params, args.episodes, args.seed, device, size, None)
+        out["block_steps_sweep"].append({"horizon": args.sweep_horizon, **block})
+        write()
+        print(
+            f"H={args.sweep_horizon}, block_steps {block['block_steps']}: {block['seconds']:.2f} s, "
+            f"peak memory {block['peak_memory_bytes']}",
+            flush=True,
+        )
 
     for horizon in args.block_horizons:
         _, block = run_blocks(policy, params_at(horizon), args.episodes, args.seed, device, None, True)

@@ -46,7 +46,7 @@ import torch
 from mamba_rl.closed_form import advance_ssm, blank_scan_inputs
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.envs.delayed_memory import DelayedMemoryState, delayed_memory_observe
-from mamba_rl.lab.policy import StatePolicy, as_state_policy
+from mamba_rl.lab.policy import StatePolicy, as_state_policy, policy_answers
 from mamba_rl.state import MambaState
 
 __all__ = ["FastForward", "fast_forward_memory", "blank_scan_inputs", "advance_ssm", "query_logits", "float64_policy"]
@@ -88,7 +88,6 @@ class FastForward:
 def float64_policy(policy) -> tuple[StatePolicy, object]:
     """A float64 copy of ``policy`` (any form :func:`~mamba_rl.lab.as_state_policy` takes) on the
     plain-PyTorch backend, and its action head (``action_dist``, None for a lab policy)."""
-    action_dist = getattr(policy, "action_dist", None)
     state_policy = as_state_policy(policy)
     if state_policy.head is None:
         raise ValueError("policy must have a head: the fast-forward reads the answer at the query step")
@@ -96,7 +95,7 @@ def float64_policy(policy) -> tuple[StatePolicy, object]:
     module.backend = "torch"
     head = copy.deepcopy(state_policy.head).to(device="cpu", dtype=torch.float64)
     module.eval()
-    return StatePolicy(module, head), action_dist
+    return StatePolicy(module, head, state_policy.action_dist), state_policy.action_dist
 
 
 def _observations(params: DelayedMemoryParams, targets: torch.Tensor, t: int, horizon: int) -> torch.Tensor:
@@ -152,8 +151,8 @@ def fast_forward_memory(
         )
     if not (horizon == math.inf or (float(horizon).is_integer() and horizon >= 0)):
         raise ValueError(f"horizon must be a non-negative int or math.inf, got {horizon!r}")
-    policy64, action_dist = float64_policy(policy)
-    module, head = policy64
+    policy64, _ = float64_policy(policy)
+    module = policy64.module
     d_conv = module.config.d_conv
     warmup = d_conv + 2 if warmup is None else int(warmup)
     if warmup < d_conv + 1:
@@ -185,7 +184,7 @@ def fast_forward_memory(
         # no blank step at all: report the scan inputs a blank step would have
         previous = blank_scan_inputs(module, blank, state)
     logits = query_logits(policy64, params, targets, state)
-    actions = action_dist.mode(logits) if action_dist is not None else logits.argmax(-1)
+    actions = policy_answers(policy64, logits)
     return FastForward(
         logits=logits,
         actions=actions,

@@ -1,4 +1,4 @@
-"""Pictures of the recurrent state on the delayed-memory task: heatmap, norms and PCA, correct vs wrong.
+"""Pictures of the recurrent state on the delayed-memory task (correct vs wrong answers) and of the answers' bits.
 
     >>> import tempfile, torch
     >>> from torch import nn
@@ -10,7 +10,7 @@
     ...                      nn.Linear(16, params.num_actions))
     >>> report = write_state_report(policy, params, tempfile.mkdtemp(), episodes=16)
     >>> sorted(report["files"])
-    ['report.json', 'ssm_heatmap.png', 'state_norms.png', 'state_pca.png']
+    ['answer_bits.png', 'report.json', 'ssm_heatmap.png', 'state_norms.png', 'state_pca.png']
 
 The steps: :func:`play_episodes` plays a batch of episodes (the policy answers from the traced
 outputs, the env scores the answers) and keeps a :class:`~mamba_rl.lab.StateTrace`; the
@@ -40,7 +40,7 @@ from matplotlib.patches import Patch
 
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.envs.adapters import DelayedMemoryTask
-from mamba_rl.lab.policy import as_state_policy
+from mamba_rl.lab.policy import as_state_policy, policy_answers
 from mamba_rl.lab.tracing import StateTrace, trace
 
 __all__ = [
@@ -50,6 +50,8 @@ __all__ = [
     "heatmap_figure",
     "norms_figure",
     "pca_figure",
+    "bits_figure",
+    "bits_right",
     "summary_figure",
     "state_figure",
     "write_state_report",
@@ -76,6 +78,8 @@ class Episodes:
         success: ``[B]`` bool, as scored by the env.
         query_step: ``[B]`` the query step, ``horizon + 1``.
         params: the task.
+        outputs: ``[B, num_outputs]`` the actor head's outputs at the query step (a categorical's
+            logits, or a bits head's one logit per bit).
     """
 
     trace: StateTrace
@@ -85,6 +89,7 @@ class Episodes:
     success: torch.Tensor
     query_step: torch.Tensor
     params: DelayedMemoryParams
+    outputs: torch.Tensor | None = None
 
     @property
     def num_episodes(self) -> int:
@@ -112,17 +117,21 @@ def play_episodes(
 ) -> Episodes:
     """Play ``episodes`` episodes of the task with ``policy`` and trace its state.
 
-    The task's observations do not depend on the actions, so the observations of the whole
-    episodes are made first, the trunk is traced over them, the answers are taken from the traced
-    outputs through the policy's head, and the env then scores those answers step by step.
+    The task's observations do not depend on the actions (the actions before the query are
+    ignored), so the observations of the whole episodes are made first, the trunk is traced over
+    them, the head runs on each episode's traced output at its query step, and the env scores
+    that answer. The answer comes through the policy's action distribution
+    (:func:`~mamba_rl.lab.policy.policy_answers`; a bits head answers with the bits whose logit
+    is positive): greedy, it is the answer ``mamba-rl-eval`` gives for the same episode.
 
     Args:
         policy: anything :func:`~mamba_rl.lab.as_state_policy` accepts, with a head.
         params: the task (a horizon range gives episodes of different lengths).
-        episodes: number of episodes, played at once.
-        seed: seed of the episodes.
+        episodes: number of episodes, played at once: episodes ``0 .. episodes - 1`` of ``seed``.
+        seed: seed of the episodes and of the sampled answers' noise.
         device: default: the policy's.
-        greedy: answer with the argmax of the logits (else sample, seeded by ``seed``).
+        greedy: answer with the action distribution's mode, else with its sample (noise from a
+            generator seeded with ``seed``).
         stride, path: passed to :func:`~mamba_rl.lab.trace`.
     """
     state_policy = as_state_policy(policy)
@@ -140,23 +149,17 @@ def play_episodes(
     observations, target, query_step = episode_observations(params, episodes, seed, device)
     reset = torch.zeros(episodes, num_steps, dtype=torch.bool, device=device)
     reset[:, 0] = True
+    # the env's float32 observations in the policy's dtype (as the evaluation feeds them)
+    observations = observations.to(module.input_proj.weight.dtype)
     state_trace = trace(module, observations, reset=reset, stride=stride, path=path)
-    # [T, B, num_actions]
-    logits = state_policy.head(state_trace.out.to(device))
-    if greedy:
-        actions = logits.argmax(-1)
-    else:
-        generator = torch.Generator(device).manual_seed(seed)
-        probs = torch.softmax(logits.float(), -1).reshape(-1, logits.shape[-1])
-        actions = torch.multinomial(probs, 1, generator=generator).reshape(logits.shape[:-1])
-    success = torch.zeros(episodes, dtype=torch.bool, device=device)
-    answer = torch.full_like(target, -1)
-    for t in range(num_steps):
-        scored = env["t"] == env["horizon"] + 1
-        answer = torch.where(scored, actions[t], answer)
-        env, step = task.step(env, actions[t])
-        success |= step.success
-    return Episodes(state_trace, observations, target, answer, success, query_step, params)
+    rows = torch.arange(episodes, device=device)
+    # [B, num_outputs]: the head at each episode's query step
+    outputs = state_policy.head(state_trace.out.to(device)[query_step, rows])
+    generator = None if greedy else torch.Generator(device).manual_seed(seed)
+    answer = policy_answers(state_policy, outputs, greedy=greedy, generator=generator)
+    # the env scores the answer: its step from the query
+    _, step = task.step(dict(env, t=query_step), answer)
+    return Episodes(state_trace, observations, target, answer, step.success, query_step, params, outputs)
 
 
 def episode_observations(params: DelayedMemoryParams, num_envs: int, seed: int, device=None):
@@ -421,9 +424,59 @@ def _pca(points: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
     return mean, components, ratio
 
 
-def _code_colors(num_codes: int):
-    cmap = matplotlib.colormaps["tab10" if num_codes <= 10 else "tab20" if num_codes <= 20 else "viridis"]
-    return [cmap(i % cmap.N if num_codes <= 20 else i / max(1, num_codes - 1)) for i in range(num_codes)]
+def _code_color(code: int, num_codes: int):
+    """``code``'s colour: a qualitative palette up to 20 codes, else its place on a continuous
+    scale (viridis), made for the codes drawn only (2**16 codes would be 65,536 colours)."""
+    if num_codes <= 20:
+        cmap = matplotlib.colormaps["tab10" if num_codes <= 10 else "tab20"]
+        return cmap(code % cmap.N)
+    return matplotlib.colormaps["viridis"](code / (num_codes - 1))
+
+
+def bits_right(episodes: Episodes, index: torch.Tensor | None = None) -> np.ndarray:
+    """``[num_bits]``: the fraction of the episodes ``index`` (default all) whose answer has bit
+    ``j`` of the remembered code right. The answer is right when every active bit is."""
+    answer, target = episodes.answer.cpu(), episodes.target.cpu()
+    if index is not None:
+        answer, target = answer[index], target[index]
+    shifts = torch.arange(episodes.params.num_bits)
+    # [n, num_bits]
+    wrong_bits = ((answer ^ target)[:, None] >> shifts) & 1
+    return (1.0 - wrong_bits.double().mean(0)).numpy() if len(answer) else np.full(len(shifts), np.nan)
+
+
+def _draw_bits(ax, episodes: Episodes, groups: dict[str, torch.Tensor | None]) -> None:
+    """Bars of :func:`bits_right` per bit for each of ``groups`` (``{label: index}``), chance at
+    0.5; bits the task does not score (beyond ``active_bits``) hatched."""
+    num_bits, active = episodes.params.num_bits, episodes.params.active_bits
+    width = 0.8 / len(groups)
+    colors = {"all": "0.45", "correct": _GROUP_COLOR["correct"], "wrong": _GROUP_COLOR["wrong"]}
+    for k, (name, index) in enumerate(groups.items()):
+        count = episodes.num_episodes if index is None else len(index)
+        positions = np.arange(num_bits) + (k - (len(groups) - 1) / 2) * width
+        bars = ax.bar(positions, bits_right(episodes, index), width, color=colors[name], label=f"{name} ({count})")
+        for bar in bars[active:]:
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
+    ax.axhline(0.5, color="0.3", lw=1, ls=":", label="chance")
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(np.arange(num_bits), [str(j) for j in range(num_bits)], fontsize=8 if num_bits <= 16 else 6)
+    ax.set_xlabel("bit of the code" + (f" (hatched: bits {active}.. not scored)" if active < num_bits else ""))
+    ax.set_ylabel("fraction of answers with the bit right")
+    ax.grid(alpha=0.3, axis="y")
+
+
+def bits_figure(episodes: Episodes) -> Figure:
+    """Per bit of the code, the fraction of answers that got it right: over all episodes and over
+    the wrong answers (which bits a wrong answer misses). One bar per bit, so it reads the same at
+    2 or 65,536 answers."""
+    fig = Figure(figsize=(max(6.0, 0.45 * episodes.params.num_bits + 3), 4.2), layout="constrained")
+    ax = fig.subplots()
+    _draw_bits(ax, episodes, {"all": None, "wrong": episodes.group("wrong")})
+    ax.legend(fontsize=8, loc="lower right")
+    accuracy = float(episodes.success.float().mean())
+    fig.suptitle(f"Bits of the answer at the query ({_describe(episodes)}; all bits right: {accuracy:.2f})")
+    return fig
 
 
 def pca_figure(episodes: Episodes, *, layer: int | None = None, max_lines: int = 64) -> Figure:
@@ -441,7 +494,7 @@ def pca_figure(episodes: Episodes, *, layer: int | None = None, max_lines: int =
     mean, components, ratio = _pca(values[inside])
     # [K, B, 2]
     projected = ((values.double() - mean) @ components).numpy()
-    colors = _code_colors(episodes.params.num_actions)
+    num_codes = episodes.params.num_actions
     fig = Figure(figsize=(12, 5.6), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True, sharey=True)
     for ax, name in zip(axes, ("correct", "wrong")):
@@ -463,7 +516,7 @@ def pca_figure(episodes: Episodes, *, layer: int | None = None, max_lines: int =
         for i in index[:max_lines].tolist():
             keep = np.nonzero((steps <= query[i]).numpy())[0]
             xy = projected[keep, i]
-            color = colors[int(episodes.target[i])]
+            color = _code_color(int(episodes.target[i]), num_codes)
             ax.plot(xy[:, 0], xy[:, 1], color=color, lw=1.0, alpha=0.75)
             ax.plot(*xy[0], marker="x", color="0.3", ms=5)
             cue = np.nonzero(steps[keep].numpy() == 1)[0]
@@ -476,9 +529,8 @@ def pca_figure(episodes: Episodes, *, layer: int | None = None, max_lines: int =
         matplotlib.lines.Line2D([], [], color="0.6", marker="o", mec="k", ls="", label="after cue (t = 1)"),
         matplotlib.lines.Line2D([], [], color="0.6", marker="*", ms=11, mec="k", ls="", label="query reads"),
     ]
-    num_codes = episodes.params.num_actions
     if num_codes <= 16:
-        handles += [Patch(color=colors[c], label=f"code {c}") for c in range(num_codes)]
+        handles += [Patch(color=_code_color(c, num_codes), label=f"code {c}") for c in range(num_codes)]
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     which = "all layers" if layer is None else f"layer {layer}"
     fig.suptitle(f"PCA of the SSM state trajectory ({which}; {_describe(episodes)}; colour = remembered code)")
@@ -486,10 +538,11 @@ def pca_figure(episodes: Episodes, *, layer: int | None = None, max_lines: int =
 
 
 def summary_figure(episodes: Episodes, *, layer: int | None = None) -> Figure:
-    """One compact figure (for TensorBoard): SSM norm of correct vs wrong, and the PCA of all."""
+    """One compact figure (for TensorBoard): SSM norm of correct vs wrong, the PCA of all, and
+    the fraction of answers with each bit right (:func:`bits_right`)."""
     low, high = (int(episodes.query_step.min()), int(episodes.query_step.max()))
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    ax_norm, ax_pca = fig.subplots(1, 2)
+    fig = Figure(figsize=(16, 4.2), layout="constrained")
+    ax_norm, ax_pca, ax_bits = fig.subplots(1, 3, width_ratios=[1.0, 1.0, 0.7])
     _shade_phases(ax_norm, low, high)
     for name in ("correct", "wrong"):
         index = episodes.group(name)
@@ -513,17 +566,18 @@ def summary_figure(episodes: Episodes, *, layer: int | None = None) -> Figure:
     query = episodes.query_step.cpu()
     mean, components, ratio = _pca(values[steps[:, None] <= query[None, :]])
     projected = ((values.double() - mean) @ components).numpy()
-    colors = _code_colors(episodes.params.num_actions)
     for i in range(min(episodes.num_episodes, 64)):
         keep = np.nonzero((steps <= query[i]).numpy())[0]
         xy = projected[keep, i]
-        color = colors[int(episodes.target[i])]
+        color = _code_color(int(episodes.target[i]), episodes.params.num_actions)
         ax_pca.plot(xy[:, 0], xy[:, 1], "-" if bool(episodes.success[i]) else "--", color=color, lw=1.0, alpha=0.7)
         ax_pca.plot(*xy[-1], marker="*" if bool(episodes.success[i]) else "X", color=color, ms=9, mec="k", mew=0.5)
     ax_pca.set_xlabel(f"PC 1 ({100 * ratio[0]:.0f}%)")
     ax_pca.set_ylabel(f"PC 2 ({100 * ratio[1]:.0f}%)")
     ax_pca.set_title("state PCA, colour = code; star = right, X = wrong", fontsize=10)
     ax_pca.grid(alpha=0.3)
+    _draw_bits(ax_bits, episodes, {"all": None})
+    ax_bits.set_title("bits right at the query", fontsize=10)
     accuracy = float(episodes.success.float().mean())
     fig.suptitle(f"Recurrent state, {episodes.num_episodes} episodes ({_describe(episodes)}), accuracy {accuracy:.2f}")
     return fig
@@ -573,17 +627,26 @@ def write_state_report(
     """Play ``episodes`` episodes and write the state pictures, correct vs wrong side by side.
 
     Files in ``out_dir``: ``ssm_heatmap.png`` (:func:`heatmap_figure`), ``state_norms.png``
-    (:func:`norms_figure`), ``state_pca.png`` (:func:`pca_figure`) and ``report.json`` (counts,
-    accuracy, the task, which episodes the heatmap shows).
+    (:func:`norms_figure`), ``state_pca.png`` (:func:`pca_figure`), ``answer_bits.png``
+    (:func:`bits_figure`), with distractors and one horizon ``distractors.png``
+    (:func:`~mamba_rl.lab.distractors.distractor_figure` of ``episodes // 2`` pairs: the state
+    under other distractors vs under another cue) and ``report.json`` (counts, accuracy, the
+    fraction of answers with each bit right, the task, which episodes the heatmap shows, the
+    distractor probe's numbers at the query step).
 
     Returns:
         ``{"files": {name: path}, "episodes", "correct", "wrong", "accuracy"}``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    probe_distractors = params.num_distractors > 0 and params.horizon_range[0] == params.horizon_range[1]
     flags = _training_flags(policy)
     try:
         played = play_episodes(policy, params, episodes, seed=seed, device=device, greedy=greedy, stride=stride)
+        if probe_distractors:
+            from mamba_rl.lab.distractors import distractor_figure, distractor_probe
+
+            probe = distractor_probe(policy, params, max(1, episodes // 2), seed=seed, device=device, stride=stride)
     finally:
         _restore_training(policy, flags)
     files = {}
@@ -591,7 +654,10 @@ def write_state_report(
         "ssm_heatmap.png": heatmap_figure(played, layer=layer, max_channels=max_channels),
         "state_norms.png": norms_figure(played),
         "state_pca.png": pca_figure(played, layer=layer),
+        "answer_bits.png": bits_figure(played),
     }
+    if probe_distractors:
+        figures["distractors.png"] = distractor_figure(probe)
     for name, fig in figures.items():
         fig.savefig(out_dir / name, dpi=dpi)
         files[name] = str(out_dir / name)
@@ -603,6 +669,7 @@ def write_state_report(
         "accuracy": correct / played.num_episodes,
         "seed": seed,
         "greedy": greedy,
+        "bits_right": [float(x) for x in bits_right(played)],
         "task": {
             "num_bits": params.num_bits,
             "horizon": list(params.horizon) if isinstance(params.horizon, tuple) else params.horizon,
@@ -613,6 +680,8 @@ def write_state_report(
             for name, idx in (("correct", played.group("correct")), ("wrong", played.group("wrong")))
         },
     }
+    if probe_distractors:
+        summary["distractors"] = probe.at_query()
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
     files["report.json"] = str(out_dir / "report.json")
     return {"files": files, **{k: summary[k] for k in ("episodes", "correct", "wrong", "accuracy")}}

@@ -3,10 +3,15 @@
 Every lab function takes a ``policy`` in any of these forms and turns it into a
 :class:`StatePolicy` with :func:`as_state_policy`:
 
-- a :class:`StatePolicy` ``(module, head)``;
+- a :class:`StatePolicy` ``(module, head, action_dist)``;
 - a trainer ``ActorCritic`` (:mod:`mamba_rl.policies`) with a Mamba trunk: its actor trunk's
-  ``MambaModule`` and its ``actor_head`` (a separate critic trunk is left out: it does not act);
+  ``MambaModule``, its ``actor_head`` and its ``action_dist`` (a separate critic trunk is left
+  out: it does not act);
 - a bare ``MambaModule`` (then there is no head, and functions that need answers say so).
+
+The head's outputs become an answer through the action distribution's own rule
+(:func:`policy_answers`): greedy, its ``mode`` (what the evaluation's greedy answers are: a
+categorical head's argmax, a bits head's bits whose logit is positive), else its ``sample``.
 
 Files: :func:`save_lab_policy` writes a small self-describing file (the module's shape, a linear
 head, the task it was trained on, the parameters; loadable with ``weights_only=True``);
@@ -25,11 +30,13 @@ from torch import nn
 
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.module import MambaModule
+from mamba_rl.policies.heads import ActionHead, CategoricalHead
 
 __all__ = [
     "LAB_POLICY_FORMAT",
     "StatePolicy",
     "as_state_policy",
+    "policy_answers",
     "module_config",
     "save_lab_policy",
     "load_policy",
@@ -40,22 +47,27 @@ LAB_POLICY_VERSION = 1
 
 
 class StatePolicy(NamedTuple):
-    """A Mamba trunk and the head that turns its features into action logits.
+    """A Mamba trunk, the head that turns its features into the actor's outputs, and how those
+    outputs become an answer.
 
     Attributes:
         module: the :class:`~mamba_rl.MambaModule`.
-        head: ``features [..., d_model] -> logits [..., num_actions]``, or None (trace only).
+        head: ``features [..., d_model] -> outputs [..., num_outputs]``, or None (trace only).
+        action_dist: the :class:`~mamba_rl.policies.heads.ActionHead` over the head's outputs
+            (e.g. a ``BitsHead``: one logit per bit), or None: the outputs are a categorical's
+            logits, one per answer.
     """
 
     module: MambaModule
     head: Callable[[torch.Tensor], torch.Tensor] | None
+    action_dist: ActionHead | None = None
 
 
 def as_state_policy(policy, head: Callable | None = None) -> StatePolicy:
     """``policy`` (a :class:`StatePolicy`, an ``ActorCritic`` with a Mamba trunk or a
     ``MambaModule``) as a :class:`StatePolicy`; ``head`` replaces the policy's own head."""
     if isinstance(policy, StatePolicy):
-        return StatePolicy(policy.module, head if head is not None else policy.head)
+        return policy if head is None else policy._replace(head=head)
     if isinstance(policy, MambaModule):
         return StatePolicy(policy, head)
     trunk = getattr(policy, "actor_trunk", None)
@@ -64,7 +76,7 @@ def as_state_policy(policy, head: Callable | None = None) -> StatePolicy:
         if not isinstance(core, MambaModule):
             kind = getattr(trunk, "kind", type(core).__name__)
             raise TypeError(f"policy must have a Mamba trunk for the state lab, got a {kind!r} trunk")
-        return StatePolicy(core, head if head is not None else policy.actor_head)
+        return StatePolicy(core, head if head is not None else policy.actor_head, policy.action_dist)
     core = getattr(policy, "core", None)
     if isinstance(core, MambaModule):
         return StatePolicy(core, head)
@@ -72,6 +84,30 @@ def as_state_policy(policy, head: Callable | None = None) -> StatePolicy:
         "policy must be a StatePolicy(module, head), an ActorCritic with a Mamba trunk or a "
         f"MambaModule, got {type(policy).__name__}"
     )
+
+
+def policy_answers(
+    policy: StatePolicy,
+    outputs: torch.Tensor,
+    *,
+    greedy: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The answers ``[B]`` to the head's ``outputs [B, num_outputs]``, through the policy's action
+    distribution (a categorical over ``outputs`` when it has none).
+
+    Greedy: the distribution's ``mode``, the function the evaluation's greedy answers come from
+    (a bits head: the bits whose logit is positive; a categorical: the argmax). Sampled: its
+    ``sample`` with noise drawn by its ``draw_noise`` from ``generator`` (the evaluation hashes
+    its noise from the episode and step instead, so sampled answers follow the same
+    distribution, not the same draws).
+    """
+    action_dist = policy.action_dist if policy.action_dist is not None else CategoricalHead(outputs.shape[-1])
+    if greedy:
+        return action_dist.mode(outputs)
+    noise = torch.empty(outputs.shape[0], *action_dist.noise_shape, device=outputs.device)
+    action_dist.draw_noise(noise, generator)
+    return action_dist.sample(outputs, noise)[0]
 
 
 def module_config(module: MambaModule) -> dict:

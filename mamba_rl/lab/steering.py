@@ -36,7 +36,8 @@ from torch import nn
 
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.envs.adapters import DelayedMemoryTask
-from mamba_rl.lab.policy import as_state_policy
+from mamba_rl.lab.policy import as_state_policy, policy_answers
+from mamba_rl.policies.heads import CategoricalHead
 from mamba_rl.state import MambaState
 
 __all__ = ["RolloutResult", "SteeringResult", "rollout_with_ssm_delta", "steer_ssm_state", "steered_logits"]
@@ -81,7 +82,7 @@ class RolloutResult:
         answer: ``[N]`` the action at each episode's query step.
         target: ``[N]`` the episode's code.
         success: ``[N]`` bool, the env's verdict (answer == target).
-        logits: ``[N, num_actions]`` at the query step.
+        logits: ``[N, num_outputs]`` the head's outputs at the query step.
         observations: ``[N, T, obs_dim]`` the whole episodes (``T = params.max_episode_steps``).
         query_step: ``[N]``.
         state_at_step: the state after ``at_step`` steps, before any change (``[N, L, ...]``).
@@ -119,10 +120,13 @@ def rollout_with_ssm_delta(
 
     The loop is the one of the evaluation's step-by-step ground truth
     (:class:`mamba_rl.training.evaluate._EpisodeBatch`, whose answers ``mamba-rl-eval`` gives):
-    ``module.step`` on each observation (reset at step 0), the head's argmax as the action, the
-    memory task's adapter stepped without autoreset (one episode per copy).
+    ``module.step`` on each observation (reset at step 0), the greedy answer of the policy's
+    action distribution as the action (:func:`~mamba_rl.lab.policy.policy_answers`: a categorical's
+    argmax, a bits head's positive bits), the memory task's adapter stepped without autoreset (one
+    episode per copy).
     """
     module, head = _policy_parts(policy)
+    state_policy = as_state_policy(policy)
     device = module.input_proj.weight.device
     low, _ = params.horizon_range
     if isinstance(at_step, bool) or not isinstance(at_step, int) or not 1 <= at_step <= low + 1:
@@ -154,7 +158,7 @@ def rollout_with_ssm_delta(
         reset = torch.ones_like(no_reset) if t == 0 else no_reset
         features, state = module.step(obs, state, reset)
         logits = head(features)
-        action = logits.argmax(-1)
+        action = policy_answers(state_policy, logits)
         scored = env["t"] == env["horizon"] + 1
         answer = torch.where(scored, action, answer)
         logits_at_query = logits if logits_at_query is None else torch.where(scored[:, None], logits, logits_at_query)
@@ -245,6 +249,12 @@ def steer_ssm_state(
             flip the answer.
     """
     module, head = _policy_parts(policy)
+    action_dist = as_state_policy(policy).action_dist
+    if action_dist is not None and not isinstance(action_dist, CategoricalHead):
+        raise TypeError(
+            "steer_ssm_state optimises the cross-entropy of a categorical head's logits; the policy's "
+            f"action distribution is a {type(action_dist).__name__}"
+        )
     batch = observations.shape[0]
     device = observations.device
     if code.shape != (batch,):

@@ -39,6 +39,7 @@ __all__ = [
     "evaluate_modes",
     "evaluate_horizons",
     "play_memory_episodes",
+    "memory_blocks",
     "MemoryEpisodes",
     "evaluate_env",
     "run_episodes",
@@ -285,6 +286,18 @@ def default_block_steps(n: int, device) -> int:
     return max(1, pairs // n)
 
 
+def memory_blocks(params: DelayedMemoryParams, n: int, device, block_steps: int | None = None) -> list[int]:
+    """The steps of each block :func:`play_memory_episodes` plays ``n`` episodes of ``params`` by on
+    ``device``: ``block_steps`` (default :func:`default_block_steps`, at most the episode) each, the
+    last block the rest. Block ``k`` runs the trunk on ``[n, lengths[k], obs_dim]``."""
+    steps = params.max_episode_steps
+    block_steps = default_block_steps(n, device) if block_steps is None else int(block_steps)
+    if block_steps < 1:
+        raise ValueError(f"block_steps must be >= 1, got {block_steps}")
+    block_steps = min(block_steps, steps)
+    return [min(block_steps, steps - start) for start in range(0, steps, block_steps)]
+
+
 @torch.no_grad()
 def play_memory_episodes(
     policy: ActorCritic,
@@ -321,28 +334,26 @@ def play_memory_episodes(
     does not act).
 
     Memory is that of one block (``[n, block_steps]`` observations and trunk activations), the
-    state carried between blocks, whatever the horizon. ``block_steps`` defaults to
-    :func:`default_block_steps`; ``progress`` (default: episodes of :data:`PROGRESS_STEPS` steps
-    or more) shows a bar over the steps. Returns ``{mode: MemoryEpisodes}``.
+    state carried between blocks, whatever the horizon. The blocks are :func:`memory_blocks`
+    (``block_steps`` defaults to :func:`default_block_steps`); ``progress`` (default: episodes
+    of :data:`PROGRESS_STEPS` steps or more) shows a bar over the steps. Returns ``{mode:
+    MemoryEpisodes}``.
     """
     unknown = set(modes) - {"greedy", "sampled"}
     if unknown or not modes:
         raise ValueError(f"modes must be a non-empty sequence of 'greedy' and 'sampled', got {modes!r}")
     device = next(policy.parameters()).device if device is None else torch.device(device)
     dtype = next(policy.parameters()).dtype
-    block_steps = default_block_steps(n, device) if block_steps is None else int(block_steps)
-    if block_steps < 1:
-        raise ValueError(f"block_steps must be >= 1, got {block_steps}")
+    lengths = memory_blocks(params, n, device, block_steps)
     task = DelayedMemoryTask(params, n, device, autoreset=False, first_env=first_episode)
     env, _, _ = task.reset(seed)
     # [n]: the step whose action is scored
     query_t = env["horizon"] + 1
     steps = params.max_episode_steps
-    block_steps = min(block_steps, steps)
     trunk, head = policy.actor_trunk, policy.actor_head
     state = trunk.zero_state(n, device)
     # the episodes start from the zero state: no reset inside a row
-    no_reset = torch.zeros(n, block_steps, dtype=torch.bool, device=device)
+    no_reset = torch.zeros(n, lengths[0], dtype=torch.bool, device=device)
     features = torch.zeros(n, trunk.out_features, dtype=dtype, device=device)
     bar = None
     if progress is None:
@@ -351,8 +362,8 @@ def play_memory_episodes(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc=f"{n} episodes", unit="step", unit_scale=True, dynamic_ncols=True)
-    for start in range(0, steps, block_steps):
-        length = min(block_steps, steps - start)
+    start = 0
+    for length in lengths:
         # every env field [n] as [n * length], t = start .. start + length - 1 in each row
         block = {name: value[:, None].expand(n, length).reshape(-1) for name, value in env.items()}
         block["t"] = torch.arange(start, start + length, device=device).repeat(n)
@@ -365,6 +376,7 @@ def play_memory_episodes(
         features = torch.where(inside[:, None], out.gather(1, index).squeeze(1), features)
         if bar is not None:
             bar.update(length)
+        start += length
     if bar is not None:
         bar.close()
     logits = head(features)

@@ -14,7 +14,8 @@ from mamba_rl.lab.fastforward import _observations, advance_ssm, fast_forward_me
 
 def stepped(policy, params, targets, horizon):
     """``(ssm after the last blank step, query logits)`` of a float64 rollout, one step at a time."""
-    module, head = float64_policy(policy)[0]
+    policy64 = float64_policy(policy)[0]
+    module, head = policy64.module, policy64.head
     state = module.zero_state((len(targets),))
     _, state = module.step(_observations(params, targets, 0, horizon), state)
     blank = _observations(params, targets, 1, horizon)

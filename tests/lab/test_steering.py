@@ -6,9 +6,10 @@ import torch
 from torchrl.envs.utils import step_mdp
 
 from mamba_rl import MambaModule
-from mamba_rl.envs import DelayedMemoryEnv
+from mamba_rl.envs import DelayedMemoryEnv, DelayedMemoryParams
 from mamba_rl.lab import StatePolicy, rollout_with_ssm_delta, steer_ssm_state, steered_logits
 from mamba_rl.module import MambaState
+from mamba_rl.policies.heads import BitsHead
 from tests.conftest import assert_close
 
 NUM_ENVS = 48
@@ -56,7 +57,7 @@ def test_steered_state_keeps_its_promise_in_a_torchrl_env_rollout(memory_policy)
     policy, params = memory_policy
     at_step = 4
     before, code, steered = steer(policy, params, at_step, "step")
-    module, head = policy
+    module, head = policy.module, policy.head
     env = DelayedMemoryEnv(NUM_ENVS, num_bits=params.num_bits, horizon=params.horizon, seed=SEED)
     td = env.reset()
     td["is_init"] = torch.ones(NUM_ENVS, 1, dtype=torch.bool)
@@ -118,3 +119,19 @@ def test_rollout_rejects_a_change_at_the_reset_step(memory_policy):
         rollout_with_ssm_delta(policy, params, 4, 0, at_step=0)
     with pytest.raises(ValueError, match="delta_ssm"):
         rollout_with_ssm_delta(policy, params, 4, 0, at_step=2, delta_ssm=torch.zeros(3, 1, 64, 8))
+
+
+def test_a_bits_head_rollout_answers_its_positive_bits_and_steering_refuses_it():
+    torch.manual_seed(0)
+    module = MambaModule(5, 8, d_state=4, in_key="observation", out_key="features", backend="torch")
+    head = torch.nn.Linear(8, 3)
+    with torch.no_grad():
+        head.weight.mul_(30.0)
+    policy = StatePolicy(module, head, BitsHead(3))
+    params = DelayedMemoryParams(num_bits=3, horizon=4)
+    rolled = rollout_with_ssm_delta(policy, params, 16, SEED, at_step=2)
+    expected = ((rolled.logits > 0).long() << torch.arange(3)).sum(-1)
+    assert torch.equal(rolled.answer, expected)
+    assert torch.equal(rolled.success, rolled.answer == rolled.target)
+    with pytest.raises(TypeError, match="BitsHead"):
+        steer_ssm_state(policy, rolled.state_at_step, rolled.observations[:, 2:], rolled.target)

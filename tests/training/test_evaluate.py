@@ -8,7 +8,7 @@ from mamba_rl.config import TrainConfig
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.envs.adapters import DelayedMemoryTask
 from mamba_rl.policies import build_policy
-from mamba_rl.training.evaluate import _EpisodeBatch, evaluate_modes, play_memory_episodes
+from mamba_rl.training.evaluate import _EpisodeBatch, evaluate_modes, memory_blocks, play_memory_episodes
 
 MODES = ("greedy", "sampled")
 
@@ -139,6 +139,8 @@ def test_block_evaluation_holds_one_block_whatever_the_horizon(controller, monke
         play_memory_episodes(policy, params, 2, 0, ("greedy",), block_steps=1024)
         # the trunk sees at most block_steps steps at a time, and every step once
         assert max(lengths) <= 1024 and sum(lengths) == horizon + 2, (horizon, lengths)
+        # memory_blocks is the plan the evaluation follows (benchmarks warm its shapes up from it)
+        assert lengths == memory_blocks(params, 2, "cpu", 1024), (horizon, lengths)
 
 
 def test_block_evaluation_names_a_bad_argument():
