@@ -400,10 +400,15 @@ class BitsCurriculum:
         self.active_bits, self.streak = int(state["active_bits"]), int(state["streak"])
 
 
+def _all_bits_active(entry: dict, num_bits: int) -> bool:
+    """Whether the update of this history ``entry`` trained on the whole task: False while a bits
+    curriculum left some of the ``num_bits`` inactive (its accuracy is then an easier task's)."""
+    return entry.get("active_bits", num_bits) == num_bits
+
+
 def _summary(history: list[dict], num_bits: int, threshold: float = 0.9) -> dict:
     episode_returns = [h["episode_return"] for h in history if h.get("episode_return") is not None]
-    # the accuracies of the task itself: updates of a bits curriculum with bits still inactive left out
-    full = [h for h in history if h.get("active_bits", num_bits) == num_bits]
+    full = [h for h in history if _all_bits_active(h, num_bits)]
     accuracies = [h["accuracy"] for h in full if h["accuracy"] is not None]
     first = next((h["update"] for h in full if h["accuracy"] is not None and h["accuracy"] >= threshold), None)
     # the first two updates include CUDA graph capture and kernel compilation
@@ -719,10 +724,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
 
                 # stopping rules, decided together: a rank that left the loop alone would leave the
                 # others waiting in a collective (a signal or the clock may reach one rank first)
-                # a bits curriculum's updates count once every bit is active
                 recent = [
-                    h["accuracy"] if h.get("active_bits", cfg.num_bits) == cfg.num_bits else None
-                    for h in history[-cfg.target_window :]
+                    h["accuracy"] if _all_bits_active(h, cfg.num_bits) else None for h in history[-cfg.target_window :]
                 ]
                 interrupted, out_of_time, on_target = ranks.any(
                     [
