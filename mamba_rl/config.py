@@ -277,7 +277,9 @@ class TrainConfig:
     max_wall_time_s: Optional[float] = None
     """Stop training after this many seconds (checkpoint and final evaluation still run)."""
     target_accuracy: Optional[float] = None
-    """Stop training once the mean training accuracy of the last ``target_window`` updates reaches this."""
+    """Stop training once the mean training accuracy of the last ``target_window`` updates reaches
+    this and, with delays from a range, so does the accuracy of the episodes they ended with at least
+    half the range's longest delay (``train/accuracy_long``, pooled over the window)."""
     target_window: int = 5
     """Updates averaged for ``target_accuracy``."""
     eval_episodes: int = 1000

@@ -14,7 +14,7 @@ from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.evaluate import build_policy
 from mamba_rl.evaluate import main as eval_main
 from mamba_rl.training import RolloutCollector, compute_gae, replay
-from mamba_rl.training.trainer import rollout_statistics, train
+from mamba_rl.training.trainer import _on_target, rollout_statistics, train
 
 PRESETS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
 
@@ -406,6 +406,25 @@ def test_rollout_statistics_count_the_long_episodes_apart():
     assert stats["train/accuracy"].item() == 0.75
     assert stats["train/episodes_long"].item() == 2 and stats["train/accuracy_long"].item() == 0.5
     assert "train/accuracy_long" not in rollout_statistics(rollout, returns, {})
+
+
+def test_accuracy_target_waits_for_the_long_episodes_of_a_range():
+    cfg = TrainConfig(target_accuracy=0.95, target_window=2)
+
+    def entry(accuracy, accuracy_long, episodes_long):
+        return {"accuracy": accuracy, "accuracy_long": accuracy_long, "episodes_long": episodes_long}
+
+    short_only = [entry(0.99, 0.5, 10.0), entry(0.99, 0.6, 10.0)]
+    assert _on_target(short_only, cfg, tracks_long=False)
+    # the short delays reach the target, the long ones do not
+    assert not _on_target(short_only, cfg, tracks_long=True)
+    # pooled over the window: 19 of 20 right although one update had 0.5 on two episodes
+    pooled = [entry(0.99, 1.0, 18.0), entry(0.99, 0.5, 2.0)]
+    assert _on_target(pooled, cfg, tracks_long=True)
+    # no long episode ended in the window: not on target
+    assert not _on_target([entry(0.99, None, 0.0), entry(0.99, None, 0.0)], cfg, tracks_long=True)
+    assert not _on_target(pooled[:1], cfg, tracks_long=True)
+    assert not _on_target([entry(0.9, 1.0, 18.0), entry(0.99, 1.0, 18.0)], cfg, tracks_long=True)
 
 
 def test_unknown_config_key_lists_the_valid_ones(capsys):

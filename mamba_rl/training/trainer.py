@@ -406,6 +406,27 @@ def _all_bits_active(entry: dict, num_bits: int) -> bool:
     return entry.get("active_bits", num_bits) == num_bits
 
 
+def _on_target(history: list[dict], cfg: TrainConfig, tracks_long: bool) -> bool:
+    """Whether the last ``cfg.target_window`` updates reached ``cfg.target_accuracy``: every one of
+    them trained on every bit and ended episodes, their mean training accuracy reaches the target
+    and, with delays from a range (``tracks_long``), so does the accuracy of the long episodes they
+    ended, pooled over the window. The pooled long accuracy is part of the rule because the training
+    accuracy is mostly the short delays' (``rollout_statistics``): a policy that drops the long
+    delays reaches the target on it alone."""
+    recent = history[-cfg.target_window :]
+    if len(recent) < cfg.target_window:
+        return False
+    if any(h["accuracy"] is None or not _all_bits_active(h, cfg.num_bits) for h in recent):
+        return False
+    if sum(h["accuracy"] for h in recent) / len(recent) < cfg.target_accuracy:
+        return False
+    if not tracks_long:
+        return True
+    episodes = sum(h.get("episodes_long") or 0.0 for h in recent)
+    successes = sum((h.get("accuracy_long") or 0.0) * (h.get("episodes_long") or 0.0) for h in recent)
+    return episodes > 0 and successes / episodes >= cfg.target_accuracy
+
+
 def _summary(history: list[dict], num_bits: int, threshold: float = 0.9) -> dict:
     episode_returns = [h["episode_return"] for h in history if h.get("episode_return") is not None]
     full = [h for h in history if _all_bits_active(h, num_bits)]
@@ -671,6 +692,8 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                         "update": update,
                         "global_step": global_step,
                         "accuracy": values["train/accuracy"],
+                        "accuracy_long": values.get("train/accuracy_long"),
+                        "episodes_long": values.get("train/episodes_long"),
                         "episode_return": values["train/episode_return"],
                         "sps": sps,
                         "time_s": train_time_s,
@@ -724,9 +747,6 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
 
                 # stopping rules, decided together: a rank that left the loop alone would leave the
                 # others waiting in a collective (a signal or the clock may reach one rank first)
-                recent = [
-                    h["accuracy"] if _all_bits_active(h, cfg.num_bits) else None for h in history[-cfg.target_window :]
-                ]
                 interrupted, out_of_time, on_target = ranks.any(
                     [
                         interrupt.requested,
@@ -734,9 +754,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                         and update < cfg.num_updates
                         and time.perf_counter() - session_start >= cfg.max_wall_time_s,
                         cfg.target_accuracy is not None
-                        and len(recent) == cfg.target_window
-                        and None not in recent
-                        and sum(recent) / len(recent) >= cfg.target_accuracy,
+                        and _on_target(history, cfg, tracks_long=long_episode_length is not None),
                     ]
                 )
                 if interrupted:
