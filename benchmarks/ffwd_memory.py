@@ -1,4 +1,4 @@
-"""How far a Mamba memory policy's 4 bits hold across a blank delay, exactly (float64 fast-forward).
+"""How far a Mamba memory policy's bits hold across a blank delay, exactly (float64 fast-forward).
 
 Without distractors an episode is fixed by its bit pattern, so the greedy answers to the
 ``2**num_bits`` patterns give the exact greedy accuracy over uniform patterns at any delay
@@ -6,8 +6,9 @@ Without distractors an episode is fixed by its bit pattern, so the greedy answer
 script writes, for a trainer checkpoint:
 
 - per horizon (and the limit): the exact greedy accuracy, the failing patterns and the answers
-  they get, the smallest margin of a right answer, the expected sampled accuracy (the mean
-  softmax probability of the target), and both for the ``--episodes`` evaluation episodes of
+  they get (the first 256), the smallest margin of a right answer (the target's log-probability
+  over the most likely other answer's), the expected sampled accuracy (the mean probability of
+  the target under the actor head: categorical or bits), and both for the ``--episodes`` evaluation episodes of
   ``--seed`` (their pattern counts times the exact per-pattern outcome);
 - per channel of the SSM (``d_inner`` of them, ``d_state`` elements each) at a blank step: the
   step size ``dt`` (against the config's ``dt_min``), the per-step decay ``a = exp(dt A)`` and the
@@ -46,16 +47,33 @@ from mamba_rl.lab.fastforward import (
     query_logits,
 )
 from mamba_rl.policies import load_policy
+from mamba_rl.policies.heads import BitsHead
 from mamba_rl.state import MambaState
 
 HORIZONS = [20_000, 100_000, 1_000_000, 10_000_000, 100_000_000, math.inf]
 
 
-def margins(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``[P]``: the target's logit minus the best other logit (> 0: the greedy answer is right)."""
+def margins(logits: torch.Tensor, targets: torch.Tensor, action_dist) -> torch.Tensor:
+    """``[P]``: the target's log-probability minus that of the most likely other answer (> 0: the
+    greedy answer is right). With a categorical head that is the target's logit minus the best
+    other logit; with a bits head the most likely other answer flips the least sure bit, so it is
+    the smallest logit signed towards the target's bit."""
+    if isinstance(action_dist, BitsHead):
+        bits = (targets[:, None] >> torch.arange(logits.shape[1])) & 1
+        return torch.where(bits == 1, logits, -logits).amin(1)
     right = logits.gather(1, targets[:, None]).squeeze(1)
     others = logits.scatter(1, targets[:, None], -math.inf)
     return right - others.amax(1)
+
+
+# patterns listed one by one in the JSON at most (16 bits have 65,536)
+LISTED = 256
+
+
+def failing_pairs(targets: torch.Tensor, answers: torch.Tensor) -> list[list[int]]:
+    """The first ``LISTED`` (target, answer) pairs with a wrong answer."""
+    wrong = (answers != targets).nonzero().flatten()[:LISTED]
+    return [[int(targets[i]), int(answers[i])] for i in wrong]
 
 
 def episode_accuracy(params: DelayedMemoryParams, horizon: int, n: int, seed: int, right: torch.Tensor) -> float:
@@ -132,7 +150,8 @@ def float32_blank_steps(policy, params, targets, horizon: int, ff) -> dict:
     return {
         "horizon": horizon,
         "accuracy": float(right.double().mean()),
-        "failing": [[int(t), int(a)] for t, a in zip(targets, policy.action_dist.mode(logits)) if t != a],
+        "failing_count": int((right == 0).sum()),
+        "failing": failing_pairs(targets, policy.action_dist.mode(logits)),
         "max_logit_drift_vs_float64": float((logits.double() - ff.logits).abs().max()),
         "max_ssm_drift_vs_float64": float((h.double() - ff.ssm[:, 0]).abs().max()),
         "elements_with_a_rounded_to_1": int((a32 == 1.0).all(0).sum()),
@@ -200,16 +219,19 @@ def main(argv=None) -> int:
         horizon = math.inf if math.isinf(horizon) else int(horizon)
         ff = fast_forward_memory(policy, params, targets, horizon)
         right = ff.actions == targets
-        margin = margins(ff.logits, targets)
+        margin = margins(ff.logits, targets, action_dist)
         row = {
             "horizon": "inf" if math.isinf(horizon) else horizon,
             "exact_greedy_accuracy": float(right.double().mean()),
-            "failing": [[int(t), int(a)] for t, a in zip(targets, ff.actions) if t != a],
+            "failing_count": int((~right).sum()),
+            "failing": failing_pairs(targets, ff.actions),
             "smallest_right_margin": float(margin[right].min()) if right.any() else None,
-            "margins": [round(float(m), 4) for m in margin],
+            "margin_quantiles": {str(q): float(margin.quantile(q)) for q in (0.0, 0.001, 0.01, 0.1, 0.5)},
         }
-        # a sampled answer is right with the softmax probability of the target
-        p_right = ff.logits.softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        if len(targets) <= LISTED:
+            row["margins"] = [round(float(m), 4) for m in margin]
+        # a sampled answer is right with the head's probability of the target
+        p_right = action_dist.log_prob_entropy(ff.logits, targets)[0].double().exp()
         row["expected_sampled_accuracy"] = float(p_right.mean())
         if not math.isinf(horizon):
             row[f"accuracy_of_{args.episodes}_episodes_seed_{args.seed}"] = episode_accuracy(
@@ -220,7 +242,8 @@ def main(argv=None) -> int:
             )
         rows.append(row)
         print(
-            f"H={row['horizon']}: exact {row['exact_greedy_accuracy']:.4f}, failing (target, answer) {row['failing']}"
+            f"H={row['horizon']}: exact {row['exact_greedy_accuracy']:.4f}, {row['failing_count']} failing, "
+            f"(target, answer) {row['failing'][:16]}"
         )
 
     probe = fast_forward_memory(policy, params, targets, args.probe_horizon)
@@ -253,10 +276,14 @@ def main(argv=None) -> int:
                 "half_life_below": level,
                 "channels_removed": len(short),
                 "exact_accuracy": float((answers == targets).double().mean()),
-                "failing": [[int(t), int(a)] for t, a in zip(targets, answers) if t != a],
+                "failing_count": int((answers != targets).sum()),
+                "failing": failing_pairs(targets, answers),
             }
         )
-        print(f"H={args.probe_horizon} without the {len(short)} channels of half-life < {level:g}:", short_memory[-1])
+        print(
+            f"H={args.probe_horizon} without the {len(short)} channels of half-life < {level:g}: exact "
+            f"{short_memory[-1]['exact_accuracy']:.4f}, {short_memory[-1]['failing_count']} failing"
+        )
     f32 = [
         float32_blank_steps(policy, params, targets, h, fast_forward_memory(policy, params, targets, h))
         for h in args.float32_horizons
@@ -270,6 +297,8 @@ def main(argv=None) -> int:
         "config": {"dt_min": cfg.dt_min, "dt_max": cfg.dt_max, "d_model": cfg.d_model, "d_state": cfg.d_state},
         "pattern_counts": {
             f"{args.episodes}_episodes_seed_{args.seed}": pattern_counts(params, args.episodes, args.seed)
+            if len(targets) <= LISTED
+            else f"{int((counts > 0).sum())} of {len(targets)} patterns drawn"
         },
         "horizons": rows,
         "blank_step": {
