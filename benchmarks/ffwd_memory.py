@@ -56,11 +56,14 @@ HORIZONS = [20_000, 100_000, 1_000_000, 10_000_000, 100_000_000, math.inf]
 def margins(logits: torch.Tensor, targets: torch.Tensor, action_dist) -> torch.Tensor:
     """``[P]``: the target's log-probability minus that of the most likely other answer (> 0: the
     greedy answer is right). With a categorical head that is the target's logit minus the best
-    other logit; with a bits head the most likely other answer flips the least sure bit, so it is
-    the smallest logit signed towards the target's bit."""
+    other logit. With a bits head, per bit the logit signed towards the target's bit is the log-odds
+    of getting that bit right: when every bit is right the most likely other answer flips the
+    least sure one (the smallest signed logit); otherwise it is the greedy answer, which flips
+    every bit with a negative signed logit (their sum)."""
     if isinstance(action_dist, BitsHead):
         bits = (targets[:, None] >> torch.arange(logits.shape[1])) & 1
-        return torch.where(bits == 1, logits, -logits).amin(1)
+        signed = torch.where(bits == 1, logits, -logits)
+        return torch.where((signed > 0).all(1), signed.amin(1), signed.clamp(max=0).sum(1))
     right = logits.gather(1, targets[:, None]).squeeze(1)
     others = logits.scatter(1, targets[:, None], -math.inf)
     return right - others.amax(1)
