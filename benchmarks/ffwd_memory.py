@@ -153,7 +153,7 @@ def float32_blank_steps(policy, params, targets, horizon: int, ff) -> dict:
     return {
         "horizon": horizon,
         "accuracy": float(right.double().mean()),
-        "failing_count": int((right == 0).sum()),
+        "failing_count": int((~right).sum()),
         "failing": failing_pairs(targets, policy.action_dist.mode(logits)),
         "max_logit_drift_vs_float64": float((logits.double() - ff.logits).abs().max()),
         "max_ssm_drift_vs_float64": float((h.double() - ff.ssm[:, 0]).abs().max()),
