@@ -4,7 +4,8 @@
 - :class:`DelayedMemoryGymEnv` / :class:`DelayedMemoryVectorEnv`: the Gymnasium faces; importing
   this package registers ``"mamba_rl/DelayedMemory-v0"`` (with a ``vector_entry_point``).
 - The functional core (:func:`delayed_memory_init`, :func:`delayed_memory_reset`,
-  :func:`delayed_memory_observe`, :func:`delayed_memory_step`) on plain tensors, for compiled or
+  :func:`delayed_memory_observe`, :func:`delayed_memory_step`, :func:`delayed_memory_score`,
+  :func:`delayed_memory_states_ahead`) on plain tensors, for compiled or
   CUDA-graph rollout loops; the task itself is described in :mod:`mamba_rl.envs.delayed_memory`.
 """
 
@@ -19,6 +20,8 @@ from mamba_rl.envs.delayed_memory import (
     delayed_memory_init,
     delayed_memory_observe,
     delayed_memory_reset,
+    delayed_memory_score,
+    delayed_memory_states_ahead,
     delayed_memory_step,
 )
 from mamba_rl.envs.gym_env import DelayedMemoryGymEnv, DelayedMemoryVectorEnv
@@ -47,5 +50,7 @@ __all__ = [
     "delayed_memory_init",
     "delayed_memory_observe",
     "delayed_memory_reset",
+    "delayed_memory_score",
+    "delayed_memory_states_ahead",
     "delayed_memory_step",
 ]

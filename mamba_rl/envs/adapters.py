@@ -13,6 +13,9 @@ Protocol (duck-typed; :class:`BatchedEnv` documents it)::
                           # the collector may torch.compile the step and capture it in a CUDA graph
     env.can_truncate      # False: truncated is always False and final_obs is None
     env.check_state(state)  # optional, device-resident envs: a state where one step ends episodes
+    env.action_independent_observations  # optional; True: the env also has plan and score
+    plan = env.plan(state, steps)             # an EnvPlan: the next steps, before any action
+    reward, success = env.score(plan, action)  # [N, steps] each
     state, obs, decision = env.reset(seed)
     state, step = env.step(state, action)     # step: an EnvStep
     env.close()
@@ -21,6 +24,11 @@ Protocol (duck-typed; :class:`BatchedEnv` documents it)::
 host envs keep their state inside and use ``{}``. ``obs`` is float32 ``[N, obs_dim]``.
 ``decision [N]`` marks the steps whose action the env scores (``policy_mask_key="decision"``);
 envs that do not mark steps return all True.
+
+An env whose observations, flags and state never depend on the actions (only its rewards and
+successes do) says so with ``action_independent_observations = True`` and implements ``plan``
+and ``score``: the collector then plays a whole block of steps at once
+(:class:`~mamba_rl.training.rollout.SequenceRolloutCollector`) instead of one step at a time.
 
 Implementations:
 
@@ -49,6 +57,8 @@ from mamba_rl.envs.delayed_memory import (
     delayed_memory_init,
     delayed_memory_observe,
     delayed_memory_reset,
+    delayed_memory_score,
+    delayed_memory_states_ahead,
     delayed_memory_step,
     mix32,
 )
@@ -58,6 +68,7 @@ __all__ = [
     "BatchedEnv",
     "DelayedMemoryTask",
     "EnvSpecError",
+    "EnvPlan",
     "EnvStep",
     "GymVectorEnv",
     "MEMORY_ENV_ID",
@@ -92,6 +103,27 @@ class EnvStep(NamedTuple):
     final_obs: torch.Tensor | None
     decision: torch.Tensor
     success: torch.Tensor
+
+
+class EnvPlan(NamedTuple):
+    """The next ``T`` steps of an env with ``action_independent_observations``, known before any
+    action (what its ``plan`` returns); every tensor has leading dims ``[N, ...]``.
+
+    Attributes:
+        obs: float32 ``[N, T + 1, obs_dim]``, the observation each step's action is taken on;
+            ``obs[:, T]`` the one after the last step (a new episode's first where step ``T - 1``
+            ended one).
+        decision: bool ``[N, T + 1]``, the action taken on ``obs`` is scored.
+        terminated: bool ``[N, T]``, the step ends its episode.
+        state: the env state after the ``T`` steps.
+        scoring: what the env's ``score`` reads to reward the actions (the env's own business).
+    """
+
+    obs: torch.Tensor
+    decision: torch.Tensor
+    terminated: torch.Tensor
+    state: dict[str, torch.Tensor]
+    scoring: object
 
 
 class BatchedEnv(Protocol):
@@ -140,6 +172,11 @@ class DelayedMemoryTask:
 
     device_resident = True
     can_truncate = False
+    action_independent_observations = True
+    """The promise :meth:`plan` rests on: the observations, ``decision``, ``terminated`` and the env
+    state after any number of steps do not depend on the actions taken (the episodes are hashes of
+    the seed, the env and the episode counter, and an episode ends at its query step whatever the
+    answer); only the reward and the success do, and :meth:`score` gives them from the actions."""
 
     def __init__(
         self, params: DelayedMemoryParams, num_envs: int, device, *, autoreset: bool = True, first_env: int = 0
@@ -168,6 +205,29 @@ class DelayedMemoryTask:
             env_state, action, self.params, autoreset=self.autoreset
         )
         return env_state._asdict(), EnvStep(obs, reward, done, torch.zeros_like(done), None, decision, success)
+
+    def plan(self, state, steps: int) -> EnvPlan:
+        """The next ``steps`` steps from ``state`` (:func:`~mamba_rl.envs.delayed_memory_states_ahead`,
+        observed by :func:`~mamba_rl.envs.delayed_memory_observe`): bit for bit what ``steps``
+        calls of :meth:`step` give, whatever the actions."""
+        now = DelayedMemoryState(**{name: state[name] for name in DelayedMemoryState._fields})
+        ahead = delayed_memory_states_ahead(now, steps, self.params, self.autoreset)
+        n = self.num_envs
+        obs, decision = delayed_memory_observe(DelayedMemoryState(*(value.reshape(-1) for value in ahead)), self.params)
+        # [N, T]: the states the steps are taken in
+        taken = DelayedMemoryState(*(value[:, :steps] for value in ahead))
+        return EnvPlan(
+            obs.view(n, steps + 1, -1),
+            decision.view(n, steps + 1),
+            taken.t >= taken.horizon + 1,
+            {name: value[:, steps].contiguous() for name, value in ahead._asdict().items()},
+            taken,
+        )
+
+    def score(self, plan: EnvPlan, action: torch.Tensor):
+        """``(reward, success)`` ``[N, T]`` of the actions ``[N, T]`` taken in ``plan``'s steps
+        (:func:`~mamba_rl.envs.delayed_memory_score`, the rule :meth:`step` applies)."""
+        return delayed_memory_score(plan.scoring, action, self.params)
 
     def check_state(self, state):
         """``state`` with every env at its query step, so that one step ends and restarts every

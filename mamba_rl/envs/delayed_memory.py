@@ -88,6 +88,8 @@ __all__ = [
     "delayed_memory_init",
     "delayed_memory_observe",
     "delayed_memory_reset",
+    "delayed_memory_score",
+    "delayed_memory_states_ahead",
     "delayed_memory_step",
     "mix32",
 ]
@@ -423,8 +425,30 @@ def delayed_memory_step(
         with shapes ``[N, obs_dim]`` float32, ``[N]`` float32, ``[N]`` bool, ``[N]`` bool,
         ``[N]`` bool.
     """
+    reward, success = delayed_memory_score(state, action, params)
+    done = state.t >= state.horizon + 1
+    t = torch.where(done, state.horizon + 2, state.t + 1)
+    new_state = state._replace(t=t)
+    if autoreset:
+        new_state = delayed_memory_reset(new_state, done, params)
+    observation, decision = delayed_memory_observe(new_state, params)
+    return DelayedMemoryStep(new_state, observation, reward, done, decision, success)
+
+
+def delayed_memory_score(
+    state: DelayedMemoryState, action: torch.Tensor, params: DelayedMemoryParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reward and success of ``action`` taken in ``state``: the task's one rule, which
+    :func:`delayed_memory_step` applies. Elementwise: every field of ``state`` and ``action``
+    have one shape (``[N]`` for a step, ``[N, T]`` for the states of
+    :func:`delayed_memory_states_ahead`).
+
+    Returns:
+        ``(reward, success)``: float32, 1 or ``-wrong_penalty`` at the query step and 0 elsewhere;
+        bool, the step is the query and the answer's active bits are right.
+    """
     scored = state.t == state.horizon + 1
-    # the answer's inactive bits, active_bits .. num_bits - 1, are not scored: [N]
+    # the answer's inactive bits, active_bits .. num_bits - 1, are not scored
     inactive = (params.num_actions - 1) & ~((torch.ones_like(state.active_bits) << state.active_bits) - 1)
     correct = ((action ^ state.target) & ~inactive) == 0
     success = scored & correct
@@ -434,13 +458,62 @@ def delayed_memory_step(
         torch.where(correct, 1.0, 0.0 - params.wrong_penalty),
         0.0,
     ).to(torch.float32)
-    done = state.t >= state.horizon + 1
-    t = torch.where(done, state.horizon + 2, state.t + 1)
-    new_state = state._replace(t=t)
-    if autoreset:
-        new_state = delayed_memory_reset(new_state, done, params)
-    observation, decision = delayed_memory_observe(new_state, params)
-    return DelayedMemoryStep(new_state, observation, reward, done, decision, success)
+    return reward, success
+
+
+def delayed_memory_states_ahead(
+    state: DelayedMemoryState, steps: int, params: DelayedMemoryParams, autoreset: bool = True
+) -> DelayedMemoryState:
+    """The states in which the next ``steps`` steps from ``state`` are taken, whatever the actions.
+
+    Nothing but the reward and success depends on the actions (the episodes are hashes of
+    ``(seed, i, k)``, an episode ends at its query step), so the states that ``steps`` calls of
+    :func:`delayed_memory_step` (with ``autoreset``) go through are known before any action:
+    the current episode runs to its query step, then (autoreset) episode after episode, each from
+    :func:`delayed_memory_reset`, or (no autoreset) the env stays terminal. They come at once,
+    as tensors, bit for bit those of the step loop.
+
+    Args:
+        state: the current state, fields ``[N]``.
+        steps: ``T >= 1``.
+        params: the task.
+        autoreset: as :func:`delayed_memory_step`'s.
+
+    Returns:
+        A :class:`DelayedMemoryState` with fields ``[N, T + 1]``: column ``s`` the state step ``s``
+        is taken in, column ``T`` the state after the last step. Its observations and decisions
+        are :func:`delayed_memory_observe`'s of the flattened fields, its rewards
+        :func:`delayed_memory_score`'s, and step ``s`` ends its episode where
+        ``t >= horizon + 1``.
+    """
+    n = state.t.shape[0]
+    # [T + 1]: steps from now
+    ahead = torch.arange(steps + 1, dtype=torch.int64, device=state.t.device)
+    if not autoreset:
+        # a finished episode stays terminal (t = horizon + 2)
+        t = torch.minimum(state.t[:, None] + ahead, state.horizon[:, None] + 2)
+        return DelayedMemoryState(*(value[:, None].expand(n, steps + 1) for value in state))._replace(t=t)
+    # [N]: steps of the current episode still to take, its query step included (1 if terminal)
+    left = (state.horizon + 2 - state.t).clamp(min=1)
+    # the episodes that start within the next steps, at most one every low + 2 steps: [N, M]
+    count = steps // (params.horizon_range[0] + 2) + 1
+    offset = torch.arange(count, dtype=torch.int64, device=state.t.device)
+    before = DelayedMemoryState(*(value[:, None].expand(n, count) for value in state))
+    before = before._replace(episode=state.episode[:, None] + offset)
+    # episode k + 1 of each env, drawn by the env's own reset from its counter at k
+    started = delayed_memory_reset(DelayedMemoryState(*(value.reshape(-1) for value in before)), None, params)
+    started = DelayedMemoryState(*(value.view(n, count) for value in started))
+    length = started.horizon + 2
+    # [N, M]: the step from now at which each starts
+    start = left[:, None] + length.cumsum(1) - length
+    # [N, T + 1]: 0 in the current episode, j in the j-th to start
+    which = torch.searchsorted(start, ahead.expand(n, steps + 1).contiguous(), right=True)
+    since = ahead - start.gather(1, (which - 1).clamp(min=0))
+    fields = {}
+    for name, now, later in zip(DelayedMemoryState._fields, state, started):
+        fields[name] = torch.cat([now[:, None], later], 1).gather(1, which)
+    fields["t"] = torch.where(which == 0, state.t[:, None] + ahead, since)
+    return DelayedMemoryState(**fields)
 
 
 def check_action(action, params: DelayedMemoryParams, num_envs: int, check_range: bool = True) -> torch.Tensor:

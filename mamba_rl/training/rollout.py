@@ -36,7 +36,7 @@ from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.envs.adapters import BatchedEnv, DelayedMemoryTask
 from mamba_rl.policies.heads import sample_actions
 
-__all__ = ["Rollout", "RolloutCollector", "capture_cuda_graph", "sample_actions"]
+__all__ = ["Rollout", "RolloutCollector", "SequenceRolloutCollector", "capture_cuda_graph", "sample_actions"]
 
 # how the env step is compiled (compile_env=True); tests swap in backend="eager" (no C++ build)
 COMPILE_OPTIONS = {"fullgraph": True, "dynamic": False}
@@ -398,3 +398,150 @@ class RolloutCollector:
 
     def close(self) -> None:
         self.env.close()
+
+
+# (env, step) pairs in one block of the sequence collector: the trunk's activations (~1.5 K floats a
+# pair for a d_model 64 Mamba layer) stay near 6 GB on a GPU; on the CPU a block is what the caches hold
+BLOCK_PAIRS = {"cuda": 1 << 20, "cpu": 1 << 15}
+# a head with more outputs than this gets proportionally fewer pairs per block: its outputs, their
+# softmax and CDF are [N, block, A] each
+BLOCK_HEAD_OUTPUTS = 256
+
+
+def default_block_steps(num_envs: int, num_outputs: int, device) -> int:
+    """Steps per block of :class:`SequenceRolloutCollector` for ``num_envs`` envs and a head of
+    ``num_outputs`` outputs on ``device``: :data:`BLOCK_PAIRS` pairs (fewer for a head wider than
+    :data:`BLOCK_HEAD_OUTPUTS`), at least one step."""
+    pairs = BLOCK_PAIRS["cuda" if torch.device(device).type == "cuda" else "cpu"]
+    pairs = pairs * BLOCK_HEAD_OUTPUTS // max(BLOCK_HEAD_OUTPUTS, num_outputs)
+    return max(1, pairs // num_envs)
+
+
+class SequenceRolloutCollector(RolloutCollector):
+    """:class:`RolloutCollector`'s rollouts, played by blocks of steps through the policy's sequence path.
+
+    For an env with ``action_independent_observations`` (the memory task): its observations,
+    flags and state never depend on the actions, only its rewards do. So a block of ``L`` steps
+    of every env is played as (1) the env's ``plan``: the observations, ``decision`` and
+    ``terminated`` of the ``L`` steps and the env state after them, before any action; (2) one
+    pass of :meth:`~mamba_rl.policies.ActorCritic.sequence` over ``[N, L]`` from the state the
+    block enters, resets inside (``is_init``: the step after each episode end), giving every
+    step's action distribution and value and the state after the block; the actions sampled from
+    the same pre-drawn noise as the step loop's, their log-probs; (3) the env's ``score``: the
+    rewards and successes of the sampled actions (the rule its ``step`` applies). A step loop
+    runs ``N``-wide ops ``L`` times one after the other; here each op runs once, ``[N, L]``-wide
+    (the parallel scan for Mamba, the reset-aware fused recurrence for the GRU on CUDA).
+
+    What it returns and carries is :class:`RolloutCollector`'s: the same :class:`Rollout` (every
+    field, shape and dtype), the same ``carry`` (so :meth:`state_dict` checkpoints load into either
+    collector), the same sampling noise. The env fields (observations, flags, rewards,
+    successes, episode returns and lengths) are bit for bit the step loop's for the same actions;
+    the policy's outputs are its sequence path's, equal to its step path's up to float rounding
+    (the sum runs in another order), so an action whose noise falls within that rounding of a
+    boundary between two actions can differ. Episode returns sum each episode's rewards in
+    another order than the step loop: bit for bit the same where an episode has one non-zero
+    reward (the memory task's query step).
+
+    Memory: one block (``[N, L]`` observations, trunk activations and head outputs; no gradient
+    is kept) besides the rollout's own buffers. ``block_steps`` defaults to
+    :func:`default_block_steps`: on CUDA ~2 K steps of 512 envs, a few GB for a d_model 64 Mamba
+    layer and 16 outputs. Blocks never cross chunks, so that the state entering each chunk is
+    stored as the step loop stores it.
+
+    Args:
+        policy, env, num_envs, chunk_len, num_chunks, seed, device: as :class:`RolloutCollector`'s;
+            ``env`` must have ``action_independent_observations`` and never truncate.
+        block_steps: steps per block (default :func:`default_block_steps`).
+    """
+
+    def __init__(
+        self,
+        policy,
+        env: BatchedEnv | DelayedMemoryParams,
+        num_envs: int,
+        chunk_len: int,
+        num_chunks: int,
+        seed: int,
+        device: torch.device,
+        block_steps: int | None = None,
+    ) -> None:
+        super().__init__(
+            policy, env, num_envs, chunk_len, num_chunks, seed, device, cuda_graph=False, compile_env=False
+        )
+        if not getattr(self.env, "action_independent_observations", False):
+            raise ValueError(
+                f"env must declare action_independent_observations = True (and implement plan and score) for "
+                f"the sequence collector, got {type(self.env).__name__}; use RolloutCollector"
+            )
+        if self.env.can_truncate:
+            raise ValueError(f"env must never truncate for the sequence collector, got {type(self.env).__name__}")
+        if block_steps is None:
+            block_steps = default_block_steps(num_envs, self.action_dist.num_outputs, self.device)
+        if block_steps < 1:
+            raise ValueError(f"block_steps must be >= 1, got {block_steps}")
+        self.block_steps = min(int(block_steps), chunk_len)
+
+    def _play_block(self, first: int, steps: int) -> None:
+        """Steps ``first .. first + steps - 1`` of the rollout: plan, policy pass, sampling,
+        scoring; stores them into ``buffers`` and moves ``carry`` on."""
+        carry, buffers = self.carry, self.buffers
+        plan = self.env.plan({name: carry[f"env.{name}"] for name in self._env_state_names}, steps)
+        # [N, L]: the step ends its episode; the next one starts from the zero state
+        done = plan.terminated
+        is_init = torch.cat([carry["is_init"][:, None], done[:, :-1]], 1)
+        obs = plan.obs[:, :steps]
+        params, value, state = self.policy.sequence(obs, self.policy_state, is_init)
+        action, log_prob = self.action_dist.sample(params, self.noise[:, first : first + steps])
+        reward, success = self.env.score(plan, action)
+        # [N, L]: each step's episode in the block, 0 the one under way when it starts
+        episode = done.cumsum(1) - done.long()
+        # [N, L + 1]: the episodes' returns, the one under way from its return so far
+        returns = torch.zeros(self.num_envs, steps + 1, device=self.device)
+        returns[:, 0] = carry["episode_return"]
+        returns = returns.scatter_add_(1, episode, reward).gather(1, episode)
+        position = torch.arange(steps, device=self.device)
+        # [N, L]: the block step each episode starts at (0 for the one under way)
+        start = torch.where(is_init, position, 0).cummax(1).values
+        length = position - start + 1 + torch.where(episode == 0, carry["episode_length"][:, None], 0)
+        stored = {
+            "obs": obs,
+            "action": action,
+            "log_prob": log_prob,
+            "value": value.float(),
+            "reward": reward,
+            "done": done,
+            "is_init": is_init,
+            "decision": plan.decision[:, :steps],
+            "success": success,
+            "episode_return": torch.where(done, returns, 0.0),
+            "episode_length": torch.where(done, length, 0),
+        }
+        for name, tensor in stored.items():
+            buffers[name][:, first : first + steps].copy_(tensor)
+        last_done = done[:, -1]
+        carry["obs"].copy_(plan.obs[:, steps])
+        carry["decision"].copy_(plan.decision[:, steps])
+        carry["is_init"].copy_(last_done)
+        carry["episode_return"].copy_(torch.where(last_done, 0.0, returns[:, -1]))
+        carry["episode_length"].copy_(torch.where(last_done, 0, length[:, -1]))
+        for name, tensor in plan.state.items():
+            carry[f"env.{name}"].copy_(tensor)
+        for name, tensor in state.items():
+            self.policy_state[name].copy_(tensor)
+
+    @torch.no_grad()
+    def collect(self) -> Rollout:
+        """Play ``K * T`` steps by blocks; returns the stored rollout (buffers reused by the next call)."""
+        self.action_dist.draw_noise(self.noise, self.generator)
+        for chunk in range(self.num_chunks):
+            for name, value in self.policy_state.items():
+                self.chunk_states[name][chunk].copy_(value)
+            for first in range(0, self.chunk_len, self.block_steps):
+                self._play_block(chunk * self.chunk_len + first, min(self.block_steps, self.chunk_len - first))
+        _, bootstrap_value, _ = self.policy.step(self.carry["obs"], self.policy_state, self.carry["is_init"])
+        return Rollout(
+            **self.buffers,
+            chunk_states=self.chunk_states,
+            bootstrap_value=bootstrap_value.float(),
+            chunk_len=self.chunk_len,
+        )
