@@ -5,6 +5,12 @@ rollout (chunks of ``T`` steps across ``N`` envs, the recurrent state carried ac
 updates, only each chunk's start state stored), compute GAE, run the PPO epochs (minibatches of
 whole environments, each chunk replayed from its stored state), log, checkpoint.
 
+The rollout of an env whose observations do not depend on the actions (the memory task declares
+``action_independent_observations``) is played by blocks of steps through the policy's sequence
+path (:class:`~mamba_rl.training.rollout.SequenceRolloutCollector`); any other env is stepped one
+step at a time (:class:`~mamba_rl.training.rollout.RolloutCollector`). Both give the same
+:class:`~mamba_rl.training.rollout.Rollout` and carry, so the rest of the loop does not know which ran.
+
 With ``delay_closed_form`` the memory task's episodes are played with their blank delay in closed
 form (:mod:`mamba_rl.training.closed_form`): each update's rollout is one episode's query step per
 environment, replayed through the same jump.
@@ -46,7 +52,7 @@ from mamba_rl.training.evaluate import (
     resolve_device,
 )
 from mamba_rl.training.ppo import compute_gae, explained_variance, ppo_loss, replay
-from mamba_rl.training.rollout import RolloutCollector
+from mamba_rl.training.rollout import RolloutCollector, SequenceRolloutCollector
 from mamba_rl.training.runs import RESUME_MUTABLE_KEYS, GracefulStop, RunLock, SignalsRaise, check_resume_config
 
 __all__ = [
@@ -554,6 +560,11 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
             )
         env.close()
         collector = ClosedFormCollector(policy, memory_params(cfg, active_bits=env_bits), cfg.num_envs, seed, device)
+    elif getattr(env, "action_independent_observations", False):
+        # the memory task: every block of steps in one pass of the policy's sequence path
+        collector = SequenceRolloutCollector(
+            policy, env, cfg.num_envs, cfg.resolved_chunk_len, cfg.chunks_per_rollout, seed, device
+        )
     else:
         collector = RolloutCollector(
             policy,
