@@ -222,11 +222,14 @@ class TrainConfig:
     is at the query step only. ``time/sps`` counts the episodes' steps, delays included. The
     trained policy is an ordinary one (docs/TRAINING.md, "The delay in closed form")."""
     cuda_graph: bool = True
-    """On CUDA, capture one rollout step (policy, sampling, env, storage) in a CUDA graph."""
+    """On CUDA, capture one rollout step (policy, sampling, env, storage) in a CUDA graph. For the
+    step loop of envs whose observations depend on the actions; the memory task's rollout runs by
+    blocks through the sequence path (``SequenceRolloutCollector``) and has no step to capture."""
     compile_env: bool = True
     """On CUDA, ``torch.compile`` the rollout's env step and the storage after it: a few fused
     kernels instead of ~140 tensor ops, the same numbers bit for bit (checked when it compiles; eager with a
-    warning if that fails). Not on the CPU, where the C++ build takes minutes."""
+    warning if that fails). Not on the CPU, where the C++ build takes minutes. The step loop's, as
+    ``cuda_graph``."""
 
     # --- PPO ---------------------------------------------------------------------------------
     num_updates: int = 300

@@ -1,5 +1,13 @@
 """Rollout collection: any :class:`~mamba_rl.envs.adapters.BatchedEnv` stepped with the policy's tensor API.
 
+Two collectors, one :class:`Rollout`. :class:`RolloutCollector` steps the env and the policy one
+step at a time (any env). :class:`SequenceRolloutCollector` is for envs whose observations do not
+depend on the actions (``action_independent_observations``; the memory task): it plays a block of
+steps at once, the env's observations and flags first, then one pass of the policy's sequence
+path over the block, then the env's scoring of the sampled actions; the same rollouts, carry and
+checkpoints, without a policy step per env step. The trainer uses it wherever the env allows.
+The rest of this docstring is about the step loop.
+
 Why not ``torchrl.collectors.Collector``: per step it builds and copies TensorDicts, runs the
 env's spec checks and ``step_mdp``, and keeps every recurrent state of every step; here a step is
 the policy's ``step`` on plain tensors, the env's ``step`` (same-step autoreset) and a handful of
