@@ -355,8 +355,9 @@ def set_active_bits(collector: RolloutCollector, active_bits: int) -> None:
     """The memory task's episodes that ``collector`` starts from now on draw ``active_bits`` bits.
 
     Written in place into the env state the collector carries (``env.active_bits``), which the
-    env step reads: the CUDA graph of the rollout step and the compiled env step see the new value
-    without being captured or compiled again, and checkpoints save it with the carry."""
+    env's reset reads: the next block's plan, or the CUDA graph of a step loop and its compiled env
+    step, see the new value without being captured or compiled again, and checkpoints save it with
+    the carry."""
     collector.carry["env.active_bits"].fill_(active_bits)
 
 
