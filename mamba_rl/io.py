@@ -30,6 +30,7 @@ __all__ = [
     "load_checkpoint",
     "find_checkpoint",
     "payload_digest",
+    "save_policy",
 ]
 
 CHECKPOINT_FORMAT = "mamba_rl.checkpoint"
@@ -37,6 +38,10 @@ CHECKPOINT_VERSION = 2
 # version 1 is version 2 without the "sha256" entry
 READABLE_VERSIONS = (1, 2)
 CHECKPOINT_NAME = "checkpoint.pt"
+POLICY_NAME = "policy.pt"
+# what a policy file keeps of a checkpoint: enough to evaluate, picture or fine-tune the policy
+# (``init_from``), without the optimizer, the collector and the history a resume needs
+POLICY_ENTRIES = ("config", "update", "global_step", "train_time_s", "policy", "param_counts", "torch_version")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -181,3 +186,14 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
             "cannot be evaluated or resumed"
         )
     return payload
+
+
+def save_policy(checkpoint: str | os.PathLike, path: str | os.PathLike | None = None) -> Path:
+    """Write the trained policy of ``checkpoint`` (a file or a run directory) to ``path``
+    (default: ``policy.pt`` beside it): a checkpoint with :data:`POLICY_ENTRIES` only, readable by
+    :func:`load_checkpoint`, ``mamba-rl-eval`` and ``init_from``, a fraction of the size (no
+    optimizer moments, no rollout carry). Atomic, with its digest."""
+    source = find_checkpoint(checkpoint)
+    payload = load_checkpoint(source, map_location="cpu")
+    kept = {key: payload[key] for key in POLICY_ENTRIES if key in payload}
+    return save_checkpoint(kept, source.parent / POLICY_NAME if path is None else path)

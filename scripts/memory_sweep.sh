@@ -30,7 +30,8 @@
 #   PARALLEL     cells at once (default 6); MAX_WALL_S (default 420); STOP_AT_S (default 540)
 #   CONFIG       one preset for every horizon instead of configs/h<H>_gpu.yaml
 #   EXTRA        more train.py options, before the script's own --set (e.g. "--set device=cpu")
-#   OUT          a folder that receives sweep_runs.tgz (ROOT without checkpoints) and, while cells
+#   OUT          a folder that receives sweep_runs.tgz (ROOT without checkpoint.pt files, with each
+#                finished cell's policy.pt from sweep_table.py) and, while cells
 #                are unfinished, sweep_resume.tgz.part0, .part1, ... (those cells whole, checkpoints
 #                included, in pieces of 15 MiB). To go on elsewhere, unpack both in the repository:
 #                  tar xzf sweep_runs.tgz && cat sweep_resume.tgz.part* | tar xzf -
@@ -142,7 +143,7 @@ for cell in "$root"/h*/*_*/; do
     esac
 done
 if [ -n "${OUT:-}" ]; then
-    tar czf "$OUT/sweep_runs.tgz" --exclude='*.pt' "$root"
+    tar czf "$OUT/sweep_runs.tgz" --exclude=checkpoint.pt "$root"
     if [ "${#unfinished[@]}" -gt 0 ]; then
         tar czf - "${unfinished[@]}" | split -b 15M -d -a 1 - "$OUT/sweep_resume.tgz.part"
     fi

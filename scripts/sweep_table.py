@@ -14,6 +14,9 @@ and writes into ``ROOT``:
   controller and trained H (the mean over seeds), min..max over seeds shaded;
 - ``training_curves.png``: training accuracy against env-steps and against training time, one
   line per run, one row of panels per trained H.
+- ``policy.pt`` beside the ``checkpoint.pt`` of each finished, evaluated run: its trained policy
+  alone (:func:`mamba_rl.io.save_policy`, ~0.1 MB against the checkpoint's MBs), kept with the
+  results so that any cell, a failed seed's included, can be evaluated and pictured later.
 
 A cell's next step (``--next-step``) is ``train`` (fewer updates than ``N``, or no run yet),
 ``evaluate`` (trained for ``N`` updates, no final evaluation yet), ``done`` or ``failed`` (the
@@ -313,6 +316,25 @@ def plot_training_curves(rows: list[dict], root: Path, path: Path) -> None:
     plt.close(fig)
 
 
+def write_policies(root: Path) -> list[Path]:
+    """``policy.pt`` beside the ``checkpoint.pt`` of each finished, evaluated run under ``root``
+    that has none or an older one; returns the files written."""
+    from mamba_rl.io import POLICY_NAME, save_policy
+
+    written = []
+    for checkpoint in sorted(root.glob("h*/*_*/*/checkpoint.pt")):
+        metrics_path = checkpoint.parent / "metrics.json"
+        if not metrics_path.is_file():
+            continue
+        metrics = json.loads(metrics_path.read_text())
+        if metrics["status"] not in FINISHED or not metrics.get("evaluation"):
+            continue
+        policy = checkpoint.parent / POLICY_NAME
+        if not policy.is_file() or policy.stat().st_mtime < checkpoint.stat().st_mtime:
+            written.append(save_policy(checkpoint, policy))
+    return written
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("root", type=Path, help="the sweep's folder (ROOT/h<H>/<controller>_<seed>/), or a cell")
@@ -325,6 +347,8 @@ def main(argv=None) -> None:
     if not rows:
         raise SystemExit(f"no cells under {args.root} (expected {args.root}/h<H>/<controller>_<seed>/)")
     write_tables(rows, args.root)
+    for path in write_policies(args.root):
+        print(f"wrote {path}")
     plot_accuracy_vs_horizon(rows, args.root, args.root / "accuracy_vs_horizon.png")
     plot_training_curves(rows, args.root, args.root / "training_curves.png")
     print((args.root / "results.md").read_text())

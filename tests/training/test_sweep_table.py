@@ -107,3 +107,28 @@ def test_next_step_trains_to_the_budget_then_evaluates_once(tmp_path):
     metrics.update(status="diverged")
     (run / "metrics.json").write_text(json.dumps(metrics))
     assert sweep_table.next_step(cell, 4) == "failed"
+
+
+def test_policy_files_are_written_for_finished_evaluated_runs_only(sweep):
+    import torch
+
+    from mamba_rl.io import load_checkpoint, save_checkpoint
+
+    finished = sweep / "h10" / "mamba_0" / "mamba__h1-10__s0"
+    unfinished = sweep / "h10" / "gru_1" / "gru__h1-10__s1"
+    for run in (finished, unfinished):
+        payload = {
+            "config": {"horizon": [1, 10]},
+            "update": 4,
+            "policy": {"weight": torch.arange(6.0).view(2, 3)},
+            "optimizer": {"state": {0: {"exp_avg": torch.ones(2, 3)}}},
+            "collector": {"noise": torch.zeros(1000)},
+        }
+        save_checkpoint(payload, run / "checkpoint.pt")
+    assert sweep_table.write_policies(sweep) == [finished / "policy.pt"]
+    assert not (unfinished / "policy.pt").exists()
+    policy = load_checkpoint(finished / "policy.pt")
+    assert torch.equal(policy["policy"]["weight"], torch.arange(6.0).view(2, 3))
+    assert policy["update"] == 4 and "optimizer" not in policy and "collector" not in policy
+    # up to date: nothing is written again
+    assert sweep_table.write_policies(sweep) == []
