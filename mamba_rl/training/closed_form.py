@@ -44,7 +44,7 @@ import torch
 from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.envs.adapters import DelayedMemoryTask
 from mamba_rl.envs.delayed_memory import DelayedMemoryState, delayed_memory_observe
-from mamba_rl.training.rollout import Rollout
+from mamba_rl.training.rollout import Rollout, restore_generator
 
 __all__ = [
     "ClosedFormRollout",
@@ -179,7 +179,7 @@ class ClosedFormCollector:
                     f"collector state {name!r} must have shape {list(self.carry[name].shape)}, got {list(value.shape)}"
                 )
             self.carry[name].copy_(value)
-        self.generator.set_state(state["generator"].cpu())
+        restore_generator(self.generator, state["generator"])
 
     @torch.no_grad()
     def collect(self) -> ClosedFormRollout:

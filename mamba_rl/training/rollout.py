@@ -34,6 +34,7 @@ per-step SSM states of a rollout would be tens of GB.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass
 
@@ -44,10 +45,35 @@ from mamba_rl.envs import DelayedMemoryParams
 from mamba_rl.envs.adapters import BatchedEnv, DelayedMemoryTask
 from mamba_rl.policies.heads import sample_actions
 
-__all__ = ["Rollout", "RolloutCollector", "SequenceRolloutCollector", "capture_cuda_graph", "sample_actions"]
+__all__ = [
+    "Rollout",
+    "RolloutCollector",
+    "SequenceRolloutCollector",
+    "capture_cuda_graph",
+    "restore_generator",
+    "sample_actions",
+]
 
 # how the env step is compiled (compile_env=True); tests swap in backend="eager" (no C++ build)
 COMPILE_OPTIONS = {"fullgraph": True, "dynamic": False}
+
+
+def restore_generator(generator: torch.Generator, saved: torch.Tensor) -> None:
+    """Set ``generator`` to the ``saved`` state of a collector's sampling generator.
+
+    A run may resume on another device type (``device`` is a resume-mutable key), and a generator's
+    state is its device's: a CUDA generator's is its seed and offset (16 bytes), a CPU one's the
+    Mersenne Twister's (5,056 bytes), and neither loads into the other. Then ``generator`` is
+    seeded from a digest of ``saved``: the sampling goes on deterministically, from another stream
+    than the saved device's would have drawn.
+    """
+    # torch.load(map_location="cuda") moves the RNG state too; generators take a CPU ByteTensor
+    saved = saved.cpu()
+    if saved.numel() == generator.get_state().numel():
+        generator.set_state(saved)
+        return
+    digest = hashlib.sha256(saved.numpy().tobytes()).digest()
+    generator.manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 @dataclass
@@ -234,8 +260,7 @@ class RolloutCollector:
                     f"got {list(value.shape)} (different num_envs or model size?)"
                 )
             self.carry[name].copy_(value)
-        # torch.load(map_location="cuda") moves the RNG state too; generators take a CPU ByteTensor
-        self.generator.set_state(state["generator"].cpu())
+        restore_generator(self.generator, state["generator"])
         if not self.env.device_resident:
             seed = int(torch.randint(2**31 - 1, (1,), generator=self.generator, device=self.device))
             _, obs, decision = self.env.reset(seed)

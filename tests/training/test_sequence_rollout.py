@@ -177,3 +177,24 @@ def test_trainer_collects_the_memory_task_by_blocks(tmp_path, monkeypatch):
     monkeypatch.setattr(SequenceRolloutCollector, "collect", collect)
     train(small_config(num_updates=2), tmp_path / "run", verbose=False)
     assert len(played) == 2
+
+
+def test_state_saved_on_another_device_type_loads_and_samples_deterministically():
+    """Regression: resuming on the CPU a run trained on CUDA (``device`` may change on resume)
+    failed inside ``Generator.set_state`` ("Expected a CPUGeneratorImplState of size 5056"): a
+    CUDA generator's state is 16 bytes. The carry loads as saved, and the sampling goes on from a
+    seed drawn from the saved state, the same for every load of it."""
+    policy, params, _, sequence = _collectors("mamba", "categorical", "short-range")
+    sequence.collect()
+    saved = sequence.state_dict()
+    # what a CUDA generator's get_state() gives: its seed and offset
+    saved["generator"] = torch.tensor([7, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0], dtype=torch.uint8)
+    collected = []
+    for _ in range(2):
+        resumed = SequenceRolloutCollector(policy, params, 6, 13, 3, 1, torch.device("cpu"), block_steps=5)
+        resumed.load_state_dict(saved)
+        for name, value in saved["carry"].items():
+            assert torch.equal(resumed.carry[name], value), name
+        collected.append(_copy(resumed.collect()))
+    for name, value in collected[0].items():
+        assert torch.equal(collected[1][name], value), name
