@@ -81,7 +81,9 @@ def run_sweep(base: TrainConfig, controllers, horizons, seeds, out_dir: str | Pa
                     metrics = train(cfg, run_dir, resume=resume, verbose=verbose).metrics
                 elif verbose:
                     print(f"{run_dir} already holds this finished run: its metrics are reused", file=sys.stderr)
-                rows = [row for row in rows if row["run_dir"] != str(run_dir)]
+                # by the run's own folder name: a sweep folder moved or reached by another path
+                # (a GPU machine's runs/ copied into the repository) keeps one row per run
+                rows = [row for row in rows if Path(row["run_dir"]).name != run_dir.name]
                 rows.append(
                     {
                         "controller": controller,

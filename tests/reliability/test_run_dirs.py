@@ -61,6 +61,16 @@ def test_a_second_sweep_into_the_same_directory_adds_rows(tmp_path, capsys):
     assert len(_rows(tmp_path)) == 2
 
 
+def test_a_sweep_folder_moved_elsewhere_keeps_one_row_per_run(tmp_path):
+    # regression: a sweep resumed from another path (a GPU machine's runs/ copied into the
+    # repository) matched its rows by the full run_dir string and listed a resumed run twice
+    base = tiny_config(num_updates=1, eval_episodes=4, eval_num_envs=4)
+    run_sweep(base, ["mamba"], [3], [0], tmp_path / "first", verbose=False)
+    (tmp_path / "first").rename(tmp_path / "moved")
+    run_sweep(base, ["mamba"], [3], [0], tmp_path / "moved", verbose=False)
+    assert _rows(tmp_path / "moved") == [("mamba", "3", "0")]
+
+
 def test_a_second_env_sweep_into_the_same_directory_adds_rows_and_reuses_finished_runs(tmp_path, capsys):
     # regression: the env sweep rewrote results.csv with only its own rows and refused a finished cell
     from mamba_rl.config import TrainConfig
