@@ -72,8 +72,12 @@ def next_step(cell: Path, num_updates: int) -> str:
         return "failed"
     if metrics["updates"] < num_updates:
         return "train"
-    evaluated = metrics["status"] in FINISHED and metrics.get("evaluation") and metrics["config"]["eval_episodes"] > 0
-    return "done" if evaluated else "evaluate"
+    return "done" if finished_and_evaluated(metrics) else "evaluate"
+
+
+def finished_and_evaluated(metrics: dict) -> bool:
+    """The run of ``metrics`` (its ``metrics.json``) finished and ran its final evaluation."""
+    return bool(metrics["status"] in FINISHED and metrics.get("evaluation") and metrics["config"]["eval_episodes"] > 0)
 
 
 def _accuracy(metrics: dict, horizon: int, mode: str = "greedy"):
@@ -326,8 +330,7 @@ def write_policies(root: Path) -> list[Path]:
         metrics_path = checkpoint.parent / "metrics.json"
         if not metrics_path.is_file():
             continue
-        metrics = json.loads(metrics_path.read_text())
-        if metrics["status"] not in FINISHED or not metrics.get("evaluation"):
+        if not finished_and_evaluated(json.loads(metrics_path.read_text())):
             continue
         policy = checkpoint.parent / POLICY_NAME
         if not policy.is_file() or policy.stat().st_mtime < checkpoint.stat().st_mtime:
