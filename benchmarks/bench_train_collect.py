@@ -141,7 +141,7 @@ def bench_sequence(cfg, repeats: int) -> dict:
     for _ in range(repeats):
         for name, collector in (("step", step), ("sequence", sequence)):
             times[name].append(_timed_collect(collector, device))
-    steps = cfg.num_envs * cfg.steps_per_update
+    steps = cfg.steps_per_update  # env-steps per rollout (envs x steps)
     # the first collect of each (capture, compilation) is left out
     best = {name: min(values[1:]) for name, values in times.items()}
     return {

@@ -29,6 +29,7 @@ import argparse
 import csv
 import json
 import statistics
+import sys
 from pathlib import Path
 
 FINISHED = ("completed", "target_reached")
@@ -322,19 +323,32 @@ def plot_training_curves(rows: list[dict], root: Path, path: Path) -> None:
 
 def write_policies(root: Path) -> list[Path]:
     """``policy.pt`` beside the ``checkpoint.pt`` of each finished, evaluated run under ``root``
-    that has none or an older one; returns the files written."""
-    from mamba_rl.io import POLICY_NAME, save_policy
+    whose checkpoint holds the run's final update (``metrics.json`` ``updates``) and whose
+    ``policy.pt`` is missing or of another update; returns the files written. A checkpoint of an
+    earlier update (a sweep folder that received the run's tables but kept an older checkpoint)
+    writes nothing and is named on stderr: its policy is not the one evaluated."""
+    from mamba_rl.io import POLICY_NAME, load_checkpoint, save_policy
 
     written = []
     for checkpoint in sorted(root.glob("h*/*_*/*/checkpoint.pt")):
         metrics_path = checkpoint.parent / "metrics.json"
         if not metrics_path.is_file():
             continue
-        if not finished_and_evaluated(json.loads(metrics_path.read_text())):
+        metrics = json.loads(metrics_path.read_text())
+        if not finished_and_evaluated(metrics):
             continue
         policy = checkpoint.parent / POLICY_NAME
-        if not policy.is_file() or policy.stat().st_mtime < checkpoint.stat().st_mtime:
-            written.append(save_policy(checkpoint, policy))
+        if policy.is_file() and load_checkpoint(policy, map_location="cpu").get("update") == metrics["updates"]:
+            continue
+        update = load_checkpoint(checkpoint, map_location="cpu").get("update")
+        if update != metrics["updates"]:
+            print(
+                f"{checkpoint}: update {update}, the run finished at update {metrics['updates']}; "
+                "no policy.pt from it",
+                file=sys.stderr,
+            )
+            continue
+        written.append(save_policy(checkpoint, policy))
     return written
 
 

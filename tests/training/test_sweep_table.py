@@ -132,3 +132,25 @@ def test_policy_files_are_written_for_finished_evaluated_runs_only(sweep):
     assert policy["update"] == 4 and "optimizer" not in policy and "collector" not in policy
     # up to date: nothing is written again
     assert sweep_table.write_policies(sweep) == []
+
+
+def test_a_checkpoint_older_than_the_finished_run_writes_no_policy(sweep, capsys):
+    """A sweep folder that received a run's final tables but kept a checkpoint of an earlier
+    update (a piece's checkpoint, the final one left on another machine) must not label that
+    older policy as the evaluated one; a policy.pt of the final update is kept as it is."""
+    import torch
+
+    from mamba_rl.io import load_checkpoint, save_checkpoint
+
+    run = sweep / "h10" / "mamba_0" / "mamba__h1-10__s0"
+    older = {"config": {"horizon": [1, 10]}, "update": 3, "policy": {"weight": torch.zeros(2)}}
+    save_checkpoint(older, run / "checkpoint.pt")
+    assert sweep_table.write_policies(sweep) == []
+    assert not (run / "policy.pt").exists()
+    assert "update 3, the run finished at update 4" in capsys.readouterr().err
+    # the final policy arrived separately (older mtime than the checkpoint): left as it is
+    final = {"config": {"horizon": [1, 10]}, "update": 4, "policy": {"weight": torch.ones(2)}}
+    save_checkpoint(final, run / "policy.pt")
+    save_checkpoint(older, run / "checkpoint.pt")
+    assert sweep_table.write_policies(sweep) == []
+    assert torch.equal(load_checkpoint(run / "policy.pt")["policy"]["weight"], torch.ones(2))
