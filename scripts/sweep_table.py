@@ -343,8 +343,7 @@ def write_policies(root: Path) -> list[Path]:
         update = load_checkpoint(checkpoint, map_location="cpu").get("update")
         if update != metrics["updates"]:
             print(
-                f"{checkpoint}: update {update}, the run finished at update {metrics['updates']}; "
-                "no policy.pt from it",
+                f"{checkpoint}: update {update}, the run finished at update {metrics['updates']}; no policy.pt from it",
                 file=sys.stderr,
             )
             continue
