@@ -110,7 +110,8 @@ def run_row(run_dir: Path, root: Path) -> dict:
         sampled_H=_accuracy(metrics, horizon, "sampled"),
         eval_episodes=((metrics.get("evaluation") or {}).get(str(horizon)) or {}).get("greedy", {}).get("episodes"),
         train_accuracy_last=metrics.get("train_accuracy_last"),
-        device=metrics.get("device_name"),
+        # the training's devices (a run evaluated elsewhere: metrics' device_name is the evaluation's)
+        device=", ".join(metrics.get("train_device_names") or [metrics.get("device_name")]),
     )
     for multiple in MULTIPLES:
         row[f"greedy_{'' if multiple == 1 else multiple}H"] = _accuracy(metrics, round(multiple * horizon))

@@ -255,6 +255,26 @@ def test_resume_continues_the_identical_run(tmp_path, device):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_metrics_name_the_training_devices_apart_from_the_evaluations(tmp_path):
+    """A run trained on one machine and evaluated on another (a sweep's evaluate step): metrics.json
+    names the devices that trained it, from the checkpoint's history, and the evaluation's device
+    apart, so a table of training times never attributes them to the evaluating machine."""
+    from mamba_rl.io import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    first = train(small_config(num_updates=2), run, verbose=False)
+    assert first.metrics["train_device_names"] == ["cpu"] and first.metrics["eval_device_name"] is None
+    payload = load_checkpoint(run / "checkpoint.pt")
+    for entry in payload["history"]:
+        entry["device_name"] = "FakeGPU"
+    save_checkpoint(payload, run / "checkpoint.pt")
+    evaluated = train(small_config(num_updates=2, eval_episodes=4), run, resume=True, verbose=False)
+    metrics = evaluated.metrics
+    assert metrics["updates"] == 2 and metrics["evaluation"]
+    assert metrics["train_device_names"] == ["FakeGPU"]
+    assert (metrics["eval_device_name"], metrics["device_name"]) == ("cpu", "cpu")
+
+
 def shrunk_overrides(preset):
     """``key=value`` overrides that keep a preset's shape (env, model, loss) and make its run tiny:
     the memory task at a short delay; other envs for a few short chunks and episodes."""

@@ -709,6 +709,7 @@ def _train(cfg: TrainConfig, run_dir: Path, resume: bool, callback, verbose: boo
                         "episode_return": values["train/episode_return"],
                         "sps": sps,
                         "time_s": train_time_s,
+                        "device_name": _device_name(device),
                     }
                 )
                 if curriculum is not None:
@@ -932,6 +933,10 @@ def _final_evaluation(
     return evaluation
 
 
+def _device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
 def _write_metrics(
     run_dir, cfg, status, update, global_step, train_time_s, history, counts, evaluation, device, ranks, error=None
 ) -> dict:
@@ -948,8 +953,11 @@ def _write_metrics(
         "updates": update,
         "global_step": global_step,
         "train_time_s": train_time_s,
+        # this process's device; a run resumed elsewhere trained on train_device_names
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "device_name": _device_name(device),
+        "train_device_names": list(dict.fromkeys(h["device_name"] for h in history if "device_name" in h)),
+        "eval_device_name": _device_name(device) if evaluation else None,
         "torch_version": str(torch.__version__),
         "param_counts": counts,
         **_summary(history, cfg.num_bits),
