@@ -278,6 +278,8 @@ class MemoryEpisodes(NamedTuple):
     reward: torch.Tensor
     # [n, A]: the actor's output at the query step
     logits: torch.Tensor
+    # int64 [n]: the episode's bit pattern (the right answer's code)
+    target: torch.Tensor
 
 
 def default_block_steps(n: int, device) -> int:
@@ -387,7 +389,7 @@ def play_memory_episodes(
         action = policy_action(action_dist, logits, mode == "greedy", mix32(int(seed) & 0xFFFFFFFF), episode, query_t)
         # the env scores the answer: its step from the query
         _, step = task.step(dict(env, t=query_t), action)
-        played[mode] = MemoryEpisodes(step.success, step.reward, logits)
+        played[mode] = MemoryEpisodes(step.success, step.reward, logits, env["target"])
     return played
 
 
@@ -526,13 +528,20 @@ def evaluate_modes(
     episodes (:meth:`Ranks.share`) and the results are gathered in episode order: the numbers of
     one process, on every rank.
 
-    Returns ``{mode: {"accuracy", "episodes", "successes", "mean_return", "return_ci95"}}``.
+    Returns ``{mode: {"accuracy", "episodes", "successes", "mean_return", "return_ci95",
+    "wrong_patterns"}}``; ``wrong_patterns`` lists ``[pattern, episodes, right]`` for each bit
+    pattern (the target's code) answered wrong at least once, by pattern: errors spread over every
+    pattern are a fading or noisy memory, errors confined to a few patterns answered wrong every
+    time are a wrong answer map.
     """
     ranks = ranks or Ranks()
     device = next(policy.parameters()).device if device is None else torch.device(device)
     done_episodes, last = ranks.share(episodes)
     successes = dict.fromkeys(modes, 0)
     returns = {mode: [torch.zeros(0, dtype=torch.float64)] for mode in modes}
+    patterns = 2**params.num_bits
+    # per pattern: episodes and right answers
+    counts = {mode: torch.zeros(2, patterns, dtype=torch.int64) for mode in modes}
     while done_episodes < last:
         n = min(num_envs, last - done_episodes)
         played = play_memory_episodes(
@@ -541,12 +550,17 @@ def evaluate_modes(
         for mode, outcome in played.items():
             successes[mode] += int(outcome.success.sum())
             returns[mode].append(outcome.reward.double().cpu())
+            target = outcome.target.cpu()
+            counts[mode][0] += torch.bincount(target, minlength=patterns)
+            counts[mode][1] += torch.bincount(target, weights=outcome.success.cpu().double(), minlength=patterns).long()
         done_episodes += n
-    blocks = ranks.all_gather({mode: (successes[mode], torch.cat(returns[mode])) for mode in modes})
+    blocks = ranks.all_gather({mode: (successes[mode], torch.cat(returns[mode]), counts[mode]) for mode in modes})
     results = {}
     for mode in modes:
         mode_successes = sum(block[mode][0] for block in blocks)
         mode_returns = torch.cat([block[mode][1] for block in blocks])
+        seen, right = sum(block[mode][2] for block in blocks)
+        wrong = torch.nonzero(right < seen).flatten().tolist()
         _, return_ci = mean_ci95(mode_returns)
         results[mode] = {
             "accuracy": mode_successes / episodes,
@@ -554,6 +568,7 @@ def evaluate_modes(
             "successes": mode_successes,
             "mean_return": float(mode_returns.sum()) / episodes,
             "return_ci95": return_ci,
+            "wrong_patterns": [[p, int(seen[p]), int(right[p])] for p in wrong],
         }
     return results
 
@@ -611,6 +626,25 @@ def format_table(results: dict, trained_horizon) -> str:
         sampled = entry.get("sampled", {}).get("accuracy", float("nan"))
         episodes = (entry.get("greedy") or entry.get("sampled"))["episodes"]
         lines.append(f"| {horizon}{mark} | {greedy:.3f} | {sampled:.3f} | {episodes} |")
+    return "\n".join(lines)
+
+
+def format_wrong_patterns(results: dict, limit: int = 8) -> str:
+    """One line per horizon and mode: the bit patterns answered wrong, as ``pattern right/episodes``
+    (the ``limit`` most often wrong, then how many more)."""
+    lines = []
+    for horizon, entry in results.items():
+        for mode in ("greedy", "sampled"):
+            wrong = (entry.get(mode) or {}).get("wrong_patterns")
+            if wrong is None:
+                continue
+            if not wrong:
+                lines.append(f"horizon {horizon}, {mode}: every pattern right")
+                continue
+            worst = sorted(wrong, key=lambda w: (w[2] - w[1], w[0]))[:limit]
+            text = ", ".join(f"{p} {r}/{n}" for p, n, r in worst)
+            more = f" and {len(wrong) - len(worst)} more" if len(wrong) > len(worst) else ""
+            lines.append(f"horizon {horizon}, {mode}: {len(wrong)} patterns answered wrong: {text}{more}")
     return "\n".join(lines)
 
 
@@ -750,6 +784,7 @@ def main(argv=None) -> int:
         block_steps=args.block_steps,
     )
     print(format_table(results, cfg.horizon_range[1]))
+    print(format_wrong_patterns(results))
     if args.plot_states:
         from mamba_rl.lab.plots import write_state_report
 

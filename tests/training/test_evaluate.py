@@ -111,6 +111,28 @@ def test_evaluation_in_several_batches_counts_the_stepped_episodes(controller):
         assert results[mode]["mean_return"] == pytest.approx(float(returns.double().mean()), abs=1e-12)
 
 
+def test_evaluation_counts_the_episodes_and_right_answers_of_each_wrong_pattern():
+    # the per-pattern counts are those of the stepped episodes, over several batches: the targets
+    # from the env's own reset, the successes from stepping
+    policy = small_policy("mamba", 1)
+    params = DelayedMemoryParams(num_bits=2, horizon=5, num_distractors=1)
+    episodes, seed = 40, 9
+    results = evaluate_modes(policy, params, episodes, MODES, seed=seed, num_envs=16, block_steps=4)
+    env, _, _ = DelayedMemoryTask(params, episodes, "cpu", autoreset=False).reset(seed)
+    for mode in MODES:
+        successes, _, _ = stepped(policy, params, episodes, seed, mode, 0)
+        expected = []
+        for pattern in range(4):
+            mine = env["target"] == pattern
+            seen, right = int(mine.sum()), int((successes & mine).sum())
+            if right < seen:
+                expected.append([pattern, seen, right])
+        assert results[mode]["wrong_patterns"] == expected, mode
+        assert expected, "the comparison must see wrong answers"
+        wrong = sum(seen - right for _, seen, right in expected)
+        assert wrong == episodes - results[mode]["successes"]
+
+
 def test_block_evaluation_of_a_horizon_range_scores_each_episode_at_its_own_query():
     policy = small_policy("mamba")
     params = DelayedMemoryParams(num_bits=2, horizon=(2, 12))
@@ -165,3 +187,19 @@ def test_block_evaluation_on_cuda_gives_the_cuda_graph_steps_answers(controller)
         # float32 on the GPU: the Triton scan and the fused step round differently
         torch.testing.assert_close(played[mode].logits, batch.logits, rtol=1e-3, atol=1e-3)
         assert torch.equal(played[mode].success, batch.successes.bool()), mode
+
+
+def test_wrong_patterns_are_listed_most_often_wrong_first():
+    from mamba_rl.training.evaluate import format_wrong_patterns
+
+    results = {
+        "100": {
+            "greedy": {"wrong_patterns": [[1, 10, 9], [2, 8, 0], [3, 5, 4]]},
+            "sampled": {"wrong_patterns": []},
+        }
+    }
+    lines = format_wrong_patterns(results, limit=2).splitlines()
+    assert lines == [
+        "horizon 100, greedy: 3 patterns answered wrong: 2 0/8, 1 9/10 and 1 more",
+        "horizon 100, sampled: every pattern right",
+    ]
