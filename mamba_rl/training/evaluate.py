@@ -644,7 +644,8 @@ def format_wrong_patterns(results: dict, limit: int = 8) -> str:
             worst = sorted(wrong, key=lambda w: (w[2] - w[1], w[0]))[:limit]
             text = ", ".join(f"{p} {r}/{n}" for p, n, r in worst)
             more = f" and {len(wrong) - len(worst)} more" if len(wrong) > len(worst) else ""
-            lines.append(f"horizon {horizon}, {mode}: {len(wrong)} patterns answered wrong: {text}{more}")
+            noun = "pattern" if len(wrong) == 1 else "patterns"
+            lines.append(f"horizon {horizon}, {mode}: {len(wrong)} {noun} answered wrong: {text}{more}")
     return "\n".join(lines)
 
 

@@ -196,10 +196,12 @@ def test_wrong_patterns_are_listed_most_often_wrong_first():
         "100": {
             "greedy": {"wrong_patterns": [[1, 10, 9], [2, 8, 0], [3, 5, 4]]},
             "sampled": {"wrong_patterns": []},
-        }
+        },
+        "200": {"greedy": {"wrong_patterns": [[5, 3, 0]]}},
     }
     lines = format_wrong_patterns(results, limit=2).splitlines()
     assert lines == [
         "horizon 100, greedy: 3 patterns answered wrong: 2 0/8, 1 9/10 and 1 more",
         "horizon 100, sampled: every pattern right",
+        "horizon 200, greedy: 1 pattern answered wrong: 5 0/3",
     ]
