@@ -537,10 +537,9 @@ def evaluate_modes(
     ranks = ranks or Ranks()
     device = next(policy.parameters()).device if device is None else torch.device(device)
     done_episodes, last = ranks.share(episodes)
-    successes = dict.fromkeys(modes, 0)
     returns = {mode: [torch.zeros(0, dtype=torch.float64)] for mode in modes}
     patterns = 2**params.num_bits
-    # per pattern: episodes and right answers
+    # per pattern: episodes and right answers (their sum: the successes)
     counts = {mode: torch.zeros(2, patterns, dtype=torch.int64) for mode in modes}
     while done_episodes < last:
         n = min(num_envs, last - done_episodes)
@@ -548,18 +547,17 @@ def evaluate_modes(
             policy, params, n, seed, modes, device, first_episode=done_episodes, block_steps=block_steps
         )
         for mode, outcome in played.items():
-            successes[mode] += int(outcome.success.sum())
             returns[mode].append(outcome.reward.double().cpu())
             target = outcome.target.cpu()
             counts[mode][0] += torch.bincount(target, minlength=patterns)
             counts[mode][1] += torch.bincount(target, weights=outcome.success.cpu().double(), minlength=patterns).long()
         done_episodes += n
-    blocks = ranks.all_gather({mode: (successes[mode], torch.cat(returns[mode]), counts[mode]) for mode in modes})
+    blocks = ranks.all_gather({mode: (torch.cat(returns[mode]), counts[mode]) for mode in modes})
     results = {}
     for mode in modes:
-        mode_successes = sum(block[mode][0] for block in blocks)
-        mode_returns = torch.cat([block[mode][1] for block in blocks])
-        seen, right = sum(block[mode][2] for block in blocks)
+        mode_returns = torch.cat([block[mode][0] for block in blocks])
+        seen, right = sum(block[mode][1] for block in blocks)
+        mode_successes = int(right.sum())
         wrong = torch.nonzero(right < seen).flatten().tolist()
         _, return_ci = mean_ci95(mode_returns)
         results[mode] = {
